@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny seeded models and the real data beside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the repository (or ``$ADVROBUST_SHARED_DATA``)."""
+    env = os.environ.get("ADVROBUST_SHARED_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data folder; skips the test when it is absent (a user's clone has none)."""
+    root = shared_data_dir()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}")
+    return root
+
+
+@pytest.fixture
+def tiny_mlp() -> nn.Module:
+    """A seeded 1x4x4 -> 16 -> 16 -> 3 ReLU network in eval mode."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 3)).eval()
