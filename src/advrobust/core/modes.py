@@ -40,10 +40,10 @@ def eval_mode(model: nn.Module, who: str = "advrobust") -> Iterator[nn.Module]:
 
 def model_device(model: nn.Module) -> torch.device | None:
     """Device of the model's first parameter or buffer, None for a parameter-free model."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return None
 
 

@@ -135,7 +135,8 @@ class Spec:
                 f"got C of shape {tuple(self.C.shape)}.")
         if tuple(self.d.shape) != tuple(self.C.shape[:2]):
             raise InvalidInputError(
-                f"Spec offset d must be shaped {tuple(self.C.shape[:2])}; got {tuple(self.d.shape)}.")
+                f"Spec offset d must be shaped {tuple(self.C.shape[:2])}; "
+                f"got {tuple(self.d.shape)}.")
 
     def apply(self, logits: Tensor) -> Tensor:
         """``C f + d`` for logits (N, classes) -> (N, K)."""

@@ -1,0 +1,104 @@
+"""Argument helpers shared by the CLI commands: data, model, seeds, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "add_data_args",
+    "add_json_arg",
+    "add_model_arg",
+    "emit",
+    "format_table",
+    "load_data",
+    "load_model",
+]
+
+
+def add_data_args(parser: argparse.ArgumentParser, default: str = "digits",
+                  split: str = "test") -> None:
+    """``--data NAME --data-dir DIR --split SPLIT --n N``."""
+    parser.add_argument("--data", default=default,
+                        help=f"dataset name: digits, mnist or cifar10 (default: {default})")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="folder holding the dataset files (default: $ADVROBUST_DATA/NAME)")
+    parser.add_argument("--split", default=split, choices=("train", "test"),
+                        help=f"which split to use (default: {split})")
+    parser.add_argument("--n", type=int, default=None,
+                        help="use only the first N samples of the split")
+
+
+def load_data(args: argparse.Namespace) -> Any:
+    """The dataset named by ``add_data_args`` options (first ``--n`` samples)."""
+    from advrobust.data import load_dataset
+
+    data = load_dataset(args.data, split=args.split, root=args.data_dir)
+    if args.n is not None:
+        if args.n < 1:
+            raise SystemExit(f"--n must be >= 1. Got {args.n}.")
+        data = data.take(args.n)
+    return data
+
+
+def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--model CKPT``: a checkpoint written by ``advrobust train``."""
+    parser.add_argument("--model", type=Path, required=required, metavar="CKPT",
+                        help="checkpoint file written by 'advrobust train'")
+
+
+def load_model(path: Path) -> Any:
+    """Load a checkpoint safely (``weights_only=True``); returns the loaded checkpoint."""
+    from advrobust.models import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    """``--json``: print one JSON object instead of a table."""
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of a table")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if torch.is_tensor(value):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(getattr(value, "value", None), str):
+        return value.value  # enums
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def format_table(rows: Sequence[tuple[str, Any]], title: str | None = None) -> str:
+    """Two aligned columns; floats printed with 4 significant digits."""
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = [title, "-" * len(title)] if title else []
+    lines += [f"{k.ljust(width)}  {fmt(v)}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def emit(args: argparse.Namespace, payload: Mapping[str, Any],
+         rows: Sequence[tuple[str, Any]] | None = None, title: str | None = None) -> None:
+    """Print ``payload`` as JSON when ``--json`` was given, else ``rows`` (default: payload)."""
+    if getattr(args, "json", False):
+        json.dump(_jsonable(payload), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(list(rows) if rows is not None else list(payload.items()), title))
