@@ -14,6 +14,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidThreatModelError",
+    "NotFittedError",
     "SolverUnavailableError",
     "TrainingDivergedError",
     "UnsupportedLayerError",
@@ -58,3 +59,7 @@ class DataFormatError(AdvRobustError, ValueError):
 
 class TrainingDivergedError(AdvRobustError, FloatingPointError):
     """Training produced a non-finite loss; the last good state is kept."""
+
+
+class NotFittedError(AdvRobustError, RuntimeError):
+    """A fitted object (e.g. a detector) was used before ``fit``."""

@@ -1,1 +1,56 @@
-"""(filled in by its issue)."""
+"""Attacks: feasible points of the threat set, i.e. upper bounds on the worst-case margin.
+
+Every attack is an :class:`Attack` subclass with a ``cli_name`` (the name ``advrobust attack
+--attack NAME`` uses), called as ``attack(model, x, y, threat, target=None, generator=None)``
+and returning an :class:`~advrobust.core.result.AttackResult`.
+"""
+
+from advrobust.attacks._universal_io import load_universal, plot_universal, save_universal
+from advrobust.attacks.apgd import APGD, APGDTargeted
+from advrobust.attacks.base import Attack, AttackOutput, Oracle
+from advrobust.attacks.boundary import Boundary
+from advrobust.attacks.cw import CarliniWagner
+from advrobust.attacks.deepfool import DeepFool
+from advrobust.attacks.ensemble import Ensemble, strongest
+from advrobust.attacks.gradient import FGSM, PGD, fgsm, pgd
+from advrobust.attacks.jsma import JSMA
+from advrobust.attacks.lbfgs import LBFGS
+from advrobust.attacks.onepixel import OnePixel
+from advrobust.attacks.square import Square
+from advrobust.attacks.transfer import Transfer
+from advrobust.attacks.universal import (
+    FixedPerturbation,
+    UniversalPerturbation,
+    UniversalResult,
+    fooling_rate,
+)
+
+# One line per attack module above; keep __all__ sorted.
+__all__ = [
+    "APGD",
+    "FGSM",
+    "JSMA",
+    "LBFGS",
+    "PGD",
+    "APGDTargeted",
+    "Attack",
+    "AttackOutput",
+    "Boundary",
+    "CarliniWagner",
+    "DeepFool",
+    "Ensemble",
+    "FixedPerturbation",
+    "OnePixel",
+    "Oracle",
+    "Square",
+    "Transfer",
+    "UniversalPerturbation",
+    "UniversalResult",
+    "fgsm",
+    "fooling_rate",
+    "load_universal",
+    "pgd",
+    "plot_universal",
+    "save_universal",
+    "strongest",
+]

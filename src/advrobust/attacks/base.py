@@ -79,13 +79,15 @@ class AttackOutput:
 class Attack(Configurable, abc.ABC):
     """Base class of every attack: ``attack(model, x, y, threat, target=None, generator=None)``.
 
-    Subclasses set ``norms`` (the threat norms they support) and ``targeted`` (whether they
-    accept a target), validate hyper-parameters in ``__init__`` (keyword-only, stored verbatim)
-    and implement ``_run``.
+    Subclasses set ``norms`` (the threat norms they support), ``targeted`` (whether they
+    accept a target) and ``cli_name`` (their command-line name), validate hyper-parameters in
+    ``__init__`` (keyword-only, stored verbatim) and implement ``_run``.
     """
 
     norms: ClassVar[frozenset[Norm]] = frozenset(Norm)
     targeted: ClassVar[bool] = True
+    #: The name ``advrobust attack --attack NAME`` knows the class by (None: not on the CLI).
+    cli_name: ClassVar[str | None] = None
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
                  target: Tensor | None = None,

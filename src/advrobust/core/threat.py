@@ -152,8 +152,14 @@ class LpBall:
         return lp_norm(delta, self.norm)
 
     def contains(self, x0: Tensor, x: Tensor, atol: float = 1e-6) -> Tensor:
-        """Bool (N,): whether each ``x`` lies in ``S(x0)`` up to ``atol``."""
-        in_ball = self.norm_of(x - x0) <= self.eps + atol
+        """Bool (N,): whether each ``x`` lies in ``S(x0)`` up to ``atol``.
+
+        The ball test also allows the rounding of ``x = x0 + delta`` in ``x``'s dtype (at most
+        half an ulp per coordinate, i.e. ``finfo.eps * ||x||_p`` in total), which for l1 on
+        large inputs exceeds ``atol``.
+        """
+        rounding = torch.finfo(x.dtype).eps * self.norm_of(x.nan_to_num(0.0, 0.0, 0.0))
+        in_ball = self.norm_of(x - x0) <= self.eps + atol + rounding
         flat = x.reshape(x.shape[0], -1)
         in_box = ((flat >= self.lo - atol) & (flat <= self.hi + atol)).all(dim=1)
         return in_ball & in_box & torch.isfinite(flat).all(dim=1)

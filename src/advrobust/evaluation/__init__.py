@@ -1,1 +1,29 @@
-"""(filled in by its issue)."""
+"""Evaluation: metrics of attack runs and batched runs over datasets."""
+
+from advrobust.evaluation.metrics import (
+    AttackRun,
+    clean_accuracy,
+    evaluate_attack,
+    fooling_rate,
+    mean_norm,
+    median_norm,
+    merge_results,
+    predict,
+    rmse,
+    robust_accuracy,
+    summarize_attack,
+)
+
+__all__ = [
+    "AttackRun",
+    "clean_accuracy",
+    "evaluate_attack",
+    "fooling_rate",
+    "mean_norm",
+    "median_norm",
+    "merge_results",
+    "predict",
+    "rmse",
+    "robust_accuracy",
+    "summarize_attack",
+]

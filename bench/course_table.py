@@ -1,0 +1,145 @@
+"""Reproduce the course's attack table on MNIST (mlp2, mlp4, cnn): clean and adversarial error.
+
+Trains each model once as the course does (10 epochs, plain SGD, lr 0.1, batches of 100; cnn
+drops to lr 0.01 after epoch 5) and caches it under ``runs/course/``; then attacks the first
+``--n`` test images with FGSM (linf 0.1), PGD linf (eps 0.1, step 0.01, 40 steps), PGD with 10
+restarts (cnn) and PGD l2 (eps 2, step 0.1, 40 steps). The course's linf attacks do not clip to
+[0, 1] (its l2 attack does): both the unclipped (``lo=-inf, hi=inf``) and the clipped numbers are
+reported. Adversarial error = fraction of adversarial points misclassified.
+
+Usage (from the repo root; the data folder defaults to ../shared/data):
+    python bench/course_table.py --train-only          # train and cache the three models
+    python bench/course_table.py --n 1000 --out bench/course_table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advrobust import LpBall
+from advrobust.attacks import FGSM, PGD, Attack
+from advrobust.data import load_dataset
+from advrobust.evaluation import evaluate_attack, predict
+from advrobust.models import build_model, load_checkpoint, save_checkpoint
+from advrobust.training import course_schedule, fit
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = ("mlp2", "mlp4", "cnn")
+COURSE = {  # the course's error rates: mlp2 / mlp4 / cnn
+    "clean": (0.0285, 0.0210, 0.0105),
+    "fgsm": (0.9259, 0.8827, 0.4173),
+    "pgd": (0.9637, 0.9838, 0.7432),
+    "pgd_restarts": (None, None, 0.7648),
+    "pgd_l2": (0.9232, 0.9435, 0.7854),
+}
+UNBOUNDED = (-math.inf, math.inf)
+BOX = (0.0, 1.0)
+
+
+def train(arch: str, data_dir: Path, out: Path, seed: int) -> Any:
+    """Train ``arch`` with the course's recipe unless ``out`` exists; return the model."""
+    if out.exists():
+        return load_checkpoint(out).model
+    train_set = load_dataset("mnist", "train", data_dir)
+    test_set = load_dataset("mnist", "test", data_dir)
+    model = build_model(arch, (1, 28, 28), 10, seed=seed)
+    partial = out.with_suffix(".partial.pt")  # per-epoch checkpoints; renamed when done
+    history = fit(model, train_set, test=test_set, **course_schedule(arch, epochs=10), seed=seed,
+                  progress=False, checkpoint_path=partial, arch=arch,
+                  arch_kwargs={"input_shape": [1, 28, 28], "num_classes": 10})
+    partial.replace(out)
+    print(f"{arch}: {history}", flush=True)
+    return model.eval()
+
+
+def attacks(arch: str) -> dict[str, tuple[Attack, str, float, tuple[float, float]]]:
+    """Rows of the table: attack, norm, eps and (course) box."""
+    rows: dict[str, tuple[Attack, str, float, tuple[float, float]]] = {
+        "fgsm": (FGSM(), "linf", 0.1, UNBOUNDED),
+        "pgd": (PGD(steps=40, step_size=0.01), "linf", 0.1, UNBOUNDED),
+        "pgd_l2": (PGD(steps=40, step_size=0.1), "l2", 2.0, BOX),
+    }
+    if arch == "cnn":
+        rows["pgd_restarts"] = (PGD(steps=40, step_size=0.01, restarts=10), "linf", 0.1,
+                                UNBOUNDED)
+    return rows
+
+
+def adversarial_error(model: Any, attack: Attack, x: torch.Tensor, y: torch.Tensor,
+                      threat: LpBall, seed: int) -> tuple[float, float]:
+    """(error on the adversarial points, seconds)."""
+    run = evaluate_attack(model, attack, (x, y), threat, batch_size=100,
+                          generator=torch.Generator().manual_seed(seed))
+    return float((predict(model, run.result.x_adv) != y).float().mean()), run.seconds
+
+
+def evaluate(arch: str, model: Any, x: torch.Tensor, y: torch.Tensor, seed: int
+             ) -> dict[str, Any]:
+    """Every row of the table for one model: course box and clipped box."""
+    out: dict[str, Any] = {"clean": float((predict(model, x) != y).float().mean())}
+    for name, (attack, norm, eps, box) in attacks(arch).items():
+        err, secs = adversarial_error(model, attack, x, y, LpBall(norm, eps, *box), seed)
+        out[name] = err
+        out[name + "_seconds"] = secs
+        if box != BOX:
+            out[name + "_clipped"], _ = adversarial_error(
+                model, attack, x, y, LpBall(norm, eps, *BOX), seed)
+    return out
+
+
+def markdown(results: dict[str, dict[str, Any]], n: int) -> str:
+    """The table, ours beside the course's."""
+    head = "| row | " + " | ".join(f"{a} ours | {a} course" for a in ARCHS) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(ARCHS))]
+    for row, course in COURSE.items():
+        for suffix in ("", "_clipped"):
+            key = row + suffix
+            if not any(key in results[a] for a in ARCHS):
+                continue
+            cells = []
+            for a, c in zip(ARCHS, course, strict=True):
+                ours = results[a].get(key)
+                cells += ["-" if ours is None else f"{ours:.4f}",
+                          "-" if c is None or suffix else f"{c:.4f}"]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n(first {n} MNIST test images)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "course")
+    p.add_argument("--n", type=int, default=1000, help="test images to attack")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--train-only", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    models = {a: train(a, args.data_dir, args.runs / f"{a}.pt", args.seed) for a in args.arch}
+    if args.train_only:
+        return
+    test = load_dataset("mnist", "test", args.data_dir).take(args.n)
+    begin = time.time()
+    results = {a: evaluate(a, models[a], test.x, test.y, args.seed) for a in args.arch}
+    for a in ARCHS:
+        results.setdefault(a, {})
+    print(markdown(results, args.n))
+    print(f"\n{time.time() - begin:.0f} s of attacks on {platform.processor() or 'cpu'}, "
+          f"torch threads {args.threads}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Clean, attacked and certified accuracy side by side: the robustness bracket of a model.
+
+clean >= PGD >= strongest ensemble >= true robust accuracy >= certified (CROWN). A model whose
+PGD accuracy is far above the ensemble's masks its gradients; one whose certified accuracy is
+far below the attacked one is robust but not provably so (or the relaxation is loose).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advrobust.core._validation import check_bool, check_int
+from advrobust.core.threat import LpBall
+from advrobust.errors import InvalidParameterError, UnsupportedLayerError
+from advrobust.evaluation.metrics import _tensors, clean_accuracy, evaluate_attack
+
+__all__ = ["robustness_report"]
+
+#: Gap (accuracy points) between PGD and the ensemble above which gradient masking is flagged.
+MASKING_GAP = 0.02
+
+
+def _robust(model: nn.Module, attack: Any, x: Tensor, y: Tensor, threat: LpBall,
+            batch_size: int, generator: torch.Generator) -> tuple[Tensor, float]:
+    """(N,) bool robust under ``attack`` (correct and not broken), and seconds."""
+    run = evaluate_attack(model, attack, (x, y), threat, batch_size=batch_size,
+                          generator=generator)
+    return ~run.result.success, run.seconds
+
+
+def _certified(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
+               batch_size: int) -> tuple[Tensor, float]:
+    """(N,) bool VERIFIED by CROWN, and seconds."""
+    from advrobust.relax import CROWN
+
+    start, parts = time.perf_counter(), []
+    for i in range(0, x.shape[0], batch_size):
+        parts.append(CROWN()(model, x[i:i + batch_size], y[i:i + batch_size], threat).verified)
+    return torch.cat(parts), time.perf_counter() - start
+
+
+def _ensemble(threat: LpBall) -> Any:
+    from advrobust.attacks import ensemble as ens
+
+    return ens.strongest(threat)
+
+
+def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: bool = True,
+                      ensemble: bool = True, n: int | None = None, pgd_steps: int = 40,
+                      pgd_restarts: int = 1, batch_size: int = 100,
+                      seed: int = 0) -> dict[str, Any]:
+    """Clean, PGD, strongest-ensemble and CROWN-certified accuracy on the same samples.
+
+    Args:
+        model: classifier returning logits (never moved or modified).
+        data: an advrobust ``Dataset`` or a pair ``(x, y)``.
+        threat: the threat set of every method.
+        certify: run CROWN (skipped with a note if the model has layers CROWN cannot read).
+        ensemble: run :func:`advrobust.attacks.strongest` (linf / l2 threats).
+        n: evaluate the first ``n`` samples only.
+        pgd_steps, pgd_restarts: the PGD configuration.
+        batch_size: samples per call.
+        seed: seed of the attacks' random starts.
+
+    Returns:
+        Dict with ``n``, ``threat``, ``clean_accuracy``, ``pgd_accuracy``,
+        ``ensemble_accuracy`` and ``certified_accuracy`` (None where not run), ``seconds`` per
+        method, ``notes`` (why a method was skipped) and ``warnings`` (gradient masking: PGD
+        above the ensemble by more than :data:`MASKING_GAP`; an ordering violation).
+    """
+    check_bool(certify, "certify", "robustness_report")
+    check_bool(ensemble, "ensemble", "robustness_report")
+    check_int(pgd_steps, "pgd_steps", "robustness_report", low=1)
+    x, y = _tensors(data)
+    if n is not None:
+        check_int(n, "n", "robustness_report", low=1, high=int(x.shape[0]))
+        x, y = x[:n], y[:n]
+    from advrobust.attacks import PGD
+
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    report: dict[str, Any] = {"n": int(x.shape[0]), "threat": str(threat), "seconds": {},
+                              "notes": [], "warnings": [],
+                              "clean_accuracy": clean_accuracy(model, x, y)}
+    pgd = PGD(steps=pgd_steps, restarts=pgd_restarts)
+    pgd_ok, report["seconds"]["pgd"] = _robust(model, pgd, x, y, threat, batch_size, gen)
+    report["pgd_accuracy"] = float(pgd_ok.float().mean())
+    report["ensemble_accuracy"] = None
+    if ensemble:
+        _run_ensemble(report, model, x, y, threat, batch_size, gen, pgd_ok)
+    report["certified_accuracy"] = None
+    if certify:
+        _run_certify(report, model, x, y, threat, batch_size)
+    _check_order(report)
+    return report
+
+
+def _run_ensemble(report: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
+                  threat: LpBall, batch_size: int, gen: torch.Generator,
+                  pgd_ok: Tensor) -> None:
+    try:
+        attack = _ensemble(threat)
+    except (ImportError, AttributeError, InvalidParameterError) as exc:
+        report["notes"].append(f"ensemble skipped: {exc}")
+        return
+    ok, report["seconds"]["ensemble"] = _robust(model, attack, x, y, threat, batch_size, gen)
+    # The ensemble's worst case over PGD too: a sample is robust only if both failed.
+    report["ensemble_accuracy"] = float((ok & pgd_ok).float().mean())
+    if report["pgd_accuracy"] - float(ok.float().mean()) > MASKING_GAP:
+        report["warnings"].append(
+            f"PGD accuracy {report['pgd_accuracy']:.3f} exceeds the ensemble's "
+            f"{float(ok.float().mean()):.3f}: PGD is weak on this model (gradient masking?).")
+
+
+def _run_certify(report: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
+                 threat: LpBall, batch_size: int) -> None:
+    try:
+        verified, report["seconds"]["crown"] = _certified(model, x, y, threat, batch_size)
+    except (ImportError, UnsupportedLayerError) as exc:
+        report["notes"].append(f"certification skipped: {exc}")
+        warnings.warn(f"robustness_report: certification skipped: {exc}", UserWarning,
+                      stacklevel=3)
+        return
+    report["certified_accuracy"] = float(verified.float().mean())
+
+
+def _check_order(report: dict[str, Any]) -> None:
+    empirical = min(v for v in (report["pgd_accuracy"], report["ensemble_accuracy"])
+                    if v is not None)
+    cert = report["certified_accuracy"]
+    if cert is not None and cert > empirical + 1e-9:
+        report["warnings"].append(
+            f"certified accuracy {cert:.3f} exceeds the attacked accuracy {empirical:.3f}: "
+            "a bound or an attack is wrong; please report this.")

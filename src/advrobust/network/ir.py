@@ -1,0 +1,205 @@
+"""The verifiable IR: a network as a sequence of affine and ReLU ops, built from ``nn.Sequential``.
+
+:func:`from_module` walks a (nested) ``nn.Sequential`` and turns every layer into an op from
+:mod:`advrobust.network.ops` / :mod:`advrobust.network.relu`. Batch-norm layers right after a
+linear or convolutional layer are folded into it (at call time, from the live buffers); other
+batch-norm and normalisation layers become per-channel affine ops. Identity and Dropout (eval)
+vanish. Anything else raises :class:`~advrobust.errors.UnsupportedLayerError` with its position.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from advrobust.errors import InvalidInputError, UnsupportedLayerError
+from advrobust.network.ops import (
+    AffineOp,
+    AvgPoolOp,
+    ChannelAffineOp,
+    ConvOp,
+    FlattenOp,
+    LinearOp,
+    Op,
+    bn_scale_shift,
+)
+from advrobust.network.relu import ReLUOp
+
+__all__ = ["Network", "from_module"]
+
+SUPPORTED = ("Flatten", "Linear", "Conv2d", "ReLU", "BatchNorm1d", "BatchNorm2d", "AvgPool2d",
+             "Normalize", "Identity", "Dropout")
+
+
+class Network:
+    """A feed-forward network as a list of ops: affine maps and ReLUs.
+
+    Args:
+        ops: the ops in order; each op's ``in_shape`` is the previous op's ``out_shape``.
+        input_shape: the shape of one input, without the batch dimension.
+        module: the module the ops were built from (its parameters are referenced, not copied).
+    """
+
+    def __init__(self, ops: Sequence[Op], input_shape: tuple[int, ...],
+                 module: nn.Module | None = None) -> None:
+        self.ops = list(ops)
+        self.input_shape = tuple(input_shape)
+        self.module = module
+        shape = self.input_shape
+        for op in self.ops:
+            assert op.in_shape == shape, f"{op}: expected input shape {shape}"
+            shape = op.out_shape
+        self.output_shape = shape
+
+    @property
+    def num_outputs(self) -> int:
+        """Number of output units (classes)."""
+        return math.prod(self.output_shape)
+
+    @property
+    def relu_indices(self) -> list[int]:
+        """Positions of the ReLU ops."""
+        return [i for i, op in enumerate(self.ops) if isinstance(op, ReLUOp)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the ops on a batch (N, *input_shape) -> (N, *output_shape)."""
+        for op in self.ops:
+            x = op.forward(x)
+        return x
+
+    __call__ = forward
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(op) for op in self.ops)
+        return f"Network(input_shape={self.input_shape}, ops=[\n  {inner}\n])"
+
+
+def _leaves(module: nn.Module, path: str) -> Iterator[tuple[str, nn.Module]]:
+    """Depth-first (position, layer) pairs of a nested ``nn.Sequential``."""
+    if isinstance(module, nn.Sequential):
+        for name, child in module.named_children():
+            yield from _leaves(child, f"{path}.{name}" if path else name)
+    else:
+        yield path or "<root>", module
+
+
+def _unsupported(path: str, layer: nn.Module, why: str = "") -> UnsupportedLayerError:
+    reason = f" ({why})" if why else ""
+    return UnsupportedLayerError(
+        f"Layer {type(layer).__name__} at position '{path}' is not supported by the verifier"
+        f"{reason}. Supported layers: {', '.join(SUPPORTED)}, in a (nested) nn.Sequential.")
+
+
+def _out_shape(layer: nn.Module, shape: tuple[int, ...], path: str) -> tuple[int, ...]:
+    try:
+        with torch.no_grad():
+            p = next(iter(layer.parameters()), None)
+            kw = {} if p is None else {"dtype": p.dtype, "device": p.device}
+            out = layer(torch.zeros((1,) + shape, **kw))  # type: ignore[arg-type]
+    except RuntimeError as err:
+        raise InvalidInputError(
+            f"Layer {type(layer).__name__} at position '{path}' cannot take inputs of shape "
+            f"{shape}: {err}") from None
+    return tuple(out.shape[1:])
+
+
+def _normalize_params(layer: nn.Module) -> object:
+    def params() -> tuple[Tensor, Tensor]:
+        mean, std = layer.mean, layer.std
+        assert isinstance(mean, Tensor) and isinstance(std, Tensor)
+        return 1.0 / std, -mean / std
+    return params
+
+
+def _bn_params(layer: nn.Module) -> object:
+    return lambda: bn_scale_shift(layer)
+
+
+def _check_channels(layer: nn.Module, path: str, shape: tuple[int, ...], count: int) -> None:
+    if count not in (1, shape[0] if shape else 1):
+        raise _unsupported(path, layer, f"{count} channel constants for inputs of shape {shape}")
+
+
+def _convert(path: str, layer: nn.Module, shape: tuple[int, ...], prev: Op | None) -> Op | None:
+    """The op for one layer (None when it vanishes or folds into ``prev``)."""
+    kind = type(layer).__name__
+    if isinstance(layer, (nn.Identity, nn.Dropout)):
+        return None
+    if isinstance(layer, nn.ReLU):
+        return ReLUOp(shape, path)
+    if isinstance(layer, nn.Flatten):
+        if layer.start_dim != 1 or layer.end_dim != -1:
+            raise _unsupported(path, layer, "only Flatten(start_dim=1, end_dim=-1)")
+        return FlattenOp(shape, (math.prod(shape),), path)
+    if isinstance(layer, nn.Linear):
+        if len(shape) != 1:
+            raise _unsupported(path, layer, f"Linear on inputs of shape {shape}; flatten first")
+        _out_shape(layer, shape, path)
+        return LinearOp(layer, shape, path)
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise _unsupported(path, layer, "only integer zero padding")
+        return ConvOp(layer, shape, _out_shape(layer, shape, path), path)
+    if isinstance(layer, nn.AvgPool2d):
+        pad = nn.modules.utils._pair(layer.padding)
+        if layer.ceil_mode or layer.divisor_override is not None or (
+                not layer.count_include_pad and any(pad)):
+            raise _unsupported(path, layer, "ceil_mode, divisor_override or count_include_pad="
+                               "False with padding")
+        return AvgPoolOp(layer, shape, _out_shape(layer, shape, path), path)
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if layer.running_mean is None or layer.running_var is None:
+            raise _unsupported(path, layer, "batch-norm without running statistics")
+        _check_channels(layer, path, shape, layer.num_features)
+        if isinstance(prev, (LinearOp, ConvOp)) and prev.bn is None:
+            prev.bn = layer
+            prev.name = f"{prev.name}+{path}"
+            return None
+        return ChannelAffineOp(_bn_params(layer), shape, path)
+    if kind == "Normalize" and isinstance(getattr(layer, "mean", None), Tensor) \
+            and isinstance(getattr(layer, "std", None), Tensor):
+        _check_channels(layer, path, shape, layer.mean.numel())  # type: ignore[union-attr]
+        return ChannelAffineOp(_normalize_params(layer), shape, path)
+    raise _unsupported(path, layer)
+
+
+def from_module(model: nn.Module, input_shape: Sequence[int]) -> Network:
+    """Turn a (nested) ``nn.Sequential`` into a :class:`Network` of affine and ReLU ops.
+
+    Args:
+        model: the classifier; its parameters are referenced by the ops, not copied.
+        input_shape: shape of one input without the batch dimension, e.g. ``(1, 28, 28)``.
+
+    Returns:
+        The network; ``network.forward(x)`` equals ``model(x)`` in eval mode.
+
+    Raises:
+        UnsupportedLayerError: a layer the verifier cannot represent (its type and position in
+            the nested Sequential are named), or a model that is not an ``nn.Sequential``.
+        InvalidInputError: a layer that cannot take the shape flowing into it.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    ops: list[Op] = []
+    for path, layer in _leaves(model, ""):
+        op = _convert(path, layer, shape, ops[-1] if ops else None)
+        if op is not None:
+            ops.append(op)
+            shape = op.out_shape
+    if len(shape) != 1:
+        raise InvalidInputError(
+            f"The network must end in flat outputs (classes,); its output shape is {shape}.")
+    return Network(ops, tuple(int(s) for s in input_shape), module=model)
+
+
+def affine_ops(network: Network) -> list[AffineOp]:
+    """The affine ops of ``network`` (helper for tests and encodings)."""
+    return [op for op in network.ops if isinstance(op, AffineOp)]

@@ -1,0 +1,347 @@
+"""Affine ops of the verifiable IR: one class per layer type holding every view of it.
+
+Every op maps a batch ``(N, *in_shape)`` to ``(N, *out_shape)`` and offers four views:
+
+- ``forward(x)`` — the layer itself;
+- ``interval(lo, hi)`` — interval propagation (exact for an affine map: centre / radius);
+- ``backward(a)`` and ``bias_term(a)`` — back-substitution of linear coefficients
+  ``a`` (N, K, *out_shape) through the map: ``<a, W z + b> = <backward(a), z> + bias_term(a)``;
+- ``linear_map()`` — the dense matrix and bias, which LP / MILP encodings turn into rows.
+
+Ops are stateless: bounds are passed in and returned. They hold references to the live modules
+(never detached copies), and batch-norm layers are folded at call time, so every bound pass is
+differentiable w.r.t. the network's parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from advrobust.solvers.program import Program
+
+__all__ = [
+    "AffineOp",
+    "AvgPoolOp",
+    "ChannelAffineOp",
+    "ConvOp",
+    "FlattenOp",
+    "LinearOp",
+    "Op",
+    "bn_scale_shift",
+]
+
+
+def bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(scale, shift)`` of an eval-mode batch-norm: ``bn(x) = scale * x + shift``."""
+    var = bn.running_var  # type: ignore[union-attr]
+    mean = bn.running_mean  # type: ignore[union-attr]
+    assert isinstance(var, Tensor) and isinstance(mean, Tensor)
+    scale = torch.rsqrt(var + bn.eps)  # type: ignore[operator]
+    if bn.weight is not None:  # type: ignore[union-attr]
+        scale = scale * bn.weight  # type: ignore[union-attr,operator]
+    shift = -mean * scale
+    if bn.bias is not None:  # type: ignore[union-attr]
+        shift = shift + bn.bias  # type: ignore[union-attr,operator]
+    return scale, shift
+
+
+class Op:
+    """A node of the IR: shapes (without the batch dimension) and a name for messages."""
+
+    def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], name: str) -> None:
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+        self.name = name
+
+    @property
+    def in_size(self) -> int:
+        """Number of input units."""
+        return math.prod(self.in_shape)
+
+    @property
+    def out_size(self) -> int:
+        """Number of output units."""
+        return math.prod(self.out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The layer's output (N, *out_shape)."""
+        raise NotImplementedError
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """Elementwise output bounds from elementwise input bounds."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name}: {self.in_shape} -> {self.out_shape})"
+
+
+class AffineOp(Op):
+    """An affine map ``z -> W z + b``; subclasses give the forward map and its transpose."""
+
+    def linear(self, x: Tensor) -> Tensor:
+        """``W x`` without the bias."""
+        raise NotImplementedError
+
+    def bias(self) -> Tensor | None:
+        """``b`` shaped like one output (out_shape), or None."""
+        raise NotImplementedError
+
+    def backward(self, a: Tensor) -> Tensor:
+        """``a W``: coefficients (N, K, *out_shape) -> (N, K, *in_shape)."""
+        raise NotImplementedError
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        """``|W| x`` (used for the radius of interval propagation)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
+        b = self.bias()
+        return out if b is None else out + b
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        mid = self.forward((hi + lo) / 2)
+        rad = self.abs_linear((hi - lo) / 2)
+        return mid - rad, mid + rad
+
+    def bias_term(self, a: Tensor) -> Tensor:
+        """``<a, b>`` per row: (N, K, *out_shape) -> (N, K)."""
+        b = self.bias()
+        if b is None:
+            return a.new_zeros(a.shape[:2])
+        return (a * b).flatten(2).sum(-1)
+
+    def linear_map(self) -> tuple[Tensor, Tensor]:
+        """Dense ``W`` (out_size, in_size) and ``b`` (out_size,), for LP / MILP encodings."""
+        eye = torch.eye(self.in_size, dtype=self._dtype(), device=self._device())
+        w = self.linear(eye.reshape((self.in_size,) + self.in_shape)).reshape(self.in_size, -1).T
+        b = self.bias()
+        b = w.new_zeros(self.out_size) if b is None else b.expand(self.out_shape).reshape(-1)
+        return w, b
+
+    def encode(self, program: Program, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
+               ) -> np.ndarray:
+        """Add ``z = W x + b`` for one sample; return the columns of ``z``.
+
+        Args:
+            program: the LP / MILP program to extend.
+            x: (in_size,) columns of the input.
+            lo, hi: (out_size,) bounds of the output, used as column bounds.
+        """
+        w, b = self.linear_map()
+        w_np = w.detach().cpu().double().numpy()
+        b_np = b.detach().cpu().double().numpy()
+        z = program.add_vars(lo, hi)
+        block = sp.hstack([sp.csr_matrix(w_np), -sp.identity(self.out_size, format="csr")])
+        program.add_rows(block, np.concatenate([x, z]), -b_np, -b_np)
+        return z
+
+    def _dtype(self) -> torch.dtype:
+        return torch.get_default_dtype()
+
+    def _device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+class FlattenOp(AffineOp):
+    """``nn.Flatten`` (from dim 1): a reshape."""
+
+    def linear(self, x: Tensor) -> Tensor:
+        return x.reshape((x.shape[0],) + self.out_shape)
+
+    def bias(self) -> Tensor | None:
+        return None
+
+    def backward(self, a: Tensor) -> Tensor:
+        return a.reshape(a.shape[:2] + self.in_shape)
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+    def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        return self.linear(lo), self.linear(hi)
+
+    def encode(self, program: Program, x: np.ndarray, lo: np.ndarray, hi: np.ndarray
+               ) -> np.ndarray:
+        return x
+
+
+class LinearOp(AffineOp):
+    """``nn.Linear``, optionally followed by a folded ``nn.BatchNorm1d``."""
+
+    def __init__(self, module: nn.Linear, in_shape: tuple[int, ...], name: str,
+                 bn: nn.Module | None = None) -> None:
+        super().__init__(in_shape, (module.out_features,), name)
+        self.module = module
+        self.bn = bn
+
+    def weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        """The effective (folded) weight (out, in) and bias (out,), from the live modules."""
+        w, b = self.module.weight, self.module.bias
+        if self.bn is None:
+            return w, b
+        scale, shift = bn_scale_shift(self.bn)
+        return w * scale.unsqueeze(1), shift if b is None else b * scale + shift
+
+    def linear(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_bias()[0])
+
+    def bias(self) -> Tensor | None:
+        return self.weight_bias()[1]
+
+    def backward(self, a: Tensor) -> Tensor:
+        return a.matmul(self.weight_bias()[0])
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_bias()[0].abs())
+
+    def linear_map(self) -> tuple[Tensor, Tensor]:
+        w, b = self.weight_bias()
+        return w, (w.new_zeros(w.shape[0]) if b is None else b)
+
+    def _dtype(self) -> torch.dtype:
+        return self.module.weight.dtype
+
+
+class _ConvLike(AffineOp):
+    """Shared transpose / interval logic of 2-D convolutions (conv and average pooling)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def kernel(self) -> Tensor:
+        """The (folded) convolution weight (C_out, C_in / groups, kh, kw)."""
+        raise NotImplementedError
+
+    def linear(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.kernel(), None, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.kernel().abs(), None, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    def backward(self, a: Tensor) -> Tensor:
+        n, k = a.shape[:2]
+        flat = a.reshape((n * k,) + self.out_shape)
+        w = self.kernel().to(a)
+        # output_padding recovers input sizes that the strided forward map rounded down.
+        out_pad = []
+        for dim in range(2):
+            full = ((self.out_shape[1 + dim] - 1) * self.stride[dim] - 2 * self.padding[dim]
+                    + self.dilation[dim] * (w.shape[2 + dim] - 1) + 1)
+            out_pad.append(self.in_shape[1 + dim] - full)
+        back = F.conv_transpose2d(flat, w, None, self.stride, self.padding, tuple(out_pad),
+                                  self.groups, self.dilation)
+        return back.reshape((n, k) + self.in_shape)
+
+    def bias_term(self, a: Tensor) -> Tensor:
+        b = self.bias()
+        if b is None:
+            return a.new_zeros(a.shape[:2])
+        return (a.flatten(3).sum(-1) * b.reshape(-1)).sum(-1)
+
+    def _device(self) -> torch.device:
+        return self.kernel().device
+
+    def _dtype(self) -> torch.dtype:
+        return self.kernel().dtype
+
+
+class ConvOp(_ConvLike):
+    """``nn.Conv2d`` (zero padding), optionally followed by a folded ``nn.BatchNorm2d``."""
+
+    def __init__(self, module: nn.Conv2d, in_shape: tuple[int, ...],
+                 out_shape: tuple[int, ...], name: str, bn: nn.Module | None = None) -> None:
+        super().__init__(in_shape, out_shape, name)
+        self.module = module
+        self.bn = bn
+        self.stride = module.stride  # type: ignore[assignment]
+        self.padding = module.padding  # type: ignore[assignment]
+        self.dilation = module.dilation  # type: ignore[assignment]
+        self.groups = module.groups
+
+    def kernel(self) -> Tensor:
+        w = self.module.weight
+        if self.bn is None:
+            return w
+        return w * bn_scale_shift(self.bn)[0].reshape(-1, 1, 1, 1)
+
+    def bias(self) -> Tensor | None:
+        b = self.module.bias
+        if self.bn is not None:
+            scale, shift = bn_scale_shift(self.bn)
+            b = shift if b is None else b * scale + shift
+        return None if b is None else b.reshape(-1, 1, 1)
+
+
+class AvgPoolOp(_ConvLike):
+    """``nn.AvgPool2d`` as a depthwise convolution with weights ``1 / (kh * kw)``."""
+
+    def __init__(self, module: nn.AvgPool2d, in_shape: tuple[int, ...],
+                 out_shape: tuple[int, ...], name: str) -> None:
+        super().__init__(in_shape, out_shape, name)
+        self.module = module
+        self.kernel_size = nn.modules.utils._pair(module.kernel_size)
+        self.stride = nn.modules.utils._pair(module.stride or module.kernel_size)
+        self.padding = nn.modules.utils._pair(module.padding)
+        self.groups = in_shape[0]
+
+    def kernel(self) -> Tensor:
+        kh, kw = self.kernel_size
+        return torch.full((self.in_shape[0], 1, kh, kw), 1.0 / (kh * kw))
+
+    def linear(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+    def bias(self) -> Tensor | None:
+        return None
+
+
+class ChannelAffineOp(AffineOp):
+    """Per-channel ``x * scale + shift``: a normalisation layer or a batch-norm left unfolded.
+
+    ``params`` is called at every use and returns the live ``(scale, shift)``, each (C,).
+    """
+
+    def __init__(self, params: object, shape: tuple[int, ...], name: str) -> None:
+        super().__init__(shape, shape, name)
+        self.params = params
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """Per-channel scale and shift, shaped (C, 1, ...) to broadcast over (..., *in_shape)."""
+        scale, shift = self.params()  # type: ignore[operator]
+        view = (self.in_shape[0],) + (1,) * (len(self.in_shape) - 1)
+        return (scale.reshape(-1).expand(self.in_shape[0]).reshape(view),
+                shift.reshape(-1).expand(self.in_shape[0]).reshape(view))
+
+    def linear(self, x: Tensor) -> Tensor:
+        return x * self.scale_shift()[0]
+
+    def bias(self) -> Tensor | None:
+        return self.scale_shift()[1].expand(self.in_shape)
+
+    def backward(self, a: Tensor) -> Tensor:
+        return a * self.scale_shift()[0]
+
+    def abs_linear(self, x: Tensor) -> Tensor:
+        return x * self.scale_shift()[0].abs()
+
+    def _dtype(self) -> torch.dtype:
+        return self.scale_shift()[0].dtype
+
+    def _device(self) -> torch.device:
+        return self.scale_shift()[0].device

@@ -1,0 +1,150 @@
+"""The bounder contract: a base class owns validation, eval mode, witnesses and verdicts.
+
+Subclasses implement :meth:`Bounder._bound`, which receives the network IR, the clean inputs, the
+threat and a validated spec, and returns sound lower bounds (and optionally candidate points of
+the set, e.g. a solver's primal points). :meth:`Bounder.bound` then re-evaluates the clean point
+and every candidate through the real model, keeps the best per row as the upper bound, and makes
+the verdicts with :func:`~advrobust.core.result.decide_verdicts` only.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advrobust.core.checks import check_batch
+from advrobust.core.config import Configurable
+from advrobust.core.modes import eval_mode
+from advrobust.core.result import BoundResult, decide_verdicts
+from advrobust.core.spec import Spec
+from advrobust.core.threat import LpBall
+from advrobust.errors import InvalidInputError, UnsupportedLayerError
+from advrobust.network.ir import Network, from_module
+
+__all__ = ["Bounder", "Bounds", "as_network", "default_spec"]
+
+
+@dataclass
+class Bounds:
+    """What :meth:`Bounder._bound` returns.
+
+    Attributes:
+        lower: (N, K) sound lower bounds of each spec row's minimum over the set.
+        candidates: (N, M, *input_shape) points of the set to re-evaluate, or None.
+        stats: method-specific facts (timings, solver statuses).
+    """
+
+    lower: Tensor
+    candidates: Tensor | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def as_network(model: Network | nn.Module, input_shape: Sequence[int]) -> Network:
+    """``model`` itself if it is a :class:`Network`, else :func:`from_module` of it."""
+    if isinstance(model, Network):
+        return model
+    return from_module(model, tuple(input_shape))
+
+
+def default_spec(y: Tensor, num_classes: int) -> Spec:
+    """The margin rows ``e_y - e_t`` for every ``t != y``."""
+    return Spec.margins(y, num_classes)
+
+
+def _check_spec(spec: Spec | None, y: Tensor, clean: Tensor) -> Spec:
+    if spec is None:
+        spec = default_spec(y, clean.shape[1])
+    if not isinstance(spec, Spec):
+        raise InvalidInputError(f"'spec' must be a Spec or None. Got {type(spec).__name__}.")
+    spec.check(clean.shape[0], clean.shape[1])
+    return Spec(spec.C.to(clean), spec.d.to(clean))
+
+
+def _check_ir(network: Network, model: nn.Module, x: Tensor, clean: Tensor) -> None:
+    """Refuse a model whose forward is not the composition of its layers."""
+    out = network.forward(x)
+    tol = 1e-4 * (1 + clean.abs().amax())
+    if out.shape != clean.shape or bool(((out - clean).abs() > tol).any()):
+        raise UnsupportedLayerError(
+            f"{type(model).__name__}: the layers of the Sequential do not reproduce the model's "
+            "outputs (a custom forward?); the verifier only handles plain nn.Sequential models.")
+
+
+class Bounder(Configurable, abc.ABC):
+    """Base class of every verifier: ``bounder(model, x, y, threat, spec=None) -> BoundResult``."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
+                 spec: Spec | None = None) -> BoundResult:
+        """Same as :meth:`bound`."""
+        return self.bound(model, x, y, threat, spec)
+
+    def bound(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
+              spec: Spec | None = None) -> BoundResult:
+        """Bound every spec row of every sample over the threat set.
+
+        Args:
+            model: a (nested) ``nn.Sequential`` of supported layers returning logits; never
+                moved, re-moded or modified.
+            x: clean inputs (N, ...) inside the threat's box.
+            y: labels (N,) int64 (used for the default margin spec).
+            threat: the set ``S(x)``.
+            spec: rows ``C f + d`` to bound (default: margins ``e_y - e_t``, t != y).
+
+        Returns:
+            :class:`BoundResult` with lower bounds, upper bounds from concrete points of the set
+            re-evaluated through ``model``, verdicts and stats.
+
+        Raises:
+            InvalidInputError: malformed x, y, or spec rows of the wrong width.
+            UnsupportedLayerError: a layer the verifier cannot represent.
+        """
+        name = type(self).__name__
+        start = time.perf_counter()
+        with eval_mode(model, who=name):
+            clean = check_batch(model, x, y, threat, who=name)
+            spec = _check_spec(spec, y, clean)
+            network = from_module(model, tuple(x.shape[1:]))
+            x = x.detach()
+            with torch.no_grad():
+                _check_ir(network, model, x, clean)
+            out = self._bound(network, x, threat, spec)
+            lower = out.lower.detach()
+            upper, witness, values = self._evaluate(model, x, threat, spec, clean,
+                                                    out.candidates)
+        verdict = decide_verdicts(lower, values)
+        stats = dict(out.stats)
+        stats["seconds"] = time.perf_counter() - start
+        return BoundResult(lower=lower, upper=upper, verdict=verdict, witness=witness,
+                           method=name, stats=stats)
+
+    @staticmethod
+    def _evaluate(model: nn.Module, x: Tensor, threat: LpBall, spec: Spec, clean: Tensor,
+                  candidates: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Upper bounds per row, the best witness per sample and its spec values."""
+        points = x.unsqueeze(1)
+        values = spec.apply(clean).unsqueeze(1)  # (N, 1, K)
+        if candidates is not None and candidates.shape[1] > 0:
+            n, m = candidates.shape[:2]
+            cand = threat.clip_box(candidates.detach().to(x))
+            inside = threat.contains(x.repeat_interleave(m, 0), cand.flatten(0, 1))
+            with torch.no_grad():
+                logits = model(cand.flatten(0, 1))
+            spec_rep = Spec(spec.C.repeat_interleave(m, 0), spec.d.repeat_interleave(m, 0))
+            cand_values = spec_rep.apply(logits).reshape(n, m, -1)
+            cand_values = cand_values.masked_fill(~inside.reshape(n, m, 1), float("inf"))
+            points = torch.cat([points, cand], dim=1)
+            values = torch.cat([values, cand_values], dim=1)
+        upper = values.amin(dim=1)
+        best = values.amin(dim=2).argmin(dim=1)
+        idx = torch.arange(x.shape[0], device=x.device)
+        return upper, points[idx, best], values[idx, best]
+
+    @abc.abstractmethod
+    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        """Sound lower bounds of ``C f + d`` over ``threat`` around ``x`` (the algorithm)."""

@@ -1,0 +1,171 @@
+"""HiGHS backend (through ``highspy``): one model loaded once, objectives swapped per solve."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from advrobust.errors import SolverUnavailableError
+from advrobust.solvers.program import Program, Solution, SolveStatus
+
+__all__ = ["HighsSolver", "highs_available"]
+
+
+def highs_available() -> bool:
+    """True if ``highspy`` can be imported."""
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _import_highspy() -> Any:
+    try:
+        import highspy
+    except ImportError as err:  # pragma: no cover - highspy is a dependency
+        raise SolverUnavailableError(
+            "The HiGHS solver is needed for LP / MILP methods: pip install highspy") from err
+    return highspy
+
+
+_STATUS = {
+    "kOptimal": SolveStatus.OPTIMAL,
+    "kInfeasible": SolveStatus.INFEASIBLE,
+    "kUnbounded": SolveStatus.UNBOUNDED,
+    "kUnboundedOrInfeasible": SolveStatus.UNBOUNDED,
+    "kTimeLimit": SolveStatus.TIME_LIMIT,
+    "kIterationLimit": SolveStatus.TIME_LIMIT,
+    "kSolutionLimit": SolveStatus.INTERRUPTED,
+    "kInterrupt": SolveStatus.INTERRUPTED,
+    "kHighsInterrupt": SolveStatus.INTERRUPTED,
+    "kObjectiveBound": SolveStatus.INTERRUPTED,
+    "kObjectiveTarget": SolveStatus.INTERRUPTED,
+}
+
+
+class HighsSolver:
+    """A :class:`Program` loaded into HiGHS, minimised for one objective at a time.
+
+    Args:
+        program: the variables and constraints (integrality included).
+        time_limit: seconds per :meth:`minimize` call.
+        threads: HiGHS threads (its global scheduler keeps the first value it is given).
+        mip_rel_gap, mip_abs_gap: MIP termination gaps.
+    """
+
+    def __init__(self, program: Program, *, time_limit: float = math.inf, threads: int = 1,
+                 mip_rel_gap: float = 1e-6, mip_abs_gap: float = 1e-6) -> None:
+        highspy = _import_highspy()
+        self._h = highspy.Highs()
+        self._h.silent()
+        opts = {"time_limit": float(time_limit), "threads": int(threads),
+                "mip_rel_gap": mip_rel_gap, "mip_abs_gap": mip_abs_gap,
+                "random_seed": 0}
+        for key, value in opts.items():
+            self._h.setOptionValue(key, value)
+        self.num_vars = program.num_vars
+        self.is_mip = program.is_mip
+        self._stop_below = -math.inf
+        self._found_below = False
+        self._load(highspy, program)
+        if self.is_mip:
+            self._h.cbMipImprovingSolution.subscribe(self._on_incumbent)
+            self._h.cbMipInterrupt.subscribe(self._on_interrupt)
+
+    def _load(self, highspy: Any, program: Program) -> None:
+        lo, hi, integer = program.columns()
+        a, rlo, rhi = program.matrix()
+        inf = highspy.kHighsInf
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = program.num_vars, program.num_rows
+        lp.col_cost_ = np.zeros(program.num_vars)
+        lp.col_lower_ = np.where(np.isinf(lo), -inf, lo)
+        lp.col_upper_ = np.where(np.isinf(hi), inf, hi)
+        lp.row_lower_ = np.where(np.isinf(rlo), -inf, rlo)
+        lp.row_upper_ = np.where(np.isinf(rhi), inf, rhi)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = a.indices.astype(np.int32)
+        lp.a_matrix_.value_ = a.data.astype(np.float64)
+        if self.is_mip:
+            kinds = [highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger]
+            lp.integrality_ = [kinds[int(i)] for i in integer]
+        status = self._h.passModel(lp)
+        if status != highspy.HighsStatus.kOk and status != highspy.HighsStatus.kWarning:
+            raise RuntimeError(f"HiGHS rejected the model: {status}")
+
+    def _on_incumbent(self, event: Any) -> None:
+        if event.data_out.objective_function_value < self._stop_below:
+            self._found_below = True
+
+    def _on_interrupt(self, event: Any) -> None:
+        if self._found_below:
+            event.interrupt()
+
+    def set_time_limit(self, seconds: float) -> None:
+        """Seconds allowed to the next :meth:`minimize` calls."""
+        self._h.setOptionValue("time_limit", float(seconds))
+
+    def set_row_bounds(self, rows: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+        """Change the bounds of existing rows (use +-inf to switch a row off)."""
+        rows = np.asarray(rows, dtype=np.int32)
+        inf = 1e30  # HiGHS treats |bound| >= 1e20 as infinite
+        lo = np.clip(np.asarray(lower, dtype=np.float64), -inf, inf)
+        hi = np.clip(np.asarray(upper, dtype=np.float64), -inf, inf)
+        self._h.changeRowsBounds(rows.size, rows, lo, hi)
+
+    def minimize(self, cost: np.ndarray, offset: float = 0.0,
+                 stop_below: float = -math.inf, cutoff: float = math.inf) -> Solution:
+        """Minimise ``cost @ x + offset``.
+
+        Args:
+            cost: (num_vars,) objective coefficients.
+            offset: constant added to the objective.
+            stop_below: MIP only: stop as soon as an incumbent with objective below this value
+                is found (status INTERRUPTED, the incumbent returned).
+            cutoff: MIP only: prune every point whose objective is not below this value (if
+                none is left the status is INFEASIBLE: the minimum is >= ``cutoff``).
+
+        Returns:
+            The :class:`Solution`; solver failures come back as a status, never raised.
+        """
+        h = self._h
+        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32),
+                         np.asarray(cost, dtype=np.float64))
+        h.changeObjectiveOffset(float(offset))
+        self._stop_below, self._found_below = stop_below, False
+        if self.is_mip:
+            h.setOptionValue("objective_bound", float(cutoff) if math.isfinite(cutoff) else 1e30)
+        start = time.perf_counter()
+        try:
+            h.run()
+        except Exception as err:  # noqa: BLE001 - a solver crash is reported, never raised
+            return Solution(SolveStatus.ERROR, math.inf, -math.inf, None, repr(err),
+                            time.perf_counter() - start)
+        return self._read(time.perf_counter() - start)
+
+    def _read(self, seconds: float) -> Solution:
+        h = self._h
+        name = h.modelStatusToString(h.getModelStatus())
+        raw = str(h.getModelStatus()).split(".")[-1]
+        status = _STATUS.get(raw, SolveStatus.ERROR)
+        info = h.getInfo()
+        sol = h.getSolution()
+        has_x = bool(sol.value_valid) and len(sol.col_value) == self.num_vars
+        x = np.asarray(sol.col_value, dtype=np.float64) if has_x else None
+        objective = float(info.objective_function_value) if has_x else math.inf
+        if self.is_mip:
+            bound = float(info.mip_dual_bound)
+            if status is SolveStatus.OPTIMAL:
+                bound = min(bound, objective)
+        else:
+            bound = objective if status is SolveStatus.OPTIMAL else -math.inf
+        if status is SolveStatus.INFEASIBLE or (raw == "kObjectiveBound" and not has_x):
+            status, bound = SolveStatus.INFEASIBLE, math.inf
+        if math.isnan(bound):
+            bound = -math.inf
+        return Solution(status, objective, bound, x, name, seconds)

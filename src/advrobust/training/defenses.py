@@ -1,0 +1,150 @@
+"""Defense names -> configured training objectives (what ``advrobust train --defense`` uses).
+
+``build_objective("pgd", eps=0.3, steps=10)`` turns a name and keyword parameters into an
+:class:`~advrobust.training.Objective`. Parameters given as None are dropped (so a CLI can pass
+every option it has); any other parameter the defense does not take is an error naming the ones
+it does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from advrobust.core.threat import LpBall
+from advrobust.errors import InvalidParameterError
+from advrobust.training.objective import Objective
+
+__all__ = ["DEFENSES", "build_objective"]
+
+
+def _threat(eps: float, norm: str) -> LpBall:
+    return LpBall(norm, eps)
+
+
+def _standard() -> Objective:
+    from advrobust.training.objectives import Standard
+
+    return Standard()
+
+
+def _pgd(*, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
+         seed: int | None = None) -> Objective:
+    from advrobust.training.adversarial import AdversarialPGD
+
+    return AdversarialPGD(threat=_threat(eps, norm), steps=steps, step_size=step_size, seed=seed)
+
+
+def _fgsm(*, eps: float, norm: str = "linf", alpha: float | None = None,
+          seed: int | None = None) -> Objective:
+    from advrobust.training.adversarial import FastFGSM
+
+    return FastFGSM(threat=_threat(eps, norm), alpha=alpha, seed=seed)
+
+
+def _trades(*, eps: float, norm: str = "linf", beta: float = 6.0, steps: int = 10,
+            step_size: float | None = None, seed: int | None = None) -> Objective:
+    from advrobust.training.adversarial import TRADES
+
+    return TRADES(threat=_threat(eps, norm), beta=beta, steps=steps, step_size=step_size,
+                  seed=seed)
+
+
+def _tv(*, eps: float, norm: str = "linf", h: float = 1e-2,
+        double_backprop: bool = False) -> Objective:
+    from advrobust.training.regularizers import GradientNormPenalty
+
+    return GradientNormPenalty(eps=eps, norm=norm, h=h, double_backprop=double_backprop)
+
+
+def _tv_lip(*, eps: float, norm: str = "linf", lam: float = 0.1, h: float = 1e-2,
+            double_backprop: bool = False) -> Objective:
+    from advrobust.training.regularizers import GradientNormPenalty, LipschitzPenalty
+
+    tv = GradientNormPenalty(eps=eps, norm=norm, h=h, double_backprop=double_backprop)
+    return LipschitzPenalty(lam=lam, norm=norm, h=h, double_backprop=double_backprop, base=tv)
+
+
+def _ibp(*, eps: float, norm: str = "linf", warmup: float = 0.1, ramp: float = 0.5,
+         kappa_end: float = 0.5) -> Objective:
+    from advrobust.training.certified import IBPTraining
+    from advrobust.training.ramps import EpsSchedule, Ramp
+
+    return IBPTraining(threat=_threat(eps, norm), schedule=EpsSchedule(warmup=warmup, ramp=ramp),
+                       kappa_schedule=Ramp(start=1.0, end=kappa_end, warmup=warmup, ramp=ramp))
+
+
+def _crown_ibp(*, eps: float, norm: str = "linf", warmup: float = 0.1, ramp: float = 0.5,
+               kappa_end: float = 0.5) -> Objective:
+    from advrobust.training.certified import CROWNIBP
+    from advrobust.training.ramps import EpsSchedule, Ramp
+
+    return CROWNIBP(threat=_threat(eps, norm), schedule=EpsSchedule(warmup=warmup, ramp=ramp),
+                    beta_schedule=Ramp(start=1.0, end=0.0, warmup=warmup, ramp=ramp),
+                    kappa_schedule=Ramp(start=1.0, end=kappa_end, warmup=warmup, ramp=ramp))
+
+
+_FACTORIES: dict[str, Callable[..., Objective]] = {
+    "standard": _standard,
+    "pgd": _pgd,
+    "fgsm": _fgsm,
+    "trades": _trades,
+    "tv": _tv,
+    "tv-lip": _tv_lip,
+    "ibp": _ibp,
+    "crown-ibp": _crown_ibp,
+}
+
+#: Names accepted by :func:`build_objective` (and ``advrobust train --defense``).
+DEFENSES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def defense_params(name: str) -> dict[str, Any]:
+    """The parameters a defense takes, with their defaults (``inspect.Parameter.empty`` if
+    required)."""
+    factory = _factory(name)
+    return {n: p.default for n, p in inspect.signature(factory).parameters.items()}
+
+
+def _factory(name: str) -> Callable[..., Objective]:
+    if name not in _FACTORIES:
+        raise InvalidParameterError(
+            f"Unknown defense {name!r}. Valid defenses: {', '.join(DEFENSES)}.")
+    return _FACTORIES[name]
+
+
+def build_objective(name: str, **params: Any) -> Objective:
+    """The training objective of a named defense.
+
+    Args:
+        name: one of :data:`DEFENSES`: ``standard``, ``pgd`` (Madry et al. 2018), ``fgsm``
+            (fast FGSM, Wong et al. 2020), ``trades`` (Zhang et al. 2019), ``tv`` (gradient-norm
+            penalty), ``tv-lip`` (gradient-norm plus Lipschitz penalty; Finlay & Oberman),
+            ``ibp`` (Gowal et al. 2018), ``crown-ibp`` (Zhang et al. 2020).
+        **params: the defense's parameters (``eps`` is required by all but ``standard``;
+            ``norm`` defaults to linf). None values are ignored.
+
+    Returns:
+        The configured objective; ``type(obj).__name__`` and ``obj.get_params()`` describe it
+        for a checkpoint.
+
+    Raises:
+        InvalidParameterError: unknown name (lists the valid ones), a parameter the defense does
+            not take (lists the ones it does), a missing ``eps``, or an invalid value.
+    """
+    factory = _factory(name)
+    given = {k: v for k, v in params.items() if v is not None}
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        allowed = ", ".join(accepted) or "none"
+        raise InvalidParameterError(
+            f"The defense {name!r} does not take the parameter(s) {', '.join(unknown)}. "
+            f"It takes: {allowed}.")
+    missing = [n for n, p in accepted.items() if p.default is p.empty and n not in given]
+    if missing:
+        raise InvalidParameterError(
+            f"The defense {name!r} needs the parameter(s) {', '.join(missing)} "
+            "(e.g. --eps 0.1).")
+    return factory(**given)

@@ -1,0 +1,295 @@
+"""The training loop: SGD over seeded shuffled batches, any objective, per-epoch records.
+
+``fit`` owns batches, optimiser, schedule, progress, divergence handling and checkpoints; the
+:class:`~advrobust.training.Objective` owns the loss of one batch. Defenses (adversarial,
+certified, regularised training) plug in as objectives without touching the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core.modes import model_device
+from advrobust.errors import InvalidParameterError, TrainingDivergedError
+from advrobust.training._data import as_tensors, check_model_fits, error_rate
+from advrobust.training.history import EpochStats, History
+from advrobust.training.objective import Objective
+from advrobust.training.objectives import Standard
+from advrobust.training.schedule import check_drop_epochs, lr_at_epoch
+
+__all__ = ["fit"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Diverged(Exception):
+    def __init__(self, batch: int, loss: float, restored: str) -> None:
+        super().__init__(batch, loss, restored)
+        self.batch, self.loss, self.restored = batch, loss, restored
+
+
+def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective | None = None,
+        epochs: int = 10, lr: float = 0.1, batch_size: int = 100, momentum: float = 0.0,
+        weight_decay: float = 0.0, lr_drop_epochs: tuple[int, ...] | list[int] | None = None,
+        lr_drop_factor: float = 0.1, seed: int = 0, progress: bool = True,
+        checkpoint_path: str | os.PathLike[str] | None = None, arch: str | None = None,
+        arch_kwargs: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
+        on_epoch_end: Callable[[EpochStats], None] | None = None) -> History:
+    """Train ``model`` in place with SGD on ``objective``; evaluate on ``test`` every epoch.
+
+    The course's recipe is the default (plain SGD, lr 0.1, batches of 100, cross-entropy);
+    :func:`~advrobust.training.course_schedule` adds its lr drop for ``cnn``. Batches are
+    reshuffled every epoch from ``seed`` (a private ``torch.Generator``; the global RNG is not
+    touched) and moved to the device of the model's parameters. The model's train/eval mode is
+    restored at the end.
+
+    Args:
+        model: The model to train (modified in place).
+        train: Training data: an object with ``x`` (N, C, H, W) float and ``y`` (N,) int
+            tensors (e.g. ``advrobust.data.Dataset``) or a tuple ``(x, y)``.
+        test: Test data in the same forms, or None.
+        objective: Loss of one batch; default :class:`~advrobust.training.Standard`
+            (cross-entropy). ``objective.prepare(model, input_shape)`` runs before the first
+            batch.
+        epochs: Number of passes over ``train``.
+        lr: Initial learning rate.
+        batch_size: Samples per SGD step (the last batch of an epoch may be smaller).
+        momentum: SGD momentum.
+        weight_decay: SGD L2 penalty.
+        lr_drop_epochs: Epoch counts after which the rate is multiplied by ``lr_drop_factor``
+            (``(5,)``: epochs 6 and later use ``lr * lr_drop_factor``).
+        lr_drop_factor: Factor of each drop, in (0, 1].
+        seed: Seed of the shuffling.
+        progress: Show a tqdm bar per epoch with its loss and errors.
+        checkpoint_path: If given, write a checkpoint there after every epoch and on
+            divergence; needs ``arch`` and ``arch_kwargs`` (see ``save_checkpoint``).
+        arch: Architecture name for the checkpoint.
+        arch_kwargs: ``build_model`` keyword arguments for the checkpoint.
+        metadata: Extra checkpoint metadata (primitives), merged over what ``fit`` records.
+        on_epoch_end: Called with each epoch's :class:`EpochStats`.
+
+    Returns:
+        The per-epoch :class:`History`.
+
+    Raises:
+        InvalidParameterError: a bad hyper-parameter, objective or checkpoint request.
+        InvalidInputError: malformed data, or labels the model's outputs cannot cover.
+        TrainingDivergedError: the loss or the weights became NaN / inf. The model then holds
+            the last good weights (before the offending batch, or from the end of the previous
+            epoch), also written to ``checkpoint_path`` if given.
+    """
+    plan = _Plan.make(epochs, lr, batch_size, momentum, weight_decay, lr_drop_epochs,
+                      lr_drop_factor, seed, progress)
+    objective = _check_objective(objective)
+    if checkpoint_path is not None and (arch is None or arch_kwargs is None):
+        raise InvalidParameterError(
+            "fit needs 'arch' and 'arch_kwargs' (how to rebuild the model) to write "
+            f"'checkpoint_path'. Got arch={arch!r}, arch_kwargs={arch_kwargs!r}.")
+    x, y = as_tensors(train, "train")
+    test_xy = None if test is None else as_tensors(test, "test")
+    device = model_device(model) or torch.device("cpu")
+    check_model_fits(model, x, y, device)
+    objective.prepare(model, tuple(x.shape[1:]))
+
+    def save(history: History, diverged: bool = False) -> None:
+        from advrobust.models import save_checkpoint
+
+        assert checkpoint_path is not None and arch is not None and arch_kwargs is not None
+        meta = _metadata(train, x, plan, objective, history, diverged)
+        save_checkpoint(checkpoint_path, model, arch=arch, arch_kwargs=arch_kwargs,
+                        metadata={**meta, **(metadata or {})})
+
+    was_training = model.training
+    try:
+        return _run(model, x, y, test_xy, objective, plan, device,
+                    None if checkpoint_path is None else save, on_epoch_end)
+    finally:
+        model.train(was_training)
+
+
+class _Plan:
+    """The validated hyper-parameters of one ``fit`` call."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+        self.epochs: int
+        self.lr: float
+        self.batch_size: int
+        self.momentum: float
+        self.weight_decay: float
+        self.lr_drop_epochs: tuple[int, ...]
+        self.lr_drop_factor: float
+        self.seed: int
+        self.progress: bool
+
+    @classmethod
+    def make(cls, epochs: int, lr: float, batch_size: int, momentum: float, weight_decay: float,
+             lr_drop_epochs: Any, lr_drop_factor: float, seed: int, progress: bool) -> _Plan:
+        epochs = check_int(epochs, "epochs", "fit", low=1)
+        return cls(
+            epochs=epochs, lr=check_float(lr, "lr", "fit", low=0, low_open=True),
+            batch_size=check_int(batch_size, "batch_size", "fit", low=1),
+            momentum=check_float(momentum, "momentum", "fit", low=0, high=1, high_open=True),
+            weight_decay=check_float(weight_decay, "weight_decay", "fit", low=0),
+            lr_drop_epochs=check_drop_epochs(lr_drop_epochs, epochs),
+            lr_drop_factor=check_float(lr_drop_factor, "lr_drop_factor", "fit", low=0, high=1,
+                                       low_open=True),
+            seed=check_int(seed, "seed", "fit", low=0),
+            progress=check_bool(progress, "progress", "fit"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
+                if k != "progress"}
+
+
+def _check_objective(objective: Any) -> Objective:
+    if objective is None:
+        return Standard()
+    if not isinstance(objective, Objective):
+        raise InvalidParameterError(
+            "The 'objective' parameter of fit must be an advrobust.training.Objective (e.g. "
+            f"Standard()). Got {type(objective).__name__} instead.")
+    return objective
+
+
+def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | None,
+         objective: Objective, plan: _Plan, device: torch.device,
+         save: Callable[..., None] | None, on_epoch_end: Callable[[EpochStats], None] | None,
+         ) -> History:
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum,
+                                weight_decay=plan.weight_decay)
+    generator = torch.Generator().manual_seed(plan.seed)
+    history = History()
+    for epoch in range(plan.epochs):
+        start = time.perf_counter()
+        rate = lr_at_epoch(epoch, plan.lr, plan.lr_drop_epochs, plan.lr_drop_factor)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        bar = tqdm(total=-(-len(y) // plan.batch_size), desc=f"epoch {epoch + 1}/{plan.epochs}",
+                   unit="batch", disable=not plan.progress, leave=True, dynamic_ncols=True)
+        try:
+            loss, err = _train_epoch(model, x, y, objective, optimizer, generator, plan, epoch,
+                                     device, bar)
+        except _Diverged as div:
+            bar.close()
+            if save is not None:
+                save(history, diverged=True)
+            raise TrainingDivergedError(
+                f"Training diverged: the loss or the weights became non-finite (loss {div.loss}) "
+                f"at epoch {epoch + 1}, batch {div.batch}. The model holds {div.restored}"
+                + ("" if save is None else ", also written to the checkpoint")
+                + f". Try a smaller learning rate (lr was {rate:g}).") from None
+        test_err = None if test is None else error_rate(model, *test, device, plan.batch_size)
+        stats = EpochStats(epoch + 1, rate, loss, err, test_err, time.perf_counter() - start)
+        history.epochs.append(stats)
+        bar.set_postfix_str(_summary(stats), refresh=True)
+        bar.close()
+        logger.info("epoch %d/%d: %s", epoch + 1, plan.epochs, _summary(stats))
+        if save is not None:
+            save(history)
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+    return history
+
+
+def _summary(stats: EpochStats) -> str:
+    test = "" if stats.test_error is None else f" test_err {stats.test_error:.2%}"
+    return (f"loss {stats.train_loss:.4f} train_err {stats.train_error:.2%}{test} "
+            f"lr {stats.lr:g} ({stats.seconds:.1f}s)")
+
+
+def _train_epoch(model: nn.Module, x: Tensor, y: Tensor, objective: Objective,
+                 optimizer: torch.optim.Optimizer, generator: torch.Generator, plan: _Plan,
+                 epoch: int, device: torch.device, bar: Any) -> tuple[float, float]:
+    """One pass over shuffled batches; returns (mean loss, train error)."""
+    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    order = torch.randperm(len(y), generator=generator)
+    n_batches = -(-len(y) // plan.batch_size)
+    total_loss, wrong, seen = 0.0, 0, 0
+    model.train()
+    with _LastOutput(model) as last:
+        for b in range(n_batches):
+            idx = order[b * plan.batch_size:(b + 1) * plan.batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            last.reset(len(yb))
+            loss = _batch_loss(objective, model, xb, yb, (epoch + b / n_batches) / plan.epochs)
+            value = float(loss.detach())
+            if not torch.isfinite(loss):
+                raise _Diverged(b + 1, value, "the weights from before this batch")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                model.load_state_dict(snapshot)
+                raise _Diverged(b + 1, value, "the weights from the start of this epoch")
+            total_loss += value * len(yb)
+            wrong += last.wrong(model, xb, yb)
+            seen += len(yb)
+            bar.update(1)
+            if b % 20 == 0:
+                bar.set_postfix_str(f"loss {value:.4f}", refresh=False)
+    return total_loss / seen, wrong / seen
+
+
+def _batch_loss(objective: Objective, model: nn.Module, x: Tensor, y: Tensor,
+                progress: float) -> Tensor:
+    loss = objective(model, x, y, progress)
+    if not torch.is_tensor(loss) or loss.numel() != 1 or not loss.requires_grad:
+        raise InvalidParameterError(
+            f"The objective {type(objective).__name__} must return a scalar tensor that depends "
+            f"on the model's parameters. Got {loss!r} instead.")
+    return loss.reshape(())
+
+
+class _LastOutput:
+    """Remembers the last (B, K) output of the model's forward in training mode."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.size = model, 0
+        self.out_: Tensor | None = None
+
+    def __enter__(self) -> _LastOutput:
+        self.handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if module.training and torch.is_tensor(output) and output.dim() == 2 \
+                and output.shape[0] == self.size:
+            self.out_ = output.detach()
+
+    def reset(self, size: int) -> None:
+        self.size, self.out_ = size, None
+
+    def wrong(self, model: nn.Module, x: Tensor, y: Tensor) -> int:
+        out = self.out_
+        if out is None:  # the objective never ran the whole model in training mode
+            with torch.no_grad():
+                out = model(x)
+        return int((out.argmax(dim=1) != y).sum())
+
+
+def _metadata(train: Any, x: Tensor, plan: _Plan, objective: Objective, history: History,
+              diverged: bool) -> dict[str, Any]:
+    from advrobust.models import to_primitive
+
+    return {
+        **plan.as_dict(), "epochs": len(history), "epochs_planned": plan.epochs,
+        "dataset": getattr(train, "name", None), "split": getattr(train, "split", None),
+        "n_train": int(x.shape[0]),
+        "objective": {"name": type(objective).__name__,
+                      "params": to_primitive(objective.get_params())},
+        "clean_accuracy": history.test_accuracy, "history": history.to_dict(),
+        "diverged": diverged,
+    }

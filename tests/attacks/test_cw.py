@@ -1,0 +1,108 @@
+"""Carlini & Wagner: contract, binary search, eps ceiling, already-broken samples, bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from attacks._catalogue import digits_batch, digits_model
+from attacks.common import batch_for, check_attack
+from torch import nn
+
+from advrobust import InvalidParameterError, InvalidThreatModelError, LpBall
+from advrobust.attacks import PGD, CarliniWagner
+
+FAST = {"steps": 10, "lr": 0.05, "binary_search_steps": 2, "initial_const": 1.0}
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("l2", 0.5), ("linf", 0.1)])
+def test_contract(norm: str, eps: float, tiny_mlp: nn.Module) -> None:
+    x, y = batch_for(tiny_mlp, n=8)
+    check_attack(CarliniWagner(norm=norm, **FAST), tiny_mlp, x, y, LpBall(norm, eps))
+
+
+def test_contract_targeted(tiny_mlp: nn.Module) -> None:
+    x, y = batch_for(tiny_mlp, n=8)
+    check_attack(CarliniWagner(**FAST), tiny_mlp, x, y, LpBall("l2", 1.0), target=(y + 1) % 3)
+
+
+def _quiet_run(attack: CarliniWagner, x: torch.Tensor, y: torch.Tensor, threat: LpBall):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return attack(digits_model(), x, y, threat)
+
+
+def test_binary_search_beats_a_single_constant_per_sample() -> None:
+    """The search's first round is the single-constant run, so per sample it can only improve;
+    starting from a large constant it must shrink the perturbation substantially."""
+    x, y = digits_batch(24)
+    threat = LpBall("l2", 8.0)
+    kw = {"steps": 40, "lr": 0.05, "initial_const": 10.0, "abort_early": False}
+    single = _quiet_run(CarliniWagner(binary_search_steps=1, **kw), x, y, threat)
+    search = _quiet_run(CarliniWagner(binary_search_steps=5, **kw), x, y, threat)
+    assert bool((search.success | ~single.success).all())
+    both = single.success & search.success
+    assert bool((search.norm[both] <= single.norm[both] + 1e-6).all())
+    assert float(search.norm[both].mean()) < 0.8 * float(single.norm[both].mean())
+    assert bool((search.info["const"][both] < 10.0).all())
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_breaks_every_sample_pgd_breaks_within_eps(norm: str) -> None:
+    """A minimum-norm attack capped at eps finds a point within eps wherever PGD does."""
+    x, y = digits_batch(40)
+    threat = LpBall(norm, 0.3 if norm == "l2" else 0.05)
+    pgd = PGD(steps=20)(digits_model(), x, y, threat, generator=torch.Generator().manual_seed(0))
+    assert int(pgd.success.sum()) >= 3
+    cw = _quiet_run(CarliniWagner(norm=norm, steps=60, lr=0.1, binary_search_steps=6,
+                                  initial_const=0.1), x, y, threat)
+    assert bool(cw.success[pgd.success].all())
+    assert bool((cw.norm <= threat.eps + 1e-6).all())
+
+
+def test_eps_is_a_ceiling_and_failures_are_flagged() -> None:
+    x, y = digits_batch(24)
+    threat = LpBall("l2", 0.15)
+    result = _quiet_run(CarliniWagner(steps=30, lr=0.1, binary_search_steps=3), x, y, threat)
+    assert bool((result.norm <= 0.15 + 1e-6).all())
+    assert not bool(result.success.all())
+    assert torch.equal(result.exhausted, ~result.success)
+
+
+def test_confidence_leaves_a_logit_gap() -> None:
+    x, y = digits_batch(12)
+    kappa = 2.0
+    result = _quiet_run(CarliniWagner(confidence=kappa, steps=60, lr=0.1, binary_search_steps=4,
+                                      initial_const=1.0), x, y, LpBall("l2", 8.0))
+    assert bool(result.success.any())
+    assert bool((result.margin[result.success] <= -kappa + 1e-4).all())
+
+
+def test_already_misclassified_samples_get_norm_zero() -> None:
+    x, y = digits_batch(6)
+    wrong = (y + 1) % 10
+    with pytest.warns(UserWarning, match="6 of 6 samples are already misclassified"):
+        result = CarliniWagner(**FAST)(digits_model(), x, wrong, LpBall("l2", 1.0))
+    assert bool(result.success.all()) and bool((result.norm == 0).all())
+    assert bool(result.info["already_adversarial"].all())
+
+
+def test_bad_configurations_and_threats(tiny_mlp: nn.Module) -> None:
+    for kwargs, message in [({"norm": "l1"}, "'norm' parameter of CarliniWagner"),
+                            ({"steps": 0}, "'steps' parameter"),
+                            ({"lr": 0.0}, "'lr' parameter"),
+                            ({"confidence": -1.0}, "'confidence' parameter"),
+                            ({"binary_search_steps": 0}, "'binary_search_steps'"),
+                            ({"initial_const": math.inf}, "'initial_const'"),
+                            ({"abort_early": 1}, "'abort_early'")]:
+        with pytest.raises(InvalidParameterError, match=message):
+            CarliniWagner(**kwargs)
+    x, y = batch_for(tiny_mlp, n=4)
+    with pytest.raises(InvalidThreatModelError, match="same norm"):
+        CarliniWagner(norm="linf")(tiny_mlp, x, y, LpBall("l2", 1.0))
+    with pytest.raises(InvalidThreatModelError, match="bounded input box"):
+        CarliniWagner()(tiny_mlp, x, y, LpBall("l2", 1.0, lo=-math.inf, hi=math.inf))
+    assert repr(CarliniWagner(steps=3)).startswith("CarliniWagner(norm='l2', confidence=0.0, "
+                                                   "steps=3")
