@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["digits_model", "digits_batch"]
+__all__ = ["digits_batch", "digits_model", "one_thread"]
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread (tiny models run far faster so on a shared, busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @lru_cache(maxsize=1)
@@ -23,10 +36,11 @@ def _trained() -> tuple[nn.Module, Tensor, Tensor]:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[:1500]), y[:1500]).backward()
-        opt.step()
+    with one_thread():
+        for _ in range(200):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[:1500]), y[:1500]).backward()
+            opt.step()
     model.eval()
     for p in model.parameters():
         p.grad = None

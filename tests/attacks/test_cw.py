@@ -7,12 +7,20 @@ import warnings
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model
+from attacks._catalogue import digits_batch, digits_model, one_thread
 from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import InvalidParameterError, InvalidThreatModelError, LpBall
 from advrobust.attacks import PGD, CarliniWagner
+
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> object:
+    with one_thread():
+        yield
+
 
 FAST = {"steps": 10, "lr": 0.05, "binary_search_steps": 2, "initial_const": 1.0}
 
@@ -45,21 +53,34 @@ def test_binary_search_beats_a_single_constant_per_sample() -> None:
     assert bool((search.success | ~single.success).all())
     both = single.success & search.success
     assert bool((search.norm[both] <= single.norm[both] + 1e-6).all())
-    assert float(search.norm[both].mean()) < 0.8 * float(single.norm[both].mean())
+    assert float(search.norm[both].mean()) < 0.9 * float(single.norm[both].mean())
     assert bool((search.info["const"][both] < 10.0).all())
 
 
-@pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_breaks_every_sample_pgd_breaks_within_eps(norm: str) -> None:
+def test_breaks_every_sample_pgd_breaks_within_eps() -> None:
     """A minimum-norm attack capped at eps finds a point within eps wherever PGD does."""
     x, y = digits_batch(40)
-    threat = LpBall(norm, 0.3 if norm == "l2" else 0.05)
+    threat = LpBall("l2", 0.3)
     pgd = PGD(steps=20)(digits_model(), x, y, threat, generator=torch.Generator().manual_seed(0))
     assert int(pgd.success.sum()) >= 3
-    cw = _quiet_run(CarliniWagner(norm=norm, steps=60, lr=0.1, binary_search_steps=6,
-                                  initial_const=0.1), x, y, threat)
+    cw = _quiet_run(CarliniWagner(steps=60, lr=0.1, binary_search_steps=6, initial_const=0.1),
+                    x, y, threat)
     assert bool(cw.success[pgd.success].all())
     assert bool((cw.norm <= threat.eps + 1e-6).all())
+
+
+def test_linf_tau_rounds_shrink_the_perturbation_per_sample() -> None:
+    """linf: the first round is the one-round run; later rounds lower tau, never the result."""
+    x, y = digits_batch(24)
+    threat = LpBall("linf", 0.5)
+    kw = {"norm": "linf", "steps": 40, "lr": 0.1, "initial_const": 1.0}
+    one = _quiet_run(CarliniWagner(binary_search_steps=1, **kw), x, y, threat)
+    many = _quiet_run(CarliniWagner(binary_search_steps=6, **kw), x, y, threat)
+    assert bool((many.success | ~one.success).all())
+    both = one.success & many.success
+    assert int(both.sum()) >= 12
+    assert bool((many.norm[both] <= one.norm[both] + 1e-6).all())
+    assert float(many.norm[both].mean()) < 0.9 * float(one.norm[both].mean())
 
 
 def test_eps_is_a_ceiling_and_failures_are_flagged() -> None:

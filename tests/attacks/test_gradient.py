@@ -106,7 +106,8 @@ def test_targeted_pgd_reaches_its_target_on_an_easy_model(objective: str) -> Non
     x = torch.rand(24, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = model(x).argmax(1).detach()
     target = (y + 1 + torch.arange(24) % 3) % 4
-    result = PGD(steps=20, targeted_loss=objective)(
+    # No random start: it would move the other coordinates, which target-vs-true leaves alone.
+    result = PGD(steps=20, targeted_loss=objective, random_start=False)(
         model, x, y, LpBall("linf", 1.0, *UNBOUNDED), target=target,
         generator=torch.Generator().manual_seed(0))
     assert bool(result.success.all())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
+import pytest
 import torch
 from torch import nn
 
@@ -12,6 +14,16 @@ from advrobust.data._dataset import Dataset
 from advrobust.models import build_model
 from advrobust.training import fit
 from advrobust.training.objective import Objective
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: tiny models gain nothing from more, and on a contended machine the
+    threads' spin-waits make training many times slower. Restored after the test."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @functools.cache
@@ -39,7 +51,7 @@ def own_loss_drop(objective: Objective, steps: int = 30, seed: int = 0) -> tuple
     model = small_mlp(seed).train()
     data = digits("train")
     x, y = data.x[:128], data.y[:128]
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
     before = float(objective(model, x, y, 1.0).detach())
     for _ in range(steps):
         opt.zero_grad()

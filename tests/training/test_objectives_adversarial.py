@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from objectives_helpers import digits, own_loss_drop, small_mlp, train
+from objectives_helpers import digits, one_thread, own_loss_drop, small_mlp, train  # noqa: F401
 
 from advrobust.attacks import PGD
 from advrobust.core import LpBall

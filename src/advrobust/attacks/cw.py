@@ -74,8 +74,10 @@ class CarliniWagner(Attack):
       ``initial_const``, times 10 until a first success, then bisection) with
       ``binary_search_steps`` restarts from the clean point, ``steps`` Adam steps each.
     * ``norm="linf"``: the paper's tau penalty ``dist = sum_i max(|x'_i - x_i| - tau, 0)``, warm
-      started from round to round; per sample, a round that succeeds lowers ``tau`` to 0.9 times
-      the linf norm found, a round that fails doubles ``c`` (``binary_search_steps`` rounds).
+      started from round to round; ``tau`` starts at the threat's ``eps`` (the paper starts at
+      the box width, which ``eps`` caps here); per sample, a round that succeeds lowers ``tau``
+      to 0.9 times the linf norm found, a round that fails doubles ``c``
+      (``binary_search_steps`` rounds).
 
     The smallest successful perturbation whose norm is within the threat's ``eps`` is kept per
     sample (``eps`` is the ceiling of the search). A sample without such a point gets the
@@ -212,7 +214,7 @@ class CarliniWagner(Attack):
                      threat: LpBall) -> tuple[_Best, Tensor]:
         n = x.shape[0]
         const = torch.full((n,), self.initial_const, dtype=x.dtype, device=x.device)
-        tau = torch.full_like(const, threat.hi - threat.lo)
+        tau = torch.full_like(const, min(threat.eps, threat.hi - threat.lo))
         best = _Best.empty(x)
         w = self._to_w(x, threat).requires_grad_(True)
         for _ in range(self.binary_search_steps):

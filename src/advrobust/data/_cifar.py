@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from advrobust.data._dataset import Dataset
+from advrobust.data._dataset import Dataset, uint8_to_unit
 from advrobust.data._paths import candidate_dirs
 from advrobust.errors import DataFormatError, DatasetNotFoundError
 
@@ -178,7 +178,7 @@ def _describe(value: object) -> str:
 
 
 def _to_dataset(images: np.ndarray, labels: np.ndarray, split: str, provenance: str) -> Dataset:
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).div_(255.0)
+    x = uint8_to_unit(images)
     y = torch.from_numpy(labels.astype(np.int64))
     return Dataset(x=x, y=y, classes=CIFAR10_CLASSES, name="cifar10", split=split,
                    provenance=provenance)

@@ -12,7 +12,7 @@ from torch import Tensor
 from advrobust.core._validation import check_int
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "uint8_to_unit"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -133,6 +133,14 @@ class Dataset:
     def _derive(self, x: Tensor, y: Tensor, what: str) -> Dataset:
         return Dataset(x=x, y=y, classes=self.classes, name=self.name, split=self.split,
                        provenance=f"{self.provenance}; {what}")
+
+
+def uint8_to_unit(images: np.ndarray) -> Tensor:
+    """uint8 pixels -> float32 tensor ``pixels / 255`` (torch converts ~4x faster than numpy)."""
+    contiguous = np.ascontiguousarray(images)
+    if not contiguous.flags.writeable:  # torch.from_numpy warns on read-only buffers
+        contiguous = contiguous.copy()
+    return torch.from_numpy(contiguous).to(torch.float32).div_(255.0)
 
 
 def _check_images(x: object) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advrobust.data._dataset import Dataset
+from advrobust.data._dataset import Dataset, uint8_to_unit
 from advrobust.data._idx import read_idx
 from advrobust.data._paths import candidate_dirs
 from advrobust.errors import DataFormatError, DatasetNotFoundError
@@ -141,7 +141,7 @@ def _pair(images: np.ndarray, labels: np.ndarray, image_name: str,
 
 
 def _to_dataset(images: np.ndarray, labels: np.ndarray, split: str, provenance: str) -> Dataset:
-    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
+    x = uint8_to_unit(images).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return Dataset(x=x, y=y, classes=MNIST_CLASSES, name="mnist", split=split,
                    provenance=provenance)

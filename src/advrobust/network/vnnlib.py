@@ -22,7 +22,8 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.network._smtlib import Expr, VnnlibError, linear, parse_sexprs, show, variable
 
-__all__ = ["OutputPolytope", "VnnProperty", "VnnlibError", "load_vnnlib", "parse_vnnlib"]
+__all__ = ["OutputPolytope", "VnnProperty", "VnnlibError", "format_counterexample", "load_vnnlib",
+           "parse_vnnlib"]
 
 #: Most disjuncts the product of several output asserts may expand to.
 MAX_DISJUNCTS = 10_000
@@ -263,3 +264,15 @@ def load_vnnlib(path: str | Path) -> VnnProperty:
         return parse_vnnlib(path.read_text())
     except VnnlibError as exc:
         raise VnnlibError(f"{path}: {exc}") from None
+
+
+def format_counterexample(x: Tensor, y: Tensor) -> str:
+    """A counterexample in the VNN-COMP result format: ``((X_0 v) ... (Y_0 v) ...)``.
+
+    Args:
+        x: the input, any shape, read in row-major order as ``X_0 .. X_{D-1}``.
+        y: the model's outputs at ``x``, read as ``Y_0 ..``.
+    """
+    pairs = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x.reshape(-1).tolist())]
+    pairs += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y.reshape(-1).tolist())]
+    return "(" + "\n ".join(pairs) + ")"

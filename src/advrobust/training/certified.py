@@ -131,3 +131,48 @@ class IBPTraining(_Certified):
 
         lower, _ = interval_bounds(network, *threat.input_bounds(x), c=spec.C)
         return lower
+
+
+class CROWNIBP(_Certified):
+    """CROWN-IBP training: a mix of the CROWN and IBP lower bounds, IBP intermediate bounds.
+
+    Zhang, Chen, Xiao, Gowal, Stanforth, Li, Boning & Hsieh, "Towards stable and efficient
+    training of verifiably robust neural networks" (ICLR 2020). The lower bound is
+    ``beta * CROWN(IBP intermediates) + (1 - beta) * IBP``, with ``beta`` ramped from 1 to 0 while
+    eps ramps up. Bounds: :func:`advrobust.relax.crown_lower` on the layer bounds of
+    :func:`advrobust.relax.interval_layer_bounds` (one interval pass serves both).
+
+    Args:
+        threat: the final threat set.
+        schedule: the eps ramp (must not end above ``threat.eps``).
+        beta_schedule: weight of the CROWN bound, in [0, 1] (default 1 down to 0).
+        kappa_schedule: weight of the clean loss (default 1 down to 0.5).
+    """
+
+    def __init__(self, *, threat: LpBall, schedule: EpsSchedule | None = None,
+                 beta_schedule: Ramp | None = None, kappa_schedule: Ramp | None = None) -> None:
+        self.threat = threat
+        self.schedule = schedule if schedule is not None else EpsSchedule()
+        self.beta_schedule = (beta_schedule if beta_schedule is not None
+                              else Ramp(start=1.0, end=0.0, warmup=0.0, ramp=0.5))
+        self.kappa_schedule = (kappa_schedule if kappa_schedule is not None
+                               else Ramp(start=1.0, end=0.5, warmup=0.0, ramp=0.5))
+        self._setup(threat, self.schedule, self.kappa_schedule)
+        beta = _check_ramp(self.beta_schedule, "beta_schedule", "CROWNIBP")
+        if not (0 <= beta.start <= 1 and 0 <= beta.end <= 1):
+            raise InvalidParameterError(
+                "The 'beta_schedule' parameter of CROWNIBP must stay in [0, 1]. Got "
+                f"start={beta.start!r}, end={beta.end!r} instead.")
+
+    def _lower(self, network: Network, x: Tensor, spec: Spec, threat: LpBall,
+               progress: float) -> Tensor:
+        from advrobust.relax.crown import crown_lower
+        from advrobust.relax.ibp import interval_layer_bounds, spec_interval
+
+        bounds = interval_layer_bounds(network, *threat.input_bounds(x))
+        ibp, _ = spec_interval(network, bounds, spec.C)
+        beta = self.beta_schedule(progress)
+        if beta == 0:
+            return ibp
+        crown = crown_lower(network, x, threat, spec.C, bounds=bounds)
+        return beta * crown + (1 - beta) * ibp

@@ -1,0 +1,133 @@
+"""``advrobust verify``: certify (or break) a model on a dataset, or decide a VNNLIB property."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from advrobust.cli._common import add_data_args, add_json_arg, emit, load_data, load_model
+
+__all__ = ["register", "run"]
+
+EXAMPLE = """examples:
+  advrobust verify --model cnn_mnist.pt --data mnist --eps 0.02 --method crown --n 1000
+  advrobust verify --model small_mnist.pt --data mnist --eps 0.05 --method auto --n 100 --json
+  advrobust verify --onnx mnist-net_256x2.onnx --data mnist --eps 0.03 --method auto
+  advrobust verify --onnx mnist-net_256x2.onnx --vnnlib prop_0_0.03.vnnlib --time-limit 120
+
+methods: ibp, crown, lp (one relaxation: lower bounds), milp (exact, CROWN first), auto
+(CROWN, then PGD on what is left, then MILP on what is still undecided).
+With --vnnlib the answer follows VNN-COMP: unsat = verified, sat = counterexample found.
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the ``verify`` command."""
+    from advrobust.evaluation.verify import METHODS
+
+    p = sub.add_parser(
+        "verify", help="prove robustness (or find counterexamples) with bounds, attacks, MILP",
+        description="Certify a classifier sample by sample: verified (a sound lower bound on "
+                    "the worst-case margin is positive), falsified (a counterexample inside the "
+                    "threat set, re-checked through the model) or unknown.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, metavar="CKPT",
+                     help="checkpoint file written by 'advrobust train'")
+    src.add_argument("--onnx", type=Path, metavar="FILE",
+                     help="an ONNX network (feed-forward: Gemm/MatMul/Conv/Relu/Flatten)")
+    p.add_argument("--vnnlib", type=Path, metavar="PROP",
+                   help="decide this VNNLIB property instead of a dataset (prints sat/unsat)")
+    add_data_args(p, default="mnist")
+    p.set_defaults(n=100)
+    p.add_argument("--eps", type=float, default=None, help="radius of the threat set")
+    p.add_argument("--norm", default="linf", choices=("linf", "l2", "l1"),
+                   help="norm of the threat set (default: linf)")
+    p.add_argument("--method", default="auto", choices=METHODS,
+                   help="verification method (default: auto)")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
+                   help="MILP / LP seconds per sample (default: 60)")
+    p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
+    p.add_argument("--batch-size", type=int, default=100,
+                   help="samples per bound / attack call (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    p.add_argument("--counterexample", type=Path, metavar="FILE",
+                   help="with --vnnlib: write a counterexample here (VNN-COMP format)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _network(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None]:
+    """The model and, for ONNX files, the per-sample input shape of the graph."""
+    if args.onnx is not None:
+        from advrobust.network.onnx import import_onnx
+
+        net = import_onnx(args.onnx)
+        return net.model, net.input_shape
+    return load_model(args.model).model, None
+
+
+def _fit_shape(x: Any, shape: tuple[int, ...] | None) -> Any:
+    if shape is None or tuple(x.shape[1:]) == shape:
+        return x
+    if math.prod(shape) != x[0].numel():
+        raise SystemExit(f"advrobust verify: the network takes inputs of shape {shape} "
+                         f"({math.prod(shape)} values) but the data has {tuple(x.shape[1:])}.")
+    return x.reshape(x.shape[0], *shape)
+
+
+def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | None) -> int:
+    import torch
+
+    from advrobust.core.threat import LpBall
+    from advrobust.evaluation.verify import verify_dataset
+
+    if args.eps is None:
+        raise SystemExit("advrobust verify: --eps is required (or give --vnnlib).")
+    data = load_data(args)
+    x = _fit_shape(data.x, shape)
+    report = verify_dataset(model, x, data.y, LpBall(args.norm, args.eps), method=args.method,
+                            time_limit=args.time_limit, threads=args.threads,
+                            batch_size=args.batch_size, progress=not args.no_progress,
+                            generator=torch.Generator().manual_seed(args.seed))
+    payload = report.summary()
+    keys = ("method", "threat", "n", "verified", "falsified", "unknown", "clean_accuracy",
+            "certified_accuracy", "robust_accuracy_upper", "mean_lower_bound", "seconds")
+    rows = [(k.replace("_", " "), payload[k]) for k in keys]
+    emit(args, payload, rows, title=f"advrobust verify ({data.name}, {len(data)} samples)")
+    return 0
+
+
+def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | None) -> int:
+    import torch
+
+    from advrobust.evaluation.verify import verify_property
+    from advrobust.network.vnnlib import format_counterexample, load_vnnlib
+
+    prop = load_vnnlib(args.vnnlib)
+    result = verify_property(model, prop, input_shape=shape, method=args.method,
+                             time_limit=args.time_limit, threads=args.threads,
+                             progress=not args.no_progress,
+                             generator=torch.Generator().manual_seed(args.seed))
+    if args.counterexample is not None and result.counterexample is not None:
+        assert result.outputs is not None
+        text = format_counterexample(result.counterexample, result.outputs)
+        args.counterexample.write_text(f"sat\n{text}\n")
+    report = result.report
+    payload = {"result": result.status, "property": str(args.vnnlib), "method": args.method,
+               "lower_bound": float(report.margin_lower[0]),
+               "upper_bound": float(report.margin_upper[0]),
+               "decided_by": report.decided_by[0], "seconds": report.seconds}
+    emit(args, payload, list(payload.items()), title="advrobust verify (VNNLIB)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Verify a dataset (counts and certified accuracy) or one VNNLIB property."""
+    model, shape = _network(args)
+    if args.vnnlib is not None:
+        return _run_property(args, model, shape)
+    return _run_dataset(args, model, shape)

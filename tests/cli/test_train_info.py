@@ -1,0 +1,74 @@
+"""``advrobust train`` and ``advrobust info`` end to end on the bundled digits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from advrobust.cli import info, train
+from advrobust.errors import CheckpointError
+from advrobust.models import load_checkpoint
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advrobust")
+    sub = parser.add_subparsers(dest="command")
+    train.register(sub)
+    info.register(sub)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "m.pt"
+    assert _run(["train", "--model", "small", "--data", "digits", "--n", "300", "--test-n",
+                 "100", "--epochs", "2", "--batch-size", "50", "--seed", "3", "--normalize",
+                 "0.5", "0.25", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    loaded = load_checkpoint(out)
+    x, y = loaded.model[0].mean.new_zeros(0), None  # noqa: F841 - checks Normalize is kept
+    assert loaded.arch == "small" and loaded.arch_kwargs["normalize"] == [[0.5], [0.25]]
+    meta = loaded.metadata
+    assert meta["dataset"] == "digits" and meta["n_train"] == 300 and meta["n_test"] == 100
+    assert meta["epochs"] == 2 and meta["seed"] == 3 and meta["objective"]["name"] == "Standard"
+    assert meta["clean_accuracy"] == pytest.approx(summary["clean_accuracy"])
+    assert summary["n_train"] == 300 and len(summary["history"]["test_error"]) == 2
+
+    assert _run(["info", str(out), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["arch"] == "small" and shown["parameters"] == loaded.num_parameters
+    assert shown["metadata"]["clean_accuracy"] == pytest.approx(meta["clean_accuracy"])
+
+    assert _run(["info", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "small" in table and "clean_accuracy" in table and "2 epochs" in table
+
+
+def test_train_course_default_drops_lr_for_cnn(tmp_path: Path) -> None:
+    out = tmp_path / "cnn.pt"
+    assert _run(["train", "--model", "cnn", "--n", "100", "--test-n", "50", "--epochs", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    meta = load_checkpoint(out).metadata
+    assert meta["lr_drop_epochs"] == [1] and meta["history"]["lr"] == pytest.approx([0.1, 0.01])
+
+
+def test_info_refuses_a_corrupt_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        _run(["info", str(bad)])
+
+
+def test_train_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["train", "--help"])
+    assert "advrobust train --model" in capsys.readouterr().out
+    assert torch.is_tensor(torch.zeros(1))

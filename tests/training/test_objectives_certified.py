@@ -1,0 +1,128 @@
+"""Certified training (IBP, CROWN-IBP), its eps / beta ramps, and the defense registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from objectives_helpers import digits, one_thread, own_loss_drop, small_mlp, train  # noqa: F401
+from torch import nn
+
+from advrobust.core import LpBall
+from advrobust.errors import InvalidParameterError, TrainingDivergedError, UnsupportedLayerError
+from advrobust.relax import CROWN
+from advrobust.training import fit
+from advrobust.training.certified import CROWNIBP, IBPTraining, worst_case_cross_entropy
+from advrobust.training.defenses import DEFENSES, build_objective
+from advrobust.training.objective import Objective
+from advrobust.training.ramps import EpsSchedule, Ramp
+
+THREAT = LpBall("linf", 0.1)
+
+
+def test_ramp_shape() -> None:
+    ramp = Ramp(start=1.0, end=0.0, warmup=0.2, ramp=0.4)
+    assert ramp(0.0) == ramp(0.2) == 1.0
+    assert math.isclose(ramp(0.4), 0.5)
+    assert ramp(0.6) == ramp(1.0) == 0.0
+    eps = EpsSchedule(warmup=0.1, ramp=0.5).resolve(0.3, "test")
+    values = [eps(p / 20) for p in range(21)]
+    assert values[0] == 0.0 and values[-1] == 0.3
+    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: EpsSchedule(start=-0.1), "start"),
+    (lambda: EpsSchedule(start=0.2, end=0.1), "end"),
+    (lambda: EpsSchedule(warmup=0.7, ramp=0.5), "add up"),
+    (lambda: IBPTraining(threat=THREAT, schedule=EpsSchedule(end=0.2)), "at or below"),
+    (lambda: IBPTraining(threat=THREAT, schedule=Ramp(start=0.0, end=0.1)), "EpsSchedule"),
+    (lambda: CROWNIBP(threat=THREAT, beta_schedule=Ramp(start=2.0, end=0.0)), "beta"),
+    (lambda: IBPTraining(threat=THREAT, kappa_schedule=Ramp(start=1.0, end=-1.0)), "kappa"),
+])
+def test_bad_schedules_raise(make: object, match: str) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        make()  # type: ignore[operator]
+
+
+def test_worst_case_cross_entropy_at_zero_eps_is_clean_cross_entropy() -> None:
+    model = small_mlp(0)
+    x, y = digits("test").x[:32], digits("test").y[:32]
+    logits = model(x)
+    own = logits.gather(1, y.unsqueeze(1))
+    margins = (own - logits).scatter(1, y.unsqueeze(1), float("inf"))
+    lower = margins.sort(dim=1).values[:, :-1]  # the 9 margins f_y - f_t
+    torch.testing.assert_close(worst_case_cross_entropy(lower),
+                               nn.functional.cross_entropy(logits, y))
+
+
+@pytest.mark.parametrize("objective", [
+    IBPTraining(threat=THREAT, schedule=EpsSchedule(ramp=0.0),
+                kappa_schedule=Ramp(start=0.5, end=0.5)),
+    CROWNIBP(threat=THREAT, schedule=EpsSchedule(ramp=0.0),
+             beta_schedule=Ramp(start=0.5, end=0.5), kappa_schedule=Ramp(start=0.0, end=0.0)),
+], ids=["ibp", "crown-ibp"])
+def test_objective_lowers_its_own_loss(objective: Objective) -> None:
+    before, after = own_loss_drop(objective)
+    assert after < 0.8 * before
+
+
+def test_ibp_training_certifies_what_standard_training_does_not() -> None:
+    test = digits("test")
+    ibp = IBPTraining(threat=THREAT, schedule=EpsSchedule(warmup=0.1, ramp=0.5))
+    certified = {}
+    for name, objective in (("standard", None), ("ibp", ibp)):
+        model = train(objective, epochs=10)
+        certified[name] = float(CROWN()(model, test.x, test.y, THREAT).verified.float().mean())
+    assert certified["standard"] < 0.1
+    assert certified["ibp"] > certified["standard"] + 0.4
+
+
+@pytest.mark.parametrize("cls", [IBPTraining, CROWNIBP])
+def test_unsupported_layer_fails_before_training(cls: type) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Tanh(), nn.Linear(10, 10))
+    calls = []
+
+    class Spy(cls):  # type: ignore[misc, valid-type]
+        def __call__(self, *args: object) -> torch.Tensor:
+            calls.append(1)
+            return super().__call__(*args)
+
+    with pytest.raises(UnsupportedLayerError, match="Tanh"):
+        fit(model, digits("train"), objective=Spy(threat=THREAT), epochs=1, progress=False)
+    assert not calls
+
+
+def test_nan_loss_stops_training() -> None:
+    class Poisoned(Objective):
+        def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     progress: float) -> torch.Tensor:
+            return build_objective("tv", eps=0.1)(model, x, y, progress) * float("nan")
+
+    model = small_mlp(0)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(TrainingDivergedError):
+        fit(model, digits("train"), objective=Poisoned(), epochs=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_registry_builds_every_defense() -> None:
+    for name in DEFENSES:
+        params = {} if name == "standard" else {"eps": 0.1}
+        objective = build_objective(name, **params, norm=None)
+        assert isinstance(objective, Objective)
+        if name != "standard":
+            assert getattr(objective, "threat", None) in (None, THREAT) or name.startswith("tv")
+    assert build_objective("pgd", eps=0.3, steps=7).get_params()["steps"] == 7
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("madry", {"eps": 0.1}, "Valid defenses: standard, pgd, fgsm, trades, tv, tv-lip, ibp"),
+    ("pgd", {"eps": 0.1, "beta": 3.0}, "does not take the parameter"),
+    ("ibp", {}, "needs the parameter"),
+    ("trades", {"eps": -0.1}, "eps"),
+])
+def test_registry_bad_input(name: str, params: dict[str, float], match: str) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        build_objective(name, **params)
