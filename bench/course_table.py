@@ -28,7 +28,7 @@ from advrobust import LpBall
 from advrobust.attacks import FGSM, PGD, Attack
 from advrobust.data import load_dataset
 from advrobust.evaluation import evaluate_attack, predict
-from advrobust.models import build_model, load_checkpoint, save_checkpoint
+from advrobust.models import build_model, load_checkpoint
 from advrobust.training import course_schedule, fit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import warnings
+
 import pytest
 import torch
 from torch import Tensor, nn

@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model
-from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import LpBall
 from advrobust.attacks import APGD, PGD, APGDTargeted
 from advrobust.attacks.apgd import apgd_checkpoints, dlr_targeted_loss
 from advrobust.errors import InvalidInputError, InvalidParameterError, InvalidThreatModelError
+from attacks._catalogue import digits_batch, digits_model
+from attacks.common import batch_for, check_attack
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])

@@ -7,13 +7,12 @@ import warnings
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model, one_thread
-from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import InvalidParameterError, InvalidThreatModelError, LpBall
 from advrobust.attacks import PGD, CarliniWagner
-
+from attacks._catalogue import digits_batch, digits_model, one_thread
+from attacks.common import batch_for, check_attack
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,14 @@ import warnings
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model, one_thread
-from attacks.common import batch_for, check_attack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from advrobust import InvalidParameterError, InvalidThreatModelError, LpBall
 from advrobust.attacks import PGD, DeepFool
+from attacks._catalogue import digits_batch, digits_model, one_thread
+from attacks.common import batch_for, check_attack
 
 UNBOUNDED = {"lo": -math.inf, "hi": math.inf}
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model
-from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import LpBall
 from advrobust.attacks import APGD, PGD, APGDTargeted, Ensemble, Square, strongest
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
+from attacks._catalogue import digits_batch, digits_model
+from attacks.common import batch_for, check_attack
 
 
 def _members() -> list:

@@ -7,12 +7,12 @@ import warnings
 
 import pytest
 import torch
-from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import InvalidInputError, InvalidParameterError, InvalidThreatModelError, LpBall
 from advrobust.attacks import FGSM, PGD, fgsm, pgd
 from advrobust.core.spec import margin
+from attacks.common import batch_for, check_attack
 
 NORMS = [("linf", 0.1), ("l2", 0.5), ("l1", 1.0)]
 UNBOUNDED = (-math.inf, math.inf)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model, one_thread
-from attacks.common import batch_for, check_attack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -13,6 +11,8 @@ from torch import nn
 from advrobust import InvalidParameterError, LpBall
 from advrobust.attacks import JSMA
 from advrobust.attacks import jsma as jsma_module
+from attacks._catalogue import digits_batch, digits_model, one_thread
+from attacks.common import batch_for, check_attack
 
 
 @pytest.fixture(autouse=True)

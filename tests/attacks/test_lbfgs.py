@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from attacks._catalogue import digits_batch, digits_model, one_thread
-from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import InvalidParameterError, InvalidThreatModelError, LpBall
 from advrobust.attacks import LBFGS
+from attacks._catalogue import digits_batch, digits_model, one_thread
+from attacks.common import batch_for, check_attack
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def _single_thread() -> object:
 @pytest.mark.parametrize(("norm", "eps"), [("l2", 1.0), ("linf", 0.2)])
 def test_contract(norm: str, eps: float, tiny_mlp: nn.Module) -> None:
     x, y = batch_for(tiny_mlp, n=6)
-    attack = LBFGS(search_steps=2, max_iter=10)
+    attack = LBFGS(search_steps=2, max_iter=4)
     check_attack(attack, tiny_mlp, x, y, LpBall(norm, eps))
     check_attack(attack, tiny_mlp, x, y, LpBall(norm, eps), target=(y + 1) % 3)
 
@@ -33,8 +33,8 @@ def test_targeted_reaches_targets_and_the_search_only_improves() -> None:
     x, y = digits_batch(12)
     target = (y + 1) % 10
     threat = LpBall("l2", 8.0)
-    one = LBFGS(search_steps=1, max_iter=30)(digits_model(), x, y, threat, target=target)
-    many = LBFGS(search_steps=4, max_iter=30)(digits_model(), x, y, threat, target=target)
+    one = LBFGS(search_steps=1, max_iter=15)(digits_model(), x, y, threat, target=target)
+    many = LBFGS(search_steps=3, max_iter=15)(digits_model(), x, y, threat, target=target)
     assert int(one.success.sum()) >= 8
     assert bool((many.success | ~one.success).all())
     both = one.success & many.success

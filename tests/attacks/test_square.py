@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from attacks.common import batch_for, check_attack
 from torch import Tensor, nn
 
 from advrobust import LpBall
 from advrobust.attacks import Square
 from advrobust.attacks.square import square_fraction
 from advrobust.errors import InvalidInputError, InvalidParameterError, InvalidThreatModelError
+from attacks.common import batch_for, check_attack
 
 
 class _NoBackward(torch.autograd.Function):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attacks.common import batch_for, check_attack
 from torch import nn
 
 from advrobust import LpBall
 from advrobust.attacks import PGD, Transfer
 from advrobust.attacks.transfer import transfer_rate
 from advrobust.errors import InvalidParameterError
+from attacks.common import batch_for, check_attack
 
 
 def _mlp(seed: int) -> nn.Module:

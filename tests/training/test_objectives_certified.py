@@ -11,7 +11,7 @@ from torch import nn
 
 from advrobust.core import LpBall
 from advrobust.errors import InvalidParameterError, TrainingDivergedError, UnsupportedLayerError
-from advrobust.relax import CROWN
+from advrobust.relax import CROWN, IBP
 from advrobust.training import fit
 from advrobust.training.certified import CROWNIBP, IBPTraining, worst_case_cross_entropy
 from advrobust.training.defenses import DEFENSES, build_objective
@@ -57,26 +57,31 @@ def test_worst_case_cross_entropy_at_zero_eps_is_clean_cross_entropy() -> None:
                                nn.functional.cross_entropy(logits, y))
 
 
+SMALL = LpBall("linf", 0.02)
+
+
 @pytest.mark.parametrize("objective", [
-    IBPTraining(threat=THREAT, schedule=EpsSchedule(ramp=0.0),
+    IBPTraining(threat=SMALL, schedule=EpsSchedule(ramp=0.0),
                 kappa_schedule=Ramp(start=0.5, end=0.5)),
-    CROWNIBP(threat=THREAT, schedule=EpsSchedule(ramp=0.0),
+    CROWNIBP(threat=SMALL, schedule=EpsSchedule(ramp=0.0),
              beta_schedule=Ramp(start=0.5, end=0.5), kappa_schedule=Ramp(start=0.0, end=0.0)),
 ], ids=["ibp", "crown-ibp"])
 def test_objective_lowers_its_own_loss(objective: Objective) -> None:
-    before, after = own_loss_drop(objective)
+    before, after = own_loss_drop(objective, steps=60)
     assert after < 0.8 * before
 
 
 def test_ibp_training_certifies_what_standard_training_does_not() -> None:
     test = digits("test")
     ibp = IBPTraining(threat=THREAT, schedule=EpsSchedule(warmup=0.1, ramp=0.5))
-    certified = {}
+    by_ibp, by_crown = {}, {}
     for name, objective in (("standard", None), ("ibp", ibp)):
         model = train(objective, epochs=10)
-        certified[name] = float(CROWN()(model, test.x, test.y, THREAT).verified.float().mean())
-    assert certified["standard"] < 0.1
-    assert certified["ibp"] > certified["standard"] + 0.4
+        by_ibp[name] = float(IBP()(model, test.x, test.y, THREAT).verified.float().mean())
+        by_crown[name] = float(CROWN()(model, test.x, test.y, THREAT).verified.float().mean())
+    assert by_ibp["standard"] < 0.05
+    assert by_ibp["ibp"] > 0.4
+    assert by_crown["ibp"] > by_crown["standard"] + 0.25
 
 
 @pytest.mark.parametrize("cls", [IBPTraining, CROWNIBP])

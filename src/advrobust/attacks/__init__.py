@@ -11,6 +11,14 @@ from advrobust.attacks.base import Attack, AttackOutput, Oracle
 from advrobust.attacks.boundary import Boundary
 from advrobust.attacks.cw import CarliniWagner
 from advrobust.attacks.deepfool import DeepFool
+from advrobust.attacks.dictionary import (
+    ADiL,
+    Dictionary,
+    DictionaryAttack,
+    SADiL,
+    load_dictionary,
+    save_dictionary,
+)
 from advrobust.attacks.ensemble import Ensemble, strongest
 from advrobust.attacks.gradient import FGSM, PGD, fgsm, pgd
 from advrobust.attacks.jsma import JSMA
@@ -28,6 +36,7 @@ from advrobust.attacks.universal import (
 # One line per attack module above; keep __all__ sorted.
 __all__ = [
     "APGD",
+    "ADiL",
     "FGSM",
     "JSMA",
     "LBFGS",
@@ -38,19 +47,24 @@ __all__ = [
     "Boundary",
     "CarliniWagner",
     "DeepFool",
+    "Dictionary",
+    "DictionaryAttack",
     "Ensemble",
     "FixedPerturbation",
     "OnePixel",
     "Oracle",
+    "SADiL",
     "Square",
     "Transfer",
     "UniversalPerturbation",
     "UniversalResult",
     "fgsm",
     "fooling_rate",
+    "load_dictionary",
     "load_universal",
     "pgd",
     "plot_universal",
+    "save_dictionary",
     "save_universal",
     "strongest",
 ]

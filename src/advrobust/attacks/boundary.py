@@ -22,7 +22,7 @@ from advrobust.attacks.base import Attack, AttackOutput, Oracle
 from advrobust.core._validation import check_choice, check_float, check_int
 from advrobust.core.threat import LpBall, Norm
 
-__all__ = ["Boundary"]
+__all__ = ["Boundary", "bisect_to_boundary", "is_misclassified", "uniform_start"]
 
 _INIT_TRIALS = 100  # uniform-noise draws per sample to find a starting adversarial
 _INIT_BISECTIONS = 20  # line search from the starting point toward the clean input
@@ -33,6 +33,48 @@ _MIN_SOURCE_STEP = 1e-7  # a sample whose source step shrinks below this has con
 
 def _bview(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def is_misclassified(oracle: Oracle, pts: Tensor, y: Tensor) -> Tensor:
+    """One batched query: (n,) bool, top-1 decision differs from ``y``."""
+    return decision(oracle(pts), y, None)
+
+
+def uniform_start(oracle: Oracle, x: Tensor, y: Tensor, threat: LpBall,
+                  generator: torch.Generator | None, todo: Tensor,
+                  queries: Tensor) -> tuple[Tensor, Tensor]:
+    """Misclassified uniform noise in the box per sample (N, ...), and which have one (N,)."""
+    xa, started = x.clone(), torch.zeros_like(todo)
+    for _ in range(_INIT_TRIALS):
+        idx = (todo & ~started).nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        u = torch.rand(x[idx].shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = threat.lo + u * (threat.hi - threat.lo)
+        adv = is_misclassified(oracle, noise, y[idx])
+        queries[idx] += 1
+        xa[idx[adv]] = noise[adv]
+        started[idx[adv]] = True
+    return xa, started
+
+
+def bisect_to_boundary(oracle: Oracle, x: Tensor, y: Tensor, xa: Tensor, which: Tensor,
+                       queries: Tensor, iterations: int = _INIT_BISECTIONS) -> Tensor:
+    """Move ``xa`` toward ``x`` along their segment, staying misclassified (samples ``which``)."""
+    idx = which.nonzero().flatten()
+    if idx.numel() == 0:
+        return xa
+    x0, far = x[idx], xa[idx]
+    low = torch.zeros(idx.numel(), dtype=x.dtype, device=x.device)  # fraction toward far
+    high = torch.ones_like(low)
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        adv = is_misclassified(oracle, x0 + _bview(mid, x0) * (far - x0), y[idx])
+        high, low = torch.where(adv, mid, high), torch.where(adv, low, mid)
+    queries[idx] += iterations
+    out = xa.clone()
+    out[idx] = x0 + _bview(high, x0) * (far - x0)
+    return out
 
 
 class Boundary(Attack):
@@ -82,52 +124,14 @@ class Boundary(Attack):
         check_finite_box(threat, name)
         done = already_adversarial(clean_logits, y, target, name)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        xa, started = self._start(oracle, x, y, threat, generator, ~done, queries)
-        xa = self._bisect(oracle, x, y, xa, started, queries)
+        xa, started = uniform_start(oracle, x, y, threat, generator, ~done, queries)
+        xa = bisect_to_boundary(oracle, x, y, xa, started, queries)
         xa = self._walk(oracle, x, y, xa, started, threat, generator, queries)
         ok = started & (threat.norm_of(xa - x) <= threat.eps)
         x_adv = torch.where(_bview(ok, x), xa, x)
         return AttackOutput(x_adv=x_adv, exhausted=~(ok | done),
                             info={"already_adversarial": done, "queries_per_sample": queries,
                                   "no_start": ~(started | done)})
-
-    def _adv(self, oracle: Oracle, pts: Tensor, y: Tensor) -> Tensor:
-        return decision(oracle(pts), y, None)
-
-    def _start(self, oracle: Oracle, x: Tensor, y: Tensor, threat: LpBall,
-               generator: torch.Generator | None, todo: Tensor,
-               queries: Tensor) -> tuple[Tensor, Tensor]:
-        """Misclassified uniform noise per sample (N, ...) and which samples have one (N,)."""
-        xa, started = x.clone(), torch.zeros_like(todo)
-        for _ in range(_INIT_TRIALS):
-            idx = (todo & ~started).nonzero().flatten()
-            if idx.numel() == 0:
-                break
-            u = torch.rand(x[idx].shape, generator=generator, device=x.device, dtype=x.dtype)
-            noise = threat.lo + u * (threat.hi - threat.lo)
-            adv = self._adv(oracle, noise, y[idx])
-            queries[idx] += 1
-            xa[idx[adv]] = noise[adv]
-            started[idx[adv]] = True
-        return xa, started
-
-    def _bisect(self, oracle: Oracle, x: Tensor, y: Tensor, xa: Tensor, started: Tensor,
-                queries: Tensor) -> Tensor:
-        """Move each start to the boundary along the segment to ``x`` (stays adversarial)."""
-        idx = started.nonzero().flatten()
-        if idx.numel() == 0:
-            return xa
-        x0, far = x[idx], xa[idx]
-        low = torch.zeros(idx.numel(), dtype=x.dtype, device=x.device)  # fraction toward far
-        high = torch.ones_like(low)
-        for _ in range(_INIT_BISECTIONS):
-            mid = (low + high) / 2
-            adv = self._adv(oracle, x0 + _bview(mid, x0) * (far - x0), y[idx])
-            high, low = torch.where(adv, mid, high), torch.where(adv, low, mid)
-        queries[idx] += _INIT_BISECTIONS
-        out = xa.clone()
-        out[idx] = x0 + _bview(high, x0) * (far - x0)
-        return out
 
     def _candidates(self, x: Tensor, xa: Tensor, sph: Tensor, src: Tensor, threat: LpBall,
                     generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -159,7 +163,7 @@ class Boundary(Attack):
                 break
             on_sphere, cand = self._candidates(x[idx], xa[idx], sph[idx], src[idx], threat,
                                                generator)
-            adv = self._adv(oracle, torch.cat([on_sphere, cand]), y[idx].repeat(2))
+            adv = is_misclassified(oracle, torch.cat([on_sphere, cand]), y[idx].repeat(2))
             queries[idx] += 2
             m = idx.numel()
             sph_ok, cand_ok = adv[:m], adv[m:]

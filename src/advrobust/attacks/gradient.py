@@ -149,7 +149,7 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str | Norm
         AttackResult re-checked through ``model``.
     """
     attack = FGSM(loss=loss, targeted_loss=targeted_loss)
-    return attack(model, x, y, LpBall(norm, eps, lo, hi), target=target)
+    return attack(model, x, y, LpBall(Norm.parse(norm), eps, lo, hi), target=target)
 
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str | Norm = "linf",
@@ -170,5 +170,5 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str | Norm 
     """
     attack = PGD(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
                  loss=loss, targeted_loss=targeted_loss)
-    return attack(model, x, y, LpBall(norm, eps, lo, hi), target=target,
+    return attack(model, x, y, LpBall(Norm.parse(norm), eps, lo, hi), target=target,
                   generator=_generator(seed, x))

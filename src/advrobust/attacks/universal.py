@@ -108,7 +108,7 @@ class UniversalPerturbation(Attack):
         deepfool_steps: DeepFool iterations per sample.
         batch_size: samples per update. With ``"deepfool"``, 1 is the paper's sequential
             algorithm; larger batches add the mean DeepFool step of the batch's unfooled samples.
-        step_size: ``"sgd"`` step in the threat's norm (None: ``eps / 10``).
+        step_size: ``"sgd"`` step in the threat's norm (None: ``eps / 4``).
 
     Shapes: x (N, C, H, W) or any (N, ...); the perturbation has the shape of one input.
     """
@@ -206,7 +206,7 @@ class UniversalPerturbation(Attack):
         with torch.enable_grad():
             loss = F.cross_entropy(model(threat.clip_box(xb + vr)), kb)
             (grad,) = torch.autograd.grad(loss, vr)
-        step = self.step_size if self.step_size is not None else threat.eps / 10
+        step = self.step_size if self.step_size is not None else threat.eps / 4
         return _project_ball(v + step * threat.ascent_direction(grad), threat)
 
     # ------------------------------------------------------------------ as an attack

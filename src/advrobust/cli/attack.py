@@ -129,7 +129,7 @@ def convert_value(cls: type, param: inspect.Parameter, raw: str) -> Any:
     except ValueError:
         raise InvalidParameterError(
             f"--param {param.name}={raw}: the '{param.name}' parameter of {cls.__name__} takes "
-            f"a {getattr(kind, '__name__', kind)}. Got {raw!r} instead.") from None
+            f"{getattr(kind, '__name__', kind)} values. Got {raw!r} instead.") from None
 
 
 def build_attack(name: str, args: argparse.Namespace) -> Any:

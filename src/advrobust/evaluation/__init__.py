@@ -13,9 +13,11 @@ from advrobust.evaluation.metrics import (
     robust_accuracy,
     summarize_attack,
 )
+from advrobust.evaluation.sanity import SanityWarning, sanity_checks
 
 __all__ = [
     "AttackRun",
+    "SanityWarning",
     "clean_accuracy",
     "evaluate_attack",
     "fooling_rate",
@@ -25,5 +27,6 @@ __all__ = [
     "predict",
     "rmse",
     "robust_accuracy",
+    "sanity_checks",
     "summarize_attack",
 ]

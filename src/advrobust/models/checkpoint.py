@@ -34,8 +34,8 @@ from advrobust.errors import AdvRobustError, CheckpointError, InvalidParameterEr
 from advrobust.models.architectures import build_model, check_input_shape
 from advrobust.models.normalize import normalize_values
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LoadedCheckpoint", "load_checkpoint",
-           "save_checkpoint", "to_primitive"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "LoadedCheckpoint",
+           "check_checkpointable", "load_checkpoint", "save_checkpoint", "to_primitive"]
 
 CHECKPOINT_FORMAT = "advrobust-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -128,6 +128,26 @@ def _arch_kwargs(arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {"input_shape": list(shape), "num_classes": num_classes, "normalize": normalize}
 
 
+def check_checkpointable(model: nn.Module, *, arch: str, arch_kwargs: Mapping[str, Any],
+                         metadata: Mapping[str, Any] | None = None) -> None:
+    """Run every check of :func:`save_checkpoint` without writing (e.g. before a long training).
+
+    Raises:
+        InvalidParameterError: metadata that is not primitive, bad ``arch_kwargs``.
+        CheckpointError: ``model``'s weights do not fit ``arch`` / ``arch_kwargs``.
+    """
+    _checked(model, arch, arch_kwargs, dict(metadata or {}))
+
+
+def _checked(model: nn.Module, arch: str, arch_kwargs: Mapping[str, Any],
+             metadata: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    kwargs = _arch_kwargs(arch_kwargs)
+    _check_primitive(metadata, "metadata")
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    _rebuild(arch, kwargs, state, "cpu")
+    return kwargs, state
+
+
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str,
                     arch_kwargs: Mapping[str, Any],
                     metadata: Mapping[str, Any] | None = None) -> Path:
@@ -153,13 +173,10 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str
     """
     from advrobust import __version__
 
-    kwargs = _arch_kwargs(arch_kwargs)
     meta = dict(metadata or {})
     meta.setdefault("library_version", __version__)
     meta.setdefault("saved_at", datetime.datetime.now(datetime.timezone.utc).isoformat())
-    _check_primitive(meta, "metadata")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    _rebuild(arch, kwargs, state, "cpu")
+    kwargs, state = _checked(model, arch, arch_kwargs, meta)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch,
                "arch_kwargs": kwargs, "state_dict": state, "metadata": meta}
     target = Path(path)

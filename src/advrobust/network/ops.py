@@ -299,7 +299,8 @@ class AvgPoolOp(_ConvLike):
 
     def kernel(self) -> Tensor:
         kh, kw = self.kernel_size
-        return torch.full((self.in_shape[0], 1, kh, kw), 1.0 / (kh * kw))
+        # float64: exact for any input dtype (backward casts it to the coefficients' dtype)
+        return torch.full((self.in_shape[0], 1, kh, kw), 1.0 / (kh * kw), dtype=torch.float64)
 
     def linear(self, x: Tensor) -> Tensor:
         return self.module(x)

@@ -71,6 +71,7 @@ class HighsSolver:
         self.is_mip = program.is_mip
         self._stop_below = -math.inf
         self._found_below = False
+        self._cutoff = math.inf
         self._load(highspy, program)
         if self.is_mip:
             self._h.cbMipImprovingSolution.subscribe(self._on_incumbent)
@@ -138,6 +139,7 @@ class HighsSolver:
                          np.asarray(cost, dtype=np.float64))
         h.changeObjectiveOffset(float(offset))
         self._stop_below, self._found_below = stop_below, False
+        self._cutoff = cutoff
         if self.is_mip:
             h.setOptionValue("objective_bound", float(cutoff) if math.isfinite(cutoff) else 1e30)
         start = time.perf_counter()
@@ -164,8 +166,10 @@ class HighsSolver:
                 bound = min(bound, objective)
         else:
             bound = objective if status is SolveStatus.OPTIMAL else -math.inf
-        if status is SolveStatus.INFEASIBLE or (raw == "kObjectiveBound" and not has_x):
-            status, bound = SolveStatus.INFEASIBLE, math.inf
+        if raw == "kObjectiveBound":  # nothing below the cutoff: the minimum is >= cutoff
+            return Solution(SolveStatus.INFEASIBLE, math.inf, self._cutoff, None, name, seconds)
+        if status is SolveStatus.INFEASIBLE:
+            bound = math.inf
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -74,14 +75,17 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
             divergence; needs ``arch`` and ``arch_kwargs`` (see ``save_checkpoint``).
         arch: Architecture name for the checkpoint.
         arch_kwargs: ``build_model`` keyword arguments for the checkpoint.
-        metadata: Extra checkpoint metadata (primitives), merged over what ``fit`` records.
+        metadata: Extra checkpoint metadata (primitives), merged over what ``fit`` records;
+            used only with ``checkpoint_path``.
         on_epoch_end: Called with each epoch's :class:`EpochStats`.
 
     Returns:
         The per-epoch :class:`History`.
 
     Raises:
-        InvalidParameterError: a bad hyper-parameter, objective or checkpoint request.
+        InvalidParameterError: a bad hyper-parameter, objective or checkpoint request (checked
+            before training, including that ``model`` fits ``arch`` / ``arch_kwargs``).
+        CheckpointError: ``model``'s weights do not fit ``arch`` / ``arch_kwargs``.
         InvalidInputError: malformed data, or labels the model's outputs cannot cover.
         TrainingDivergedError: the loss or the weights became NaN / inf. The model then holds
             the last good weights (before the offending batch, or from the end of the previous
@@ -90,10 +94,17 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
     plan = _Plan.make(epochs, lr, batch_size, momentum, weight_decay, lr_drop_epochs,
                       lr_drop_factor, seed, progress)
     objective = _check_objective(objective)
-    if checkpoint_path is not None and (arch is None or arch_kwargs is None):
-        raise InvalidParameterError(
-            "fit needs 'arch' and 'arch_kwargs' (how to rebuild the model) to write "
-            f"'checkpoint_path'. Got arch={arch!r}, arch_kwargs={arch_kwargs!r}.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InvalidParameterError("fit needs a model with trainable parameters; this one has "
+                                    "none (or none with requires_grad=True).")
+    if checkpoint_path is not None:
+        if arch is None or arch_kwargs is None:
+            raise InvalidParameterError(
+                "fit needs 'arch' and 'arch_kwargs' (how to rebuild the model) to write "
+                f"'checkpoint_path'. Got arch={arch!r}, arch_kwargs={arch_kwargs!r}.")
+        from advrobust.models import check_checkpointable
+
+        check_checkpointable(model, arch=arch, arch_kwargs=arch_kwargs, metadata=metadata)
     x, y = as_tensors(train, "train")
     test_xy = None if test is None else as_tensors(test, "test")
     device = model_device(model) or torch.device("cpu")
@@ -116,20 +127,19 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
         model.train(was_training)
 
 
+@dataclass(frozen=True)
 class _Plan:
     """The validated hyper-parameters of one ``fit`` call."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.__dict__.update(kwargs)
-        self.epochs: int
-        self.lr: float
-        self.batch_size: int
-        self.momentum: float
-        self.weight_decay: float
-        self.lr_drop_epochs: tuple[int, ...]
-        self.lr_drop_factor: float
-        self.seed: int
-        self.progress: bool
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    lr_drop_epochs: tuple[int, ...]
+    lr_drop_factor: float
+    seed: int
+    progress: bool
 
     @classmethod
     def make(cls, epochs: int, lr: float, batch_size: int, momentum: float, weight_decay: float,
@@ -147,8 +157,11 @@ class _Plan:
             progress=check_bool(progress, "progress", "fit"))
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()
-                if k != "progress"}
+        """The hyper-parameters as checkpoint metadata (lists, no ``progress``)."""
+        out = asdict(self)
+        out.pop("progress")
+        out["lr_drop_epochs"] = list(self.lr_drop_epochs)
+        return out
 
 
 def _check_objective(objective: Any) -> Objective:

@@ -45,9 +45,10 @@ class Ramp(Configurable):
         p = min(max(float(progress), 0.0), 1.0)
         if p <= self.warmup:
             return self.start
-        if self.ramp == 0 or p >= self.warmup + self.ramp:
+        t = 1.0 if self.ramp == 0 else (p - self.warmup) / self.ramp
+        if t >= 1.0 - 1e-9:  # rounding of warmup + ramp must not leave the end unreached
             return self.end
-        return self.start + (self.end - self.start) * (p - self.warmup) / self.ramp
+        return self.start + (self.end - self.start) * t
 
 
 class EpsSchedule(Ramp):

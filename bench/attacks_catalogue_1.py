@@ -1,0 +1,216 @@
+"""Parity and throughput of advrobust's DeepFool and Carlini-Wagner l2 against peer libraries.
+
+Run by hand (not by pytest). The peers (torchattacks, foolbox, ART) live in a side venv with the
+system site-packages, so one interpreter sees advrobust and them:
+
+    python -m venv --system-site-packages /tmp/peers1
+    /tmp/peers1/bin/pip install --no-deps torchattacks requests adversarial-robustness-toolbox \
+        foolbox eagerpy gitpython gitdb smmap
+    /tmp/peers1/bin/python bench/attacks_catalogue_1.py --n 500 --attacks deepfool cw
+
+A peer that is not importable is skipped (its row says so). The MNIST MLP (784-256-256-10,
+2 epochs of Adam on the training images) is trained once and cached under ``runs/``. Every
+library attacks the same correctly classified test images; success and l2 norms are recomputed
+here through the model for everyone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from advrobust import LpBall
+from advrobust.attacks import CarliniWagner, DeepFool
+from advrobust.data import load_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256),
+                         nn.ReLU(), nn.Linear(256, 10))
+
+
+def trained_model(data_root: Path, cache: Path) -> nn.Module:
+    model = mlp()
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+        return model.eval()
+    train = load_dataset("mnist", split="train", root=data_root)
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        for xb, yb in train.batches(128, shuffle=True, generator=gen):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), cache)
+    return model.eval()
+
+
+# ------------------------------------------------------------------ the attacks, per library
+def ours_deepfool(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    attack = DeepFool(norm="l2", steps=50, overshoot=0.02, candidates=10)
+    return attack(model, x, y, LpBall("l2", 28.0)).x_adv
+
+
+def ours_cw(cfg: dict) -> AttackFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        attack = CarliniWagner(norm="l2", steps=cfg["steps"], lr=cfg["lr"],
+                               binary_search_steps=cfg["bss"], initial_const=cfg["c"])
+        return attack(model, x, y, LpBall("l2", 28.0)).x_adv
+    return run
+
+
+def torchattacks_deepfool(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    import torchattacks
+
+    return torchattacks.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+
+
+def torchattacks_cw(cfg: dict) -> AttackFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        import torchattacks
+
+        # torchattacks has no binary search: one constant (its default c=1)
+        return torchattacks.CW(model, c=1.0, kappa=0, steps=cfg["steps"], lr=cfg["lr"])(x, y)
+    return run
+
+
+def foolbox_deepfool(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    attack = fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+    raw, _, _ = attack(fmodel, x, y, epsilons=None)
+    return raw
+
+
+def foolbox_cw(cfg: dict) -> AttackFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+        attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=cfg["bss"],
+                                                  steps=cfg["steps"], stepsize=cfg["lr"],
+                                                  initial_const=cfg["c"], abort_early=True)
+        raw, _, _ = attack(fmodel, x, y, epsilons=None)
+        return raw
+    return run
+
+
+def _art_classifier(model: nn.Module) -> object:
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(model=model, loss=nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
+                             nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
+
+
+def art_deepfool(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    from art.attacks.evasion import DeepFool as ArtDeepFool
+
+    attack = ArtDeepFool(_art_classifier(model), max_iter=50, epsilon=0.02, nb_grads=10,
+                         batch_size=len(x), verbose=False)
+    return torch.from_numpy(attack.generate(x.numpy()))
+
+
+def art_cw(cfg: dict) -> AttackFn:
+    def run(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        from art.attacks.evasion import CarliniL2Method
+
+        attack = CarliniL2Method(_art_classifier(model), confidence=0.0,
+                                 learning_rate=cfg["lr"], binary_search_steps=cfg["bss"],
+                                 max_iter=cfg["steps"], initial_const=cfg["c"],
+                                 batch_size=len(x), verbose=False)
+        return torch.from_numpy(attack.generate(x.numpy(), y=nn.functional.one_hot(y, 10)
+                                                .numpy()))
+    return run
+
+
+# ------------------------------------------------------------------ measurement
+def measure(fn: AttackFn, model: nn.Module, x: Tensor, y: Tensor) -> dict:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            x_adv = fn(model, x, y).detach().float()
+            seconds = time.perf_counter() - start
+    except ImportError as exc:
+        return {"skipped": f"not importable: {exc}"}
+    with torch.no_grad():
+        success = model(x_adv).argmax(1) != y
+    norms = (x_adv - x).flatten(1).norm(dim=1)
+    inside_box = bool(((x_adv >= -1e-6) & (x_adv <= 1 + 1e-6)).all())
+    # foolbox's C&W returns an all-zero image where it found nothing; it is often misclassified
+    blank = x_adv.flatten(1).abs().sum(1) == 0
+    return {"success_rate": float(success.float().mean()),
+            "blank_successes": int((success & blank).sum()),
+            "robust_accuracy": float(1 - success.float().mean()),
+            "median_l2": float(norms[success].median()) if bool(success.any()) else math.nan,
+            "seconds": seconds, "images_per_s": len(x) / seconds, "inside_box": inside_box}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500, help="first N test images (default 500)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--attacks", nargs="+", default=["deepfool", "cw"],
+                        choices=["deepfool", "cw"])
+    parser.add_argument("--libs", nargs="+", default=["advrobust", "torchattacks", "foolbox",
+                                                      "art"])
+    parser.add_argument("--cw-steps", type=int, default=100)
+    parser.add_argument("--cw-bss", type=int, default=5)
+    parser.add_argument("--cw-lr", type=float, default=0.01)
+    parser.add_argument("--cw-const", type=float, default=1e-2)
+    parser.add_argument("--art-cw-n", type=int, default=None,
+                        help="fewer images for ART's C&W (slow); default: --n")
+    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared/data/mnist")
+    parser.add_argument("--out", type=Path, default=REPO / "runs/catalogue1/results.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = trained_model(args.data_root, REPO / "runs/catalogue1/mnist_mlp.pt")
+    test = load_dataset("mnist", split="test", root=args.data_root)
+    x, y = test.x[:args.n], test.y[:args.n]
+    with torch.no_grad():
+        keep = model(x).argmax(1) == y
+    print(f"clean accuracy on the first {args.n}: {float(keep.float().mean()):.4f}; "
+          f"attacking the {int(keep.sum())} correct ones")
+    x, y = x[keep], y[keep]
+    cfg = {"steps": args.cw_steps, "bss": args.cw_bss, "lr": args.cw_lr, "c": args.cw_const}
+    table: dict[str, dict[str, Callable[..., AttackFn] | AttackFn]] = {
+        "deepfool": {"advrobust": ours_deepfool, "torchattacks": torchattacks_deepfool,
+                     "foolbox": foolbox_deepfool, "art": art_deepfool},
+        "cw": {"advrobust": ours_cw(cfg), "torchattacks": torchattacks_cw(cfg),
+               "foolbox": foolbox_cw(cfg), "art": art_cw(cfg)},
+    }
+    results: dict[str, dict] = {}
+    for attack in args.attacks:
+        for lib in args.libs:
+            xs, ys = x, y
+            if attack == "cw" and lib == "art" and args.art_cw_n:
+                xs, ys = x[:args.art_cw_n], y[:args.art_cw_n]
+            row = measure(table[attack][lib], model, xs, ys)  # type: ignore[arg-type]
+            row["n"] = len(xs)
+            results[f"{attack}/{lib}"] = row
+            print(f"| {attack} | {lib} | " + " | ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+                + " |", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"config": vars(args) | {"data_root": str(args.data_root),
+                                                            "out": str(args.out)},
+                                    "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Tiny seeded ReLU networks for the exact-verification tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def make_mlp(seed: int, widths: tuple[int, ...]) -> nn.Sequential:
+    """A seeded ReLU MLP ``widths[0] -> ... -> widths[-1]`` with a leading Flatten."""
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        lin = nn.Linear(a, b)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(b, a, generator=gen) / a ** 0.5)
+            lin.bias.copy_(torch.randn(b, generator=gen) * 0.1)
+        layers.append(lin)
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval()

@@ -1,0 +1,130 @@
+"""The network IR: conversion, forward equivalence, adjoint identities, unsupported layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from advrobust.errors import InvalidInputError, UnsupportedLayerError
+from advrobust.models.normalize import Normalize
+from advrobust.network import AffineOp, ConvOp, LinearOp, ReLUOp, from_module
+
+
+def _randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=gen) * 2 - 1)
+            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=gen) - 0.5)
+
+
+def conv_model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        Normalize([0.5, 0.4], [0.2, 0.3]),
+        nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Sequential(nn.AvgPool2d(2), nn.BatchNorm2d(4), nn.Conv2d(4, 3, 2, groups=1)),
+        nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Identity(),
+        nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    _randomize_bn(model, torch.Generator().manual_seed(seed))
+    return model.eval()
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000))
+def test_forward_matches_module_with_folded_batchnorm(seed: int) -> None:
+    model = conv_model(seed)
+    net = from_module(model, (2, 9, 9))
+    x = torch.rand(4, 2, 9, 9, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(net.forward(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batchnorm_after_affine_is_folded_and_others_stay() -> None:
+    net = from_module(conv_model(), (2, 9, 9))
+    kinds = [type(op).__name__ for op in net.ops]
+    assert kinds == ["ChannelAffineOp", "ConvOp", "ReLUOp", "AvgPoolOp", "ChannelAffineOp",
+                     "ConvOp", "ReLUOp", "FlattenOp", "LinearOp", "ReLUOp", "LinearOp"]
+    assert isinstance(net.ops[1], ConvOp) and net.ops[1].bn is not None
+    assert isinstance(net.ops[8], LinearOp) and net.ops[8].bn is not None
+
+
+def test_ops_reference_live_parameters() -> None:
+    model = conv_model()
+    net = from_module(model, (2, 9, 9))
+    x = torch.rand(3, 2, 9, 9)
+    with torch.no_grad():
+        model[1].weight.mul_(2.0)
+        model[10].running_var.mul_(3.0)
+    torch.testing.assert_close(net.forward(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_adjoint_identity_and_dense_map_of_every_affine_op() -> None:
+    model = conv_model()
+    net = from_module(model, (2, 9, 9))
+    z = torch.rand(5, 2, 9, 9, dtype=torch.float64)
+    model.double()
+    for op in net.ops:
+        out = op.forward(z)
+        if isinstance(op, AffineOp):
+            a = torch.randn((5, 3) + op.out_shape, dtype=torch.float64)
+            lhs = (a * out.unsqueeze(1)).flatten(2).sum(-1)
+            rhs = (op.backward(a) * z.unsqueeze(1)).flatten(2).sum(-1) + op.bias_term(a)
+            torch.testing.assert_close(lhs, rhs)
+            w, b = op.linear_map()
+            torch.testing.assert_close(z.flatten(1) @ w.T.to(z) + b.to(z), out.flatten(1))
+            lo, hi = op.interval(z - 0.1, z + 0.1)
+            assert bool((lo <= out + 1e-9).all() and (out <= hi + 1e-9).all())
+        z = out
+
+
+@settings(max_examples=30, deadline=None)
+@given(lo=st.floats(-5, 5), width=st.floats(0.0, 5), t=st.floats(0, 1),
+       alpha=st.floats(0, 1))
+def test_relu_relaxation_encloses_relu(lo: float, width: float, t: float, alpha: float) -> None:
+    lo_t = torch.tensor([lo], dtype=torch.float64)
+    hi_t = lo_t + width
+    z = lo_t + t * width
+    for a in (None, torch.tensor([alpha], dtype=torch.float64)):
+        rel = ReLUOp.relaxation(lo_t, hi_t, a)
+        assert float(rel.low * z) <= float(z.clamp_min(0)) + 1e-12
+        assert float(z.clamp_min(0)) <= float(rel.up * z + rel.up_b) + 1e-9
+
+
+@pytest.mark.parametrize("layer,position", [
+    (nn.Tanh(), "1.1"), (nn.MaxPool2d(2), "1.1"), (nn.Conv2d(1, 1, 3, padding_mode="circular"),
+                                                    "1.1")])
+def test_unsupported_layer_names_type_and_position(layer: nn.Module, position: str) -> None:
+    model = nn.Sequential(nn.Identity(), nn.Sequential(nn.Identity(), layer), nn.Flatten())
+    with pytest.raises(UnsupportedLayerError, match=f"{type(layer).__name__}.*'{position}'"):
+        from_module(model, (1, 6, 6))
+
+
+def test_shape_mismatch_and_unflattened_output_raise() -> None:
+    with pytest.raises(InvalidInputError, match="Linear"):
+        from_module(nn.Sequential(nn.Flatten(), nn.Linear(5, 2)), (1, 2, 2))
+    with pytest.raises(InvalidInputError, match="flat outputs"):
+        from_module(nn.Sequential(nn.Conv2d(1, 1, 1)), (1, 2, 2))
+
+
+def test_relu_encoding_lp_and_milp_differ_only_in_integrality() -> None:
+    from advrobust.solvers import Program
+
+    op = ReLUOp((3,), "relu")
+    lo, hi = np.array([-1.0, 0.5, -2.0]), np.array([2.0, 1.0, -0.5])
+    programs = []
+    for integer in (False, True):
+        prog = Program()
+        z = prog.add_vars(lo, hi)
+        out = op.encode(prog, z, lo, hi, integer)
+        programs.append(prog)
+        assert out[1] == z[1]  # active: the output is the input
+    a0, a1 = programs[0].matrix()[0], programs[1].matrix()[0]
+    assert (a0 != a1).nnz == 0
+    assert programs[1].is_mip and not programs[0].is_mip
