@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.375, help="fast-FGSM step")
     parser.add_argument("--steps", type=int, default=10, help="PGD / TRADES training steps")
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--ramp", type=float, default=0.3,
+                        help="fraction of training over which eps ramps up from 0")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--n-pgd", type=int, default=1000)
@@ -42,7 +44,8 @@ def main() -> None:
     if args.n_train:
         train = train.take(args.n_train)
     params = ({"alpha": args.alpha} if args.defense == "fgsm" else {"steps": args.steps})
-    objective = build_objective(args.defense, eps=args.eps, seed=args.seed, **params)
+    objective = build_objective(args.defense, eps=args.eps, seed=args.seed, ramp=args.ramp,
+                                **params)
     model = small_cnn(args.seed)
     timer = Timer()
     history = fit(model, train, objective=objective, epochs=args.epochs, lr=args.lr,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from advrobust import LpBall
-from advrobust.attacks import APGD, PGD, APGDTargeted, Ensemble, Square, strongest
+from advrobust.attacks import APGD, PGD, APGDTargeted, Ensemble, Square, Strongest, strongest
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
 from attacks._catalogue import digits_batch, digits_model
 from attacks.common import batch_for, check_attack
@@ -26,6 +26,9 @@ def test_contract(tiny_mlp: nn.Module) -> None:
     assert set(res.info["timings"]) == {"apgd-ce", "square"}
     check_attack(Ensemble([APGD(steps=5), APGD(steps=3)], cascade=False), tiny_mlp, x, y,
                  LpBall("l2", 0.3))
+    res = check_attack(Strongest(steps=4, n_target_classes=1, queries=10), tiny_mlp, x, y,
+                       LpBall("linf", 0.2))
+    assert list(res.info["timings"]) == ["apgd-ce", "apgd-t", "square"]
 
 
 def test_margin_no_larger_than_any_member() -> None:
@@ -71,6 +74,8 @@ def test_clean_misclassified_samples_are_marked(tiny_mlp: nn.Module) -> None:
 
 def test_strongest_is_the_autoattack_set_minus_fab() -> None:
     ens = strongest(LpBall("linf", 0.3))
+    assert isinstance(ens, Strongest) and ens.get_params() == {
+        "steps": 100, "n_target_classes": 9, "queries": 5000}
     assert ens.names == ["apgd-ce", "apgd-t", "square"]
     assert isinstance(ens.attacks[1], APGDTargeted) and ens.attacks[1].n_target_classes == 9
     assert ens.attacks[2].queries == 5000

@@ -15,6 +15,7 @@ from advrobust.attacks import (
     fooling_rate,
     load_universal,
     plot_universal,
+    run_universal,
     save_universal,
 )
 from advrobust.errors import DataFormatError, InvalidParameterError, InvalidThreatModelError
@@ -87,6 +88,14 @@ def test_save_load_plot_round_trip(tmp_path: Path) -> None:
     xb, yb = x[:8], model(x[:8]).argmax(1)
     out = FixedPerturbation(perturbation=str(path))(model, xb, yb, threat)
     torch.testing.assert_close(out.x_adv, threat.clip_box(xb + res.perturbation))
+    # the CLI helper: fit, held-out rate, files
+    uap = UniversalPerturbation(method="sgd", max_passes=1, batch_size=20)
+    again, summary = run_universal(uap, model, x, y, threat, x_heldout=x[:10],
+                                   save_path=tmp_path / "w.npz", plot_path=tmp_path / "w.png")
+    assert torch.equal(load_universal(summary["saved"]).perturbation, again.perturbation)
+    assert summary["fooling_rate_heldout"] == fooling_rate(model, x[:10], again.perturbation,
+                                                           threat)
+    assert (tmp_path / "w.png").stat().st_size > 0 and summary["perturbation_norm"] <= 1.0 + 1e-6
 
 
 def test_contracts(tiny_mlp: nn.Module) -> None:

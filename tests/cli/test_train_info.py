@@ -70,3 +70,11 @@ def test_train_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "--help"])
     assert "advrobust train --model" in capsys.readouterr().out
+
+
+def test_main_reports_a_bad_checkpoint_as_an_error(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from advrobust.cli import main
+
+    assert main(["info", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err

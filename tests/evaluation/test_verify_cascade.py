@@ -66,8 +66,8 @@ def test_methods_agree_and_auto_decides_everything(seed: int, eps: float) -> Non
                                  generator=torch.Generator().manual_seed(0)) for m in METHODS}
     for report in reports.values():
         _check_report(model, x, y, threat, report)
-        assert report.verdict[0] is Verdict.FALSIFIED and report.decided_by[0] == "clean"
-        assert torch.equal(report.witness[:2], x[:2])
+        assert report.verdict[:2] == (Verdict.FALSIFIED,) * 2
+        assert report.decided_by[:2] == ("clean", "clean")
     auto = reports["auto"]
     assert auto.unknown == 0
     for name, report in reports.items():  # no method contradicts the exact answer

@@ -7,11 +7,11 @@ import time
 
 import pytest
 import torch
+from tests.exact.conftest import make_mlp
 
 from advrobust.core import LpBall, Spec, Verdict
 from advrobust.exact import MILP
 from advrobust.solvers import HighsSolver, Solution, SolveStatus
-from tests.exact.conftest import make_mlp
 
 
 def _grid_min(model: torch.nn.Module, x0: torch.Tensor, threat: LpBall, spec_c: torch.Tensor,

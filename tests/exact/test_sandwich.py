@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.exact.conftest import make_mlp
 
 from advrobust.attacks import PGD
 from advrobust.core import LpBall, Spec
 from advrobust.exact import MILP
 from advrobust.relax import CROWN, IBP, LPRelaxation
-from tests.exact.conftest import make_mlp
 
 TOL = 1e-5
 

@@ -6,9 +6,11 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from advrobust.core import Norm
 from advrobust.errors import CheckpointError, InvalidParameterError
 from advrobust.models import (
     CHECKPOINT_FORMAT,
@@ -17,6 +19,7 @@ from advrobust.models import (
     build_model,
     load_checkpoint,
     save_checkpoint,
+    to_primitive,
 )
 
 KWARGS = {"input_shape": (1, 8, 8), "num_classes": 10, "normalize": (0.5, 0.25)}
@@ -70,6 +73,7 @@ class _OpenFile:
         return (open, (str(self.marker), "w"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_payloads_are_refused_and_never_run(tmp_path: Path) -> None:
     marker_a, marker_b = tmp_path / "ran_system", tmp_path / "ran_open"
     raw_pickle = tmp_path / "raw.pt"
@@ -159,3 +163,24 @@ def test_save_refuses_what_would_not_load(tmp_path: Path) -> None:
 def test_bad_map_location_is_a_parameter_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidParameterError, match="map_location"):
         load_checkpoint(tmp_path / "m.pt", map_location="not-a-device")
+
+
+def test_metadata_must_be_exact_primitives_and_to_primitive_converts(tmp_path: Path) -> None:
+    model = build_model("small", (1, 8, 8))
+    odd = {"norm": Norm.LINF, "acc": np.float64(0.5), "n": torch.tensor(3), "path": tmp_path,
+           "inf": float("inf"), "nested": ({"k": np.int64(2)},), "obj": object}
+    for key in ("norm", "acc", "path", "nested", "obj"):  # tensors and inf floats load fine
+        with pytest.raises(InvalidParameterError, match=f"metadata\\['{key}'\\]"):
+            save_checkpoint(tmp_path / "m.pt", model, arch="small",
+                            arch_kwargs={"input_shape": (1, 8, 8)}, metadata={key: odd[key]})
+    converted = to_primitive(odd)
+    assert converted == {"norm": "linf", "acc": 0.5, "n": 3, "path": str(tmp_path),
+                         "inf": "inf", "nested": [{"k": 2}], "obj": repr(object)}
+    path = save_checkpoint(tmp_path / "m.pt", model, arch="small",
+                           arch_kwargs={"input_shape": (1, 8, 8)}, metadata=converted)
+    assert load_checkpoint(path).metadata["norm"] == "linf"
+    path = save_checkpoint(tmp_path / "m.pt", model, arch="small",
+                           arch_kwargs={"input_shape": (1, 8, 8)},
+                           metadata={"n": torch.tensor([1, 2]), "inf": float("inf")})
+    meta = load_checkpoint(path).metadata
+    assert torch.equal(meta["n"], torch.tensor([1, 2])) and meta["inf"] == float("inf")

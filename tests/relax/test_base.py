@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.relax.conftest import make_mlp
 from torch import nn
 
 from advrobust.core import VERIFY_TOLERANCE, LpBall, Spec, Verdict
@@ -14,7 +15,6 @@ from advrobust.errors import (
 )
 from advrobust.exact import MILP
 from advrobust.relax import CROWN, IBP, LPRelaxation
-from tests.relax.conftest import make_mlp
 
 BOUNDERS = [IBP(), CROWN(), LPRelaxation(), MILP(time_limit=5.0)]
 

@@ -5,7 +5,12 @@ Every attack is an :class:`Attack` subclass with a ``cli_name`` (the name ``advr
 and returning an :class:`~advrobust.core.result.AttackResult`.
 """
 
-from advrobust.attacks._universal_io import load_universal, plot_universal, save_universal
+from advrobust.attacks._universal_io import (
+    load_universal,
+    plot_universal,
+    run_universal,
+    save_universal,
+)
 from advrobust.attacks.apgd import APGD, APGDTargeted
 from advrobust.attacks.base import Attack, AttackOutput, Oracle
 from advrobust.attacks.boundary import Boundary
@@ -19,8 +24,9 @@ from advrobust.attacks.dictionary import (
     load_dictionary,
     save_dictionary,
 )
-from advrobust.attacks.ensemble import Ensemble, strongest
+from advrobust.attacks.ensemble import Ensemble, Strongest, strongest
 from advrobust.attacks.gradient import FGSM, PGD, fgsm, pgd
+from advrobust.attacks.hopskipjump import HopSkipJump
 from advrobust.attacks.jsma import JSMA
 from advrobust.attacks.lbfgs import LBFGS
 from advrobust.attacks.onepixel import OnePixel
@@ -51,10 +57,12 @@ __all__ = [
     "DictionaryAttack",
     "Ensemble",
     "FixedPerturbation",
+    "HopSkipJump",
     "OnePixel",
     "Oracle",
     "SADiL",
     "Square",
+    "Strongest",
     "Transfer",
     "UniversalPerturbation",
     "UniversalResult",
@@ -64,6 +72,7 @@ __all__ = [
     "load_universal",
     "pgd",
     "plot_universal",
+    "run_universal",
     "save_dictionary",
     "save_universal",
     "strongest",

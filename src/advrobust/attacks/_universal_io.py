@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from advrobust.attacks.universal import UniversalResult
+from advrobust.attacks.universal import UniversalPerturbation, UniversalResult, fooling_rate
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import DataFormatError
 
-__all__ = ["load_universal", "plot_universal", "save_universal"]
+__all__ = ["load_universal", "plot_universal", "run_universal", "save_universal"]
 
 _FORMAT = "advrobust-universal-v1"
 
@@ -91,3 +93,27 @@ def plot_universal(path_png: str | Path, result: UniversalResult) -> Path:
     path_png = Path(path_png)
     fig.savefig(path_png, dpi=100)
     return path_png
+
+
+def run_universal(uap: UniversalPerturbation, model: nn.Module, x: Tensor, y: Tensor,
+                  threat: LpBall, *, x_heldout: Tensor | None = None,
+                  generator: torch.Generator | None = None, save_path: str | Path | None = None,
+                  plot_path: str | Path | None = None) -> tuple[UniversalResult, dict[str, Any]]:
+    """What ``advrobust attack --attack universal`` does: fit on (x, y), optionally measure
+    the fooling rate on held-out inputs, save the npz and the PNG.
+
+    Returns:
+        The result and a JSON-ready summary (fooling rates, norm, passes, files written).
+    """
+    result = uap.fit(model, x, y, threat, generator=generator)
+    summary: dict[str, Any] = {
+        "method": result.method, "threat": str(threat),
+        "perturbation_norm": float(threat.norm_of(result.perturbation.unsqueeze(0))[0]),
+        "fooling_rate_train": result.fooling_rate_train, "history": list(result.history),
+        "fooling_rate_heldout": None if x_heldout is None
+        else fooling_rate(model, x_heldout, result.perturbation, threat)}
+    if save_path is not None:
+        summary["saved"] = str(save_universal(save_path, result))
+    if plot_path is not None:
+        summary["plot"] = str(plot_universal(plot_path, result))
+    return result, summary

@@ -83,10 +83,10 @@ class _APGDBase(Attack):
         steps, rho = self.steps, self.rho
         x_adv = threat.sample(x, generator) if self.random_start else x.clone()
         logits, loss, grad = oracle.value_and_grad(x_adv, loss_fn)
-        best_adv, best_score = x_adv.clone(), score_fn(logits)
-        x_max, loss_max, grad_max = x_adv.clone(), loss.clone(), grad.clone()
+        best_adv, best_score = x_adv, score_fn(logits)
+        x_max, loss_max, grad_max = x_adv, loss, grad
         eta = torch.full((x.shape[0],), 2.0 * threat.eps, dtype=x.dtype, device=x.device)
-        x_prev, loss_prev = x_adv.clone(), loss
+        x_prev, loss_prev = x_adv, loss
         increases = torch.zeros_like(loss)
         checkpoints, last_w = apgd_checkpoints(steps), 0
         loss_max_at_last, cut_at_last = loss_max.clone(), torch.ones_like(loss, dtype=torch.bool)
@@ -99,18 +99,22 @@ class _APGDBase(Attack):
             logits, loss, grad = oracle.value_and_grad(x_adv, loss_fn)
             score = score_fn(logits)
             better = score < best_score
-            best_adv[better], best_score = x_adv[better], torch.minimum(score, best_score)
+            best_adv = torch.where(_bview(better, x), x_adv, best_adv)
+            best_score = torch.minimum(score, best_score)
             increases += (loss > loss_prev).to(loss.dtype)
             loss_prev = loss
-            up = loss > loss_max
-            x_max[up], grad_max[up], loss_max = x_adv[up], grad[up], torch.maximum(loss, loss_max)
+            up = _bview(loss > loss_max, x)
+            x_max, grad_max = torch.where(up, x_adv, x_max), torch.where(up, grad, grad_max)
+            loss_max = torch.maximum(loss, loss_max)
             if k + 1 in checkpoints:
                 w = k + 1
                 cond1 = increases < rho * (w - last_w)
                 cond2 = ~cut_at_last & (loss_max <= loss_max_at_last)
                 cut = cond1 | cond2
                 eta = torch.where(cut, eta / 2, eta)
-                x_adv[cut], grad[cut], x_prev[cut] = x_max[cut], grad_max[cut], x_max[cut]
+                cut_b = _bview(cut, x)
+                x_adv, grad = torch.where(cut_b, x_max, x_adv), torch.where(cut_b, grad_max, grad)
+                x_prev = torch.where(cut_b, x_max, x_prev)
                 loss_prev = torch.where(cut, loss_max, loss_prev)
                 increases.zero_()
                 loss_max_at_last, cut_at_last, last_w = loss_max.clone(), cut, w

@@ -23,7 +23,7 @@ from advrobust.core.spec import margin
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
 
-__all__ = ["Ensemble", "attack_label", "strongest"]
+__all__ = ["Ensemble", "Strongest", "attack_label", "strongest"]
 
 
 def attack_label(attack: Attack) -> str:
@@ -57,7 +57,8 @@ class Ensemble(Attack):
         InvalidThreatModelError: a member does not support the threat's norm.
     """
 
-    cli_name: ClassVar[str] = "ensemble"
+    #: Not on the command line (its members are objects); ``strongest`` is.
+    cli_name: ClassVar[str | None] = None
     targeted: ClassVar[bool] = False
 
     def __init__(self, attacks: Sequence[Attack], *, cascade: bool = True) -> None:
@@ -126,6 +127,29 @@ class Ensemble(Attack):
         best_margin[idx] = torch.minimum(best_margin[idx], m)
 
 
+class Strongest(Ensemble):
+    """The :func:`strongest` cascade as a configured attack (``advrobust attack --attack
+    strongest``): APGD-CE, APGD-T (targeted DLR), Square, each on the samples still unbroken.
+
+    Args:
+        steps: APGD iterations per run (100 in AutoAttack).
+        n_target_classes: target classes tried by APGD-T (9).
+        queries: Square's query budget per sample (5000).
+    """
+
+    cli_name: ClassVar[str | None] = "strongest"
+    norms: ClassVar[frozenset[Norm]] = frozenset({Norm.LINF, Norm.L2})
+
+    def __init__(self, *, steps: int = 100, n_target_classes: int = 9,
+                 queries: int = 5000) -> None:
+        super().__init__([APGD(loss="ce", steps=steps),
+                          APGDTargeted(steps=steps, n_target_classes=n_target_classes),
+                          Square(queries=queries)])
+        self.steps = steps
+        self.n_target_classes = n_target_classes
+        self.queries = queries
+
+
 def strongest(threat: LpBall, *, steps: int = 100, n_target_classes: int = 9,
               queries: int = 5000) -> Ensemble:
     """The AutoAttack "standard" cascade minus FAB: APGD-CE, APGD-T (targeted DLR), Square.
@@ -143,6 +167,4 @@ def strongest(threat: LpBall, *, steps: int = 100, n_target_classes: int = 9,
         raise InvalidThreatModelError(
             f"strongest supports linf and l2 threats. Got {threat.norm.value!r} instead.")
     check_int(steps, "steps", "strongest", low=1)
-    return Ensemble([APGD(loss="ce", steps=steps),
-                     APGDTargeted(steps=steps, n_target_classes=n_target_classes),
-                     Square(queries=queries)])
+    return Strongest(steps=steps, n_target_classes=n_target_classes, queries=queries)

@@ -99,18 +99,20 @@ class Square(Attack):
             raise InvalidInputError(
                 f"Square needs images shaped (N, C, H, W). Got x of shape {tuple(x.shape)}.")
 
-        def score(logits: Tensor, idx: Tensor) -> Tensor:
-            if target is None:
-                return margin(logits, y[idx])
-            return -margin(logits, target[idx])
+        labels = y if target is None else target
+        sign = 1.0 if target is None else -1.0
 
-        best, best_score = x.clone(), score(clean_logits, torch.arange(x.shape[0]))
+        def score(logits: Tensor, lab: Tensor) -> Tensor:
+            # untargeted: f_y - max_{t != y} f_t; targeted: max_{t != target} f_t - f_target
+            return sign * margin(logits, lab)
+
+        best, best_score = x.clone(), score(clean_logits, labels)
         spent = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
         for _ in range(self.restarts):
             idx = (best_score >= 0).nonzero().flatten()
             if idx.numel() == 0:
                 break
-            adv, s, used = self._search(oracle, x[idx], _subset(score, idx), threat, generator)
+            adv, s, used = self._search(oracle, x[idx], labels[idx], score, threat, generator)
             better = s < best_score[idx]
             best[idx[better]] = adv[better]
             best_score[idx] = torch.minimum(best_score[idx], s)
@@ -118,27 +120,34 @@ class Square(Attack):
         return AttackOutput(best, exhausted=best_score >= 0,
                             info={"queries_per_sample": spent, "black_box": True})
 
-    def _search(self, oracle: Oracle, x: Tensor, score: Callable[[Tensor, Tensor], Tensor],
-                threat: LpBall, generator: torch.Generator | None
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def _search(self, oracle: Oracle, x: Tensor, labels: Tensor,
+                score: Callable[[Tensor, Tensor], Tensor], threat: LpBall,
+                generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
         """One random search on the sub-batch ``x``; returns (points, scores, queries used).
 
-        ``score(logits, rows)`` is the margin (negative = success) of the sub-batch's ``rows``.
+        ``score(logits, labels)`` is the margin (negative = success). The still-unbroken
+        samples are kept in compact tensors, re-gathered only when one of them breaks.
         """
         cur = self._init(x, threat, generator)
-        cur_score = score(oracle(cur), torch.arange(x.shape[0], device=x.device))
+        cur_score = score(oracle(cur), labels)
         used = torch.ones(x.shape[0], dtype=torch.int64, device=x.device)
+        rows = (cur_score >= 0).nonzero().flatten()
+        xa, ca, sa, la = x[rows], cur[rows], cur_score[rows], labels[rows]
         for it in range(1, self.queries):
-            act = (cur_score >= 0).nonzero().flatten()
-            if act.numel() == 0:
+            if rows.numel() == 0:
                 break
-            p = square_fraction(self.p_init, it, self.queries)
-            cand = self._propose(x[act], cur[act], p, threat, generator)
-            new_score = score(oracle(cand), act)
-            take = new_score < cur_score[act]
-            cur[act[take]] = cand[take]
-            cur_score[act] = torch.where(take, new_score, cur_score[act])
-            used[act] += 1
+            cand = self._propose(xa, ca, square_fraction(self.p_init, it, self.queries), threat,
+                                 generator)
+            new = score(oracle(cand), la)
+            take = new < sa
+            ca = torch.where(take.view(-1, 1, 1, 1), cand, ca)
+            sa = torch.where(take, new, sa)
+            used[rows] += 1
+            if bool((sa < 0).any()):
+                cur[rows], cur_score[rows] = ca, sa
+                keep = sa >= 0
+                rows, xa, ca, sa, la = rows[keep], xa[keep], ca[keep], sa[keep], la[keep]
+        cur[rows], cur_score[rows] = ca, sa
         return cur, cur_score, used
 
     def _init(self, x: Tensor, threat: LpBall, generator: torch.Generator | None) -> Tensor:
@@ -209,8 +218,3 @@ def _signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | No
     bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
     return bits.to(like.dtype) * 2 - 1
 
-
-def _subset(score: Callable[[Tensor, Tensor], Tensor], idx: Tensor
-            ) -> Callable[[Tensor, Tensor], Tensor]:
-    """``score`` re-indexed for the sub-batch ``idx`` of the full batch."""
-    return lambda logits, rows: score(logits, idx[rows])

@@ -50,7 +50,8 @@ class Transfer(Attack):
     Shapes: x (N, ...), y (N,), target (N,) or None.
     """
 
-    cli_name: ClassVar[str] = "transfer"
+    #: Not on the command line as is: it needs a source model object.
+    cli_name: ClassVar[str | None] = None
     targeted: ClassVar[bool] = True
 
     def __init__(self, source_model: nn.Module, attack: Attack) -> None:

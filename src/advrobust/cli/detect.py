@@ -50,8 +50,8 @@ def register(subparsers: Any) -> None:
                         "(default: 1000)")
     parser.add_argument("--cw-steps", type=int, default=100, help="Adam steps per constant")
     parser.add_argument("--cw-search", type=int, default=5, help="binary-search steps of C&W")
-    parser.add_argument("--evasion-weight", type=float, default=10.0,
-                        help="weight of the detector score in evasive-cw (default: 10)")
+    parser.add_argument("--evasion-weight", type=float, default=1.0,
+                        help="weight of the detector score in evasive-cw (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random starts")
     add_json_arg(parser)
     parser.set_defaults(func=run)

@@ -15,7 +15,8 @@ EXAMPLE = """examples:
   advrobust train --model mlp2 --data digits --epochs 30 --batch-size 50 --out mlp2_digits.pt
   advrobust train --model cnn --data mnist --data-dir ../shared/data/mnist --epochs 10 \\
       --out cnn_mnist.pt                 # course recipe: SGD lr 0.1, batch 100, lr/10 at epoch 6
-  advrobust train --model lenet --data cifar10 --normalize 0.49,0.48,0.45 0.25,0.24,0.26 ...
+  advrobust train --model lenet --data cifar10 --data-dir cifar-10-batches-py --momentum 0.9 \\
+      --normalize 0.491,0.482,0.447 0.247,0.243,0.262 --out lenet_cifar.pt
 """
 
 

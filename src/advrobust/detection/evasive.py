@@ -77,9 +77,14 @@ class EvasiveCW(CarliniWagner):
 
     Args:
         detector: a fitted detector guarding the attacked model.
-        weight: weight of the detector penalty.
+        weight: weight of the detector penalty (too large a weight pulls the point back to
+            the clean class, whose gradients are small too).
         slack: the penalty starts at ``slack * threshold`` (< 1 aims safely below it).
-        confidence, steps, lr, binary_search_steps, initial_const, abort_early: as in
+        confidence: C&W's kappa; a little confidence (default 2) moves the point off the
+            boundary, where the loss surface is flat enough to pass the detector.
+        initial_const: first C&W constant; higher than C&W's default since the detector
+            penalty competes with the misclassification term.
+        steps, lr, binary_search_steps, abort_early: as in
             :class:`~advrobust.attacks.CarliniWagner` (l2 only).
 
     Raises:
@@ -91,9 +96,9 @@ class EvasiveCW(CarliniWagner):
     norms: ClassVar[frozenset[Norm]] = frozenset({Norm.L2})
     targeted: ClassVar[bool] = False
 
-    def __init__(self, *, detector: GradientNormDetector, weight: float = 10.0,
-                 slack: float = 0.8, confidence: float = 0.0, steps: int = 100,
-                 lr: float = 0.01, binary_search_steps: int = 9, initial_const: float = 1e-3,
+    def __init__(self, *, detector: GradientNormDetector, weight: float = 1.0,
+                 slack: float = 0.8, confidence: float = 2.0, steps: int = 100,
+                 lr: float = 0.01, binary_search_steps: int = 9, initial_const: float = 0.1,
                  abort_early: bool = True) -> None:
         if not isinstance(detector, GradientNormDetector):
             raise InvalidParameterError(

@@ -80,16 +80,21 @@ class MILP(Bounder):
         lp_tighten: tighten pre-activation bounds with LPs before building the MILP.
         early_stop: stop a sample at its first row with an incumbent below zero.
         skip_verified: skip rows whose CROWN lower bound already exceeds the tolerance.
+        decide_only: stop a row's solve once its sign is decided (dual bound above the
+            verification tolerance, or an incumbent below zero) instead of closing the gap;
+            the lower bounds are then valid but not the exact minima.
     """
 
     def __init__(self, *, time_limit: float = 60.0, threads: int = 1, lp_tighten: bool = False,
-                 early_stop: bool = True, skip_verified: bool = True) -> None:
+                 early_stop: bool = True, skip_verified: bool = True,
+                 decide_only: bool = False) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "MILP", low=0.0, low_open=True,
                                       allow_inf=True)
         self.threads = check_int(threads, "threads", "MILP", low=1)
         self.lp_tighten = check_bool(lp_tighten, "lp_tighten", "MILP")
         self.early_stop = check_bool(early_stop, "early_stop", "MILP")
         self.skip_verified = check_bool(skip_verified, "skip_verified", "MILP")
+        self.decide_only = check_bool(decide_only, "decide_only", "MILP")
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         check_linear_norm(threat, "MILP")
@@ -130,7 +135,8 @@ class MILP(Bounder):
                 continue
             solver.set_time_limit(left)
             sol = solver.minimize(row_cost(enc, spec.C[s, j]), float(spec.d[s, j]),
-                                  stop_below=-1e-6 if self.early_stop else -math.inf)
+                                  stop_below=-1e-6 if self.early_stop else -math.inf,
+                                  cutoff=2 * VERIFY_TOLERANCE if self.decide_only else math.inf)
             self._record(run, j, sol, enc)
             if self.early_stop and sol.x is not None and self._violates(
                     network, enc, sol, spec, s, j):

@@ -16,6 +16,7 @@ object (and so could run code) is refused, and the model is rebuilt from ``arch`
 from __future__ import annotations
 
 import datetime
+import enum
 import math
 import os
 import pickle
@@ -69,37 +70,43 @@ class LoadedCheckpoint:
 def to_primitive(value: Any) -> Any:
     """Best-effort conversion to what a checkpoint can hold: numbers, strings, lists, dicts.
 
-    Tensors of one element become numbers, enums their value, paths strings, and any other
-    object its ``repr``. Use it on metadata built from arbitrary objects (e.g. an objective's
-    parameters) before :func:`save_checkpoint`.
+    Enums become their value, one-element tensors and numpy scalars numbers, paths strings,
+    non-finite floats their ``repr``, and any other object its ``repr``. Use it on metadata
+    built from arbitrary objects (e.g. an objective's parameters) before
+    :func:`save_checkpoint`.
     """
-    if value is None or isinstance(value, (bool, int, str)):
+    if isinstance(value, enum.Enum):
+        return to_primitive(value.value)
+    if value is None or type(value) in (bool, int, str):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):
         return {str(k): to_primitive(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_primitive(v) for v in value]
-    if torch.is_tensor(value) and value.numel() == 1:
-        return to_primitive(value.item())
-    if isinstance(getattr(value, "value", None), (str, int)):
-        return value.value
     if isinstance(value, Path):
         return str(value)
+    if (torch.is_tensor(value) and value.numel() == 1) or (
+            type(value).__module__ == "numpy" and hasattr(value, "item")):
+        value = value.item()
+    if isinstance(value, (bool, int, str)):
+        return type(value)(value) if type(value) is not bool else value
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else repr(float(value))
     return repr(value)
 
 
 def _check_primitive(value: Any, where: str) -> None:
-    if value is None or isinstance(value, (bool, int, float, str)) or torch.is_tensor(value):
+    # Exact types: a str-Enum or numpy.float64 passes isinstance but pickles as a class that
+    # ``weights_only`` loading refuses.
+    if value is None or type(value) in (bool, int, float, str) or torch.is_tensor(value):
         return
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         for i, v in enumerate(value):
             _check_primitive(v, f"{where}[{i}]")
         return
-    if isinstance(value, dict):
+    if type(value) is dict:
         for k, v in value.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise InvalidParameterError(f"Checkpoint {where} keys must be str. Got {k!r}.")
             _check_primitive(v, f"{where}[{k!r}]")
         return

@@ -103,8 +103,9 @@ def _out_shape(layer: nn.Module, shape: tuple[int, ...], path: str) -> tuple[int
     try:
         with torch.no_grad():
             p = next(iter(layer.parameters()), None)
-            kw = {} if p is None else {"dtype": p.dtype, "device": p.device}
-            out = layer(torch.zeros((1,) + shape, **kw))  # type: ignore[arg-type]
+            probe = torch.zeros((1,) + shape) if p is None else \
+                torch.zeros((1,) + shape, dtype=p.dtype, device=p.device)
+            out = layer(probe)
     except RuntimeError as err:
         raise InvalidInputError(
             f"Layer {type(layer).__name__} at position '{path}' cannot take inputs of shape "
@@ -167,7 +168,9 @@ def _convert(path: str, layer: nn.Module, shape: tuple[int, ...], prev: Op | Non
         return ChannelAffineOp(_bn_params(layer), shape, path)
     if kind == "Normalize" and isinstance(getattr(layer, "mean", None), Tensor) \
             and isinstance(getattr(layer, "std", None), Tensor):
-        _check_channels(layer, path, shape, layer.mean.numel())  # type: ignore[union-attr]
+        mean = layer.mean
+        assert isinstance(mean, Tensor)
+        _check_channels(layer, path, shape, mean.numel())
         return ChannelAffineOp(_normalize_params(layer), shape, path)
     raise _unsupported(path, layer)
 

@@ -20,6 +20,7 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.network.ir import Network
+from advrobust.network.ops import AffineOp
 from advrobust.network.relu import ReLUOp
 from advrobust.relax.base import Bounder, Bounds, as_network
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
@@ -51,8 +52,9 @@ def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         if isinstance(op, ReLUOp):
             a, c = op.backward(a, *bounds[j], None if alphas is None else alphas.get(j))
         else:
+            assert isinstance(op, AffineOp)
             c = op.bias_term(a)
-            a = op.backward(a)  # type: ignore[attr-defined]
+            a = op.backward(a)
         const = const + c
     return a, const
 

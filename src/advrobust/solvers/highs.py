@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from advrobust.errors import SolverUnavailableError
 from advrobust.solvers.program import Program, Solution, SolveStatus
 
-__all__ = ["HighsSolver", "highs_available"]
+__all__ = ["DEFAULT_OPTIONS", "HighsSolver", "highs_available"]
 
 
 def highs_available() -> bool:
@@ -31,6 +32,15 @@ def _import_highspy() -> Any:
             "The HiGHS solver is needed for LP / MILP methods: pip install highspy") from err
     return highspy
 
+
+#: HiGHS options set on every model. The sub-MIP heuristics (RINS, RENS, root reduced cost)
+#: dominated the run time on verification MILPs in our measurements without reducing nodes
+#: enough to pay for themselves (bench/RESULTS_verify.md).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "mip_heuristic_run_rins": False,
+    "mip_heuristic_run_rens": False,
+    "mip_heuristic_run_root_reduced_cost": False,
+}
 
 _STATUS = {
     "kOptimal": SolveStatus.OPTIMAL,
@@ -55,16 +65,19 @@ class HighsSolver:
         time_limit: seconds per :meth:`minimize` call.
         threads: HiGHS threads (its global scheduler keeps the first value it is given).
         mip_rel_gap, mip_abs_gap: MIP termination gaps.
+        options: further HiGHS options by name (they override the defaults above and
+            :data:`DEFAULT_OPTIONS`).
     """
 
     def __init__(self, program: Program, *, time_limit: float = math.inf, threads: int = 1,
-                 mip_rel_gap: float = 1e-6, mip_abs_gap: float = 1e-6) -> None:
+                 mip_rel_gap: float = 1e-6, mip_abs_gap: float = 1e-6,
+                 options: Mapping[str, Any] | None = None) -> None:
         highspy = _import_highspy()
         self._h = highspy.Highs()
         self._h.silent()
         opts = {"time_limit": float(time_limit), "threads": int(threads),
                 "mip_rel_gap": mip_rel_gap, "mip_abs_gap": mip_abs_gap,
-                "random_seed": 0}
+                "random_seed": 0, **DEFAULT_OPTIONS, **(options or {})}
         for key, value in opts.items():
             self._h.setOptionValue(key, value)
         self.num_vars = program.num_vars
@@ -168,8 +181,8 @@ class HighsSolver:
             bound = objective if status is SolveStatus.OPTIMAL else -math.inf
         if raw == "kObjectiveBound":  # nothing below the cutoff: the minimum is >= cutoff
             return Solution(SolveStatus.INFEASIBLE, math.inf, self._cutoff, None, name, seconds)
-        if status is SolveStatus.INFEASIBLE:
-            bound = math.inf
+        if status is SolveStatus.INFEASIBLE:  # nothing below the cutoff (or no point at all)
+            bound = self._cutoff
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)

@@ -74,7 +74,7 @@ def error_rate(model: nn.Module, x: Tensor, y: Tensor, device: torch.device,
         with torch.no_grad():
             for i in range(0, len(y), max(batch_size, 500)):
                 out = model(x[i:i + max(batch_size, 500)].to(device))
-                wrong += int((out.argmax(dim=1).cpu() != y[i:i + len(out)]).sum())
+                wrong += int((out.argmax(dim=1) != y[i:i + len(out)].to(out.device)).sum())
     finally:
         model.train(was_training)
     return wrong / len(y)

@@ -22,6 +22,7 @@ from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidParameterError
 from advrobust.training._defense_utils import GeneratorCache, attack_mode
 from advrobust.training.objective import Objective
+from advrobust.training.ramps import EpsSchedule, Ramp
 
 __all__ = ["AdversarialPGD", "FastFGSM", "TRADES"]
 
@@ -39,6 +40,21 @@ def _check_seed(seed: object, owner: str) -> None:
         check_int(seed, "seed", owner, low=0)
 
 
+def _resolve(schedule: object, threat: LpBall, owner: str) -> Ramp | None:
+    """The concrete eps ramp of an optional :class:`EpsSchedule` (None: constant eps)."""
+    if schedule is None:
+        return None
+    if not isinstance(schedule, EpsSchedule):
+        raise InvalidParameterError(
+            f"The 'schedule' parameter of {owner} must be an EpsSchedule or None. "
+            f"Got {type(schedule).__name__} instead.")
+    return schedule.resolve(threat.eps, owner)
+
+
+def _threat_at(threat: LpBall, ramp: Ramp | None, progress: float) -> LpBall:
+    return threat if ramp is None else threat.with_eps(ramp(progress))
+
+
 class AdversarialPGD(Objective):
     """PGD adversarial training: cross-entropy at a PGD point of the threat set.
 
@@ -49,13 +65,16 @@ class AdversarialPGD(Objective):
     Args:
         threat: the threat set to train against.
         steps: PGD steps per batch (Madry et al.: 40 on MNIST; 7-10 is common).
-        step_size: PGD step; None means ``2.5 * eps / steps``.
+        step_size: PGD step; None means ``2.5 * eps / steps`` (of the current eps).
         seed: seed of the random starts (None: drawn from torch's default generator once).
+        schedule: optional eps ramp up to ``threat.eps`` (None: the full eps from the start).
     """
 
     def __init__(self, *, threat: LpBall, steps: int = 10, step_size: float | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, schedule: EpsSchedule | None = None) -> None:
         self.threat = _check_threat(threat, "AdversarialPGD")
+        self.schedule = schedule
+        self._ramp = _resolve(schedule, threat, "AdversarialPGD")
         self.steps = check_int(steps, "steps", "AdversarialPGD", low=1)
         if step_size is not None:
             check_float(step_size, "step_size", "AdversarialPGD", low=0.0, low_open=True)
@@ -64,22 +83,21 @@ class AdversarialPGD(Objective):
         self.seed = seed
         self._gens = GeneratorCache(seed)
 
-    def _attack_step(self) -> float:
-        return self.step_size if self.step_size is not None else 2.5 * self.threat.eps / self.steps
-
-    def adversarial_examples(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """PGD points (B, ...) inside the threat set around ``x``, detached."""
+    def adversarial_examples(self, model: nn.Module, x: Tensor, y: Tensor,
+                             progress: float = 1.0) -> Tensor:
+        """PGD points (B, ...) inside the threat set (at ``progress``'s eps), detached."""
         from advrobust.attacks import PGD
 
-        if self.threat.eps == 0:
+        threat = _threat_at(self.threat, self._ramp, progress)
+        if threat.eps == 0:
             return x.detach()
-        attack = PGD(steps=self.steps, step_size=self._attack_step(), random_start=True)
+        attack = PGD(steps=self.steps, step_size=self.step_size, random_start=True)
         with attack_mode(model):
-            result = attack(model, x.detach(), y, self.threat, generator=self._gens.get(x.device))
+            result = attack(model, x.detach(), y, threat, generator=self._gens.get(x.device))
         return result.x_adv.detach()
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:
-        x_adv = self.adversarial_examples(model, x, y)
+        x_adv = self.adversarial_examples(model, x, y, progress)
         return F.cross_entropy(model(x_adv), y)
 
 
@@ -93,13 +111,17 @@ class FastFGSM(Objective):
 
     Args:
         threat: the threat set to train against.
-        alpha: step size; None means ``1.25 * eps`` (the paper's choice).
+        alpha: step size; None means ``1.25 * eps`` (the paper's choice; with a schedule, of
+            the current eps; a given alpha is scaled by ``eps(progress) / eps``).
         seed: seed of the random starts.
+        schedule: optional eps ramp up to ``threat.eps`` (None: the full eps from the start).
     """
 
     def __init__(self, *, threat: LpBall, alpha: float | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, schedule: EpsSchedule | None = None) -> None:
         self.threat = _check_threat(threat, "FastFGSM")
+        self.schedule = schedule
+        self._ramp = _resolve(schedule, threat, "FastFGSM")
         if alpha is not None:
             check_float(alpha, "alpha", "FastFGSM", low=0.0, low_open=True)
         _check_seed(seed, "FastFGSM")
@@ -107,10 +129,14 @@ class FastFGSM(Objective):
         self.seed = seed
         self._gens = GeneratorCache(seed)
 
-    def adversarial_examples(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def adversarial_examples(self, model: nn.Module, x: Tensor, y: Tensor,
+                             progress: float = 1.0) -> Tensor:
         """Fast-FGSM points (B, ...) inside the threat set around ``x``, detached."""
-        threat, x0 = self.threat, x.detach()
-        alpha = self.alpha if self.alpha is not None else 1.25 * threat.eps
+        threat, x0 = _threat_at(self.threat, self._ramp, progress), x.detach()
+        if threat.eps == 0:
+            return x0
+        scale = threat.eps / self.threat.eps
+        alpha = scale * self.alpha if self.alpha is not None else 1.25 * threat.eps
         with attack_mode(model), torch.enable_grad():
             start = threat.sample(x0, generator=self._gens.get(x.device)).requires_grad_(True)
             loss = F.cross_entropy(model(start), y, reduction="sum")
@@ -119,7 +145,7 @@ class FastFGSM(Objective):
         return threat.project(x0, step).detach()
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:
-        x_adv = self.adversarial_examples(model, x, y)
+        x_adv = self.adversarial_examples(model, x, y, progress)
         return F.cross_entropy(model(x_adv), y)
 
 
@@ -141,13 +167,17 @@ class TRADES(Objective):
         threat: the threat set.
         beta: weight of the robustness (KL) term; the paper uses 1-6 (6 on MNIST and CIFAR-10).
         steps: inner steps.
-        step_size: inner step; None means ``2.5 * eps / steps``.
+        step_size: inner step; None means ``2.5 * eps / steps`` (of the current eps).
         seed: seed of the random start.
+        schedule: optional eps ramp up to ``threat.eps`` (None: the full eps from the start).
     """
 
     def __init__(self, *, threat: LpBall, beta: float = 6.0, steps: int = 10,
-                 step_size: float | None = None, seed: int | None = None) -> None:
+                 step_size: float | None = None, seed: int | None = None,
+                 schedule: EpsSchedule | None = None) -> None:
         self.threat = _check_threat(threat, "TRADES")
+        self.schedule = schedule
+        self._ramp = _resolve(schedule, threat, "TRADES")
         self.beta = check_float(beta, "beta", "TRADES", low=0.0)
         self.steps = check_int(steps, "steps", "TRADES", low=1)
         if step_size is not None:
@@ -157,9 +187,11 @@ class TRADES(Objective):
         self.seed = seed
         self._gens = GeneratorCache(seed)
 
-    def adversarial_examples(self, model: nn.Module, x: Tensor) -> Tensor:
+    def adversarial_examples(self, model: nn.Module, x: Tensor, progress: float = 1.0) -> Tensor:
         """Points (B, ...) of the threat set maximising the KL divergence from ``f(x)``."""
-        threat, x0 = self.threat, x.detach()
+        threat, x0 = _threat_at(self.threat, self._ramp, progress), x.detach()
+        if threat.eps == 0:
+            return x0
         step = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
         gen = self._gens.get(x.device)
         with attack_mode(model), torch.enable_grad():
@@ -174,7 +206,7 @@ class TRADES(Objective):
         return x_adv.detach()
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:
-        x_adv = self.adversarial_examples(model, x)
+        x_adv = self.adversarial_examples(model, x, progress)
         logits = model(x)
         robust = _kl(F.log_softmax(logits, dim=1), model(x_adv)).mean()
         return F.cross_entropy(logits, y) + self.beta * robust

@@ -15,6 +15,7 @@ from typing import Any
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidParameterError
 from advrobust.training.objective import Objective
+from advrobust.training.ramps import EpsSchedule, Ramp
 
 __all__ = ["DEFENSES", "build_objective"]
 
@@ -29,26 +30,33 @@ def _standard() -> Objective:
     return Standard()
 
 
+def _schedule(warmup: float, ramp: float | None) -> EpsSchedule | None:
+    return None if ramp is None else EpsSchedule(warmup=warmup, ramp=ramp)
+
+
 def _pgd(*, eps: float, norm: str = "linf", steps: int = 10, step_size: float | None = None,
-         seed: int | None = None) -> Objective:
+         seed: int | None = None, warmup: float = 0.0, ramp: float | None = None) -> Objective:
     from advrobust.training.adversarial import AdversarialPGD
 
-    return AdversarialPGD(threat=_threat(eps, norm), steps=steps, step_size=step_size, seed=seed)
+    return AdversarialPGD(threat=_threat(eps, norm), steps=steps, step_size=step_size, seed=seed,
+                          schedule=_schedule(warmup, ramp))
 
 
 def _fgsm(*, eps: float, norm: str = "linf", alpha: float | None = None,
-          seed: int | None = None) -> Objective:
+          seed: int | None = None, warmup: float = 0.0, ramp: float | None = None) -> Objective:
     from advrobust.training.adversarial import FastFGSM
 
-    return FastFGSM(threat=_threat(eps, norm), alpha=alpha, seed=seed)
+    return FastFGSM(threat=_threat(eps, norm), alpha=alpha, seed=seed,
+                    schedule=_schedule(warmup, ramp))
 
 
 def _trades(*, eps: float, norm: str = "linf", beta: float = 6.0, steps: int = 10,
-            step_size: float | None = None, seed: int | None = None) -> Objective:
+            step_size: float | None = None, seed: int | None = None, warmup: float = 0.0,
+            ramp: float | None = None) -> Objective:
     from advrobust.training.adversarial import TRADES
 
     return TRADES(threat=_threat(eps, norm), beta=beta, steps=steps, step_size=step_size,
-                  seed=seed)
+                  seed=seed, schedule=_schedule(warmup, ramp))
 
 
 def _tv(*, eps: float, norm: str = "linf", h: float = 1e-2,
@@ -69,7 +77,6 @@ def _tv_lip(*, eps: float, norm: str = "linf", lam: float = 0.1, h: float = 1e-2
 def _ibp(*, eps: float, norm: str = "linf", warmup: float = 0.1, ramp: float = 0.5,
          kappa_end: float = 0.5) -> Objective:
     from advrobust.training.certified import IBPTraining
-    from advrobust.training.ramps import EpsSchedule, Ramp
 
     return IBPTraining(threat=_threat(eps, norm), schedule=EpsSchedule(warmup=warmup, ramp=ramp),
                        kappa_schedule=Ramp(start=1.0, end=kappa_end, warmup=warmup, ramp=ramp))
@@ -78,7 +85,6 @@ def _ibp(*, eps: float, norm: str = "linf", warmup: float = 0.1, ramp: float = 0
 def _crown_ibp(*, eps: float, norm: str = "linf", warmup: float = 0.1, ramp: float = 0.5,
                kappa_end: float = 0.5) -> Objective:
     from advrobust.training.certified import CROWNIBP
-    from advrobust.training.ramps import EpsSchedule, Ramp
 
     return CROWNIBP(threat=_threat(eps, norm), schedule=EpsSchedule(warmup=warmup, ramp=ramp),
                     beta_schedule=Ramp(start=1.0, end=0.0, warmup=warmup, ramp=ramp),
