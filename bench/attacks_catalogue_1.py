@@ -139,7 +139,7 @@ def art_cw(cfg: dict) -> AttackFn:
 
 
 # ------------------------------------------------------------------ measurement
-def measure(fn: AttackFn, model: nn.Module, x: Tensor, y: Tensor) -> dict:
+def measure(fn: AttackFn, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict, Tensor | None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -147,7 +147,12 @@ def measure(fn: AttackFn, model: nn.Module, x: Tensor, y: Tensor) -> dict:
             x_adv = fn(model, x, y).detach().float()
             seconds = time.perf_counter() - start
     except ImportError as exc:
-        return {"skipped": f"not importable: {exc}"}
+        return {"skipped": f"not importable: {exc}"}, None
+    return summarise(model, x, y, x_adv) | {"seconds": seconds,
+                                            "images_per_s": len(x) / seconds}, x_adv
+
+
+def summarise(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict:
     with torch.no_grad():
         success = model(x_adv).argmax(1) != y
     norms = (x_adv - x).flatten(1).norm(dim=1)
@@ -158,7 +163,22 @@ def measure(fn: AttackFn, model: nn.Module, x: Tensor, y: Tensor) -> dict:
             "blank_successes": int((success & blank).sum()),
             "robust_accuracy": float(1 - success.float().mean()),
             "median_l2": float(norms[success].median()) if bool(success.any()) else math.nan,
-            "seconds": seconds, "images_per_s": len(x) / seconds, "inside_box": inside_box}
+            "inside_box": inside_box}
+
+
+def common_medians(model: nn.Module, x: Tensor, y: Tensor, ours: Tensor, peer: Tensor
+                   ) -> dict:
+    """Median l2 of advrobust and of a peer over the samples both broke (the fair pairing)."""
+    n = len(peer)
+    with torch.no_grad():
+        both = (model(ours[:n]).argmax(1) != y[:n]) & (model(peer).argmax(1) != y[:n])
+    if not bool(both.any()):
+        return {"common": 0}
+    ours_n = (ours[:n] - x[:n]).flatten(1).norm(dim=1)[both]
+    peer_n = (peer - x[:n]).flatten(1).norm(dim=1)[both]
+    return {"common": int(both.sum()), "common_median_l2_ours": float(ours_n.median()),
+            "common_median_l2_peer": float(peer_n.median()),
+            "peer_smaller_fraction": float((peer_n < ours_n - 1e-4).float().mean())}
 
 
 def main() -> None:
@@ -196,12 +216,21 @@ def main() -> None:
     }
     results: dict[str, dict] = {}
     for attack in args.attacks:
+        ours: Tensor | None = None
         for lib in args.libs:
             xs, ys = x, y
             if attack == "cw" and lib == "art" and args.art_cw_n:
                 xs, ys = x[:args.art_cw_n], y[:args.art_cw_n]
-            row = measure(table[attack][lib], model, xs, ys)  # type: ignore[arg-type]
+            row, x_adv = measure(table[attack][lib], model, xs, ys)  # type: ignore[arg-type]
             row["n"] = len(xs)
+            if x_adv is not None:
+                store = args.out.parent / "xadv"
+                store.mkdir(parents=True, exist_ok=True)
+                torch.save(x_adv, store / f"{attack}_{lib}.pt")
+                if lib == "advrobust":
+                    ours = x_adv
+                elif ours is not None:
+                    row |= common_medians(model, xs, ys, ours, x_adv)
             results[f"{attack}/{lib}"] = row
             print(f"| {attack} | {lib} | " + " | ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())

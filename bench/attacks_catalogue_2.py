@@ -105,16 +105,18 @@ class Clock:
         self.seconds = time.perf_counter() - self.start
 
 
-def part_apgd(x: Tensor, y: Tensor, model: nn.Module) -> None:
+def part_apgd(x: Tensor, y: Tensor, standard: nn.Module, adv: nn.Module) -> None:
     import torchattacks
 
-    print("\n### APGD vs torchattacks (standard MNIST MLP, 100 steps, 1 restart)\n")
-    print("| threat | attack | ours robust acc | ours time (s) | torchattacks robust acc "
+    print("\n### APGD vs torchattacks (MNIST MLPs, 100 steps, 1 restart)\n")
+    print("| model | threat | attack | ours robust acc | ours time (s) | torchattacks robust acc "
           "| torchattacks time (s) |")
-    print("|---|---|---|---|---|---|")
-    for norm, eps, ta_norm in (("linf", 0.1, "Linf"), ("l2", 1.5, "L2")):
+    print("|---|---|---|---|---|---|---|")
+    for label, model, norm, eps, ta_norm in (
+            ("standard", standard, "linf", 0.05, "Linf"), ("standard", standard, "l2", 0.8, "L2"),
+            ("PGD-trained", adv, "linf", 0.1, "Linf"), ("PGD-trained", adv, "l2", 1.5, "L2")):
         threat = LpBall(norm, eps)
-        runs: list[tuple[str, object, object]] = [
+        runs = [
             ("APGD-CE", APGD(loss="ce"), torchattacks.APGD(model, norm=ta_norm, eps=eps,
                                                            steps=100, loss="ce", seed=0)),
             ("APGD-DLR", APGD(loss="dlr"), torchattacks.APGD(model, norm=ta_norm, eps=eps,
@@ -124,10 +126,11 @@ def part_apgd(x: Tensor, y: Tensor, model: nn.Module) -> None:
         ]
         for name, ours, theirs in runs:
             with Clock() as c_ours:
-                adv = ours(model, x, y, threat, generator=torch.Generator().manual_seed(0)).x_adv
+                x_adv = ours(model, x, y, threat,
+                             generator=torch.Generator().manual_seed(0)).x_adv
             with Clock() as c_theirs:
                 adv_t = theirs(x, y)
-            print(f"| {norm} eps={eps} | {name} | {robust_acc(model, adv, y):.3f} | "
+            print(f"| {label} | {norm} eps={eps} | {name} | {robust_acc(model, x_adv, y):.3f} | "
                   f"{c_ours.seconds:.1f} | {robust_acc(model, adv_t, y):.3f} | "
                   f"{c_theirs.seconds:.1f} |")
 
@@ -196,10 +199,11 @@ def main() -> None:
     standard = get_model("standard", train_set.x, train_set.y)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, n={args.n}; "
           f"standard MLP clean acc {robust_acc(standard, test_set.x, test_set.y):.3f}")
+    adv = get_model("adv", train_set.x, train_set.y)
+    print(f"PGD-trained MLP clean acc {robust_acc(adv, test_set.x, test_set.y):.3f}")
     if args.part in ("apgd", "all"):
-        part_apgd(xte, yte, standard)
+        part_apgd(xte, yte, standard, adv)
     if args.part in ("ensemble", "all"):
-        adv = get_model("adv", train_set.x, train_set.y)
         part_ensemble(xte, yte, adv)
     if args.part in ("universal", "all"):
         part_universal(train_set.x[20000:21000], train_set.y[20000:21000],

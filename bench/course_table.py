@@ -133,10 +133,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS)
     p.add_argument("--train-only", action="store_true")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=PATH",
+                   help="use this checkpoint for ARCH instead of training / runs/course/ARCH.pt")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    models = {a: train(a, args.data_dir, args.runs / f"{a}.pt", args.seed) for a in args.arch}
+    paths = {a: args.runs / f"{a}.pt" for a in args.arch}
+    for item in args.checkpoint:
+        arch, _, path = item.partition("=")
+        paths[arch] = Path(path)
+    models = {a: train(a, args.data_dir, paths[a], args.seed) for a in args.arch}
     if args.train_only:
         return
     test = load_dataset("mnist", "test", args.data_dir).take(args.n)

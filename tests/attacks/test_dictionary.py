@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from attacks._catalogue import digits_batch, digits_model, one_thread
-from attacks.common import check_attack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import Tensor, nn
 
 from advrobust import LpBall
-from advrobust.attacks import ADiL, SADiL, Dictionary, DictionaryAttack
+from advrobust.attacks import ADiL, Dictionary, DictionaryAttack, SADiL
 from advrobust.attacks.dictionary import (
     AdversarialLoss,
     DictionaryObjective,
@@ -35,6 +33,8 @@ from advrobust.attacks.dictionary import (
 )
 from advrobust.errors import DataFormatError, InvalidInputError, InvalidParameterError
 from advrobust.evaluation.metrics import rmse
+from attacks._catalogue import digits_batch, digits_model, one_thread
+from attacks.common import check_attack
 
 FLOATS = st.floats(-5, 5, allow_nan=False, width=32)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from attacks._catalogue import one_thread
 
 from advrobust.attacks import load_dictionary
 from advrobust.cli import attack as attack_cli
 from advrobust.cli import dictionary as dictionary_cli
 from advrobust.errors import AdvRobustError, InvalidInputError
 from advrobust.models import build_model, save_checkpoint
+from attacks._catalogue import one_thread
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -54,7 +54,7 @@ def _check_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Lp
             assert bool(inside[i]) and float(at_witness[i]) < 0
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]))
 def test_methods_agree_and_auto_decides_everything(seed: int, eps: float) -> None:
     model, x = _net(seed), _batch(seed)

@@ -93,7 +93,7 @@ class VerifyReport:
     @property
     def robust_accuracy_upper(self) -> float:
         """Fraction not FALSIFIED: an upper bound on the true robust accuracy."""
-        return 1.0 - self.falsified / max(self.n, 1)
+        return (self.n - self.falsified) / max(self.n, 1)
 
     @property
     def mean_lower_bound(self) -> float:

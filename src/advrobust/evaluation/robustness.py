@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from advrobust.core._validation import check_bool, check_int
 from advrobust.core.threat import LpBall
-from advrobust.errors import InvalidParameterError, UnsupportedLayerError
+from advrobust.errors import InvalidThreatModelError, UnsupportedLayerError
 from advrobust.evaluation.metrics import _tensors, clean_accuracy, evaluate_attack
 
 __all__ = ["robustness_report"]
@@ -44,15 +44,16 @@ def _certified(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
     return torch.cat(parts), time.perf_counter() - start
 
 
-def _ensemble(threat: LpBall) -> Any:
+def _ensemble(threat: LpBall, steps: int, queries: int) -> Any:
     from advrobust.attacks import ensemble as ens
 
-    return ens.strongest(threat)
+    return ens.strongest(threat, steps=steps, queries=queries)
 
 
 def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: bool = True,
                       ensemble: bool = True, n: int | None = None, pgd_steps: int = 40,
-                      pgd_restarts: int = 1, batch_size: int = 100,
+                      pgd_restarts: int = 1, ensemble_steps: int = 100,
+                      ensemble_queries: int = 5000, batch_size: int = 100,
                       seed: int = 0) -> dict[str, Any]:
     """Clean, PGD, strongest-ensemble and CROWN-certified accuracy on the same samples.
 
@@ -64,6 +65,8 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
         ensemble: run :func:`advrobust.attacks.strongest` (linf / l2 threats).
         n: evaluate the first ``n`` samples only.
         pgd_steps, pgd_restarts: the PGD configuration.
+        ensemble_steps, ensemble_queries: APGD iterations and Square queries of the ensemble
+            (AutoAttack's 100 and 5000 by default).
         batch_size: samples per call.
         seed: seed of the attacks' random starts.
 
@@ -91,7 +94,12 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
     report["pgd_accuracy"] = float(pgd_ok.float().mean())
     report["ensemble_accuracy"] = None
     if ensemble:
-        _run_ensemble(report, model, x, y, threat, batch_size, gen, pgd_ok)
+        try:
+            attack = _ensemble(threat, ensemble_steps, ensemble_queries)
+        except InvalidThreatModelError as exc:  # e.g. no ensemble for l1
+            report["notes"].append(f"ensemble skipped: {exc}")
+        else:
+            _run_ensemble(report, model, x, y, threat, attack, batch_size, gen, pgd_ok)
     report["certified_accuracy"] = None
     if certify:
         _run_certify(report, model, x, y, threat, batch_size)
@@ -100,13 +108,8 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
 
 
 def _run_ensemble(report: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
-                  threat: LpBall, batch_size: int, gen: torch.Generator,
+                  threat: LpBall, attack: Any, batch_size: int, gen: torch.Generator,
                   pgd_ok: Tensor) -> None:
-    try:
-        attack = _ensemble(threat)
-    except (ImportError, AttributeError, InvalidParameterError) as exc:
-        report["notes"].append(f"ensemble skipped: {exc}")
-        return
     ok, report["seconds"]["ensemble"] = _robust(model, attack, x, y, threat, batch_size, gen)
     # The ensemble's worst case over PGD too: a sample is robust only if both failed.
     report["ensemble_accuracy"] = float((ok & pgd_ok).float().mean())

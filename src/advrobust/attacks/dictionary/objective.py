@@ -33,7 +33,7 @@ from advrobust.core.spec import margin
 from advrobust.errors import InvalidInputError
 
 __all__ = ["AdversarialLoss", "DictionaryObjective", "SmoothPart", "adversarial_loss",
-           "resolve_target"]
+           "check_atoms_fit", "resolve_target"]
 
 Projector = Callable[[Tensor, Tensor], Tensor]
 
