@@ -33,6 +33,8 @@ from advrobust.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 AttackFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+#: l2 radii at which robust accuracy (not broken within the radius) is also reported.
+EPS_GRID = (0.5, 1.0, 1.5, 2.0)
 
 
 def mlp() -> nn.Module:
@@ -163,7 +165,9 @@ def summarise(model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict:
             "blank_successes": int((success & blank).sum()),
             "robust_accuracy": float(1 - success.float().mean()),
             "median_l2": float(norms[success].median()) if bool(success.any()) else math.nan,
-            "inside_box": inside_box}
+            "inside_box": inside_box} | {
+                f"robust_acc@{eps:g}": float(1 - (success & (norms <= eps)).float().mean())
+                for eps in EPS_GRID}
 
 
 def common_medians(model: nn.Module, x: Tensor, y: Tensor, ours: Tensor, peer: Tensor
@@ -197,6 +201,9 @@ def main() -> None:
                         help="fewer images for ART's C&W (slow); default: --n")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared/data/mnist")
     parser.add_argument("--out", type=Path, default=REPO / "runs/catalogue1/results.json")
+    parser.add_argument("--from-saved", action="store_true",
+                        help="recompute the rows from the x_adv saved next to --out by an "
+                             "earlier run (no attack is run, no timings)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = trained_model(args.data_root, REPO / "runs/catalogue1/mnist_mlp.pt")
@@ -221,12 +228,19 @@ def main() -> None:
             xs, ys = x, y
             if attack == "cw" and lib == "art" and args.art_cw_n:
                 xs, ys = x[:args.art_cw_n], y[:args.art_cw_n]
-            row, x_adv = measure(table[attack][lib], model, xs, ys)  # type: ignore[arg-type]
+            if args.from_saved:
+                x_adv = torch.load(args.out.parent / "xadv" / f"{attack}_{lib}.pt",
+                                   weights_only=True)
+                xs, ys = xs[:len(x_adv)], ys[:len(x_adv)]
+                row = summarise(model, xs, ys, x_adv)
+            else:
+                row, x_adv = measure(table[attack][lib], model, xs, ys)  # type: ignore[arg-type]
             row["n"] = len(xs)
-            if x_adv is not None:
+            if x_adv is not None and not args.from_saved:
                 store = args.out.parent / "xadv"
                 store.mkdir(parents=True, exist_ok=True)
                 torch.save(x_adv, store / f"{attack}_{lib}.pt")
+            if x_adv is not None:
                 if lib == "advrobust":
                     ours = x_adv
                 elif ours is not None:

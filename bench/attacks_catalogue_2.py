@@ -135,15 +135,17 @@ def part_apgd(x: Tensor, y: Tensor, standard: nn.Module, adv: nn.Module) -> None
                   f"{c_theirs.seconds:.1f} |")
 
 
-def part_ensemble(x: Tensor, y: Tensor, model: nn.Module) -> None:
+def part_ensemble(x: Tensor, y: Tensor, model: nn.Module, threats: list[tuple[str, float]]
+                  ) -> None:
     import torchattacks
 
     print("\n### strongest() vs torchattacks AutoAttack-standard (PGD-trained MNIST MLP)\n")
     print("| threat | clean acc | ours robust acc | ours time (s) | AutoAttack robust acc "
           "| AutoAttack time (s) | ours broken by |")
     print("|---|---|---|---|---|---|---|")
-    for norm, eps, ta_norm in (("linf", 0.1, "Linf"),):
+    for norm, eps in threats:
         threat = LpBall(norm, eps)
+        ta_norm = {"linf": "Linf", "l2": "L2"}[norm]
         with Clock() as c_ours:
             res = strongest(threat)(model, x, y, threat,
                                     generator=torch.Generator().manual_seed(0))
@@ -191,6 +193,8 @@ def main() -> None:
                         default="all")
     parser.add_argument("--n", type=int, default=500, help="test images attacked")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ensemble-threats", nargs="+", default=["linf:0.1"],
+                        metavar="NORM:EPS", help="threats of the ensemble comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train_set = load_dataset("mnist", "train", root=DATA)
@@ -204,7 +208,8 @@ def main() -> None:
     if args.part in ("apgd", "all"):
         part_apgd(xte, yte, standard, adv)
     if args.part in ("ensemble", "all"):
-        part_ensemble(xte, yte, adv)
+        threats = [(t.split(":")[0], float(t.split(":")[1])) for t in args.ensemble_threats]
+        part_ensemble(xte, yte, adv, threats)
     if args.part in ("universal", "all"):
         part_universal(train_set.x[20000:21000], train_set.y[20000:21000],
                        test_set.x[-2000:], standard)

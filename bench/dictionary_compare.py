@@ -48,8 +48,8 @@ def per_image(model: Any, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
     """PGD (l2 ball), DeepFool and C&W (minimal l2 distortion, box only) on every set."""
     wide = LpBall("l2", 1e3)
     attacks = [(f"PGD l2 eps={eps:g}", PGD(steps=20, step_size=eps / 8), LpBall("l2", eps)),
-               ("DeepFool l2", DeepFool(norm="l2"), wide),
-               ("C&W l2", CarliniWagner(norm="l2", steps=50, binary_search_steps=5,
+               ("DeepFool l2", DeepFool(norm="l2", steps=30), wide),
+               ("C&W l2", CarliniWagner(norm="l2", steps=30, binary_search_steps=4, lr=0.05,
                                         initial_const=0.1), wide)]
     rows = []
     for name, attack, threat in attacks:

@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--defense-atoms", type=int, default=10)
     p.add_argument("--attack-atoms", type=int, nargs="+", default=[2, 5, 10, 15, 20])
     p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--coding-steps", type=int, default=20)
     p.add_argument("--lambda1", type=float, default=0.1)
     p.add_argument("--lambda2", type=float, default=0.001)
     p.add_argument("--epochs", type=int, default=1)
@@ -85,7 +86,7 @@ def main() -> None:
         for m in args.attack_atoms:
             d = _adil(m, args).fit(model, xa, ya, generator=torch.Generator().manual_seed(0))
             tr = evaluate_dictionary(model, d, xa, d.codes)
-            ho = evaluate_dictionary(model, d, xt, y=yt, steps=20)
+            ho = evaluate_dictionary(model, d, xt, y=yt, steps=args.coding_steps)
             row[m] = {"train": tr.fooling_rate, "heldout": ho.fooling_rate,
                       "rmse_train": tr.rmse, "rmse_heldout": ho.rmse}
         rows.append(row)

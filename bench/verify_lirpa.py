@@ -22,7 +22,6 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy
 import torch
@@ -32,8 +31,8 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.data import load_dataset
 from advrobust.models import load_checkpoint
-from advrobust.network.onnx import load_onnx
 from advrobust.network import ReLUOp, from_module
+from advrobust.network.onnx import load_onnx
 from advrobust.relax import CROWN, IBP, backsubstitute
 
 
@@ -136,22 +135,25 @@ def main() -> None:
           "advrobust s | auto_LiRPA s | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for name, model, threat in _networks(args):
-        x, y = data.x, data.y
-        c = Spec.margins(y, 10).C
-        runs: list[tuple[str, Callable[[], Tensor], str]] = [
-            ("IBP", lambda: IBP()(model, x, y, threat).lower, "IBP"),
-            ("CROWN", lambda: CROWN()(model, x, y, threat).lower, "backward"),
-            ("CROWN, no interval intersection", lambda: _crown_plain(model, x, threat, c),
-             "backward")]
-        for label, ours_fn, theirs in runs:
-            ours, t_ours = _best(ours_fn, args.repeat)
-            lirpa, t_lirpa, _ = _lirpa(model, x, threat, c, theirs, args.repeat)
-            diff = (ours - lirpa).abs()
-            rel = float((diff / (1 + lirpa.abs())).max())
-            print(f"| {name} | {label} | {float(diff.max()):.2e} | {rel:.2e} | "
-                  f"{float((ours - lirpa).mean()):+.3g} | {t_ours:.4f} | {t_lirpa:.4f} | "
-                  f"{t_lirpa / t_ours:.2f}x |", flush=True)
+        _compare(name, model, data.x, data.y, threat, args.repeat)
 
+
+def _compare(name: str, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
+             repeat: int) -> None:
+    c = Spec.margins(y, 10).C
+    runs: list[tuple[str, Callable[[], Tensor], str]] = [
+        ("IBP", lambda: IBP()(model, x, y, threat).lower, "IBP"),
+        ("CROWN", lambda: CROWN()(model, x, y, threat).lower, "backward"),
+        ("CROWN, no interval intersection", lambda: _crown_plain(model, x, threat, c),
+         "backward")]
+    for label, ours_fn, theirs in runs:
+        ours, t_ours = _best(ours_fn, repeat)
+        lirpa, t_lirpa, _ = _lirpa(model, x, threat, c, theirs, repeat)
+        diff = (ours - lirpa).abs()
+        rel = float((diff / (1 + lirpa.abs())).max())
+        print(f"| {name} | {label} | {float(diff.max()):.2e} | {rel:.2e} | "
+              f"{float((ours - lirpa).mean()):+.3g} | {t_ours:.4f} | {t_lirpa:.4f} | "
+              f"{t_lirpa / t_ours:.2f}x |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -116,14 +116,14 @@ def test_adil_objective_never_increases_and_atoms_stay_in_the_unit_ball() -> Non
 
 
 def test_sadil_with_the_whole_dataset_as_batch_matches_adil_first_step() -> None:
-    common = dict(atoms=3, lambda1=0.02, lambda2=0.01, step_size=0.5)
+    common = dict(atoms=3, lambda1=0.02, lambda2=0.01, step_size=0.5, loss="margin", kappa=1.0)
     adil, x, _ = _learn(ADiL(max_iter=1, **common))  # type: ignore[arg-type]
     sadil, _, _ = _learn(SADiL(epochs=1, batch_size=len(x), **common))  # type: ignore[arg-type]
     assert adil.codes is not None and sadil.codes is not None
     assert bool(adil.codes.abs().sum() > 0)
     # ADiL's first step was accepted in full (lambda = 1): it is the proximal-gradient point
     model, (xb, yb) = digits_model(), digits_batch(len(x))
-    obj = DictionaryObjective(model, xb, yb, None, kind=AdversarialLoss.CE, kappa=0.0,
+    obj = DictionaryObjective(model, xb, yb, None, kind=AdversarialLoss.MARGIN, kappa=1.0,
                               lambda1=0.02, lambda2=0.01, project=lambda _a, b: b.clamp(0, 1))
     atoms0 = torch.randn((64, 3), generator=torch.Generator().manual_seed(0))
     atoms0 = atoms0 / atoms0.norm(dim=0)
@@ -301,7 +301,9 @@ def test_nan_objective_stops_with_the_last_finite_iterate(learner: ADiL | SADiL)
     assert bool(torch.isfinite(d.atoms).all()) and float(d.atoms.norm(dim=0).max()) <= 1 + 1e-6
 
 
-def test_inputs_outside_the_box_are_rejected() -> None:
+def test_inputs_outside_the_box_and_bad_targets_are_rejected() -> None:
     x, y = digits_batch(4)
     with pytest.raises(InvalidInputError, match="input box"):
         ADiL(atoms=2, max_iter=1).fit(digits_model(), x * 3, y)
+    with pytest.raises(InvalidInputError, match="'target' must differ from 'y'"):
+        ADiL(atoms=2, max_iter=1).fit(digits_model(), x, y, target=y)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from advrobust.cli import verify
+from advrobust.core.spec import margin
 from advrobust.core.threat import LpBall
 from advrobust.data import load_dataset
 from advrobust.evaluation.verify import verify_dataset
@@ -20,6 +22,16 @@ from advrobust.network.vnnlib import VnnlibError, parse_vnnlib
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine extra threads only oversubscribe it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 KEYS = {"verified", "falsified", "unknown", "certified_accuracy", "mean_lower_bound", "seconds"}
 
@@ -34,13 +46,22 @@ def _run(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
     """A ``small`` network after a few SGD steps on digits, saved as a checkpoint."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(tmp_path_factory)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
     data = load_dataset("digits", "train")
     kwargs = {"input_shape": (1, 8, 8), "num_classes": 10}
     model = build_model("small", **kwargs, seed=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, len(data), (64,), generator=gen)
+    for _ in range(60):
+        idx = torch.randint(0, len(data), (128,), generator=gen)
         opt.zero_grad()
         nn.functional.cross_entropy(model(data.x[idx]), data.y[idx]).backward()
         opt.step()
@@ -119,9 +140,11 @@ def test_verify_vnnlib(digits_model: tuple[Path, nn.Module], tmp_path: Path, eps
                        capsys: pytest.CaptureFixture[str]) -> None:
     _, model = digits_model
     net = _to_onnx(model, tmp_path / "digits.onnx")
-    data = load_dataset("digits", "test").take(1)
+    data = load_dataset("digits", "test").take(20)
+    with torch.no_grad():
+        i = int(margin(model(data.x), data.y).argmax())  # the most confidently right image
     prop = tmp_path / "p.vnnlib"
-    prop.write_text(_property(data.x[0].numpy().reshape(-1), eps, int(data.y[0])))
+    prop.write_text(_property(data.x[i].numpy().reshape(-1), eps, int(data.y[i])))
     cex = tmp_path / "cex.txt"
     assert _run(["verify", "--onnx", str(net), "--vnnlib", str(prop), "--counterexample",
                  str(cex), "--time-limit", "20", "--no-progress", "--json"]) == 0

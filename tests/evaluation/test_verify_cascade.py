@@ -4,6 +4,7 @@ method agrees with the others, and the auto cascade decides tiny networks comple
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError, InvalidParameterError
 from advrobust.evaluation.verify import METHODS, verify_dataset, verify_property
 from advrobust.network.vnnlib import parse_vnnlib
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared 2-core machine extra threads only oversubscribe it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _net(seed: int, d: int = 6, h: int = 8, k: int = 3) -> nn.Sequential:

@@ -131,3 +131,16 @@ def test_registry_builds_every_defense() -> None:
 def test_registry_bad_input(name: str, params: dict[str, float], match: str) -> None:
     with pytest.raises(InvalidParameterError, match=match):
         build_objective(name, **params)
+
+
+def test_describe_objective_is_primitive_and_round_trips_the_parameters() -> None:
+    import json
+
+    from advrobust.training.defenses import describe_objective
+
+    objective = build_objective("crown-ibp", eps=0.2, warmup=0.0, ramp=0.3)
+    described = describe_objective(objective)
+    assert json.loads(json.dumps(described)) == described
+    assert described["type"] == "CROWNIBP"
+    assert described["params"]["threat"] == {"norm": "linf", "eps": 0.2, "lo": 0.0, "hi": 1.0}
+    assert described["params"]["schedule"]["params"]["ramp"] == 0.3

@@ -133,12 +133,12 @@ class _Evolution:
         chunk = max(1, _EVAL_ELEMENTS // max(1, self.x[0].numel()))
         out = torch.cat([self.oracle(flat[s:s + chunk]) for s in range(0, m * pop, chunk)])
         prob = to_probabilities(out, self.probs)
-        rep = lambda t: t[idx].repeat_interleave(pop)  # noqa: E731
-        tgt = rep(self.target) if self.target is not None else None
-        cls = tgt if tgt is not None else rep(self.y)
+        tgt = self.target[idx].repeat_interleave(pop) if self.target is not None else None
+        labels = self.y[idx].repeat_interleave(pop)
+        cls = tgt if tgt is not None else labels
         p = prob.gather(1, cls.unsqueeze(1)).squeeze(1)
         fit = -p if tgt is not None else p
-        adv = decision(out, rep(self.y), tgt)
+        adv = decision(out, labels, tgt)
         return fit.reshape(m, pop), adv.reshape(m, pop), img
 
     def _initial(self, m: int) -> Tensor:
@@ -155,8 +155,9 @@ class _Evolution:
         o2 = 1 + (self._rand(m, pop) * (pop - 1)).long().clamp_max(pop - 2)
         o3 = 1 + (self._rand(m, pop) * (pop - 2)).long().clamp_max(pop - 3)
         o3 = o3 + (o3 >= o2).long()
-        pick = lambda r: popn.gather(  # noqa: E731
-            1, r.reshape(m, pop, 1, 1).expand_as(popn))
+        def pick(r: Tensor) -> Tensor:
+            return popn.gather(1, r.reshape(m, pop, 1, 1).expand_as(popn))
+
         child = pick(r1) + 0.5 * (pick((r1 + o2) % pop) - pick((r1 + o3) % pop))
         child[..., 0] = child[..., 0].clamp(0, self.npix - 1e-3)
         child[..., 1:] = child[..., 1:].clamp(0, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -70,12 +71,12 @@ def _build_attacks(args: argparse.Namespace, detector: Any) -> tuple[dict[str, A
                                                                      dict[str, Any]]:
     from advrobust.attacks import FGSM, PGD
     from advrobust.attacks.cw import CarliniWagner
-    from advrobust.core import LpBall
+    from advrobust.core import LpBall, Norm
     from advrobust.detection import EvasiveCW
 
-    linf, l2 = LpBall("linf", args.eps), LpBall("l2", args.l2_eps)
+    linf, l2 = LpBall(Norm.LINF, args.eps), LpBall(Norm.L2, args.l2_eps)
     cw_kw = {"steps": args.cw_steps, "binary_search_steps": args.cw_search}
-    table = {
+    table: dict[str, tuple[Callable[[], Any], Any]] = {
         "pgd": (lambda: PGD(steps=40), linf),
         "fgsm": (FGSM, linf),
         "cw": (lambda: CarliniWagner(norm="l2", **cw_kw), l2),

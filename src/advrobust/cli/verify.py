@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
         "verify", help="prove robustness (or find counterexamples) with bounds, attacks, MILP",
         description="Certify a classifier sample by sample: verified (a sound lower bound on "
                     "the worst-case margin is positive), falsified (a counterexample inside the "
-                    "threat set, re-checked through the model) or unknown.",
+                    "threat set, re-checked through the model) or unknown. Uses the first 100 "
+                    "samples of the split unless --n says otherwise.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, metavar="CKPT",
@@ -61,13 +62,15 @@ def register(sub: Any) -> None:
 
 
 def _network(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None]:
-    """The model and, for ONNX files, the per-sample input shape of the graph."""
+    """The model and the per-sample input shape it takes (ONNX graph / checkpoint record)."""
     if args.onnx is not None:
         from advrobust.network.onnx import import_onnx
 
         net = import_onnx(args.onnx)
         return net.model, net.input_shape
-    return load_model(args.model).model, None
+    ckpt = load_model(args.model)
+    shape = ckpt.arch_kwargs.get("input_shape")
+    return ckpt.model, tuple(int(s) for s in shape) if shape is not None else None
 
 
 def _fit_shape(x: Any, shape: tuple[int, ...] | None) -> Any:

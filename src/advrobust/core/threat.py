@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -104,6 +105,10 @@ class LpBall:
     eps: float
     lo: float = 0.0
     hi: float = 1.0
+
+    if TYPE_CHECKING:  # the generated __init__ also accepts norm names ("linf", "l2", "l1")
+        def __init__(self, norm: Norm | str, eps: float, lo: float = 0.0,
+                     hi: float = 1.0) -> None: ...
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", Norm.parse(self.norm))

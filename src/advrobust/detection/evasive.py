@@ -41,7 +41,8 @@ class _DetectorPenaltyOracle(Oracle):
     def __call__(self, x: Tensor) -> Tensor:
         self.inner.forwards += 1
         logits = self.inner.model(x.detach()).detach()
-        return self._hide_detected(logits, self.detector.score(x) > self.detector.threshold_)
+        threshold = float(self.detector.threshold_ or 0.0)
+        return self._hide_detected(logits, self.detector.score(x) > threshold)
 
     def value_and_grad(self, x: Tensor, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
         self.inner.forwards += 1

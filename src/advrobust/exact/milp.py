@@ -3,7 +3,7 @@
 Tjeng, Xiao & Tedrake 2019, "Evaluating robustness of neural networks with mixed integer
 programming": every unstable ReLU gets one binary and the big-M rows built from tight
 pre-activation bounds (here from CROWN, optionally tightened by LPs); stable ReLUs need none.
-One model per sample; the objective is swapped per spec row; rows CROWN already proves are
+One program per sample, solved per spec row; rows CROWN already proves are
 skipped; a solve stops at the first incumbent below zero (a counterexample).
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,6 +82,7 @@ class MILP(Bounder):
         lp_tighten: tighten pre-activation bounds with LPs before building the MILP.
         early_stop: stop a sample at its first row with an incumbent below zero.
         skip_verified: skip rows whose CROWN lower bound already exceeds the tolerance.
+        solver_options: extra HiGHS options by name (e.g. ``{"presolve": "on"}``).
         decide_only: stop a row's solve once its sign is decided (dual bound above the
             verification tolerance, or an incumbent below zero) instead of closing the gap;
             the lower bounds are then valid but not the exact minima.
@@ -87,7 +90,8 @@ class MILP(Bounder):
 
     def __init__(self, *, time_limit: float = 60.0, threads: int = 1, lp_tighten: bool = False,
                  early_stop: bool = True, skip_verified: bool = True,
-                 decide_only: bool = False) -> None:
+                 decide_only: bool = False,
+                 solver_options: Mapping[str, Any] | None = None) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "MILP", low=0.0, low_open=True,
                                       allow_inf=True)
         self.threads = check_int(threads, "threads", "MILP", low=1)
@@ -95,6 +99,7 @@ class MILP(Bounder):
         self.early_stop = check_bool(early_stop, "early_stop", "MILP")
         self.skip_verified = check_bool(skip_verified, "skip_verified", "MILP")
         self.decide_only = check_bool(decide_only, "decide_only", "MILP")
+        self.solver_options = solver_options
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         check_linear_norm(threat, "MILP")
@@ -127,16 +132,19 @@ class MILP(Bounder):
         else:
             s_local, x_local = s, x
         enc = encode_sample(network, bounds, s_local, integer=True, threat=threat, x0=x_local)
-        solver = HighsSolver(enc.program, time_limit=self.time_limit, threads=self.threads)
         for j in todo:
             left = self.time_limit - (time.perf_counter() - start)
             if left <= 0:
                 run.rows.append({"row": j, "status": "skipped (time limit)"})
                 continue
-            solver.set_time_limit(left)
+            # A fresh HiGHS model per row: re-solving one model with a new objective let
+            # state of the previous solve leak into callbacks (see HighsSolver.minimize).
+            solver = HighsSolver(enc.program, time_limit=left, threads=self.threads,
+                                 options=self.solver_options)
             sol = solver.minimize(row_cost(enc, spec.C[s, j]), float(spec.d[s, j]),
                                   stop_below=-1e-6 if self.early_stop else -math.inf,
-                                  cutoff=2 * VERIFY_TOLERANCE if self.decide_only else math.inf)
+                                  stop_above=2 * VERIFY_TOLERANCE if self.decide_only
+                                  else math.inf)
             self._record(run, j, sol, enc)
             if self.early_stop and sol.x is not None and self._violates(
                     network, enc, sol, spec, s, j):

@@ -3,7 +3,7 @@
 ``d*(x0) = min { ||x - x0||_p : lo <= x <= hi, some (C f(x) + d)_k <= 0 }`` for p = inf or 1
 (Tjeng et al. 2019, "minimise the distortion"). One program per sample holds the network (big-M,
 pre-activation bounds from CROWN over the whole search box) and one switchable row per spec row;
-each row is solved in turn with the best distance so far as a cutoff.
+each row is solved in turn (a fresh HiGHS model per row) and the smallest distance is kept.
 """
 
 from __future__ import annotations
@@ -123,7 +123,6 @@ class MinimalDistortion(Configurable):
         c = spec.C[s].detach().cpu().double().numpy()
         rows = enc.program.add_rows(c, enc.outputs, -np.inf, np.inf)
         d = spec.d[s].detach().cpu().double().numpy()
-        solver = HighsSolver(enc.program, threads=self.threads)
         best, best_x, lower, status, log = math.inf, x0, math.inf, "robust", []
         for j in np.argsort(crown.cpu().numpy()).tolist():
             if float(crown[j]) > 0:
@@ -132,10 +131,9 @@ class MinimalDistortion(Configurable):
             if left <= 0:
                 lower, status = 0.0, "time_limit"
                 continue
-            solver.set_time_limit(left)
+            solver = HighsSolver(enc.program, time_limit=left, threads=self.threads)
             solver.set_row_bounds(rows[j:j + 1], np.array([-np.inf]), np.array([-d[j]]))
-            sol = solver.minimize(cost, cutoff=best)
-            solver.set_row_bounds(rows[j:j + 1], np.array([-np.inf]), np.array([np.inf]))
+            sol = solver.minimize(cost)
             log.append({"row": j, "status": sol.status.value, "solver": sol.backend_status,
                         "objective": sol.objective, "bound": sol.bound})
             lower = min(lower, max(sol.bound, 0.0))

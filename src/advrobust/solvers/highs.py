@@ -84,7 +84,7 @@ class HighsSolver:
         self.is_mip = program.is_mip
         self._stop_below = -math.inf
         self._found_below = False
-        self._cutoff = math.inf
+        self._stop_above = math.inf
         self._load(highspy, program)
         if self.is_mip:
             self._h.cbMipImprovingSolution.subscribe(self._on_incumbent)
@@ -117,7 +117,7 @@ class HighsSolver:
             self._found_below = True
 
     def _on_interrupt(self, event: Any) -> None:
-        if self._found_below:
+        if self._found_below or event.data_out.mip_dual_bound > self._stop_above:
             event.interrupt()
 
     def set_time_limit(self, seconds: float) -> None:
@@ -133,7 +133,7 @@ class HighsSolver:
         self._h.changeRowsBounds(rows.size, rows, lo, hi)
 
     def minimize(self, cost: np.ndarray, offset: float = 0.0,
-                 stop_below: float = -math.inf, cutoff: float = math.inf) -> Solution:
+                 stop_below: float = -math.inf, stop_above: float = math.inf) -> Solution:
         """Minimise ``cost @ x + offset``.
 
         Args:
@@ -141,8 +141,15 @@ class HighsSolver:
             offset: constant added to the objective.
             stop_below: MIP only: stop as soon as an incumbent with objective below this value
                 is found (status INTERRUPTED, the incumbent returned).
-            cutoff: MIP only: prune every point whose objective is not below this value (if
-                none is left the status is INFEASIBLE: the minimum is >= ``cutoff``).
+            stop_above: MIP only: stop as soon as the dual bound exceeds this value (status
+                INTERRUPTED, the bound returned). Use a fresh solver per objective with it: the
+                dual bound HiGHS reports to callbacks early in a re-solve can be the previous
+                solve's.
+
+        Note:
+            HiGHS's own ``objective_bound`` cutoff is deliberately not used: with it, HiGHS
+            1.15 reported "Optimal" with objective values above the true minimum on our
+            verification MILPs (an unsound lower bound).
 
         Returns:
             The :class:`Solution`; solver failures come back as a status, never raised.
@@ -152,9 +159,7 @@ class HighsSolver:
                          np.asarray(cost, dtype=np.float64))
         h.changeObjectiveOffset(float(offset))
         self._stop_below, self._found_below = stop_below, False
-        self._cutoff = cutoff
-        if self.is_mip:
-            h.setOptionValue("objective_bound", float(cutoff) if math.isfinite(cutoff) else 1e30)
+        self._stop_above = stop_above
         start = time.perf_counter()
         try:
             h.run()
@@ -179,10 +184,8 @@ class HighsSolver:
                 bound = min(bound, objective)
         else:
             bound = objective if status is SolveStatus.OPTIMAL else -math.inf
-        if raw == "kObjectiveBound":  # nothing below the cutoff: the minimum is >= cutoff
-            return Solution(SolveStatus.INFEASIBLE, math.inf, self._cutoff, None, name, seconds)
-        if status is SolveStatus.INFEASIBLE:  # nothing below the cutoff (or no point at all)
-            bound = self._cutoff
+        if status is SolveStatus.INFEASIBLE:
+            bound = math.inf
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)

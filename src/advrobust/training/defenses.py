@@ -12,16 +12,16 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from advrobust.core.threat import LpBall
+from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError
 from advrobust.training.objective import Objective
 from advrobust.training.ramps import EpsSchedule, Ramp
 
-__all__ = ["DEFENSES", "build_objective"]
+__all__ = ["DEFENSES", "build_objective", "describe_objective"]
 
 
 def _threat(eps: float, norm: str) -> LpBall:
-    return LpBall(norm, eps)
+    return LpBall(Norm.parse(norm, owner="build_objective"), eps)
 
 
 def _standard() -> Objective:
@@ -154,3 +154,28 @@ def build_objective(name: str, **params: Any) -> Objective:
             f"The defense {name!r} needs the parameter(s) {', '.join(missing)} "
             "(e.g. --eps 0.1).")
     return factory(**given)
+
+
+def describe_objective(objective: Objective) -> dict[str, Any]:
+    """``{"type": class name, "params": ...}`` with only primitives, for checkpoint metadata.
+
+    Threat sets become ``{"norm", "eps", "lo", "hi"}``; schedules and nested objectives are
+    described recursively.
+    """
+    return {"type": type(objective).__name__, "params": _primitive(objective.get_params())}
+
+
+def _primitive(value: Any) -> Any:
+    from advrobust.core.config import Configurable
+
+    if isinstance(value, LpBall):
+        return {"norm": value.norm.value, "eps": value.eps, "lo": value.lo, "hi": value.hi}
+    if isinstance(value, Objective):
+        return describe_objective(value)
+    if isinstance(value, Configurable):
+        return {"type": type(value).__name__, "params": _primitive(value.get_params())}
+    if isinstance(value, dict):
+        return {str(k): _primitive(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_primitive(v) for v in value]
+    return value

@@ -101,6 +101,10 @@ class DictionaryLearner(Configurable):
             tgt = resolve_target(target, clean, y)
             if tgt is not None:
                 check_labels(tgt, x.shape[0], clean.shape[1], name="target")
+                if bool((tgt == y).any()):
+                    raise InvalidInputError(
+                        f"{name}: 'target' must differ from 'y' for every input; they are equal "
+                        f"at indices {(tgt == y).nonzero().flatten()[:10].tolist()}.")
             objective = DictionaryObjective(
                 model, x.detach(), y, tgt, kind=AdversarialLoss(self.loss), kappa=self.kappa,
                 lambda1=self.lambda1, lambda2=self.lambda2,
