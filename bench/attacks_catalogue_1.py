@@ -1,4 +1,4 @@
-"""Parity and throughput of advrobust's DeepFool and Carlini-Wagner l2 against peer libraries.
+"""Parity and throughput of advrobust's DeepFool, C&W l2, HopSkipJump and Boundary vs peers.
 
 Run by hand (not by pytest). The peers (torchattacks, foolbox, ART) live in a side venv with the
 system site-packages, so one interpreter sees advrobust and them:
@@ -7,6 +7,8 @@ system site-packages, so one interpreter sees advrobust and them:
     /tmp/peers1/bin/pip install --no-deps torchattacks requests adversarial-robustness-toolbox \
         foolbox eagerpy gitpython gitdb smmap
     /tmp/peers1/bin/python bench/attacks_catalogue_1.py --n 500 --attacks deepfool cw
+    /tmp/peers1/bin/python bench/attacks_catalogue_1.py --n 100 --attacks hopskipjump boundary \
+        --libs advrobust foolbox
 
 A peer that is not importable is skipped (its row says so). The MNIST MLP (784-256-256-10,
 2 epochs of Adam on the training images) is trained once and cached under ``runs/``. Every
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from advrobust import LpBall
-from advrobust.attacks import CarliniWagner, DeepFool
+from advrobust.attacks import Boundary, CarliniWagner, DeepFool, HopSkipJump
 from advrobust.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +142,35 @@ def art_cw(cfg: dict) -> AttackFn:
     return run
 
 
+def ours_hopskipjump(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    attack = HopSkipJump(steps=20, init_num_evals=100, max_num_evals=10000, gamma=1.0)
+    return attack(model, x, y, LpBall("l2", 28.0), generator=torch.Generator().manual_seed(0)).x_adv
+
+
+def foolbox_hopskipjump(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    import foolbox as fb
+
+    torch.manual_seed(0)
+    attack = fb.attacks.HopSkipJumpAttack(steps=20, initial_gradient_eval_steps=100,
+                                          max_gradient_eval_steps=10000, gamma=1.0)
+    raw, _, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
+    return raw
+
+
+def ours_boundary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    attack = Boundary(steps=1000, spherical_step=0.01, source_step=0.01)
+    return attack(model, x, y, LpBall("l2", 28.0), generator=torch.Generator().manual_seed(0)).x_adv
+
+
+def foolbox_boundary(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    import foolbox as fb
+
+    torch.manual_seed(0)
+    attack = fb.attacks.BoundaryAttack(steps=1000, spherical_step=0.01, source_step=0.01)
+    raw, _, _ = attack(fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=None)
+    return raw
+
+
 # ------------------------------------------------------------------ measurement
 def measure(fn: AttackFn, model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict, Tensor | None]:
     try:
@@ -185,12 +216,17 @@ def common_medians(model: nn.Module, x: Tensor, y: Tensor, ours: Tensor, peer: T
             "peer_smaller_fraction": float((peer_n < ours_n - 1e-4).float().mean())}
 
 
+def saved_dir(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its adversarial examples."""
+    return out.parent / f"{out.stem}_xadv"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="first N test images (default 500)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--attacks", nargs="+", default=["deepfool", "cw"],
-                        choices=["deepfool", "cw"])
+                        choices=["deepfool", "cw", "hopskipjump", "boundary"])
     parser.add_argument("--libs", nargs="+", default=["advrobust", "torchattacks", "foolbox",
                                                       "art"])
     parser.add_argument("--cw-steps", type=int, default=100)
@@ -220,6 +256,8 @@ def main() -> None:
                      "foolbox": foolbox_deepfool, "art": art_deepfool},
         "cw": {"advrobust": ours_cw(cfg), "torchattacks": torchattacks_cw(cfg),
                "foolbox": foolbox_cw(cfg), "art": art_cw(cfg)},
+        "hopskipjump": {"advrobust": ours_hopskipjump, "foolbox": foolbox_hopskipjump},
+        "boundary": {"advrobust": ours_boundary, "foolbox": foolbox_boundary},
     }
     results: dict[str, dict] = {}
     for attack in args.attacks:
@@ -228,8 +266,10 @@ def main() -> None:
             xs, ys = x, y
             if attack == "cw" and lib == "art" and args.art_cw_n:
                 xs, ys = x[:args.art_cw_n], y[:args.art_cw_n]
+            if lib not in table[attack]:
+                continue
             if args.from_saved:
-                x_adv = torch.load(args.out.parent / "xadv" / f"{attack}_{lib}.pt",
+                x_adv = torch.load(saved_dir(args.out) / f"{attack}_{lib}.pt",
                                    weights_only=True)
                 xs, ys = xs[:len(x_adv)], ys[:len(x_adv)]
                 row = summarise(model, xs, ys, x_adv)
@@ -237,7 +277,7 @@ def main() -> None:
                 row, x_adv = measure(table[attack][lib], model, xs, ys)  # type: ignore[arg-type]
             row["n"] = len(xs)
             if x_adv is not None and not args.from_saved:
-                store = args.out.parent / "xadv"
+                store = saved_dir(args.out)
                 store.mkdir(parents=True, exist_ok=True)
                 torch.save(x_adv, store / f"{attack}_{lib}.pt")
             if x_adv is not None:

@@ -73,3 +73,15 @@ def test_bad_configurations_and_threats(tiny_mlp: nn.Module) -> None:
         Boundary()(tiny_mlp, x, y, LpBall("linf", 0.1))
     with pytest.raises(InvalidThreatModelError, match="bounded input box"):
         Boundary()(tiny_mlp, x, y, LpBall("l2", 1.0, lo=-math.inf, hi=math.inf))
+
+
+def test_already_misclassified_samples_cost_no_queries() -> None:
+    x, y = digits_batch(4)
+    wrong = y.clone()
+    wrong[:2] = (y[:2] + 1) % 10
+    with pytest.warns(UserWarning, match="2 of 4 samples are already misclassified"):
+        result = Boundary(steps=10)(digits_model(), x, wrong, LpBall("l2", 8.0),
+                                    generator=torch.Generator().manual_seed(0))
+    assert bool((result.norm[:2] == 0).all()) and bool(result.success[:2].all())
+    assert bool((result.info["queries_per_sample"][:2] == 0).all())
+    assert bool((result.info["queries_per_sample"][2:] > 0).all())
