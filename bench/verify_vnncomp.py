@@ -4,7 +4,7 @@ the competitions' known answers. Any disagreement with a known sat / unsat is a 
 Run by hand::
 
     python bench/verify_vnncomp.py --root ../shared/data/vnncomp/mnist_fc --network 256x2 \\
-        [--timeout 120] [--limit 60]
+        [--timeout 120] [--limit 60] [--properties vnnlib/prop_2_0.03.vnnlib ...]
 
 ``--timeout`` overrides the instances' own timeouts (120 s for 256x2, 300 s otherwise); it is
 the MILP's limit, CROWN and PGD run before it.
@@ -32,10 +32,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--properties", nargs="*", default=None,
+                        help="only these property paths (as in known_answers.csv)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [r for r in csv.DictReader(open(args.root / "known_answers.csv"))
-            if r["network"].endswith(f"{args.network}.onnx")][:args.limit]
+            if r["network"].endswith(f"{args.network}.onnx")
+            and (args.properties is None or r["property"] in args.properties)][:args.limit]
     net = import_onnx(args.root / rows[0]["network"])
     tally: Counter[str] = Counter()
     wrong: list[str] = []

@@ -85,3 +85,14 @@ def test_already_misclassified_samples_cost_no_queries() -> None:
     assert bool((result.norm[:2] == 0).all()) and bool(result.success[:2].all())
     assert bool((result.info["queries_per_sample"][:2] == 0).all())
     assert bool((result.info["queries_per_sample"][2:] > 0).all())
+
+
+def test_start_falls_back_to_other_inputs_of_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advrobust.attacks import boundary as boundary_module
+
+    monkeypatch.setattr(boundary_module, "_INIT_TRIALS", 0)  # no uniform noise at all
+    x, y = digits_batch(8)
+    result = Boundary(steps=5)(digits_model(), x, y, LpBall("l2", 28.0),
+                               generator=torch.Generator().manual_seed(0))
+    assert not bool(result.info["no_start"].any())
+    assert bool(result.success.all())

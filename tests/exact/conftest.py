@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 from torch import nn
 
@@ -19,3 +22,12 @@ def make_mlp(seed: int, widths: tuple[int, ...]) -> nn.Sequential:
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small tensor ops run far slower with 2 threads on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,7 +19,7 @@ from advrobust.relax import CROWN, IBP, LPRelaxation
 TOL = 1e-5
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 100_000), eps=st.floats(0.01, 0.25),
        norm=st.sampled_from(["linf", "l1"]))
 def test_sandwich(seed: int, eps: float, norm: str) -> None:

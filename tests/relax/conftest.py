@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from collections.abc import Callable
 
 import pytest
@@ -29,3 +31,12 @@ def make_mlp(seed: int, widths: tuple[int, ...], dtype: torch.dtype = torch.floa
 def mlp_factory() -> Callable[..., nn.Sequential]:
     """``make_mlp(seed, widths, dtype)``."""
     return make_mlp
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small tensor ops run far slower with 2 threads on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

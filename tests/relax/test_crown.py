@@ -37,7 +37,7 @@ def conv_net() -> nn.Sequential:
                          nn.Linear(4, 3)).eval()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3),
        norm=st.sampled_from(["linf", "l2", "l1"]), conv=st.booleans())
 def test_crown_is_sound_on_sampled_points(seed: int, eps: float, norm: str,

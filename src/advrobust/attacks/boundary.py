@@ -41,9 +41,14 @@ def is_misclassified(oracle: Oracle, pts: Tensor, y: Tensor) -> Tensor:
 
 
 def uniform_start(oracle: Oracle, x: Tensor, y: Tensor, threat: LpBall,
-                  generator: torch.Generator | None, todo: Tensor,
-                  queries: Tensor) -> tuple[Tensor, Tensor]:
-    """Misclassified uniform noise in the box per sample (N, ...), and which have one (N,)."""
+                  generator: torch.Generator | None, todo: Tensor, queries: Tensor,
+                  clean_pred: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A misclassified starting point per sample (N, ...), and which samples have one (N,).
+
+    Uniform noise in the box, up to ``_INIT_TRIALS`` draws per sample; samples still without one
+    take the nearest (l2) other input of the batch whose clean prediction ``clean_pred`` differs
+    from their label (a point the model already puts in another class).
+    """
     xa, started = x.clone(), torch.zeros_like(todo)
     for _ in range(_INIT_TRIALS):
         idx = (todo & ~started).nonzero().flatten()
@@ -55,6 +60,15 @@ def uniform_start(oracle: Oracle, x: Tensor, y: Tensor, threat: LpBall,
         queries[idx] += 1
         xa[idx[adv]] = noise[adv]
         started[idx[adv]] = True
+    idx = (todo & ~started).nonzero().flatten()
+    if clean_pred is not None and idx.numel():
+        dist = torch.cdist(flat_view(x[idx]), flat_view(x))
+        other = clean_pred.unsqueeze(0) != y[idx].unsqueeze(1)
+        dist = dist.masked_fill(~other, float("inf"))
+        best, j = dist.min(dim=1)
+        found = torch.isfinite(best)
+        xa[idx[found]] = x[j[found]]
+        started[idx[found]] = True
     return xa, started
 
 
@@ -81,7 +95,8 @@ class Boundary(Attack):
     """Boundary attack (Brendel et al., ICLR 2018): decision-based, untargeted, minimum l2.
 
     Uses only the model's top-1 decision. It starts from uniform noise in the threat's input box
-    that is misclassified (up to 100 draws per sample), moves it toward the clean input by
+    that is misclassified (up to 100 draws per sample; failing that, the nearest other input of
+    the batch that the model puts in another class), moves it toward the clean input by
     bisection along the line between them, then walks along the boundary: each step draws a
     Gaussian direction orthogonal to ``x - x_adv`` of relative size ``spherical_step`` (staying
     on the sphere around ``x``), then moves toward ``x`` by ``source_step`` times the current
@@ -92,7 +107,7 @@ class Boundary(Attack):
     The threat's ``eps`` is the ceiling: the answer is the closest adversarial found when its
     l2 distance is within ``eps``; otherwise the clean point (unsuccessful, ``exhausted``).
     ``info["queries_per_sample"]`` counts the model queries per sample,
-    ``info["no_start"]`` the samples for which no misclassified noise was found. Samples already
+    ``info["no_start"]`` the samples for which no misclassified start was found. Samples already
     misclassified are returned unchanged with a warning.
 
     Args:
@@ -124,7 +139,8 @@ class Boundary(Attack):
         check_finite_box(threat, name)
         done = already_adversarial(clean_logits, y, target, name)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        xa, started = uniform_start(oracle, x, y, threat, generator, ~done, queries)
+        xa, started = uniform_start(oracle, x, y, threat, generator, ~done, queries,
+                                    clean_logits.argmax(1))
         xa = bisect_to_boundary(oracle, x, y, xa, started, queries)
         xa = self._walk(oracle, x, y, xa, started, threat, generator, queries)
         ok = started & (threat.norm_of(xa - x) <= threat.eps)

@@ -31,7 +31,8 @@ def _bview(v: Tensor, like: Tensor) -> Tensor:
 class HopSkipJump(Attack):
     """HopSkipJump (Chen et al., IEEE S&P 2020): decision-based, untargeted, minimum l2.
 
-    Uses only the top-1 decision. From misclassified uniform noise (as :class:`Boundary`), each
+    Uses only the top-1 decision. From a misclassified start (uniform noise, else the nearest
+    input of the batch in another class, as :class:`Boundary`), each
     iteration ``t``: (1) bisects toward ``x`` to the boundary (blend tolerance
     ``theta = gamma / d^{3/2}``); (2) estimates the boundary's normal at that point from
     ``min(max_num_evals, init_num_evals * sqrt(t))`` decisions at Gaussian probes of radius
@@ -72,7 +73,8 @@ class HopSkipJump(Attack):
         check_finite_box(threat, name)
         done = already_adversarial(clean_logits, y, target, name)
         queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
-        xa, started = uniform_start(oracle, x, y, threat, generator, ~done, queries)
+        xa, started = uniform_start(oracle, x, y, threat, generator, ~done, queries,
+                                    clean_logits.argmax(1))
         d = x[0].numel()
         theta = self.gamma / (d * math.sqrt(d))
         bisections = max(1, math.ceil(math.log2(1.0 / theta)))

@@ -1,0 +1,49 @@
+"""The program builder and the HiGHS backend on problems with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from advrobust.solvers import HighsSolver, Program, SolveStatus
+
+
+def knapsack() -> Program:
+    """max 5a + 4b + 3c s.t. 2a + 3b + c <= 5, 4a + b + 2c <= 11, 3a + 4b + 2c <= 8 (a,b,c int)."""
+    prog = Program()
+    v = prog.add_vars(np.zeros(3), np.full(3, 10.0), integer=True)
+    prog.add_rows(np.array([[2, 3, 1], [4, 1, 2], [3, 4, 2]]), v, -np.inf, [5, 11, 8])
+    return prog
+
+
+def test_lp_and_mip_optima() -> None:
+    prog = knapsack()
+    sol = HighsSolver(prog).minimize(np.array([-5.0, -4.0, -3.0]))
+    assert sol.status is SolveStatus.OPTIMAL
+    assert sol.objective == pytest.approx(-13.0)  # a=2, c=1
+    assert sol.bound <= sol.objective + 1e-9
+    lp = Program()
+    x = lp.add_vars(np.zeros(2), np.full(2, np.inf))
+    lp.add_rows(np.array([[1.0, 1.0]]), x, 1.0, np.inf)
+    res = HighsSolver(lp).minimize(np.array([2.0, 3.0]), offset=1.5)
+    assert res.objective == pytest.approx(3.5) and res.bound == pytest.approx(3.5)
+
+
+def test_stop_below_interrupts_on_the_first_good_incumbent() -> None:
+    sol = HighsSolver(knapsack()).minimize(np.array([-5.0, -4.0, -3.0]), stop_below=-1.0)
+    assert sol.x is not None and sol.objective < -1.0
+    assert sol.status in (SolveStatus.INTERRUPTED, SolveStatus.OPTIMAL)
+
+
+def test_infeasible_and_bad_programs() -> None:
+    prog = Program()
+    x = prog.add_vars(np.zeros(1), np.ones(1))
+    prog.add_rows(np.array([[1.0]]), x, 2.0, np.inf)
+    sol = HighsSolver(prog).minimize(np.array([1.0]))
+    assert sol.status is SolveStatus.INFEASIBLE and sol.bound == math.inf and sol.x is None
+    with pytest.raises(ValueError, match="lower bound above"):
+        prog.add_vars(np.ones(1), np.zeros(1))
+    with pytest.raises(ValueError, match="width"):
+        prog.add_rows(np.ones((1, 2)), x, 0.0, 1.0)
