@@ -1,8 +1,9 @@
 """Close the bracket of a certified-trained MNIST model: CROWN, then PGD, then MILP.
 
 Loads a state dict written by ``defenses_certified.py`` (the small CNN), certifies the first
-``--n`` test images with IBP, then CROWN where IBP is undecided, attacks the undecided ones with PGD-40 and runs the exact MILP
-(HiGHS) on what is left, so the certified error counts CROWN or MILP proofs.
+``--n`` test images with IBP, then CROWN where IBP is undecided, attacks what is still undecided
+with PGD-40 and runs the exact MILP (HiGHS) on what is left, so the certified error counts IBP,
+CROWN or MILP proofs.
 
     python bench/defenses_certified_milp.py --weights runs/defenses/certified_ibp_0.15.pt \
         --eps 0.1 --n 1000 --time-limit 20 --out runs/defenses/certified_milp.json

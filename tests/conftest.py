@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
+
+# CI replays the same examples every run (a red CI must mean a regression, not an unlucky draw);
+# a developer's run explores new ones. Either way the failing examples found are kept.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def shared_data_dir() -> Path:

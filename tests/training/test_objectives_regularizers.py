@@ -35,7 +35,7 @@ def test_finite_difference_norm_matches_autograd(seed: int, norm: str) -> None:
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:16]
     x, y = data.x[idx].double(), data.y[idx]
     exact = _autograd_norms(model, x, y, Norm.parse(norm))
-    _, fd = input_gradient_norm(model, x, y, norm, method="finite-difference", h=1e-4)
+    _, fd = input_gradient_norm(model, x, y, norm, method="finite-difference", h=1e-6)
     _, db = input_gradient_norm(model, x, y, norm, method="double-backprop")
     torch.testing.assert_close(db, exact, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(fd, exact, rtol=2e-2, atol=1e-4)

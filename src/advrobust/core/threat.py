@@ -65,6 +65,13 @@ def _bview(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape((-1,) + (1,) * (like.dim() - 1))
 
 
+def _rows_dot(a: Tensor, v: Tensor) -> Tensor:
+    """``<a[n, k], v[n]>`` for a (N or 1, K, D) and v (N, D) -> (N, K), without (N, K, D)."""
+    if a.shape[0] == 1 and v.shape[0] != 1:
+        return v.matmul(a[0].transpose(0, 1))
+    return torch.bmm(a, v.unsqueeze(2)).squeeze(2)
+
+
 def _project_l1_ball(delta: Tensor, eps: float) -> Tensor:
     """Euclidean projection of each row onto the l1 ball of radius eps (Duchi et al. 2008)."""
     flat = delta.reshape(delta.shape[0], -1)
@@ -254,21 +261,22 @@ class LpBall:
         """Sound lower bound of ``min_{x in S(x0)} <a_k, x>`` for every row k.
 
         Args:
-            a: coefficients shaped (N, K, D) with D = x0[0].numel().
+            a: coefficients shaped (N, K, D) with D = x0[0].numel(), or (1, K, D) shared by
+                the batch (computed with one matrix product then).
             x0: centres shaped (N, ...).
 
         Returns:
             (N, K). For linf this is exact over the clipped box. For l2 / l1 it is the larger of
             the ball's dual-norm bound ``<a, x0> - eps * ||a||_q`` and the box bound.
         """
+        n = x0.shape[0]
         lower, upper = self.input_bounds(x0)
-        lf, uf = lower.reshape(x0.shape[0], 1, -1), upper.reshape(x0.shape[0], 1, -1)
+        lf, uf = lower.reshape(n, -1), upper.reshape(n, -1)
         mid, rad = (uf + lf) / 2, (uf - lf) / 2
-        box = (a * mid).sum(-1) - (a.abs() * rad).sum(-1)
+        box = _rows_dot(a, mid) - _rows_dot(a.abs(), rad)
         if self.norm is Norm.LINF:
             return box
-        xf = x0.reshape(x0.shape[0], 1, -1)
         q = self.norm.dual
         dual = a.abs().amax(-1) if q is Norm.LINF else a.norm(p=q.p, dim=-1)
-        ball = (a * xf).sum(-1) - self.eps * dual
+        ball = _rows_dot(a, x0.reshape(n, -1)) - self.eps * dual
         return torch.maximum(box, ball)

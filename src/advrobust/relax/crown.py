@@ -60,8 +60,7 @@ def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
 
 
 def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor) -> Tensor:
-    a = a.flatten(2).expand(x0.shape[0], -1, -1)
-    return threat.concretize_lower(a, x0) + const
+    return threat.concretize_lower(a.flatten(2), x0) + const
 
 
 def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,

@@ -186,8 +186,8 @@ class HighsSolver:
                 bound = min(bound, objective)
         else:
             bound = objective if status is SolveStatus.OPTIMAL else -math.inf
-        if status is SolveStatus.INFEASIBLE:
-            bound = math.inf
+        if status is SolveStatus.INFEASIBLE:  # no feasible point: drop whatever HiGHS left
+            return Solution(status, math.inf, math.inf, None, name, seconds)
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)
