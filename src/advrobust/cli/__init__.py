@@ -17,7 +17,7 @@ from advrobust.errors import AdvRobustError
 __all__ = ["build_parser", "main"]
 
 #: Command modules, in the order ``advrobust --help`` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify")
+COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify", "detect", "dictionary")
 
 
 def build_parser() -> argparse.ArgumentParser:
