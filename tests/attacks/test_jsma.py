@@ -78,3 +78,35 @@ def test_impossible_pixel_budget_raises(tiny_mlp: nn.Module) -> None:
                             ({"gamma": 0.0}, "'gamma'"), ({"gamma": 1.5}, "'gamma'")]:
         with pytest.raises(InvalidParameterError, match=message):
             JSMA(**kwargs)
+
+
+@pytest.mark.parametrize(("n", "d"), [(1, 3072), (100, 3072), (8, 150528), (4096, 3072)])
+def test_pair_blocks_are_bounded_at_any_input_size(n: int, d: int) -> None:
+    rows = jsma_module.pair_block_rows(n, d)
+    assert 1 <= rows <= d
+    assert n * rows * d <= max(jsma_module._PAIR_CHUNK_ELEMENTS, n * d)
+    assert n * min(2 * rows, d) * d > jsma_module._PAIR_CHUNK_ELEMENTS or rows >= d  # not tiny
+
+
+def test_cifar_sized_inputs_search_pairs_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    x = torch.rand(2, 3, 32, 32, generator=gen)
+    y = model(x).argmax(1)
+    seen: list[int] = []
+    best_pairs = JSMA._best_pairs
+
+    def spy(self: JSMA, alpha: torch.Tensor, beta: torch.Tensor, domain: torch.Tensor) -> tuple:
+        seen.append(alpha.shape[0] * jsma_module.pair_block_rows(*alpha.shape) * alpha.shape[1])
+        return best_pairs(self, alpha, beta, domain)
+
+    monkeypatch.setattr(JSMA, "_best_pairs", spy)
+    with one_thread():
+        res = JSMA(theta=1.0, gamma=6 / 3072)(model, x, y, LpBall("linf", 1.0),
+                                                target=(y + 1) % 10)
+    assert seen and max(seen) <= jsma_module._PAIR_CHUNK_ELEMENTS < 2 * 3072 * 3072
+    assert bool((res.info["changed"] <= 6).all())
+    assert bool(((res.x_adv != x).flatten(1).sum(1) <= 6).all())

@@ -39,6 +39,7 @@ def test_transfer_rate_definition_on_another_target(tiny_mlp: nn.Module) -> None
     source = _mlp(7)
     x, _ = batch_for(tiny_mlp, n=48)
     y = tiny_mlp(x).argmax(1)
+    y[:8] = (y[:8] + 1) % 3  # the target gets these wrong at the clean point
     threat = LpBall("linf", 0.4)
     res = Transfer(source, PGD(steps=10))(tiny_mlp, x, y, threat,
                                            generator=torch.Generator().manual_seed(0))
@@ -46,6 +47,10 @@ def test_transfer_rate_definition_on_another_target(tiny_mlp: nn.Module) -> None
     assert torch.equal(src, source(res.x_adv).argmax(1) != y)
     hits = src & res.success
     assert res.info["transfer_rate"] == pytest.approx(float(hits.sum()) / float(src.sum()))
+    correct = tiny_mlp(x).argmax(1) == y
+    assert torch.equal(res.info["target_clean_correct"], correct) and not bool(correct.all())
+    assert res.info["transfer_rate_target_correct"] == pytest.approx(
+        float((hits & correct).sum()) / float((src & correct).sum()))
     assert transfer_rate(torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)) \
         is None
 

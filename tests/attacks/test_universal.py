@@ -43,7 +43,7 @@ def _noise_like(v: Tensor, threat: LpBall, seed: int) -> Tensor:
 
 
 @pytest.mark.parametrize("method,norm,eps", [("deepfool", "l2", 2.0), ("sgd", "linf", 0.15),
-                                              ("sgd", "l2", 2.0)])
+                                              ("sgd", "l2", 2.0), ("lagrangian", "l2", 2.0)])
 def test_beats_random_noise_of_the_same_norm_on_held_out_data(method: str, norm: str,
                                                               eps: float) -> None:
     model = digits_model()
@@ -59,6 +59,24 @@ def test_beats_random_noise_of_the_same_norm_on_held_out_data(method: str, norm:
     held_out = fooling_rate(model, x_test, v, threat)
     noise = max(fooling_rate(model, x_test, _noise_like(v, threat, s), threat) for s in range(3))
     assert held_out > noise + 0.05, (held_out, noise)
+
+
+def test_lagrangian_penalty_trades_fooling_for_energy() -> None:
+    """penalty=0 is the projected SGD variant exactly; a large penalty keeps v well inside the
+    ball (the constraint is no longer what limits it)."""
+    model = digits_model()
+    x, y, _ = _digits(80, 1)
+    threat = LpBall("l2", 3.0)
+
+    def fit(method: str, penalty: float) -> Tensor:
+        uap = UniversalPerturbation(method=method, max_passes=2, batch_size=16, penalty=penalty)
+        return uap.fit(model, x, y, threat, generator=torch.Generator().manual_seed(0)
+                       ).perturbation
+
+    torch.testing.assert_close(fit("lagrangian", 0.0), fit("sgd", 0.0))
+    free, penalised = fit("lagrangian", 0.0), fit("lagrangian", 5.0)
+    assert float(free.norm()) > 2.9  # the ball binds without a penalty
+    assert float(penalised.norm()) < 0.5 * float(free.norm())
 
 
 def test_stops_at_the_target_fooling_rate() -> None:
@@ -111,7 +129,7 @@ def test_contracts(tiny_mlp: nn.Module) -> None:
 
 def test_bad_configuration(tiny_mlp: nn.Module) -> None:
     for kwargs in ({"method": "gd"}, {"max_passes": 0}, {"target_fooling_rate": 1.5},
-                   {"batch_size": 0}, {"step_size": -1.0}):
+                   {"batch_size": 0}, {"step_size": -1.0}, {"penalty": -0.1}):
         with pytest.raises(InvalidParameterError, match="parameter of UniversalPerturbation"):
             UniversalPerturbation(**kwargs)
     x, y = batch_for(tiny_mlp)

@@ -116,6 +116,28 @@ def test_black_box_beating_white_box_on_a_step_function_model() -> None:
         sanity_checks(model, x, y, {"apgd-ce": black, "square": black}, black_box=["square"]))
 
 
+def test_black_box_check_reads_an_ensemble_merged_over_batches() -> None:
+    """``evaluate_attack`` merges batches, leaving per-batch lists in ``info``: same finding,
+    and the black-box members of every batch count (the first batch may use none)."""
+    from advrobust.evaluation import evaluate_attack
+
+    model = _Quantised(_linear(1)).eval()
+    x, y = _batch(model, n=32)
+    threat = LpBall("linf", 0.25)
+    ens = Ensemble([APGD(steps=10, random_start=False), Square(queries=100)])
+    run = evaluate_attack(model, ens, (x, y), threat, batch_size=10,
+                          generator=torch.Generator().manual_seed(0))
+    assert isinstance(run.result.info["broken_by"][0], list)  # merged: one list per batch
+    (bb,) = [w for w in sanity_checks(model, x, y, {"ensemble": run.result})
+             if w.code == "black-box-beats-white-box"]
+    by_square = sum(b == "square" for batch in run.result.info["broken_by"] for b in batch)
+    assert by_square > 0 and f"broke {by_square} of 32" in bb.message
+    white_only = Ensemble([APGD(steps=10, random_start=False)])
+    run = evaluate_attack(model, white_only, (x, y), threat, batch_size=10)
+    assert "black-box-beats-white-box" not in _codes(
+        sanity_checks(model, x, y, {"ensemble": run.result}))
+
+
 def test_warnings_serialise_and_bad_results_raise() -> None:
     model = _Softmax(_Noisy(_linear())).eval()
     x, y = _batch(model)

@@ -64,7 +64,12 @@ def check_finite_box(threat: LpBall, who: str) -> None:
 
 
 def check_query_outputs(clean_logits: Tensor, who: str) -> None:
-    """Raise if the model's outputs cannot be scores (non-finite values)."""
+    """Raise if the model's outputs cannot be class scores: fewer than two classes, or
+    non-finite values (black-box attacks read nothing else than these outputs)."""
+    if clean_logits.shape[1] < 2:
+        raise InvalidInputError(
+            f"{who} queries the model's outputs as class scores (logits or probabilities) and "
+            f"needs at least 2 classes. Got outputs of shape {tuple(clean_logits.shape)}.")
     if not bool(torch.isfinite(clean_logits).all()):
         raise InvalidInputError(
             f"{who} queries the model's outputs as class scores (logits or probabilities), but "

@@ -108,7 +108,8 @@ class Boundary(Attack):
     l2 distance is within ``eps``; otherwise the clean point (unsuccessful, ``exhausted``).
     ``info["queries_per_sample"]`` counts the model queries per sample,
     ``info["no_start"]`` the samples for which no misclassified start was found. Samples already
-    misclassified are returned unchanged with a warning.
+    misclassified are returned unchanged with a warning. ``info["black_box"]`` is True (only
+    decisions are used), for :func:`advrobust.evaluation.sanity_checks`.
 
     Args:
         steps: maximum walk steps per sample.
@@ -146,7 +147,8 @@ class Boundary(Attack):
         ok = started & (threat.norm_of(xa - x) <= threat.eps)
         x_adv = torch.where(_bview(ok, x), xa, x)
         return AttackOutput(x_adv=x_adv, exhausted=~(ok | done),
-                            info={"already_adversarial": done, "queries_per_sample": queries,
+                            info={"black_box": True, "already_adversarial": done,
+                                  "queries_per_sample": queries,
                                   "no_start": ~(started | done)})
 
     def _candidates(self, x: Tensor, xa: Tensor, sph: Tensor, src: Tensor, threat: LpBall,

@@ -29,7 +29,7 @@ __all__ = ["Ensemble", "Strongest", "attack_label", "strongest"]
 def attack_label(attack: Attack) -> str:
     """Short name of an attack for reports: its ``cli_name`` (``apgd-ce`` / ``apgd-dlr`` for
     APGD), else its lower-cased class name."""
-    name = str(getattr(attack, "cli_name", type(attack).__name__.lower()))
+    name = str(getattr(attack, "cli_name", None) or type(attack).__name__.lower())
     if isinstance(attack, APGD):
         name = f"{name}-{attack.loss}"
     return name
@@ -57,8 +57,8 @@ class Ensemble(Attack):
         InvalidThreatModelError: a member does not support the threat's norm.
     """
 
-    #: Not on the command line (its members are objects); ``strongest`` is.
-    cli_name: ClassVar[str | None] = None
+    #: On the command line as ``--attack ensemble --members NAME,NAME,...``.
+    cli_name: ClassVar[str | None] = "ensemble"
     targeted: ClassVar[bool] = False
 
     def __init__(self, attacks: Sequence[Attack], *, cascade: bool = True) -> None:

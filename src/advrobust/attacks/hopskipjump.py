@@ -43,7 +43,7 @@ class HopSkipJump(Attack):
 
     The answer is the closest misclassified point found when its l2 distance is within the
     threat's ``eps``, else the clean point (``exhausted``). ``info["queries_per_sample"]``
-    counts decisions asked per sample.
+    counts decisions asked per sample; ``info["black_box"]`` is True (for the sanity checks).
 
     Args:
         steps: iterations of (bisection, gradient estimate, step).
@@ -95,7 +95,8 @@ class HopSkipJump(Attack):
         ok = started & (threat.norm_of(xa - x) <= threat.eps)
         x_adv = torch.where(_bview(ok, x), xa, x)
         return AttackOutput(x_adv=x_adv, exhausted=~(ok | done),
-                            info={"already_adversarial": done, "queries_per_sample": queries,
+                            info={"black_box": True, "already_adversarial": done,
+                                  "queries_per_sample": queries,
                                   "no_start": ~(started | done)})
 
     @staticmethod

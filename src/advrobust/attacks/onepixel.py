@@ -49,7 +49,8 @@ class OnePixel(Attack):
     ``[x - eps, x + eps]``), so for linf ``eps`` caps the change of each channel and candidates
     are always in the set; for l2 / l1 every candidate is projected onto the set before it is
     queried (which keeps the changed pixels' count). ``info["queries_per_sample"]`` counts the
-    forward queries per sample; ``exhausted`` flags samples not broken after ``iterations``.
+    forward queries per sample; ``exhausted`` flags samples not broken after ``iterations``;
+    ``info["black_box"]`` is True (for the sanity checks).
 
     Args:
         pixels: number of pixels changed, >= 1.
@@ -88,7 +89,8 @@ class OnePixel(Attack):
                          looks_like_probabilities(clean_logits), channels)
         x_adv, found, queries = run.evolve(~done)
         return AttackOutput(x_adv=x_adv, exhausted=~(found | done),
-                            info={"already_adversarial": done, "queries_per_sample": queries})
+                            info={"black_box": True, "already_adversarial": done,
+                                  "queries_per_sample": queries})
 
 
 class _Evolution:

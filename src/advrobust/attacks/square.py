@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from advrobust.attacks._minnorm import check_query_outputs
 from advrobust.attacks.base import Attack, AttackOutput, Oracle
 from advrobust.core._validation import check_float, check_int
 from advrobust.core.spec import margin
@@ -98,6 +99,7 @@ class Square(Attack):
         if x.dim() != 4:
             raise InvalidInputError(
                 f"Square needs images shaped (N, C, H, W). Got x of shape {tuple(x.shape)}.")
+        check_query_outputs(clean_logits, "Square")
 
         labels = y if target is None else target
         sign = 1.0 if target is None else -1.0

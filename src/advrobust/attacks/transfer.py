@@ -39,8 +39,11 @@ class Transfer(Attack):
     succeeded on the source model, the fraction where the target model is also fooled, i.e.
     misclassifies the point, or predicts ``target`` for a targeted run; None if the source
     attack succeeded nowhere), ``source_success`` (N,) bool, ``source_margin`` (N,) and
-    ``source_queries``. On identical source and target models the transfer rate is 1 whenever
-    the source attack succeeds somewhere, and the target's success equals the source's.
+    ``source_queries``; ``transfer_rate_target_correct`` is the same rate restricted to the
+    samples the target classifies correctly at the clean point (so that inputs the target gets
+    wrong anyway do not count as transferred), with ``target_clean_correct`` (N,) bool. On
+    identical source and target models the transfer rate is 1 whenever the source attack
+    succeeds somewhere, and the target's success equals the source's.
 
     Args:
         source_model: surrogate classifier (same input shape and classes as the target); it is
@@ -50,8 +53,8 @@ class Transfer(Attack):
     Shapes: x (N, ...), y (N,), target (N,) or None.
     """
 
-    #: Not on the command line as is: it needs a source model object.
-    cli_name: ClassVar[str | None] = None
+    #: On the command line as ``--attack transfer --source-model CKPT --source-attack NAME``.
+    cli_name: ClassVar[str | None] = "transfer"
     targeted: ClassVar[bool] = True
 
     def __init__(self, source_model: nn.Module, attack: Attack) -> None:
@@ -74,7 +77,11 @@ class Transfer(Attack):
         src = self.attack(self.source_model, x, y, threat, target=target, generator=generator)
         pred = oracle(src.x_adv).argmax(dim=1)
         fooled = (pred == target) if target is not None else (pred != y)
+        correct = clean_logits.argmax(dim=1) == y
         info = {"transfer_rate": transfer_rate(src.success, fooled),
-                "source_success": src.success, "source_margin": src.margin,
-                "source_queries": src.queries}
-        return AttackOutput(src.x_adv, exhausted=None, info=info)
+                "transfer_rate_target_correct": transfer_rate(src.success & correct, fooled),
+                "source_success": src.success, "target_clean_correct": correct,
+                "source_margin": src.margin, "source_queries": src.queries}
+        # The source attack's budget ran out and the point does not fool the target either.
+        exhausted = None if src.exhausted is None else src.exhausted & ~fooled
+        return AttackOutput(src.x_adv, exhausted=exhausted, info=info)

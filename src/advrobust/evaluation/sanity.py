@@ -156,10 +156,11 @@ def _black_box_check(n: int, results: Mapping[str, AttackResult],
             continue
         members = res.info.get("black_box_members")
         if members is not None and "broken_by" in res.info:
-            by_bb = torch.tensor([b in members for b in res.info["broken_by"]], dtype=torch.bool)
+            members, names, broken_by = _ensemble_info(res.info)
+            by_bb = torch.tensor([b in members for b in broken_by], dtype=torch.bool)
             bb |= by_bb & success
             wb |= success & ~by_bb
-            any_white = any_white or len(res.info.get("timings", {})) > len(members)
+            any_white = any_white or bool(names - members)
         else:
             wb |= success
             any_white = True
@@ -174,3 +175,19 @@ def _black_box_check(n: int, results: Mapping[str, AttackResult],
         "Gradient-based attacks are being misled (gradient masking or obfuscation): do not "
         "trust white-box-only evaluations of this model; use the strongest ensemble, BPDA or "
         "EOT, and report the black-box results.", frac)]
+
+
+def _ensemble_info(info: Mapping[str, Any]) -> tuple[set[str], set[str], list[Any]]:
+    """Black-box member names, all member names and per-sample ``broken_by`` of an ensemble
+    result, also when the result merges several batches (each entry then a per-batch list, as
+    :func:`advrobust.evaluation.merge_results` leaves non-tensor ``info``)."""
+    members, timings, broken_by = (info["black_box_members"], info.get("timings", {}),
+                                   info["broken_by"])
+    batched = isinstance(timings, list)
+    if batched:
+        members = {m for batch in members for m in batch}
+        names = {k for batch in timings for k in batch}
+        broken_by = [b for batch in broken_by for b in batch]
+    else:
+        members, names = set(members), set(timings)
+    return members, names, list(broken_by)
