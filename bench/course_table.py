@@ -10,6 +10,8 @@ reported. Adversarial error = fraction of adversarial points misclassified.
 Usage (from the repo root; the data folder defaults to ../shared/data):
     python bench/course_table.py --train-only          # train and cache the three models
     python bench/course_table.py --n 1000 --out bench/course_table.json
+    python bench/course_table.py --arch cnn --rows pgd_restarts --out runs/course/cnn.json
+                                                          # one row; merged into an earlier --out
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from advrobust import LpBall
 from advrobust.attacks import FGSM, PGD, Attack
@@ -42,6 +45,7 @@ COURSE = {  # the course's error rates: mlp2 / mlp4 / cnn
 }
 UNBOUNDED = (-math.inf, math.inf)
 BOX = (0.0, 1.0)
+ROWS = ("fgsm", "pgd", "pgd_l2", "pgd_restarts")
 
 
 def train(arch: str, data_dir: Path, out: Path, seed: int) -> Any:
@@ -60,17 +64,18 @@ def train(arch: str, data_dir: Path, out: Path, seed: int) -> Any:
     return model.eval()
 
 
-def attacks(arch: str) -> dict[str, tuple[Attack, str, float, tuple[float, float]]]:
-    """Rows of the table: attack, norm, eps and (course) box."""
-    rows: dict[str, tuple[Attack, str, float, tuple[float, float]]] = {
+def attacks(arch: str, rows: tuple[str, ...] = ROWS
+            ) -> dict[str, tuple[Attack, str, float, tuple[float, float]]]:
+    """Rows of the table (those named in ``rows``): attack, norm, eps and (course) box."""
+    table: dict[str, tuple[Attack, str, float, tuple[float, float]]] = {
         "fgsm": (FGSM(), "linf", 0.1, UNBOUNDED),
         "pgd": (PGD(steps=40, step_size=0.01), "linf", 0.1, UNBOUNDED),
         "pgd_l2": (PGD(steps=40, step_size=0.1), "l2", 2.0, BOX),
     }
     if arch == "cnn":
-        rows["pgd_restarts"] = (PGD(steps=40, step_size=0.01, restarts=10), "linf", 0.1,
-                                UNBOUNDED)
-    return rows
+        table["pgd_restarts"] = (PGD(steps=40, step_size=0.01, restarts=10), "linf", 0.1,
+                                 UNBOUNDED)
+    return {name: row for name, row in table.items() if name in rows}
 
 
 def adversarial_error(model: Any, attack: Attack, x: torch.Tensor, y: torch.Tensor,
@@ -81,25 +86,58 @@ def adversarial_error(model: Any, attack: Attack, x: torch.Tensor, y: torch.Tens
     return float((predict(model, run.result.x_adv) != y).float().mean()), run.seconds
 
 
-def evaluate(arch: str, model: Any, x: torch.Tensor, y: torch.Tensor, seed: int,
-             restarts_n: int, clipped_restarts: bool = True) -> dict[str, Any]:
-    """Every row of the table for one model: course box and clipped box.
+def last_iterate_pgd(model: Any, x: torch.Tensor, y: torch.Tensor, threat: LpBall,
+                     alpha: float, steps: int) -> torch.Tensor:
+    """The course's PGD protocol: zero start, ``steps`` steps of mean cross-entropy ascent,
+    and the *last* iterate (our PGD starts at random and keeps each sample's best iterate)."""
+    xk = x.clone()
+    for _ in range(steps):
+        xr = xk.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(xr), y), xr)
+        xk = threat.project(x, xk + alpha * threat.ascent_direction(grad, xk)).detach()
+    return xk
 
-    The restarts row (10x the cost of PGD) uses only the first ``restarts_n`` images.
+
+def course_protocol(model: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Errors of the course-protocol PGD (linf and l2 rows), in batches of 100."""
+    out = {}
+    model.eval()  # our own cached model (cnn has no dropout / batch norm either way)
+    for name, (norm, eps, alpha, box) in {"pgd_last": ("linf", 0.1, 0.01, UNBOUNDED),
+                                          "pgd_l2_last": ("l2", 2.0, 0.1, BOX)}.items():
+        threat = LpBall(norm, eps, *box)
+        x_adv = torch.cat([last_iterate_pgd(model, x[i:i + 100], y[i:i + 100], threat, alpha, 40)
+                           for i in range(0, x.shape[0], 100)])
+        assert bool(threat.contains(x, x_adv).all())
+        out[name] = float((predict(model, x_adv) != y).float().mean())
+        print(f"{name}: {out[name]:.4f}", flush=True)
+    return out
+
+
+def evaluate(arch: str, model: Any, x: torch.Tensor, y: torch.Tensor, seed: int,
+             restarts_n: int, clipped_restarts: bool = True,
+             rows: tuple[str, ...] = ROWS) -> dict[str, Any]:
+    """The rows named in ``rows`` of the table for one model: course box and clipped box.
+
+    The restarts row (10x the cost of PGD) uses only the first ``restarts_n`` images; on fewer
+    images than ``x`` the single-run PGD is repeated on them for comparison.
     """
     out: dict[str, Any] = {"clean": float((predict(model, x) != y).float().mean())}
-    for name, (attack, norm, eps, box) in attacks(arch).items():
+    for name, (attack, norm, eps, box) in attacks(arch, rows).items():
         xs, ys = (x[:restarts_n], y[:restarts_n]) if name == "pgd_restarts" else (x, y)
-        if name == "pgd_restarts":
-            out["pgd_restarts_n"] = int(xs.shape[0])
+        if name == "pgd_restarts" and restarts_n < x.shape[0]:
             out["pgd_on_restarts_images"], _ = adversarial_error(
                 model, PGD(steps=40, step_size=0.01), xs, ys, LpBall(norm, eps, *box), seed)
+        if name == "pgd_restarts":
+            out["pgd_restarts_n"] = int(xs.shape[0])
         err, secs = adversarial_error(model, attack, xs, ys, LpBall(norm, eps, *box), seed)
+        print(f"{arch} {name}: {err:.4f} ({secs:.0f} s)", flush=True)
         out[name] = err
         out[name + "_seconds"] = secs
         if box != BOX and not (name == "pgd_restarts" and not clipped_restarts):
-            out[name + "_clipped"], _ = adversarial_error(
+            out[name + "_clipped"], secs = adversarial_error(
                 model, attack, xs, ys, LpBall(norm, eps, *BOX), seed)
+            print(f"{arch} {name} clipped: {out[name + '_clipped']:.4f} ({secs:.0f} s)",
+                  flush=True)
     return out
 
 
@@ -108,7 +146,7 @@ def markdown(results: dict[str, dict[str, Any]], n: int) -> str:
     head = "| row | " + " | ".join(f"{a} ours | {a} course" for a in ARCHS) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(ARCHS))]
     for row, course in COURSE.items():
-        for suffix in ("", "_clipped"):
+        for suffix in ("", "_clipped", "_last"):
             key = row + suffix
             if not any(key in results[a] for a in ARCHS):
                 continue
@@ -135,7 +173,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: on a contended machine more threads are slower)")
     p.add_argument("--arch", nargs="+", default=list(ARCHS), choices=ARCHS)
+    p.add_argument("--rows", nargs="*", default=list(ROWS), choices=ROWS,
+                   help="attack rows to run (default: all); split a long run in parts")
     p.add_argument("--train-only", action="store_true")
+    p.add_argument("--course-protocol", action="store_true",
+                   help="also run PGD linf / l2 as the course does (zero start, last iterate): "
+                        "rows pgd_last, pgd_l2_last")
     p.add_argument("--checkpoint", action="append", default=[], metavar="ARCH=PATH",
                    help="use this checkpoint for ARCH instead of training / runs/course/ARCH.pt")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -151,8 +194,16 @@ def main() -> None:
     test = load_dataset("mnist", "test", args.data_dir).take(args.n)
     begin = time.time()
     restarts_n = args.n if args.restarts_n is None else args.restarts_n
-    results = {a: evaluate(a, models[a], test.x, test.y, args.seed, restarts_n,
-                           not args.no_clipped_restarts) for a in args.arch}
+    results: dict[str, dict[str, Any]] = {
+        a: evaluate(a, models[a], test.x, test.y, args.seed, restarts_n,
+                    not args.no_clipped_restarts, tuple(args.rows)) for a in args.arch}
+    if args.course_protocol:
+        for a in args.arch:
+            results[a].update(course_protocol(models[a], test.x, test.y))
+    if args.out is not None and args.out.exists():  # merge with the rows of earlier parts
+        earlier = json.loads(args.out.read_text())
+        results = {a: {**earlier.get(a, {}), **results.get(a, {})}
+                   for a in set(earlier) | set(results)}
     for a in ARCHS:
         results.setdefault(a, {})
     print(markdown(results, args.n))

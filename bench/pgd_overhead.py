@@ -4,7 +4,7 @@ Same model (MNIST ``cnn``), same batch of 100 MNIST test images, eval mode, para
 (``requires_grad=False``, which is what the attack does too), input gradients by
 ``torch.autograd.grad`` of the cross-entropy. The bare loop does nothing else: no projection,
 no step, no validation. The ratio is measured ``--repeats`` times, interleaving the two, and
-the median is reported; target <= 1.10.
+the median is reported (odd repeats run PGD first, even ones the bare loop); target <= 1.10.
 
 Usage (from the repo root):
     python bench/pgd_overhead.py --repeats 7 --threads 1
@@ -83,9 +83,13 @@ def main() -> None:
 
     pgd_run(), frozen_loop()  # warm-up
     ratios, cpu_ratios, ratios_unfrozen, pgd_times, bare_times = [], [], [], [], []
-    for _ in range(args.repeats):
-        t_bare, c_bare = timed(frozen_loop)
-        t_pgd, c_pgd = timed(pgd_run)
+    for repeat in range(args.repeats):
+        if repeat % 2:  # alternate which one runs first, so cache / allocator warmth cancels
+            t_pgd, c_pgd = timed(pgd_run)
+            t_bare, c_bare = timed(frozen_loop)
+        else:
+            t_bare, c_bare = timed(frozen_loop)
+            t_pgd, c_pgd = timed(pgd_run)
         t_unfrozen = (timed(lambda: bare_loop(model, x, y, args.steps))[0]
                       if args.unfrozen else math.nan)
         ratios.append(t_pgd / t_bare)

@@ -37,6 +37,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def tiny_mlp() -> nn.Module:
     """A seeded 1x4x4 -> 16 -> 16 -> 3 ReLU network in eval mode."""
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
-                         nn.Linear(16, 3)).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the global RNG
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16),
+                             nn.ReLU(), nn.Linear(16, 3)).eval()

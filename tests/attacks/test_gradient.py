@@ -19,10 +19,13 @@ UNBOUNDED = (-math.inf, math.inf)
 
 
 def linear(d: int, classes: int, seed: int, dtype: torch.dtype = torch.float64) -> nn.Linear:
-    torch.manual_seed(seed)
-    layer = nn.Linear(d, classes).to(dtype)
+    """A seeded linear model (its own generator: the global RNG is never seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(d, classes, dtype=dtype)
+    bound = 1 / math.sqrt(d)  # PyTorch's default init range, scaled down as before
     with torch.no_grad():
-        layer.weight.mul_(0.3)
+        layer.weight.copy_(0.3 * bound * (2 * torch.rand(classes, d, generator=g, dtype=dtype) - 1))
+        layer.bias.copy_(bound * (2 * torch.rand(classes, generator=g, dtype=dtype) - 1))
     return layer.eval()
 
 
@@ -202,10 +205,28 @@ def test_bad_inputs(tiny_mlp: nn.Module) -> None:
     attack(tiny_mlp, x_small, y, threat)
 
 
+def test_threat_must_be_an_lp_ball(tiny_mlp: nn.Module) -> None:
+    x, y = batch_for(tiny_mlp, n=4)
+    with pytest.raises(InvalidInputError, match="'threat' must be an LpBall. Got float instead"):
+        FGSM()(tiny_mlp, x, y, 0.1)  # type: ignore[arg-type]
+
+
 def test_model_on_another_device_is_an_error() -> None:
     model = nn.Linear(4, 3, device="meta").eval()
     with pytest.raises(InvalidInputError, match="'x' is on cpu but the model is on meta"):
         FGSM()(model, torch.rand(2, 4), torch.zeros(2, dtype=torch.int64), LpBall("linf", 0.1))
+
+
+def test_labels_on_another_device_than_x_are_an_error(tiny_mlp: nn.Module) -> None:
+    x, y = batch_for(tiny_mlp, n=4)
+    threat = LpBall("linf", 0.1)
+    with pytest.raises(InvalidInputError, match="'y' is on meta but 'x' is on cpu"):
+        FGSM()(tiny_mlp, x, y.to("meta"), threat)
+    with pytest.raises(InvalidInputError, match="'target' is on meta but 'x' is on cpu"):
+        PGD(steps=1)(tiny_mlp, x, y, threat, target=((y + 1) % 3).to("meta"))
+    # A parameter-free model has no device of its own: the check still catches y.
+    with pytest.raises(InvalidInputError, match="'y' is on meta"):
+        FGSM()(nn.Flatten().eval(), x, y.to("meta"), threat)
 
 
 def test_probability_outputs_warn(tiny_mlp: nn.Module) -> None:
@@ -227,3 +248,16 @@ def test_training_mode_warns_once_and_is_restored(tiny_mlp: nn.Module) -> None:
     # The attack ran in eval mode (dropout off): margins re-evaluate deterministically.
     with torch.no_grad():
         torch.testing.assert_close(result.margin, margin(tiny_mlp(result.x_adv), y))
+
+
+def test_training_mode_is_reported_once_over_many_batches(tiny_mlp: nn.Module) -> None:
+    """With Python's default filter a loop of attack calls (e.g. over batches) warns once."""
+    from advrobust.evaluation import evaluate_attack
+
+    model = nn.Sequential(tiny_mlp, nn.Dropout(0.5)).train()
+    x, y = batch_for(tiny_mlp, n=12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        evaluate_attack(model, FGSM(), (x, y), LpBall("linf", 0.1), batch_size=4)
+    assert sum("training mode" in str(w.message) for w in caught) == 1
+    assert model.training

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,48 @@ def test_main_reports_a_bad_checkpoint_as_an_error(tmp_path: Path,
 
     assert main(["info", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _demo(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
+    from advrobust.cli import main
+
+    assert main(["demo", "--cache-dir", str(tmp_path), "--epochs", "2", "--n", "40",
+                 "--eps", "0.02", "0.1", "--json", *extra]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_demo_trains_caches_and_brackets_robustness(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    first = _demo(tmp_path, capsys)
+    cached = tmp_path / "demo-mlp2-digits-seed0-2ep.pt"
+    assert first["origin"].startswith("trained") and cached.exists()
+    assert load_checkpoint(cached).metadata["epochs"] == 2
+    again = _demo(tmp_path, capsys)
+    assert again["origin"] == f"cached {cached}" and again["rows"] == first["rows"]
+    rows = first["rows"]
+    assert [r["eps"] for r in rows] == [0.02, 0.1] and first["n"] == 40
+    for r in rows:  # the bracket: certified (lower) <= PGD robust (upper) <= clean
+        assert r["crown_certified_accuracy"] <= r["pgd_robust_accuracy"] <= first["clean_accuracy"]
+    assert rows[1]["pgd_robust_accuracy"] <= rows[0]["pgd_robust_accuracy"]
+    cached.write_bytes(b"corrupt cache")  # a broken cache is retrained, not trusted
+    assert _demo(tmp_path, capsys)["origin"].startswith("trained")
+
+
+def test_demo_and_data_options_report_bad_values(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from advrobust.cli import main
+
+    assert main(["demo", "--cache-dir", str(tmp_path), "--n", "0"]) == 2
+    assert "'--n' parameter of advrobust demo must be an int in [1, inf). Got 0" in \
+        capsys.readouterr().err
+    assert main(["train", "--model", "small", "--n", "0", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "'--n' parameter of advrobust train must be an int in [1, inf)" in \
+        capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "advrobust", "--help"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for command in ("demo", "train", "info", "attack", "verify"):
+        assert command in done.stdout

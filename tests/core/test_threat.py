@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from advrobust import InvalidInputError, InvalidThreatModelError, LpBall, Norm
-from advrobust.core.threat import lp_norm
+from advrobust.core.threat import _project_l1_ball, lp_norm
 
 NORMS = ["linf", "l2", "l1"]
 SHAPES = [(1, 3), (4, 7), (3, 1, 4, 4), (2, 3, 2, 2)]
@@ -172,7 +172,11 @@ def test_unbounded_box_is_allowed_and_never_clips() -> None:
     ({"norm": "l3", "eps": 0.1}, "'norm' parameter of LpBall must be one of .*Got 'l3'"),
     ({"norm": "l2", "eps": 0.1, "lo": 1.0, "hi": 1.0}, "lo < hi. Got lo=1.0, hi=1.0"),
     ({"norm": "l2", "eps": 0.1, "lo": 2.0, "hi": 1.0}, "lo < hi"),
-    ({"norm": "l2", "eps": 0.1, "lo": float("nan")}, "'lo' parameter of LpBall"),
+    ({"norm": "l2", "eps": 0.1, "lo": float("nan")},
+     r"'lo' parameter of LpBall must be a float \(not NaN\) in \[-inf, inf\]. Got nan"),
+    ({"norm": "l2", "eps": 0.1, "hi": "one"}, "'hi' parameter of LpBall .*Got 'one' instead"),
+    ({"norm": "l2", "eps": 0.1, "lo": math.inf, "hi": math.inf}, "lo < hi. Got lo=inf"),
+    ({"norm": "linf", "eps": True}, "'eps' parameter of LpBall .*Got True instead"),
 ])
 def test_bad_threats_are_clear_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidThreatModelError, match=message):
@@ -209,3 +213,19 @@ def test_concretize_lower_is_below_values_at_points_of_the_set(norm: str) -> Non
     for _ in range(20):
         x = threat.sample(x0, gen)
         assert bool((lower <= torch.einsum("nkd,nd->nk", a, x) + 1e-9).all())
+
+
+def test_l1_projection_of_far_points_stays_in_the_ball_in_float32() -> None:
+    """Rounding in the sorting algorithm's threshold grows with the entries it cuts; a far
+    point (here ~30x eps away, the case hypothesis found) must still land inside the ball."""
+    worst = 0.0
+    for seed in [25, *range(200)]:
+        gen = torch.Generator().manual_seed(seed)
+        x0 = -1.0 + 3.0 * torch.rand((4, 7), generator=gen)
+        x = x0 + 9.0 * torch.randn((4, 7), generator=gen)
+        threat = LpBall("l1", 2.0, -1.0, 2.0)
+        p = threat.project(x0, x)
+        assert bool(threat.contains(x0, p).all()), seed
+        delta = _project_l1_ball(x - x0, 2.0)
+        worst = max(worst, float(delta.abs().sum(dim=1).max()))
+    assert worst <= 2.0

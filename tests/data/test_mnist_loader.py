@@ -138,3 +138,26 @@ def test_real_mnist_train_prefix(shared_data: Path) -> None:
     assert torch.equal(ds.y, torch.from_numpy(labels[:24_345].astype(np.int64)))
     assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
     assert set(ds.y.tolist()) == set(range(10))
+
+
+class _Payload:
+    """Pickling this object records a call to ``marker.touch`` on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_npz_with_pickled_objects_is_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    objects = np.empty(2, dtype=object)
+    objects[:] = [_Payload(marker), _Payload(marker)]
+    np.savez(tmp_path / "mnist.npz", x_train=objects, y_train=np.zeros(2, np.uint8))
+    with pytest.raises(DataFormatError, match="not a readable .npz.*allow_pickle"):
+        load_dataset("mnist", "train", root=tmp_path)
+    assert not marker.exists()
+    # The payload is live: loading it with pickles allowed does run it.
+    np.load(tmp_path / "mnist.npz", allow_pickle=True)["x_train"]
+    assert marker.exists()

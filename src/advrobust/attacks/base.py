@@ -21,7 +21,7 @@ from advrobust.core.modes import eval_mode
 from advrobust.core.result import AttackResult
 from advrobust.core.spec import margin as margin_fn
 from advrobust.core.threat import LpBall, Norm
-from advrobust.errors import InvalidThreatModelError
+from advrobust.errors import InvalidInputError, InvalidThreatModelError
 
 __all__ = ["Attack", "AttackOutput", "Oracle"]
 
@@ -106,11 +106,14 @@ class Attack(Configurable, abc.ABC):
             AttackResult with margins and success recomputed through ``model``.
 
         Raises:
-            InvalidInputError: malformed x, y or target.
+            InvalidInputError: malformed x, y, target or threat; tensors on different devices.
             InvalidThreatModelError: a norm this attack does not support.
         """
         name = type(self).__name__
-        if threat.norm not in self.norms if isinstance(threat, LpBall) else False:
+        if not isinstance(threat, LpBall):
+            raise InvalidInputError(
+                f"'threat' must be an LpBall. Got {type(threat).__name__} instead.")
+        if threat.norm not in self.norms:
             allowed = ", ".join(sorted(n.value for n in self.norms))
             raise InvalidThreatModelError(
                 f"{name} supports the norms {{{allowed}}}. Got {threat.norm.value!r} instead.")

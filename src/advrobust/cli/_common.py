@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from advrobust.core._validation import check_int
+
 __all__ = [
     "add_data_args",
     "add_json_arg",
@@ -40,12 +42,10 @@ def load_data(args: argparse.Namespace) -> Any:
     """The dataset named by ``add_data_args`` options (first ``--n`` samples)."""
     from advrobust.data import load_dataset
 
-    data = load_dataset(args.data, split=args.split, root=args.data_dir)
     if args.n is not None:
-        if args.n < 1:
-            raise SystemExit(f"--n must be >= 1. Got {args.n}.")
-        data = data.take(args.n)
-    return data
+        check_int(args.n, "--n", "advrobust " + str(getattr(args, "command", "")), low=1)
+    data = load_dataset(args.data, split=args.split, root=args.data_dir)
+    return data if args.n is None else data.take(args.n)
 
 
 def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:

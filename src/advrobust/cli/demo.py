@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from advrobust.cli._common import add_json_arg, emit
+from advrobust.core._validation import check_int
 
 __all__ = ["register", "run"]
 
@@ -34,6 +35,8 @@ def register(sub: Any) -> None:
                    help="where the trained model is cached (default: $ADVROBUST_CACHE or "
                         "~/.cache/advrobust)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached model")
+    p.add_argument("--epochs", type=int, default=30,
+                   help="training epochs when no cached model fits (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="training and attack seed (default: 0)")
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -51,7 +54,7 @@ def _model(args: argparse.Namespace, train: Any, test: Any) -> tuple[torch.nn.Mo
     from advrobust.models import build_model, load_checkpoint, save_checkpoint
     from advrobust.training import fit
 
-    path = _cache_dir(args.cache_dir) / f"demo-mlp2-digits-seed{args.seed}.pt"
+    path = _cache_dir(args.cache_dir) / f"demo-mlp2-digits-seed{args.seed}-{args.epochs}ep.pt"
     if path.exists() and not args.retrain:
         try:
             return load_checkpoint(path).model, f"cached {path}"
@@ -59,12 +62,12 @@ def _model(args: argparse.Namespace, train: Any, test: Any) -> tuple[torch.nn.Mo
             pass  # stale or corrupt cache: retrain below
     kwargs = {"input_shape": train.input_shape, "num_classes": train.num_classes}
     model = build_model("mlp2", seed=args.seed, **kwargs)
-    fit(model, train, test=test, epochs=30, lr=0.1, batch_size=50, seed=args.seed,
+    fit(model, train, test=test, epochs=args.epochs, lr=0.1, batch_size=50, seed=args.seed,
         progress=not args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     acc = float((model(test.x).argmax(1) == test.y).float().mean())
     save_checkpoint(path, model, arch="mlp2", arch_kwargs=kwargs,
-                    metadata={"dataset": "digits", "epochs": 30, "seed": args.seed,
+                    metadata={"dataset": "digits", "epochs": args.epochs, "seed": args.seed,
                               "clean_accuracy": acc})
     return model.eval(), f"trained, cached at {path}"
 
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from advrobust.data import load_dataset
     from advrobust.relax import CROWN
 
+    check_int(args.n, "--n", "advrobust demo", low=1)
+    check_int(args.epochs, "--epochs", "advrobust demo", low=1)
     start = time.perf_counter()
     train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
     model, origin = _model(args, train, test)

@@ -46,9 +46,15 @@ def check_float(value: Any, name: str, owner: str, low: float | None = None,
                 high: float | None = None, low_open: bool = False, high_open: bool = False,
                 allow_inf: bool = False,
                 error: type[ValueError] = InvalidParameterError) -> float:
-    """Return ``value`` as a finite float inside the interval, or raise naming the parameter."""
-    expected = f"a {'' if allow_inf else 'finite '}float in " \
-        f"{_interval(low, high, low_open, high_open)}"
+    """Return ``value`` as a float inside the interval, or raise naming the parameter.
+
+    NaN is always refused; infinities only with ``allow_inf``.
+    """
+    # With infinities allowed an unbounded end is closed: [-inf, inf] admits -inf and inf.
+    interval = _interval(low, high, low_open, high_open)
+    if allow_inf:
+        interval = interval.replace("(-inf", "[-inf").replace("inf)", "inf]")
+    expected = f"a float (not NaN) in {interval}" if allow_inf else f"a finite float in {interval}"
     if isinstance(value, bool):
         raise _fail(name, owner, expected, value, error)
     try:

@@ -64,11 +64,15 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
     if not torch.is_tensor(y):
         raise InvalidInputError(f"'y' must be a torch.Tensor. Got {type(y).__name__} instead.")
     dev = model_device(model)
-    for name, t in (("x", x), ("y", y), ("target", target)):
-        if t is not None and dev is not None and t.device != dev:
+    for name, t in (("y", y), ("target", target)):
+        if t is not None and torch.is_tensor(t) and t.device != x.device:
             raise InvalidInputError(
-                f"'{name}' is on {t.device} but the model is on {dev}: move them to one device "
-                "(advrobust never moves your model).")
+                f"'{name}' is on {t.device} but 'x' is on {x.device}: x, y and target must be on "
+                "one device.")
+    if dev is not None and x.device != dev:
+        raise InvalidInputError(
+            f"'x' is on {x.device} but the model is on {dev}: move the data to the model's "
+            "device (advrobust never moves your model).")
     with torch.no_grad():
         out = model(x)
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
