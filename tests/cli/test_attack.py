@@ -292,3 +292,20 @@ def test_norm_flag_selects_the_variant_of_minimum_norm_attacks(
         build_attack("deepfool", argparse.Namespace(norm="l1", param=[]))
     explicit = build_attack("cw", argparse.Namespace(norm="linf", param=["norm=l2"]))
     assert explicit.norm == "l2"  # --param wins over --norm
+
+
+def test_data_of_another_shape_is_a_clear_error(checkpoint: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # An 8x8-digits model asked to attack a 1x4x4 data set written as mnist.npz.
+    import numpy as np
+
+    root = tmp_path / "mnist"
+    root.mkdir()
+    imgs = np.zeros((3, 4, 4), dtype=np.uint8)
+    labels = np.zeros(3, dtype=np.uint8)
+    np.savez(root / "mnist.npz", x_train=imgs, y_train=labels, x_test=imgs, y_test=labels)
+    code = main(["attack", "--model", str(checkpoint), "--data", "mnist", "--data-dir",
+                 str(root), "--eps", "0.1", "--n", "3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "takes inputs of shape (1, 8, 8)" in err and "(1, 4, 4)" in err

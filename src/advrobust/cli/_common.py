@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from advrobust.core._validation import check_int
+from advrobust.errors import InvalidInputError
 
 __all__ = [
     "add_data_args",
@@ -22,6 +23,7 @@ __all__ = [
     "format_table",
     "load_data",
     "load_model",
+    "check_model_data",
 ]
 
 
@@ -59,6 +61,17 @@ def load_model(path: Path) -> Any:
     from advrobust.models import load_checkpoint
 
     return load_checkpoint(path)
+
+
+def check_model_data(checkpoint: Any, data: Any) -> None:
+    """Refuse a dataset whose inputs do not have the checkpoint's input shape (clear error)."""
+    shape = checkpoint.arch_kwargs.get("input_shape")
+    have = tuple(int(s) for s in data.x.shape[1:])
+    if shape is not None and tuple(int(s) for s in shape) != have:
+        raise InvalidInputError(
+            f"The model takes inputs of shape {tuple(shape)} but the "
+            f"data set {getattr(data, 'name', '')!r} has inputs of shape {have}. Pick the data "
+            "set the model was trained on (see 'advrobust info CKPT').")
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:

@@ -41,6 +41,7 @@ from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
     add_model_arg,
+    check_model_data,
     emit,
     load_data,
     load_model,
@@ -156,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_model(args.model)
     model = checkpoint.model
     data = load_data(args)
+    check_model_data(checkpoint, data)
     with torch.no_grad():
         num_classes = int(model(data.x[:1]).shape[1])
     x, y, skipped = _select(data.x, data.y, args.target, num_classes)
