@@ -137,6 +137,36 @@ def test_sadil_with_the_whole_dataset_as_batch_matches_adil_first_step() -> None
     torch.testing.assert_close(sadil.codes, adil.codes, rtol=1e-5, atol=1e-6)
 
 
+def test_sadil_minibatch_step_is_scaled_by_n_over_batch_size() -> None:
+    # On the data set X twice over (N = 2n), a minibatch holding one copy of X gives the
+    # estimate (N / |B|) grad_D F_B = 2 grad_D F_X = grad_D F_{[X; X]}: SADiL's D step then equals
+    # ADiL's D step on [X; X] (from the same non-zero codes), and its V step uses the new D.
+    from advrobust.attacks.dictionary._learner import LearnState
+
+    model, (x, y) = digits_model(), digits_batch(12)
+    x2, y2 = torch.cat([x, x]), torch.cat([y, y])
+    common = dict(atoms=3, lambda1=0.02, lambda2=0.01, step_size=0.7, loss="margin", kappa=1.0)
+    obj = DictionaryObjective(model, x2, y2, None, kind=AdversarialLoss.MARGIN, kappa=1.0,
+                              lambda1=0.02, lambda2=0.01, project=lambda _a, b: b.clamp(0, 1))
+    gen = torch.Generator().manual_seed(1)
+    atoms0 = project_atoms(torch.randn((64, 3), generator=gen))
+    codes0 = torch.cat([torch.randn((3, 12), generator=gen) * 0.5] * 2, dim=1)
+    full = obj.smooth(atoms0, codes0)
+    y_atoms, _, _ = ADiL(**common).proximal_point(obj, atoms0, codes0, full)  # type: ignore[arg-type]
+    state = LearnState(atoms0.clone(), codes0.clone(), [0.0])
+    batch = torch.arange(12)
+    assert SADiL(batch_size=12, **common).step(obj, state, batch)  # type: ignore[arg-type]
+    torch.testing.assert_close(state.atoms, y_atoms, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(state.atoms, atoms0)  # D did move
+    # V step on the batch: soft-thresholding with the new D; the other codes are untouched
+    grad_v = obj.smooth(y_atoms, codes0[:, :12], batch, grad_atoms=False).grad_codes
+    assert grad_v is not None
+    expected = soft_threshold(codes0[:, :12] - 0.7 * grad_v, 0.7 * 0.02)
+    torch.testing.assert_close(state.codes[:, :12], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state.codes[:, 12:], codes0[:, 12:])
+    assert float(state.atoms.norm(dim=0).max()) <= 1 + 1e-6
+
+
 def test_sadil_runs_over_minibatches_and_keeps_feasible_atoms() -> None:
     norms: list[float] = []
     d, x, _ = _learn(SADiL(atoms=3, epochs=3, batch_size=16, loss="margin", kappa=1.0),
@@ -242,6 +272,22 @@ def test_save_load_round_trip_and_metadata_checks(learned: Dictionary, tmp_path:
     res = DictionaryAttack(dictionary=str(path), steps=2)(digits_model(), x, y, LpBall("l2", 9.))
     assert bool(LpBall("l2", 9.0).contains(x, res.x_adv).all())
     assert plot_atoms(tmp_path / "atoms.png", back).stat().st_size > 0
+
+
+def test_dictionary_from_another_dataset_is_refused_by_the_attack(learned: Dictionary,
+                                                                 tmp_path: Path) -> None:
+    tagged = Dictionary(atoms=learned.atoms, input_shape=learned.input_shape, dataset="digits")
+    path = save_dictionary(tmp_path / "d.npz", tagged)
+    with pytest.raises(InvalidInputError, match="learned on 'digits', not 'mnist'"):
+        DictionaryAttack(dictionary=tagged, dataset="mnist")
+    attack = DictionaryAttack(dictionary=str(path), dataset="mnist", steps=1)
+    x, y = digits_batch(4)
+    with pytest.raises(InvalidInputError, match="learned on 'digits', not 'mnist'"):
+        attack(digits_model(), x, y, LpBall("l2", 1.0))
+    ok = DictionaryAttack(dictionary=str(path), dataset="digits", steps=1)
+    assert ok(digits_model(), x, y, LpBall("l2", 1.0)).x_adv.shape == x.shape
+    with pytest.raises(InvalidParameterError, match="'dataset' parameter"):
+        DictionaryAttack(dictionary=tagged, dataset=3)  # type: ignore[arg-type]
 
 
 def test_dictionary_shape_must_match_the_inputs(learned: Dictionary) -> None:

@@ -12,7 +12,7 @@ import torch
 from advrobust.attacks import load_dictionary
 from advrobust.cli import attack as attack_cli
 from advrobust.cli import dictionary as dictionary_cli
-from advrobust.errors import AdvRobustError, InvalidInputError
+from advrobust.errors import AdvRobustError, InvalidInputError, InvalidParameterError
 from advrobust.models import build_model, save_checkpoint
 from attacks._catalogue import one_thread
 
@@ -69,9 +69,22 @@ def test_learn_plot_and_attack(checkpoint: Path, tmp_path: Path,
 
     attacked = _run(capsys, "attack", "--model", str(checkpoint), "--data", "digits",
                     "--attack", "dictionary", "--norm", "l2", "--eps", "3", "--n", "20",
-                    "--param", f"dictionary={out_file}", "--param", "steps=3")
+                    "--dictionary", str(out_file), "--param", "steps=3")
     assert attacked["attack"] == "dictionary" and attacked["n"] == 20
     assert 0 <= attacked["fooling_rate"] <= 1 and attacked["max_norm"] <= 3 + 1e-5
+    # the file records the dataset it was learned on: another one is refused
+    wrong = _parser().parse_args(["attack", "--model", str(checkpoint), "--data", "digits",
+                                  "--attack", "dictionary", "--eps", "3", "--n", "5",
+                                  "--param", f"dictionary={out_file}",
+                                  "--param", "dataset=mnist"])
+    with pytest.raises(InvalidInputError, match="learned on 'digits', not 'mnist'"):
+        wrong.func(wrong)
+    # --dictionary is the flag of the dictionary attack only; --data sets the dataset checked
+    pgd = _parser().parse_args(["attack", "--model", str(checkpoint), "--data", "digits",
+                                "--attack", "pgd", "--eps", "3", "--n", "5",
+                                "--dictionary", str(out_file)])
+    with pytest.raises(InvalidParameterError, match="--dictionary does not apply to pgd"):
+        pgd.func(pgd)
 
 
 def test_dictionary_from_another_input_shape_is_rejected(checkpoint: Path, tmp_path: Path,

@@ -113,3 +113,15 @@ def test_bad_input(dictionary: Dictionary) -> None:
         DictionaryAdversarialTraining(dictionary=dictionary, augmented_weight=2.0)
     with pytest.raises(InvalidInputError, match=r"shape \(1, 8, 8\)"):
         DictionaryNoiseTraining(dictionary=dictionary).prepare(_model(), (1, 28, 28))
+
+
+@pytest.mark.parametrize("cls", [DictionaryNoiseTraining, DictionaryAdversarialTraining])
+def test_dictionary_from_another_dataset_is_refused(dictionary: Dictionary, tmp_path: Path,
+                                                    cls: type) -> None:
+    path = save_dictionary(tmp_path / "d.npz", dictionary)  # recorded dataset: digits
+    for source in (dictionary, str(path)):
+        with pytest.raises(InvalidInputError, match="learned on 'digits', not 'mnist'"):
+            cls(dictionary=source, dataset="mnist")
+        assert cls(dictionary=source, dataset="digits").dataset == "digits"
+    with pytest.raises(InvalidParameterError, match="'dataset' parameter"):
+        cls(dictionary=dictionary, dataset=1)

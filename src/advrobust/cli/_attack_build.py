@@ -18,7 +18,8 @@ from advrobust.cli._common import load_model
 from advrobust.errors import InvalidParameterError
 
 #: Common flags and the constructor parameter each one sets.
-COMMON_FLAGS = {"steps": "steps", "step_size": "step_size", "restarts": "restarts"}
+COMMON_FLAGS = {"steps": "steps", "step_size": "step_size", "restarts": "restarts",
+                "dictionary": "dictionary"}
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 #: Attacks built from other attacks, with how the command line configures them.
 COMPOSITES = {
@@ -130,10 +131,13 @@ def _common_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _threat_norm(args: argparse.Namespace) -> dict[str, Any]:
-    """``--norm`` as the default of an attack's own ``norm`` parameter (C&W, DeepFool), so that
-    ``--attack cw --norm linf`` runs the linf variant; ``--param norm=...`` still wins."""
-    norm = getattr(args, "norm", None)
-    return {} if norm is None else {"norm": str(norm).lower()}
+    """Defaults taken from the run: ``--norm`` for an attack's own ``norm`` parameter (C&W,
+    DeepFool), so that ``--attack cw --norm linf`` runs the linf variant, and ``--data`` for a
+    ``dataset`` parameter (a dictionary file recorded on another data set is refused);
+    ``--param`` still wins."""
+    norm, data = getattr(args, "norm", None), getattr(args, "data", None)
+    defaults = {} if norm is None else {"norm": str(norm).lower()}
+    return defaults if data is None else {**defaults, "dataset": str(data)}
 
 
 def _construct(name: str, flags: dict[str, Any], params: list[tuple[str, str]],

@@ -65,7 +65,7 @@ def load_model(path: Path) -> Any:
 
 def check_model_data(checkpoint: Any, data: Any) -> None:
     """Refuse a dataset whose inputs do not have the checkpoint's input shape (clear error)."""
-    shape = checkpoint.arch_kwargs.get("input_shape")
+    shape = (getattr(checkpoint, "arch_kwargs", None) or {}).get("input_shape")
     have = tuple(int(s) for s in data.x.shape[1:])
     if shape is not None and tuple(int(s) for s in shape) != have:
         raise InvalidInputError(

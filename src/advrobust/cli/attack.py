@@ -85,6 +85,8 @@ def register(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="iterations (attacks that take it)")
     p.add_argument("--step-size", type=float, default=None, help="step length in the norm")
     p.add_argument("--restarts", type=int, default=None, help="random restarts")
+    p.add_argument("--dictionary", type=Path, default=None, metavar="DICT.npz",
+                   help="dictionary file of 'advrobust dictionary learn' (--attack dictionary)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other constructor parameter of the attack (repeatable); "
                         "MEMBER.NAME=VALUE for an ensemble member")

@@ -2,8 +2,11 @@
 
 ``learn`` fits a dictionary on the first ``--n`` images of a split, reports the fooling rate,
 rMSE and code sparsity on those images and on held-out images of the other split (coded with the
-dictionary fixed), and writes an ``.npz`` file; ``plot`` draws its atoms. The dictionary attacks
-new inputs through ``advrobust attack --attack dictionary --param dictionary=FILE.npz``.
+dictionary fixed), and writes an ``.npz`` file (also when learning stops on a non-finite
+objective: the last finite iterate, with ``status`` "nan"); ``plot`` draws its atoms. The
+dictionary attacks new inputs through ``advrobust attack --attack dictionary --param
+dictionary=FILE.npz [--param dataset=NAME]`` (the file's input shape, and with ``dataset`` its
+recorded dataset, are checked).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ EXAMPLE = """examples:
       --atoms 10 --stochastic --batch-size 128 --epochs 5 --out dict.npz --progress
   advrobust dictionary plot dict.npz --out atoms.png
   advrobust attack --model runs/cnn.pt --data mnist --attack dictionary --norm l2 --eps 10 \\
-      --param dictionary=dict.npz
+      --dictionary dict.npz
 """
 
 
@@ -140,7 +143,7 @@ def _learn(args: argparse.Namespace) -> int:
         "iterations": iterations, "seconds": d.seconds, "seconds_per_iteration":
         d.seconds / iterations, "objective_first": d.history[0], "objective_last": d.history[-1],
         "train": train.summary(), "out": str(args.out), "params": learner.get_params()}
-    x_heldout, heldout = _heldout(args, checkpoint.model, d)
+    held_data, heldout = _heldout(args, checkpoint.model, d)
     if heldout is not None:
         payload["heldout"] = heldout.summary()
     if args.plot is not None:
@@ -150,9 +153,10 @@ def _learn(args: argparse.Namespace) -> int:
     if args.examples is not None:
         from advrobust.attacks.dictionary import plot_dictionary_examples
 
-        xs, shown = (x_heldout, heldout) if heldout is not None else (data.x, train)
+        shown_data, shown = (held_data, heldout) if heldout is not None else (data, train)
         payload["examples"] = str(plot_dictionary_examples(
-            args.examples, xs, shown.x_adv, shown.clean_pred, shown.adv_pred))
+            args.examples, shown_data.x, shown.x_adv, shown.clean_pred, shown.adv_pred,
+            y=shown_data.y))
     emit(args, payload, rows=_rows(payload), title=f"dictionary learn ({d.method})")
     return 0
 
@@ -165,7 +169,7 @@ def _heldout_data(args: argparse.Namespace, n: int) -> Any:
 
 
 def _heldout(args: argparse.Namespace, model: Any, d: Any) -> tuple[Any, Any]:
-    """Held-out images of the other split and the dictionary's report on them (or Nones)."""
+    """Held-out data of the other split and the dictionary's report on them (or Nones)."""
     from advrobust.attacks.dictionary import evaluate_dictionary
     from advrobust.errors import DatasetNotFoundError
 
@@ -175,8 +179,8 @@ def _heldout(args: argparse.Namespace, model: Any, d: Any) -> tuple[Any, Any]:
         data = _heldout_data(args, args.heldout_n)
     except DatasetNotFoundError:
         return None, None
-    return data.x, evaluate_dictionary(model, d, data.x, y=data.y, steps=args.coding_steps,
-                                       step_size=args.step_size)
+    return data, evaluate_dictionary(model, d, data.x, y=data.y, steps=args.coding_steps,
+                                     step_size=args.step_size)
 
 
 def _rows(p: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -39,11 +39,16 @@ from advrobust.training.objective import Objective
 __all__ = ["DictionaryAdversarialTraining", "DictionaryNoiseTraining"]
 
 
-def _as_dictionary(value: object, owner: str) -> Dictionary:
+def _as_dictionary(value: object, owner: str, dataset: str | None) -> Dictionary:
+    if dataset is not None and not isinstance(dataset, str):
+        raise InvalidParameterError(
+            f"The 'dataset' parameter of {owner} must be a dataset name or None. Got "
+            f"{type(dataset).__name__} instead.")
     if isinstance(value, Dictionary):
+        value.check_compatible(dataset=dataset, who=owner)
         return value
     if isinstance(value, (str, Path)):
-        return load_dictionary(value)
+        return load_dictionary(value, dataset=dataset)
     raise InvalidParameterError(
         f"The 'dictionary' parameter of {owner} must be a Dictionary or the path of a dictionary "
         f"file. Got {type(value).__name__} instead.")
@@ -66,13 +71,20 @@ class DictionaryAdversarialTraining(Objective):
         steps: sparse-coding iterations per batch.
         step_size: coding step gamma.
         augmented_weight: weight ``w`` of the adversarial term, in [0, 1].
+        dataset: name of the training data; when given, a dictionary that recorded another
+            dataset is refused.
+
+    Raises:
+        InvalidInputError: the dictionary was learned on another dataset.
     """
 
     def __init__(self, *, dictionary: Dictionary | str | Path, steps: int = 5,
-                 step_size: float = 1.0, augmented_weight: float = 0.5) -> None:
+                 step_size: float = 1.0, augmented_weight: float = 0.5,
+                 dataset: str | None = None) -> None:
         owner = "DictionaryAdversarialTraining"
         self.dictionary = dictionary
-        self._dictionary = _as_dictionary(dictionary, owner)
+        self.dataset = dataset
+        self._dictionary = _as_dictionary(dictionary, owner, dataset)
         self.steps = check_int(steps, "steps", owner, low=1)
         self.step_size = check_float(step_size, "step_size", owner, low=0.0, low_open=True)
         self.augmented_weight = check_float(augmented_weight, "augmented_weight", owner,
@@ -103,16 +115,21 @@ class DictionaryNoiseTraining(Objective):
         scale: the Laplace scale b; None fits it to the dictionary's codes by maximum likelihood.
         augmented_weight: weight ``w`` of the noisy term, in [0, 1].
         seed: seed of the noise (None: drawn once from torch's default generator).
+        dataset: name of the training data; when given, a dictionary that recorded another
+            dataset is refused.
 
     Raises:
-        InvalidInputError: ``scale`` is None and the dictionary holds no (non-zero) codes.
+        InvalidInputError: ``scale`` is None and the dictionary holds no (non-zero) codes, or
+            the dictionary was learned on another dataset.
     """
 
     def __init__(self, *, dictionary: Dictionary | str | Path, scale: float | None = None,
-                 augmented_weight: float = 0.5, seed: int | None = None) -> None:
+                 augmented_weight: float = 0.5, seed: int | None = None,
+                 dataset: str | None = None) -> None:
         owner = "DictionaryNoiseTraining"
         self.dictionary = dictionary
-        self._dictionary = _as_dictionary(dictionary, owner)
+        self.dataset = dataset
+        self._dictionary = _as_dictionary(dictionary, owner, dataset)
         self.scale = None if scale is None else check_float(scale, "scale", owner, low=0.0,
                                                             low_open=True)
         self.augmented_weight = check_float(augmented_weight, "augmented_weight", owner,

@@ -15,9 +15,12 @@ The deck's Algorithm 1 on ``Phi = F + g`` (see :mod:`.objective`), with ``z = (D
 
 Step 3 is the sufficient-decrease test of the VMILA method: S. Bonettini, I. Loris, F. Porta,
 M. Prato and S. Rebegoldi, "On the convergence of a linesearch based proximal-gradient method for
-nonconvex optimization", Inverse Problems 33 (2017) 055005, eq. (17) with ``h`` their
-``h^{(k)}(y^{(k)})``; every limit point is stationary. ``z + lambda d`` stays feasible (a convex
-combination of feasible points), and ``Phi`` decreases strictly at every accepted step.
+nonconvex optimization", Inverse Problems 33 (2017) 055005: the Armijo-like rule of their
+line-search proximal-gradient method (VMILA, introduced by Bonettini, Loris, Porta and Prato,
+SIAM J. Optim. 26 (2016)), with ``h`` their ``h^{(k)}(y^{(k)})`` (the proximal model's decrease,
+exact here since both proximal maps are closed forms); every limit point is stationary.
+``z + lambda d`` stays feasible (a convex combination of feasible points), and ``Phi`` decreases
+strictly at every accepted step.
 D starts from a Gaussian (atoms scaled to unit norm), V at zero.
 """
 

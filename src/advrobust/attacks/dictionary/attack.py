@@ -49,6 +49,8 @@ class DictionaryAttack(Attack):
         kappa: confidence of the margin loss (None: the dictionary's own).
         delta: backtracking factor in ]0, 1[.
         beta: sufficient-decrease constant in ]0, 1[.
+        dataset: name of the data attacked (e.g. ``"mnist"``); when given, a dictionary that
+            recorded another dataset is refused (the input shape is always checked).
 
     ``info["codes"]`` holds the codes (N, M) (``method="sparse"``).
     """
@@ -59,7 +61,7 @@ class DictionaryAttack(Attack):
     def __init__(self, *, dictionary: Dictionary | str | Path, method: str = "sparse",
                  steps: int = 20, step_size: float = 1.0, lambda1: float | None = None,
                  lambda2: float | None = None, loss: str | None = None, kappa: float | None = None,
-                 delta: float = 0.5, beta: float = 1e-4) -> None:
+                 delta: float = 0.5, beta: float = 1e-4, dataset: str | None = None) -> None:
         owner = "DictionaryAttack"
         if not isinstance(dictionary, (Dictionary, str, Path)):
             raise InvalidParameterError(
@@ -78,13 +80,21 @@ class DictionaryAttack(Attack):
                                  high_open=True)
         self.beta = check_float(beta, "beta", owner, low=0.0, high=1.0, low_open=True,
                                 high_open=True)
+        if dataset is not None and not isinstance(dataset, str):
+            raise InvalidParameterError(
+                f"The 'dataset' parameter of {owner} must be a dataset name or None. Got "
+                f"{type(dataset).__name__} instead.")
+        self.dataset = dataset
         self._loaded: Dictionary | None = dictionary if isinstance(dictionary, Dictionary) \
             else None
+        if self._loaded is not None:
+            self._loaded.check_compatible(dataset=dataset, who=owner)
 
     def load(self) -> Dictionary:
         """The dictionary (read from its file on first use)."""
         if self._loaded is None:
-            self._loaded = load_dictionary(self.dictionary)  # type: ignore[arg-type]
+            self._loaded = load_dictionary(self.dictionary,  # type: ignore[arg-type]
+                                           dataset=self.dataset)
         return self._loaded
 
     def objective(self, oracle: Oracle, x: Tensor, y: Tensor, target: Tensor | None,
