@@ -33,6 +33,11 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=0.3,
                         help="fraction of training over which eps ramps up from 0")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    parser.add_argument("--lr-schedule", choices=("step", "cyclic"), default="step",
+                        help="step: one x0.1 drop at 80%% of the epochs; cyclic: 0 -> lr -> 0")
+    parser.add_argument("--step-size", type=float, default=None,
+                        help="PGD / TRADES training step (default 2.5 eps / steps)")
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--n-pgd", type=int, default=1000)
     parser.add_argument("--n-ensemble", type=int, default=200)
@@ -43,18 +48,23 @@ def main() -> None:
     train, test = mnist("train", args.data_dir), mnist("test", args.data_dir)
     if args.n_train:
         train = train.take(args.n_train)
-    params = ({"alpha": args.alpha} if args.defense == "fgsm" else {"steps": args.steps})
+    params = ({"alpha": args.alpha} if args.defense == "fgsm"
+              else {"steps": args.steps, "step_size": args.step_size})
     objective = build_objective(args.defense, eps=args.eps, seed=args.seed, ramp=args.ramp,
                                 **params)
     model = small_cnn(args.seed)
     timer = Timer()
+    step = args.lr_schedule == "step"
     history = fit(model, train, objective=objective, epochs=args.epochs, lr=args.lr,
-                  momentum=0.9, batch_size=100, seed=args.seed,
-                  lr_drop_epochs=[max(1, int(args.epochs * 0.8))], progress=False,
+                  momentum=0.9 if args.optimizer == "sgd" else 0.0, batch_size=100,
+                  seed=args.seed, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+                  lr_drop_epochs=[max(1, int(args.epochs * 0.8))] if step else None,
+                  progress=False,
                   on_epoch_end=lambda e: print(e, flush=True))
     train_seconds = timer()
     RUNS.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), RUNS / f"adversarial_{args.defense}_{args.eps}.pt")
+    torch.save(model.state_dict(), RUNS / (f"adversarial_{args.defense}_{args.eps}_"
+                                           f"{args.optimizer}{args.epochs}.pt"))
     model.eval()
     threat = LpBall("linf", args.eps)
     timer = Timer()
@@ -66,7 +76,8 @@ def main() -> None:
                              n=args.n_ensemble, pgd_steps=40, seed=args.seed)
     write(args.out, {
         "defense": args.defense, "eps": args.eps, "objective": repr(objective),
-        "epochs": args.epochs, "lr": args.lr, "n_train": len(train),
+        "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
+        "lr_schedule": args.lr_schedule, "n_train": len(train),
         "train_seconds": train_seconds, "pgd40_report": pgd, "pgd_seconds": pgd_seconds,
         "ensemble_report": both, "ensemble_seconds": timer(),
         "history": [vars(e) for e in history.epochs],

@@ -30,6 +30,11 @@ def main() -> None:
                         help="final training eps (>= eps helps, as in Gowal et al.)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    parser.add_argument("--lr-schedule", choices=("step", "cyclic"), default="step",
+                        help="step: one x0.1 drop at 80%% of the epochs; cyclic: 0 -> lr -> 0")
+    parser.add_argument("--kappa-end", type=float, default=0.5,
+                        help="final weight of the clean loss")
     parser.add_argument("--n-train", type=int, default=None)
     parser.add_argument("--n-cert", type=int, default=1000)
     parser.add_argument("--warmup", type=float, default=0.05)
@@ -42,15 +47,20 @@ def main() -> None:
         train = train.take(args.n_train)
     model = small_cnn(args.seed)
     objective = build_objective(args.method, eps=args.train_eps, warmup=args.warmup,
-                                ramp=args.ramp)
+                                ramp=args.ramp, kappa_end=args.kappa_end)
     timer = Timer()
+    step = args.lr_schedule == "step"
     history = fit(model, train, objective=objective, epochs=args.epochs, lr=args.lr,
-                  momentum=0.9, batch_size=100, seed=args.seed,
-                  lr_drop_epochs=[max(1, int(args.epochs * 0.8))], progress=False,
+                  momentum=0.9 if args.optimizer == "sgd" else 0.0, batch_size=100,
+                  seed=args.seed, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+                  lr_drop_epochs=[max(1, int(args.epochs * 0.8))] if step else None,
+                  progress=False,
                   on_epoch_end=lambda e: print(e, flush=True))
     train_seconds = timer()
     RUNS.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), RUNS / f"certified_{args.method}_{args.train_eps}.pt")
+    weights = RUNS / (f"certified_{args.method}_{args.train_eps}_{args.optimizer}"
+                      f"{args.epochs}.pt")
+    torch.save(model.state_dict(), weights)
     model.eval().requires_grad_(False)
     with torch.no_grad():
         clean_error = float((model(test.x).argmax(1) != test.y).float().mean())
@@ -65,7 +75,9 @@ def main() -> None:
         crown[part] = CROWN()(model, sub.x[part], sub.y[part], threat).verified
     write(args.out, {
         "method": args.method, "eps": args.eps, "train_eps": args.train_eps,
-        "epochs": args.epochs, "lr": args.lr, "n_train": len(train),
+        "weights": str(weights),
+        "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer,
+        "lr_schedule": args.lr_schedule, "objective": repr(objective), "n_train": len(train),
         "train_seconds": train_seconds, "clean_error_10k": clean_error,
         "n_cert": len(sub), "ibp_certified_error": 1 - float(ibp.float().mean()),
         "crown_ibp_certified_error": 1 - float(cibp.float().mean()),

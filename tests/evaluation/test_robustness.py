@@ -59,3 +59,19 @@ def test_bad_arguments(model: nn.Module, test_data: object) -> None:
         robustness_report(model, test_data, LpBall("linf", 0.05), n=0)
     with pytest.raises(InvalidParameterError, match="'certify' parameter"):
         robustness_report(model, test_data, LpBall("linf", 0.05), certify="yes")  # type: ignore
+
+
+def test_certification_cascade_is_at_least_as_tight_as_crown_and_counts_add_up(
+        model: nn.Module, test_data: object) -> None:
+    from advrobust.relax import CROWN, IBP
+
+    threat = LpBall("linf", 0.03)
+    x, y = test_data.x[:60], test_data.y[:60]  # type: ignore[attr-defined]
+    report = robustness_report(model, (x, y), threat, ensemble=False, pgd_steps=10)
+    crown = CROWN()(model, x, y, threat).verified
+    ibp = IBP()(model, x, y, threat).verified
+    certified = round(report["certified_accuracy"] * 60)
+    assert certified >= int(crown.sum())  # never looser than full CROWN alone
+    assert certified <= round(report["pgd_accuracy"] * 60)  # nor above an attack's bracket
+    assert report["certified_by"]["ibp"] == int(ibp.sum())
+    assert sum(report["certified_by"].values()) == certified

@@ -145,7 +145,43 @@ def test_lr_drop_takes_effect(digits) -> None:
     assert not _same(snapshots[0], _state(build_model("small", (1, 8, 8), seed=0)))
 
 
+def test_cyclic_schedule_follows_its_closed_form_per_batch(digits) -> None:
+    """One full batch per epoch: batch 0 of epoch 0 runs at lr 0, epoch 1 at lr (1-0.5)/0.6."""
+    x, y = digits[0][0][:200], digits[0][1][:200]
+    model = build_model("small", (1, 8, 8), seed=0)
+    start = _state(model)
+    fit(model, (x, y), epochs=1, batch_size=200, lr=0.5, lr_schedule="cyclic", progress=False)
+    assert _same(start, _state(model))  # the rate starts at 0
+    expected = build_model("small", (1, 8, 8), seed=0)
+    loss = torch.nn.functional.cross_entropy(expected(x), y)
+    grads = torch.autograd.grad(loss, list(expected.parameters()))
+    with torch.no_grad():
+        for p, g in zip(expected.parameters(), grads, strict=True):
+            p -= 0.5 * (0.5 / 0.6) * g
+    history = fit(model, (x, y), epochs=2, batch_size=200, lr=0.5, lr_schedule="cyclic",
+                  progress=False)
+    assert history.lr == pytest.approx([0.0, 0.5 * 0.5 / 0.6])
+    for k, v in _state(expected).items():
+        torch.testing.assert_close(_state(model)[k], v, atol=1e-6, rtol=1e-5)
+
+
+def test_adam_learns_and_is_recorded(digits, tmp_path: Path) -> None:
+    train, test = digits
+    model = build_model("mlp2", (1, 8, 8), seed=0)
+    history = fit(model, train, test=test, epochs=3, batch_size=50, lr=3e-3, optimizer="adam",
+                  lr_schedule="cyclic", progress=False, checkpoint_path=tmp_path / "a.pt",
+                  arch="mlp2", arch_kwargs={"input_shape": [1, 8, 8]})
+    assert history.test_accuracy is not None and history.test_accuracy > 0.9
+    meta = load_checkpoint(tmp_path / "a.pt").metadata
+    assert meta["optimizer"] == "adam" and meta["lr_schedule"] == "cyclic"
+
+
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"optimizer": "rmsprop"}, InvalidParameterError, "'optimizer'.*'sgd', 'adam'"),
+    ({"optimizer": "adam", "momentum": 0.9}, InvalidParameterError, "'momentum'.*adam"),
+    ({"lr_schedule": "cosine"}, InvalidParameterError, "'lr_schedule'.*'step', 'cyclic'"),
+    ({"lr_schedule": "cyclic", "lr_drop_epochs": [1], "epochs": 2}, InvalidParameterError,
+     "'lr_drop_epochs'.*cyclic"),
     ({"epochs": 0}, InvalidParameterError, "'epochs'"),
     ({"lr": 0.0}, InvalidParameterError, "'lr'"),
     ({"batch_size": 0}, InvalidParameterError, "'batch_size'"),

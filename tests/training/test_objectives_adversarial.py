@@ -10,6 +10,7 @@ from advrobust.attacks import PGD
 from advrobust.core import LpBall
 from advrobust.errors import InvalidParameterError
 from advrobust.training.adversarial import TRADES, AdversarialPGD, FastFGSM
+from advrobust.training.ramps import EpsSchedule, Ramp
 
 THREAT = LpBall("linf", 0.1)
 
@@ -78,3 +79,26 @@ def test_pgd_training_beats_standard_under_pgd() -> None:
 def test_bad_parameters_raise(make: object) -> None:
     with pytest.raises(InvalidParameterError, match="parameter of"):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda cls: cls(threat=THREAT, schedule=EpsSchedule(end=2 * THREAT.eps)), "at or below"),
+    (lambda cls: cls(threat=THREAT, schedule=EpsSchedule(start=-0.1)), "'start'"),
+    (lambda cls: cls(threat=THREAT, schedule=EpsSchedule(warmup=0.6, ramp=0.6)), "add up"),
+    (lambda cls: cls(threat=THREAT, schedule=Ramp(start=0.0, end=0.1)), "EpsSchedule"),
+])
+@pytest.mark.parametrize("cls", [AdversarialPGD, FastFGSM, TRADES])
+def test_bad_eps_schedules_raise(make: object, match: str, cls: type) -> None:
+    with pytest.raises(InvalidParameterError, match=match):
+        make(cls)  # type: ignore[operator]
+
+
+def test_eps_schedule_ramps_the_attack_radius() -> None:
+    objective = AdversarialPGD(threat=THREAT, steps=3, seed=0,
+                               schedule=EpsSchedule(warmup=0.2, ramp=0.4))
+    model = small_mlp(0)
+    x, y = digits("train").x[:16], digits("train").y[:16]
+    for progress, eps in ((0.1, 0.0), (0.4, THREAT.eps / 2), (0.9, THREAT.eps)):
+        dist = (objective.adversarial_examples(model, x, y, progress) - x).abs().amax()
+        assert float(dist) <= eps + 1e-6
+        assert eps == 0 or float(dist) > 0.9 * eps  # PGD reaches the ramped radius

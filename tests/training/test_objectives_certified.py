@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,10 +113,18 @@ def test_nan_loss_stops_training() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_registry_builds_every_defense() -> None:
+def test_registry_builds_every_defense(tmp_path: Path) -> None:
+    from advrobust.attacks.dictionary import Dictionary, project_atoms, save_dictionary
+
+    atoms = project_atoms(torch.randn((64, 2), generator=torch.Generator().manual_seed(0)))
+    path = save_dictionary(tmp_path / "d.npz", Dictionary(atoms=atoms, input_shape=(1, 8, 8)))
+    special: dict[str, dict[str, object]] = {
+        "standard": {}, "noise": {"sigma": 0.1},
+        "dict-adv": {"dictionary": str(path)},
+        "dict-noise": {"dictionary": str(path), "scale": 0.2}}
     for name in DEFENSES:
-        params = {} if name == "standard" else {"eps": 0.1}
-        objective = build_objective(name, **params, norm=None)
+        params = special.get(name, {"eps": 0.1, "norm": None})
+        objective = build_objective(name, **params)
         assert isinstance(objective, Objective)
         if name != "standard":
             assert getattr(objective, "threat", None) in (None, THREAT) or name.startswith("tv")

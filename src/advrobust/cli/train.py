@@ -1,13 +1,16 @@
-"""``advrobust train``: train a reference architecture and write a checkpoint."""
+"""``advrobust train``: train a reference architecture (optionally with a defense), write a
+checkpoint, and optionally report its robustness bracket."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from pathlib import Path
 from typing import Any
 
 from advrobust.cli._common import add_data_args, add_json_arg, emit
+from advrobust.errors import InvalidParameterError
 
 __all__ = ["register", "run"]
 
@@ -17,7 +20,61 @@ EXAMPLE = """examples:
       --out cnn_mnist.pt                 # course recipe: SGD lr 0.1, batch 100, lr/10 at epoch 6
   advrobust train --model lenet --data cifar10 --data-dir cifar-10-batches-py --momentum 0.9 \\
       --normalize 0.491,0.482,0.447 0.247,0.243,0.262 --out lenet_cifar.pt
+
+defenses (--defense; the checkpoint records the defense and its parameters):
+  advrobust train --model cnn --data mnist --defense pgd --eps 0.3 --attack-steps 10 \\
+      --ramp 0.2 --optimizer adam --lr 5e-3 --lr-schedule cyclic --report 200 --out pgd.pt
+  advrobust train --model cnn --data mnist --defense fgsm --eps 0.3 --alpha 0.375 --ramp 0.3 \\
+      --out fgsm.pt                      # fast FGSM (Wong, Rice & Kolter 2020)
+  advrobust train --model mlp2 --data digits --defense trades --eps 0.1 --beta 6 --out t.pt
+  advrobust train --model mlp2 --data digits --defense tv-lip --eps 0.1 --lam 0.1 --out tv.pt
+  advrobust train --model cnn --data mnist --defense crown-ibp --eps 0.1 --warmup 0.1 \\
+      --ramp 0.5 --report 100 --out cibp.pt  # certified training; report adds CROWN accuracy
+  advrobust train --model cnn --data mnist --defense noise --sigma 0.25 --out smooth.pt
+  advrobust train --model cnn --data mnist --defense dict-adv --dictionary dict.npz --out d.pt
+
+  defense     parameters (other flags are an error)
+  standard    -
+  pgd         --eps --norm --attack-steps --attack-step-size --warmup --ramp
+  fgsm        --eps --norm --alpha --warmup --ramp
+  trades      --eps --norm --beta --attack-steps --attack-step-size --warmup --ramp
+  tv          --eps --norm --fd-step --double-backprop
+  tv-lip      --eps --norm --lam --fd-step --double-backprop
+  ibp         --eps --norm --warmup --ramp --kappa-end
+  crown-ibp   --eps --norm --warmup --ramp --kappa-end
+  noise       --sigma
+  dict-adv    --dictionary --attack-steps --attack-step-size --augmented-weight
+  dict-noise  --dictionary --laplace-scale --augmented-weight
 """
+
+#: ``build_objective`` parameter -> (flag, type, help) of the --defense options.
+_DEFENSE_FLAGS: dict[str, tuple[str, Any, str]] = {
+    "eps": ("--eps", float, "radius of the threat set to train against"),
+    "norm": ("--norm", str, "norm of the threat set: linf, l2 or l1 (default: linf)"),
+    "steps": ("--attack-steps", int, "inner attack steps per batch (pgd, trades: default 10; "
+                                     "dict-adv: sparse-coding steps, default 5)"),
+    "step_size": ("--attack-step-size", float, "inner attack step (default: 2.5 eps / steps; "
+                                               "dict-adv: coding step, default 1)"),
+    "alpha": ("--alpha", float, "fast-FGSM step (default: 1.25 eps)"),
+    "beta": ("--beta", float, "TRADES robustness weight (default: 6)"),
+    "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.1)"),
+    "h": ("--fd-step", float, "finite-difference step of tv / tv-lip (default: 0.01)"),
+    "double_backprop": ("--double-backprop", bool, "tv / tv-lip: exact gradient norm by "
+                                                   "double backpropagation"),
+    "warmup": ("--warmup", float, "fraction of training at eps 0 before the ramp (pgd, fgsm, "
+                                  "trades: default 0; ibp, crown-ibp: 0.1)"),
+    "ramp": ("--ramp", float, "fraction of training over which eps ramps up to --eps (pgd, "
+                              "fgsm, trades: default none; ibp, crown-ibp: 0.5)"),
+    "kappa_end": ("--kappa-end", float, "final weight of the clean loss of ibp / crown-ibp "
+                                        "(default: 0.5)"),
+    "sigma": ("--sigma", float, "noise standard deviation of the noise defense"),
+    "dictionary": ("--dictionary", str, "dictionary file (.npz from 'advrobust dictionary "
+                                        "learn') of dict-adv / dict-noise"),
+    "scale": ("--laplace-scale", float, "Laplace scale of dict-noise (default: fitted to the "
+                                        "dictionary's codes)"),
+    "augmented_weight": ("--augmented-weight", float, "weight of the augmented term of "
+                                                      "dict-adv / dict-noise (default: 0.5)"),
+}
 
 
 def _floats(text: str) -> list[float]:
@@ -35,8 +92,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "train", help="train a reference model and save a checkpoint",
         description="Train one of the reference architectures with SGD on cross-entropy (the "
-                    "course recipe by default), report the test error per epoch, and write a "
-                    "checkpoint with its metadata (dataset, epochs, seed, clean accuracy).",
+                    "course recipe by default) or with a defense (--defense: adversarial, "
+                    "regularised, certified, noise or dictionary training), report the test "
+                    "error per epoch, and write a checkpoint with its metadata (dataset, "
+                    "epochs, seed, defense and its parameters, clean accuracy). --report adds "
+                    "clean / PGD / ensemble / CROWN-certified accuracy side by side.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=MODELS, metavar="ARCH",
                    help=f"architecture: {', '.join(MODELS)}")
@@ -45,7 +105,13 @@ def register(sub: Any) -> None:
                    help="evaluate on only the first N test samples (default: all)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     p.add_argument("--epochs", type=int, default=10, help="passes over the data (default: 10)")
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default: 0.1)")
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="learning rate (default: 0.1; the peak rate with --lr-schedule cyclic)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="sgd (with --momentum) or adam (default: sgd)")
+    p.add_argument("--lr-schedule", choices=("step", "cyclic"), default="step",
+                   help="step: --lr-drop drops; cyclic: 0 -> lr over 40%% of the batches, "
+                        "then back to 0 (default: step)")
     p.add_argument("--batch-size", type=int, default=100, help="batch size (default: 100)")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default: 0)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (default: 0)")
@@ -55,11 +121,90 @@ def register(sub: Any) -> None:
     p.add_argument("--normalize", nargs=2, type=_floats, default=None, metavar=("MEAN", "STD"),
                    help="put a per-channel Normalize layer first, e.g. 0.1307 0.3081 "
                         "(comma-separated for several channels)")
-    p.add_argument("--seed", type=int, default=0, help="weight-init and shuffling seed "
-                                                       "(default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="weight-init, shuffling and defense "
+                                                       "seed (default: 0)")
+    _add_defense_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_json_arg(p)
     p.set_defaults(func=run)
+
+
+def _add_defense_args(p: argparse.ArgumentParser) -> None:
+    from advrobust.training.defenses import DEFENSES
+
+    g = p.add_argument_group("defense", "training objective and its parameters (see the table "
+                                        "below)")
+    g.add_argument("--defense", default="standard", choices=DEFENSES, metavar="NAME",
+                   help=f"training objective: {', '.join(DEFENSES)} (default: standard)")
+    for param, (flag, kind, text) in _DEFENSE_FLAGS.items():
+        if kind is bool:
+            g.add_argument(flag, dest=f"defense_{param}", action="store_const", const=True,
+                           default=None, help=text)
+        else:
+            g.add_argument(flag, dest=f"defense_{param}", type=kind, default=None, help=text,
+                           metavar=flag[2:].upper().replace("-", "_"))
+    r = p.add_argument_group("report", "robustness of the trained model")
+    r.add_argument("--report", type=int, nargs="?", const=200, default=None, metavar="N",
+                   help="after training, report clean, PGD-40, strongest-ensemble and "
+                        "CROWN-certified accuracy side by side on the first N test samples "
+                        "(default N: 200) at --report-eps (gradient masking shows as a gap)")
+    r.add_argument("--report-eps", type=float, default=None,
+                   help="eps of the report (default: --eps; required without it)")
+    r.add_argument("--report-no-ensemble", action="store_true",
+                   help="skip the (slow) strongest ensemble in the report")
+    r.add_argument("--report-no-certify", action="store_true",
+                   help="skip CROWN in the report (slow on large convolutional models)")
+
+
+def _objective(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The objective of ``--defense`` and the parameters given for it (by parameter name)."""
+    from advrobust.training.defenses import build_objective, defense_params
+
+    given = {param: getattr(args, f"defense_{param}") for param in _DEFENSE_FLAGS
+             if getattr(args, f"defense_{param}", None) is not None}
+    accepted = defense_params(args.defense)
+    wrong = [_DEFENSE_FLAGS[param][0] for param in given if param not in accepted]
+    if wrong:
+        takes = [_DEFENSE_FLAGS[q][0] for q in accepted if q in _DEFENSE_FLAGS]
+        raise InvalidParameterError(
+            f"--defense {args.defense} does not take {', '.join(wrong)}; it takes: "
+            f"{', '.join(takes) or 'no parameters'}.")
+    missing = [_DEFENSE_FLAGS[q][0] for q, d in accepted.items()
+               if d is inspect.Parameter.empty and q not in given]
+    if missing:
+        raise InvalidParameterError(
+            f"--defense {args.defense} needs {', '.join(missing)}.")
+    params = dict(given)
+    if "seed" in accepted:
+        params["seed"] = args.seed
+    return build_objective(args.defense, **params), params
+
+
+def _report_threat(args: argparse.Namespace) -> Any:
+    """The threat set of ``--report`` (checked before training), or None without it."""
+    if args.report is None:
+        return None
+    from advrobust.core.threat import LpBall, Norm
+
+    eps = args.report_eps if args.report_eps is not None else args.defense_eps
+    if eps is None:
+        raise InvalidParameterError("--report needs --report-eps (or --eps).")
+    if args.report < 1:
+        raise InvalidParameterError(f"--report N must be >= 1. Got {args.report}.")
+    norm = Norm.parse(args.defense_norm or "linf", owner="advrobust train --norm")
+    return LpBall(norm, eps)
+
+
+def _report(args: argparse.Namespace, threat: Any, model: Any, test: Any) -> Any:
+    """``robustness_report`` of the trained model on ``threat``, or None without one."""
+    if threat is None:
+        return None
+    from advrobust.evaluation.robustness import robustness_report
+
+    model.eval()  # the model is ours (built here); evaluate it as it will be used
+    return robustness_report(model, test, threat, n=min(args.report, len(test.y)),
+                             ensemble=not args.report_no_ensemble,
+                             certify=not args.report_no_certify, seed=args.seed)
 
 
 def _test_data(args: argparse.Namespace) -> Any:
@@ -79,28 +224,56 @@ def run(args: argparse.Namespace) -> int:
     from advrobust.models import build_model
     from advrobust.training import course_schedule, fit
 
+    objective, defense_params = _objective(args)
+    threat = _report_threat(args)
     train, test = load_data(args), _test_data(args)
     kwargs = {"input_shape": list(train.input_shape), "num_classes": train.num_classes,
               "normalize": args.normalize}
     model = build_model(args.model, seed=args.seed, **kwargs)
     drops = course_schedule(args.model, max(args.epochs, 1))["lr_drop_epochs"] \
         if args.lr_drop is None else tuple(args.lr_drop)
+    if args.lr_schedule == "cyclic":
+        if args.lr_drop:
+            raise InvalidParameterError(
+                "--lr-drop cannot be combined with --lr-schedule cyclic.")
+        drops = ()
+    defense = {"name": args.defense, "params": defense_params}
     start = time.perf_counter()
     history = fit(model, train, test=test, epochs=args.epochs, lr=args.lr,
                   batch_size=args.batch_size, momentum=args.momentum,
                   weight_decay=args.weight_decay, lr_drop_epochs=drops, seed=args.seed,
+                  objective=objective, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
                   progress=not args.no_progress and not args.json, checkpoint_path=args.out,
                   arch=args.model, arch_kwargs=kwargs,
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),
-                            "n_test": len(test.y)})
+                            "n_test": len(test.y), "defense": defense})
     seconds = time.perf_counter() - start
+    report = _report(args, threat, model, test)
     payload = {"checkpoint": str(args.out), "arch": args.model, "dataset": args.data,
                "n_train": len(train.y), "n_test": len(test.y), "epochs": args.epochs,
-               "clean_accuracy": history.test_accuracy, "seconds": seconds,
-               "history": history.to_dict()}
+               "defense": defense, "clean_accuracy": history.test_accuracy,
+               "seconds": seconds, "history": history.to_dict(), "report": report}
     rows = [("checkpoint", args.out), ("arch", args.model), ("dataset", args.data),
             ("train / test samples", f"{len(train.y)} / {len(test.y)}"),
-            ("epochs", args.epochs), ("clean test accuracy", history.test_accuracy),
-            ("training time (s)", round(seconds, 1))]
+            ("defense", _describe(defense)), ("epochs", args.epochs),
+            ("clean test accuracy", history.test_accuracy),
+            ("training time (s)", round(seconds, 1))] + _report_rows(report)
     emit(args, payload, rows, title="advrobust train")
     return 0
+
+
+def _describe(defense: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in defense["params"].items())
+    return f"{defense['name']}({params})"
+
+
+def _report_rows(report: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if report is None:
+        return []
+    rows: list[tuple[str, Any]] = [("report", f"{report['n']} test samples, {report['threat']}")]
+    for key in ("clean_accuracy", "pgd_accuracy", "ensemble_accuracy", "certified_accuracy"):
+        value = report[key]
+        rows.append((f"  {key.replace('_', ' ')}", "not run" if value is None else value))
+    rows += [("  note", n) for n in report["notes"]]
+    rows += [("  warning", w) for w in report["warnings"]]
+    return rows

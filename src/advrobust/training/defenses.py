@@ -91,6 +91,28 @@ def _crown_ibp(*, eps: float, norm: str = "linf", warmup: float = 0.1, ramp: flo
                     kappa_schedule=Ramp(start=1.0, end=kappa_end, warmup=warmup, ramp=ramp))
 
 
+def _noise(*, sigma: float, seed: int | None = None) -> Objective:
+    from advrobust.training.noise import NoiseAugmentation
+
+    return NoiseAugmentation(sigma=sigma, seed=seed)
+
+
+def _dict_adv(*, dictionary: str, steps: int = 5, step_size: float = 1.0,
+              augmented_weight: float = 0.5) -> Objective:
+    from advrobust.training.dictionary import DictionaryAdversarialTraining
+
+    return DictionaryAdversarialTraining(dictionary=dictionary, steps=steps,
+                                         step_size=step_size, augmented_weight=augmented_weight)
+
+
+def _dict_noise(*, dictionary: str, scale: float | None = None, augmented_weight: float = 0.5,
+                seed: int | None = None) -> Objective:
+    from advrobust.training.dictionary import DictionaryNoiseTraining
+
+    return DictionaryNoiseTraining(dictionary=dictionary, scale=scale,
+                                   augmented_weight=augmented_weight, seed=seed)
+
+
 _FACTORIES: dict[str, Callable[..., Objective]] = {
     "standard": _standard,
     "pgd": _pgd,
@@ -100,6 +122,9 @@ _FACTORIES: dict[str, Callable[..., Objective]] = {
     "tv-lip": _tv_lip,
     "ibp": _ibp,
     "crown-ibp": _crown_ibp,
+    "noise": _noise,
+    "dict-adv": _dict_adv,
+    "dict-noise": _dict_noise,
 }
 
 #: Names accepted by :func:`build_objective` (and ``advrobust train --defense``).
@@ -127,9 +152,13 @@ def build_objective(name: str, **params: Any) -> Objective:
         name: one of :data:`DEFENSES`: ``standard``, ``pgd`` (Madry et al. 2018), ``fgsm``
             (fast FGSM, Wong et al. 2020), ``trades`` (Zhang et al. 2019), ``tv`` (gradient-norm
             penalty), ``tv-lip`` (gradient-norm plus Lipschitz penalty; Finlay & Oberman),
-            ``ibp`` (Gowal et al. 2018), ``crown-ibp`` (Zhang et al. 2020).
-        **params: the defense's parameters (``eps`` is required by all but ``standard``;
-            ``norm`` defaults to linf). None values are ignored.
+            ``ibp`` (Gowal et al. 2018), ``crown-ibp`` (Zhang et al. 2020), ``noise``
+            (Gaussian noise augmentation, Cohen et al. 2019), ``dict-adv`` / ``dict-noise``
+            (training on a learned adversarial dictionary's perturbations / Laplace noise in
+            its span, issue 7).
+        **params: the defense's parameters (``eps`` is required by the attack, regulariser
+            and certified defenses, ``sigma`` by ``noise``, ``dictionary`` (a ``.npz`` path)
+            by ``dict-*``; ``norm`` defaults to linf). None values are ignored.
 
     Returns:
         The configured objective; ``type(obj).__name__`` and ``obj.get_params()`` describe it
@@ -151,8 +180,7 @@ def build_objective(name: str, **params: Any) -> Objective:
     missing = [n for n, p in accepted.items() if p.default is p.empty and n not in given]
     if missing:
         raise InvalidParameterError(
-            f"The defense {name!r} needs the parameter(s) {', '.join(missing)} "
-            "(e.g. --eps 0.1).")
+            f"The defense {name!r} needs the parameter(s) {', '.join(missing)}.")
     return factory(**given)
 
 
@@ -178,4 +206,6 @@ def _primitive(value: Any) -> Any:
         return {str(k): _primitive(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_primitive(v) for v in value]
-    return value
+    from advrobust.models import to_primitive
+
+    return to_primitive(value)  # numbers, strings, paths; any other object as its repr

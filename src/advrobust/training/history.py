@@ -15,7 +15,8 @@ class EpochStats:
 
     Attributes:
         epoch: 1-based epoch number.
-        lr: Learning rate used during the epoch.
+        lr: Learning rate used during the epoch (with ``lr_schedule="cyclic"``, which
+            changes it every batch: the rate of the epoch's first batch).
         train_loss: Mean objective loss over the epoch's batches.
         train_error: Error rate of the predictions made while training (the last forward pass
             the objective ran on each batch in training mode: the clean batch for ``Standard``,

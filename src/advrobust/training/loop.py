@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core._validation import check_bool, check_choice, check_float, check_int
 from advrobust.core.modes import model_device
 from advrobust.errors import InvalidParameterError, TrainingDivergedError
 from advrobust.training._data import as_tensors, check_model_fits, error_rate
@@ -41,7 +41,8 @@ class _Diverged(Exception):
 def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective | None = None,
         epochs: int = 10, lr: float = 0.1, batch_size: int = 100, momentum: float = 0.0,
         weight_decay: float = 0.0, lr_drop_epochs: tuple[int, ...] | list[int] | None = None,
-        lr_drop_factor: float = 0.1, seed: int = 0, progress: bool = True,
+        lr_drop_factor: float = 0.1, optimizer: str = "sgd", lr_schedule: str = "step",
+        seed: int = 0, progress: bool = True,
         checkpoint_path: str | os.PathLike[str] | None = None, arch: str | None = None,
         arch_kwargs: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
         on_epoch_end: Callable[[EpochStats], None] | None = None) -> History:
@@ -69,6 +70,12 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
         lr_drop_epochs: Epoch counts after which the rate is multiplied by ``lr_drop_factor``
             (``(5,)``: epochs 6 and later use ``lr * lr_drop_factor``).
         lr_drop_factor: Factor of each drop, in (0, 1].
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"`` (Kingma & Ba 2015, default
+            betas; ``momentum`` must then be 0).
+        lr_schedule: ``"step"`` (``lr`` with the drops above) or ``"cyclic"``: the rate rises
+            linearly from 0 to ``lr`` over the first 40% of the batches and falls back to 0
+            at the end, updated every batch (the schedule of fast adversarial training, Wong,
+            Rice & Kolter 2020; ``lr_drop_epochs`` must then be empty).
         seed: Seed of the shuffling.
         progress: Show a tqdm bar per epoch with its loss and errors.
         checkpoint_path: If given, write a checkpoint there after every epoch and on
@@ -92,7 +99,7 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
             epoch), also written to ``checkpoint_path`` if given.
     """
     plan = _Plan.make(epochs, lr, batch_size, momentum, weight_decay, lr_drop_epochs,
-                      lr_drop_factor, seed, progress)
+                      lr_drop_factor, seed, progress, optimizer, lr_schedule)
     objective = _check_objective(objective)
     if not any(p.requires_grad for p in model.parameters()):
         raise InvalidParameterError("fit needs a model with trainable parameters; this one has "
@@ -140,11 +147,24 @@ class _Plan:
     lr_drop_factor: float
     seed: int
     progress: bool
+    optimizer: str = "sgd"
+    lr_schedule: str = "step"
 
     @classmethod
     def make(cls, epochs: int, lr: float, batch_size: int, momentum: float, weight_decay: float,
-             lr_drop_epochs: Any, lr_drop_factor: float, seed: int, progress: bool) -> _Plan:
+             lr_drop_epochs: Any, lr_drop_factor: float, seed: int, progress: bool,
+             optimizer: str = "sgd", lr_schedule: str = "step") -> _Plan:
         epochs = check_int(epochs, "epochs", "fit", low=1)
+        optimizer = check_choice(optimizer, "optimizer", "fit", ("sgd", "adam"))
+        lr_schedule = check_choice(lr_schedule, "lr_schedule", "fit", ("step", "cyclic"))
+        if optimizer == "adam" and momentum != 0:
+            raise InvalidParameterError(
+                "The 'momentum' parameter of fit must be 0 with optimizer='adam' (Adam keeps "
+                f"its own moments). Got {momentum!r} instead.")
+        if lr_schedule == "cyclic" and lr_drop_epochs:
+            raise InvalidParameterError(
+                "The 'lr_drop_epochs' parameter of fit must be empty with "
+                f"lr_schedule='cyclic'. Got {lr_drop_epochs!r} instead.")
         return cls(
             epochs=epochs, lr=check_float(lr, "lr", "fit", low=0, low_open=True),
             batch_size=check_int(batch_size, "batch_size", "fit", low=1),
@@ -154,7 +174,23 @@ class _Plan:
             lr_drop_factor=check_float(lr_drop_factor, "lr_drop_factor", "fit", low=0, high=1,
                                        low_open=True),
             seed=check_int(seed, "seed", "fit", low=0),
-            progress=check_bool(progress, "progress", "fit"))
+            progress=check_bool(progress, "progress", "fit"),
+            optimizer=optimizer, lr_schedule=lr_schedule)
+
+    def rate(self, epoch: int, fraction: float) -> float:
+        """The learning rate at ``epoch`` (0-based) after ``fraction`` of its batches."""
+        if self.lr_schedule == "cyclic":
+            t = (epoch + fraction) / self.epochs
+            return self.lr * (t / 0.4 if t <= 0.4 else max(0.0, (1.0 - t) / 0.6))
+        return lr_at_epoch(epoch, self.lr, self.lr_drop_epochs, self.lr_drop_factor)
+
+    def optimizer_for(self, model: nn.Module) -> torch.optim.Optimizer:
+        """A fresh optimiser over ``model``'s parameters."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.lr,
+                                    weight_decay=self.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
 
     def as_dict(self) -> dict[str, Any]:
         """The hyper-parameters as checkpoint metadata (lists, no ``progress``)."""
@@ -178,15 +214,12 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
          objective: Objective, plan: _Plan, device: torch.device,
          save: Callable[..., None] | None, on_epoch_end: Callable[[EpochStats], None] | None,
          ) -> History:
-    optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum,
-                                weight_decay=plan.weight_decay)
+    optimizer = plan.optimizer_for(model)
     generator = torch.Generator().manual_seed(plan.seed)
     history = History()
     for epoch in range(plan.epochs):
         start = time.perf_counter()
-        rate = lr_at_epoch(epoch, plan.lr, plan.lr_drop_epochs, plan.lr_drop_factor)
-        for group in optimizer.param_groups:
-            group["lr"] = rate
+        rate = plan.rate(epoch, 0.0)
         bar = tqdm(total=-(-len(y) // plan.batch_size), desc=f"epoch {epoch + 1}/{plan.epochs}",
                    unit="batch", disable=not plan.progress, leave=True, dynamic_ncols=True)
         try:
@@ -200,7 +233,8 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
                 f"Training diverged: the loss or the weights became non-finite (loss {div.loss}) "
                 f"at epoch {epoch + 1}, batch {div.batch}. The model holds {div.restored}"
                 + ("" if save is None else ", also written to the checkpoint")
-                + f". Try a smaller learning rate (lr was {rate:g}).") from None
+                + f". Try a smaller learning rate (lr was "
+                f"{optimizer.param_groups[0]['lr']:g}).") from None
         test_err = None if test is None else error_rate(model, *test, device, plan.batch_size)
         stats = EpochStats(epoch + 1, rate, loss, err, test_err, time.perf_counter() - start)
         history.epochs.append(stats)
@@ -233,6 +267,8 @@ def _train_epoch(model: nn.Module, x: Tensor, y: Tensor, objective: Objective,
         for b in range(n_batches):
             idx = order[b * plan.batch_size:(b + 1) * plan.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = plan.rate(epoch, b / n_batches)
             last.reset(len(yb))
             loss = _batch_loss(objective, model, xb, yb, (epoch + b / n_batches) / plan.epochs)
             value = float(loss.detach())
@@ -295,14 +331,14 @@ class _LastOutput:
 
 def _metadata(train: Any, x: Tensor, plan: _Plan, objective: Objective, history: History,
               diverged: bool) -> dict[str, Any]:
-    from advrobust.models import to_primitive
+    from advrobust.training.defenses import describe_objective
 
+    described = describe_objective(objective)
     return {
         **plan.as_dict(), "epochs": len(history), "epochs_planned": plan.epochs,
         "dataset": getattr(train, "name", None), "split": getattr(train, "split", None),
         "n_train": int(x.shape[0]),
-        "objective": {"name": type(objective).__name__,
-                      "params": to_primitive(objective.get_params())},
+        "objective": {"name": described["type"], "params": described["params"]},
         "clean_accuracy": history.test_accuracy, "history": history.to_dict(),
         "diverged": diverged,
     }
