@@ -17,7 +17,8 @@ from advrobust.errors import AdvRobustError
 __all__ = ["build_parser", "main"]
 
 #: Command modules, in the order ``advrobust --help`` lists them.
-COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify", "detect", "dictionary")
+COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify", "evaluate", "detect",
+                              "dictionary")
 
 
 def build_parser() -> argparse.ArgumentParser:

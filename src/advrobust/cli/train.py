@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from advrobust.cli._common import add_data_args, add_json_arg, emit
+from advrobust.cli.evaluate import report_rows
 from advrobust.errors import InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
             ("train / test samples", f"{len(train.y)} / {len(test.y)}"),
             ("defense", _describe(defense)), ("epochs", args.epochs),
             ("clean test accuracy", history.test_accuracy),
-            ("training time (s)", round(seconds, 1))] + _report_rows(report)
+            ("training time (s)", round(seconds, 1))] + report_rows(report)
     emit(args, payload, rows, title="advrobust train")
     return 0
 
@@ -265,15 +266,3 @@ def run(args: argparse.Namespace) -> int:
 def _describe(defense: dict[str, Any]) -> str:
     params = ", ".join(f"{k}={v}" for k, v in defense["params"].items())
     return f"{defense['name']}({params})"
-
-
-def _report_rows(report: dict[str, Any] | None) -> list[tuple[str, Any]]:
-    if report is None:
-        return []
-    rows: list[tuple[str, Any]] = [("report", f"{report['n']} test samples, {report['threat']}")]
-    for key in ("clean_accuracy", "pgd_accuracy", "ensemble_accuracy", "certified_accuracy"):
-        value = report[key]
-        rows.append((f"  {key.replace('_', ' ')}", "not run" if value is None else value))
-    rows += [("  note", n) for n in report["notes"]]
-    rows += [("  warning", w) for w in report["warnings"]]
-    return rows

@@ -13,6 +13,7 @@ from advrobust.evaluation.metrics import (
     robust_accuracy,
     summarize_attack,
 )
+from advrobust.evaluation.robustness import robustness_report
 from advrobust.evaluation.sanity import SanityWarning, sanity_checks
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "predict",
     "rmse",
     "robust_accuracy",
+    "robustness_report",
     "sanity_checks",
     "summarize_attack",
 ]
