@@ -12,6 +12,7 @@ from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
     add_model_arg,
+    check_model_data,
     emit,
     load_data,
     load_model,
@@ -100,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     from advrobust.detection import GradientNormDetector, evaluate_detector
 
     _parse_attacks(args.attacks)
-    model = load_model(args.model).model
+    checkpoint = load_model(args.model)
+    model = checkpoint.model
     data = load_data(args)
+    check_model_data(checkpoint, data)
     detector = GradientNormDetector(fpr=args.fpr).fit(model, _calibration_data(args).x)
     attacks, threats = _build_attacks(args, detector)
     gen = torch.Generator().manual_seed(args.seed)

@@ -127,11 +127,12 @@ def _target(raw: str | None, n: int) -> Any:
 
 def _learn(args: argparse.Namespace) -> int:
     from advrobust.attacks.dictionary import evaluate_dictionary, save_dictionary
-    from advrobust.cli._common import load_model
+    from advrobust.cli._common import check_model_data, load_model
 
     learner = _learner(args)
     checkpoint = load_model(args.model)
     data = load_data(args)
+    check_model_data(checkpoint, data)
     d = learner.fit(checkpoint.model, data.x, data.y, _target(args.target, len(data.y)),
                     torch.Generator().manual_seed(args.seed), dataset=data.name,
                     model_name=str(args.model))
