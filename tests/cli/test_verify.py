@@ -124,6 +124,21 @@ def test_verify_auto_table_and_onnx_agree(digits_model: tuple[Path, nn.Module], 
         assert from_onnx[key] == from_ckpt[key]
 
 
+def test_verify_bab_and_milp_decide_the_same(digits_model: tuple[Path, nn.Module],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = digits_model
+    out = {}
+    for method in ("bab", "milp"):
+        assert _run(["verify", "--model", str(path), "--data", "digits", "--eps", "0.03",
+                     "--method", method, "--n", "12", "--time-limit", "20", "--no-progress",
+                     "--json"]) == 0
+        out[method] = json.loads(capsys.readouterr().out)
+        assert KEYS <= set(out[method]) and out[method]["method"] == method
+    assert out["bab"]["unknown"] == 0 == out["milp"]["unknown"]
+    for key in ("verified", "falsified"):
+        assert out["bab"][key] == out["milp"][key]
+
+
 def _property(x0: np.ndarray, eps: float, label: int) -> str:
     lines = [f"(declare-const X_{i} Real)" for i in range(x0.size)]
     lines += [f"(declare-const Y_{j} Real)" for j in range(10)]
