@@ -4,10 +4,10 @@ the competitions' known answers. Any disagreement with a known sat / unsat is a 
 Run by hand::
 
     python bench/verify_vnncomp.py --root ../shared/data/vnncomp/mnist_fc --network 256x2 \\
-        [--timeout 120] [--limit 60] [--properties vnnlib/prop_2_0.03.vnnlib ...]
+        [--timeout 120] [--limit 60] [--method auto] [--properties vnnlib/prop_2_0.03.vnnlib ...]
 
 ``--timeout`` overrides the instances' own timeouts (120 s for 256x2, 300 s otherwise); it is
-the MILP's limit, CROWN and PGD run before it.
+the exact stages' limit (``auto``: half for BaB, half for the MILP), CROWN and PGD run before.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--method", default="auto", help="verify_property method (auto, bab, milp)")
     parser.add_argument("--properties", nargs="*", default=None,
                         help="only these property paths (as in known_answers.csv)")
     args = parser.parse_args()
@@ -50,6 +51,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = verify_property(net.model, load_vnnlib(args.root / row["property"]),
                                  input_shape=net.input_shape, time_limit=limit,
+                                 method=args.method,
                                  threads=args.threads, generator=torch.Generator().manual_seed(0))
         seconds = time.perf_counter() - t0
         tally[result.status] += 1

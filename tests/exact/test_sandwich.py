@@ -1,7 +1,8 @@
 """The sandwich on tiny random ReLU nets: every bound sits where the theory puts it.
 
 sampled margins >= PGD margin >= MILP value = exact >= LP lower >= CROWN lower, and
-MILP >= IBP lower, with LP and CROWN on the same intermediate bounds.
+MILP >= IBP lower, with LP and CROWN on the same intermediate bounds; for linf also
+MILP >= BaB lower >= CROWN lower.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from tests.exact.conftest import make_mlp
 
 from advrobust.attacks import PGD
 from advrobust.core import LpBall, Spec
-from advrobust.exact import MILP
+from advrobust.exact import MILP, BaB
 from advrobust.relax import CROWN, IBP, LPRelaxation
 
 TOL = 1e-5
@@ -47,3 +48,7 @@ def test_sandwich(seed: int, eps: float, norm: str) -> None:
     assert bool((lp.stats["lp"].to(exact.lower) >= crown.lower - TOL).all())
     assert bool((exact.lower >= ibp.lower - TOL).all())
     assert bool((lp.upper >= exact.lower - TOL).all())
+    if norm == "linf":
+        bab = BaB(early_stop=False, time_limit=10)(model, x, y, threat)
+        assert bool((exact.lower >= bab.lower - TOL).all())
+        assert bool((bab.lower >= crown.lower - TOL).all())

@@ -128,3 +128,22 @@ def test_relu_encoding_lp_and_milp_differ_only_in_integrality() -> None:
     a0, a1 = programs[0].matrix()[0], programs[1].matrix()[0]
     assert (a0 != a1).nnz == 0
     assert programs[1].is_mip and not programs[0].is_mip
+
+
+@pytest.mark.parametrize("batch_a,with_alpha", [(4, False), (1, False), (4, True)])
+def test_relu_backward_is_the_relaxation_applied_by_sign(batch_a: int, with_alpha: bool) -> None:
+    gen = torch.Generator().manual_seed(batch_a + 10 * with_alpha)
+    lo = torch.randn(4, 2, 3, generator=gen, dtype=torch.float64)
+    hi = lo + torch.rand(4, 2, 3, generator=gen, dtype=torch.float64) * 3
+    a = torch.randn(batch_a, 5, 2, 3, generator=gen, dtype=torch.float64)
+    alpha = torch.rand(4, 5, 2, 3, generator=gen, dtype=torch.float64) if with_alpha else None
+    out, const = ReLUOp((2, 3), "relu").backward(a, lo, hi, alpha)
+    rel = ReLUOp.relaxation(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
+    pos, neg = a.clamp(min=0), a.clamp(max=0)
+    torch.testing.assert_close(out, pos * rel.low + neg * rel.up)
+    torch.testing.assert_close(const, (neg * rel.up_b).flatten(2).sum(-1))
+    # and it is a valid lower bound of <a, relu(z)> at points z of the box
+    z = lo + torch.rand(lo.shape, generator=gen, dtype=torch.float64) * (hi - lo)
+    lhs = (a * z.clamp_min(0).unsqueeze(1)).flatten(2).sum(-1)
+    rhs = (out * z.unsqueeze(1)).flatten(2).sum(-1) + const
+    assert bool((lhs >= rhs - 1e-9).all())

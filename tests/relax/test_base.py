@@ -90,3 +90,14 @@ def test_any_spec_matrix_and_targeted_pairs() -> None:
     res = CROWN()(model, x, y, threat, spec=Spec.from_matrix(c, torch.tensor([5.0]), n=3))
     s = model(x).sum(1) + 5
     assert bool((res.lower <= s.unsqueeze(1) + 1e-5).all())
+
+
+def test_a_forward_hook_is_caught_like_a_custom_forward() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    handle = model[1].register_forward_hook(lambda m, i, o: o * 2)
+    try:
+        with pytest.raises(UnsupportedLayerError, match="reproduce"):
+            IBP()(model, torch.rand(2, 4), torch.tensor([0, 1]), LpBall("linf", 0.1))
+    finally:
+        handle.remove()
+    IBP()(model, torch.rand(2, 4), torch.tensor([0, 1]), LpBall("linf", 0.1))

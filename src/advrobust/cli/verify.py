@@ -17,8 +17,9 @@ EXAMPLE = """examples:
   advrobust verify --onnx mnist-net_256x2.onnx --data mnist --eps 0.03 --method auto
   advrobust verify --onnx mnist-net_256x2.onnx --vnnlib prop_0_0.03.vnnlib --time-limit 120
 
-methods: ibp, crown, lp (one relaxation: lower bounds), milp (exact, CROWN first), auto
-(CROWN, then PGD on what is left, then MILP on what is still undecided).
+methods: ibp, crown, lp (one relaxation: lower bounds), milp or bab (exact, CROWN first;
+bab = branch and bound on ReLU splits), auto (CROWN, then PGD on what is left, then BaB and
+the MILP on what is still undecided, half of --time-limit each).
 With --vnnlib the answer follows VNN-COMP: unsat = verified, sat = counterexample found.
 """
 
@@ -49,7 +50,7 @@ def register(sub: Any) -> None:
     p.add_argument("--method", default="auto", choices=METHODS,
                    help="verification method (default: auto)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
-                   help="MILP / LP seconds per sample (default: 60)")
+                   help="exact-method / LP seconds per sample (default: 60)")
     p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="samples per bound / attack call (default: 100)")

@@ -1,7 +1,10 @@
 """Verify a dataset: per-sample verdicts from a relaxation, an attack and the exact MILP.
 
 ``method="auto"`` is the cascade: CROWN on every sample (cheap, batched), PGD on the samples it
-leaves undecided, then the MILP on what is still undecided — the whole robustness bracket
+leaves undecided, then branch and bound on ReLU splits (:class:`~advrobust.exact.BaB`) and the
+MILP on what is still undecided (for linf each exact stage with half of the per-sample time
+limit; for l1 the MILP alone) — the
+whole robustness bracket
 ``certified <= true robust <= not falsified`` in one call. Every verdict comes from
 :func:`~advrobust.core.result.decide_verdicts`: VERIFIED from the best sound lower bound,
 FALSIFIED from a witness that lies in the threat set and whose spec values, recomputed through
@@ -10,6 +13,7 @@ the real model, are negative (a misclassified clean input is its own witness).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
@@ -36,7 +40,7 @@ __all__ = ["METHODS", "PropertyResult", "VerifyReport", "verify_dataset", "verif
 logger = logging.getLogger(__name__)
 
 #: The ``method`` values of :func:`verify_dataset`.
-METHODS = ("auto", "ibp", "crown", "lp", "milp")
+METHODS = ("auto", "ibp", "crown", "lp", "milp", "bab")
 
 
 class _State:
@@ -82,13 +86,14 @@ class _State:
 
 
 def _bounder(method: str, time_limit: float, threads: int) -> Any:
-    from advrobust.exact import MILP
+    from advrobust.exact import MILP, BaB
     from advrobust.relax import CROWN, IBP, LPRelaxation
 
     makers: dict[str, Callable[[], Any]] = {
         "ibp": IBP, "crown": CROWN, "auto": CROWN,
         "lp": lambda: LPRelaxation(threads=threads, time_limit=time_limit),
-        "milp": lambda: MILP(time_limit=time_limit, threads=threads)}
+        "milp": lambda: MILP(time_limit=time_limit, threads=threads),
+        "bab": lambda: BaB(time_limit=time_limit)}
     return makers[method]()
 
 
@@ -118,15 +123,16 @@ def _attack_stage(state: _State, attack: Any, y: Tensor, batch_size: int, progre
     state.mark("pgd")
 
 
-def _milp_stage(state: _State, milp: Any, y: Tensor, progress: bool) -> None:
+def _exact_stage(state: _State, exact: Any, y: Tensor, progress: bool, name: str) -> None:
+    """Run an exact method sample by sample on what is still undecided."""
     todo = state.undecided().nonzero().flatten().to(state.x.device)
-    bar = tqdm(todo.tolist(), desc="milp", disable=not progress, leave=False)
+    bar = tqdm(todo.tolist(), desc=name, disable=not progress, leave=False)
     for i in bar:
         idx = torch.tensor([i], device=state.x.device)
-        _take(state, idx, milp(state.model, state.x[idx], y[idx], state.threat,
-                               state.spec_of(idx)))
+        _take(state, idx, exact(state.model, state.x[idx], y[idx], state.threat,
+                                state.spec_of(idx)))
         bar.set_postfix(verdict=state.verdicts()[i].value)
-    state.mark("milp")
+    state.mark(name)
 
 
 def _check_spec(spec: Spec | None, y: Tensor, clean: Tensor) -> Spec:
@@ -157,11 +163,12 @@ def verify_dataset(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, *,
         x: clean inputs (N, ...) inside the threat's box.
         y: labels (N,) int64.
         threat: the threat set ``S(x)``.
-        method: ``"auto"`` (CROWN, then PGD, then MILP), ``"ibp"``, ``"crown"``, ``"lp"`` (one
-            relaxation) or ``"milp"`` (exact: CROWN on every sample, the MILP on every sample
-            CROWN leaves undecided).
+        method: ``"auto"`` (CROWN, then PGD, then BaB, then MILP), ``"ibp"``, ``"crown"``,
+            ``"lp"`` (one relaxation), ``"milp"`` or ``"bab"`` (exact: CROWN on every sample,
+            then the MILP, resp. branch and bound, on every sample CROWN leaves undecided).
         spec: rows ``C f + d`` that must stay positive (default: the margins ``e_y - e_t``).
-        time_limit: MILP (and LP) seconds per sample.
+        time_limit: exact-method (and LP) seconds per sample; ``auto`` splits it evenly
+            between BaB and the MILP.
         threads: solver threads.
         attack: the attack of the ``auto`` cascade (default ``PGD(steps=50, restarts=2,
             loss="margin")``); any :class:`~advrobust.attacks.Attack`.
@@ -203,21 +210,26 @@ def _stages(method: str, state: _State, y: Tensor, time_limit: float, threads: i
             attack: Any, batch_size: int, progress: bool,
             generator: torch.Generator | None) -> list[tuple[str, Callable[[], None]]]:
     """The (name, run) steps of ``method``."""
-    first = "crown" if method in ("auto", "milp") else method
+    first = "crown" if method in ("auto", "milp", "bab") else method
     bounder = _bounder(first, time_limit, threads)
     stages = [(first, lambda: _relax_stage(state, bounder, y, batch_size, progress, first))]
     if method == "auto":
         atk = attack if attack is not None else _default_attack(state.threat)
         stages.append(("pgd", lambda: _attack_stage(state, atk, y, batch_size, progress,
                                                     generator)))
-    if method not in ("auto", "milp"):
+    if method not in ("auto", "milp", "bab"):
         return stages
     if state.threat.norm is Norm.L2 and method == "auto":
-        warnings.warn("verify_dataset: the MILP handles linf and l1 threats only; the auto "
-                      "cascade stops after the attack for l2.", UserWarning, stacklevel=3)
+        warnings.warn("verify_dataset: BaB and the MILP handle linf and l1 threats only; the "
+                      "auto cascade stops after the attack for l2.", UserWarning, stacklevel=3)
         return stages
-    milp = _bounder("milp", time_limit, threads)
-    stages.append(("milp", lambda: _milp_stage(state, milp, y, progress)))
+    exact = ("bab", "milp") if method == "auto" and state.threat.norm is Norm.LINF \
+        else ("milp",) if method == "auto" else (method,)
+    share = time_limit / len(exact)
+    for name in exact:
+        stages.append((name, functools.partial(_exact_stage, state,
+                                               _bounder(name, share, threads), y, progress,
+                                               name)))
     return stages
 
 

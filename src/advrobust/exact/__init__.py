@@ -1,6 +1,8 @@
-"""Exact verification: the MILP worst-case margin and the minimal adversarial distortion."""
+"""Exact verification: the MILP worst-case margin, branch and bound on ReLU splits, and the
+minimal adversarial distortion."""
 
+from advrobust.exact.bab import BaB
 from advrobust.exact.milp import MILP, lp_tighten_bounds
 from advrobust.exact.minimal import DistortionResult, MinimalDistortion
 
-__all__ = ["MILP", "DistortionResult", "MinimalDistortion", "lp_tighten_bounds"]
+__all__ = ["MILP", "BaB", "DistortionResult", "MinimalDistortion", "lp_tighten_bounds"]

@@ -81,8 +81,12 @@ class ReLUOp(Op):
             ``a'`` (N, K, *shape) and the constant ``c`` (N, K).
         """
         rel = self.relaxation(lo.unsqueeze(1), hi.unsqueeze(1), alpha)
-        pos, neg = a.clamp(min=0), a.clamp(max=0)
-        return pos * rel.low + neg * rel.up, (neg * rel.up_b).flatten(2).sum(-1)
+        neg = a.clamp(max=0)
+        # pos * low + neg * up == a * low + neg * (up - low): fewer passes over (N, K, n)
+        out = torch.addcmul(a * rel.low, neg, rel.up - rel.low)
+        up_b = rel.up_b.flatten(2).transpose(1, 2)  # (N, n, 1): one intercept per neuron
+        const = torch.matmul(neg.flatten(2), up_b).squeeze(-1)
+        return out, const
 
     def encode(self, program: Program, z: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                integer: bool) -> np.ndarray:
