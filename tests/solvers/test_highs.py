@@ -47,3 +47,20 @@ def test_infeasible_and_bad_programs() -> None:
         prog.add_vars(np.ones(1), np.zeros(1))
     with pytest.raises(ValueError, match="width"):
         prog.add_rows(np.ones((1, 2)), x, 0.0, 1.0)
+
+
+def test_solving_prints_nothing_to_stdout() -> None:
+    # HiGHS writes a banner from C++ on the first solver of a process: run a fresh process.
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from advrobust.solvers.highs import HighsSolver\n"
+            "from advrobust.solvers.program import Program\n"
+            "p = Program(); x = p.add_vars(np.zeros(2), np.ones(2))\n"
+            "p.add_rows(np.array([[1.0, 1.0]]), x, 1.0, np.inf)\n"
+            "s = HighsSolver(p).minimize(np.array([1.0, 2.0]))\n"
+            "print('objective', round(s.objective, 6))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "objective 1.0\n"

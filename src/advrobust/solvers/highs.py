@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +34,34 @@ def _import_highspy() -> Any:
         raise SolverUnavailableError(
             "The HiGHS solver is needed for LP / MILP methods: pip install highspy") from err
     return highspy
+
+
+_BANNER_LOCK = threading.Lock()
+_banner_done = False
+
+
+def _new_highs(highspy: Any) -> Any:
+    """A silent ``highspy.Highs()``.
+
+    HiGHS prints its copyright banner to the process's standard output (file descriptor 1, from
+    C++) when the first solver of the process is constructed, before any option can turn output
+    off. A library must not write to the user's stdout, so that one construction runs with fd 1
+    pointed at the null device.
+    """
+    global _banner_done
+    with _BANNER_LOCK:
+        if _banner_done:
+            return highspy.Highs()
+        sys.stdout.flush()
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1)
+            return highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(null)
+            _banner_done = True
 
 
 #: HiGHS options set on every model. On verification MILPs (the ``small`` MNIST network) the
@@ -76,7 +107,7 @@ class HighsSolver:
                  mip_rel_gap: float = 1e-6, mip_abs_gap: float = 1e-6,
                  options: Mapping[str, Any] | None = None) -> None:
         highspy = _import_highspy()
-        self._h = highspy.Highs()
+        self._h = _new_highs(highspy)
         self._h.silent()
         opts = {"time_limit": float(time_limit), "threads": int(threads),
                 "mip_rel_gap": mip_rel_gap, "mip_abs_gap": mip_abs_gap,
