@@ -20,7 +20,6 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist"
 RUNS = REPO / "runs" / "defenses"
-RESULTS = REPO / "bench" / "RESULTS_defenses.md"
 
 
 def small_cnn(seed: int = 0) -> nn.Sequential:

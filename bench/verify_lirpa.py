@@ -1,6 +1,6 @@
 """IBP and CROWN bounds of advrobust against auto_LiRPA's on the same networks (CPU).
 
-auto_LiRPA must live in a side environment, never in the project (see bench/RESULTS_verify.md)::
+auto_LiRPA must live in a side environment, never in the project (see bench/RESULTS.md, issue 4)::
 
     python -m venv --system-site-packages /tmp/peers
     /tmp/peers/bin/pip install --no-deps auto_LiRPA appdirs

@@ -68,7 +68,7 @@ def _new_highs(highspy: Any) -> Any:
 #: sub-MIP heuristics (RINS, RENS, root reduced cost) and presolve cost more time than they saved
 #: in nodes (an earlier measurement: ~0.9 s -> ~0.55 s CPU per row). Re-checked on 2026-11-26 on
 #: one hard row: presolve on 35 s -> 28 s, all heuristics on > 40 s; no setting comes near what
-#: branch and bound on ReLU splits does (bench/RESULTS_verify.md, section b; exact/bab.py).
+#: branch and bound on ReLU splits does (bench/RESULTS.md, issue 4 section (b); exact/bab.py).
 DEFAULT_OPTIONS: dict[str, Any] = {
     "presolve": "off",
     "mip_heuristic_run_rins": False,
