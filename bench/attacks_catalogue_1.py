@@ -3,11 +3,11 @@
 Run by hand (not by pytest). The peers (torchattacks, foolbox, ART) live in a side venv with the
 system site-packages, so one interpreter sees advrobust and them:
 
-    python -m venv --system-site-packages /tmp/peers1
-    /tmp/peers1/bin/pip install --no-deps torchattacks requests adversarial-robustness-toolbox \
+    python -m venv --system-site-packages ../peers
+    ../peers/bin/pip install --no-deps torchattacks requests adversarial-robustness-toolbox \
         foolbox eagerpy gitpython gitdb smmap
-    /tmp/peers1/bin/python bench/attacks_catalogue_1.py --n 500 --attacks deepfool cw
-    /tmp/peers1/bin/python bench/attacks_catalogue_1.py --n 100 --attacks hopskipjump boundary \
+    ../peers/bin/python bench/attacks_catalogue_1.py --n 500 --attacks deepfool cw
+    ../peers/bin/python bench/attacks_catalogue_1.py --n 100 --attacks hopskipjump boundary \
         --libs advrobust foolbox
 
 A peer that is not importable is skipped (its row says so). The MNIST MLP (784-256-256-10,

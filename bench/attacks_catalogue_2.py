@@ -3,9 +3,9 @@
 Run by hand (not by pytest), from the repository root, with a Python that also has torchattacks
 (a side venv, never a project dependency)::
 
-    python -m venv --system-site-packages /tmp/peers2
-    /tmp/peers2/bin/pip install --no-deps torchattacks requests
-    /tmp/peers2/bin/python bench/attacks_catalogue_2.py --part all
+    python -m venv --system-site-packages ../peers
+    ../peers/bin/pip install --no-deps torchattacks requests
+    ../peers/bin/python bench/attacks_catalogue_2.py --part all
 
 Parts: ``apgd`` (our APGD / APGD-T vs torchattacks' on a standard MNIST MLP, linf and l2),
 ``ensemble`` (``strongest`` vs torchattacks' AutoAttack "standard" on a PGD-adversarially trained

@@ -2,11 +2,11 @@
 
 Run by hand (not by pytest). The peers live in a side venv that also sees advrobust:
 
-    python -m venv --system-site-packages /tmp/peers
-    /tmp/peers/bin/pip install --no-deps torchattacks requests adversarial-robustness-toolbox \
+    python -m venv --system-site-packages ../peers
+    ../peers/bin/pip install --no-deps torchattacks requests adversarial-robustness-toolbox \
         foolbox eagerpy gitpython gitdb smmap
-    OMP_NUM_THREADS=1 /tmp/peers/bin/python bench/attacks_catalogue_pgd.py --n 500
-    OMP_NUM_THREADS=1 /tmp/peers/bin/python bench/attacks_catalogue_pgd.py --n 500 \
+    OMP_NUM_THREADS=1 ../peers/bin/python bench/attacks_catalogue_pgd.py --n 500
+    OMP_NUM_THREADS=1 ../peers/bin/python bench/attacks_catalogue_pgd.py --n 500 \
         --attack apgd --steps 100 --loss dlr   # torchattacks and ART (Foolbox has no APGD)
 
 Same model as ``attacks_catalogue_1.py`` (the MNIST MLP 784-256-256-10 cached in

@@ -2,9 +2,9 @@
 
 auto_LiRPA must live in a side environment, never in the project (see bench/RESULTS.md, issue 4)::
 
-    python -m venv --system-site-packages /tmp/peers
-    /tmp/peers/bin/pip install --no-deps auto_LiRPA appdirs
-    /tmp/peers/bin/python bench/verify_lirpa.py --shared ../shared/data --runs runs
+    python -m venv --system-site-packages ../peers
+    ../peers/bin/pip install --no-deps auto_LiRPA appdirs
+    ../peers/bin/python bench/verify_lirpa.py --shared ../shared/data --runs runs
 
 auto_LiRPA 0.3 (the newest release on PyPI) predates numpy 2 and torch 2.13; ``_compat`` below
 restores the three names it imports (``numpy.lib.arraysetops.isin``,

@@ -73,11 +73,11 @@ class Op:
 
     def forward(self, x: Tensor) -> Tensor:
         """The layer's output (N, *out_shape)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """Elementwise output bounds from elementwise input bounds."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement interval()")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}: {self.in_shape} -> {self.out_shape})"
@@ -88,19 +88,19 @@ class AffineOp(Op):
 
     def linear(self, x: Tensor) -> Tensor:
         """``W x`` without the bias."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement linear()")
 
     def bias(self) -> Tensor | None:
         """``b`` shaped like one output (out_shape), or None."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement bias()")
 
     def backward(self, a: Tensor) -> Tensor:
         """``a W``: coefficients (N, K, *out_shape) -> (N, K, *in_shape)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
 
     def abs_linear(self, x: Tensor) -> Tensor:
         """``|W| x`` (used for the radius of interval propagation)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement abs_linear()")
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.linear(x)
@@ -221,7 +221,7 @@ class _ConvLike(AffineOp):
 
     def kernel(self) -> Tensor:
         """The (folded) convolution weight (C_out, C_in / groups, kh, kw)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement kernel()")
 
     def linear(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.kernel(), None, self.stride, self.padding, self.dilation,

@@ -90,7 +90,7 @@ class _Certified(Objective):
 
     def _lower(self, network: Network, x: Tensor, spec: Spec, threat: LpBall,
                progress: float) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement _lower()")
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:
         logits = model(x)

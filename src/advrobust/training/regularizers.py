@@ -92,10 +92,10 @@ class _GradientPenalty(Objective):
     base: Objective | None
 
     def _weight(self) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement _weight()")
 
     def _reduce(self, gnorm: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement _reduce()")
 
     def prepare(self, model: nn.Module, input_shape: Sequence[int]) -> None:
         """Delegate to ``base``."""

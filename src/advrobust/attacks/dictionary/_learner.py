@@ -126,7 +126,7 @@ class DictionaryLearner(Configurable):
 
     def _learn(self, objective: DictionaryObjective, state: LearnState,
                generator: torch.Generator | None, callback: Callback | None) -> LearnState:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not implement _learn()")
 
 
 def _logits(model: nn.Module, x: Tensor, chunk: int = 512) -> Tensor:
