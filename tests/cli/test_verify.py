@@ -16,6 +16,7 @@ from advrobust.cli import verify
 from advrobust.core.spec import margin
 from advrobust.core.threat import LpBall
 from advrobust.data import load_dataset
+from advrobust.errors import InvalidParameterError
 from advrobust.evaluation.verify import verify_dataset
 from advrobust.models import build_model, save_checkpoint
 from advrobust.network.vnnlib import VnnlibError, parse_vnnlib
@@ -181,7 +182,7 @@ def test_verify_vnnlib(digits_model: tuple[Path, nn.Module], tmp_path: Path, eps
 
 def test_verify_errors(digits_model: tuple[Path, nn.Module], tmp_path: Path) -> None:
     path, _ = digits_model
-    with pytest.raises(SystemExit, match="--eps"):
+    with pytest.raises(InvalidParameterError, match="--eps"):  # exit status 2 through main
         _run(["verify", "--model", str(path), "--data", "digits", "--n", "3"])
     bad = tmp_path / "bad.vnnlib"
     bad.write_text("(declare-const X_0 Real)(assert (<= X_0")

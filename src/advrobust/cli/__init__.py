@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from advrobust.errors import AdvRobustError
@@ -45,8 +46,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    formatwarning = warnings.formatwarning
+    # Library warnings read as one line each ("advrobust attack: warning: ..."), without the
+    # file, line number and source line of the library code that raised them.
+    warnings.formatwarning = (  # type: ignore[assignment]
+        lambda message, category, *rest, **kw: f"advrobust {args.command}: warning: {message}\n")
     try:
         return int(args.func(args))
     except AdvRobustError as exc:
         print(f"advrobust {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # A missing or unreadable file named on the command line (ONNX, VNNLIB, dictionary,
+        # perturbation, output folder): one line naming it, exit status 2, not a traceback.
+        message = (f"{exc.strerror}: {exc.filename}" if exc.filename is not None and exc.strerror
+                   else str(exc))
+        print(f"advrobust {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.formatwarning = formatwarning

@@ -171,6 +171,16 @@ def _construct(name: str, flags: dict[str, Any], params: list[tuple[str, str]],
                 f"--param {pname}: {cls.__name__} has no parameter {pname!r}; it takes "
                 f"{{{', '.join(accepted) or 'no parameters'}}}.")
         kwargs[pname] = convert_value(cls, accepted[pname], raw)
+    missing = [p for p, par in accepted.items()
+               if par.default is inspect.Parameter.empty and p not in kwargs]
+    if missing:
+        prefix = "" if flag == "--attack" else f"{name}."
+        hints = []
+        for pname in missing:
+            flags_for = [f for f, q in COMMON_FLAGS.items() if q == pname]
+            via = f"--{flags_for[0].replace('_', '-')} VALUE or " if flags_for else ""
+            hints.append(f"{pname!r} (give {via}--param {prefix}{pname}=VALUE)")
+        raise InvalidParameterError(f"{flag} {name} needs {', '.join(hints)}. Got none.")
     return cls(**kwargs)
 
 

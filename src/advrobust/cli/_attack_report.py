@@ -26,6 +26,8 @@ def describe_params(attack: Any) -> Any:
             value = f"tensor of shape {tuple(value.shape)}"
         elif isinstance(value, Attack):
             value = {"attack": value.cli_name, **describe_params(value)}
+        elif isinstance(value, Path):
+            value = str(value)  # the table shows 'dict.npz', not PosixPath('dict.npz')
         out[key] = value
     return out
 
@@ -123,6 +125,8 @@ def plot_examples(path: Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Ten
                   f"max|d|={float(delta[j].abs().max()):.2g}")
         for i, (img, title) in enumerate(zip(images, titles, strict=True)):
             arr = img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy()
+            if i == 2 and img.shape[0] == 3:  # imshow ignores cmap/vmin/vmax for RGB:
+                arr = 0.5 + arr / (2 * scale)  # map [-scale, scale] to [0, 1] (grey = 0)
             kw = ({"cmap": "seismic", "vmin": -scale, "vmax": scale} if i == 2
                   else {"cmap": "gray", "vmin": 0, "vmax": 1})
             axes[i, j].imshow(arr.clip(0, 1) if (i < 2 and img.shape[0] == 3) else arr, **kw)

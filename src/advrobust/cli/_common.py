@@ -47,6 +47,10 @@ def load_data(args: argparse.Namespace) -> Any:
     if args.n is not None:
         check_int(args.n, "--n", "advrobust " + str(getattr(args, "command", "")), low=1)
     data = load_dataset(args.data, split=args.split, root=args.data_dir)
+    if args.n is not None and args.n > len(data):
+        raise InvalidInputError(
+            f"--n must be at most the {len(data)} samples of the {args.data} {args.split} split. "
+            f"Got {args.n} instead.")
     return data if args.n is None else data.take(args.n)
 
 

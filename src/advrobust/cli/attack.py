@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from advrobust.attacks import UniversalPerturbation
     from advrobust.evaluation import evaluate_attack, predict, summarize_attack
 
+    _check_composite_flags(args)
     attack = build_attack(args.attack, args)
     threat = _threat(args)
     universal = isinstance(attack, UniversalPerturbation)
@@ -192,6 +193,16 @@ def run(args: argparse.Namespace) -> int:
     title = f"{args.attack} on {args.model} ({threat})"
     emit(args, payload, rows=report_rows(payload), title=title)
     return 0
+
+
+def _check_composite_flags(args: argparse.Namespace) -> None:
+    """--members and --source-model configure one attack each; elsewhere they are an error."""
+    if args.attack != "ensemble" and args.members is not None:
+        raise InvalidParameterError(
+            f"--members applies to --attack ensemble only. Got --attack {args.attack}.")
+    if args.attack != "transfer" and args.source_model is not None:
+        raise InvalidParameterError(
+            f"--source-model applies to --attack transfer only. Got --attack {args.attack}.")
 
 
 def _check_universal_flags(args: argparse.Namespace, universal: bool) -> None:

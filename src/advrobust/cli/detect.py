@@ -17,6 +17,7 @@ from advrobust.cli._common import (
     load_data,
     load_model,
 )
+from advrobust.errors import InvalidParameterError
 
 __all__ = ["ATTACKS", "register", "run"]
 
@@ -50,11 +51,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--fit-n", type=int, default=1000,
                         help="clean samples of the other split used for calibration "
                         "(default: 1000)")
-    parser.add_argument("--cw-steps", type=int, default=100, help="Adam steps per constant")
-    parser.add_argument("--cw-search", type=int, default=5, help="binary-search steps of C&W")
+    parser.add_argument("--cw-steps", type=int, default=100,
+                        help="Adam steps per constant (default: 100)")
+    parser.add_argument("--cw-search", type=int, default=5,
+                        help="binary-search steps of C&W (default: 5)")
     parser.add_argument("--evasion-weight", type=float, default=1.0,
                         help="weight of the detector score in evasive-cw (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random starts (default: 0)")
     add_json_arg(parser)
     parser.set_defaults(func=run)
 
@@ -63,8 +67,8 @@ def _parse_attacks(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in ATTACKS]
     if unknown or not names:
-        raise SystemExit(f"advrobust detect: unknown attack(s) {unknown or spec!r}; "
-                         f"choose among {', '.join(ATTACKS)}.")
+        raise InvalidParameterError(f"--attacks must be among {{{', '.join(ATTACKS)}}}. Got "
+                                    f"{', '.join(unknown) if unknown else repr(spec)} instead.")
     return names
 
 
@@ -91,6 +95,8 @@ def _build_attacks(args: argparse.Namespace, detector: Any) -> tuple[dict[str, A
 def _calibration_data(args: argparse.Namespace) -> Any:
     from advrobust.data import load_dataset
 
+    if args.fit_n < 1:
+        raise InvalidParameterError(f"--fit-n must be >= 1. Got {args.fit_n} instead.")
     other = "train" if args.split == "test" else "test"
     data = load_dataset(args.data, split=other, root=args.data_dir)
     return data.take(min(args.fit_n, len(data)))
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args)
     check_model_data(checkpoint, data)
     detector = GradientNormDetector(fpr=args.fpr).fit(model, _calibration_data(args).x)
-    attacks, threats = _build_attacks(args, detector)
+    attacks, threats = _build_attacks(args, detector)  # pgd / fgsm: linf; cw: l2 norms
     gen = torch.Generator().manual_seed(args.seed)
     report = evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen)
     rows: list[tuple[str, Any]] = [("threshold", report.threshold),
@@ -116,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
         rows += [(f"{name}: success rate", r.success_rate),
                  (f"{name}: detection rate", r.detection_rate),
                  (f"{name}: undetected success rate", r.evasion_rate),
-                 (f"{name}: median norm detected", r.median_norm_detected),
-                 (f"{name}: median norm undetected", r.median_norm_undetected)]
+                 (f"{name}: median {threats[name].norm.value} norm detected",
+                  r.median_norm_detected),
+                 (f"{name}: median {threats[name].norm.value} norm undetected",
+                  r.median_norm_undetected)]
     emit(args, report.as_dict(), rows, title="Gradient-norm detector")
     return 0

@@ -214,7 +214,7 @@ def _test_data(args: argparse.Namespace) -> Any:
     test = load_dataset(args.data, split="test", root=args.data_dir)
     if args.test_n is not None:
         if args.test_n < 1:
-            raise SystemExit(f"--test-n must be >= 1. Got {args.test_n}.")
+            raise InvalidParameterError(f"--test-n must be >= 1. Got {args.test_n}.")
         test = test.take(args.test_n)
     return test
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from advrobust.cli._common import add_data_args, add_json_arg, emit, load_data, load_model
+from advrobust.errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["register", "run"]
 
@@ -78,8 +79,10 @@ def _fit_shape(x: Any, shape: tuple[int, ...] | None) -> Any:
     if shape is None or tuple(x.shape[1:]) == shape:
         return x
     if math.prod(shape) != x[0].numel():
-        raise SystemExit(f"advrobust verify: the network takes inputs of shape {shape} "
-                         f"({math.prod(shape)} values) but the data has {tuple(x.shape[1:])}.")
+        raise InvalidInputError(f"The network takes inputs of shape {shape} "
+                                f"({math.prod(shape)} values) but the data has "
+                                f"{tuple(x.shape[1:])}. Pick the data set the network was made "
+                                "for.")
     return x.reshape(x.shape[0], *shape)
 
 
@@ -90,7 +93,7 @@ def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | 
     from advrobust.evaluation.verify import verify_dataset
 
     if args.eps is None:
-        raise SystemExit("advrobust verify: --eps is required (or give --vnnlib).")
+        raise InvalidParameterError("--eps is required (or give --vnnlib). Got none.")
     data = load_data(args)
     x = _fit_shape(data.x, shape)
     report = verify_dataset(model, x, data.y, LpBall(args.norm, args.eps), method=args.method,
@@ -131,6 +134,9 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
 
 def run(args: argparse.Namespace) -> int:
     """Verify a dataset (counts and certified accuracy) or one VNNLIB property."""
+    if args.vnnlib is None and args.counterexample is not None:
+        raise InvalidParameterError("--counterexample applies to --vnnlib only (a dataset run "
+                                    "has no single counterexample to write). Got no --vnnlib.")
     model, shape = _network(args)
     if args.vnnlib is not None:
         return _run_property(args, model, shape)
