@@ -96,3 +96,20 @@ def test_bad_threats_and_parameters_raise() -> None:
         BaB(batch_size=0)
     with pytest.raises(InvalidParameterError, match="'time_limit' parameter of BaB"):
         BaB(time_limit=-1.0)
+
+
+def test_batch_is_sized_to_the_time_left() -> None:
+    # On large networks one batched step of batch_size domains can outlast the time limit:
+    # the search splits only as many parents as the measured cost per domain affords.
+    import time
+    from types import SimpleNamespace
+
+    from advrobust.exact.bab import _RowSearch
+
+    stub = SimpleNamespace(batch_size=256, seconds_per_domain=0.0)
+    now = time.perf_counter()
+    assert _RowSearch._affordable(stub, now + 100) == 256  # nothing measured yet
+    stub.seconds_per_domain = 0.5  # two children per parent: 1 s per parent
+    assert 8 <= _RowSearch._affordable(stub, now + 10) <= 10
+    assert _RowSearch._affordable(stub, now + 0.4) == 0  # not even one split fits
+    assert _RowSearch._affordable(stub, now - 1) == 0

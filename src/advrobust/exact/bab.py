@@ -90,13 +90,19 @@ class _RowSearch:
     """Branch and bound on one spec row ``c . f(x) + d`` of one sample."""
 
     def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: float,
-                 batch_size: int, max_domains: int, max_leaves: int) -> None:
+                 batch_size: int, max_domains: int, max_leaves: int,
+                 root_bounds: LayerBounds) -> None:
         self.net, self.x0, self.threat = network, x0, threat
         self.c, self.d = c.reshape(1, 1, -1).to(x0.dtype), d
         self.batch_size, self.max_domains = batch_size, max_domains
         self.max_leaves = max_leaves
         self.relus = network.relu_indices
+        self.root_bounds = root_bounds
         self.row = _Row()
+        # Seconds to bound one sub-domain, measured as the search goes: on large (convolutional)
+        # networks one batched step of ``batch_size`` domains can take longer than the whole
+        # time limit, so the batch is sized to what the time left affords.
+        self.seconds_per_domain = 0.0
 
     # ------------------------------------------------------------------ bounding
     def layer_bounds(self, lo: dict[int, Tensor], hi: dict[int, Tensor]) -> LayerBounds:
@@ -203,9 +209,11 @@ class _RowSearch:
     # ------------------------------------------------------------------ the search
     def run(self, deadline: float, stop_on_counterexample: bool) -> tuple[float, _Row]:
         """Search until decided or ``deadline``; return a sound lower bound and the state."""
-        root_bounds = crown_layer_bounds(self.net, self.x0, self.threat)
+        root_bounds = self.root_bounds
+        start = time.perf_counter()
         open_ = self.bound({i: root_bounds[i][0] for i in self.relus},
                            {i: root_bounds[i][1] for i in self.relus})
+        self.seconds_per_domain = time.perf_counter() - start
         self.row.domains = 1
         while True:
             open_ = self._close(open_)
@@ -216,7 +224,7 @@ class _RowSearch:
                 self.row.status = ("verified" if self.row.closed > _CLOSE
                                    else "at tolerance")
                 break
-            if time.perf_counter() >= deadline:
+            if self._affordable(deadline) < 1:
                 self.row.status = "time_limit"
                 break
             if len(open_) > self.max_domains:
@@ -255,6 +263,15 @@ class _RowSearch:
             self.row.closed = min(self.row.closed, float(dom.lower[done].min()))
         return dom.take((~done).nonzero().flatten())
 
+    def _affordable(self, deadline: float) -> int:
+        """How many parents can still be split (two children each) before ``deadline``."""
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return 0
+        if self.seconds_per_domain <= 0:
+            return self.batch_size
+        return min(self.batch_size, int(left / (2 * self.seconds_per_domain)))
+
     def _step(self, open_: _Domains, deadline: float) -> _Domains:
         leaf = open_.score.amax(1) <= 0
         if bool(leaf.any()):
@@ -269,9 +286,12 @@ class _RowSearch:
                 solved[k] = True
             return open_.take((~solved).nonzero().flatten())
         order = open_.lower.argsort()
-        pick, rest = order[:self.batch_size], order[self.batch_size:]
+        count = max(1, min(self.batch_size, self._affordable(deadline)))
+        pick, rest = order[:count], order[count:]
         parents = open_.take(pick)
+        start = time.perf_counter()
         children = self.bound(*self.split(parents))
+        self.seconds_per_domain = (time.perf_counter() - start) / len(children)
         children.lower = torch.maximum(children.lower, parents.lower.repeat(2))
         self.row.domains += len(children)
         return children.cat(open_.take(rest))
@@ -312,18 +332,21 @@ class BaB(Bounder):
                 f"BaB supports the norm 'linf' only. Got {threat.norm.value!r} instead; use "
                 "MILP for l1 and CROWN for l2.")
         with torch.no_grad():
-            crown = crown_lower(network, x, threat, spec.C, spec.d)
+            # one CROWN pass: its intermediate bounds are also every row's root domain
+            layers = crown_layer_bounds(network, x, threat)
+            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=layers)
             clean = spec.apply(network.forward(x))
             lower = crown.clone()
             cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
             samples = []
             for s in range(x.shape[0]):
+                root = [(lo[s:s + 1], hi[s:s + 1]) for lo, hi in layers]
                 samples.append(self._sample(network, x[s:s + 1], threat, spec, s, crown[s],
-                                            clean[s], lower, cand))
+                                            clean[s], lower, cand, root))
         return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples})
 
     def _sample(self, network: Network, x0: Tensor, threat: LpBall, spec: Spec, s: int,
-                crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor
+                crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: LayerBounds
                 ) -> list[dict[str, Any]]:
         deadline = time.perf_counter() + self.time_limit
         rows: list[dict[str, Any]] = []
@@ -337,7 +360,7 @@ class BaB(Bounder):
                 continue
             start = time.perf_counter()
             search = _RowSearch(network, x0, threat, spec.C[s, j], float(spec.d[s, j]),
-                                self.batch_size, self.max_domains, self.max_leaves)
+                                self.batch_size, self.max_domains, self.max_leaves, root)
             value, row = search.run(deadline, stop_on_counterexample=True)
             lower[s, j] = max(float(lower[s, j]), value)
             if row.best_point is not None:
