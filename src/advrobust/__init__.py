@@ -20,6 +20,7 @@ from advrobust.errors import (
     InvalidInputError,
     InvalidParameterError,
     InvalidThreatModelError,
+    MissingFileError,
     SolverUnavailableError,
     UnsupportedLayerError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidParameterError",
     "InvalidThreatModelError",
     "LpBall",
+    "MissingFileError",
     "Norm",
     "SolverUnavailableError",
     "Spec",

@@ -53,6 +53,10 @@ class DatasetNotFoundError(AdvRobustError, FileNotFoundError):
     """The files of a dataset were not found where they were looked for."""
 
 
+class MissingFileError(AdvRobustError, FileNotFoundError):
+    """A file the caller named (network, property, dictionary, perturbation) does not exist."""
+
+
 class DataFormatError(AdvRobustError, ValueError):
     """A dataset file exists but its content is malformed (bad magic, truncated, ...)."""
 

@@ -130,3 +130,17 @@ def test_mnist_fc_properties_match_their_index(shared_data: Path) -> None:
         assert abs(ball.eps - float(row["eps"])) < 1e-6
         assert (x0[0].double() - image).abs().max() < 1e-6
         assert bool(prop.contains(image.unsqueeze(0)))
+
+
+def test_missing_files_are_advrobust_errors(tmp_path: Path) -> None:
+    from advrobust import AdvRobustError
+    from advrobust.attacks import load_dictionary, load_universal
+    from advrobust.network.onnx import load_onnx
+    from advrobust.network.vnnlib import load_vnnlib
+
+    pytest.importorskip("onnx")
+    for load in (load_vnnlib, load_onnx, load_dictionary, load_universal):
+        with pytest.raises(AdvRobustError, match="nope"):
+            load(tmp_path / "nope.file")
+        with pytest.raises(FileNotFoundError):  # still the built-in for callers catching it
+            load(tmp_path / "nope.file")

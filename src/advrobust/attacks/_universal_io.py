@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from advrobust.attacks.universal import UniversalPerturbation, UniversalResult, fooling_rate
 from advrobust.core.threat import LpBall, Norm
-from advrobust.errors import DataFormatError
+from advrobust.errors import DataFormatError, MissingFileError
 
 __all__ = ["load_universal", "plot_universal", "run_universal", "save_universal"]
 
@@ -41,12 +41,12 @@ def load_universal(path: str | Path) -> UniversalResult:
     """Read a file written by :func:`save_universal`.
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingFileError: no such file (a FileNotFoundError).
         DataFormatError: the file is not a universal-perturbation npz (missing keys, bad shape).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No universal perturbation file at {path}.")
+        raise MissingFileError(f"No universal perturbation file at {path}.")
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["format"]) != _FORMAT:

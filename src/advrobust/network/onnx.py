@@ -21,7 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advrobust.errors import DataFormatError, SolverUnavailableError, UnsupportedLayerError
+from advrobust.errors import (
+    DataFormatError,
+    MissingFileError,
+    SolverUnavailableError,
+    UnsupportedLayerError,
+)
 from advrobust.network import _onnx_ops as ops
 
 __all__ = ["OnnxNetwork", "import_onnx", "load_onnx"]
@@ -67,7 +72,7 @@ def _read_model(path: Path) -> Any:
     """Load and check the file without following external-data references."""
     onnx = _import_onnx_package()
     if not path.is_file():
-        raise FileNotFoundError(f"ONNX file not found: {path}")
+        raise MissingFileError(f"ONNX file not found: {path}")
     try:
         proto = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(proto)
@@ -120,7 +125,7 @@ def import_onnx(path: str | Path) -> OnnxNetwork:
 
     Raises:
         SolverUnavailableError: the ``onnx`` package is not installed.
-        FileNotFoundError: no such file.
+        MissingFileError: no such file (a FileNotFoundError).
         DataFormatError: the file is not a valid ONNX model.
         UnsupportedLayerError: an op (named with its node) or a graph structure (several
             inputs, branches) that has no equivalent among the supported layers.

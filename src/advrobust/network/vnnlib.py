@@ -20,6 +20,7 @@ from torch import Tensor
 
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
+from advrobust.errors import MissingFileError
 from advrobust.network._smtlib import Expr, VnnlibError, linear, parse_sexprs, show, variable
 
 __all__ = ["OutputPolytope", "VnnProperty", "VnnlibError", "format_counterexample", "load_vnnlib",
@@ -254,12 +255,12 @@ def load_vnnlib(path: str | Path) -> VnnProperty:
     """Read a ``.vnnlib`` file; see :func:`parse_vnnlib`.
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingFileError: no such file (a FileNotFoundError).
         VnnlibError: malformed or unsupported content (the message names the file).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"VNNLIB file not found: {path}")
+        raise MissingFileError(f"VNNLIB file not found: {path}")
     try:
         return parse_vnnlib(path.read_text())
     except VnnlibError as exc:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from advrobust.attacks.dictionary._prox import fit_laplace_scale
-from advrobust.errors import DataFormatError, InvalidInputError
+from advrobust.errors import DataFormatError, InvalidInputError, MissingFileError
 
 __all__ = ["Dictionary", "load_dictionary", "save_dictionary"]
 
@@ -152,13 +152,13 @@ def load_dictionary(path: str | Path, *, input_shape: tuple[int, ...] | None = N
         dataset: if given, the dataset name it must have been learned on (when it recorded one).
 
     Raises:
-        FileNotFoundError: no such file.
+        MissingFileError: no such file (a FileNotFoundError).
         DataFormatError: not a dictionary file (wrong format tag, missing keys, bad shapes).
         InvalidInputError: learned for another input shape or dataset.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No dictionary file at {path}.")
+        raise MissingFileError(f"No dictionary file at {path}.")
     try:
         with np.load(path, allow_pickle=False) as data:
             if "format" not in data or str(data["format"]) != _FORMAT:
