@@ -10,6 +10,7 @@ import pytest
 from torch import nn
 
 from advrobust.cli import detect
+from advrobust.errors import InvalidParameterError
 from advrobust.models import save_checkpoint
 
 
@@ -44,5 +45,5 @@ def test_detect_table_and_unknown_attack(checkpoint: Path,
     assert detect.run(args) == 0
     assert "fgsm: detection rate" in capsys.readouterr().out
     bad = _parse(["detect", "--model", str(checkpoint), "--attacks", "pgd,deepfool"])
-    with pytest.raises(SystemExit, match="deepfool"):
+    with pytest.raises(InvalidParameterError, match="--attacks must be among .* Got deepfool"):
         detect.run(bad)
