@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -63,5 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    else str(exc))
         print(f"advrobust {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (``advrobust info CKPT --json | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     finally:
         warnings.formatwarning = formatwarning

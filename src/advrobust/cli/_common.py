@@ -91,8 +91,10 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if torch.is_tensor(value):
         return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        # 10 significant digits: float32 noise (0.8999999761581421) reads as what it is (0.9)
+        # while bounds near the verification tolerance keep their digits.
+        return float(f"{value:.10g}") if math.isfinite(value) else None
     if isinstance(getattr(value, "value", None), str):
         return value.value  # enums
     if isinstance(value, Path):

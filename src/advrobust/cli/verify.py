@@ -127,7 +127,7 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
     payload = {"result": result.status, "property": str(args.vnnlib), "method": args.method,
                "lower_bound": float(report.margin_lower[0]),
                "upper_bound": float(report.margin_upper[0]),
-               "decided_by": report.decided_by[0], "seconds": report.seconds}
+               "decided_by": report.decided_by[0] or None, "seconds": report.seconds}
     emit(args, payload, list(payload.items()), title="advrobust verify (VNNLIB)")
     return 0
 
