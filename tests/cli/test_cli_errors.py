@@ -165,3 +165,13 @@ def test_detect_fit_n_and_norm_labels(checkpoint: Path,
                  "--cw-search", "1"]) == 0
     out = capsys.readouterr().out  # pgd / fgsm distortions are linf, C&W's l2: say which
     assert "fgsm: median linf norm detected" in out and "cw: median l2 norm" in out
+
+
+def test_json_numbers_carry_no_float32_noise() -> None:
+    import torch
+
+    from advrobust.cli._common import _jsonable
+
+    acc = float(torch.tensor(0.9, dtype=torch.float32))  # 0.8999999761581421
+    assert _jsonable({"a": acc, "b": [float("nan"), 1.2345678912e-5]}) == {
+        "a": 0.9, "b": [None, 1.234567891e-05]}
