@@ -174,4 +174,4 @@ def test_json_numbers_carry_no_float32_noise() -> None:
 
     acc = float(torch.tensor(0.9, dtype=torch.float32))  # 0.8999999761581421
     assert _jsonable({"a": acc, "b": [float("nan"), 1.2345678912e-5]}) == {
-        "a": 0.9, "b": [None, 1.234567891e-05]}
+        "a": 0.9, "b": [None, 1.234568e-05]}

@@ -92,9 +92,9 @@ def _jsonable(value: Any) -> Any:
     if torch.is_tensor(value):
         return _jsonable(value.tolist())
     if isinstance(value, float):
-        # 10 significant digits: float32 noise (0.8999999761581421) reads as what it is (0.9)
-        # while bounds near the verification tolerance keep their digits.
-        return float(f"{value:.10g}") if math.isfinite(value) else None
+        # 7 significant digits (float32 precision): noise such as 0.8999999761581421 reads as
+        # what it is (0.9), and small bounds keep their relative precision.
+        return float(f"{value:.7g}") if math.isfinite(value) else None
     if isinstance(getattr(value, "value", None), str):
         return value.value  # enums
     if isinstance(value, Path):
