@@ -191,3 +191,20 @@ def test_mnist_fc_known_answers(shared_data: Path) -> None:
                                  input_shape=net.input_shape, time_limit=5.0)
         assert result.status in (truth[name], "unknown")
         assert result.status != "unknown", f"{name}: CROWN / PGD should decide it"
+
+
+def test_exact_stages_skipped_when_one_bound_pass_exceeds_their_limit() -> None:
+    # With a limit far below the cost of one CROWN pass, BaB and the MILP could only overrun
+    # it: they are skipped with a warning and what CROWN and PGD left stays UNKNOWN.
+    net = _net(3, d=6, h=16)
+    x = torch.rand(12, 6, generator=torch.Generator().manual_seed(0))
+    y = net(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    with pytest.warns(UserWarning, match="skipped on .* one bound pass takes"):
+        report = verify_dataset(net, x, y, threat, method="auto", time_limit=1e-9,
+                                progress=False)
+    assert report.stage_seconds["bab"] < 0.05 and report.stage_seconds["milp"] < 0.05
+    assert report.unknown > 0  # a radius this large leaves samples CROWN / PGD cannot decide
+    assert not {"bab", "milp"} & set(report.decided_by)
+    full = verify_dataset(net, x, y, threat, method="auto", time_limit=30, progress=False)
+    assert full.unknown == 0 and {"bab", "milp"} & set(full.decided_by)
