@@ -175,3 +175,28 @@ def test_json_numbers_carry_no_float32_noise() -> None:
     acc = float(torch.tensor(0.9, dtype=torch.float32))  # 0.8999999761581421
     assert _jsonable({"a": acc, "b": [float("nan"), 1.2345678912e-5]}) == {
         "a": 0.9, "b": [None, 1.234568e-05]}
+
+
+def test_plot_shows_changed_predictions_first(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from advrobust.cli import _attack_report
+
+    shown: list[int] = []
+    real = _attack_report.plot_examples
+
+    def spy_title(self: object, title: str, **kw: object) -> None:
+        if title.startswith("y="):
+            shown.append(int(title.split()[0][2:]))
+
+    import matplotlib.axes
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", spy_title)
+    x = torch.rand(10, 1, 4, 4)
+    y = torch.arange(10)
+    clean = y.clone()
+    adv = y.clone()
+    adv[[7, 9]] = 0  # only samples 7 and 9 were broken
+    real(tmp_path / "p.png", x, x.clone(), y, clean, adv, columns=4)
+    assert shown == [7, 9, 0, 1]

@@ -109,12 +109,19 @@ def save_examples(path: Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Ten
 
 def plot_examples(path: Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
                   clean_pred: torch.Tensor, adv_pred: torch.Tensor, columns: int = 8) -> None:
-    """Grid: originals (top), adversarials (middle), perturbations (bottom), with predictions."""
+    """Grid: originals (top), adversarials (middle), perturbations (bottom), with predictions.
+
+    Samples whose prediction the attack changed come first (in their order), so the grid shows
+    what the attack did rather than the first inputs it may have failed on.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    changed = adv_pred != clean_pred
+    order = torch.cat([changed.nonzero().flatten(), (~changed).nonzero().flatten()])
+    x, x_adv, y, clean_pred, adv_pred = (t[order] for t in (x, x_adv, y, clean_pred, adv_pred))
     k = min(columns, x.shape[0])
     fig, axes = plt.subplots(3, k, figsize=(1.6 * k, 5.2), squeeze=False)
     delta = x_adv - x
