@@ -52,8 +52,14 @@ def _new_highs(highspy: Any) -> Any:
     with _BANNER_LOCK:
         if _banner_done:
             return highspy.Highs()
-        sys.stdout.flush()
-        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        try:
+            saved = os.dup(1)
+        except OSError:  # no standard output at all: nothing to protect
+            _banner_done = True
+            return highspy.Highs()
+        null = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(null, 1)
             return highspy.Highs()
