@@ -4,6 +4,7 @@ method agrees with the others, and the auto cascade decides tiny networks comple
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,9 @@ def test_exact_stages_skipped_when_one_bound_pass_exceeds_their_limit() -> None:
     assert not {"bab", "milp"} & set(report.decided_by)
     full = verify_dataset(net, x, y, threat, method="auto", time_limit=30, progress=False)
     assert full.unknown == 0 and {"bab", "milp"} & set(full.decided_by)
+    # an exact method asked for by name runs whatever the bound pass costs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        named = verify_dataset(net, x, y, threat, method="milp", time_limit=1e-9,
+                               progress=False)
+    assert named.stage_seconds["milp"] > report.stage_seconds["milp"]

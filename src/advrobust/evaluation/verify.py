@@ -3,8 +3,7 @@
 ``method="auto"`` is the cascade: CROWN on every sample (cheap, batched), PGD on the samples it
 leaves undecided, then branch and bound on ReLU splits (:class:`~advrobust.exact.BaB`) and the
 MILP on what is still undecided (for linf each exact stage with half of the per-sample time
-limit; for l1 the MILP alone) — the
-whole robustness bracket
+limit; for l1 the MILP alone) — the whole robustness bracket
 ``certified <= true robust <= not falsified`` in one call. Every verdict comes from
 :func:`~advrobust.core.result.decide_verdicts`: VERIFIED from the best sound lower bound,
 FALSIFIED from a witness that lies in the threat set and whose spec values, recomputed through
@@ -126,15 +125,17 @@ def _attack_stage(state: _State, attack: Any, y: Tensor, batch_size: int, progre
     state.mark("pgd")
 
 
-def _exact_stage(state: _State, exact: Any, y: Tensor, progress: bool, name: str) -> None:
+def _exact_stage(state: _State, exact: Any, y: Tensor, progress: bool, name: str,
+                 optional: bool) -> None:
     """Run an exact method sample by sample on what is still undecided.
 
-    Every exact method starts with a CROWN pass over its sample; where that pass alone costs
-    more than the method's time limit (large convolutional networks), the stage is skipped with a
-    warning rather than overrunning the limit on every sample (they stay UNKNOWN).
+    Every exact method starts with a CROWN pass over its sample. In the ``auto`` cascade
+    (``optional``), where that pass alone costs more than the method's time limit (large
+    convolutional networks), the stage is skipped with a warning rather than overrunning the
+    limit on every sample (they stay UNKNOWN); an exact method asked for by name always runs.
     """
     todo = state.undecided().nonzero().flatten().to(state.x.device)
-    if todo.numel() and state.bound_seconds > exact.time_limit:
+    if optional and todo.numel() and state.bound_seconds > exact.time_limit:
         warnings.warn(
             f"verify_dataset: {name} skipped on {todo.numel()} undecided samples: one bound pass "
             f"takes {state.bound_seconds:.1f} s per sample on this network, more than its time "
@@ -245,7 +246,7 @@ def _stages(method: str, state: _State, y: Tensor, time_limit: float, threads: i
     for name in exact:
         stages.append((name, functools.partial(_exact_stage, state,
                                                _bounder(name, share, threads), y, progress,
-                                               name)))
+                                               name, method == "auto")))
     return stages
 
 
