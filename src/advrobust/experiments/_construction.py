@@ -88,10 +88,11 @@ def _check_points(x: Tensor, c: float, owner: str) -> None:
             f"{owner}: the points must lie on the sphere of radius sqrt(d) = {math.sqrt(d):.6g}. "
             f"Got norms in [{float(norms.min()):.6g}, {float(norms.max()):.6g}] instead.")
     got = measured_c(x)
-    if got > c:
+    if got > c + 1e-9:  # rounding of an exactly orthogonal frame
         raise InvalidInputError(
-            f"{owner}: the points violate the near-orthogonality assumption "
-            f"max |<x_i, x_j>| <= c d with c={c:g}: the measured c is {got:.4g}. Raise c above "
+            f"{owner}: the {x.shape[0]} points in d={d} violate the near-orthogonality "
+            f"assumption max |<x_i, x_j>| <= c d with c={c:g}: the measured c is {got:.4g}. "
+            f"Raise c above "
             f"{got:.4g}, lower m, or raise d.")
 
 

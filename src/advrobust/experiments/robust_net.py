@@ -36,7 +36,7 @@ from advrobust.experiments._construction import (
     sphere_data,
     theorem_bound,
 )
-from advrobust.experiments._radius import RadiusBracket, radius_bracket
+from advrobust.experiments._radius import ATTACKS, RadiusBracket, radius_bracket
 from advrobust.experiments.init_attack import parse_width
 
 __all__ = ["RobustNetResult", "RobustNetRow", "robust_net", "train_two_layer"]
@@ -133,13 +133,17 @@ def train_two_layer(x: Tensor, y: Tensor, *, width: int, steps: int, lr: float,
             for p in (layer.weight, layer.bias):
                 p.copy_((torch.rand(p.shape, generator=generator, dtype=p.dtype) * 2 - 1)
                         * bound)
-    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    params = list(net.parameters())
     xf, yc = x.float(), as_classes(y)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(net(xf), yc)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    for _ in range(steps):  # plain gradient descent (torch.optim would import torch._dynamo)
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(net(xf), yc)
+            grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(lr * g)
+    for p in params:
+        p.requires_grad_(False)
     return net.eval()
 
 
@@ -150,7 +154,7 @@ def _margins(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _row(d: int, m: int, c: float, *, orthogonal: bool, width: int | None, steps: int,
-         lr: float, gen: torch.Generator) -> RobustNetRow:
+         lr: float, attacks: Sequence[str], gen: torch.Generator) -> RobustNetRow:
     x, y = sphere_data(m, d, gen, orthogonal=orthogonal)
     net = robust_network(x, y, c)
     xf, yc, reach = x.float(), as_classes(y), math.sqrt(d)
@@ -158,14 +162,15 @@ def _row(d: int, m: int, c: float, *, orthogonal: bool, width: int | None, steps
     return RobustNetRow(
         d=d, m=m, c=c, measured_c=measured_c(x), bound=theorem_bound(c, d),
         exact=exact_radius(c, d), margin=_margins(net, x, y),
-        constructed=radius_bracket(net, xf, yc, reach=reach, generator=gen),
+        constructed=radius_bracket(net, xf, yc, reach=reach, generator=gen, attacks=attacks),
         trained_margin=_margins(trained, x, y),
-        trained=radius_bracket(trained, xf, yc, reach=reach, generator=gen))
+        trained=radius_bracket(trained, xf, yc, reach=reach, generator=gen, attacks=attacks))
 
 
 def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: float = 0.5,
                orthogonal: bool = False, width: int | None = None, steps: int = 1000,
-               lr: float = 0.5, seed: int = 0) -> RobustNetResult:
+               lr: float = 0.5, attacks: Sequence[str] = ATTACKS,
+               seed: int = 0) -> RobustNetResult:
     """Build, verify and attack the theorem's robust network, and a trained one, per ``d``.
 
     Args:
@@ -178,6 +183,7 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: 
         width: hidden width of the trained network (default m, the constructed width).
         steps: gradient-descent steps of the training.
         lr: its step size.
+        attacks: the upper-bound attacks, a subset of ``deepfool``, ``cw``, ``pgd``.
         seed: seed of the ``torch.Generator`` of each dimension (no global seeding).
 
     Returns:
@@ -208,8 +214,9 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: 
     ms = [parse_width(m, dv, "m", _OWNER) for dv in ds]
     rows = tuple(
         _row(dv, mv, c, orthogonal=orthogonal, width=width, steps=steps, lr=lr,
-             gen=torch.Generator().manual_seed(seed * 1_000_003 + dv))
+             attacks=tuple(attacks), gen=torch.Generator().manual_seed(seed * 1_000_003 + dv))
         for dv, mv in zip(ds, ms, strict=True))
     params: dict[str, object] = {"d": ds, "m": str(m), "c": c, "orthogonal": orthogonal,
-                                 "width": width, "steps": steps, "lr": lr}
+                                 "width": width, "steps": steps, "lr": lr,
+                                 "attacks": list(attacks)}
     return RobustNetResult(rows=rows, seed=seed, params=params)
