@@ -57,8 +57,8 @@ def register(sub: Any) -> None:
                     help="near-orthogonality constant in [0, 1) (default: 0.5)")
     rn.add_argument("--orthogonal", action="store_true",
                     help="orthonormal points (c = 0; needs m <= d) instead of uniform ones")
-    rn.add_argument("--width", type=int, default=None,
-                    help="hidden width of the trained network (default: m)")
+    rn.add_argument("--width", type=int, default=100,
+                    help="hidden width of the trained network (default: 100)")
     rn.add_argument("--steps", type=int, default=1000, help="gradient steps (default: 1000)")
     rn.add_argument("--lr", type=float, default=0.5, help="step size (default: 0.5)")
     rn.add_argument("--attacks", default="deepfool,cw,pgd",

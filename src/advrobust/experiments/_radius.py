@@ -1,6 +1,13 @@
-"""The l2 robust radius of each sample, bracketed with the library's own tools.
+"""The l2 robust radius of each sample of a binary classifier, bracketed with the library's tools.
 
-``d*(x) = min { ||x' - x||_2 : the label of x' differs }`` is bracketed from both sides:
+The classifier has two logits and decides by the sign of ``f = logit_1 - logit_0``; a point with
+label ``y = +-1`` counts as flipped once ``y f(x') <= 0`` (``f = 0`` is no longer the sign ``y``,
+as in the theorem's "sign(N(x_i + z)) = sign(N(x_i))"). The radius
+``d*(x) = inf { ||x' - x||_2 : y f(x') <= 0 }`` is measured on an *oriented* copy of the model,
+``nn.Sequential(model, head)`` with logits ``(tau - y f, y f - tau) / 2`` and label 1 (so the
+margin is ``y f - tau``, ``tau = 1e-6``, and ties go to class 0; the
+caller's model is wrapped, never modified), so that the plateau ``f = 0`` of a network whose
+neurons are all off counts as misclassified. It is bracketed from both sides:
 
 - **above** by minimum-norm attacks (DeepFool, Carlini-Wagner l2) and a PGD-l2 bisection on the
   radius: the norm of a point that the real model misclassifies (re-checked by ``Attack``);
@@ -40,6 +47,21 @@ class RadiusBracket:
     certified: Tensor
     attack: Tensor
     by_attack: dict[str, Tensor]
+
+
+TAU = 1e-6
+
+
+def _oriented(model: nn.Module, sign: float) -> nn.Sequential:
+    """``model`` followed by a fixed head with logits ``(TAU - s f, s f - TAU) / 2``."""
+    head = nn.Linear(2, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[sign, -sign], [-sign, sign]]) / 2)
+        head.bias.copy_(torch.tensor([TAU, -TAU]) / 2)
+    head.requires_grad_(False)
+    wrapper = nn.Sequential(model, head)
+    wrapper.training = head.training = False  # not .eval(): that would re-mode the caller's model
+    return wrapper
 
 
 def _threat(x: Tensor, eps: float, reach: float) -> LpBall:
@@ -145,8 +167,33 @@ def certified_radius(model: nn.Module, x: Tensor, y: Tensor, *, upper: Tensor, r
 def radius_bracket(model: nn.Module, x: Tensor, y: Tensor, *, reach: float,
                    generator: torch.Generator,
                    attacks: Sequence[str] = ATTACKS) -> RadiusBracket:
-    """Attack radius (upper, the best of ``attacks``) and CROWN radius (lower) of every sample."""
-    by_attack = attack_radius(model, x, y, reach=reach, generator=generator, attacks=attacks)
-    best = torch.stack(list(by_attack.values())).amin(0).to(torch.float64)
-    certified = certified_radius(model, x, y, upper=best, reach=reach)
+    """Attack radius (upper, the best of ``attacks``) and CROWN radius (lower) of every sample.
+
+    Args:
+        model: a binary classifier (two logits; a plain ``nn.Sequential`` for CROWN).
+        x: (N, d) inputs.
+        y: (N,) labels in {-1, +1} (class 1 is ``f > 0``).
+        reach: search radius.
+        generator: random source of the attacks.
+        attacks: subset of ``deepfool``, ``cw``, ``pgd``.
+
+    Returns:
+        :class:`RadiusBracket` with ``certified <= d* <= attack`` per sample.
+    """
+    n = x.shape[0]
+    certified = torch.zeros(n, dtype=torch.float64)
+    best = torch.full((n,), math.inf, dtype=torch.float64)
+    by_attack = {name: torch.full((n,), math.inf) for name in attacks}
+    for sign in (1.0, -1.0):
+        idx = (y == sign).nonzero().flatten()
+        if idx.numel() == 0:
+            continue
+        oriented = _oriented(model, sign)
+        xs, ones = x[idx], torch.ones(idx.numel(), dtype=torch.int64)
+        found = attack_radius(oriented, xs, ones, reach=reach, generator=generator,
+                              attacks=attacks)
+        for name, norms in found.items():
+            by_attack[name][idx] = norms.to(by_attack[name].dtype)
+        best[idx] = torch.stack(list(found.values())).amin(0).to(torch.float64)
+        certified[idx] = certified_radius(oriented, xs, ones, upper=best[idx], reach=reach)
     return RadiusBracket(certified=certified, attack=best, by_attack=by_attack)

@@ -11,7 +11,7 @@ size about ``sqrt(d / m)`` along ``sum_i y_i x_i``).
 For every ``d`` the experiment builds the network, checks the margins, and brackets each point's
 radius with the library's tools (:mod:`advrobust.experiments._radius`): CROWN on l2 balls below,
 DeepFool / C&W-l2 / a PGD-l2 bisection above, and the construction's closed-form exact radius
-``(1 - c)/2 * sqrt(d)`` in between; then it trains a standard two-layer network (same width,
+``(1 - c)/2 * sqrt(d)`` in between; then it trains a standard two-layer network (width 100 by default,
 PyTorch's default initialisation scheme drawn from the experiment's generator, full-batch
 gradient descent on the logistic loss) and brackets its radii the same way. The library has no
 exact l2 method (its MILP, branch and bound and minimal-distortion solvers are linf / l1 only).
@@ -153,22 +153,22 @@ def _margins(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return (logits[:, 1] - logits[:, 0]) * y
 
 
-def _row(d: int, m: int, c: float, *, orthogonal: bool, width: int | None, steps: int,
+def _row(d: int, m: int, c: float, *, orthogonal: bool, width: int, steps: int,
          lr: float, attacks: Sequence[str], gen: torch.Generator) -> RobustNetRow:
     x, y = sphere_data(m, d, gen, orthogonal=orthogonal)
     net = robust_network(x, y, c)
-    xf, yc, reach = x.float(), as_classes(y), math.sqrt(d)
-    trained = train_two_layer(x, y, width=width or m, steps=steps, lr=lr, generator=gen)
+    xf, reach = x.float(), math.sqrt(d)
+    trained = train_two_layer(x, y, width=width, steps=steps, lr=lr, generator=gen)
     return RobustNetRow(
         d=d, m=m, c=c, measured_c=measured_c(x), bound=theorem_bound(c, d),
         exact=exact_radius(c, d), margin=_margins(net, x, y),
-        constructed=radius_bracket(net, xf, yc, reach=reach, generator=gen, attacks=attacks),
+        constructed=radius_bracket(net, xf, y, reach=reach, generator=gen, attacks=attacks),
         trained_margin=_margins(trained, x, y),
-        trained=radius_bracket(trained, xf, yc, reach=reach, generator=gen, attacks=attacks))
+        trained=radius_bracket(trained, xf, y, reach=reach, generator=gen, attacks=attacks))
 
 
 def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: float = 0.5,
-               orthogonal: bool = False, width: int | None = None, steps: int = 1000,
+               orthogonal: bool = False, width: int = 100, steps: int = 1000,
                lr: float = 0.5, attacks: Sequence[str] = ATTACKS,
                seed: int = 0) -> RobustNetResult:
     """Build, verify and attack the theorem's robust network, and a trained one, per ``d``.
@@ -180,7 +180,8 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: 
             ``max |<x_i, x_j>| <= c d`` (the measured value is reported when they do not).
         orthogonal: draw an orthonormal frame (``c = 0`` up to rounding; needs m <= d) instead
             of independent uniform points.
-        width: hidden width of the trained network (default m, the constructed width).
+        width: hidden width of the trained network (narrow ones trained from a random start
+            can leave points on a plateau where every neuron is off).
         steps: gradient-descent steps of the training.
         lr: its step size.
         attacks: the upper-bound attacks, a subset of ``deepfool``, ``cw``, ``pgd``.
@@ -206,8 +207,7 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: 
     ds = [check_int(v, "d", _OWNER, low=1) for v in ds]
     c = check_float(c, "c", _OWNER, low=0.0, high=1.0, high_open=True)
     orthogonal = check_bool(orthogonal, "orthogonal", _OWNER)
-    if width is not None:
-        width = check_int(width, "width", _OWNER, low=1)
+    width = check_int(width, "width", _OWNER, low=1)
     steps = check_int(steps, "steps", _OWNER, low=0)
     lr = check_float(lr, "lr", _OWNER, low=0.0, low_open=True)
     seed = check_int(seed, "seed", _OWNER, low=0)
