@@ -52,9 +52,10 @@ def register(sub: Any) -> None:
         "robust-net", help="provably robust network vs a trained one (Vardi et al. 2022)",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     rn.add_argument("--d", default="25,50,100", help="input dimensions, comma-separated")
-    rn.add_argument("--m", default="20", help="points: an int or a multiple of d such as 1d")
-    rn.add_argument("--c", type=float, default=0.5,
-                    help="near-orthogonality constant in [0, 1) (default: 0.5)")
+    rn.add_argument("--m", default="10",
+                    help="points: an int or a multiple of d such as 1d (default: 10)")
+    rn.add_argument("--c", type=float, default=0.7,
+                    help="near-orthogonality constant in [0, 1) (default: 0.7)")
     rn.add_argument("--orthogonal", action="store_true",
                     help="orthonormal points (c = 0; needs m <= d) instead of uniform ones")
     rn.add_argument("--width", type=int, default=100,
@@ -142,13 +143,15 @@ def run(args: argparse.Namespace) -> int:
     """Run one experiment, print its table (or JSON) and draw the plot if asked."""
     from advrobust.experiments import plotting
 
+    columns: Sequence[tuple[str, str]]
     if args.action == "init-attack":
         res, rows, note = _init_attack(args)
-        columns, draw = _INIT_COLUMNS, plotting.plot_init_attack
+        columns = _INIT_COLUMNS
+        plot = None if args.plot is None else str(plotting.plot_init_attack(res, args.plot))
     else:
         res, rows, note = _robust_net(args)
-        columns, draw = _ROBUST_COLUMNS, plotting.plot_robust_net
-    plot = None if args.plot is None else str(draw(res, args.plot))
+        columns = _ROBUST_COLUMNS
+        plot = None if args.plot is None else str(plotting.plot_robust_net(res, args.plot))
     if args.json:
         emit(args, {"experiment": args.action, "seed": res.seed, "params": res.params,
                     "rows": rows, "plot": plot})

@@ -42,7 +42,7 @@ def theorem_bound(c: float, d: int) -> float:
 
 
 def exact_radius(c: float, d: int) -> float:
-    """The exact l2 robust radius ``(1 - c)/2 * sqrt(d)`` of :func:`robust_network` (closed form)."""
+    """The exact l2 robust radius ``(1 - c)/2 * sqrt(d)`` of :func:`robust_network`."""
     return (1 - c) / 2 * math.sqrt(d)
 
 

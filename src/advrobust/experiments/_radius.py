@@ -30,7 +30,8 @@ from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidParameterError
 from advrobust.relax import CROWN
 
-__all__ = ["ATTACKS", "RadiusBracket", "attack_radius", "certified_radius", "radius_bracket"]
+__all__ = ["ATTACKS", "RadiusBracket", "attack_radius", "certified_radius", "check_attacks",
+           "radius_bracket"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +80,16 @@ def _success_norms(res: object, x: Tensor) -> Tensor:
 ATTACKS = ("deepfool", "cw", "pgd")
 
 
+def check_attacks(attacks: Sequence[str] | str, owner: str) -> tuple[str, ...]:
+    """The attack names as a tuple, or raise listing the allowed ones."""
+    names = (attacks,) if isinstance(attacks, str) else tuple(attacks)
+    if not names or not set(names) <= set(ATTACKS):
+        raise InvalidParameterError(
+            f"The 'attacks' parameter of {owner} must be a non-empty subset of "
+            f"{list(ATTACKS)}. Got {list(names)!r} instead.")
+    return names
+
+
 def attack_radius(model: nn.Module, x: Tensor, y: Tensor, *, reach: float,
                   generator: torch.Generator, attacks: Sequence[str] = ATTACKS,
                   bisection: int = 8) -> dict[str, Tensor]:
@@ -96,11 +107,7 @@ def attack_radius(model: nn.Module, x: Tensor, y: Tensor, *, reach: float,
     Returns:
         Per attack name, (N,) norms of verified adversarial points (inf where it failed).
     """
-    unknown = sorted(set(attacks) - set(ATTACKS))
-    if unknown or not attacks:
-        raise InvalidParameterError(
-            f"The 'attacks' parameter of attack_radius must be a non-empty subset of "
-            f"{list(ATTACKS)}. Got {list(attacks)!r} instead.")
+    attacks = check_attacks(attacks, "attack_radius")
     threat = _threat(x, reach, reach)
     out: dict[str, Tensor] = {}
     if "deepfool" in attacks:

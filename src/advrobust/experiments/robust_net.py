@@ -11,10 +11,11 @@ size about ``sqrt(d / m)`` along ``sum_i y_i x_i``).
 For every ``d`` the experiment builds the network, checks the margins, and brackets each point's
 radius with the library's tools (:mod:`advrobust.experiments._radius`): CROWN on l2 balls below,
 DeepFool / C&W-l2 / a PGD-l2 bisection above, and the construction's closed-form exact radius
-``(1 - c)/2 * sqrt(d)`` in between; then it trains a standard two-layer network (width 100 by default,
-PyTorch's default initialisation scheme drawn from the experiment's generator, full-batch
-gradient descent on the logistic loss) and brackets its radii the same way. The library has no
-exact l2 method (its MILP, branch and bound and minimal-distortion solvers are linf / l1 only).
+``(1 - c)/2 * sqrt(d)`` in between; then it trains a standard two-layer network (width 100 by
+default, PyTorch's default initialisation scheme drawn from the experiment's generator,
+full-batch gradient descent on the logistic loss) and brackets its radii the same way. The
+library has no exact l2 method (its MILP, branch and bound and minimal-distortion solvers are
+linf / l1 only).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from advrobust.experiments._construction import (
     sphere_data,
     theorem_bound,
 )
-from advrobust.experiments._radius import ATTACKS, RadiusBracket, radius_bracket
+from advrobust.experiments._radius import ATTACKS, RadiusBracket, check_attacks, radius_bracket
 from advrobust.experiments.init_attack import parse_width
 
 __all__ = ["RobustNetResult", "RobustNetRow", "robust_net", "train_two_layer"]
@@ -167,7 +168,7 @@ def _row(d: int, m: int, c: float, *, orthogonal: bool, width: int, steps: int,
         trained=radius_bracket(trained, xf, y, reach=reach, generator=gen, attacks=attacks))
 
 
-def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: float = 0.5,
+def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 10, c: float = 0.7,
                orthogonal: bool = False, width: int = 100, steps: int = 1000,
                lr: float = 0.5, attacks: Sequence[str] = ATTACKS,
                seed: int = 0) -> RobustNetResult:
@@ -212,6 +213,7 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 20, c: 
     lr = check_float(lr, "lr", _OWNER, low=0.0, low_open=True)
     seed = check_int(seed, "seed", _OWNER, low=0)
     ms = [parse_width(m, dv, "m", _OWNER) for dv in ds]
+    attacks = check_attacks(attacks, _OWNER)
     rows = tuple(
         _row(dv, mv, c, orthogonal=orthogonal, width=width, steps=steps, lr=lr,
              attacks=tuple(attacks), gen=torch.Generator().manual_seed(seed * 1_000_003 + dv))
