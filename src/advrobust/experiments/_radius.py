@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from advrobust.attacks import PGD, CarliniWagner, DeepFool
-from advrobust.core.result import Verdict
+from advrobust.core.result import AttackResult, Verdict
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidParameterError
 from advrobust.relax import CROWN
@@ -71,10 +71,9 @@ def _threat(x: Tensor, eps: float, reach: float) -> LpBall:
     return LpBall("l2", eps, lo=-half, hi=half)
 
 
-def _success_norms(res: object, x: Tensor) -> Tensor:
-    ok = res.success  # type: ignore[attr-defined]
-    norm = (res.x_adv - x).flatten(1).norm(dim=1)  # type: ignore[attr-defined]
-    return torch.where(ok, norm, torch.full_like(norm, math.inf))
+def _success_norms(res: AttackResult, x: Tensor) -> Tensor:
+    norm = (res.x_adv - x).flatten(1).norm(dim=1)
+    return torch.where(res.success, norm, torch.full_like(norm, math.inf))
 
 
 ATTACKS = ("deepfool", "cw", "pgd")

@@ -18,7 +18,7 @@ affine in the step, ``W (x - t u) = W x - t W u``, so the search costs one ``(k,
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +33,8 @@ __all__ = ["InitAttackResult", "InitAttackRow", "init_attack", "parse_width"]
 _OWNER = "init_attack"
 _CHUNK_ELEMENTS = 1 << 22  # elements of the largest (trials, k, max(d, grid)) block
 _BISECTION = 40
+
+Activation = Callable[[Tensor], Tensor]
 
 
 def parse_width(spec: int | str, d: int, name: str = "k", owner: str = _OWNER) -> int:
@@ -145,13 +147,13 @@ def _network(d: int, k: int, n: int, gen: torch.Generator) -> tuple[Tensor, Tens
     return w, a, x
 
 
-def _line_values(psi: object, a: Tensor, p: Tensor, q: Tensor, t: Tensor) -> Tensor:
+def _line_values(psi: Activation, a: Tensor, p: Tensor, q: Tensor, t: Tensor) -> Tensor:
     """``f`` at ``x - t u`` for steps ``t`` (n, T) given ``p = W x``, ``q = W u``: (n, T)."""
     pre = p.unsqueeze(2) - t.unsqueeze(1) * q.unsqueeze(2)
-    return (a.unsqueeze(2) * psi(pre)).sum(1) / math.sqrt(a.shape[1])  # type: ignore[operator]
+    return (a.unsqueeze(2) * psi(pre)).sum(1) / math.sqrt(a.shape[1])
 
 
-def _needed_step(psi: object, a: Tensor, p: Tensor, q: Tensor, f0: Tensor, max_step: float,
+def _needed_step(psi: Activation, a: Tensor, p: Tensor, q: Tensor, f0: Tensor, max_step: float,
                  grid: int) -> Tensor:
     """Shortest step along ``-u`` at which ``sign(f)`` changes (inf if none up to max_step)."""
     n = p.shape[0]
@@ -235,8 +237,8 @@ def init_attack(*, d: Sequence[int] | int = (100, 200, 500, 1000),
 
     Examples::
 
-        >>> res = init_attack(d=(100, 500), trials=50)
-        >>> res.row("relu", 500).flip_rate          # close to 1
+        res = init_attack(d=(100, 500), trials=50)
+        res.row("relu", 500).flip_rate          # close to 1
     """
     ds, ks, acts = _check(d, k, activations)
     trials = check_int(trials, "trials", _OWNER, low=1)

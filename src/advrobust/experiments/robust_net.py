@@ -197,9 +197,8 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 10, c: 
 
     Examples::
 
-        >>> res = robust_net(d=(50,), m=10, c=0.6)
-        >>> res.rows[0].summary()["certified_min"] >= res.rows[0].bound
-        True
+        res = robust_net(d=(50,), m=10, c=0.6)
+        res.rows[0].summary()["certified_min"] >= res.rows[0].bound   # True
     """
     ds = [d] if isinstance(d, int) else list(d)
     if not ds:
