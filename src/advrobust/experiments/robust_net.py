@@ -88,6 +88,9 @@ class RobustNetRow:
             "trained_attack_median": float(tr.attack.median()),
             "trained_attack_max": float(tr.attack.max()),
             "trained_below_bound": bool((tr.attack < self.bound).all()),
+            **{f"attack_min_{name}": float(v.min()) for name, v in con.by_attack.items()},
+            **{f"trained_attack_median_{name}": float(v.median())
+               for name, v in tr.by_attack.items()},
         }
 
 
