@@ -197,3 +197,15 @@ def test_top_level_help_imports_no_heavy_module() -> None:
     for name, summary in (("vnncomp", "decide VNN-COMP instances"),
                           ("verify", "prove robustness")):
         assert name in proc.stdout and summary in proc.stdout
+
+
+def test_read_result_refuses_what_is_not_a_result_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.txt"
+    for text, match in (("maybe\n", "starts with one of"),
+                        ("sat\n((X_0 0.5) (Y_1 2.0))\n", "Y values must be Y_0"),
+                        ("sat\n((X_0 0.5) (Y_0 1.0)) ((X_0 1))\n", "one '\\(\\(X_0")):
+        path.write_text(text)
+        with pytest.raises(DataFormatError, match=match):
+            read_result(path)
+    path.write_text("timeout\n")
+    assert read_result(path) == ("timeout", None, None)

@@ -99,7 +99,8 @@ def _run_one(args: argparse.Namespace, start: float) -> int:
     def work() -> None:
         try:
             box["result"] = run_instance(instance, threads=args.threads, seed=args.seed,
-                                         timeout=args.timeout - (time.perf_counter() - start))
+                                         timeout=max(1e-3, args.timeout
+                                                     - (time.perf_counter() - start)))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             box["error"] = exc
 

@@ -352,7 +352,7 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
             label = int(model(x).argmax(1)[0])
     report = verify_dataset(model, x, torch.tensor([label]), ball, method=method,
                             spec=spec, time_limit=time_limit,
-                            wall_limit=time_limit - (time.perf_counter() - start),
+                            wall_limit=max(1e-6, time_limit - (time.perf_counter() - start)),
                             threads=threads, attack=attack, progress=progress,
                             generator=generator)
     if report.verdict[0] is Verdict.VERIFIED:

@@ -185,9 +185,12 @@ def run_instance(instance: Instance, *, timeout: float | None = None, threads: i
     limit = check_timeout(instance.timeout if timeout is None else timeout)
     net = import_onnx(instance.onnx)
     prop = load_vnnlib(instance.vnnlib)
-    result = verify_property(net.model, prop, input_shape=net.input_shape,
-                             time_limit=limit - (time.perf_counter() - start), threads=threads,
-                             generator=torch.Generator().manual_seed(seed))
+    left = limit - (time.perf_counter() - start)
+    if left <= 0:  # loading alone took the time
+        return VnncompResult("timeout", None, None, time.perf_counter() - start,
+                             {"skipped": ["everything: loading the files took the timeout"]})
+    result = verify_property(net.model, prop, input_shape=net.input_shape, time_limit=left,
+                             threads=threads, generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
     answer = result.status
     if seconds > limit:
