@@ -52,8 +52,8 @@ def _robustness_property(x0: torch.Tensor, eps: float, label: int, k: int) -> st
 
 
 def test_wall_limit_holds_where_every_stage_would_overrun_it() -> None:
-    # One CROWN pass here takes several seconds, an exact stage more; the attack's 100 steps
-    # x 2 restarts on 10 rows also overrun 1.5 s. The answer still comes back within it.
+    # One CROWN pass here is ~13 GFLOP (its predicted cost more), an exact stage more; the attack
+    # (100 steps x 2 restarts on 10 rows) overruns 1.5 s too. The answer still comes back in it.
     model = _wide(1024, 4)
     x0 = torch.rand(64, generator=torch.Generator().manual_seed(1))
     label = int(model(x0.unsqueeze(0)).argmax(1)[0])
