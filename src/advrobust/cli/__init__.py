@@ -20,11 +20,50 @@ __all__ = ["build_parser", "main"]
 
 #: Command modules, in the order ``advrobust --help`` lists them.
 COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify", "evaluate", "detect",
-                              "dictionary", "experiment")
+                              "dictionary", "experiment", "vnncomp")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``advrobust`` parser with every command registered."""
+def _summary(name: str) -> str:
+    """The ``help=`` of command ``name``'s ``add_parser`` call, read from its source.
+
+    Importing a command module pulls in torch (seconds); the top-level ``--help`` only needs
+    the one-line summaries, so they are read with :mod:`ast` instead.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"advrobust.cli.{name}")
+    if spec is None or spec.origin is None:
+        return ""
+    with open(spec.origin, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_parser" \
+                and node.args and isinstance(node.args[0], ast.Constant) \
+                and node.args[0].value == name:
+            for kw in node.keywords:
+                if kw.arg == "help" and isinstance(kw.value, ast.Constant):
+                    return str(kw.value.value)
+    doc = ast.get_docstring(tree) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (the first non-option word), if it is one."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None, *, lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``advrobust`` parser with every command registered.
+
+    Args:
+        only: import and register this command only; the others get a placeholder parser
+            with their one-line help (start-up then costs one command's imports).
+        lazy: register no command module at all, placeholders only (``advrobust --help``).
+    """
     from advrobust import __version__
 
     parser = argparse.ArgumentParser(
@@ -35,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"advrobust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if lazy or (only is not None and name != only):
+            sub.add_parser(name, help=_summary(name), add_help=False)
+            continue
         module = importlib.import_module(f"advrobust.cli.{name}")
         module.register(sub)
     return parser
@@ -42,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advrobust`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = _command_of(words)
+    parser = build_parser(command, lazy=command is None)
+    args = parser.parse_args(words)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2

@@ -51,13 +51,15 @@ def register(sub: Any) -> None:
     p.add_argument("--method", default="auto", choices=METHODS,
                    help="verification method (default: auto)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
-                   help="exact-method / LP seconds per sample (default: 60)")
+                   help="exact-method / LP seconds per sample; with --vnnlib, wall-clock "
+                        "seconds for the whole property, every stage included (default: 60)")
     p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="samples per bound / attack call (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     p.add_argument("--counterexample", type=Path, metavar="FILE",
-                   help="with --vnnlib: write a counterexample here (VNN-COMP format)")
+                   help="with --vnnlib: write the VNN-COMP result file here (sat and its "
+                        "counterexample, unsat or unknown)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -112,17 +114,16 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
     import torch
 
     from advrobust.evaluation.verify import verify_property
-    from advrobust.network.vnnlib import format_counterexample, load_vnnlib
+    from advrobust.evaluation.vnncomp import write_result
+    from advrobust.network.vnnlib import load_vnnlib
 
     prop = load_vnnlib(args.vnnlib)
     result = verify_property(model, prop, input_shape=shape, method=args.method,
                              time_limit=args.time_limit, threads=args.threads,
                              progress=not args.no_progress,
                              generator=torch.Generator().manual_seed(args.seed))
-    if args.counterexample is not None and result.counterexample is not None:
-        assert result.outputs is not None
-        text = format_counterexample(result.counterexample, result.outputs)
-        args.counterexample.write_text(f"sat\n{text}\n")
+    if args.counterexample is not None:
+        write_result(args.counterexample, result.status, result.counterexample, result.outputs)
     report = result.report
     payload = {"result": result.status, "property": str(args.vnnlib), "method": args.method,
                "lower_bound": float(report.margin_lower[0]),

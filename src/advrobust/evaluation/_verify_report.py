@@ -34,6 +34,9 @@ class VerifyReport:
         threat: the threat set.
         seconds: wall time of the whole run.
         stage_seconds: wall time per stage.
+        stats: per-stage details: ``"bab"`` / ``"milp"`` map a sample index to its per-row
+            log (status, lower bound, domains explored, solver status, seconds), ``"attack"``
+            the runs made, ``"skipped"`` the stages the budget left out and why.
     """
 
     verdict: tuple[Verdict, ...]
@@ -46,6 +49,7 @@ class VerifyReport:
     threat: LpBall
     seconds: float
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    stats: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

@@ -2,17 +2,19 @@
 
 Bunel et al. 2018/2020, "A unified view of piecewise linear neural network verification" and
 "Branch and bound for piecewise linear neural network verification"; Wang et al. 2021
-("beta-CROWN") for bounding many sub-domains at once on the tensor side. Each spec row is
-minimised separately. A *domain* fixes the sign of some unstable ReLUs (``z >= 0`` or
-``z <= 0``); its bound is CROWN with the split neurons' pre-activation bounds clamped, every
-intermediate bound recomputed under the splits and intersected with the parent's (a child is a
-subset of its parent, so both bounds hold). The union of the domains always covers the threat
-set, so the minimum of their bounds is a sound lower bound at every moment. A domain whose
-bound clears the verification tolerance is closed; the lowest ones are split on the neuron
-with the largest contribution to the relaxation gap (the BaBSR score of Bunel et al.). A domain
-with no unstable neuron left is a linear region: its exact minimum is an LP (HiGHS), which
-makes the search complete. The CROWN minimiser of every domain (a corner of the box for linf)
-and every LP point are re-evaluated through the network as counterexample candidates.
+("beta-CROWN") for bounding many sub-domains at once on the tensor side. All open spec rows of
+a sample are searched together: a domain belongs to one row, the batch mixes rows (each open
+row's lowest domains get an equal share of it), so no row waits behind one that stalls. A *domain*
+fixes the sign of some unstable ReLUs (``z >= 0`` or ``z <= 0``); its bound is CROWN with the
+split neurons' pre-activation bounds clamped, every intermediate bound recomputed under the
+splits and intersected with the parent's (a child is a subset of its parent, so both bounds
+hold). The union of the domains always covers the threat set, so the minimum of their bounds is
+a sound lower bound at every moment. A domain whose bound clears the verification tolerance is
+closed; the lowest ones are split on the neuron with the largest contribution to the relaxation
+gap (the BaBSR score of Bunel et al.). A domain with no unstable neuron left is a linear
+region: its exact minimum is an LP (HiGHS), which makes the search complete. The CROWN
+minimiser of every domain (a corner of the box for linf) and every LP point are re-evaluated
+through the network as counterexample candidates.
 
 Unlike the MILP, a row's search stops once its sign is decided, so on robust rows the lower
 bound is a proof (above the tolerance), not the exact minimum.
@@ -51,23 +53,24 @@ _CLOSE = 2 * VERIFY_TOLERANCE
 
 @dataclass
 class _Domains:
-    """A batch of sub-domains of one row: per-ReLU pre-activation bounds, bound, scores."""
+    """A batch of sub-domains: per-ReLU pre-activation bounds, spec row, bound, scores."""
 
     lo: dict[int, Tensor]
     hi: dict[int, Tensor]
     lower: Tensor  # (B,)
     score: Tensor  # (B, total unstable-capable neurons): branching scores, 0 if stable
+    row: Tensor  # (B,) int64: the spec row (index into the search's rows) each domain bounds
 
     def take(self, idx: Tensor) -> _Domains:
         return _Domains({i: v[idx] for i, v in self.lo.items()},
                         {i: v[idx] for i, v in self.hi.items()}, self.lower[idx],
-                        self.score[idx])
+                        self.score[idx], self.row[idx])
 
     def cat(self, other: _Domains) -> _Domains:
         return _Domains({i: torch.cat([v, other.lo[i]]) for i, v in self.lo.items()},
                         {i: torch.cat([v, other.hi[i]]) for i, v in self.hi.items()},
                         torch.cat([self.lower, other.lower]),
-                        torch.cat([self.score, other.score]))
+                        torch.cat([self.score, other.score]), torch.cat([self.row, other.row]))
 
     def __len__(self) -> int:
         return int(self.lower.shape[0])
@@ -81,24 +84,29 @@ class _Row:
     best_point: Tensor | None = None
     closed: float = math.inf  # min bound over closed domains
     domains: int = 0
-    leaves: int = 0
     status: str = "verified"
     log: dict[str, Any] = field(default_factory=dict)
 
 
 class _RowSearch:
-    """Branch and bound on one spec row ``c . f(x) + d`` of one sample."""
+    """Branch and bound on the rows ``c_r . f(x) + d_r`` of one sample, all at once.
 
-    def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: float,
+    Every domain belongs to one row; a batch mixes rows and the lowest bounds of any row are
+    split first. A row is done when its domains are all closed (proved) or a point of the set
+    makes it negative (falsified; with ``stop_on_counterexample`` the whole search stops).
+    """
+
+    def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
                  batch_size: int, max_domains: int, max_leaves: int,
                  root_bounds: LayerBounds) -> None:
         self.net, self.x0, self.threat = network, x0, threat
-        self.c, self.d = c.reshape(1, 1, -1).to(x0.dtype), d
+        self.c, self.d = c.reshape(-1, c.shape[-1]).to(x0.dtype), d.reshape(-1).to(x0.dtype)
         self.batch_size, self.max_domains = batch_size, max_domains
         self.max_leaves = max_leaves
         self.relus = network.relu_indices
         self.root_bounds = root_bounds
-        self.row = _Row()
+        self.rows = [_Row() for _ in range(self.c.shape[0])]
+        self.leaves = 0
         # Seconds to bound one sub-domain, measured as the search goes: on large (convolutional)
         # networks one batched step of ``batch_size`` domains can take longer than the whole
         # time limit, so the batch is sized to what the time left affords.
@@ -123,11 +131,11 @@ class _RowSearch:
             bounds.append(op.interval(*bounds[i]))
         return bounds
 
-    def bound(self, lo: dict[int, Tensor], hi: dict[int, Tensor]) -> _Domains:
+    def bound(self, lo: dict[int, Tensor], hi: dict[int, Tensor], row: Tensor) -> _Domains:
         """CROWN bound, branching scores and counterexample candidates of B domains."""
         bounds = self.layer_bounds(lo, hi)
         b = bounds[0][0].shape[0]
-        a = self.c.expand(b, 1, -1).clone()
+        a = self.c[row].unsqueeze(1).clone()  # (B, 1, outputs)
         const = a.new_zeros(b, 1)
         scores: dict[int, Tensor] = {}
         for j in reversed(range(len(self.net.ops))):
@@ -145,45 +153,53 @@ class _RowSearch:
                 a = op.backward(a)  # type: ignore[attr-defined]
             const = const + c
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        lower = (self.threat.concretize_lower(a.flatten(2), x0) + const)[:, 0] + self.d
+        lower = (self.threat.concretize_lower(a.flatten(2), x0) + const)[:, 0] + self.d[row]
         empty = torch.zeros(b, dtype=torch.bool, device=lower.device)
         for i in self.relus:
             empty |= (bounds[i][0] > bounds[i][1]).flatten(1).any(1)
         lower = lower.masked_fill(empty, math.inf)  # an empty domain bounds anything
-        self._offer_corners(a.flatten(2)[:, 0], x0, empty)
+        self._offer_corners(a.flatten(2)[:, 0], x0, empty, row)
         score = torch.cat([scores[i] for i in self.relus], dim=1)
         return _Domains({i: bounds[i][0] for i in self.relus},
-                        {i: bounds[i][1] for i in self.relus}, lower, score)
+                        {i: bounds[i][1] for i in self.relus}, lower, score, row)
 
-    def _offer_corners(self, a: Tensor, x0: Tensor, empty: Tensor) -> None:
-        """Evaluate the box corners minimising the domains' linear bounds."""
+    def _offer_corners(self, a: Tensor, x0: Tensor, empty: Tensor, row: Tensor) -> None:
+        """Evaluate the box corners minimising the domains' linear bounds, on their rows."""
         low, up = self.threat.input_bounds(x0)
-        pts = torch.where(a.reshape(low.shape) >= 0, low, up)[~empty]
+        keep = ~empty
+        pts = torch.where(a.reshape(low.shape) >= 0, low, up)[keep]
         if pts.shape[0] == 0:
             return
-        values = (self.net.forward(pts) * self.c[0, 0]).sum(1) + self.d
-        k = int(values.argmin())
-        self.offer(float(values[k]), pts[k])
+        rows = row[keep]
+        values = (self.net.forward(pts) * self.c[rows]).sum(1) + self.d[rows]
+        for r in rows.unique().tolist():
+            mine = (rows == r).nonzero().flatten()
+            k = mine[values[mine].argmin()]
+            self.offer(r, float(values[k]), pts[k])
 
-    def offer(self, value: float, point: Tensor) -> None:
-        if value < self.row.best_value:
-            self.row.best_value, self.row.best_point = value, point.detach().clone()
+    def offer(self, r: int, value: float, point: Tensor) -> None:
+        state = self.rows[r]
+        if value < state.best_value:
+            state.best_value, state.best_point = value, point.detach().clone()
+
+    def _value(self, r: int, point: Tensor) -> float:
+        return float((self.net.forward(point) * self.c[r]).sum() + self.d[r])
 
     # ------------------------------------------------------------------ leaves
     def solve_leaf(self, dom: _Domains, time_limit: float) -> float:
         """Exact minimum of a linear region (one domain without unstable neurons) by LP."""
+        r = int(dom.row[0])
         bounds = self.layer_bounds(dom.lo, dom.hi)
         enc = encode_sample(self.net, bounds, 0, integer=False, threat=self.threat, x0=self.x0)
         sol = HighsSolver(enc.program, time_limit=max(time_limit, 1e-3)).minimize(
-            row_cost(enc, self.c[0, 0]), self.d)
-        self.row.leaves += 1
+            row_cost(enc, self.c[r]), float(self.d[r]))
+        self.leaves += 1
         if sol.status is SolveStatus.INFEASIBLE:
             return math.inf
         if sol.x is not None:
             point = torch.as_tensor(sol.x[enc.inputs]).to(self.x0).reshape(self.x0.shape)
             point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
-            value = float((self.net.forward(point) * self.c[0, 0]).sum() + self.d)
-            self.offer(value, point[0])
+            self.offer(r, self._value(r, point), point[0])
         if sol.status is SolveStatus.OPTIMAL:
             return max(float(dom.lower[0]), sol.bound)
         return float(dom.lower[0])
@@ -207,60 +223,84 @@ class _RowSearch:
         return lo, hi
 
     # ------------------------------------------------------------------ the search
-    def run(self, deadline: float, stop_on_counterexample: bool) -> tuple[float, _Row]:
-        """Search until decided or ``deadline``; return a sound lower bound and the state."""
-        root_bounds = self.root_bounds
+    def run(self, deadline: float, stop_on_counterexample: bool) -> tuple[Tensor, list[_Row]]:
+        """Search until decided or ``deadline``; return sound lower bounds (R,) and the rows."""
+        n_rows = self.c.shape[0]
         start = time.perf_counter()
-        open_ = self.bound({i: root_bounds[i][0] for i in self.relus},
-                           {i: root_bounds[i][1] for i in self.relus})
-        self.seconds_per_domain = time.perf_counter() - start
-        self.row.domains = 1
+        row = torch.arange(n_rows, device=self.x0.device)
+        open_ = self.bound({i: self.root_bounds[i][0].expand(n_rows, *self.root_bounds[i][0]
+                                                            .shape[1:]) for i in self.relus},
+                           {i: self.root_bounds[i][1].expand(n_rows, *self.root_bounds[i][1]
+                                                            .shape[1:]) for i in self.relus},
+                           row)
+        self.seconds_per_domain = (time.perf_counter() - start) / n_rows
+        for state in self.rows:
+            state.domains = 1
+        status = ""
         while True:
             open_ = self._close(open_)
-            if self.row.best_value < 0 and stop_on_counterexample:
-                self.row.status = "falsified"
+            if stop_on_counterexample and any(r.best_value < 0 for r in self.rows):
+                status = "stopped"
                 break
             if len(open_) == 0:
-                self.row.status = ("verified" if self.row.closed > _CLOSE
-                                   else "at tolerance")
                 break
             if self._affordable(deadline) < 1:
-                self.row.status = "time_limit"
+                status = "time_limit"
                 break
             if len(open_) > self.max_domains:
-                self.row.status = "domain_limit"
+                status = "domain_limit"
                 break
-            if self.row.leaves > self.max_leaves:
-                self.row.status = "milp"  # linear regions keep coming: finish with the MILP
+            if self.leaves > self.max_leaves:
+                status = "milp"  # linear regions keep coming: finish with the MILP
                 break
             open_ = self._step(open_, deadline)
-        lower = min(self.row.closed, float(open_.lower.min()) if len(open_) else math.inf)
-        if self.row.status == "milp":
-            lower = max(lower, self.finish_with_milp(root_bounds, deadline))
-            self.row.status = "verified" if lower > _CLOSE else "time_limit"
-        if self.row.best_value < 0 and self.row.status != "falsified":
-            self.row.status = "falsified"
-        return lower, self.row
+        return self._finish(open_, status, deadline), self.rows
 
-    def finish_with_milp(self, bounds: LayerBounds, deadline: float) -> float:
-        """Decide the row with the big-M MILP on the root bounds (a sound global bound)."""
+    def _finish(self, open_: _Domains, status: str, deadline: float) -> Tensor:
+        """Per-row lower bounds and statuses once the loop stops with ``status``."""
+        lower = torch.tensor([r.closed for r in self.rows], dtype=torch.float64)
+        for r, state in enumerate(self.rows):
+            mine = open_.lower[open_.row == r]
+            if mine.numel():
+                lower[r] = min(float(lower[r]), float(mine.min()))
+                if status == "milp" and state.best_value >= 0:
+                    lower[r] = max(float(lower[r]), self.finish_with_milp(r, deadline))
+                    state.status = "verified" if lower[r] > _CLOSE else "time_limit"
+                else:
+                    state.status = status or "time_limit"
+            else:
+                state.status = "verified" if lower[r] > _CLOSE else "at tolerance"
+            if state.best_value < 0:
+                state.status = "falsified"
+            elif status == "stopped" and mine.numel():
+                state.status = "stopped (another row falsified)"
+        return lower
+
+    def finish_with_milp(self, r: int, deadline: float) -> float:
+        """Decide row ``r`` with the big-M MILP on the root bounds (a sound global bound)."""
+        bounds = self.root_bounds
         enc = encode_sample(self.net, bounds, 0, integer=True, threat=self.threat, x0=self.x0)
         sol = HighsSolver(enc.program, time_limit=max(deadline - time.perf_counter(), 1e-3)
-                          ).minimize(row_cost(enc, self.c[0, 0]), self.d, stop_below=-1e-6,
-                                     stop_above=_CLOSE)
-        self.row.log["milp"] = sol.backend_status
+                          ).minimize(row_cost(enc, self.c[r]), float(self.d[r]),
+                                     stop_below=-1e-6, stop_above=_CLOSE)
+        self.rows[r].log["milp"] = sol.backend_status
         if sol.x is not None:
             point = torch.as_tensor(sol.x[enc.inputs]).to(self.x0).reshape(self.x0.shape)
             point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
-            self.offer(float((self.net.forward(point) * self.c[0, 0]).sum() + self.d), point[0])
+            self.offer(r, self._value(r, point), point[0])
         if sol.status is SolveStatus.INFEASIBLE:
             return math.inf
         return sol.bound
 
     def _close(self, dom: _Domains) -> _Domains:
-        done = dom.lower > _CLOSE
-        if bool(done.any()):
-            self.row.closed = min(self.row.closed, float(dom.lower[done].min()))
+        """Drop proved domains and those of falsified rows, keeping their bounds' minimum
+        (the union of a row's domains covers the set, so that minimum stays a lower bound)."""
+        broken = torch.tensor([state.best_value < 0 for state in self.rows],
+                              device=dom.row.device)
+        done = (dom.lower > _CLOSE) | broken[dom.row]
+        for r in dom.row[done].unique().tolist():
+            mine = done & (dom.row == r)
+            self.rows[r].closed = min(self.rows[r].closed, float(dom.lower[mine].min()))
         return dom.take((~done).nonzero().flatten())
 
     def _affordable(self, deadline: float) -> int:
@@ -272,6 +312,23 @@ class _RowSearch:
             return self.batch_size
         return min(self.batch_size, int(left / (2 * self.seconds_per_domain)))
 
+    def _pick(self, open_: _Domains, count: int) -> tuple[Tensor, Tensor]:
+        """``count`` domains to split, and the rest: every open row's lowest domains, an equal
+        share each (an easy row closes in a few splits even while another one stalls), then
+        the lowest of any row up to ``count``."""
+        order = open_.lower.argsort()
+        onehot = torch.nn.functional.one_hot(open_.row[order], self.c.shape[0])
+        rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position within its own row
+        quota = max(1, count // max(1, int(onehot.any(0).sum())))
+        first = rank < quota
+        extra = (~first).nonzero().flatten()[:max(0, count - int(first.sum()))]
+        chosen = first.clone()
+        chosen[extra] = True
+        if int(chosen.sum()) > count:  # more open rows than ``count``: lowest ones first
+            chosen = torch.zeros_like(chosen)
+            chosen[first.nonzero().flatten()[:count]] = True
+        return order[chosen], order[~chosen]
+
     def _step(self, open_: _Domains, deadline: float) -> _Domains:
         leaf = open_.score.amax(1) <= 0
         if bool(leaf.any()):
@@ -282,18 +339,19 @@ class _RowSearch:
                 # a linear region is settled by its exact minimum, whatever its sign
                 value = self.solve_leaf(open_.take(torch.tensor([k])),
                                         deadline - time.perf_counter())
-                self.row.closed = min(self.row.closed, value)
+                r = int(open_.row[k])
+                self.rows[r].closed = min(self.rows[r].closed, value)
                 solved[k] = True
             return open_.take((~solved).nonzero().flatten())
-        order = open_.lower.argsort()
         count = max(1, min(self.batch_size, self._affordable(deadline)))
-        pick, rest = order[:count], order[count:]
+        pick, rest = self._pick(open_, count)
         parents = open_.take(pick)
         start = time.perf_counter()
-        children = self.bound(*self.split(parents))
+        children = self.bound(*self.split(parents), parents.row.repeat(2))
         self.seconds_per_domain = (time.perf_counter() - start) / len(children)
         children.lower = torch.maximum(children.lower, parents.lower.repeat(2))
-        self.row.domains += len(children)
+        for r, count_r in zip(*children.row.unique(return_counts=True), strict=True):
+            self.rows[int(r)].domains += int(count_r)
         return children.cat(open_.take(rest))
 
 
@@ -348,26 +406,24 @@ class BaB(Bounder):
     def _sample(self, network: Network, x0: Tensor, threat: LpBall, spec: Spec, s: int,
                 crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: LayerBounds
                 ) -> list[dict[str, Any]]:
-        deadline = time.perf_counter() + self.time_limit
-        rows: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        deadline = start + self.time_limit
         if bool((clean < 0).any()) and self.early_stop:
-            return rows  # the clean point is its own counterexample
-        for j in clean.argsort().tolist():
-            if float(crown[j]) > VERIFY_TOLERANCE:
-                continue
-            if time.perf_counter() >= deadline:
-                rows.append({"row": j, "status": "skipped (time limit)"})
-                continue
-            start = time.perf_counter()
-            search = _RowSearch(network, x0, threat, spec.C[s, j], float(spec.d[s, j]),
-                                self.batch_size, self.max_domains, self.max_leaves, root)
-            value, row = search.run(deadline, stop_on_counterexample=True)
+            return []  # the clean point is its own counterexample
+        todo = [j for j in clean.argsort().tolist() if float(crown[j]) <= VERIFY_TOLERANCE]
+        if not todo:
+            return []
+        rows = torch.tensor(todo, device=x0.device)
+        search = _RowSearch(network, x0, threat, spec.C[s, rows], spec.d[s, rows],
+                            self.batch_size, self.max_domains, self.max_leaves, root)
+        values, states = search.run(deadline, stop_on_counterexample=self.early_stop)
+        seconds = time.perf_counter() - start
+        log = []
+        for j, value, row in zip(todo, values.tolist(), states, strict=True):
             lower[s, j] = max(float(lower[s, j]), value)
             if row.best_point is not None:
                 cand[s, j] = row.best_point.reshape(cand.shape[2:]).to(cand)
-            rows.append({"row": j, "status": row.status, **row.log, "domains": row.domains,
-                         "leaves": row.leaves, "lower": value, "best": row.best_value,
-                         "seconds": time.perf_counter() - start})
-            if self.early_stop and row.best_value < 0:
-                break
-        return rows
+            log.append({"row": j, "status": row.status, **row.log, "domains": row.domains,
+                        "leaves": search.leaves, "lower": value, "best": row.best_value,
+                        "seconds": seconds})
+        return log

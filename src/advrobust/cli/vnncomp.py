@@ -1,0 +1,185 @@
+"""``advrobust vnncomp``: decide VNN-COMP instances and write the competition's result files."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from advrobust.cli._common import add_json_arg, emit
+from advrobust.errors import AdvRobustError, InvalidParameterError, MissingFileError
+
+__all__ = ["register", "run"]
+
+EXAMPLE = """examples:
+  advrobust vnncomp mnist-net_256x2.onnx prop_0_0.03.vnnlib --timeout 120 --out result.txt
+  advrobust vnncomp --instances mnist_fc/instances.csv --timeout 30 --out results.csv
+
+The result file holds sat (followed by the counterexample ((X_0 v) ... (Y_0 v) ...)), unsat,
+timeout or unknown. --timeout bounds the whole instance, loading the files included (Python's
+start-up excluded); the answer is written within it. With --instances the CSV's own timeouts
+apply unless --timeout is given, and known_answers.csv beside it (or --answers) scores them.
+"""
+
+#: Seconds before the timeout at which a single-instance run stops waiting for the cascade and
+#: writes ``timeout`` (the cascade keeps its own, larger guard: this only catches a stage that
+#: overran its deadline).
+HARD_GUARD = 0.05
+
+
+def register(sub: Any) -> None:
+    """Add the ``vnncomp`` command."""
+    p = sub.add_parser(
+        "vnncomp", help="decide VNN-COMP instances (ONNX + VNNLIB) and write result files",
+        description="Run the verification cascade on VNN-COMP instances within their "
+                    "timeouts and write the competition's result format.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("onnx", nargs="?", type=Path, help="the network (.onnx)")
+    p.add_argument("vnnlib", nargs="?", type=Path, help="the property (.vnnlib)")
+    p.add_argument("--instances", type=Path, metavar="CSV",
+                   help="run every line 'onnx,vnnlib,timeout' of this CSV in one process")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="seconds per instance (required for one instance; overrides the "
+                        "CSV's timeouts)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="the result file (one instance) or the results CSV (--instances)")
+    p.add_argument("--answers", type=Path, metavar="CSV",
+                   help="known answers (network,property,timeout,truth); default: "
+                        "known_answers.csv beside --instances, if present")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and solver threads (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from advrobust.evaluation.vnncomp import check_timeout
+
+    if args.instances is None and (args.onnx is None or args.vnnlib is None):
+        raise InvalidParameterError("vnncomp needs ONNX and VNNLIB paths, or --instances CSV. "
+                                    "Got neither.")
+    if args.instances is not None and (args.onnx is not None or args.vnnlib is not None):
+        raise InvalidParameterError("vnncomp takes ONNX VNNLIB or --instances, not both.")
+    if args.instances is None and args.timeout is None:
+        raise InvalidParameterError("--timeout is required for one instance (seconds > 0). "
+                                    "Got none.")
+    if args.timeout is not None:
+        check_timeout(args.timeout, "--timeout")
+    if args.threads < 1:
+        raise InvalidParameterError(f"--threads must be an int >= 1. Got {args.threads}.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Decide one instance (result file) or a whole benchmark (results CSV)."""
+    import torch
+
+    start = time.perf_counter()
+    _check_args(args)
+    torch.set_num_threads(args.threads)
+    if args.instances is not None:
+        return _run_many(args)
+    return _run_one(args, start)
+
+
+def _run_one(args: argparse.Namespace, start: float) -> int:
+    from advrobust.evaluation.vnncomp import Instance, run_instance, write_result
+
+    missing = [str(p) for p in (args.onnx, args.vnnlib) if not p.is_file()]
+    if missing:
+        raise MissingFileError("file not found: " + ", ".join(missing))
+    instance = Instance(args.onnx, args.vnnlib, float(args.timeout))
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = run_instance(instance, threads=args.threads, seed=args.seed,
+                                         timeout=max(1e-3, args.timeout
+                                                     - (time.perf_counter() - start)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = exc
+
+    # The cascade keeps its own deadlines; the thread is the backstop that makes the result
+    # file appear within the timeout even if a stage overruns (it is left to finish alone).
+    worker = threading.Thread(target=work, name="advrobust-vnncomp", daemon=True)
+    worker.start()
+    worker.join(max(0.0, args.timeout - HARD_GUARD - (time.perf_counter() - start)))
+    if "error" in box:
+        raise box["error"]
+    result = box.get("result")
+    if result is None:
+        # answered on time; the worker, past its own deadlines, is waited for after the
+        # output (a process exiting under a running torch / HiGHS thread aborts)
+        write_result(args.out, "timeout")
+        payload: dict[str, Any] = {"result": "timeout", "seconds": time.perf_counter() - start,
+                                   "note": "a stage overran its deadline; answered timeout"}
+    else:
+        write_result(args.out, result.result, result.counterexample, result.outputs)
+        payload = {"result": result.result, "seconds": result.seconds, **result.details}
+    payload = {"onnx": str(args.onnx), "vnnlib": str(args.vnnlib), "timeout": args.timeout,
+               "out": str(args.out), **payload}
+    if args.json:
+        emit(args, payload)
+    else:
+        keys = ("result", "seconds", "decided_by", "onnx", "vnnlib", "out")
+        emit(args, payload, [(k, payload.get(k)) for k in keys], title="advrobust vnncomp")
+    sys.stdout.flush()
+    worker.join()
+    return 0
+
+
+def _answers(args: argparse.Namespace) -> dict[tuple[str, str], str]:
+    from advrobust.evaluation.vnncomp import load_known_answers
+
+    path = args.answers if args.answers is not None \
+        else args.instances.parent / "known_answers.csv"
+    if args.answers is not None and not path.is_file():
+        raise MissingFileError(f"--answers file not found: {path}")
+    return load_known_answers(path) if path.is_file() else {}
+
+
+FIELDS = ("onnx", "vnnlib", "timeout", "result", "seconds", "truth", "wrong", "error")
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    from advrobust.evaluation.vnncomp import load_instances, run_instance
+
+    instances = load_instances(args.instances)  # every missing file reported before any run
+    known = _answers(args)
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for k, inst in enumerate(instances, start=1):
+        truth = known.get((str(inst.onnx.resolve()), str(inst.vnnlib.resolve())), "")
+        row: dict[str, Any] = {"onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib),
+                               "timeout": args.timeout or inst.timeout, "truth": truth,
+                               "error": ""}
+        try:
+            res = run_instance(inst, timeout=args.timeout, threads=args.threads, seed=args.seed)
+            row.update(result=res.result, seconds=round(res.seconds, 3))
+        except AdvRobustError as exc:  # one bad instance does not stop the benchmark
+            row.update(result="unknown", seconds=0.0, error=str(exc))
+        row["wrong"] = int(truth in ("sat", "unsat") and row["result"] in ("sat", "unsat")
+                           and row["result"] != truth)
+        rows.append(row)
+        print(f"[{k}/{len(instances)}] {inst.onnx.name} {inst.vnnlib.name}: {row['result']} "
+              f"({row['seconds']:.1f} s){' WRONG' if row['wrong'] else ''}"
+              f"{' error: ' + row['error'] if row['error'] else ''}", file=sys.stderr,
+              flush=True)
+    with open(args.out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    counts = Counter(r["result"] for r in rows)
+    summary = {"instances": len(rows), **{w: counts.get(w, 0) for w in
+                                          ("sat", "unsat", "unknown", "timeout")},
+               "wrong": sum(r["wrong"] for r in rows),
+               "errors": sum(bool(r["error"]) for r in rows),
+               "seconds": time.perf_counter() - start, "out": str(args.out)}
+    emit(args, {**summary, "results": rows} if args.json else summary,
+         title=f"advrobust vnncomp ({args.instances})")
+    return 1 if summary["wrong"] else 0

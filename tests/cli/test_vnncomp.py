@@ -1,0 +1,211 @@
+"""``advrobust vnncomp``: result files that parse back, benchmark CSVs, bad input, start-up."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from advrobust.cli import vnncomp
+from advrobust.errors import (
+    DataFormatError,
+    InvalidInputError,
+    InvalidParameterError,
+    MissingFileError,
+)
+from advrobust.evaluation.verify import verify_dataset
+from advrobust.evaluation.vnncomp import read_result
+from advrobust.network.vnnlib import VnnlibError, load_vnnlib
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _net(seed: int, d: int = 6, h: int = 10, k: int = 3) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(seed)
+    layers = [nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k)]
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
+                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.3)
+    return nn.Sequential(*layers).eval()
+
+
+def _save_onnx(model: nn.Sequential, path: Path, d: int) -> None:
+    nodes, inits, h = [], [], "x"
+    for i, layer in enumerate(model):
+        if isinstance(layer, nn.Linear):
+            w, b, out = f"w{i}", f"b{i}", f"l{i}"
+            inits += [numpy_helper.from_array(layer.weight.detach().numpy(), w),
+                      numpy_helper.from_array(layer.bias.detach().numpy(), b)]
+            nodes.append(helper.make_node("Gemm", [h, w, b], [out], transB=1))
+        else:
+            out = f"r{i}"
+            nodes.append(helper.make_node("Relu", [h], [out]))
+        h = out
+    nodes.append(helper.make_node("Identity", [h], ["y"]))
+    k = model[-1].out_features
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, d])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, k])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def _property(x0: torch.Tensor, eps: float, label: int, k: int, unsafe: str | None = None
+              ) -> str:
+    lines = [f"(declare-const X_{i} Real)" for i in range(x0.numel())]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(k)]
+    for i, v in enumerate(x0.tolist()):
+        lines += [f"(assert (<= X_{i} {min(v + eps, 1.0)!r}))",
+                  f"(assert (>= X_{i} {max(v - eps, 0.0)!r}))"]
+    lines.append(unsafe or "(assert (or " + " ".join(
+        f"(and (>= Y_{j} Y_{label}))" for j in range(k) if j != label) + "))")
+    return "\n".join(lines)
+
+
+def _instance(tmp_path: Path, seed: int, eps: float = 0.15, d: int = 6, **kw: str
+              ) -> tuple[Path, Path, nn.Sequential, int]:
+    model = _net(seed, d=d)
+    x0 = torch.rand(d, generator=torch.Generator().manual_seed(100 + seed))
+    label = int(model(x0.unsqueeze(0)).argmax(1)[0])
+    net, prop = tmp_path / f"net{seed}.onnx", tmp_path / f"prop{seed}.vnnlib"
+    _save_onnx(model, net, d)
+    prop.write_text(_property(x0, eps, label, 3, **kw))
+    return net, prop, model, label
+
+
+def _run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="advrobust")
+    vnncomp.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["vnncomp", *argv])
+    return int(args.func(args))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
+def test_result_file_parses_back_and_agrees_with_the_milp(tmp_path: Path, seed: int,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    net, prop_path, model, label = _instance(tmp_path, seed)
+    out = tmp_path / "result.txt"
+    assert _run([str(net), str(prop_path), "--timeout", "20", "--out", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    result, x, y = read_result(out)
+    assert result == payload["result"] and len(payload["rows"]) == 2
+    prop = load_vnnlib(prop_path)
+    exact = verify_dataset(model, ((prop.lower + prop.upper) / 2).float().unsqueeze(0),
+                           torch.tensor([label]), _ball(prop), method="milp", progress=False)
+    assert result == {"verified": "unsat", "falsified": "sat"}[exact.verdict[0].value]
+    if result == "sat":
+        assert x is not None and y is not None
+        assert bool(prop.contains(x.unsqueeze(0), atol=0.0))
+        with torch.no_grad():
+            out_y = model(x.float().unsqueeze(0)).double()
+        assert torch.allclose(out_y[0], y, atol=1e-5)  # Y is the model's output at X
+        assert bool(prop.is_unsafe(y.unsqueeze(0)))
+    else:
+        assert x is None and y is None and out.read_text() == "unsat\n"
+
+
+def _ball(prop: object) -> object:
+    from advrobust.evaluation.verify import _property_ball
+
+    return _property_ball(prop)[1]  # type: ignore[arg-type]
+
+
+def test_instances_csv_summary_and_results(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    lines, answers = [], ["network,property,timeout,truth"]
+    for seed in (0, 1, 2):
+        net, prop, *_ = _instance(tmp_path, seed)
+        lines.append(f"{net.name},{prop.name},15")
+        answers.append(f"{net.name},{prop.name},15,unknown")
+    (tmp_path / "instances.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "known_answers.csv").write_text("\n".join(answers) + "\n")
+    out = tmp_path / "results.csv"
+    code = _run(["--instances", str(tmp_path / "instances.csv"), "--out", str(out), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(out.open()))
+    assert code == 0 and summary["instances"] == 3 == len(rows) and summary["wrong"] == 0
+    assert sum(summary[w] for w in ("sat", "unsat", "unknown", "timeout")) == 3
+    assert {r["result"] for r in rows} <= {"sat", "unsat"}  # tiny nets: all decided
+    assert all(float(r["seconds"]) <= 15 for r in rows)
+    # a wrong known answer is flagged and makes the exit status 1
+    flipped = ["network,property,timeout,truth"] + [
+        f"{Path(r['onnx']).name},{Path(r['vnnlib']).name},15,"
+        f"{'sat' if r['result'] == 'unsat' else 'unsat'}" for r in rows]
+    (tmp_path / "known_answers.csv").write_text("\n".join(flipped) + "\n")
+    assert _run(["--instances", str(tmp_path / "instances.csv"), "--out", str(out)]) == 1
+    assert all(r["wrong"] == "1" for r in csv.DictReader(out.open()))
+
+
+def test_missing_files_are_all_reported_before_any_run(tmp_path: Path) -> None:
+    net, prop, *_ = _instance(tmp_path, 0)
+    (tmp_path / "instances.csv").write_text(
+        f"{net.name},{prop.name},10\nnope.onnx,{prop.name},10\n{net.name},gone.vnnlib,10\n")
+    out = tmp_path / "results.csv"
+    with pytest.raises(MissingFileError, match="2 missing files") as info:
+        _run(["--instances", str(tmp_path / "instances.csv"), "--out", str(out)])
+    assert "nope.onnx" in str(info.value) and "gone.vnnlib" in str(info.value)
+    assert not out.exists()
+    (tmp_path / "bad.csv").write_text(f"{net.name},{prop.name},-3\n")
+    with pytest.raises(DataFormatError, match="line 1.*> 0"):
+        _run(["--instances", str(tmp_path / "bad.csv"), "--out", str(out)])
+
+
+def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
+    net, prop, *_ = _instance(tmp_path, 0)
+    out = tmp_path / "r.txt"
+    for timeout in ("0", "-1", "nan"):
+        with pytest.raises(InvalidParameterError, match="'--timeout'.*> 0"):
+            _run([str(net), str(prop), "--timeout", timeout, "--out", str(out)])
+    with pytest.raises(InvalidParameterError, match="--timeout is required"):
+        _run([str(net), str(prop), "--out", str(out)])
+    with pytest.raises(MissingFileError, match="a.onnx, .*b.vnnlib"):
+        _run([str(tmp_path / "a.onnx"), str(tmp_path / "b.vnnlib"), "--timeout", "5", "--out",
+              str(out)])
+    # a property over 5 inputs for a network taking 6
+    wide, *_ = _instance(tmp_path, 7, d=5)
+    with pytest.raises(InvalidInputError, match=r"shape \(6,\).*declares 5 input"):
+        _run([str(net), str(tmp_path / "prop7.vnnlib"), "--timeout", "5", "--out", str(out)])
+    # an unsafe set with a conjunction of two output constraints
+    conj = "(assert (and (>= Y_1 Y_0) (>= Y_2 Y_0)))"
+    _, conj_prop, *_ = _instance(tmp_path, 8, unsafe=conj)
+    with pytest.raises(VnnlibError, match="disjunct 0 .* conjunction of 2"):
+        _run([str(net), str(conj_prop), "--timeout", "5", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_top_level_help_imports_no_heavy_module() -> None:
+    code = ("import sys\nfrom advrobust.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = ('torch', 'scipy', 'sklearn', 'matplotlib', 'highspy', 'onnx')\n"
+            "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(REPO / "src"), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED []" in proc.stdout
+    for name, summary in (("vnncomp", "decide VNN-COMP instances"),
+                          ("verify", "prove robustness")):
+        assert name in proc.stdout and summary in proc.stdout
+
+
+def test_read_result_refuses_what_is_not_a_result_file(tmp_path: Path) -> None:
+    path = tmp_path / "r.txt"
+    for text, match in (("maybe\n", "starts with one of"),
+                        ("sat\n((X_0 0.5) (Y_1 2.0))\n", "Y values must be Y_0"),
+                        ("sat\n((X_0 0.5) (Y_0 1.0)) ((X_0 1))\n", "one '\\(\\(X_0")):
+        path.write_text(text)
+        with pytest.raises(DataFormatError, match=match):
+            read_result(path)
+    path.write_text("timeout\n")
+    assert read_result(path) == ("timeout", None, None)
