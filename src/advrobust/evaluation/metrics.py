@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from advrobust.attacks.base import Attack
 from advrobust.core._validation import check_int
 from advrobust.core.modes import eval_mode
+from advrobust.core.progress import progress_bar
 from advrobust.core.result import AttackResult
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError
@@ -221,7 +221,7 @@ def evaluate_attack(model: nn.Module, attack: Attack, data: Any, threat: LpBall,
     starts = range(0, x.shape[0], batch_size)
     results = []
     begin = time.perf_counter()
-    for i in tqdm(starts, desc=type(attack).__name__, disable=not progress, unit="batch"):
+    for i in progress_bar(starts, desc=type(attack).__name__, disable=not progress, unit="batch"):
         sl = slice(i, i + batch_size)
         results.append(attack(model, x[sl], y[sl], threat,
                               target=None if target is None else target[sl],

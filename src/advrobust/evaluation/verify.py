@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from advrobust.core._validation import check_choice, check_float, check_int
 from advrobust.core.checks import check_batch
 from advrobust.core.modes import eval_mode
+from advrobust.core.progress import progress_bar
 from advrobust.core.result import BoundResult, Verdict, decide_verdicts
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
@@ -108,7 +108,7 @@ def _relax_stage(state: _State, bounder: Any, y: Tensor, batch_size: int, progre
     idx_all = torch.arange(state.x.shape[0], device=state.x.device)
     chunks = list(idx_all.split(batch_size))
     start = time.perf_counter()
-    for idx in tqdm(chunks, desc=name, disable=not progress, leave=False):
+    for idx in progress_bar(chunks, desc=name, disable=not progress, leave=False):
         result = bounder(state.model, state.x[idx], y[idx], state.threat, state.spec_of(idx))
         _take(state, idx, result)
     state.bound_seconds = (time.perf_counter() - start) / max(1, state.x.shape[0])
@@ -119,7 +119,7 @@ def _attack_stage(state: _State, attack: Any, y: Tensor, batch_size: int, progre
                   generator: torch.Generator | None) -> None:
     todo = state.undecided().nonzero().flatten().to(state.x.device)
     chunks = list(todo.split(batch_size)) if todo.numel() else []
-    for idx in tqdm(chunks, desc="pgd", disable=not progress, leave=False):
+    for idx in progress_bar(chunks, desc="pgd", disable=not progress, leave=False):
         result = attack(state.model, state.x[idx], y[idx], state.threat, generator=generator)
         state.offer(idx, result.x_adv.detach())
     state.mark("pgd")
@@ -143,7 +143,7 @@ def _exact_stage(state: _State, exact: Any, y: Tensor, progress: bool, name: str
             stacklevel=4)
         state.mark(name)
         return
-    bar = tqdm(todo.tolist(), desc=name, disable=not progress, leave=False)
+    bar = progress_bar(todo.tolist(), desc=name, disable=not progress, leave=False)
     for i in bar:
         idx = torch.tensor([i], device=state.x.device)
         _take(state, idx, exact(state.model, state.x[idx], y[idx], state.threat,
