@@ -42,6 +42,8 @@ from advrobust.cli._common import (
     add_json_arg,
     add_model_arg,
     check_model_data,
+    check_output,
+    check_plot_path,
     emit,
     load_data,
     load_model,
@@ -157,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
     _check_universal_flags(args, universal)
     if args.batch_size < 1:
         raise InvalidParameterError(f"--batch-size must be >= 1. Got {args.batch_size}.")
+    check_plot_path(args.plot, "--plot")
+    check_output(args.save_examples, "--save-examples", suffixes=(".npz",))
+    check_output(args.save_perturbation, "--save-perturbation", suffixes=(".npz",))
     checkpoint = load_model(args.model)
     model = checkpoint.model
     data = load_data(args)

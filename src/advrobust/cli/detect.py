@@ -48,9 +48,9 @@ def register(subparsers: Any) -> None:
                         help="l2 ceiling of cw / evasive-cw (default: 10, i.e. unconstrained)")
     parser.add_argument("--fpr", type=float, default=0.05,
                         help="target false-positive rate (default: 0.05)")
-    parser.add_argument("--fit-n", type=int, default=1000,
+    parser.add_argument("--fit-n", type=int, default=None,
                         help="clean samples of the other split used for calibration "
-                        "(default: 1000)")
+                        "(default: 1000, or the whole split when it is smaller)")
     parser.add_argument("--cw-steps", type=int, default=100,
                         help="Adam steps per constant (default: 100)")
     parser.add_argument("--cw-search", type=int, default=5,
@@ -95,11 +95,19 @@ def _build_attacks(args: argparse.Namespace, detector: Any) -> tuple[dict[str, A
 def _calibration_data(args: argparse.Namespace) -> Any:
     from advrobust.data import load_dataset
 
+    if args.fit_n is None:
+        other = "train" if args.split == "test" else "test"
+        data = load_dataset(args.data, split=other, root=args.data_dir)
+        return data.take(min(1000, len(data)))
     if args.fit_n < 1:
         raise InvalidParameterError(f"--fit-n must be >= 1. Got {args.fit_n} instead.")
     other = "train" if args.split == "test" else "test"
     data = load_dataset(args.data, split=other, root=args.data_dir)
-    return data.take(min(args.fit_n, len(data)))
+    if args.fit_n > len(data):
+        raise InvalidParameterError(
+            f"--fit-n must be at most the {len(data)} samples of the {args.data} {other} split "
+            f"(calibration uses the split that is not evaluated). Got {args.fit_n} instead.")
+    return data.take(args.fit_n)
 
 
 def run(args: argparse.Namespace) -> int:

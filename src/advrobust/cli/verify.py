@@ -7,7 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_data_args, add_json_arg, emit, load_data, load_model
+from advrobust.cli._common import (
+    add_data_args,
+    add_json_arg,
+    check_output,
+    emit,
+    load_data,
+    load_model,
+)
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -114,7 +121,13 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
     from advrobust.evaluation.verify import verify_property
     from advrobust.network.vnnlib import format_counterexample, load_vnnlib
 
+    if args.eps is not None:
+        raise InvalidParameterError(
+            "--eps does not apply with --vnnlib: the property's own input box is the set "
+            f"checked. Got --eps {args.eps}; drop it (or drop --vnnlib to verify a data set).")
+    check_output(args.counterexample, "--counterexample")
     prop = load_vnnlib(args.vnnlib)
+    _check_property_sizes(args, model, prop, shape)
     result = verify_property(model, prop, input_shape=shape, method=args.method,
                              time_limit=args.time_limit, threads=args.threads,
                              progress=not args.no_progress,
@@ -130,6 +143,26 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
                "decided_by": report.decided_by[0] or None, "seconds": report.seconds}
     emit(args, payload, list(payload.items()), title="advrobust verify (VNNLIB)")
     return 0
+
+
+def _check_property_sizes(args: argparse.Namespace, model: Any, prop: Any,
+                          shape: tuple[int, ...] | None) -> None:
+    """The property's X and Y variables must match the network's inputs and outputs."""
+    import torch
+
+    net = str(args.onnx if args.onnx is not None else args.model)
+    if shape is not None and math.prod(shape) != prop.num_inputs:
+        raise InvalidInputError(
+            f"The property {str(args.vnnlib)!r} declares {prop.num_inputs} input variables but "
+            f"the network {net!r} takes {math.prod(shape)} values (shape {shape}). Pair each "
+            "property with the network it was written for.")
+    with torch.no_grad():
+        outputs = int(model(torch.zeros(1, *(shape or (prop.num_inputs,)))).shape[-1])
+    if outputs != prop.num_outputs:
+        raise InvalidInputError(
+            f"The property {str(args.vnnlib)!r} declares {prop.num_outputs} output variables "
+            f"but the network {net!r} has {outputs} outputs. Pair each property with the "
+            "network it was written for.")
 
 
 def run(args: argparse.Namespace) -> int:
