@@ -131,9 +131,9 @@ class Spec:
         """Raise if the spec does not fit a batch of ``n`` samples and ``num_classes`` outputs."""
         if self.C.shape[0] != n or self.C.shape[2] != num_classes:
             raise InvalidInputError(
-                f"The specification does not fit the model: it has {self.C.shape[0]} sample(s) "
-                f"and compares {self.C.shape[2]} outputs, but the batch has {n} sample(s) and "
-                f"the model {num_classes} outputs.")
+                f"The specification does not fit the model: its rows have width "
+                f"{self.C.shape[2]} (outputs compared) for {self.C.shape[0]} sample(s), but the "
+                f"model has {num_classes} outputs and the batch {n} sample(s).")
         if tuple(self.d.shape) != tuple(self.C.shape[:2]):
             raise InvalidInputError(
                 f"Spec offset d must be shaped {tuple(self.C.shape[:2])}; "
