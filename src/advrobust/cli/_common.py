@@ -18,6 +18,8 @@ from advrobust.errors import InvalidInputError
 __all__ = [
     "OutputLock",
     "add_force_arg",
+    "add_progress_args",
+    "progress_enabled",
     "check_output",
     "check_plot_path",
     "add_data_args",
@@ -92,6 +94,19 @@ def check_model_data(checkpoint: Any, data: Any) -> None:
             f"The model takes inputs of shape {tuple(shape)} but the "
             f"data set {getattr(data, 'name', '')!r} has inputs of shape {have}. Pick the data "
             "set the model was trained on (see 'advrobust info CKPT').")
+
+
+def add_progress_args(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (progress is shown by default; ``--progress`` is kept for scripts)."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress (shown by default: a bar on a terminal, a status "
+                             "line every 10 s otherwise)")
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Whether ``add_progress_args`` options ask for progress."""
+    return not getattr(args, "no_progress", False)
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:

@@ -12,10 +12,12 @@ from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
     add_model_arg,
+    add_progress_args,
     check_model_data,
     emit,
     load_data,
     load_model,
+    progress_enabled,
 )
 from advrobust.errors import InvalidParameterError
 
@@ -59,6 +61,7 @@ def register(subparsers: Any) -> None:
                         help="weight of the detector score in evasive-cw (default: 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random starts (default: 0)")
+    add_progress_args(parser)
     add_json_arg(parser)
     parser.set_defaults(func=run)
 
@@ -122,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     detector = GradientNormDetector(fpr=args.fpr).fit(model, _calibration_data(args).x)
     attacks, threats = _build_attacks(args, detector)  # pgd / fgsm: linf; cw: l2 norms
     gen = torch.Generator().manual_seed(args.seed)
-    report = evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen)
+    report = evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen,
+                               progress=progress_enabled(args))
     rows: list[tuple[str, Any]] = [("threshold", report.threshold),
                                    ("target FPR", report.target_fpr),
                                    ("clean FPR (evaluated data)", report.clean_fpr)]

@@ -23,10 +23,12 @@ from advrobust.cli._common import (
     add_force_arg,
     add_json_arg,
     add_model_arg,
+    add_progress_args,
     check_output,
     check_plot_path,
     emit,
     load_data,
+    progress_enabled,
 )
 from advrobust.errors import InvalidParameterError
 
@@ -36,7 +38,7 @@ EXAMPLE = """examples:
   advrobust dictionary learn --model runs/cnn.pt --data mnist --split train --n 1000 \\
       --atoms 10 --lambda1 0.1 --lambda2 0.001 --out dict.npz
   advrobust dictionary learn --model runs/cnn.pt --data mnist --split train --n 10000 \\
-      --atoms 10 --stochastic --batch-size 128 --epochs 5 --out dict.npz --progress
+      --atoms 10 --stochastic --batch-size 128 --epochs 5 --out dict.npz
   advrobust dictionary plot dict.npz --out atoms.png
   advrobust attack --model runs/cnn.pt --data mnist --attack dictionary --norm l2 --eps 10 \\
       --dictionary dict.npz
@@ -95,7 +97,7 @@ def _register_learn(actions: Any) -> None:
     p.add_argument("--plot", type=Path, default=None, help="also draw the atoms to this PNG")
     p.add_argument("--examples", type=Path, default=None,
                    help="draw example attacks (image, D v, attacked image) to this PNG")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_progress_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -123,7 +125,7 @@ def _learner(args: argparse.Namespace) -> Any:
 
     common = {"atoms": args.atoms, "lambda1": args.lambda1, "lambda2": args.lambda2,
               "loss": args.loss, "kappa": args.kappa, "step_size": args.step_size,
-              "progress": args.progress}
+              "progress": progress_enabled(args)}
     if args.stochastic:
         return SADiL(epochs=args.epochs, batch_size=args.batch_size, **common)
     return ADiL(max_iter=args.iterations, **common)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from advrobust.cli._common import (
     load_data,
     load_model,
 )
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -66,6 +68,8 @@ def register(sub: Any) -> None:
     p.add_argument("--counterexample", type=Path, metavar="FILE",
                    help="with --vnnlib: write a counterexample here (VNN-COMP format)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_save_args(p, "index, label, prediction, verdict, lower and upper bound of the worst-case "
+                     "margin, method that decided, seconds; witnesses: counterexamples")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -102,11 +106,17 @@ def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | 
     if args.eps is None:
         raise InvalidParameterError("--eps is required (or give --vnnlib). Got none.")
     data = load_data(args)
+    writer = open_writer(args.save, COLUMNS, args.force)
     x = _fit_shape(data.x, shape)
     report = verify_dataset(model, x, data.y, LpBall(args.norm, args.eps), method=args.method,
                             time_limit=args.time_limit, threads=args.threads,
                             batch_size=args.batch_size, progress=not args.no_progress,
                             generator=torch.Generator().manual_seed(args.seed))
+    if writer is not None:
+        from advrobust.evaluation import predict
+
+        _write_rows(writer, report, data.y, predict(model, x))
+        print(f"advrobust verify: saved {writer.close()}", file=sys.stderr)
     payload = report.summary()
     keys = ("method", "threat", "n", "verified", "falsified", "unknown", "clean_accuracy",
             "certified_accuracy", "robust_accuracy_upper", "mean_lower_bound", "seconds")
@@ -167,6 +177,11 @@ def _check_property_sizes(args: argparse.Namespace, model: Any, prop: Any,
 
 def run(args: argparse.Namespace) -> int:
     """Verify a dataset (counts and certified accuracy) or one VNNLIB property."""
+    if args.vnnlib is not None and args.save is not None:
+        raise InvalidParameterError("--save applies to a data set run; with --vnnlib use "
+                                    "--counterexample FILE. Got both --vnnlib and --save.")
+    if args.save is not None:
+        check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
     if args.vnnlib is None and args.counterexample is not None:
         raise InvalidParameterError("--counterexample applies to --vnnlib only (a dataset run "
                                     "has no single counterexample to write). Got no --vnnlib.")
@@ -174,3 +189,24 @@ def run(args: argparse.Namespace) -> int:
     if args.vnnlib is not None:
         return _run_property(args, model, shape)
     return _run_dataset(args, model, shape)
+
+
+COLUMNS = ("index", "label", "prediction", "verdict", "lower", "upper", "decided_by",
+           "seconds")
+
+
+def _write_rows(writer: SampleWriter, report: Any, y: Any, pred: Any) -> None:
+    """One row per sample: verdict, bracket of the worst-case margin; counterexamples."""
+    import torch
+
+    from advrobust.core.result import Verdict
+
+    n = len(y)
+    lower, upper = report.margin_lower, report.margin_upper
+    writer.write([{
+        "index": i, "label": y[i], "prediction": pred[i],
+        "verdict": report.verdict[i], "lower": float(lower[i]), "upper": float(upper[i]),
+        "decided_by": report.decided_by[i] or None, "seconds": report.seconds / n}
+        for i in range(n)])
+    falsified = torch.tensor([v is Verdict.FALSIFIED for v in report.verdict])
+    writer.add_witnesses(torch.arange(n)[falsified], report.witness[falsified])
