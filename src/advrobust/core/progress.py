@@ -85,7 +85,7 @@ class StatusLine(_Silent):
     def __init__(self, iterable: Iterable[Any] | None = None, total: float | None = None,
                  desc: str | None = None, unit: str = "it", interval: float | None = None,
                  file: Any = None) -> None:
-        super().__init__(iterable, total, desc)
+        super().__init__(iterable, _length(iterable, total), desc)
         self.unit, self.postfix = unit, ""
         self.interval = _interval() if interval is None else interval
         self.file = file
