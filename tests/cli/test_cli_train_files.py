@@ -77,7 +77,7 @@ def test_ctrl_c_then_resume_gives_the_uninterrupted_result(
     real_save = advrobust.models.save_checkpoint
 
     def save_then_interrupt(*args: object, **kwargs: object) -> Path:
-        path = real_save(*args, **kwargs)  # type: ignore[arg-type]
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
         raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
 
     monkeypatch.setattr(advrobust.models, "save_checkpoint", save_then_interrupt)
