@@ -30,7 +30,7 @@ defenses (--defense; the checkpoint records the defense and its parameters):
   advrobust train --model cnn --data mnist --defense fgsm --eps 0.3 --alpha 0.375 --ramp 0.3 \\
       --out fgsm.pt                      # fast FGSM (Wong, Rice & Kolter 2020)
   advrobust train --model mlp2 --data digits --defense trades --eps 0.1 --beta 6 --out t.pt
-  advrobust train --model mlp2 --data digits --defense tv-lip --eps 0.1 --lam 0.1 --out tv.pt
+  advrobust train --model mlp2 --data digits --defense tv-lip --eps 0.1 --lam 0.01 --out tv.pt
   advrobust train --model cnn --data mnist --defense crown-ibp --eps 0.1 --warmup 0.1 \\
       --ramp 0.5 --report 100 --out cibp.pt  # certified training; report adds CROWN accuracy
   advrobust train --model cnn --data mnist --defense noise --sigma 0.25 --out smooth.pt
@@ -60,7 +60,8 @@ _DEFENSE_FLAGS: dict[str, tuple[str, Any, str]] = {
                                                "dict-adv: coding step, default 1)"),
     "alpha": ("--alpha", float, "fast-FGSM step (default: 1.25 eps)"),
     "beta": ("--beta", float, "TRADES robustness weight (default: 6)"),
-    "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.1)"),
+    "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.01; larger "
+                            "trades clean accuracy for a flatter loss: 0.1 gave 0.41 on digits)"),
     "h": ("--fd-step", float, "finite-difference step of tv / tv-lip (default: 0.01)"),
     "double_backprop": ("--double-backprop", bool, "tv / tv-lip: exact gradient norm by "
                                                    "double backpropagation"),
