@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_model(args.model)
     data = load_data(args)
     check_model_data(checkpoint, data)
-    writer = open_writer(args.save, COLUMNS, args.force)
     report = robustness_report(checkpoint.model, data, threat, certify=not args.no_certify,
                                ensemble=not args.no_ensemble, pgd_steps=args.pgd_steps,
                                pgd_restarts=args.pgd_restarts, batch_size=args.batch_size,
@@ -102,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                seed=args.seed, progress=progress_enabled(args),
                                per_sample=True)
     rows = report.pop("per_sample")
+    writer = open_writer(args.save, COLUMNS, args.force)  # after the run: Ctrl-C leaves none
     if writer is not None:
         from advrobust.evaluation import predict
 

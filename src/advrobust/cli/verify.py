@@ -80,6 +80,12 @@ def _network(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None]:
         from advrobust.network.onnx import import_onnx
 
         net = import_onnx(args.onnx)
+        bad = [name for name, value in net.model.state_dict().items()
+               if value.is_floating_point() and not bool(value.isfinite().all())]
+        if bad:
+            raise InvalidInputError(
+                f"The network {str(args.onnx)!r} has NaN or infinite weights ({bad[:5]}): "
+                "its bounds and verdicts would be meaningless.")
         return net.model, net.input_shape
     ckpt = load_model(args.model)
     shape = ckpt.arch_kwargs.get("input_shape")
@@ -106,12 +112,12 @@ def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | 
     if args.eps is None:
         raise InvalidParameterError("--eps is required (or give --vnnlib). Got none.")
     data = load_data(args)
-    writer = open_writer(args.save, COLUMNS, args.force)
     x = _fit_shape(data.x, shape)
     report = verify_dataset(model, x, data.y, LpBall(args.norm, args.eps), method=args.method,
                             time_limit=args.time_limit, threads=args.threads,
                             batch_size=args.batch_size, progress=not args.no_progress,
                             generator=torch.Generator().manual_seed(args.seed))
+    writer = open_writer(args.save, COLUMNS, args.force)  # after the run: Ctrl-C leaves none
     if writer is not None:
         from advrobust.evaluation import predict
 
