@@ -72,7 +72,8 @@ def test_unwritable_out_fails_up_front_naming_the_users_path(
 def test_ctrl_c_then_resume_gives_the_uninterrupted_result(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    flags = ("--epochs", "3", "--defense", "pgd", "--eps", "0.1", "--attack-steps", "2")
+    flags = ("--epochs", "2", "--defense", "pgd", "--eps", "0.1", "--attack-steps", "1",
+             "--n", "100")
     assert _train(tmp_path / "full.pt", *flags) == 0
     real_save = advrobust.models.save_checkpoint
 

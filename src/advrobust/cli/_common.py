@@ -237,6 +237,7 @@ class OutputLock:
             return self
         import os
 
+        _probe_folder(self.path, self.flag)  # creates the folder; errors name the user's path
         for _ in range(20):
             fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
             try:

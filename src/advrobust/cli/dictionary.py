@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from advrobust.cli._common import (
+    OutputLock,
     add_data_args,
     add_force_arg,
     add_json_arg,
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dictionary learn`` or ``dictionary plot``; returns the exit status."""
     if args.action == "plot":
         return _plot(args)
-    return _learn(args)
+    with OutputLock(args.out, "--out"):  # one writer of --out at a time
+        return _learn(args)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -146,7 +148,7 @@ def _learn(args: argparse.Namespace) -> int:
     from advrobust.cli._common import check_model_data, load_model
 
     learner = _learner(args)
-    check_output(args.out, "--out", suffixes=(".npz",), force=args.force)
+    check_output(args.out, "--out", suffixes=(".npz",), force=args.force)  # under the lock
     check_plot_path(args.plot, "--plot")
     check_plot_path(args.examples, "--examples")
     if args.heldout_n is not None and args.heldout_n < 0:

@@ -131,9 +131,9 @@ class Spec:
         """Raise if the spec does not fit a batch of ``n`` samples and ``num_classes`` outputs."""
         if self.C.shape[0] != n or self.C.shape[2] != num_classes:
             raise InvalidInputError(
-                f"The specification does not fit the model: its rows have width "
-                f"{self.C.shape[2]} (outputs compared) for {self.C.shape[0]} sample(s), but the "
-                f"model has {num_classes} outputs and the batch {n} sample(s).")
+                f"The specification must compare the model's {num_classes} outputs (rows of "
+                f"width {num_classes}) for {n} sample(s); it compares {self.C.shape[2]} outputs "
+                f"for {self.C.shape[0]} sample(s).")
         if tuple(self.d.shape) != tuple(self.C.shape[:2]):
             raise InvalidInputError(
                 f"Spec offset d must be shaped {tuple(self.C.shape[:2])}; "
