@@ -25,11 +25,14 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_report_orders_the_bracket(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A short ensemble: the ordering holds by construction (the ensemble's column is its
+    # worst case with PGD's; certification is sound), whatever the attack budgets.
     code = main(["evaluate", "--model", str(checkpoint), "--data", "digits", "--eps", "0.03",
-                 "--n", "40", "--pgd-steps", "10", "--json"])
+                 "--n", "30", "--pgd-steps", "10", "--ensemble-steps", "10",
+                 "--ensemble-queries", "50", "--json", "--no-progress"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 40 and out["arch"] == "small"
+    assert out["n"] == 30 and out["arch"] == "small"
     clean, pgd, ens, cert = (out[k] for k in ("clean_accuracy", "pgd_accuracy",
                                                "ensemble_accuracy", "certified_accuracy"))
     assert 0.5 < clean <= 1  # a trained model, not a constant one
@@ -45,3 +48,21 @@ def test_table_and_bad_input(checkpoint: Path, capsys: pytest.CaptureFixture[str
     assert main(["evaluate", "--model", str(checkpoint), "--data", "digits", "--eps", "-1",
                  "--n", "10"]) == 2
     assert "eps" in capsys.readouterr().err
+
+
+def test_save_writes_one_row_per_sample(checkpoint: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    save = tmp_path / "eval.csv"
+    assert main(["evaluate", "--model", str(checkpoint), "--data", "digits", "--eps", "0.03",
+                 "--n", "12", "--pgd-steps", "5", "--no-ensemble", "--save", str(save),
+                 "--json", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    import csv
+
+    rows = list(csv.DictReader(save.open()))
+    assert [int(r["index"]) for r in rows] == list(range(12))
+    assert sum(r["clean_correct"] == "True" for r in rows) == round(out["clean_accuracy"] * 12)
+    assert sum(r["pgd_robust"] == "True" for r in rows) == round(out["pgd_accuracy"] * 12)
+    assert all(r["ensemble_robust"] == "" for r in rows)  # not run
+    # a certified sample is never one PGD broke
+    assert not any(r["certified"] == "True" and r["pgd_robust"] == "False" for r in rows)

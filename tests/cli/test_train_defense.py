@@ -172,7 +172,7 @@ def test_report_brackets_the_trained_model(tmp_path: Path,
     assert cert is not None and 0 <= cert <= pgd <= clean <= 1
     assert clean > 0.3  # trained, not a constant guess
     _run(["train", *BASE, "--report", "20", "--report-eps", "0.05", "--report-no-certify",
-          "--out", str(out)])
+          "--out", str(out), "--force"])
     table = capsys.readouterr().out
     for row in ("clean accuracy", "pgd accuracy", "ensemble accuracy", "certified accuracy"):
         assert row in table

@@ -86,7 +86,7 @@ def test_normalize_is_the_first_layer_and_is_applied() -> None:
     ({"input_shape": "1x28x28"}, "input_shape"),
     ({"num_classes": 1}, "num_classes"),
     ({"normalize": (0.5,)}, "normalize"),
-    ({"normalize": ([0.5, 0.5], [0.2, 0.2])}, "1 or 1 values"),
+    ({"normalize": ([0.5, 0.5], [0.2, 0.2])}, "must give 1 value per statistic"),
     ({"normalize": (0.5, 0.0)}, "std"),
     ({"seed": -1}, "seed"),
 ])

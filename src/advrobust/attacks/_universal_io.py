@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from advrobust.attacks.universal import UniversalPerturbation, UniversalResult, fooling_rate
+from advrobust.core._npz import npz_reason
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import DataFormatError, MissingFileError
 
@@ -62,7 +63,8 @@ def load_universal(path: str | Path) -> UniversalResult:
     except (KeyError, ValueError, OSError) as exc:
         if isinstance(exc, DataFormatError):
             raise
-        raise DataFormatError(f"{path} is not a universal-perturbation npz file: {exc}") from exc
+        raise DataFormatError(
+            f"{path} is not a universal-perturbation npz file: {npz_reason(exc)}") from exc
 
 
 def plot_universal(path_png: str | Path, result: UniversalResult) -> Path:

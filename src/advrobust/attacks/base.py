@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from advrobust.core.checks import check_batch
+from advrobust.core.checks import check_batch, check_generator
 from advrobust.core.config import Configurable
 from advrobust.core.modes import eval_mode
 from advrobust.core.result import AttackResult
@@ -119,6 +119,7 @@ class Attack(Configurable, abc.ABC):
                 f"{name} supports the norms {{{allowed}}}. Got {threat.norm.value!r} instead.")
         if target is not None and not self.targeted:
             raise InvalidThreatModelError(f"{name} is untargeted; it does not accept 'target'.")
+        check_generator(generator, name)
         with eval_mode(model, who=name):
             clean = check_batch(model, x, y, threat, target, who=name)
             oracle = Oracle(model)

@@ -1,5 +1,8 @@
 """Command-line interface: the only place where strings become objects.
 
+Exit statuses: 0 success, 1 the reader of stdout went away, 2 a bad command line or input (one
+``advrobust COMMAND: error: ...`` line), 130 interrupted by Ctrl-C.
+
 Each command lives in its own module of this package, which defines ``register(subparsers)``
 adding its parser (with an example in its help) and setting ``func`` to the function that runs
 it. ``func(args) -> int`` returns the exit status.
@@ -86,8 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advrobust`` console script; returns the exit status."""
     words = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(words)
-    parser = build_parser(command, lazy=command is None)
-    args = parser.parse_args(words)
+    try:
+        parser = build_parser(command, lazy=command is None)
+        args = parser.parse_args(words)
+    except KeyboardInterrupt:
+        print("\nadvrobust: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
@@ -101,17 +108,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdvRobustError as exc:
         print(f"advrobust {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        # A missing or unreadable file named on the command line (ONNX, VNNLIB, dictionary,
-        # perturbation, output folder): one line naming it, exit status 2, not a traceback.
-        message = (f"{exc.strerror}: {exc.filename}" if exc.filename is not None and exc.strerror
-                   else str(exc))
-        print(f"advrobust {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         # the reader went away (``advrobust info CKPT --json | head``): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # A missing or unreadable file named on the command line (ONNX, VNNLIB, dictionary,
+        # perturbation, output folder), a full or read-only disk: one line naming the user's
+        # path, exit status 2, not a traceback.
+        message = (f"{exc.strerror}: {exc.filename}" if exc.filename is not None and exc.strerror
+                   else str(exc))
+        print(f"advrobust {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line, the conventional status 128 + SIGINT; commands that write
+        # per-sample files have already flushed the finished batches and said so.
+        print(f"\nadvrobust {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = formatwarning

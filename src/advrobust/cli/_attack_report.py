@@ -102,9 +102,11 @@ def save_examples(path: Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Ten
                    clean_pred: torch.Tensor, adv_pred: torch.Tensor) -> None:
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, x=x.numpy(), x_adv=x_adv.numpy(), y=y.numpy(),
-                        pred_clean=clean_pred.numpy(), pred_adv=adv_pred.numpy())
+    from advrobust.core._atomic import atomic_write
+
+    atomic_write(path, lambda handle: np.savez_compressed(
+        handle, x=x.numpy(), x_adv=x_adv.numpy(), y=y.numpy(), pred_clean=clean_pred.numpy(),
+        pred_adv=adv_pred.numpy()))
 
 
 def plot_examples(path: Path, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,

@@ -16,6 +16,12 @@ from advrobust.core._validation import check_int
 from advrobust.errors import InvalidInputError
 
 __all__ = [
+    "OutputLock",
+    "add_force_arg",
+    "add_progress_args",
+    "progress_enabled",
+    "check_output",
+    "check_plot_path",
     "add_data_args",
     "add_json_arg",
     "add_model_arg",
@@ -40,8 +46,16 @@ def add_data_args(parser: argparse.ArgumentParser, default: str = "digits",
                         help="use only the first N samples of the split")
 
 
-def load_data(args: argparse.Namespace) -> Any:
-    """The dataset named by ``add_data_args`` options (first ``--n`` samples)."""
+#: Splits larger than this, used whole because --n was not given, are announced up front.
+ANNOUNCE_ABOVE = 1000
+
+
+def load_data(args: argparse.Namespace, announce: bool = True) -> Any:
+    """The dataset named by ``add_data_args`` options (first ``--n`` samples).
+
+    Without ``--n`` on a split of more than :data:`ANNOUNCE_ABOVE` samples (and ``announce``),
+    says on stderr how many samples the command is about to process.
+    """
     from advrobust.data import load_dataset
 
     if args.n is not None:
@@ -51,6 +65,10 @@ def load_data(args: argparse.Namespace) -> Any:
         raise InvalidInputError(
             f"--n must be at most the {len(data)} samples of the {args.data} {args.split} split. "
             f"Got {args.n} instead.")
+    if args.n is None and announce and len(data) > ANNOUNCE_ABOVE:
+        print(f"advrobust {getattr(args, 'command', '')}: using all {len(data)} samples of the "
+              f"{args.data} {args.split} split (pass --n N to use the first N)",
+              file=sys.stderr)
     return data if args.n is None else data.take(args.n)
 
 
@@ -76,6 +94,19 @@ def check_model_data(checkpoint: Any, data: Any) -> None:
             f"The model takes inputs of shape {tuple(shape)} but the "
             f"data set {getattr(data, 'name', '')!r} has inputs of shape {have}. Pick the data "
             "set the model was trained on (see 'advrobust info CKPT').")
+
+
+def add_progress_args(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` (progress is shown by default; ``--progress`` is kept for scripts)."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="hide progress (shown by default: a bar on a terminal, a status "
+                             "line every 10 s otherwise)")
+    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Whether ``add_progress_args`` options ask for progress."""
+    return not getattr(args, "no_progress", False)
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
@@ -121,3 +152,119 @@ def emit(args: argparse.Namespace, payload: Mapping[str, Any],
         sys.stdout.write("\n")
     else:
         print(format_table(list(rows) if rows is not None else list(payload.items()), title))
+
+
+# --- output files: checked before the work starts -----------------------------------------
+
+def add_force_arg(parser: argparse.ArgumentParser) -> None:
+    """``--force``: overwrite output files that already exist."""
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite output files that already exist (default: refuse)")
+
+
+def check_output(path: Path | None, flag: str, *, force: bool = True,
+                 suffixes: Sequence[str] | None = None) -> None:
+    """Refuse, before any work, an output path that cannot or must not be written.
+
+    Checks that ``path`` is not a directory, that its suffix is one of ``suffixes`` (if given),
+    that its folder can be created and written to, and (unless ``force``) that it does not
+    exist yet.
+
+    Raises:
+        InvalidParameterError: wrong suffix, existing file without ``force``.
+        OSError (``PermissionError``, ``NotADirectoryError`` ...): naming ``path``.
+    """
+    from advrobust.errors import InvalidParameterError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise IsADirectoryError(21, f"{flag} names a directory, not a file", str(path))
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise InvalidParameterError(
+            f"{flag} must end in one of {', '.join(sorted(suffixes))}. Got {str(path)!r} instead.")
+    if not force and path.exists():
+        raise InvalidParameterError(
+            f"{flag} {str(path)!r} already exists; pass --force to overwrite it.")
+    _probe_folder(path, flag)
+
+
+def _probe_folder(path: Path, flag: str) -> None:
+    import tempfile
+
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise NotADirectoryError(20, f"{flag}: a part of the folder of {path} is a file, not "
+                                     "a directory", str(folder)) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise type(exc)(exc.errno, f"{flag}: cannot write into the folder of {path} "
+                                   f"({reason})", str(folder)) from None
+
+
+def check_plot_path(path: Path | None, flag: str, *, force: bool = True) -> None:
+    """:func:`check_output` for a figure: the suffix must be a format matplotlib writes."""
+    if path is None:
+        return
+    from matplotlib.figure import Figure
+
+    formats = tuple(f".{k}" for k in Figure().canvas.get_supported_filetypes())
+    check_output(path, flag, force=force, suffixes=formats)
+
+
+class OutputLock:
+    """Exclusive claim of an output path for the life of a command.
+
+    A lock file ``.NAME.lock`` beside ``path`` is held with ``flock``; a second process that
+    claims the same path while the first runs gets a clear error instead of both writing and
+    both reporting success. The kernel releases the lock if the process dies (kill -9), so a
+    stale lock file never blocks a later run. Without ``fcntl`` (Windows) no lock is taken.
+    """
+
+    def __init__(self, path: Path, flag: str) -> None:
+        self.path, self.flag = path, flag
+        self.lock = path.parent / f".{path.name}.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        import os
+
+        _probe_folder(self.path, self.flag)  # creates the folder; errors name the user's path
+        for _ in range(20):
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise InvalidInputError(
+                    f"{self.flag} {str(self.path)!r} is being written by another advrobust "
+                    f"process (lock {self.lock}); wait for it or choose another file.") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock))
+            except FileNotFoundError:
+                same = False  # the previous holder removed it between our open and lock
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+        raise InvalidInputError(f"could not lock {self.lock}")  # pragma: no cover
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is None:
+            return
+        import os
+
+        try:
+            os.unlink(self.lock)  # while still held: a waiter re-checks the inode it locked
+        except FileNotFoundError:  # pragma: no cover
+            pass
+        os.close(self.fd)
+        self.fd = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,16 @@ from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
     add_model_arg,
+    add_progress_args,
     check_model_data,
+    check_output,
+    check_plot_path,
     emit,
     load_data,
     load_model,
+    progress_enabled,
 )
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
 from advrobust.errors import DatasetNotFoundError, InvalidParameterError
 
 __all__ = ["attack_classes", "build_attack", "register", "run"]
@@ -114,7 +120,9 @@ def register(sub: Any) -> None:
     p.add_argument("--heldout-n", type=int, default=500, metavar="N",
                    help="--attack universal: fooling rate also measured on the first N images "
                         "of the other split (0: none; default: 500)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_progress_args(p)
+    add_save_args(p, "index, label, prediction, adversarial prediction, success, margin, norm, "
+                     "exhausted, method, seconds")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -157,12 +165,20 @@ def run(args: argparse.Namespace) -> int:
     _check_universal_flags(args, universal)
     if args.batch_size < 1:
         raise InvalidParameterError(f"--batch-size must be >= 1. Got {args.batch_size}.")
+    check_plot_path(args.plot, "--plot")
+    check_output(args.save_examples, "--save-examples", suffixes=(".npz",))
+    check_output(args.save_perturbation, "--save-perturbation", suffixes=(".npz",))
+    if args.save is not None:
+        check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
     checkpoint = load_model(args.model)
     model = checkpoint.model
     data = load_data(args)
     check_model_data(checkpoint, data)
     with torch.no_grad():
         num_classes = int(model(data.x[:1]).shape[1])
+    index = torch.arange(len(data.y))
+    if args.target is not None:
+        index = index[data.y != args.target]
     x, y, skipped = _select(data.x, data.y, args.target, num_classes)
     generator = torch.Generator().manual_seed(args.seed)
     params, extra, fit_seconds = describe_params(attack), {}, 0.0
@@ -172,8 +188,23 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         attack, extra["universal"] = _fit_universal(args, attack, model, x, y, threat, generator)
         fit_seconds = time.perf_counter() - start
-    result = evaluate_attack(model, attack, (x, y), threat, batch_size=args.batch_size,
-                             target=args.target, generator=generator, progress=args.progress)
+    writer = open_writer(args.save, COLUMNS, args.force)
+    batches: list[Any] = []
+
+    def on_batch(start: int, res: Any, seconds: float) -> None:
+        batches.append(res)
+        if writer is not None:
+            _write_rows(writer, model, x, y, index, start, res, seconds, args.attack)
+
+    try:
+        result = evaluate_attack(model, attack, (x, y), threat, batch_size=args.batch_size,
+                                 target=args.target, generator=generator,
+                                 progress=progress_enabled(args), on_batch=on_batch)
+    except KeyboardInterrupt:
+        _keep_finished(args, writer, batches, model, x, y)
+        raise
+    if writer is not None:
+        print(f"advrobust attack: saved {writer.close()}", file=sys.stderr)
     summary = summarize_attack(model, x, y, result.result)
     payload = {**summary, "seconds": fit_seconds + result.seconds, "attack": args.attack,
                "attack_params": params, "threat": str(threat),
@@ -242,3 +273,45 @@ def _fit_universal(args: argparse.Namespace, uap: Any, model: torch.nn.Module, x
                                     plot_path=args.plot)
     summary["heldout_n"] = 0 if heldout is None else int(heldout.shape[0])
     return UniversalPerturbation.as_attack(result), summary
+
+
+COLUMNS = ("index", "label", "prediction", "adv_prediction", "success", "margin", "norm",
+           "exhausted", "method", "seconds")
+
+
+def _write_rows(writer: SampleWriter, model: torch.nn.Module, x: torch.Tensor,
+                y: torch.Tensor, index: torch.Tensor, start: int, res: Any, seconds: float,
+                name: str) -> None:
+    """One row per sample of a finished batch; its successful x_adv are the witnesses."""
+    from advrobust.evaluation import predict
+
+    n = res.success.shape[0]
+    sl = slice(start, start + n)
+    clean, adv = predict(model, x[sl]), predict(model, res.x_adv)
+    broken = res.info.get("broken_by")
+    per = broken if isinstance(broken, list) and len(broken) == n else None
+    writer.write([{
+        "index": index[sl][i], "label": y[sl][i], "prediction": clean[i],
+        "adv_prediction": adv[i], "success": bool(res.success[i]), "margin": res.margin[i],
+        "norm": res.norm[i],
+        "exhausted": None if res.exhausted is None else bool(res.exhausted[i]),
+        "method": str(per[i]) if per is not None and per[i] else name,
+        "seconds": seconds / n} for i in range(n)])
+    writer.add_witnesses(index[sl][res.success], res.x_adv[res.success])
+
+
+def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, batches: list[Any],
+                   model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """On Ctrl-C: write what the finished batches found and say so (one line each)."""
+    from advrobust.evaluation import predict
+
+    done = sum(int(b.success.shape[0]) for b in batches)
+    if writer is not None:
+        print(f"advrobust attack: interrupted after {done} of {len(y)} samples; saved "
+              f"{writer.close()}", file=sys.stderr)
+    if args.save_examples is not None and batches:
+        x_adv = torch.cat([b.x_adv for b in batches])
+        save_examples(args.save_examples, x[:done], x_adv, y[:done], predict(model, x[:done]),
+                      predict(model, x_adv))
+        print(f"advrobust attack: interrupted; the {done} finished samples are in "
+              f"{args.save_examples}", file=sys.stderr)

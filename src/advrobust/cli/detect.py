@@ -12,10 +12,12 @@ from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
     add_model_arg,
+    add_progress_args,
     check_model_data,
     emit,
     load_data,
     load_model,
+    progress_enabled,
 )
 from advrobust.errors import InvalidParameterError
 
@@ -48,9 +50,9 @@ def register(subparsers: Any) -> None:
                         help="l2 ceiling of cw / evasive-cw (default: 10, i.e. unconstrained)")
     parser.add_argument("--fpr", type=float, default=0.05,
                         help="target false-positive rate (default: 0.05)")
-    parser.add_argument("--fit-n", type=int, default=1000,
+    parser.add_argument("--fit-n", type=int, default=None,
                         help="clean samples of the other split used for calibration "
-                        "(default: 1000)")
+                        "(default: 1000, or the whole split when it is smaller)")
     parser.add_argument("--cw-steps", type=int, default=100,
                         help="Adam steps per constant (default: 100)")
     parser.add_argument("--cw-search", type=int, default=5,
@@ -59,6 +61,7 @@ def register(subparsers: Any) -> None:
                         help="weight of the detector score in evasive-cw (default: 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random starts (default: 0)")
+    add_progress_args(parser)
     add_json_arg(parser)
     parser.set_defaults(func=run)
 
@@ -95,11 +98,19 @@ def _build_attacks(args: argparse.Namespace, detector: Any) -> tuple[dict[str, A
 def _calibration_data(args: argparse.Namespace) -> Any:
     from advrobust.data import load_dataset
 
+    if args.fit_n is None:
+        other = "train" if args.split == "test" else "test"
+        data = load_dataset(args.data, split=other, root=args.data_dir)
+        return data.take(min(1000, len(data)))
     if args.fit_n < 1:
         raise InvalidParameterError(f"--fit-n must be >= 1. Got {args.fit_n} instead.")
     other = "train" if args.split == "test" else "test"
     data = load_dataset(args.data, split=other, root=args.data_dir)
-    return data.take(min(args.fit_n, len(data)))
+    if args.fit_n > len(data):
+        raise InvalidParameterError(
+            f"--fit-n must be at most the {len(data)} samples of the {args.data} {other} split "
+            f"(calibration uses the split that is not evaluated). Got {args.fit_n} instead.")
+    return data.take(args.fit_n)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     detector = GradientNormDetector(fpr=args.fpr).fit(model, _calibration_data(args).x)
     attacks, threats = _build_attacks(args, detector)  # pgd / fgsm: linf; cw: l2 norms
     gen = torch.Generator().manual_seed(args.seed)
-    report = evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen)
+    report = evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen,
+                               progress=progress_enabled(args))
     rows: list[tuple[str, Any]] = [("threshold", report.threshold),
                                    ("target FPR", report.target_fpr),
                                    ("clean FPR (evaluated data)", report.clean_fpr)]

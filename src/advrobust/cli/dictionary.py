@@ -12,12 +12,26 @@ recorded dataset, are checked).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from advrobust.cli._common import add_data_args, add_json_arg, add_model_arg, emit, load_data
+from advrobust.cli._common import (
+    OutputLock,
+    add_data_args,
+    add_force_arg,
+    add_json_arg,
+    add_model_arg,
+    add_progress_args,
+    check_output,
+    check_plot_path,
+    emit,
+    load_data,
+    progress_enabled,
+)
+from advrobust.errors import InvalidParameterError
 
 __all__ = ["register", "run"]
 
@@ -25,7 +39,7 @@ EXAMPLE = """examples:
   advrobust dictionary learn --model runs/cnn.pt --data mnist --split train --n 1000 \\
       --atoms 10 --lambda1 0.1 --lambda2 0.001 --out dict.npz
   advrobust dictionary learn --model runs/cnn.pt --data mnist --split train --n 10000 \\
-      --atoms 10 --stochastic --batch-size 128 --epochs 5 --out dict.npz --progress
+      --atoms 10 --stochastic --batch-size 128 --epochs 5 --out dict.npz
   advrobust dictionary plot dict.npz --out atoms.png
   advrobust attack --model runs/cnn.pt --data mnist --attack dictionary --norm l2 --eps 10 \\
       --dictionary dict.npz
@@ -48,6 +62,7 @@ def register(sub: Any) -> None:
     plot.add_argument("dictionary", type=Path, help="file written by 'dictionary learn'")
     plot.add_argument("--out", type=Path, required=True, help="PNG file to write")
     plot.add_argument("--max-atoms", type=int, default=20, help="atoms drawn (default: 20)")
+    add_force_arg(plot)
     add_json_arg(plot)
     plot.set_defaults(func=run)
     p.set_defaults(func=run)
@@ -71,16 +86,19 @@ def _register_learn(actions: Any) -> None:
     p.add_argument("--stochastic", action="store_true", help="use SADiL (minibatches)")
     p.add_argument("--batch-size", type=int, default=128, help="SADiL minibatch (default: 128)")
     p.add_argument("--epochs", type=int, default=5, help="SADiL epochs (default: 5)")
-    p.add_argument("--heldout-n", type=int, default=500,
-                   help="held-out images of the other split to evaluate on (0: none)")
+    p.add_argument("--heldout-n", type=int, default=None,
+                   help="held-out images of the other split to evaluate on (0: none; "
+                        "default: 500, or the whole split when it is smaller)")
     p.add_argument("--coding-steps", type=int, default=20,
                    help="coding iterations for held-out images (default: 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial atoms (default: 0)")
-    p.add_argument("--out", type=Path, required=True, help="dictionary file (.npz) to write")
+    p.add_argument("--out", type=Path, required=True,
+                   help="dictionary file (.npz) to write (refused if it exists, unless --force)")
+    add_force_arg(p)
     p.add_argument("--plot", type=Path, default=None, help="also draw the atoms to this PNG")
     p.add_argument("--examples", type=Path, default=None,
                    help="draw example attacks (image, D v, attacked image) to this PNG")
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_progress_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -89,12 +107,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``dictionary learn`` or ``dictionary plot``; returns the exit status."""
     if args.action == "plot":
         return _plot(args)
-    return _learn(args)
+    with OutputLock(args.out, "--out"):  # one writer of --out at a time
+        return _learn(args)
 
 
 def _plot(args: argparse.Namespace) -> int:
     from advrobust.attacks.dictionary import load_dictionary, plot_atoms
 
+    check_plot_path(args.out, "--out", force=args.force)
     d = load_dictionary(args.dictionary)
     plot_atoms(args.out, d, max_atoms=args.max_atoms)
     emit(args, {"dictionary": str(args.dictionary), "atoms": d.num_atoms,
@@ -107,15 +127,13 @@ def _learner(args: argparse.Namespace) -> Any:
 
     common = {"atoms": args.atoms, "lambda1": args.lambda1, "lambda2": args.lambda2,
               "loss": args.loss, "kappa": args.kappa, "step_size": args.step_size,
-              "progress": args.progress}
+              "progress": progress_enabled(args)}
     if args.stochastic:
         return SADiL(epochs=args.epochs, batch_size=args.batch_size, **common)
     return ADiL(max_iter=args.iterations, **common)
 
 
 def _target(raw: str | None, n: int) -> Any:
-    from advrobust.errors import InvalidParameterError
-
     if raw is None or raw == "second":
         return raw
     try:
@@ -130,9 +148,15 @@ def _learn(args: argparse.Namespace) -> int:
     from advrobust.cli._common import check_model_data, load_model
 
     learner = _learner(args)
+    check_output(args.out, "--out", suffixes=(".npz",), force=args.force)  # under the lock
+    check_plot_path(args.plot, "--plot")
+    check_plot_path(args.examples, "--examples")
+    if args.heldout_n is not None and args.heldout_n < 0:
+        raise InvalidParameterError(f"--heldout-n must be >= 0. Got {args.heldout_n}.")
     checkpoint = load_model(args.model)
     data = load_data(args)
     check_model_data(checkpoint, data)
+    held = _load_heldout(args)
     d = learner.fit(checkpoint.model, data.x, data.y, _target(args.target, len(data.y)),
                     torch.Generator().manual_seed(args.seed), dataset=data.name,
                     model_name=str(args.model))
@@ -144,7 +168,7 @@ def _learn(args: argparse.Namespace) -> int:
         "iterations": iterations, "seconds": d.seconds, "seconds_per_iteration":
         d.seconds / iterations, "objective_first": d.history[0], "objective_last": d.history[-1],
         "train": train.summary(), "out": str(args.out), "params": learner.get_params()}
-    held_data, heldout = _heldout(args, checkpoint.model, d)
+    held_data, heldout = _heldout(args, checkpoint.model, d, held)
     if heldout is not None:
         payload["heldout"] = heldout.summary()
     if args.plot is not None:
@@ -162,23 +186,42 @@ def _learn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _heldout_data(args: argparse.Namespace, n: int) -> Any:
+def _heldout_data(args: argparse.Namespace, n: int | None) -> Any:
     from advrobust.data import load_dataset
 
     other = "test" if args.split == "train" else "train"
-    return load_dataset(args.data, split=other, root=args.data_dir).take(n)
+    data = load_dataset(args.data, split=other, root=args.data_dir)
+    if n is None:  # the default: up to 500
+        return data.take(min(500, len(data)))
+    if n > len(data):
+        raise InvalidParameterError(
+            f"--heldout-n must be at most the {len(data)} samples of the {args.data} {other} "
+            f"split. Got {n} instead.")
+    return data.take(n)
 
 
-def _heldout(args: argparse.Namespace, model: Any, d: Any) -> tuple[Any, Any]:
-    """Held-out data of the other split and the dictionary's report on them (or Nones)."""
-    from advrobust.attacks.dictionary import evaluate_dictionary
+def _load_heldout(args: argparse.Namespace) -> Any:
+    """Held-out data of the other split (checked before learning), or None."""
     from advrobust.errors import DatasetNotFoundError
 
-    if args.heldout_n <= 0:
-        return None, None
+    if args.heldout_n == 0:
+        return None
     try:
-        data = _heldout_data(args, args.heldout_n)
-    except DatasetNotFoundError:
+        return _heldout_data(args, args.heldout_n)
+    except DatasetNotFoundError as exc:
+        if args.heldout_n is not None:  # asked for explicitly: say why it cannot be done
+            raise DatasetNotFoundError(f"--heldout-n {args.heldout_n}: the other split is "
+                                       f"missing (pass --heldout-n 0 to skip it). {exc}") from None
+        print(f"advrobust dictionary: no held-out split found, the report covers the training "
+              f"images only ({exc})", file=sys.stderr)
+        return None
+
+
+def _heldout(args: argparse.Namespace, model: Any, d: Any, data: Any) -> tuple[Any, Any]:
+    """Held-out data and the dictionary's report on them (or Nones)."""
+    from advrobust.attacks.dictionary import evaluate_dictionary
+
+    if data is None:
         return None, None
     return data, evaluate_dictionary(model, d, data.x, y=data.y, steps=args.coding_steps,
                                      step_size=args.step_size)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
     add_model_arg,
+    add_progress_args,
     check_model_data,
+    check_output,
     emit,
     load_data,
     load_model,
+    progress_enabled,
 )
+from advrobust.cli._save import SUFFIXES, add_save_args, open_writer
 
 __all__ = ["register", "report_rows", "run"]
 
@@ -45,12 +50,23 @@ def register(sub: Any) -> None:
     p.add_argument("--pgd-steps", type=int, default=40, help="PGD iterations (default: 40)")
     p.add_argument("--pgd-restarts", type=int, default=1, help="PGD restarts (default: 1)")
     p.add_argument("--no-ensemble", action="store_true", help="skip the (slow) ensemble")
+    p.add_argument("--ensemble-steps", type=int, default=100,
+                   help="APGD iterations of the ensemble (default: 100, AutoAttack's)")
+    p.add_argument("--ensemble-queries", type=int, default=5000,
+                   help="Square queries of the ensemble (default: 5000, AutoAttack's)")
     p.add_argument("--no-certify", action="store_true",
                    help="skip certification (slow on large convolutional models)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per call (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    add_progress_args(p)
+    add_save_args(p, "index, label, prediction, clean correct, robust to PGD, robust to the "
+                     "ensemble, certified")
     add_json_arg(p)
     p.set_defaults(func=run)
+
+
+COLUMNS = ("index", "label", "prediction", "clean_correct", "pgd_robust", "ensemble_robust",
+           "certified")
 
 
 def report_rows(report: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -72,13 +88,28 @@ def run(args: argparse.Namespace) -> int:
     from advrobust.evaluation import robustness_report
 
     threat = LpBall(args.norm, args.eps)
+    if args.save is not None:
+        check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
     checkpoint = load_model(args.model)
     data = load_data(args)
     check_model_data(checkpoint, data)
     report = robustness_report(checkpoint.model, data, threat, certify=not args.no_certify,
                                ensemble=not args.no_ensemble, pgd_steps=args.pgd_steps,
                                pgd_restarts=args.pgd_restarts, batch_size=args.batch_size,
-                               seed=args.seed)
+                               ensemble_steps=args.ensemble_steps,
+                               ensemble_queries=args.ensemble_queries,
+                               seed=args.seed, progress=progress_enabled(args),
+                               per_sample=True)
+    rows = report.pop("per_sample")
+    writer = open_writer(args.save, COLUMNS, args.force)  # after the run: Ctrl-C leaves none
+    if writer is not None:
+        from advrobust.evaluation import predict
+
+        pred = predict(checkpoint.model, data.x)
+        writer.write([{"index": i, "label": data.y[i], "prediction": pred[i],
+                       **{k: None if v is None else bool(v[i]) for k, v in rows.items()}}
+                      for i in range(len(data.y))])
+        print(f"advrobust evaluate: saved {writer.close()}", file=sys.stderr)
     payload = {"model": str(args.model), "arch": checkpoint.arch, "data": args.data,
                "split": args.split, **report}
     emit(args, payload, [("model", args.model), *report_rows(report)],

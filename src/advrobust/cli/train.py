@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_data_args, add_json_arg, emit
+from advrobust.cli._common import OutputLock, add_data_args, add_json_arg, check_output, emit
 from advrobust.cli.evaluate import report_rows
 from advrobust.errors import InvalidParameterError
 
@@ -17,6 +17,8 @@ __all__ = ["register", "run"]
 
 EXAMPLE = """examples:
   advrobust train --model mlp2 --data digits --epochs 30 --batch-size 50 --out mlp2_digits.pt
+  advrobust train --model mlp2 --data digits --epochs 30 --batch-size 50 --out mlp2_digits.pt \
+      --resume mlp2_digits.pt           # after Ctrl-C: continue from the last finished epoch
   advrobust train --model cnn --data mnist --data-dir ../shared/data/mnist --epochs 10 \\
       --out cnn_mnist.pt                 # course recipe: SGD lr 0.1, batch 100, lr/10 at epoch 6
   advrobust train --model lenet --data cifar10 --data-dir cifar-10-batches-py --momentum 0.9 \\
@@ -28,7 +30,7 @@ defenses (--defense; the checkpoint records the defense and its parameters):
   advrobust train --model cnn --data mnist --defense fgsm --eps 0.3 --alpha 0.375 --ramp 0.3 \\
       --out fgsm.pt                      # fast FGSM (Wong, Rice & Kolter 2020)
   advrobust train --model mlp2 --data digits --defense trades --eps 0.1 --beta 6 --out t.pt
-  advrobust train --model mlp2 --data digits --defense tv-lip --eps 0.1 --lam 0.1 --out tv.pt
+  advrobust train --model mlp2 --data digits --defense tv-lip --eps 0.1 --lam 0.01 --out tv.pt
   advrobust train --model cnn --data mnist --defense crown-ibp --eps 0.1 --warmup 0.1 \\
       --ramp 0.5 --report 100 --out cibp.pt  # certified training; report adds CROWN accuracy
   advrobust train --model cnn --data mnist --defense noise --sigma 0.25 --out smooth.pt
@@ -58,7 +60,8 @@ _DEFENSE_FLAGS: dict[str, tuple[str, Any, str]] = {
                                                "dict-adv: coding step, default 1)"),
     "alpha": ("--alpha", float, "fast-FGSM step (default: 1.25 eps)"),
     "beta": ("--beta", float, "TRADES robustness weight (default: 6)"),
-    "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.1)"),
+    "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.01; larger "
+                            "trades clean accuracy for a flatter loss: 0.1 gave 0.41 on digits)"),
     "h": ("--fd-step", float, "finite-difference step of tv / tv-lip (default: 0.01)"),
     "double_backprop": ("--double-backprop", bool, "tv / tv-lip: exact gradient norm by "
                                                    "double backpropagation"),
@@ -104,7 +107,14 @@ def register(sub: Any) -> None:
     add_data_args(p, split="train")
     p.add_argument("--test-n", type=int, default=None,
                    help="evaluate on only the first N test samples (default: all)")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.add_argument("--out", type=Path, required=True,
+                   help="checkpoint file to write (after every epoch; refused if it exists, "
+                        "unless --force or --resume names it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                   help="continue an interrupted run from its last per-epoch checkpoint "
+                        "(optimizer, schedule and random streams included); give the same "
+                        "flags as the interrupted command")
     p.add_argument("--epochs", type=int, default=10, help="passes over the data (default: 10)")
     p.add_argument("--lr", type=float, default=0.1,
                    help="learning rate (default: 0.1; the peak rate with --lr-schedule cyclic)")
@@ -221,16 +231,49 @@ def _test_data(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Train, evaluate, write ``--out``; prints a summary (or JSON)."""
+    objective, defense_params = _objective(args)
+    threat = _report_threat(args)
+    resuming = args.resume is not None and args.resume.resolve() == args.out.resolve()
+    check_output(args.out, "--out", force=args.force or resuming)
+    with OutputLock(args.out, "--out"):
+        if not (args.force or resuming):
+            check_output(args.out, "--out", force=False)  # again, now that we hold the lock
+        return _train(args, objective, defense_params, threat)
+
+
+def _resumed(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The model and training state of ``--resume`` (checked against this command's flags)."""
+    from advrobust.models import load_checkpoint
+
+    ckpt = load_checkpoint(args.resume)
+    if ckpt.training_state is None:
+        raise InvalidParameterError(
+            f"--resume {str(args.resume)!r} holds no training state (written by another tool "
+            "or an older advrobust); it cannot be resumed.")
+    have = {"arch": ckpt.arch, **ckpt.arch_kwargs}
+    want = {"arch": args.model, **kwargs}
+    differ = [f"{k}: {have.get(k)!r} in the checkpoint, {v!r} now" for k, v in want.items()
+              if have.get(k) != v]
+    if differ:
+        raise InvalidParameterError(f"--resume {str(args.resume)!r} does not match this "
+                                    f"command ({'; '.join(differ)}).")
+    return ckpt.model, ckpt.training_state
+
+
+def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, Any],
+           threat: Any) -> int:
     from advrobust.cli._common import load_data
     from advrobust.models import build_model
     from advrobust.training import course_schedule, fit
 
-    objective, defense_params = _objective(args)
-    threat = _report_threat(args)
-    train, test = load_data(args), _test_data(args)
+    train, test = load_data(args, announce=False), _test_data(args)
     kwargs = {"input_shape": list(train.input_shape), "num_classes": train.num_classes,
               "normalize": args.normalize}
-    model = build_model(args.model, seed=args.seed, **kwargs)
+    state = None
+    if args.resume is not None:
+        model, state = _resumed(args, kwargs)
+    else:
+        model = build_model(args.model, seed=args.seed, **kwargs)
     drops = course_schedule(args.model, max(args.epochs, 1))["lr_drop_epochs"] \
         if args.lr_drop is None else tuple(args.lr_drop)
     if args.lr_schedule == "cyclic":
@@ -247,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
                   progress=not args.no_progress and not args.json, checkpoint_path=args.out,
                   arch=args.model, arch_kwargs=kwargs,
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),
-                            "n_test": len(test.y), "defense": defense})
+                            "n_test": len(test.y), "defense": defense}, resume=state)
     seconds = time.perf_counter() - start
     report = _report(args, threat, model, test)
     payload = {"checkpoint": str(args.out), "arch": args.model, "dataset": args.data,

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_data_args, add_json_arg, emit, load_data, load_model
+from advrobust.cli._common import (
+    add_data_args,
+    add_json_arg,
+    check_output,
+    emit,
+    load_data,
+    load_model,
+)
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -61,6 +70,8 @@ def register(sub: Any) -> None:
                    help="with --vnnlib: write the VNN-COMP result file here (sat and its "
                         "counterexample, unsat or unknown)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_save_args(p, "index, label, prediction, verdict, lower and upper bound of the worst-case "
+                     "margin, method that decided, seconds; witnesses: counterexamples")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -71,6 +82,12 @@ def _network(args: argparse.Namespace) -> tuple[Any, tuple[int, ...] | None]:
         from advrobust.network.onnx import import_onnx
 
         net = import_onnx(args.onnx)
+        bad = [name for name, value in net.model.state_dict().items()
+               if value.is_floating_point() and not bool(value.isfinite().all())]
+        if bad:
+            raise InvalidInputError(
+                f"The network {str(args.onnx)!r} has NaN or infinite weights ({bad[:5]}): "
+                "its bounds and verdicts would be meaningless.")
         return net.model, net.input_shape
     ckpt = load_model(args.model)
     shape = ckpt.arch_kwargs.get("input_shape")
@@ -102,6 +119,12 @@ def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | 
                             time_limit=args.time_limit, threads=args.threads,
                             batch_size=args.batch_size, progress=not args.no_progress,
                             generator=torch.Generator().manual_seed(args.seed))
+    writer = open_writer(args.save, COLUMNS, args.force)  # after the run: Ctrl-C leaves none
+    if writer is not None:
+        from advrobust.evaluation import predict
+
+        _write_rows(writer, report, data.y, predict(model, x))
+        print(f"advrobust verify: saved {writer.close()}", file=sys.stderr)
     payload = report.summary()
     keys = ("method", "threat", "n", "verified", "falsified", "unknown", "clean_accuracy",
             "certified_accuracy", "robust_accuracy_upper", "mean_lower_bound", "seconds")
@@ -117,7 +140,13 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
     from advrobust.evaluation.vnncomp import write_result
     from advrobust.network.vnnlib import load_vnnlib
 
+    if args.eps is not None:
+        raise InvalidParameterError(
+            "--eps does not apply with --vnnlib: the property's own input box is the set "
+            f"checked. Got --eps {args.eps}; drop it (or drop --vnnlib to verify a data set).")
+    check_output(args.counterexample, "--counterexample")
     prop = load_vnnlib(args.vnnlib)
+    _check_property_sizes(args, model, prop, shape)
     result = verify_property(model, prop, input_shape=shape, method=args.method,
                              time_limit=args.time_limit, threads=args.threads,
                              progress=not args.no_progress,
@@ -133,8 +162,33 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
     return 0
 
 
+def _check_property_sizes(args: argparse.Namespace, model: Any, prop: Any,
+                          shape: tuple[int, ...] | None) -> None:
+    """The property's X and Y variables must match the network's inputs and outputs."""
+    import torch
+
+    net = str(args.onnx if args.onnx is not None else args.model)
+    if shape is not None and math.prod(shape) != prop.num_inputs:
+        raise InvalidInputError(
+            f"The property {str(args.vnnlib)!r} declares {prop.num_inputs} input variables but "
+            f"the network {net!r} takes {math.prod(shape)} values (shape {shape}). Pair each "
+            "property with the network it was written for.")
+    with torch.no_grad():
+        outputs = int(model(torch.zeros(1, *(shape or (prop.num_inputs,)))).shape[-1])
+    if outputs != prop.num_outputs:
+        raise InvalidInputError(
+            f"The property {str(args.vnnlib)!r} declares {prop.num_outputs} output variables "
+            f"but the network {net!r} has {outputs} outputs. Pair each property with the "
+            "network it was written for.")
+
+
 def run(args: argparse.Namespace) -> int:
     """Verify a dataset (counts and certified accuracy) or one VNNLIB property."""
+    if args.vnnlib is not None and args.save is not None:
+        raise InvalidParameterError("--save applies to a data set run; with --vnnlib use "
+                                    "--counterexample FILE. Got both --vnnlib and --save.")
+    if args.save is not None:
+        check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
     if args.vnnlib is None and args.counterexample is not None:
         raise InvalidParameterError("--counterexample applies to --vnnlib only (a dataset run "
                                     "has no single counterexample to write). Got no --vnnlib.")
@@ -142,3 +196,24 @@ def run(args: argparse.Namespace) -> int:
     if args.vnnlib is not None:
         return _run_property(args, model, shape)
     return _run_dataset(args, model, shape)
+
+
+COLUMNS = ("index", "label", "prediction", "verdict", "lower", "upper", "decided_by",
+           "seconds")
+
+
+def _write_rows(writer: SampleWriter, report: Any, y: Any, pred: Any) -> None:
+    """One row per sample: verdict, bracket of the worst-case margin; counterexamples."""
+    import torch
+
+    from advrobust.core.result import Verdict
+
+    n = len(y)
+    lower, upper = report.margin_lower, report.margin_upper
+    writer.write([{
+        "index": i, "label": y[i], "prediction": pred[i],
+        "verdict": report.verdict[i], "lower": float(lower[i]), "upper": float(upper[i]),
+        "decided_by": report.decided_by[i] or None, "seconds": report.seconds / n}
+        for i in range(n)])
+    falsified = torch.tensor([v is Verdict.FALSIFIED for v in report.verdict])
+    writer.add_witnesses(torch.arange(n)[falsified], report.witness[falsified])

@@ -11,7 +11,8 @@ from advrobust.core.modes import model_device
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError
 
-__all__ = ["check_batch", "check_labels", "looks_like_probabilities", "warn_if_probabilities"]
+__all__ = ["check_batch", "check_generator", "check_labels", "looks_like_probabilities",
+           "warn_if_probabilities"]
 
 
 def check_labels(y: Tensor, n: int, num_classes: int, name: str = "y") -> None:
@@ -50,6 +51,15 @@ def warn_if_probabilities(out: Tensor, who: str) -> bool:
     return found
 
 
+def check_generator(generator: object, who: str) -> None:
+    """Raise unless ``generator`` is None or a ``torch.Generator`` (not a seed)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise InvalidInputError(
+            f"The 'generator' argument of {who} must be a torch.Generator or None. Got "
+            f"{type(generator).__name__} {generator!r} instead; pass "
+            f"torch.Generator().manual_seed(SEED) for a seeded run.")
+
+
 def check_batch(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
                 target: Tensor | None = None, who: str = "attack") -> Tensor:
     """Validate a batch and return the model's clean outputs (one forward, no grad).
@@ -73,8 +83,19 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
         raise InvalidInputError(
             f"'x' is on {x.device} but the model is on {dev}: move the data to the model's "
             "device (advrobust never moves your model).")
+    weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if weights is not None and x.dtype != weights:
+        raise InvalidInputError(
+            f"'x' has dtype {x.dtype} but the model's weights are {weights}: convert the inputs "
+            f"with x.to({weights}) (advrobust never converts your model or your data).")
     with torch.no_grad():
         out = model(x)
+    if torch.is_tensor(out) and out.is_floating_point() and not bool(out.isfinite().all()):
+        rows = (~out.isfinite()).any(dim=-1).nonzero().flatten()[:10].tolist() \
+            if out.dim() >= 1 else []
+        raise InvalidInputError(
+            f"The model's outputs are NaN or infinite on the clean inputs (samples {rows}): "
+            "margins, attacks and bounds would be meaningless. Check the weights for NaN / inf.")
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
         raise InvalidInputError(
             f"The model must map x of shape {tuple(x.shape)} to outputs (N, classes); "

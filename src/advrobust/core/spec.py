@@ -131,8 +131,9 @@ class Spec:
         """Raise if the spec does not fit a batch of ``n`` samples and ``num_classes`` outputs."""
         if self.C.shape[0] != n or self.C.shape[2] != num_classes:
             raise InvalidInputError(
-                f"Spec rows must have width {num_classes} (the model's outputs) for {n} samples; "
-                f"got C of shape {tuple(self.C.shape)}.")
+                f"The specification must compare the model's {num_classes} outputs (rows of "
+                f"width {num_classes}) for {n} sample(s); it compares {self.C.shape[2]} outputs "
+                f"for {self.C.shape[0]} sample(s).")
         if tuple(self.d.shape) != tuple(self.C.shape[:2]):
             raise InvalidInputError(
                 f"Spec offset d must be shaped {tuple(self.C.shape[:2])}; "

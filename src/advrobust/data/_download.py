@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from advrobust.core._atomic import default_file_mode
 from advrobust.core._validation import check_bool
 from advrobust.errors import DataFormatError, DatasetNotFoundError, InvalidParameterError
 
@@ -114,6 +115,7 @@ def _fetch(url: str, target: Path, md5: str, timeout: float) -> None:
                 f"Downloaded {url} but its md5 is {digest.hexdigest()}, not the expected {md5}: "
                 f"the file was deleted and {target} not written. The mirror may be corrupt; try "
                 "another base_url.")
+        os.chmod(tmp, default_file_mode())  # mkstemp made it 0600; a download follows the umask
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError) as err:
         raise DatasetNotFoundError(f"Could not download {url}: {err}") from err

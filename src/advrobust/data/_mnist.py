@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advrobust.core._npz import npz_reason
 from advrobust.data._dataset import Dataset, uint8_to_unit
 from advrobust.data._idx import read_idx
 from advrobust.data._paths import candidate_dirs
@@ -89,7 +90,7 @@ def _from_npz(split: str, path: Path) -> Dataset:
             arrays = {key: archive[key] for key in (f"x_{split}", f"y_{split}")
                       if key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise DataFormatError(f"{path}: not a readable .npz archive ({err}).") from err
+        raise DataFormatError(f"{path}: not a readable .npz archive ({npz_reason(err)}).") from err
     for key in (f"x_{split}", f"y_{split}"):
         if key not in arrays:
             raise DataFormatError(f"{path}: missing the array '{key}' (expected keys x_train, "

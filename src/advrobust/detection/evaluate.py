@@ -106,7 +106,8 @@ def _one_attack(name: str, attack: Attack, detector: GradientNormDetector, model
 
 def evaluate_detector(detector: GradientNormDetector, model: nn.Module, x: Tensor, y: Tensor,
                       attacks: Mapping[str, Attack], threat: LpBall | Mapping[str, LpBall], *,
-                      generator: torch.Generator | None = None) -> DetectionReport:
+                      generator: torch.Generator | None = None,
+                      progress: bool = False) -> DetectionReport:
     """Run each attack on the correctly classified samples and score its examples.
 
     Args:
@@ -116,6 +117,7 @@ def evaluate_detector(detector: GradientNormDetector, model: nn.Module, x: Tenso
         attacks: name -> attack (e.g. ``{"pgd": PGD(), "cw": CarliniWagner()}``).
         threat: one threat set for every attack, or name -> threat set (C&W needs l2).
         generator: random source for the attacks.
+        progress: report progress over the attacks (one step per attack).
 
     Returns:
         A :class:`DetectionReport`: the clean false-positive rate on ``x`` and, per attack, the
@@ -137,9 +139,12 @@ def evaluate_detector(detector: GradientNormDetector, model: nn.Module, x: Tenso
     if not bool(correct.any()):
         raise InvalidInputError("The model misclassifies every sample of 'x': nothing to attack.")
     xc, yc = x[correct], y[correct]
+    from advrobust.core.progress import progress_bar
+
     results = {name: _one_attack(name, attack, detector, model, xc, yc,
                                  _threat_for(threat, name), generator)
-               for name, attack in attacks.items()}
+               for name, attack in progress_bar(list(attacks.items()), desc="detect",
+                                                unit="attack", disable=not progress)}
     return DetectionReport(threshold=float(detector.threshold_ or 0.0),
                            target_fpr=detector.fpr,
                            clean_fpr=float(clean_flags.float().mean()), attacks=results)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from advrobust.core.progress import progress_bar
 from advrobust.core.result import VERIFY_TOLERANCE, BoundResult, Verdict, decide_verdicts
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
@@ -130,7 +130,7 @@ def relax_stage(state: _State, bounder: Any, y: Tensor, batch_size: int, progres
     idx_all = torch.arange(state.x.shape[0], device=state.x.device)
     chunks = list(idx_all.split(batch_size))
     start, done = time.perf_counter(), 0
-    for idx in tqdm(chunks, desc=name, disable=not progress, leave=False):
+    for idx in progress_bar(chunks, desc=name, disable=not progress, leave=False):
         if done and (time.perf_counter() - start) / done * len(idx) > budget.left():
             state.stats.setdefault("skipped", []).append(f"{name}: deadline")
             break
@@ -154,7 +154,7 @@ def attack_stage(state: _State, attack: Any, y: Tensor, batch_size: int, progres
     todo = state.undecided().nonzero().flatten().to(state.x.device)
     chunks = list(todo.split(batch_size)) if todo.numel() else []
     runs = 0
-    for idx in tqdm(chunks, desc="attack", disable=not progress, leave=False):
+    for idx in progress_bar(chunks, desc="attack", disable=not progress, leave=False):
         if budget.left() <= 0:
             break
         if isinstance(attack, SpecAPGD):
@@ -202,7 +202,7 @@ def exact_stage(state: _State, make: Any, y: Tensor, progress: bool, name: str,
         state.mark(name)
         return
     details = state.stats.setdefault(name, {})
-    bar = tqdm(todo.tolist(), desc=name, disable=not progress, leave=False)
+    bar = progress_bar(todo.tolist(), desc=name, disable=not progress, leave=False)
     for i in bar:
         seconds = seconds_for(i)
         if seconds <= 0 or (optional and state.bound_seconds > seconds):

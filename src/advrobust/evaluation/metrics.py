@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from advrobust.attacks.base import Attack
 from advrobust.core._validation import check_int
 from advrobust.core.modes import eval_mode
+from advrobust.core.progress import progress_bar
 from advrobust.core.result import AttackResult
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError
@@ -198,7 +198,9 @@ def _tensors(data: Any) -> tuple[Tensor, Tensor]:
 def evaluate_attack(model: nn.Module, attack: Attack, data: Any, threat: LpBall,
                     batch_size: int = 100, target: int | Tensor | None = None,
                     generator: torch.Generator | None = None,
-                    progress: bool = False) -> AttackRun:
+                    progress: bool = False,
+                    on_batch: Callable[[int, AttackResult, float], None] | None = None
+                    ) -> AttackRun:
     """Run ``attack`` over a whole dataset in batches and merge the results.
 
     Args:
@@ -209,7 +211,9 @@ def evaluate_attack(model: nn.Module, attack: Attack, data: Any, threat: LpBall,
         batch_size: samples per attack call.
         target: a class for every sample (int) or per-sample targets (N,), for targeted runs.
         generator: one random stream shared by the batches (reproducible runs).
-        progress: show a tqdm progress bar over batches.
+        progress: show a progress bar over batches.
+        on_batch: called after each batch with its first sample's index, its result and its
+            seconds (e.g. to write finished batches to disk as they come).
 
     Returns:
         AttackRun with the inputs and the merged result.
@@ -221,10 +225,13 @@ def evaluate_attack(model: nn.Module, attack: Attack, data: Any, threat: LpBall,
     starts = range(0, x.shape[0], batch_size)
     results = []
     begin = time.perf_counter()
-    for i in tqdm(starts, desc=type(attack).__name__, disable=not progress, unit="batch"):
+    for i in progress_bar(starts, desc=type(attack).__name__, disable=not progress, unit="batch"):
         sl = slice(i, i + batch_size)
+        tic = time.perf_counter()
         results.append(attack(model, x[sl], y[sl], threat,
                               target=None if target is None else target[sl],
                               generator=generator))
+        if on_batch is not None:
+            on_batch(i, results[-1], time.perf_counter() - tic)
     return AttackRun(x=x, y=y, result=merge_results(results),
                      seconds=time.perf_counter() - begin)

@@ -26,10 +26,11 @@ MASKING_GAP = 0.02
 
 
 def _robust(model: nn.Module, attack: Any, x: Tensor, y: Tensor, threat: LpBall,
-            batch_size: int, generator: torch.Generator) -> tuple[Tensor, float]:
+            batch_size: int, generator: torch.Generator,
+            progress: bool = False) -> tuple[Tensor, float]:
     """(N,) bool robust under ``attack`` (correct and not broken), and seconds."""
     run = evaluate_attack(model, attack, (x, y), threat, batch_size=batch_size,
-                          generator=generator)
+                          generator=generator, progress=progress)
     return ~run.result.success, run.seconds
 
 
@@ -89,7 +90,8 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
                       ensemble: bool = True, n: int | None = None, pgd_steps: int = 40,
                       pgd_restarts: int = 1, ensemble_steps: int = 100,
                       ensemble_queries: int = 5000, batch_size: int = 100,
-                      seed: int = 0) -> dict[str, Any]:
+                      seed: int = 0, progress: bool = False,
+                      per_sample: bool = False) -> dict[str, Any]:
     """Clean, PGD, strongest-ensemble and CROWN-certified accuracy on the same samples.
 
     Args:
@@ -106,6 +108,9 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
             (AutoAttack's 100 and 5000 by default).
         batch_size: samples per call.
         seed: seed of the attacks' random starts.
+        progress: show progress per stage (see :func:`advrobust.core.progress.progress_bar`).
+        per_sample: also return ``per_sample``: (N,) bool tensors ``clean_correct``,
+            ``pgd_robust``, ``ensemble_robust`` and ``certified`` (None where not run).
 
     Returns:
         Dict with ``n``, ``threat``, ``clean_accuracy``, ``pgd_accuracy``,
@@ -128,7 +133,10 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
                               "notes": [], "warnings": [],
                               "clean_accuracy": clean_accuracy(model, x, y)}
     pgd = PGD(steps=pgd_steps, restarts=pgd_restarts)
-    pgd_ok, report["seconds"]["pgd"] = _robust(model, pgd, x, y, threat, batch_size, gen)
+    pgd_ok, report["seconds"]["pgd"] = _robust(model, pgd, x, y, threat, batch_size, gen,
+                                               progress)
+    rows: dict[str, Any] = {"clean_correct": _predictions(model, x, batch_size) == y,
+                            "pgd_robust": pgd_ok, "ensemble_robust": None, "certified": None}
     report["pgd_accuracy"] = float(pgd_ok.float().mean())
     report["ensemble_accuracy"] = None
     if ensemble:
@@ -137,28 +145,33 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
         except InvalidThreatModelError as exc:  # e.g. no ensemble for l1
             report["notes"].append(f"ensemble skipped: {exc}")
         else:
-            _run_ensemble(report, model, x, y, threat, attack, batch_size, gen, pgd_ok)
+            rows["ensemble_robust"] = _run_ensemble(report, model, x, y, threat, attack,
+                                                    batch_size, gen, pgd_ok, progress)
     report["certified_accuracy"] = None
     if certify:
-        _run_certify(report, model, x, y, threat, batch_size)
+        rows["certified"] = _run_certify(report, model, x, y, threat, batch_size)
     _check_order(report)
+    if per_sample:
+        report["per_sample"] = rows
     return report
 
 
 def _run_ensemble(report: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
                   threat: LpBall, attack: Any, batch_size: int, gen: torch.Generator,
-                  pgd_ok: Tensor) -> None:
-    ok, report["seconds"]["ensemble"] = _robust(model, attack, x, y, threat, batch_size, gen)
+                  pgd_ok: Tensor, progress: bool = False) -> Tensor:
+    ok, report["seconds"]["ensemble"] = _robust(model, attack, x, y, threat, batch_size, gen,
+                                                progress)
     # The ensemble's worst case over PGD too: a sample is robust only if both failed.
     report["ensemble_accuracy"] = float((ok & pgd_ok).float().mean())
     if report["pgd_accuracy"] - float(ok.float().mean()) > MASKING_GAP:
         report["warnings"].append(
             f"PGD accuracy {report['pgd_accuracy']:.3f} exceeds the ensemble's "
             f"{float(ok.float().mean()):.3f}: PGD is weak on this model (gradient masking?).")
+    return ok & pgd_ok
 
 
 def _run_certify(report: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
-                 threat: LpBall, batch_size: int) -> None:
+                 threat: LpBall, batch_size: int) -> Tensor | None:
     try:
         verified, report["certified_by"], report["seconds"]["crown"] = _certified(
             model, x, y, threat, batch_size)
@@ -166,8 +179,9 @@ def _run_certify(report: dict[str, Any], model: nn.Module, x: Tensor, y: Tensor,
         report["notes"].append(f"certification skipped: {exc}")
         warnings.warn(f"robustness_report: certification skipped: {exc}", UserWarning,
                       stacklevel=3)
-        return
+        return None
     report["certified_accuracy"] = float(verified.float().mean())
+    return verified
 
 
 def _check_order(report: dict[str, Any]) -> None:

@@ -180,6 +180,7 @@ def _normalize_layer(normalize: Any, channels: int) -> Normalize:
     mean, std = normalize_values(*normalize)
     if len(mean) not in (1, channels):
         raise InvalidParameterError(
-            f"The 'normalize' parameter of build_model must give 1 or {channels} values per "
-            f"statistic for {channels}-channel inputs. Got {len(mean)} instead.")
+            f"The 'normalize' parameter of build_model must give "
+            f"{'1 value' if channels == 1 else f'1 or {channels} values'} per statistic for "
+            f"{channels}-channel inputs. Got {len(mean)} instead.")
     return Normalize(mean, std)

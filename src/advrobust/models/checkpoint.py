@@ -21,7 +21,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrobust.core._atomic import atomic_write
 from advrobust.core._validation import check_int
 from advrobust.errors import AdvRobustError, CheckpointError, InvalidParameterError
 from advrobust.models.architectures import build_model, check_input_shape
@@ -54,12 +54,15 @@ class LoadedCheckpoint:
         arch_kwargs: ``input_shape``, ``num_classes`` and ``normalize`` given to ``build_model``.
         metadata: What the writer recorded (dataset, epochs, seed, clean accuracy, objective,
             library version, timestamp, ...).
+        training_state: What ``fit`` needs to resume training (optimizer, random streams,
+            epochs done), or None.
     """
 
     model: nn.Module
     arch: str
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    training_state: dict[str, Any] | None = None
 
     @property
     def num_parameters(self) -> int:
@@ -157,7 +160,8 @@ def _checked(model: nn.Module, arch: str, arch_kwargs: Mapping[str, Any],
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str,
                     arch_kwargs: Mapping[str, Any],
-                    metadata: Mapping[str, Any] | None = None) -> Path:
+                    metadata: Mapping[str, Any] | None = None,
+                    training_state: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s weights and how to rebuild it to ``path`` (atomically).
 
     The architecture is rebuilt from ``arch`` and ``arch_kwargs`` before writing, so a file that
@@ -170,9 +174,11 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str
         arch: Architecture name (one of ``MODELS``).
         arch_kwargs: ``input_shape`` and optionally ``num_classes``, ``normalize``.
         metadata: Primitives only (see :func:`to_primitive`).
+        training_state: Optional state to resume training from (tensors, numbers, lists and
+            dicts: optimizer state, generator states), written by :func:`~advrobust.training.fit`.
 
     Returns:
-        The path written.
+        The path written (with the user's umask; a failure names ``path``).
 
     Raises:
         InvalidParameterError: metadata that is not primitive, bad ``arch_kwargs``.
@@ -186,17 +192,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str
     kwargs, state = _checked(model, arch, arch_kwargs, meta)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch,
                "arch_kwargs": kwargs, "state_dict": state, "metadata": meta}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    if training_state is not None:
+        payload["training_state"] = dict(training_state)
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load_checkpoint(path: str | os.PathLike[str],
@@ -228,7 +226,9 @@ def load_checkpoint(path: str | os.PathLike[str],
     payload = _read(file, map_location)
     arch, kwargs, state, meta = _unpack(payload, file)
     model = _rebuild(arch, kwargs, state, map_location, file)
-    return LoadedCheckpoint(model=model.eval(), arch=arch, arch_kwargs=kwargs, metadata=meta)
+    training = payload.get("training_state")
+    return LoadedCheckpoint(model=model.eval(), arch=arch, arch_kwargs=kwargs, metadata=meta,
+                            training_state=training if isinstance(training, dict) else None)
 
 
 def _read(file: Path, map_location: str | torch.device) -> Any:
@@ -296,5 +296,11 @@ def _rebuild(arch: str, kwargs: dict[str, Any], state: dict[str, Any],
             f"{where}: the weights do not fit architecture {arch!r} with {kwargs}. "
             f"Missing: {missing or 'none'}; unexpected: {unexpected or 'none'}; "
             f"shape mismatches (saved vs expected): {bad_shape or 'none'}.")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(
+            f"{where}: the weights {bad[:5]} hold NaN or infinite values; such a model gives "
+            "meaningless predictions, attacks and bounds. Retrain it (a smaller learning rate) "
+            "or restore an earlier checkpoint.")
     model.load_state_dict(state)
     return model.to(map_location)

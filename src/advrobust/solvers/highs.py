@@ -202,7 +202,7 @@ class HighsSolver:
         self._stop_above = stop_above
         start = time.perf_counter()
         try:
-            h.run()
+            _run_interruptibly(h)
         except Exception as err:  # noqa: BLE001 - a solver crash is reported, never raised
             return Solution(SolveStatus.ERROR, math.inf, -math.inf, None, repr(err),
                             time.perf_counter() - start)
@@ -229,3 +229,24 @@ class HighsSolver:
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)
+
+
+def _run_interruptibly(h: Any) -> None:
+    """``h.run()`` that Ctrl-C stops within a fraction of a second, then re-raises.
+
+    HiGHS runs in highspy's worker thread; a KeyboardInterrupt in the waiting main thread asks
+    it to stop (its user-interrupt callbacks) and is raised again once it has (a plain
+    ``run()`` swallows Ctrl-C until the time limit).
+    """
+    if not hasattr(h, "startSolve"):  # older highspy: no interruptible solve
+        h.run()
+        return
+    h.HandleUserInterrupt = True
+    h.startSolve()
+    try:
+        while not h.wait(0.1)[0]:
+            pass
+    except KeyboardInterrupt:
+        h.cancelSolve()
+        h.wait()
+        raise

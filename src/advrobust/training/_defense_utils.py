@@ -33,6 +33,15 @@ class GeneratorCache:
             self._generators[key] = gen
         return self._generators[key]
 
+    def get_state(self) -> dict[str, torch.Tensor]:
+        """The state of every generator created so far, by device (for resuming training)."""
+        return {key: gen.get_state() for key, gen in self._generators.items()}
+
+    def set_state(self, states: dict[str, torch.Tensor]) -> None:
+        """Restore generators saved by :meth:`get_state` (creating them as needed)."""
+        for key, state in states.items():
+            self.get(torch.device(key)).set_state(state)
+
 
 @contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:

@@ -80,3 +80,10 @@ class History:
         rows = [asdict(e) for e in self.epochs]
         keys = ("epoch", "lr", "train_loss", "train_error", "test_error", "seconds")
         return {k: [r[k] for r in rows] for k in keys}
+
+    @classmethod
+    def from_dict(cls, columns: dict[str, Any]) -> History:
+        """The inverse of :meth:`to_dict`."""
+        keys = ("epoch", "lr", "train_loss", "train_error", "test_error", "seconds")
+        rows = zip(*(columns[k] for k in keys), strict=True)
+        return cls([EpochStats(**dict(zip(keys, row, strict=True))) for row in rows])

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from advrobust.core._validation import check_bool, check_choice, check_float, check_int
 from advrobust.core.modes import model_device
+from advrobust.core.progress import progress_bar
 from advrobust.errors import InvalidParameterError, TrainingDivergedError
 from advrobust.training._data import as_tensors, check_model_fits, error_rate
 from advrobust.training.history import EpochStats, History
@@ -45,7 +45,8 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
         seed: int = 0, progress: bool = True,
         checkpoint_path: str | os.PathLike[str] | None = None, arch: str | None = None,
         arch_kwargs: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-        on_epoch_end: Callable[[EpochStats], None] | None = None) -> History:
+        on_epoch_end: Callable[[EpochStats], None] | None = None,
+        resume: Mapping[str, Any] | None = None) -> History:
     """Train ``model`` in place with SGD on ``objective``; evaluate on ``test`` every epoch.
 
     The course's recipe is the default (plain SGD, lr 0.1, batches of 100, cross-entropy);
@@ -85,6 +86,12 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
         metadata: Extra checkpoint metadata (primitives), merged over what ``fit`` records;
             used only with ``checkpoint_path``.
         on_epoch_end: Called with each epoch's :class:`EpochStats`.
+        resume: The ``training_state`` of a checkpoint written by ``fit`` (see
+            :attr:`~advrobust.models.LoadedCheckpoint.training_state`), with ``model`` holding
+            that checkpoint's weights: training continues after its last epoch with its
+            optimizer state, learning-rate schedule and random streams, so an interrupted run
+            resumed this way ends with the weights an uninterrupted run would have. The
+            hyper-parameters must be the ones it was written with.
 
     Returns:
         The per-epoch :class:`History`.
@@ -118,18 +125,20 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
     check_model_fits(model, x, y, device)
     objective.prepare(model, tuple(x.shape[1:]))
 
-    def save(history: History, diverged: bool = False) -> None:
+    def save(history: History, diverged: bool = False,
+             state: dict[str, Any] | None = None) -> None:
         from advrobust.models import save_checkpoint
 
         assert checkpoint_path is not None and arch is not None and arch_kwargs is not None
         meta = _metadata(train, x, plan, objective, history, diverged)
         save_checkpoint(checkpoint_path, model, arch=arch, arch_kwargs=arch_kwargs,
-                        metadata={**meta, **(metadata or {})})
+                        metadata={**meta, **(metadata or {})}, training_state=state)
 
     was_training = model.training
     try:
         return _run(model, x, y, test_xy, objective, plan, device,
-                    None if checkpoint_path is None else save, on_epoch_end)
+                    None if checkpoint_path is None else save, on_epoch_end,
+                    _check_resume(resume, plan))
     finally:
         model.train(was_training)
 
@@ -210,18 +219,70 @@ def _check_objective(objective: Any) -> Objective:
     return objective
 
 
+def _check_resume(resume: Mapping[str, Any] | None, plan: _Plan) -> Mapping[str, Any] | None:
+    """Refuse a training state written with other hyper-parameters (or by something else)."""
+    if resume is None:
+        return None
+    keys = ("epoch", "plan", "optimizer", "shuffle_rng", "objective_rngs", "history")
+    if not isinstance(resume, Mapping) or any(k not in resume for k in keys):
+        raise InvalidParameterError(
+            "The 'resume' parameter of fit must be the training_state of a checkpoint written "
+            f"by fit (keys {list(keys)}). Got {type(resume).__name__} instead.")
+    saved, now = dict(resume["plan"]), plan.as_dict()
+    differ = [f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in now.items()
+              if saved.get(k) != v]
+    if differ:
+        raise InvalidParameterError(
+            "Cannot resume: the checkpoint was trained with other hyper-parameters ("
+            + "; ".join(differ) + "). Resume with the original ones.")
+    if not 0 < int(resume["epoch"]) <= plan.epochs:
+        raise InvalidParameterError(
+            f"Cannot resume: the checkpoint holds {resume['epoch']} epochs of {plan.epochs}.")
+    return resume
+
+
+def _objective_rngs(objective: Objective) -> dict[str, Any]:
+    from advrobust.training._defense_utils import GeneratorCache
+
+    return {name: value for name, value in vars(objective).items()
+            if isinstance(value, GeneratorCache)}
+
+
+def _training_state(epoch: int, plan: _Plan, optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, objective: Objective,
+                    history: History) -> dict[str, Any]:
+    return {"epoch": epoch, "plan": plan.as_dict(), "optimizer": optimizer.state_dict(),
+            "shuffle_rng": generator.get_state(),
+            "objective_rngs": {k: v.get_state() for k, v in _objective_rngs(objective).items()},
+            "history": history.to_dict()}
+
+
+def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, objective: Objective) -> tuple[int, History]:
+    optimizer.load_state_dict(resume["optimizer"])
+    generator.set_state(resume["shuffle_rng"])
+    caches = _objective_rngs(objective)
+    for name, states in resume["objective_rngs"].items():
+        if name in caches:
+            caches[name].set_state(states)
+    return int(resume["epoch"]), History.from_dict(resume["history"])
+
+
 def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | None,
          objective: Objective, plan: _Plan, device: torch.device,
          save: Callable[..., None] | None, on_epoch_end: Callable[[EpochStats], None] | None,
-         ) -> History:
+         resume: Mapping[str, Any] | None = None) -> History:
     optimizer = plan.optimizer_for(model)
     generator = torch.Generator().manual_seed(plan.seed)
-    history = History()
-    for epoch in range(plan.epochs):
+    history, first = History(), 0
+    if resume is not None:
+        first, history = _restore(resume, optimizer, generator, objective)
+    for epoch in range(first, plan.epochs):
         start = time.perf_counter()
         rate = plan.rate(epoch, 0.0)
-        bar = tqdm(total=-(-len(y) // plan.batch_size), desc=f"epoch {epoch + 1}/{plan.epochs}",
-                   unit="batch", disable=not plan.progress, leave=True, dynamic_ncols=True)
+        bar = progress_bar(total=-(-len(y) // plan.batch_size),
+                           desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch",
+                           disable=not plan.progress, leave=True)
         try:
             loss, err = _train_epoch(model, x, y, objective, optimizer, generator, plan, epoch,
                                      device, bar)
@@ -242,7 +303,8 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
         bar.close()
         logger.info("epoch %d/%d: %s", epoch + 1, plan.epochs, _summary(stats))
         if save is not None:
-            save(history)
+            save(history, state=_training_state(epoch + 1, plan, optimizer, generator,
+                                                objective, history))
         if on_epoch_end is not None:
             on_epoch_end(stats)
     return history

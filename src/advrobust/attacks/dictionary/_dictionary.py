@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from advrobust.attacks.dictionary._prox import fit_laplace_scale
+from advrobust.core._npz import npz_reason
 from advrobust.errors import DataFormatError, InvalidInputError, MissingFileError
 
 __all__ = ["Dictionary", "load_dictionary", "save_dictionary"]
@@ -177,6 +178,6 @@ def load_dictionary(path: str | Path, *, input_shape: tuple[int, ...] | None = N
     except (KeyError, ValueError, OSError, InvalidInputError) as exc:
         if isinstance(exc, DataFormatError):
             raise
-        raise DataFormatError(f"{path} is not a valid dictionary file: {exc}") from exc
+        raise DataFormatError(f"{path} is not a valid dictionary file: {npz_reason(exc)}") from exc
     result.check_compatible(input_shape, dataset, who=f"load_dictionary({path})")
     return result

@@ -31,12 +31,12 @@ import warnings
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from advrobust.attacks.dictionary._learner import Callback, DictionaryLearner, LearnState
 from advrobust.attacks.dictionary._prox import project_atoms, soft_threshold
 from advrobust.attacks.dictionary.objective import DictionaryObjective, SmoothPart
 from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core.progress import progress_bar
 
 __all__ = ["ADiL", "finite_part", "stop_nan"]
 
@@ -99,7 +99,8 @@ class ADiL(DictionaryLearner):
                generator: torch.Generator | None, callback: Callback | None) -> LearnState:
         atoms, codes, phi = state.atoms, state.codes, state.history[-1]
         part = objective.smooth(atoms, codes)
-        bar = tqdm(range(self.max_iter), desc="ADiL", disable=not self.progress, leave=False)
+        bar = progress_bar(range(self.max_iter), desc="ADiL", disable=not self.progress,
+                           leave=False)
         for it in bar:
             if not finite_part(part):
                 stop_nan(state, "ADiL", "its gradient")

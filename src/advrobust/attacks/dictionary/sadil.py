@@ -20,13 +20,13 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
 
 from advrobust.attacks.dictionary._learner import Callback, DictionaryLearner, LearnState
 from advrobust.attacks.dictionary._prox import project_atoms, soft_threshold
 from advrobust.attacks.dictionary.adil import finite_part, stop_nan
 from advrobust.attacks.dictionary.objective import DictionaryObjective
 from advrobust.core._validation import check_bool, check_int
+from advrobust.core.progress import progress_bar
 
 __all__ = ["SADiL"]
 
@@ -80,7 +80,7 @@ class SADiL(DictionaryLearner):
                generator: torch.Generator | None, callback: Callback | None) -> LearnState:
         n = objective.n
         good = (state.atoms, state.codes)  # the last iterate with a finite full objective
-        bar = tqdm(total=self.epochs * -(-n // self.batch_size), desc="SADiL",
+        bar = progress_bar(total=self.epochs * -(-n // self.batch_size), desc="SADiL",
                    disable=not self.progress, leave=False)
         for epoch in range(self.epochs):
             order = torch.randperm(n, generator=generator).to(objective.x.device)

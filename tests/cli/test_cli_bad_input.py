@@ -1,0 +1,181 @@
+"""Regression tests for the bad inputs of issue 15: each one a clear error (one line, exit 2,
+before any expensive work) instead of a traceback or a silent result."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from advrobust import LpBall
+from advrobust.attacks import PGD
+from advrobust.cli import main
+from advrobust.data import download_mnist
+from advrobust.errors import CheckpointError, InvalidInputError
+from advrobust.models import build_model, load_checkpoint, save_checkpoint
+
+KW = {"input_shape": [1, 8, 8], "num_classes": 10}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bad") / "small.pt"
+    save_checkpoint(path, build_model("mlp2", (1, 8, 8), 10, seed=0).eval(), arch="mlp2",
+                    arch_kwargs=KW)
+    return path
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"advrobust {argv[0]}: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+def _attack(checkpoint: Path, *extra: str) -> list[str]:
+    return ["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1", "--n",
+            "4", *extra]
+
+
+def test_plot_extension_is_checked_before_the_attack(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.cli.attack as attack_cli
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the attack ran before the --plot check")
+
+    monkeypatch.setattr(attack_cli, "load_model", never)
+    err = _error(capsys, _attack(checkpoint, "--plot", str(tmp_path / "p.txt")))
+    assert "--plot" in err and ".png" in err and "p.txt" in err
+    err = _error(capsys, _attack(checkpoint, "--save-examples", str(tmp_path / "e.txt")))
+    assert "--save-examples" in err and ".npz" in err
+    err = _error(capsys, ["dictionary", "plot", str(tmp_path / "d.npz"), "--out",
+                          str(tmp_path / "atoms.bmpx")])
+    assert "--out" in err and ".png" in err
+
+
+def _vnnlib(path: Path, inputs: int, outputs: int) -> Path:
+    lines = [f"(declare-const X_{i} Real)" for i in range(inputs)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(outputs)]
+    lines += [f"(assert (>= X_{i} 0.0))\n(assert (<= X_{i} 0.1))" for i in range(inputs)]
+    lines += ["(assert (>= Y_1 Y_0))"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_vnnlib_sizes_must_match_the_network(checkpoint: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["verify", "--model", str(checkpoint), "--vnnlib"]
+    err = _error(capsys, [*base, str(_vnnlib(tmp_path / "five.vnnlib", 5, 10))])
+    assert "5 input variables" in err and "64" in err and "five.vnnlib" in err
+    err = _error(capsys, [*base, str(_vnnlib(tmp_path / "seven.vnnlib", 64, 7))])
+    assert "7 output variables" in err and "10 outputs" in err and "C of shape" not in err
+
+
+def test_eps_with_vnnlib_is_refused(checkpoint: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    prop = _vnnlib(tmp_path / "p.vnnlib", 64, 10)
+    err = _error(capsys, ["verify", "--model", str(checkpoint), "--vnnlib", str(prop),
+                          "--eps", "0.3"])
+    assert "--eps" in err and "--vnnlib" in err
+
+
+def test_nan_weights_are_refused_at_load(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    model = build_model("mlp2", (1, 8, 8), 10, seed=0)
+    path = tmp_path / "nan.pt"
+    torch.save({"format": "advrobust-checkpoint", "version": 1, "arch": "mlp2",
+                "arch_kwargs": {**KW, "normalize": None},
+                "state_dict": {k: torch.full_like(v, float("nan")) if i == 0 else v
+                               for i, (k, v) in enumerate(model.state_dict().items())},
+                "metadata": {}}, path)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_checkpoint(path)
+    err = _error(capsys, _attack(path))
+    assert "nan.pt" in err and "NaN" in err
+
+
+def test_attack_inputs_dtype_generator_and_nan_outputs() -> None:
+    model = build_model("mlp2", (1, 8, 8), 10, seed=0).eval()
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])
+    threat = LpBall("linf", 0.1)
+    with pytest.raises(InvalidInputError, match=r"float64.*x.to\(torch.float32\)"):
+        PGD(steps=2)(model, x.double(), y, threat)
+    with pytest.raises(InvalidInputError, match="'generator'.*torch.Generator.*int 0"):
+        PGD(steps=2)(model, x, y, threat, generator=0)  # type: ignore[arg-type]
+    with torch.no_grad():
+        model[-1].bias[3] = float("inf")
+    with pytest.raises(InvalidInputError, match="NaN or infinite"):
+        PGD(steps=2)(model, x, y, threat)
+
+
+def test_detect_fit_n_over_the_split_is_an_error(checkpoint: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(capsys, ["detect", "--model", str(checkpoint), "--data", "digits", "--n", "4",
+                          "--attacks", "pgd", "--fit-n", "10000000"])
+    assert "--fit-n" in err and "1347" in err and "10000000" in err
+
+
+def test_normalize_message_for_one_channel(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(capsys, ["train", "--model", "mlp2", "--data", "digits", "--epochs", "1",
+                          "--normalize", "0.1,0.2", "0.3,0.4", "--out", str(tmp_path / "m.pt")])
+    assert "1 value per statistic" in err and "1 or 1" not in err
+
+
+def test_pickled_npz_is_refused_without_numpys_unsafe_advice(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "d.npz"
+    raw.write_bytes(pickle.dumps({"atoms": 1}))
+    err = _error(capsys, ["dictionary", "plot", str(raw), "--out", str(tmp_path / "a.png")])
+    assert "pickled Python objects" in err and "allow_pickle" not in err
+
+
+def test_dictionary_learn_defaults_work_on_digits(checkpoint: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "d.npz"
+    assert main(["dictionary", "learn", "--model", str(checkpoint), "--data", "digits",
+                 "--n", "10", "--iterations", "1", "--coding-steps", "1", "--out", str(out),
+                 "--json", "--no-progress"]) == 0
+    assert '"heldout"' in capsys.readouterr().out and out.is_file()
+    err = _error(capsys, ["dictionary", "learn", "--model", str(checkpoint), "--data",
+                          "digits", "--n", "10", "--iterations", "1", "--out", str(out)])
+    assert "--force" in err  # and an existing --out is not overwritten silently
+    err = _error(capsys, ["dictionary", "learn", "--model", str(checkpoint), "--data",
+                          "digits", "--n", "10", "--heldout-n", "451",
+                          "--out", str(tmp_path / "e.npz")])
+    assert "--heldout-n" in err and "450" in err
+
+
+def test_download_follows_the_umask(tmp_path: Path) -> None:
+    source = tmp_path / "mirror"
+    source.mkdir()
+    sums = {}
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (source / name).write_bytes(name.encode())
+        sums[name] = hashlib.md5(name.encode(), usedforsecurity=False).hexdigest()
+    old = os.umask(0o022)
+    try:
+        folder = download_mnist(tmp_path / "mnist", base_url=source.as_uri(), checksums=sums)
+    finally:
+        os.umask(old)
+    modes = {p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes == {0o644}
+
+
+def test_stray_numpy_float_arrays_still_load(tmp_path: Path) -> None:
+    # the pickle refusal must not catch ordinary numeric npz files
+    from advrobust.core._npz import npz_reason
+
+    assert npz_reason(ValueError("bad magic")) == "bad magic"
+    np.savez(tmp_path / "ok.npz", a=np.zeros(2))
+    with np.load(tmp_path / "ok.npz", allow_pickle=False) as data:
+        assert data["a"].shape == (2,)

@@ -1,0 +1,144 @@
+"""Per-sample ``--save`` files, Ctrl-C keeping finished batches, exit statuses, progress."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import advrobust.cli.attack as attack_cli
+from advrobust.attacks import PGD
+from advrobust.cli import main
+from advrobust.core.progress import StatusLine, progress_bar
+from advrobust.data import load_dataset
+from advrobust.models import build_model, load_checkpoint, save_checkpoint
+from advrobust.training import fit
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train = load_dataset("digits", "train").take(300)
+    model = build_model("mlp2", train.input_shape, 10, seed=0)
+    fit(model, train, epochs=3, batch_size=50, progress=False)
+    path = tmp_path_factory.mktemp("save") / "m.pt"
+    save_checkpoint(path, model.eval(), arch="mlp2",
+                    arch_kwargs={"input_shape": [1, 8, 8], "num_classes": 10})
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_attack_save_rows_agree_with_the_model(checkpoint: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    save = tmp_path / "pgd.jsonl"
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--n", "30",
+                 "--eps", "0.1", "--steps", "5", "--batch-size", "8", "--save", str(save),
+                 "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = _rows(save)
+    assert [r["index"] for r in rows] == list(range(30))
+    assert sum(r["success"] for r in rows) / 30 == pytest.approx(summary["attack_success_rate"])
+    witnesses = np.load(save.with_suffix(".npz"))
+    assert witnesses["index"].tolist() == [r["index"] for r in rows if r["success"]]
+    model = load_checkpoint(checkpoint).model
+    data = load_dataset("digits", "test").take(30)
+    idx = torch.from_numpy(witnesses["index"])
+    x_adv = torch.from_numpy(witnesses["x"])
+    with torch.no_grad():
+        assert bool((model(x_adv).argmax(1) != data.y[idx]).all())  # real counterexamples
+    assert float((x_adv - data.x[idx]).abs().amax()) <= 0.1 + 1e-6
+    assert all((r["margin"] < 0) == r["success"] for r in rows if r["prediction"] == r["label"])
+    # a second run does not overwrite the file silently
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--n", "4",
+                 "--eps", "0.1", "--save", str(save)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_finished_batches(checkpoint: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    class Interrupted(PGD):
+        calls = 0
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            type(self).calls += 1
+            if type(self).calls == 3:
+                raise KeyboardInterrupt
+            return super().__call__(*args, **kwargs)
+
+    monkeypatch.setattr(attack_cli, "build_attack", lambda name, args: Interrupted(steps=3))
+    save, examples = tmp_path / "rows.csv", tmp_path / "ex.npz"
+    code = main(["attack", "--model", str(checkpoint), "--data", "digits", "--n", "40",
+                 "--eps", "0.1", "--batch-size", "10", "--save", str(save), "--save-examples",
+                 str(examples), "--no-progress"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted after 20 of 40 samples" in err and "Traceback" not in err
+    assert len(save.read_text().splitlines()) == 1 + 20  # header + two finished batches
+    assert np.load(examples)["x_adv"].shape[0] == 20
+    assert save.with_suffix(".npz").is_file()
+
+
+def test_verify_save_rows_and_counterexamples(checkpoint: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    save = tmp_path / "v.jsonl"
+    assert main(["verify", "--model", str(checkpoint), "--data", "digits", "--n", "20",
+                 "--eps", "0.05", "--method", "crown", "--save", str(save), "--json",
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = _rows(save)
+    assert len(rows) == 20
+    assert sum(r["verdict"] == "verified" for r in rows) == summary["verified"]
+    assert all(r["lower"] > 0 for r in rows if r["verdict"] == "verified")
+    assert all(r["lower"] is None or r["upper"] is None or r["lower"] <= r["upper"] + 1e-5
+               for r in rows)
+    witnesses = np.load(save.with_suffix(".npz"))
+    assert witnesses["index"].tolist() == [r["index"] for r in rows
+                                           if r["verdict"] == "falsified"]
+
+
+def test_progress_status_line_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    bar = StatusLine(range(4), desc="stage", unit="batch", interval=0.0, file=out)
+    assert list(bar) == [0, 1, 2, 3]
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("stage: 1/4 batch (25%)") and "ETA" in lines[0]
+    assert lines[-1].endswith("(done)") and "\r" not in out.getvalue()
+    quiet = io.StringIO()
+    slow = StatusLine(range(3), desc="s", interval=3600.0, file=quiet)
+    list(slow)
+    slow.close()
+    assert quiet.getvalue() == ""  # short stages say nothing
+
+
+def test_progress_bar_is_silent_for_empty_or_disabled_stages(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for bar in (progress_bar([], desc="bab"), progress_bar(range(3), disable=True),
+                progress_bar(total=0, desc="milp")):
+        list(bar) if bar.iterable is not None else bar.update(0)
+        bar.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_large_split_without_n_is_announced(checkpoint: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.cli._common as common
+
+    monkeypatch.setattr(common, "ANNOUNCE_ABOVE", 100)  # digits test has 450 samples
+    import advrobust.evaluation
+
+    monkeypatch.setattr(advrobust.evaluation, "evaluate_attack", _stop)
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1"]) == 130
+    assert "using all 450 samples" in capsys.readouterr().err
+
+
+def _stop(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
