@@ -80,7 +80,8 @@ def _check_spec(spec: Spec | None, y: Tensor, clean: Tensor) -> Spec:
     if not isinstance(spec, Spec):
         raise InvalidInputError(f"'spec' must be a Spec or None. Got {type(spec).__name__}.")
     spec.check(clean.shape[0], clean.shape[1])
-    return Spec(spec.C.to(clean), spec.d.to(clean))
+    dtype = torch.promote_types(spec.C.dtype, clean.dtype)  # never round a float64 spec down
+    return Spec(spec.C.to(clean.device, dtype), spec.d.to(clean.device, dtype))
 
 
 def _default_attack() -> Any:

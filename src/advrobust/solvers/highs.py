@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from advrobust.errors import SolverUnavailableError
+from advrobust.solvers._safe_bound import safe_lp_bound
 from advrobust.solvers.program import Program, Solution, SolveStatus
 
 __all__ = ["DEFAULT_OPTIONS", "HighsSolver", "highs_available"]
@@ -89,12 +90,21 @@ _STATUS = {
     "kUnboundedOrInfeasible": SolveStatus.UNBOUNDED,
     "kTimeLimit": SolveStatus.TIME_LIMIT,
     "kIterationLimit": SolveStatus.TIME_LIMIT,
-    "kSolutionLimit": SolveStatus.INTERRUPTED,
+    "kSolutionLimit": SolveStatus.STOPPED,
     "kInterrupt": SolveStatus.INTERRUPTED,
     "kHighsInterrupt": SolveStatus.INTERRUPTED,
-    "kObjectiveBound": SolveStatus.INTERRUPTED,
-    "kObjectiveTarget": SolveStatus.INTERRUPTED,
+    "kObjectiveBound": SolveStatus.STOPPED,
+    "kObjectiveTarget": SolveStatus.STOPPED,
 }
+
+#: MIP statuses whose dual bound counts (the search stopped on time or on our own callback,
+#: so its dual bound is the minimum over the open nodes). Every other status certifies nothing.
+_MIP_BOUND_STATUSES = (SolveStatus.OPTIMAL, SolveStatus.TIME_LIMIT, SolveStatus.INTERRUPTED)
+
+#: HiGHS's MIP dual bound is the minimum of node LP objectives solved to a dual feasibility
+#: tolerance, not a safe bound; it is lowered by this fraction of the objective's magnitude
+#: (sum of |cost_j| max(|lower_j|, |upper_j|) plus |offset|).
+_MIP_BOUND_RTOL = 1e-6
 
 
 class HighsSolver:
@@ -133,6 +143,10 @@ class HighsSolver:
     def _load(self, highspy: Any, program: Program) -> None:
         lo, hi, integer = program.columns()
         a, rlo, rhi = program.matrix()
+        # kept for the safe dual bound of LP solves
+        self._a, self._row_lo, self._row_hi = a, rlo.copy(), rhi.copy()
+        self._col_lo, self._col_hi = lo, hi
+        self._cost, self._offset = np.zeros(program.num_vars), 0.0
         inf = highspy.kHighsInf
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = program.num_vars, program.num_rows
@@ -171,6 +185,8 @@ class HighsSolver:
         lo = np.clip(np.asarray(lower, dtype=np.float64), -inf, inf)
         hi = np.clip(np.asarray(upper, dtype=np.float64), -inf, inf)
         self._h.changeRowsBounds(rows.size, rows, lo, hi)
+        self._row_lo[rows] = np.where(lo <= -inf, -np.inf, lo)
+        self._row_hi[rows] = np.where(hi >= inf, np.inf, hi)
 
     def minimize(self, cost: np.ndarray, offset: float = 0.0,
                  stop_below: float = -math.inf, stop_above: float = math.inf) -> Solution:
@@ -195,8 +211,8 @@ class HighsSolver:
             The :class:`Solution`; solver failures come back as a status, never raised.
         """
         h = self._h
-        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32),
-                         np.asarray(cost, dtype=np.float64))
+        self._cost, self._offset = np.asarray(cost, dtype=np.float64).copy(), float(offset)
+        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32), self._cost)
         h.changeObjectiveOffset(float(offset))
         self._stop_below, self._found_below = stop_below, False
         self._stop_above = stop_above
@@ -218,14 +234,36 @@ class HighsSolver:
         has_x = bool(sol.value_valid) and len(sol.col_value) == self.num_vars
         x = np.asarray(sol.col_value, dtype=np.float64) if has_x else None
         objective = float(info.objective_function_value) if has_x else math.inf
-        if self.is_mip:
-            bound = float(info.mip_dual_bound)
-            if status is SolveStatus.OPTIMAL:
-                bound = min(bound, objective)
-        else:
-            bound = objective if status is SolveStatus.OPTIMAL else -math.inf
         if status is SolveStatus.INFEASIBLE:  # no feasible point: drop whatever HiGHS left
             return Solution(status, math.inf, math.inf, None, name, seconds)
+        bound = self._mip_bound(status, info, objective) if self.is_mip \
+            else self._lp_bound(status, sol)
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)
+
+    def _lp_bound(self, status: SolveStatus, sol: Any) -> float:
+        """The one gate for LP bounds: a safe dual bound from the row duals, OPTIMAL only."""
+        if status is not SolveStatus.OPTIMAL or not bool(sol.dual_valid) \
+                or len(sol.row_dual) != self._a.shape[0]:
+            return -math.inf
+        return safe_lp_bound(self._a, self._row_lo, self._row_hi, self._col_lo, self._col_hi,
+                             self._cost, self._offset, np.asarray(sol.row_dual))
+
+    def _mip_bound(self, status: SolveStatus, info: Any, objective: float) -> float:
+        """The one gate for MIP bounds: certifying statuses only, lowered by a relative slack."""
+        if status not in _MIP_BOUND_STATUSES:
+            return -math.inf
+        bound = float(info.mip_dual_bound)
+        if status is SolveStatus.OPTIMAL:
+            bound = min(bound, objective)
+        if not math.isfinite(bound):
+            return bound if bound == math.inf else -math.inf
+        mag = np.maximum(np.abs(np.nan_to_num(self._col_lo, neginf=0.0)),
+                         np.abs(np.nan_to_num(self._col_hi, posinf=0.0)))
+        used = self._cost != 0
+        if bool(np.any(used & ~(np.isfinite(self._col_lo) & np.isfinite(self._col_hi)))):
+            scale = abs(bound)  # an unbounded objective column: fall back on the value itself
+        else:
+            scale = float(np.abs(self._cost[used]) @ mag[used])
+        return bound - _MIP_BOUND_RTOL * (1.0 + scale + abs(self._offset))
