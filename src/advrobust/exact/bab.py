@@ -43,6 +43,7 @@ from advrobust.relax._rounding import (
     magnitude,
     op_gamma,
     relu_gamma,
+    relu_magnitude,
     sound_interval,
 )
 from advrobust.relax.base import Bounder, Bounds
@@ -151,8 +152,7 @@ class _RowSearch:
             op = self.net.ops[j]
             if isinstance(op, ReLUOp):
                 l_j, h_j = bounds[j]
-                err = err + relu_gamma(a.dtype) * abs_dot(a, torch.maximum(l_j.abs(),
-                                                                           h_j.abs()))
+                err = err + relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(l_j, h_j))
                 rel = op.relaxation(l_j, h_j)
                 unstable = (l_j < 0) & (h_j > 0)
                 # BaBSR: what the upper relaxation's intercept costs this row, plus a tie-break

@@ -25,7 +25,7 @@ from advrobust.network.ops import AffineOp, FlattenOp, LinearOp, Op, _ConvLike
 from advrobust.network.relu import ReLUOp
 
 __all__ = ["SAFETY", "abs_dot", "add_offset", "input_gamma", "magnitude", "op_gamma",
-           "relu_gamma", "sound_interval", "unit_roundoff"]
+           "relu_gamma", "relu_magnitude", "sound_interval", "unit_roundoff"]
 
 #: Factor applied on top of the worst-case rounding estimates.
 SAFETY = 4.0
@@ -57,6 +57,13 @@ def op_gamma(op: Op, dtype: torch.dtype) -> float:
 def relu_gamma(dtype: torch.dtype) -> float:
     """Relative allowance of one ReLU relaxation step (slopes, intercepts, products)."""
     return SAFETY * unit_roundoff(dtype) * 8
+
+
+def relu_magnitude(lo: Tensor, hi: Tensor) -> Tensor:
+    """Magnitude of a ReLU step's rounded terms: ``max(|lo|, |hi|)`` on unstable neurons, 0 on
+    stable ones (their slopes are exactly 0 or 1 and their intercepts 0: no rounding)."""
+    unstable = (lo < 0) & (hi > 0)
+    return torch.where(unstable, torch.maximum(lo.abs(), hi.abs()), torch.zeros_like(lo))
 
 
 def magnitude(op: Op, lo: Tensor, hi: Tensor) -> Tensor:

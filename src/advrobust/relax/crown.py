@@ -29,6 +29,7 @@ from advrobust.relax._rounding import (
     magnitude,
     op_gamma,
     relu_gamma,
+    relu_magnitude,
     sound_interval,
 )
 from advrobust.relax.base import Bounder, Bounds, as_network
@@ -74,7 +75,7 @@ def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         if isinstance(op, ReLUOp):
             if rounding:
                 lo, hi = bounds[j]
-                step = relu_gamma(a.dtype) * abs_dot(a, torch.maximum(lo.abs(), hi.abs()))
+                step = relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(lo, hi))
                 err = step if err is None else err + step
             a, c = op.backward(a, *bounds[j], None if alphas is None else alphas.get(j))
         else:

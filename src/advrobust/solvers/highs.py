@@ -135,6 +135,7 @@ class HighsSolver:
         self._stop_below = -math.inf
         self._found_below = False
         self._stop_above = math.inf
+        self._rejected = ""
         self._load(highspy, program)
         if self.is_mip:
             self._h.cbMipImprovingSolution.subscribe(self._on_incumbent)
@@ -164,7 +165,9 @@ class HighsSolver:
             lp.integrality_ = [kinds[int(i)] for i in integer]
         status = self._h.passModel(lp)
         if status != highspy.HighsStatus.kOk and status != highspy.HighsStatus.kWarning:
-            raise RuntimeError(f"HiGHS rejected the model: {status}")
+            # e.g. coefficients beyond HiGHS's limits (extreme weights): every solve then
+            # answers ERROR (no bound, no point) instead of raising
+            self._rejected = f"HiGHS rejected the model ({status}): coefficients out of range?"
 
     def _on_incumbent(self, event: Any) -> None:
         if event.data_out.objective_function_value < self._stop_below:
@@ -210,6 +213,8 @@ class HighsSolver:
         Returns:
             The :class:`Solution`; solver failures come back as a status, never raised.
         """
+        if self._rejected:
+            return Solution(SolveStatus.ERROR, math.inf, -math.inf, None, self._rejected, 0.0)
         h = self._h
         self._cost, self._offset = np.asarray(cost, dtype=np.float64).copy(), float(offset)
         h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32), self._cost)
