@@ -11,6 +11,7 @@ code over the live parameters: ``crown_lower`` serves CROWN-IBP certified traini
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -18,9 +19,9 @@ from torch import Tensor, nn
 
 from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
-from advrobust.core.threat import LpBall
+from advrobust.core.threat import LpBall, Norm
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp
+from advrobust.network.ops import AffineOp, LinearOp, _ConvLike
 from advrobust.network.relu import ReLUOp
 from advrobust.relax._rounding import (
     abs_dot,
@@ -61,12 +62,13 @@ def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
 
 
 def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
-              alphas: Mapping[int, Tensor] | None, rounding: bool
-              ) -> tuple[Tensor, Tensor, Tensor | None]:
+              alphas: Mapping[int, Tensor] | None, rounding: bool,
+              mags: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`backsubstitute`, plus the rounding allowance of the pass when ``rounding``.
 
     The allowance (N, K) bounds what floating point can lose in every step: ``gamma`` of the
     step times ``<|a|, magnitude of the step's terms>`` (see :mod:`advrobust.relax._rounding`).
+    ``mags`` memoises the affine ops' magnitudes across calls on the same ``bounds``.
     """
     const = a.new_zeros(a.shape[:2])
     err = None
@@ -81,7 +83,12 @@ def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         else:
             assert isinstance(op, AffineOp)
             if rounding and op_gamma(op, a.dtype) > 0:
-                step = op_gamma(op, a.dtype) * abs_dot(a, magnitude(op, *bounds[j]))
+                mag = mags.get(j) if mags is not None else None
+                if mag is None:
+                    mag = magnitude(op, *bounds[j])
+                    if mags is not None:
+                        mags[j] = mag
+                step = op_gamma(op, a.dtype) * abs_dot(a, mag)
                 err = step if err is None else err + step
             c = op.bias_term(a)
             a = op.backward(a)
@@ -104,11 +111,47 @@ def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
     return value - err
 
 
+def _interval_is_exact(network: Network, threat: LpBall, index: int) -> bool:
+    """True if interval bounds of op ``index``'s input are already the exact range: a box
+    (linf) through at most one affine map that mixes coordinates and no ReLU."""
+    if threat.norm is not Norm.LINF:
+        return False
+    before = network.ops[:index]
+    if any(isinstance(op, ReLUOp) for op in before):
+        return False
+    return sum(isinstance(op, (LinearOp, _ConvLike)) for op in before) <= 1
+
+
+def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...],
+               like: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Coefficients of ``+z_part`` and ``-z_part`` (z: the input of op ``index``), as
+    ``(a, const, stop)`` with ``<a, input of op stop> + const``.
+
+    After a linear layer the rows are its weight rows (one product skipped, exactly); else
+    one-hot rows on ``part`` only (no identity matrix of the layer's size).
+    """
+    k = part.numel()
+    prev = network.ops[index - 1] if index > 0 else None
+    if isinstance(prev, LinearOp):
+        w, b = prev.weight_bias()
+        wp = w[part].to(like)
+        bp = like.new_zeros(k) if b is None else b[part].to(like)
+        a = torch.cat([wp, -wp]).reshape((1, 2 * k) + prev.in_shape)
+        return a, torch.cat([bp, -bp]).unsqueeze(0), index - 1
+    rows = like.new_zeros(k, math.prod(shape))
+    rows[torch.arange(k, device=like.device), part] = 1.0
+    rows = rows.reshape((1, k) + shape)
+    return torch.cat([rows, -rows], dim=1), like.new_zeros(1, 2 * k), index
+
+
 def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
-            index: int, rounding: bool = False) -> tuple[Tensor, Tensor]:
+            index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None
+            ) -> tuple[Tensor, Tensor]:
     """CROWN bounds of the input of op ``index``, intersected with its interval bounds
     (widened by the rounding allowance when ``rounding``)."""
     lo, hi = bounds[index]
+    if _interval_is_exact(network, threat, index):
+        return lo, hi
     n = x0.shape[0]
     lo_f, hi_f = lo.flatten(1), hi.flatten(1)
     idx = ((lo_f < 0) & (hi_f > 0)).any(0).nonzero().flatten()
@@ -116,13 +159,11 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
         return lo, hi
     widest = max([x0[0].numel()] + [op.out_size for op in network.ops[:index]])
     chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
-    eye = torch.eye(lo_f.shape[1], dtype=lo.dtype, device=lo.device)
     new_lo, new_hi = [], []
     for part in idx.split(chunk):
-        rows = eye[part].reshape((1, part.numel()) + tuple(lo.shape[1:]))
-        a, const, err = _backward(network, torch.cat([rows, -rows], dim=1), index, bounds,
-                                  None, rounding)
-        val = _concretize(threat, x0, a, const, err)
+        rows, start, stop = _unit_rows(network, index, part, tuple(lo.shape[1:]), lo)
+        a, const, err = _backward(network, rows, stop, bounds, None, rounding, mags)
+        val = _concretize(threat, x0, a, const + start, err)
         new_lo.append(val[:, :part.numel()])
         new_hi.append(-val[:, part.numel():])
     lo_f, hi_f = lo_f.clone(), hi_f.clone()
@@ -152,9 +193,10 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
     if intermediate != "crown":
         raise ValueError(f"'intermediate' must be 'crown' or 'ibp'. Got {intermediate!r}.")
     bounds = [threat.input_bounds(x0)]
+    mags: dict[int, Tensor] = {}
     for i, op in enumerate(network.ops):
         if isinstance(op, ReLUOp):
-            bounds[i] = _refine(network, x0, threat, bounds, i, rounding)
+            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags)
         bounds.append(sound_interval(op, *bounds[i]) if rounding else op.interval(*bounds[i]))
     return bounds
 
