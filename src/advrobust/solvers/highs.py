@@ -148,6 +148,7 @@ class HighsSolver:
         self._a, self._row_lo, self._row_hi = a, rlo.copy(), rhi.copy()
         self._col_lo, self._col_hi = lo, hi
         self._cost, self._offset = np.zeros(program.num_vars), 0.0
+        self._scale: float | None = 0.0
         inf = highspy.kHighsInf
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = program.num_vars, program.num_rows
@@ -174,7 +175,9 @@ class HighsSolver:
             self._found_below = True
 
     def _on_interrupt(self, event: Any) -> None:
-        if self._found_below or event.data_out.mip_dual_bound > self._stop_above:
+        # the bound that will be reported is the dual bound lowered by the MIP slack
+        bound = event.data_out.mip_dual_bound - self._mip_slack(abs(event.data_out.mip_dual_bound))
+        if self._found_below or bound > self._stop_above:
             event.interrupt()
 
     def set_time_limit(self, seconds: float) -> None:
@@ -217,6 +220,7 @@ class HighsSolver:
             return Solution(SolveStatus.ERROR, math.inf, -math.inf, None, self._rejected, 0.0)
         h = self._h
         self._cost, self._offset = np.asarray(cost, dtype=np.float64).copy(), float(offset)
+        self._scale = self._objective_scale()
         h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32), self._cost)
         h.changeObjectiveOffset(float(offset))
         self._stop_below, self._found_below = stop_below, False
@@ -255,6 +259,19 @@ class HighsSolver:
         return safe_lp_bound(self._a, self._row_lo, self._row_hi, self._col_lo, self._col_hi,
                              self._cost, self._offset, np.asarray(sol.row_dual))
 
+    def _objective_scale(self) -> float | None:
+        """``sum |cost_j| max(|lower_j|, |upper_j|)``, or None if a costed column is unbounded."""
+        used = self._cost != 0
+        if bool(np.any(used & ~(np.isfinite(self._col_lo) & np.isfinite(self._col_hi)))):
+            return None
+        mag = np.maximum(np.abs(self._col_lo[used]), np.abs(self._col_hi[used]))
+        return float(np.abs(self._cost[used]) @ mag)
+
+    def _mip_slack(self, fallback: float) -> float:
+        """``_MIP_BOUND_RTOL`` times the objective's magnitude (``fallback`` when unknown)."""
+        scale = self._scale if self._scale is not None else fallback
+        return _MIP_BOUND_RTOL * (1.0 + scale + abs(self._offset))
+
     def _mip_bound(self, status: SolveStatus, info: Any, objective: float) -> float:
         """The one gate for MIP bounds: certifying statuses only, lowered by a relative slack."""
         if status not in _MIP_BOUND_STATUSES:
@@ -264,11 +281,4 @@ class HighsSolver:
             bound = min(bound, objective)
         if not math.isfinite(bound):
             return bound if bound == math.inf else -math.inf
-        mag = np.maximum(np.abs(np.nan_to_num(self._col_lo, neginf=0.0)),
-                         np.abs(np.nan_to_num(self._col_hi, posinf=0.0)))
-        used = self._cost != 0
-        if bool(np.any(used & ~(np.isfinite(self._col_lo) & np.isfinite(self._col_hi)))):
-            scale = abs(bound)  # an unbounded objective column: fall back on the value itself
-        else:
-            scale = float(np.abs(self._cost[used]) @ mag[used])
-        return bound - _MIP_BOUND_RTOL * (1.0 + scale + abs(self._offset))
+        return bound - self._mip_slack(abs(bound))
