@@ -66,11 +66,13 @@ class _State:
 
     def __init__(self, model: nn.Module, x: Tensor, threat: LpBall, spec: Spec,
                  clean: Tensor) -> None:
+        from advrobust.relax.witness import WitnessGate
+
         self.model, self.x, self.threat, self.spec = model, x, threat, spec
-        self.values = spec.apply(clean)  # spec values at the witness, (N, K)
+        self.gate = WitnessGate(model)  # the one gate for witnesses (float64, exact set)
+        self.witness, self.values = self.gate(x, x, threat, spec)  # values (N, K) float64
         self.lower = torch.full_like(self.values, -torch.inf)
         self.upper = self.values.clone()
-        self.witness = x.detach().clone()
         self.decided_by = [""] * x.shape[0]
         self.stats: dict[str, Any] = {}
         self.bound_seconds = 0.0  # one relaxation pass, per sample (measured by the first stage)
@@ -78,7 +80,7 @@ class _State:
         self.exact_overrun = 0.0  # most seconds an exact method ran past the time it was given
 
     def verdicts(self) -> tuple[Verdict, ...]:
-        return decide_verdicts(self.lower, self.values)
+        return decide_verdicts(self.lower, self.values, upper=self.upper, who="verify_dataset")
 
     def undecided(self) -> Tensor:
         return torch.tensor([v is Verdict.UNKNOWN for v in self.verdicts()], dtype=torch.bool)
@@ -88,13 +90,10 @@ class _State:
         return (self.lower[i] <= VERIFY_TOLERANCE).nonzero().flatten()
 
     def offer(self, idx: Tensor, points: Tensor) -> None:
-        """Re-evaluate candidate points through the model; keep those inside and better."""
-        inside = self.threat.contains(self.x[idx], points)
-        with torch.no_grad():
-            values = self.spec_of(idx).apply(self.model(points))
-        self.upper[idx] = torch.minimum(self.upper[idx],
-                                        values.masked_fill(~inside.unsqueeze(1), torch.inf))
-        better = inside & (values.amin(1) < self.values[idx].amin(1))
+        """Pass candidate points through the witness gate; keep the better ones."""
+        points, values = self.gate(self.x[idx], points, self.threat, self.spec_of(idx))
+        self.upper[idx] = torch.minimum(self.upper[idx], values)
+        better = values.amin(1) < self.values[idx].amin(1)
         self.values[idx[better]] = values[better]
         self.witness[idx[better]] = points[better].to(self.witness)
 

@@ -80,7 +80,8 @@ def _check_spec(spec: Spec | None, y: Tensor, clean: Tensor) -> Spec:
     if not isinstance(spec, Spec):
         raise InvalidInputError(f"'spec' must be a Spec or None. Got {type(spec).__name__}.")
     spec.check(clean.shape[0], clean.shape[1])
-    return Spec(spec.C.to(clean), spec.d.to(clean))
+    dtype = torch.promote_types(spec.C.dtype, clean.dtype)  # never round a float64 spec down
+    return Spec(spec.C.to(clean.device, dtype), spec.d.to(clean.device, dtype))
 
 
 def _default_attack() -> Any:
@@ -358,10 +359,15 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
     if report.verdict[0] is Verdict.VERIFIED:
         return PropertyResult("unsat", None, None, report)
     if report.verdict[0] is Verdict.FALSIFIED:
+        from advrobust.relax.witness import float64_copy
+
         point = _inside_box(report.witness.reshape(-1), prop)
         with eval_mode(model, who="verify_property"), torch.no_grad():
             out = model(point.reshape(1, *shape))
-        if bool(prop.contains(point.unsqueeze(0), atol=0.0)) and bool(prop.is_unsafe(out)):
+            out64 = float64_copy(model)(point.double().reshape(1, *shape))  # the witness gate
+        # unsafe in float64 (the gate) and in the model's own precision (what a checker runs)
+        if bool(prop.contains(point.unsqueeze(0), atol=0.0)) and bool(prop.is_unsafe(out64)) \
+                and bool(prop.is_unsafe(out)):
             return PropertyResult("sat", point, out[0], report)
         logger.warning("verify_property: the witness left the unsafe set once clamped to the "
                        "exact box; reporting unknown")

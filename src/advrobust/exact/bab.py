@@ -38,8 +38,16 @@ from advrobust.errors import InvalidThreatModelError
 from advrobust.network.ir import Network
 from advrobust.network.relu import ReLUOp
 from advrobust.relax._encoding import encode_sample, row_cost
+from advrobust.relax._rounding import (
+    abs_dot,
+    magnitude,
+    op_gamma,
+    relu_gamma,
+    relu_magnitude,
+    sound_interval,
+)
 from advrobust.relax.base import Bounder, Bounds
-from advrobust.relax.crown import _refine, crown_layer_bounds, crown_lower
+from advrobust.relax.crown import _concretize, _refine, crown_layer_bounds, crown_lower
 from advrobust.relax.ibp import LayerBounds
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
@@ -125,10 +133,11 @@ class _RowSearch:
                 cur_hi = torch.minimum(bounds[i][1], hi[i])
                 if not first:  # the first ReLU's bounds do not depend on any split
                     cur_lo, cur_hi = _refine(self.net, x0, self.threat, [*bounds[:i],
-                                                                       (cur_lo, cur_hi)], i)
+                                                                       (cur_lo, cur_hi)], i,
+                                             rounding=True)
                 bounds[i] = (cur_lo, cur_hi)
                 first = False
-            bounds.append(op.interval(*bounds[i]))
+            bounds.append(sound_interval(op, *bounds[i]))
         return bounds
 
     def bound(self, lo: dict[int, Tensor], hi: dict[int, Tensor], row: Tensor) -> _Domains:
@@ -137,11 +146,13 @@ class _RowSearch:
         b = bounds[0][0].shape[0]
         a = self.c[row].unsqueeze(1).clone()  # (B, 1, outputs)
         const = a.new_zeros(b, 1)
+        err = a.new_zeros(b, 1)  # rounding allowance of the pass (advrobust.relax._rounding)
         scores: dict[int, Tensor] = {}
         for j in reversed(range(len(self.net.ops))):
             op = self.net.ops[j]
             if isinstance(op, ReLUOp):
                 l_j, h_j = bounds[j]
+                err = err + relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(l_j, h_j))
                 rel = op.relaxation(l_j, h_j)
                 unstable = (l_j < 0) & (h_j > 0)
                 # BaBSR: what the upper relaxation's intercept costs this row, plus a tie-break
@@ -149,11 +160,15 @@ class _RowSearch:
                 scores[j] = torch.where(unstable, gap, torch.zeros_like(l_j)).flatten(1)
                 a, c = op.backward(a, l_j, h_j)
             else:
+                if op_gamma(op, a.dtype) > 0:
+                    err = err + op_gamma(op, a.dtype) * abs_dot(a, magnitude(op, *bounds[j]))
                 c = op.bias_term(a)  # type: ignore[attr-defined]
                 a = op.backward(a)  # type: ignore[attr-defined]
             const = const + c
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        lower = (self.threat.concretize_lower(a.flatten(2), x0) + const)[:, 0] + self.d[row]
+        value = _concretize(self.threat, x0, a, const, err)[:, 0]
+        d = self.d[row]
+        lower = value + d - 4 * torch.finfo(value.dtype).eps * (value.abs() + d.abs())
         empty = torch.zeros(b, dtype=torch.bool, device=lower.device)
         for i in self.relus:
             empty |= (bounds[i][0] > bounds[i][1]).flatten(1).any(1)
@@ -195,6 +210,7 @@ class _RowSearch:
             row_cost(enc, self.c[r]), float(self.d[r]))
         self.leaves += 1
         if sol.status is SolveStatus.INFEASIBLE:
+            # a split domain may be empty: its exact (phase-fixed) encoding proves it vacuous
             return math.inf
         if sol.x is not None:
             point = torch.as_tensor(sol.x[enc.inputs]).to(self.x0).reshape(self.x0.shape)
@@ -289,7 +305,9 @@ class _RowSearch:
             point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
             self.offer(r, self._value(r, point), point[0])
         if sol.status is SolveStatus.INFEASIBLE:
-            return math.inf
+            # the root program holds the clean input: "infeasible" is numerical trouble
+            self.rows[r].log["milp"] = "infeasible root (numerical trouble): not a proof"
+            return -math.inf
         return sol.bound
 
     def _close(self, dom: _Domains) -> _Domains:
@@ -391,8 +409,9 @@ class BaB(Bounder):
                 "MILP for l1 and CROWN for l2.")
         with torch.no_grad():
             # one CROWN pass: its intermediate bounds are also every row's root domain
-            layers = crown_layer_bounds(network, x, threat)
-            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=layers)
+            layers = crown_layer_bounds(network, x, threat, rounding=True)
+            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=layers,
+                                rounding=True)
             clean = spec.apply(network.forward(x))
             lower = crown.clone()
             cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from advrobust.core.threat import LpBall
 from advrobust.network.ir import Network
 from advrobust.network.relu import ReLUOp
 from advrobust.relax._encoding import Encoding, check_linear_norm, encode_sample, row_cost
+from advrobust.relax._rounding import sound_interval
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
 from advrobust.relax.ibp import LayerBounds
@@ -69,7 +71,7 @@ def lp_tighten_bounds(network: Network, bounds: LayerBounds, index: int, threat:
                 if high.status is SolveStatus.OPTIMAL:
                     hi[j] = min(float(hi[j]), -high.bound)
             bounds[i] = (lo.reshape(bounds[i][0].shape), hi.reshape(bounds[i][1].shape))
-        bounds[i + 1] = op.interval(*bounds[i])
+        bounds[i + 1] = sound_interval(op, *bounds[i])
     return bounds
 
 
@@ -104,8 +106,9 @@ class MILP(Bounder):
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         check_linear_norm(threat, "MILP")
         with torch.no_grad():
-            bounds = crown_layer_bounds(network, x, threat)
-            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds)
+            bounds = crown_layer_bounds(network, x, threat, rounding=True)
+            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
+                                rounding=True)
             clean = spec.apply(network.forward(x))
         lower = crown.clone()
         cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
@@ -153,7 +156,13 @@ class MILP(Bounder):
 
     @staticmethod
     def _record(run: _SampleRun, j: int, sol: Solution, enc: Encoding) -> None:
-        if math.isfinite(sol.bound):
+        if sol.status is SolveStatus.INFEASIBLE:
+            # The program encodes a superset of a non-empty set (it holds the clean input):
+            # "infeasible" is numerical trouble, never a proof.
+            warnings.warn(f"MILP: HiGHS reported the program of row {j} infeasible although it "
+                          "contains the clean input (numerical trouble); the row stays "
+                          "unknown.", RuntimeWarning, stacklevel=4)
+        elif math.isfinite(sol.bound):
             run.lower[j] = max(float(run.lower[j]), sol.bound)
         if sol.x is not None:
             point = torch.from_numpy(np.asarray(sol.x[enc.inputs]))

@@ -29,6 +29,7 @@ from advrobust.relax._encoding import Encoding, add_l1_ball, encode_sample
 from advrobust.relax.base import _check_spec
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
 from advrobust.relax.ibp import LayerBounds
+from advrobust.relax.witness import float64_copy
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
 
@@ -98,12 +99,15 @@ class MinimalDistortion(Configurable):
         with eval_mode(model, who="MinimalDistortion"):
             clean = check_batch(model, x, y, threat, who="MinimalDistortion")
             spec = _check_spec(spec, y, clean)
-            network = from_module(model, tuple(x.shape[1:]))
+            # bounds in float64, from a copy of the model, with rounding allowances
+            network = from_module(float64_copy(model), tuple(x.shape[1:]))
             x = x.detach()
+            x64, spec64 = x.double(), Spec(spec.C.double(), spec.d.double())
             with torch.no_grad():
-                bounds = crown_layer_bounds(network, x, threat)
-                crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds)
-            runs = [self._solve(network, bounds, s, x, spec, crown[s], norm)
+                bounds = crown_layer_bounds(network, x64, threat, rounding=True)
+                crown = crown_lower(network, x64, threat, spec64.C, spec64.d, bounds=bounds,
+                                    rounding=True)
+            runs = [self._solve(network, bounds, s, x, spec64, crown[s], norm)
                     for s in range(x.shape[0])]
             x_adv = torch.stack([r[2].to(x) for r in runs])
             with torch.no_grad():

@@ -40,9 +40,12 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 def add_l1_ball(program: Program, x: np.ndarray, x0: np.ndarray, eps: float) -> np.ndarray:
-    """Add ``t >= |x - x0|``, ``sum t <= eps``; return the columns of ``t``."""
+    """Add ``t >= |x - x0|``, ``sum t <= eps``; return the columns of ``t``.
+
+    ``t <= eps`` is implied; stating it keeps every column bounded, which the safe dual bound
+    of an LP needs."""
     n = x.size
-    t = program.add_vars(np.zeros(n), np.full(n, np.inf))
+    t = program.add_vars(np.zeros(n), np.full(n, eps))
     eye = sp.identity(n, format="csr")
     cols = np.concatenate([x, t])
     program.add_rows(sp.hstack([eye, -eye]), cols, -np.inf, x0)  # x - t <= x0

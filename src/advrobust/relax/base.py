@@ -2,9 +2,14 @@
 
 Subclasses implement :meth:`Bounder._bound`, which receives the network IR, the clean inputs, the
 threat and a validated spec, and returns sound lower bounds (and optionally candidate points of
-the set, e.g. a solver's primal points). :meth:`Bounder.bound` then re-evaluates the clean point
-and every candidate through the real model, keeps the best per row as the upper bound, and makes
-the verdicts with :func:`~advrobust.core.result.decide_verdicts` only.
+the set, e.g. a solver's primal points). The IR, the inputs and the spec it receives are float64
+(built from a float64 copy of the model: the caller's model is never converted), so that
+rounding stays far below any margin that matters; the bound passes add their own rounding
+allowances on top (:mod:`advrobust.relax._rounding`). :meth:`Bounder.bound` then passes the
+clean point and every candidate through the witness gate (:mod:`advrobust.relax.witness`:
+projection onto the exact set, float64 re-evaluation, zero tolerance), keeps the best per row as
+the upper bound, and makes the verdicts with :func:`~advrobust.core.result.decide_verdicts`
+only (which turns an internal inconsistency into UNKNOWN with a warning).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError, UnsupportedLayerError
 from advrobust.network.ir import Network, from_module
+from advrobust.relax.witness import WitnessGate
 
 __all__ = ["Bounder", "Bounds", "as_network", "default_spec"]
 
@@ -63,7 +69,12 @@ def _check_spec(spec: Spec | None, y: Tensor, clean: Tensor) -> Spec:
     if not isinstance(spec, Spec):
         raise InvalidInputError(f"'spec' must be a Spec or None. Got {type(spec).__name__}.")
     spec.check(clean.shape[0], clean.shape[1])
-    return Spec(spec.C.to(clean), spec.d.to(clean))
+    dtype = torch.promote_types(spec.C.dtype, clean.dtype)  # never round a float64 spec down
+    return Spec(spec.C.to(clean.device, dtype), spec.d.to(clean.device, dtype))
+
+
+#: The dtype of every verifier's bound computation.
+BOUND_DTYPE = torch.float64
 
 
 _PLAIN = (nn.Sequential, nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.BatchNorm1d,
@@ -130,33 +141,35 @@ class Bounder(Configurable, abc.ABC):
             x = x.detach()
             with torch.no_grad():
                 _check_ir(network, model, x, clean)
-            out = self._bound(network, x, threat, spec)
-            lower = out.lower.detach()
-            upper, witness, values = self._evaluate(model, x, threat, spec, clean,
-                                                    out.candidates)
-        verdict = decide_verdicts(lower, values)
+            gate = WitnessGate(model)
+            network = from_module(gate.model, tuple(x.shape[1:]))
+            spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
+            out = self._bound(network, x.to(BOUND_DTYPE), threat, spec64)
+            lower = out.lower.detach().to(BOUND_DTYPE).nan_to_num(nan=-torch.inf)
+            upper, witness, values = self._evaluate(gate, x, threat, spec64, out.candidates)
+        verdict = decide_verdicts(lower, values, upper=upper, who=name)
         stats = dict(out.stats)
         stats["seconds"] = time.perf_counter() - start
         return BoundResult(lower=lower, upper=upper, verdict=verdict, witness=witness,
                            method=name, stats=stats)
 
     @staticmethod
-    def _evaluate(model: nn.Module, x: Tensor, threat: LpBall, spec: Spec, clean: Tensor,
+    def _evaluate(gate: WitnessGate, x: Tensor, threat: LpBall, spec: Spec,
                   candidates: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Upper bounds per row, the best witness per sample and its spec values."""
+        """Upper bounds per row, the best witness per sample and its spec values (float64).
+
+        The clean point and every candidate go through the witness gate.
+        """
+        _, clean_values = gate(x, x, threat, spec)
         points = x.unsqueeze(1)
-        values = spec.apply(clean).unsqueeze(1)  # (N, 1, K)
+        values = clean_values.unsqueeze(1)  # (N, 1, K)
         if candidates is not None and candidates.shape[1] > 0:
             n, m = candidates.shape[:2]
-            cand = threat.clip_box(candidates.detach().to(x))
-            inside = threat.contains(x.repeat_interleave(m, 0), cand.flatten(0, 1))
-            with torch.no_grad():
-                logits = model(cand.flatten(0, 1))
             spec_rep = Spec(spec.C.repeat_interleave(m, 0), spec.d.repeat_interleave(m, 0))
-            cand_values = spec_rep.apply(logits).reshape(n, m, -1)
-            cand_values = cand_values.masked_fill(~inside.reshape(n, m, 1), float("inf"))
-            points = torch.cat([points, cand], dim=1)
-            values = torch.cat([values, cand_values], dim=1)
+            cand, cand_values = gate(x.repeat_interleave(m, 0),
+                                     candidates.detach().flatten(0, 1), threat, spec_rep)
+            points = torch.cat([points, cand.reshape((n, m) + tuple(x.shape[1:]))], dim=1)
+            values = torch.cat([values, cand_values.reshape(n, m, -1)], dim=1)
         upper = values.amin(dim=1)
         best = values.amin(dim=2).argmin(dim=1)
         idx = torch.arange(x.shape[0], device=x.device)

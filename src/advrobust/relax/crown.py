@@ -11,6 +11,7 @@ code over the live parameters: ``crown_lower`` serves CROWN-IBP certified traini
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -18,10 +19,20 @@ from torch import Tensor, nn
 
 from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
-from advrobust.core.threat import LpBall
+from advrobust.core.threat import LpBall, Norm
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp
+from advrobust.network.ops import AffineOp, LinearOp, _ConvLike
 from advrobust.network.relu import ReLUOp
+from advrobust.relax._rounding import (
+    abs_dot,
+    add_offset,
+    input_gamma,
+    magnitude,
+    op_gamma,
+    relu_gamma,
+    relu_magnitude,
+    sound_interval,
+)
 from advrobust.relax.base import Bounder, Bounds, as_network
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
@@ -46,27 +57,101 @@ def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         ``(a_in, const)`` with ``<a, z_stop> >= <a_in, x> + const`` for every input ``x`` of the
         box ``bounds[0]``; ``a_in`` (N or 1, K, *input_shape), ``const`` (N or 1, K).
     """
-    const = a.new_zeros(a.shape[:2])
-    for j in reversed(range(stop)):
-        op = network.ops[j]
-        if isinstance(op, ReLUOp):
-            a, c = op.backward(a, *bounds[j], None if alphas is None else alphas.get(j))
-        else:
-            assert isinstance(op, AffineOp)
-            c = op.bias_term(a)
-            a = op.backward(a)
-        const = const + c
+    a, const, _ = _backward(network, a, stop, bounds, alphas, rounding=False)
     return a, const
 
 
-def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor) -> Tensor:
-    return threat.concretize_lower(a.flatten(2), x0) + const
+def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
+              alphas: Mapping[int, Tensor] | None, rounding: bool,
+              mags: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`backsubstitute`, plus the rounding allowance of the pass when ``rounding``.
+
+    The allowance (N, K) bounds what floating point can lose in every step: ``gamma`` of the
+    step times ``<|a|, magnitude of the step's terms>`` (see :mod:`advrobust.relax._rounding`).
+    ``mags`` memoises the affine ops' magnitudes across calls on the same ``bounds``.
+    """
+    const = a.new_zeros(a.shape[:2])
+    err = None
+    for j in reversed(range(stop)):
+        op = network.ops[j]
+        if isinstance(op, ReLUOp):
+            if rounding:
+                lo, hi = bounds[j]
+                step = relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(lo, hi))
+                err = step if err is None else err + step
+            a, c = op.backward(a, *bounds[j], None if alphas is None else alphas.get(j))
+        else:
+            assert isinstance(op, AffineOp)
+            if rounding and op_gamma(op, a.dtype) > 0:
+                mag = mags.get(j) if mags is not None else None
+                if mag is None:
+                    mag = magnitude(op, *bounds[j])
+                    if mags is not None:
+                        mags[j] = mag
+                step = op_gamma(op, a.dtype) * abs_dot(a, mag)
+                err = step if err is None else err + step
+            c = op.bias_term(a)
+            a = op.backward(a)
+        const = const + c
+    if rounding and err is None:
+        err = a.new_zeros(a.shape[:2]).detach()
+    return a, const, err
+
+
+def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
+                err: Tensor | None = None) -> Tensor:
+    """``min <a, x> + const`` over the set, minus the allowance ``err`` and that of this sum."""
+    value = threat.concretize_lower(a.flatten(2), x0) + const
+    if err is None:
+        return value
+    lo, hi = threat.input_bounds(x0)
+    size = a[0, 0].numel()
+    mag = torch.maximum(lo.abs(), hi.abs()) + threat.eps
+    err = err + input_gamma(size, value.dtype) * (abs_dot(a, mag) + const.detach().abs())
+    return value - err
+
+
+def _interval_is_exact(network: Network, threat: LpBall, index: int) -> bool:
+    """True if interval bounds of op ``index``'s input are already the exact range: a box
+    (linf) through at most one affine map that mixes coordinates and no ReLU."""
+    if threat.norm is not Norm.LINF:
+        return False
+    before = network.ops[:index]
+    if any(isinstance(op, ReLUOp) for op in before):
+        return False
+    return sum(isinstance(op, (LinearOp, _ConvLike)) for op in before) <= 1
+
+
+def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...],
+               like: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Coefficients of ``+z_part`` and ``-z_part`` (z: the input of op ``index``), as
+    ``(a, const, stop)`` with ``<a, input of op stop> + const``.
+
+    After a linear layer the rows are its weight rows (one product skipped, exactly); else
+    one-hot rows on ``part`` only (no identity matrix of the layer's size).
+    """
+    k = part.numel()
+    prev = network.ops[index - 1] if index > 0 else None
+    if isinstance(prev, LinearOp):
+        w, b = prev.weight_bias()
+        wp = w[part].to(like)
+        bp = like.new_zeros(k) if b is None else b[part].to(like)
+        a = torch.cat([wp, -wp]).reshape((1, 2 * k) + prev.in_shape)
+        return a, torch.cat([bp, -bp]).unsqueeze(0), index - 1
+    rows = like.new_zeros(k, math.prod(shape))
+    rows[torch.arange(k, device=like.device), part] = 1.0
+    rows = rows.reshape((1, k) + shape)
+    return torch.cat([rows, -rows], dim=1), like.new_zeros(1, 2 * k), index
 
 
 def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
-            index: int) -> tuple[Tensor, Tensor]:
-    """CROWN bounds of the input of op ``index``, intersected with its interval bounds."""
+            index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None
+            ) -> tuple[Tensor, Tensor]:
+    """CROWN bounds of the input of op ``index``, intersected with its interval bounds
+    (widened by the rounding allowance when ``rounding``)."""
     lo, hi = bounds[index]
+    if _interval_is_exact(network, threat, index):
+        return lo, hi
     n = x0.shape[0]
     lo_f, hi_f = lo.flatten(1), hi.flatten(1)
     idx = ((lo_f < 0) & (hi_f > 0)).any(0).nonzero().flatten()
@@ -74,12 +159,11 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
         return lo, hi
     widest = max([x0[0].numel()] + [op.out_size for op in network.ops[:index]])
     chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
-    eye = torch.eye(lo_f.shape[1], dtype=lo.dtype, device=lo.device)
     new_lo, new_hi = [], []
     for part in idx.split(chunk):
-        rows = eye[part].reshape((1, part.numel()) + tuple(lo.shape[1:]))
-        a, const = backsubstitute(network, torch.cat([rows, -rows], dim=1), index, bounds)
-        val = _concretize(threat, x0, a, const)
+        rows, start, stop = _unit_rows(network, index, part, tuple(lo.shape[1:]), lo)
+        a, const, err = _backward(network, rows, stop, bounds, None, rounding, mags)
+        val = _concretize(threat, x0, a, const + start, err)
         new_lo.append(val[:, :part.numel()])
         new_hi.append(-val[:, part.numel():])
     lo_f, hi_f = lo_f.clone(), hi_f.clone()
@@ -89,7 +173,7 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
 
 
 def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
-                       intermediate: str = "crown") -> LayerBounds:
+                       intermediate: str = "crown", rounding: bool = False) -> LayerBounds:
     """Bounds of every op's input (and of the output), computed layer by layer.
 
     Args:
@@ -98,26 +182,29 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
         threat: the set.
         intermediate: ``"crown"`` (back-substitution for every ReLU input, intersected with
             interval bounds) or ``"ibp"`` (interval bounds only, as in CROWN-IBP).
+        rounding: widen every bound by its rounding allowance (what the verifiers do; off
+            for certified training).
 
     Returns:
         ``len(network.ops) + 1`` pairs ``(lo, hi)`` of (N, *shape) tensors.
     """
     if intermediate == "ibp":
-        return interval_layer_bounds(network, *threat.input_bounds(x0))
+        return interval_layer_bounds(network, *threat.input_bounds(x0), rounding=rounding)
     if intermediate != "crown":
         raise ValueError(f"'intermediate' must be 'crown' or 'ibp'. Got {intermediate!r}.")
     bounds = [threat.input_bounds(x0)]
+    mags: dict[int, Tensor] = {}
     for i, op in enumerate(network.ops):
         if isinstance(op, ReLUOp):
-            bounds[i] = _refine(network, x0, threat, bounds, i)
-        bounds.append(op.interval(*bounds[i]))
+            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags)
+        bounds.append(sound_interval(op, *bounds[i]) if rounding else op.interval(*bounds[i]))
     return bounds
 
 
 def crown_lower(network: Network | nn.Module, x0: Tensor, threat: LpBall, c: Tensor,
                 d: Tensor | None = None, *, intermediate: str = "crown",
                 bounds: LayerBounds | None = None,
-                alphas: Mapping[int, Tensor] | None = None) -> Tensor:
+                alphas: Mapping[int, Tensor] | None = None, rounding: bool = False) -> Tensor:
     """Differentiable CROWN lower bounds of ``C f(x) + d`` over the threat set around ``x0``.
 
     For certified training call it on the training model with ``intermediate="ibp"``
@@ -132,16 +219,21 @@ def crown_lower(network: Network | nn.Module, x0: Tensor, threat: LpBall, c: Ten
         intermediate: how pre-activation bounds are found (``"crown"`` or ``"ibp"``).
         bounds: precomputed layer bounds (overrides ``intermediate``).
         alphas: optional lower slopes per ReLU index (alpha-CROWN).
+        rounding: subtract the rounding allowance of the pass (and compute the layer bounds
+            with it): sound in floating point; what the verifiers do.
 
     Returns:
         (N, K) lower bounds.
     """
     net = as_network(network, x0.shape[1:])
     if bounds is None:
-        bounds = crown_layer_bounds(net, x0, threat, intermediate=intermediate)
-    a, const = backsubstitute(net, c.to(x0.dtype), len(net.ops), bounds, alphas)
-    lower = _concretize(threat, x0, a, const)
-    return lower if d is None else lower + d.to(lower.dtype)
+        bounds = crown_layer_bounds(net, x0, threat, intermediate=intermediate,
+                                    rounding=rounding)
+    a, const, err = _backward(net, c.to(x0.dtype), len(net.ops), bounds, alphas, rounding)
+    lower = _concretize(threat, x0, a, const, err)
+    if d is None:
+        return lower
+    return add_offset(lower, d) if rounding else lower + d.to(lower.dtype)
 
 
 def _optimize_alphas(network: Network, x0: Tensor, threat: LpBall, spec: Spec,
@@ -153,11 +245,12 @@ def _optimize_alphas(network: Network, x0: Tensor, threat: LpBall, spec: Spec,
         lo, hi = bounds[j]
         init = (hi > -lo).to(lo.dtype).unsqueeze(1).expand((-1, c.shape[1]) + lo.shape[1:])
         alphas[j] = init.clone().requires_grad_(True)
-    best = crown_lower(network, x0, threat, c, spec.d, bounds=bounds).detach()
+    best = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, rounding=True).detach()
     opt = torch.optim.Adam(list(alphas.values()), lr=lr)
     for _ in range(steps):
         with torch.enable_grad():
-            lower = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, alphas=alphas)
+            lower = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, alphas=alphas,
+                                    rounding=True)
             opt.zero_grad()
             (-lower.sum()).backward()
         opt.step()
@@ -166,7 +259,8 @@ def _optimize_alphas(network: Network, x0: Tensor, threat: LpBall, spec: Spec,
                 v.clamp_(0, 1)
         best = torch.maximum(best, lower.detach())
     with torch.no_grad():
-        last = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, alphas=alphas)
+        last = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, alphas=alphas,
+                              rounding=True)
     return torch.maximum(best, last)
 
 
@@ -187,7 +281,8 @@ class CROWN(Bounder):
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         with torch.no_grad():
-            bounds = crown_layer_bounds(network, x, threat)
+            bounds = crown_layer_bounds(network, x, threat, rounding=True)
             if not self.alpha:
-                return Bounds(crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds))
+                return Bounds(crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
+                                          rounding=True))
         return Bounds(_optimize_alphas(network, x, threat, spec, bounds, self.steps, self.lr))

@@ -14,6 +14,14 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.network.ir import Network
 from advrobust.network.ops import AffineOp
+from advrobust.relax._rounding import (
+    abs_dot,
+    add_offset,
+    input_gamma,
+    magnitude,
+    op_gamma,
+    sound_interval,
+)
 from advrobust.relax.base import Bounder, Bounds, as_network
 
 __all__ = ["IBP", "LayerBounds", "interval_bounds", "interval_layer_bounds", "spec_interval"]
@@ -23,29 +31,34 @@ __all__ = ["IBP", "LayerBounds", "interval_bounds", "interval_layer_bounds", "sp
 LayerBounds = list[tuple[Tensor, Tensor]]
 
 
-def interval_layer_bounds(network: Network, lower: Tensor, upper: Tensor) -> LayerBounds:
+def interval_layer_bounds(network: Network, lower: Tensor, upper: Tensor, *,
+                          rounding: bool = False) -> LayerBounds:
     """Interval bounds of every op's input and of the output.
 
     Args:
         network: the IR.
         lower, upper: (N, *input_shape) elementwise input bounds.
+        rounding: widen every interval by its rounding allowance (sound in floating point,
+            see :mod:`advrobust.relax._rounding`); off for certified training.
 
     Returns:
         ``len(network.ops) + 1`` pairs ``(lo, hi)``; the last pair bounds the outputs.
     """
     bounds = [(lower, upper)]
     for op in network.ops:
-        bounds.append(op.interval(*bounds[-1]))
+        bounds.append(sound_interval(op, *bounds[-1]) if rounding else op.interval(*bounds[-1]))
     return bounds
 
 
-def spec_interval(network: Network, bounds: LayerBounds, c: Tensor) -> tuple[Tensor, Tensor]:
+def spec_interval(network: Network, bounds: LayerBounds, c: Tensor, *,
+                  rounding: bool = False) -> tuple[Tensor, Tensor]:
     """Interval of ``C f`` with ``C`` folded into the last affine op (tighter than ``C [l, u]``).
 
     Args:
         network: the IR.
         bounds: layer bounds (only the input bounds of the last op are used).
         c: (N, K, num_outputs) spec rows.
+        rounding: widen the result by its rounding allowance.
 
     Returns:
         (N, K) lower and upper bounds of ``C f``.
@@ -54,7 +67,10 @@ def spec_interval(network: Network, bounds: LayerBounds, c: Tensor) -> tuple[Ten
     lo, hi = bounds[-2] if isinstance(last, AffineOp) else bounds[-1]
     c = c.to(lo.dtype)
     const = lo.new_zeros(c.shape[:2])
+    err = lo.new_zeros(c.shape[:2])
     if isinstance(last, AffineOp):
+        if rounding:
+            err = op_gamma(last, lo.dtype) * abs_dot(c, magnitude(last, *bounds[-2]))
         const = last.bias_term(c)
         c = last.backward(c)
     a = c.flatten(2)
@@ -62,6 +78,11 @@ def spec_interval(network: Network, bounds: LayerBounds, c: Tensor) -> tuple[Ten
     rad = ((hi - lo) / 2).flatten(1).unsqueeze(2)
     centre = torch.bmm(a, mid).squeeze(2) + const
     spread = torch.bmm(a.abs(), rad).squeeze(2)
+    if rounding:
+        size = a.shape[2]
+        err = err + input_gamma(size, lo.dtype) * abs_dot(
+            c, torch.maximum(lo.abs(), hi.abs())) + input_gamma(size, lo.dtype) * const.abs()
+        spread = spread + err
     return centre - spread, centre + spread
 
 
@@ -96,6 +117,6 @@ class IBP(Bounder):
         pass
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        bounds = interval_layer_bounds(network, *threat.input_bounds(x))
-        lower, _ = spec_interval(network, bounds, spec.C)
-        return Bounds(lower + spec.d.to(lower.dtype))
+        bounds = interval_layer_bounds(network, *threat.input_bounds(x), rounding=True)
+        lower, _ = spec_interval(network, bounds, spec.C, rounding=True)
+        return Bounds(add_offset(lower, spec.d))

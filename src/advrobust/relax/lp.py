@@ -31,9 +31,10 @@ __all__ = ["LPRelaxation"]
 class LPRelaxation(Bounder):
     """Triangle-relaxation LP bounds of every spec row (linf and l1 threats).
 
-    The reported lower bound is the larger of the LP optimum and CROWN's bound (both sound);
-    the raw LP optima are in ``stats["lp"]`` and the LP's primal inputs are re-evaluated
-    through the model as candidate witnesses.
+    The reported lower bound is the larger of the LP's safe dual bound (recomputed in float64
+    from HiGHS's row duals, :mod:`advrobust.solvers._safe_bound`; OPTIMAL solves only) and
+    CROWN's bound; the LP bounds are in ``stats["lp"]`` and the LP's primal inputs are
+    re-evaluated through the model as candidate witnesses.
 
     Args:
         threads: HiGHS threads.
@@ -48,8 +49,9 @@ class LPRelaxation(Bounder):
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         check_linear_norm(threat, "LPRelaxation")
         with torch.no_grad():
-            bounds = crown_layer_bounds(network, x, threat)
-            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds)
+            bounds = crown_layer_bounds(network, x, threat, rounding=True)
+            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
+                                rounding=True)
         n, k = crown.shape
         lp = torch.full((n, k), -math.inf, dtype=torch.float64)
         cand = x.unsqueeze(1).repeat_interleave(k, 1).clone()
@@ -61,7 +63,7 @@ class LPRelaxation(Bounder):
             for j in range(k):
                 sol = solver.minimize(row_cost(enc, spec.C[s, j]), float(spec.d[s, j]))
                 row_status.append(sol.backend_status)
-                if sol.status is SolveStatus.OPTIMAL:
+                if sol.status is SolveStatus.OPTIMAL:  # the solver's one gate: a safe bound
                     lp[s, j] = sol.bound
                 if sol.x is not None:
                     point = torch.from_numpy(np.asarray(sol.x[enc.inputs]))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from advrobust.errors import SolverUnavailableError
+from advrobust.solvers._safe_bound import safe_lp_bound
 from advrobust.solvers.program import Program, Solution, SolveStatus
 
 __all__ = ["DEFAULT_OPTIONS", "HighsSolver", "highs_available"]
@@ -89,12 +90,21 @@ _STATUS = {
     "kUnboundedOrInfeasible": SolveStatus.UNBOUNDED,
     "kTimeLimit": SolveStatus.TIME_LIMIT,
     "kIterationLimit": SolveStatus.TIME_LIMIT,
-    "kSolutionLimit": SolveStatus.INTERRUPTED,
+    "kSolutionLimit": SolveStatus.STOPPED,
     "kInterrupt": SolveStatus.INTERRUPTED,
     "kHighsInterrupt": SolveStatus.INTERRUPTED,
-    "kObjectiveBound": SolveStatus.INTERRUPTED,
-    "kObjectiveTarget": SolveStatus.INTERRUPTED,
+    "kObjectiveBound": SolveStatus.STOPPED,
+    "kObjectiveTarget": SolveStatus.STOPPED,
 }
+
+#: MIP statuses whose dual bound counts (the search stopped on time or on our own callback,
+#: so its dual bound is the minimum over the open nodes). Every other status certifies nothing.
+_MIP_BOUND_STATUSES = (SolveStatus.OPTIMAL, SolveStatus.TIME_LIMIT, SolveStatus.INTERRUPTED)
+
+#: HiGHS's MIP dual bound is the minimum of node LP objectives solved to a dual feasibility
+#: tolerance, not a safe bound; it is lowered by this fraction of the objective's magnitude
+#: (sum of |cost_j| max(|lower_j|, |upper_j|) plus |offset|).
+_MIP_BOUND_RTOL = 1e-6
 
 
 class HighsSolver:
@@ -125,6 +135,7 @@ class HighsSolver:
         self._stop_below = -math.inf
         self._found_below = False
         self._stop_above = math.inf
+        self._rejected = ""
         self._load(highspy, program)
         if self.is_mip:
             self._h.cbMipImprovingSolution.subscribe(self._on_incumbent)
@@ -133,6 +144,11 @@ class HighsSolver:
     def _load(self, highspy: Any, program: Program) -> None:
         lo, hi, integer = program.columns()
         a, rlo, rhi = program.matrix()
+        # kept for the safe dual bound of LP solves
+        self._a, self._row_lo, self._row_hi = a, rlo.copy(), rhi.copy()
+        self._col_lo, self._col_hi = lo, hi
+        self._cost, self._offset = np.zeros(program.num_vars), 0.0
+        self._scale: float | None = 0.0
         inf = highspy.kHighsInf
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = program.num_vars, program.num_rows
@@ -150,14 +166,18 @@ class HighsSolver:
             lp.integrality_ = [kinds[int(i)] for i in integer]
         status = self._h.passModel(lp)
         if status != highspy.HighsStatus.kOk and status != highspy.HighsStatus.kWarning:
-            raise RuntimeError(f"HiGHS rejected the model: {status}")
+            # e.g. coefficients beyond HiGHS's limits (extreme weights): every solve then
+            # answers ERROR (no bound, no point) instead of raising
+            self._rejected = f"HiGHS rejected the model ({status}): coefficients out of range?"
 
     def _on_incumbent(self, event: Any) -> None:
         if event.data_out.objective_function_value < self._stop_below:
             self._found_below = True
 
     def _on_interrupt(self, event: Any) -> None:
-        if self._found_below or event.data_out.mip_dual_bound > self._stop_above:
+        # the bound that will be reported is the dual bound lowered by the MIP slack
+        bound = event.data_out.mip_dual_bound - self._mip_slack(abs(event.data_out.mip_dual_bound))
+        if self._found_below or bound > self._stop_above:
             event.interrupt()
 
     def set_time_limit(self, seconds: float) -> None:
@@ -171,6 +191,8 @@ class HighsSolver:
         lo = np.clip(np.asarray(lower, dtype=np.float64), -inf, inf)
         hi = np.clip(np.asarray(upper, dtype=np.float64), -inf, inf)
         self._h.changeRowsBounds(rows.size, rows, lo, hi)
+        self._row_lo[rows] = np.where(lo <= -inf, -np.inf, lo)
+        self._row_hi[rows] = np.where(hi >= inf, np.inf, hi)
 
     def minimize(self, cost: np.ndarray, offset: float = 0.0,
                  stop_below: float = -math.inf, stop_above: float = math.inf) -> Solution:
@@ -194,9 +216,12 @@ class HighsSolver:
         Returns:
             The :class:`Solution`; solver failures come back as a status, never raised.
         """
+        if self._rejected:
+            return Solution(SolveStatus.ERROR, math.inf, -math.inf, None, self._rejected, 0.0)
         h = self._h
-        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32),
-                         np.asarray(cost, dtype=np.float64))
+        self._cost, self._offset = np.asarray(cost, dtype=np.float64).copy(), float(offset)
+        self._scale = self._objective_scale()
+        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32), self._cost)
         h.changeObjectiveOffset(float(offset))
         self._stop_below, self._found_below = stop_below, False
         self._stop_above = stop_above
@@ -218,17 +243,45 @@ class HighsSolver:
         has_x = bool(sol.value_valid) and len(sol.col_value) == self.num_vars
         x = np.asarray(sol.col_value, dtype=np.float64) if has_x else None
         objective = float(info.objective_function_value) if has_x else math.inf
-        if self.is_mip:
-            bound = float(info.mip_dual_bound)
-            if status is SolveStatus.OPTIMAL:
-                bound = min(bound, objective)
-        else:
-            bound = objective if status is SolveStatus.OPTIMAL else -math.inf
         if status is SolveStatus.INFEASIBLE:  # no feasible point: drop whatever HiGHS left
             return Solution(status, math.inf, math.inf, None, name, seconds)
+        bound = self._mip_bound(status, info, objective) if self.is_mip \
+            else self._lp_bound(status, sol)
         if math.isnan(bound):
             bound = -math.inf
         return Solution(status, objective, bound, x, name, seconds)
+
+    def _lp_bound(self, status: SolveStatus, sol: Any) -> float:
+        """The one gate for LP bounds: a safe dual bound from the row duals, OPTIMAL only."""
+        if status is not SolveStatus.OPTIMAL or not bool(sol.dual_valid) \
+                or len(sol.row_dual) != self._a.shape[0]:
+            return -math.inf
+        return safe_lp_bound(self._a, self._row_lo, self._row_hi, self._col_lo, self._col_hi,
+                             self._cost, self._offset, np.asarray(sol.row_dual))
+
+    def _objective_scale(self) -> float | None:
+        """``sum |cost_j| max(|lower_j|, |upper_j|)``, or None if a costed column is unbounded."""
+        used = self._cost != 0
+        if bool(np.any(used & ~(np.isfinite(self._col_lo) & np.isfinite(self._col_hi)))):
+            return None
+        mag = np.maximum(np.abs(self._col_lo[used]), np.abs(self._col_hi[used]))
+        return float(np.abs(self._cost[used]) @ mag)
+
+    def _mip_slack(self, fallback: float) -> float:
+        """``_MIP_BOUND_RTOL`` times the objective's magnitude (``fallback`` when unknown)."""
+        scale = self._scale if self._scale is not None else fallback
+        return _MIP_BOUND_RTOL * (1.0 + scale + abs(self._offset))
+
+    def _mip_bound(self, status: SolveStatus, info: Any, objective: float) -> float:
+        """The one gate for MIP bounds: certifying statuses only, lowered by a relative slack."""
+        if status not in _MIP_BOUND_STATUSES:
+            return -math.inf
+        bound = float(info.mip_dual_bound)
+        if status is SolveStatus.OPTIMAL:
+            bound = min(bound, objective)
+        if not math.isfinite(bound):
+            return bound if bound == math.inf else -math.inf
+        return bound - self._mip_slack(abs(bound))
 
 
 def _run_interruptibly(h: Any) -> None:

@@ -24,6 +24,7 @@ class SolveStatus(str, Enum):
     UNBOUNDED = "unbounded"
     TIME_LIMIT = "time_limit"
     INTERRUPTED = "interrupted"  # stopped on purpose (e.g. a negative incumbent was found)
+    STOPPED = "stopped"  # ended on another solver limit: no certified bound
     ERROR = "error"
 
 
@@ -34,7 +35,10 @@ class Solution:
     Attributes:
         status: how the solve ended.
         objective: value of the best primal point found (inf if none).
-        bound: proven lower bound on the minimum (the dual bound; -inf if none).
+        bound: lower bound on the minimum through the backend's one gate: for an LP a safe
+            dual bound recomputed in float64 from the row duals (OPTIMAL only), for a MIP the
+            dual bound of a certifying status (OPTIMAL, TIME_LIMIT, INTERRUPTED); -inf if
+            none; +inf for INFEASIBLE.
         x: the best primal point (num_vars,), or None.
         backend_status: the backend's own status string, for reports.
         seconds: wall-clock time of the solve.
