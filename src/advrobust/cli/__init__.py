@@ -20,7 +20,7 @@ __all__ = ["build_parser", "main"]
 
 #: Command modules, in the order ``advrobust --help`` lists them.
 COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify", "evaluate", "detect",
-                              "dictionary", "experiment")
+                              "dictionary", "experiment", "campaign", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

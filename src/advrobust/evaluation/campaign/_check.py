@@ -30,7 +30,7 @@ from advrobust.evaluation.campaign.config import (
 )
 
 #: Attacks assembled from other attacks or needing files: not available by name in a campaign.
-_NOT_BY_NAME = {"ensemble", "transfer", "dictionary", "universal", "fixed"}
+_NOT_BY_NAME = {"ensemble", "transfer", "dictionary", "universal", "universal-apply", "strongest"}
 _STRONGEST_NORMS = ("linf", "l2")
 
 
@@ -146,6 +146,15 @@ def _attack_norms(name: str) -> tuple[str, ...]:
     return tuple(sorted(n.value for n in cls.norms))  # type: ignore[attr-defined]
 
 
+def _accepted(name: str) -> list[str]:
+    from advrobust.attacks import strongest
+
+    fn = strongest if name == "strongest" else attack_classes()[name].__init__
+    return [p.name for p in inspect.signature(fn).parameters.values()  # type: ignore[arg-type]
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
+                                            and p.name not in ("self", "threat"))]
+
+
 def build_attack(spec: AttackSpec, norm: str, threat: Any = None) -> Any:
     """The configured attack object for a threat of ``norm`` (``norm`` parameter filled in)."""
     from advrobust.attacks import strongest
@@ -191,6 +200,14 @@ def check_attacks(tables: list[dict[str, Any]], threats: list[ThreatSpec],
                 out.append(f"{where}: params.norm = {own!r} does not match the {n} threat it "
                            f"runs on; drop params.norm (it follows the threat) or set norms.")
         spec = AttackSpec(name=name, params=dict(params), norms=tuple(norms))
+        accepted = _accepted(name)
+        wrong = [k for k in params if k not in accepted]
+        if wrong:
+            cls_name = "strongest" if name == "strongest" else known[name].__name__
+            out.append(f"{where}.params: {cls_name} has no parameter "
+                       f"{', '.join(repr(k) for k in wrong)}; it takes "
+                       f"{{{', '.join(accepted)}}}.")
+            continue
         for n in [n for n in norms if n in supported][:1]:
             try:
                 build_attack(spec, n)

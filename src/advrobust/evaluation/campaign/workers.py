@@ -143,8 +143,18 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
 
 
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` with torch and this module preloaded (a new worker is a cheap fork of a
+    clean single-threaded server, also after a crash); ``spawn`` where there is no fork."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", __name__])
+    return ctx
+
+
 class _Pool:
-    """A local process pool (spawned processes, SIGINT left to the driver)."""
+    """A local process pool (forkserver / spawn processes, SIGINT left to the driver)."""
 
     def __init__(self, config: CampaignConfig, fn: Execute, workers: int) -> None:
         self.config, self.fn, self.workers = config, fn, workers
@@ -156,7 +166,7 @@ class _Pool:
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(self.workers, initializer=_ignore_sigint,
-                                      mp_context=multiprocessing.get_context("spawn"))
+                                      mp_context=_mp_context())
 
     def submit(self, task: Task) -> None:
         self.waiting.append(task)
