@@ -135,7 +135,8 @@ def check_threats(tables: list[dict[str, Any]], out: list[str]) -> list[ThreatSp
             out.append(f"{where}.eps must be a non-empty list of finite numbers > 0. Got "
                        f"{eps!r}" + (f" (bad: {bad})." if bad else "."))
             continue
-        threats.append(ThreatSpec(norm=norm, eps=tuple(sorted({float(e) for e in grid}))))
+        threats.append(ThreatSpec(norm=str(norm),
+                                  eps=tuple(sorted({float(e) for e in grid if e is not None}))))
     return threats
 
 
@@ -149,7 +150,7 @@ def _attack_norms(name: str) -> tuple[str, ...]:
 def _accepted(name: str) -> list[str]:
     from advrobust.attacks import strongest
 
-    fn = strongest if name == "strongest" else attack_classes()[name].__init__
+    fn: Any = strongest if name == "strongest" else attack_classes()[name].__init__  # type: ignore[misc]
     return [p.name for p in inspect.signature(fn).parameters.values()  # type: ignore[arg-type]
             if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
                                             and p.name not in ("self", "threat"))]

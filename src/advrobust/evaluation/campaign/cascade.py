@@ -118,9 +118,10 @@ class _Grid:
             self.seconds[e][i][stage] = self.seconds[e][i].get(stage, 0.0) + share
 
 
-def _timed(grid: _Grid, e: int, idx: Tensor, stage: str, call: Callable[[], Any]) -> Any:
+def _timed(grid: _Grid, e: int, idx: Tensor, stage: str, call: Callable[..., Any],
+           *args: Any, **kwargs: Any) -> Any:
     t0 = time.perf_counter()
-    out = call()
+    out = call(*args, **kwargs)
     grid.charge(e, idx, stage, time.perf_counter() - t0)
     return out
 
@@ -143,8 +144,8 @@ def _bound_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig) -> N
     for e in reversed(range(len(grid.threats))):
         idx = grid.open(e)
         if idx.numel():
-            res = _timed(grid, e, idx, name, lambda: bounder(
-                grid.model, grid.x[idx], y[idx], grid.threats[e], grid.spec_of(idx)))
+            res = _timed(grid, e, idx, name, bounder, grid.model, grid.x[idx], y[idx],
+                         grid.threats[e], grid.spec_of(idx))
             grid.raise_lower(e, idx, res.lower, name)
             if res.witness is not None:
                 grid.offer(e, idx, res.witness.detach(), name)
@@ -163,8 +164,8 @@ def _attack_stage(grid: _Grid, y: Tensor, spec: AttackSpec, number: int, task: T
         attack = build_attack(spec, task.norm, threat)
         gen = torch.Generator().manual_seed(task_seed(config.seed, task.model, task.norm,
                                                       task.chunk, number, e))
-        res = _timed(grid, e, idx, spec.name, lambda: attack(  # noqa: B023
-            grid.model, grid.x[idx], y[idx], threat, generator=gen))  # noqa: B023
+        res = _timed(grid, e, idx, spec.name, attack, grid.model, grid.x[idx], y[idx], threat,
+                     generator=gen)
         names = [spec.name] * idx.numel()
         if isinstance(attack, Ensemble):
             broken = res.info.get("broken_by") or [None] * idx.numel()
@@ -178,8 +179,8 @@ def _exact_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig) -> N
     for e, threat in enumerate(grid.threats):
         for i in grid.open(e).tolist():
             idx = torch.tensor([i])
-            res = _timed(grid, e, idx, name, lambda: exact(  # noqa: B023
-                grid.model, grid.x[idx], y[idx], threat, grid.spec_of(idx)))  # noqa: B023
+            res = _timed(grid, e, idx, name, exact, grid.model, grid.x[idx], y[idx], threat,
+                         grid.spec_of(idx))
             grid.raise_lower(e, idx, res.lower, name)
             if res.witness is not None:
                 grid.offer(e, idx, res.witness.detach(), name)

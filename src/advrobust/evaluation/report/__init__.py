@@ -23,7 +23,7 @@ _TEMPLATES = Path(__file__).parent / "templates"
 
 def _examples(store: ResultStore, rows: list[dict[str, Any]], limit: int = 8) -> list[Any]:
     """Up to ``limit`` falsified units with a witness, at the smallest eps that has them."""
-    items = []
+    items: list[Any] = []
     for r in sorted(rows, key=lambda r: (r["eps"], r["sample"])):
         if r["verdict"] != "falsified" or r["witness"] is None or len(items) >= limit:
             continue

@@ -172,6 +172,11 @@ def stage_times(rows: Sequence[Row]) -> Any:
     return fig
 
 
+def _picture(a: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> what imshow takes: (H, W) grey or (H, W, C) colour."""
+    return a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+
+
 def adversarial_grid(items: Sequence[tuple[np.ndarray, np.ndarray, str]]) -> Any:
     """Columns of (clean, adversarial, perturbation heat map) for up to 8 witnesses;
     ``items`` are (clean, witness, caption) with images (C, H, W)."""
@@ -180,10 +185,9 @@ def adversarial_grid(items: Sequence[tuple[np.ndarray, np.ndarray, str]]) -> Any
                              squeeze=False)
     for j, (x, w, caption) in enumerate(items):
         delta = (w - x).reshape(x.shape)
-        pic = (lambda a: a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1))
         bound = float(np.abs(delta).max()) or 1.0
-        axes[0][j].imshow(pic(x), cmap="gray", vmin=0, vmax=1)
-        axes[1][j].imshow(pic(np.clip(w, 0, 1).reshape(x.shape)), cmap="gray", vmin=0, vmax=1)
+        axes[0][j].imshow(_picture(x), cmap="gray", vmin=0, vmax=1)
+        axes[1][j].imshow(_picture(np.clip(w, 0, 1).reshape(x.shape)), cmap="gray", vmin=0, vmax=1)
         axes[2][j].imshow(delta.sum(0), cmap="RdBu_r", vmin=-bound, vmax=bound)
         axes[0][j].set_title(caption, fontsize=7)
         for i in range(3):
