@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from _campaign_fixtures import write_config
 
 from advrobust.evaluation.campaign import ResultStore, load_config, run_campaign
@@ -54,6 +55,7 @@ def _snapshot(db: Path) -> list[tuple]:
                  r["status"], r["decided_by"]) for r in store.rows()]
 
 
+@pytest.mark.slow
 def test_sigkill_and_ctrl_c_then_resume_equals_uninterrupted(folder: Path) -> None:
     config_file = write_config(folder, n=48, batch_size=2)
     reference = folder / "reference.db"

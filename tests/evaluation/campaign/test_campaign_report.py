@@ -75,6 +75,7 @@ def _chromium(*args: str, timeout: int = 120) -> subprocess.CompletedProcess[str
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(store: Path, tmp_path: Path) -> None:
     from advrobust.evaluation.report import build_report
 

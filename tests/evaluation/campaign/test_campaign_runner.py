@@ -15,6 +15,7 @@ from advrobust.attacks import PGD
 from advrobust.core.spec import margin
 from advrobust.core.threat import LpBall
 from advrobust.data import load_dataset
+from advrobust.errors import AdvRobustError
 from advrobust.evaluation.campaign import ResultStore, load_config, run_campaign
 from advrobust.evaluation.campaign.cascade import Task
 from advrobust.evaluation.campaign.config import CampaignConfig
@@ -85,6 +86,7 @@ def test_brackets_are_sound_and_monotone_in_eps(folder: Path) -> None:
     assert not bool(res.success.any())
 
 
+@pytest.mark.slow
 def test_two_workers_match_serial_and_crashes_are_recorded(folder: Path) -> None:
     config = load_config(write_config(folder, n=24, batch_size=8))
     run_campaign(config, folder / "serial.db", progress=False)
@@ -127,6 +129,7 @@ def test_failures_retry_once_then_error_and_export(folder: Path) -> None:
     assert np.isfinite(again.seconds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["ray"])
 def test_ray_matches_serial(folder: Path, backend: str) -> None:
     ray = pytest.importorskip("ray")
@@ -138,3 +141,12 @@ def test_ray_matches_serial(folder: Path, backend: str) -> None:
     finally:
         ray.shutdown()
     assert _verdicts(folder / "ray.db") == _verdicts(folder / "serial.db")
+
+
+def test_ray_missing_names_the_extra(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    config = load_config(write_config(folder, n=4, batch_size=4))
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(AdvRobustError, match=r"advrobust\[ray\]"):
+        run_campaign(config, folder / "r.db", backend="ray", workers=2, progress=False)

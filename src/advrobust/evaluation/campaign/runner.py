@@ -139,9 +139,9 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
     from advrobust import __version__
 
     start = time.perf_counter()
+    context(config)  # load data and models in the driver: errors before any work
     with ResultStore(store_path) as store:
         store.bind(config.to_dict(), config.identity(), __version__)
-        context(config)  # load data and models in the driver: errors before any work
         _record_sanity(store, config)
         done, tasks = store.done_keys(), plan(config)
         todo = [t for t in tasks if not set(_keys(t, config)) <= done]
