@@ -20,6 +20,16 @@ __all__ = ["adversarial_grid", "bracket_chart", "curves", "decided_by", "radius_
 COLORS = {"verified": "#2e7d32", "falsified": "#c62828", "unknown": "#f9a825",
           "error": "#6a1b9a"}
 Row = dict[str, Any]
+#: One colour per stage / attack name in every figure.
+STAGE_COLORS = {"clean": "#ff9800", "ibp": "#80cbc4", "crown": "#2e7d32", "lp": "#00838f",
+                "bab": "#3949ab", "milp": "#8e24aa", "undecided": "#bdbdbd", "pgd": "#c62828",
+                "apgd-ce": "#ad1457", "apgd-t": "#d84315", "square": "#6d4c41"}
+_EXTRA = ("#1565c0", "#558b2f", "#f9a825", "#4e342e", "#37474f", "#00695c")
+
+
+def stage_color(name: str) -> str:
+    """The colour of a stage or attack name (fixed for known names)."""
+    return STAGE_COLORS.get(name, _EXTRA[sum(map(ord, name)) % len(_EXTRA)])
 
 
 def _pyplot() -> Any:
@@ -102,7 +112,7 @@ def bracket_chart(rows: Sequence[Row], title: str, max_samples: int = 200) -> An
     axes[0][0].set_ylabel("margin bracket")
     handles = [plt.Line2D([], [], color=c, label=v) for v, c in COLORS.items()]
     fig.legend(handles=handles, loc="upper right", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.06)
     return fig
 
 
@@ -119,13 +129,13 @@ def decided_by(rows: Sequence[Row], title: str) -> Any:
         labels = [f"{e:g}" for e in groups]
         for name in names:
             values = np.array([counts[e].get(name, 0) for e in groups])
-            ax.bar(labels, values, bottom=bottom, label=name)
+            ax.bar(labels, values, bottom=bottom, label=name, color=stage_color(name))
             bottom += values
         ax.set(xlabel="eps", ylabel="units")
         ax.legend(fontsize=7)
     left.set_title("decided by (stage)", fontsize=9)
     right.set_title("falsified by (attack / witness source)", fontsize=9)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.04)
     return fig
 
 
@@ -166,7 +176,8 @@ def stage_times(rows: Sequence[Row]) -> Any:
         totals.update(r["seconds"])
     fig, ax = plt.subplots(figsize=(5.2, 2.8))
     names = sorted(totals, key=totals.__getitem__, reverse=True) or ["none"]
-    ax.barh(names, [totals.get(n, 0.0) for n in names], color="#455a64")
+    ax.barh(names, [totals.get(n, 0.0) for n in names],
+            color=[stage_color(n) for n in names])
     ax.invert_yaxis()
     ax.set(xlabel="seconds (summed over units)", title="time per stage")
     return fig
