@@ -64,7 +64,7 @@ norms = ["linf", "l2"]
 name = "nonexistent"
 
 [certify]
-methods = ["crown", "magic"]
+methods = ["crown", "magic", "bab"]
 time_limit = -1
 """
 
@@ -82,7 +82,8 @@ def test_every_problem_is_listed(folder: Path) -> None:
                 "PGD has no parameter 'stepz'",
                 "params.norm = 'l2' does not match the linf threat",
                 "boundary supports the norms {l2} but runs on the linf threat", "nonexistent",
-                "'magic' is not one of", "certify.time_limit"]
+                "'magic' is not one of", "certify.time_limit",
+                "'bab' handles linf and l1 threats only"]
     for text in expected:
         assert text in problems, f"{text!r} not reported in:\n{problems}"
     assert len(info.value.problems) >= 11

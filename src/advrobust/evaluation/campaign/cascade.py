@@ -193,7 +193,8 @@ def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task,
     threat_spec = next(t for t in config.threats if t.norm == task.norm)
     bounders, exact = config.certify_for(task.norm)
     t0 = time.perf_counter()
-    spec = Spec.margins(y, int(model(x[:1]).shape[1]))
+    with torch.no_grad():
+        spec = Spec.margins(y, int(model(x[:1]).shape[1]))
     grid = _Grid(model, x, spec, task.norm, threat_spec.eps)
     for e in range(len(grid.threats)):
         grid.charge(e, torch.arange(x.shape[0]), "clean",

@@ -137,7 +137,7 @@ class CampaignConfig:
             else:
                 names.append(m)
         names = list(dict.fromkeys(names))
-        exact = [m for m in names if m in EXACT and (norm != "l2")]
+        exact = [m for m in names if m in EXACT]
         return [m for m in names if m in BOUNDERS], exact
 
 
@@ -225,6 +225,11 @@ def parse_config(raw: Mapping[str, Any], base: str | Path = ".",
     attacks = check_attacks(_tables(raw.get("attacks", [{"name": "pgd"}]), "attacks", out),
                             threats, out)
     certify, time_limit = check_certify(_table(raw.get("certify", {}), "certify", out), out)
+    for m in certify:
+        if any(t.norm == "l2" for t in threats) and m in ("lp",) + EXACT:
+            out.append(f"certify.methods: {m!r} handles linf and l1 threats only, and the "
+                       "campaign has an l2 threat; use 'crown' / 'ibp' (or 'auto', which "
+                       "picks per norm) for it.")
     if out:
         raise CampaignConfigError(source, out)
     return CampaignConfig(seed=seed, batch_size=batch_size, threads=threads, data=data,
