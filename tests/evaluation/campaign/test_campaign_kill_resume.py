@@ -60,7 +60,15 @@ def test_sigkill_and_ctrl_c_then_resume_equals_uninterrupted(folder: Path) -> No
     config_file = write_config(folder, n=48, batch_size=2)
     reference = folder / "reference.db"
     run_campaign(load_config(config_file), reference, progress=False)
-    db, rng, seen, kills = folder / "killed.db", random.Random(0), 0, 0
+    db, rng, kills = folder / "killed.db", random.Random(0), 0
+    proc = _start(config_file, db)  # Ctrl-C: finish the running task, say how to resume
+    seen = _wait_for_progress(proc, db, 0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    seen = _rows(db)
+    if seen < 48 * 4:  # it had work left: it stopped early, store intact, resume command shown
+        assert proc.returncode == 130, err
+        assert "Resume with" in err and str(db) in err
     for _ in range(3):  # SIGKILL at a random moment after some progress
         proc = _start(config_file, db)
         seen = _wait_for_progress(proc, db, seen)
@@ -70,14 +78,6 @@ def test_sigkill_and_ctrl_c_then_resume_equals_uninterrupted(folder: Path) -> No
             kills += 1
         proc.wait()
         seen = _rows(db)
-    proc = _start(config_file, db)  # Ctrl-C: finish the running task, say how to resume
-    _wait_for_progress(proc, db, seen)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode == 130:
-            assert "Resume with" in err and str(db) in err
-    proc.wait()
     final = _start(config_file, db)  # resume to the end
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
