@@ -1,0 +1,176 @@
+"""Campaign bench: one campaign vs the shell loop of separate attack + verify runs; backends.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/campaign_bench.py --model ibp.pt \
+        --data-dir ../shared/data/mnist --n 200 --out runs/campaign
+
+Runs (1) ``advrobust campaign run`` serially, (2) with ``--workers 2`` (pool), (3) with
+``--backend ray --workers 2`` (when Ray is installed), (4) for every eps the shell loop
+``advrobust attack --attack pgd`` + ``advrobust verify --method auto`` on the same images, and
+prints one JSON object: undecided share per eps, wall times, speed-ups and the work ratio
+(units each method ran on, and wall time). ``--kills K`` instead SIGKILLs a campaign K times
+at random moments and checks the resumed store against an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+CONFIG = """
+seed = 0
+batch_size = {batch}
+threads = 1
+[data]
+name = "mnist"
+dir = "{data_dir}"
+n = {n}
+[[models]]
+name = "ibp-small"
+checkpoint = "{model}"
+[[threats]]
+norm = "linf"
+eps = [0.01, 0.02, 0.05, 0.1]
+[[attacks]]
+name = "pgd"
+params = {{ steps = 50, restarts = 2, loss = "margin" }}
+[certify]
+methods = {methods}
+time_limit = {limit}
+"""
+EPS = (0.01, 0.02, 0.05, 0.1)
+
+
+def _cli(*args: str, check: bool = True) -> tuple[float, str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "advrobust", *args], env=env, text=True,
+                          capture_output=True)
+    if check and done.returncode != 0:
+        raise SystemExit(done.stderr)
+    return time.perf_counter() - t0, done.stdout
+
+
+def _campaign(config: Path, db: Path, *extra: str) -> float:
+    db.unlink(missing_ok=True)
+    seconds, _ = _cli("campaign", "run", str(config), "--store", str(db), "--no-progress",
+                      *extra)
+    return seconds
+
+
+def _store_stats(db: Path) -> dict[str, object]:
+    conn = sqlite3.connect(db)
+    rows = conn.execute("SELECT eps, verdict, seconds FROM units").fetchall()
+    per_eps: dict[str, dict[str, int]] = {}
+    work: dict[str, int] = {}
+    for eps, verdict, seconds in rows:
+        bucket = per_eps.setdefault(f"{eps:g}", {"verified": 0, "falsified": 0, "unknown": 0})
+        bucket[verdict] += 1
+        for stage in json.loads(seconds):
+            if stage != "clean":
+                work[stage] = work.get(stage, 0) + 1
+    verdicts = {e: (b["verified"], b["falsified"], b["unknown"]) for e, b in per_eps.items()}
+    return {"per_eps": per_eps, "verdicts": verdicts, "work_units": work,
+            "undecided": {e: b["unknown"] / sum(b.values()) for e, b in per_eps.items()}}
+
+
+def _shell_loop(args: argparse.Namespace) -> dict[str, object]:
+    common = ["--model", str(args.model), "--data", "mnist", "--data-dir", str(args.data_dir),
+              "--n", str(args.n), "--norm", "linf"]
+    total, work, undecided = 0.0, 0, {}
+    for eps in EPS:
+        t_attack, _ = _cli("attack", *common, "--eps", str(eps), "--attack", "pgd", "--steps",
+                           "50", "--restarts", "2", "--param", "loss=margin", "--json")
+        t_verify, out = _cli("verify", *common, "--eps", str(eps), "--method", "auto",
+                             "--time-limit", str(2 * args.limit), "--json", "--no-progress")
+        total += t_attack + t_verify
+        report = json.loads(out)
+        decided = report["decided_by"]
+        after_crown = args.n - decided.get("clean", 0) - decided.get("crown", 0)
+        after_pgd = after_crown - decided.get("pgd", 0)
+        after_bab = after_pgd - decided.get("bab", 0)
+        work += args.n + args.n + after_crown + after_pgd + after_bab  # attack, crown, ...
+        undecided[f"{eps:g}"] = report["unknown"] / args.n
+    return {"seconds": total, "work_units": work, "undecided": undecided}
+
+
+def _kills(args: argparse.Namespace, config: Path) -> dict[str, object]:
+    reference = args.out / "reference.db"
+    _campaign(config, reference)
+    db = args.out / "killed.db"
+    db.unlink(missing_ok=True)
+    rng, kills = random.Random(0), 0
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    while kills < args.kills:
+        proc = subprocess.Popen([sys.executable, "-m", "advrobust", "campaign", "run",
+                                 str(config), "--store", str(db), "--no-progress"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 12.0))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    _cli("campaign", "run", str(config), "--store", str(db), "--no-progress")
+    q = "SELECT model, sample, norm, eps_index, verdict, status FROM units ORDER BY 1, 2, 3, 4"
+    got = sqlite3.connect(db).execute(q).fetchall()
+    want = sqlite3.connect(reference).execute(q).fetchall()
+    keys = [g[:4] for g in got]
+    return {"kills": kills, "units": len(got), "expected": len(want),
+            "duplicated": len(keys) - len(set(keys)),
+            "lost": len({w[:4] for w in want} - set(keys)), "same_verdicts": got == want,
+            "integrity": sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--batch", type=int, default=25)
+    p.add_argument("--limit", type=float, default=1.0, help="seconds per exact method")
+    p.add_argument("--out", type=Path, default=Path("runs/campaign"))
+    p.add_argument("--kills", type=int, default=0)
+    p.add_argument("--methods", default="crown,bab,milp",
+                   help="certificates (comma list); --kills uses 'crown' alone by default "
+                        "so that no wall-clock time limit makes two runs differ")
+    p.add_argument("--skip", default="", help="comma list of: pool, ray, shell")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = args.out / "campaign.toml"
+    config.write_text(CONFIG.format(batch=args.batch, data_dir=args.data_dir.resolve(),
+                                    n=args.n, model=args.model.resolve(), limit=args.limit,
+                                    methods=json.dumps(args.methods.split(","))))
+    if args.kills:
+        print(json.dumps(_kills(args, config), indent=2))
+        return
+    skip = set(args.skip.split(","))
+    result: dict[str, object] = {"n": args.n, "eps": EPS, "load": os.getloadavg()}
+    result["serial_s"] = _campaign(config, args.out / "serial.db")
+    result["serial"] = _store_stats(args.out / "serial.db")
+    if "pool" not in skip:
+        result["pool2_s"] = _campaign(config, args.out / "pool.db", "--workers", "2")
+        same = _store_stats(args.out / "pool.db")["verdicts"]
+        result["pool2_same_verdicts"] = same == result["serial"]["verdicts"]  # type: ignore[index]
+    if "ray" not in skip:
+        result["ray2_s"] = _campaign(config, args.out / "ray.db", "--backend", "ray",
+                                     "--workers", "2")
+        same = _store_stats(args.out / "ray.db")["verdicts"]
+        result["ray2_same_verdicts"] = same == result["serial"]["verdicts"]  # type: ignore[index]
+    if "shell" not in skip:
+        result["shell"] = _shell_loop(args)
+    result["load_after"] = os.getloadavg()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Where tasks run: in the driver (serial), a local process pool, or Ray.
+
+Every backend runs the same :func:`execute` (models and data loaded once per process, torch
+limited to the config's ``threads``) and hands finished tasks back to the driver, which alone
+writes the store. A backend reports a task's failure (an exception, or a worker process that
+died) as the exception; the driver decides on retries. The pool attributes a dead worker to a
+task precisely: when the pool breaks with several tasks in flight, those tasks are re-run one
+at a time before anything is charged to them.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import multiprocessing
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from advrobust.errors import AdvRobustError
+from advrobust.evaluation.campaign.cascade import Task, run_task
+from advrobust.evaluation.campaign.config import CampaignConfig
+from advrobust.evaluation.campaign.store import UnitRecord
+
+__all__ = ["Context", "TaskResult", "execute", "make_backend", "BACKENDS"]
+
+BACKENDS = ("serial", "pool", "ray")
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A finished task: its unit records and its samples' clean inputs (by index)."""
+
+    task: Task
+    records: list[UnitRecord]
+    inputs: dict[int, np.ndarray]
+
+
+class Context:
+    """The models and samples of a campaign, loaded once per process."""
+
+    def __init__(self, config: CampaignConfig) -> None:
+        from advrobust.data import load_dataset
+
+        data = config.data
+        dataset = load_dataset(str(data["name"]), split=str(data["split"]), root=data["dir"])
+        indices = list(data["indices"])
+        if max(indices) >= len(dataset):
+            from advrobust.evaluation.campaign.config import CampaignConfigError
+
+            raise CampaignConfigError(config.source, [
+                f"data selects sample {max(indices)} but the {data['name']} {data['split']} "
+                f"split has {len(dataset)} samples (indices 0..{len(dataset) - 1})."])
+        self.x = {i: dataset.x[i] for i in indices}
+        self.y = {i: int(dataset.y[i]) for i in indices}
+        self.models: dict[str, Any] = {}
+        self.shapes: dict[str, tuple[int, ...] | None] = {}
+        for spec in config.models:
+            self.models[spec.name], self.shapes[spec.name] = _load_model(spec.kind, spec.path)
+
+    def batch(self, model: str, samples: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of ``samples`` shaped for ``model``."""
+        x = torch.stack([self.x[i] for i in samples])
+        shape = self.shapes[model]
+        if shape is not None and tuple(x.shape[1:]) != shape:
+            x = x.reshape(x.shape[0], *shape)
+        return x, torch.tensor([self.y[i] for i in samples], dtype=torch.long)
+
+
+def _load_model(kind: str, path: str) -> tuple[Any, tuple[int, ...] | None]:
+    if kind == "onnx":
+        from advrobust.network.onnx import import_onnx
+
+        net = import_onnx(path)
+        return net.model.eval(), tuple(net.input_shape)
+    from advrobust.models import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    shape = ckpt.arch_kwargs.get("input_shape")
+    return ckpt.model.eval(), tuple(int(s) for s in shape) if shape is not None else None
+
+
+_CONTEXTS: dict[str, Context] = {}
+
+
+def context(config: CampaignConfig) -> Context:
+    """This process's :class:`Context` for ``config`` (built on first use)."""
+    key = config.identity()
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = Context(config)
+    return _CONTEXTS[key]
+
+
+def execute(config: CampaignConfig, task: Task) -> TaskResult:
+    """Run one task in this process (torch limited to ``config.threads`` meanwhile)."""
+    ctx = context(config)
+    x, y = ctx.batch(task.model, task.samples)
+    before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        records = run_task(ctx.models[task.model], x, y, task, config)
+    finally:
+        torch.set_num_threads(before)
+    inputs = {i: ctx.x[i].numpy() for i in task.samples}
+    return TaskResult(task, records, inputs)
+
+
+Execute = Callable[[CampaignConfig, Task], TaskResult]
+Outcome = tuple[Task, "TaskResult | BaseException"]
+
+
+class _Serial:
+    """Tasks run one by one in the driver process."""
+
+    def __init__(self, config: CampaignConfig, fn: Execute) -> None:
+        self.config, self.fn = config, fn
+        self.queue: collections.deque[Task] = collections.deque()
+        self.capacity = 1
+
+    def submit(self, task: Task) -> None:
+        self.queue.append(task)
+
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+    def next_done(self) -> Outcome:
+        task = self.queue.popleft()
+        try:
+            return task, self.fn(self.config, task)
+        except Exception as exc:  # a task's failure is data for the driver (retry / error)
+            return task, exc
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` with torch and this module preloaded (a new worker is a cheap fork of a
+    clean single-threaded server, also after a crash); ``spawn`` where there is no fork."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", __name__])
+    return ctx
+
+
+class _Pool:
+    """A local process pool (forkserver / spawn processes, SIGINT left to the driver)."""
+
+    def __init__(self, config: CampaignConfig, fn: Execute, workers: int) -> None:
+        self.config, self.fn, self.workers = config, fn, workers
+        self.capacity = 2 * workers
+        self.pending: dict[cf.Future[TaskResult], Task] = {}
+        self.suspects: collections.deque[Task] = collections.deque()
+        self.waiting: collections.deque[Task] = collections.deque()
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self.workers, initializer=_ignore_sigint,
+                                      mp_context=_mp_context())
+
+    def submit(self, task: Task) -> None:
+        self.waiting.append(task)
+        self._fill()
+
+    def _fill(self) -> None:
+        limit = 1 if self.suspects else self.capacity
+        source = self.suspects if self.suspects else self.waiting
+        while source and len(self.pending) < limit:
+            task = source.popleft()
+            self.pending[self.pool.submit(self.fn, self.config, task)] = task
+
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.suspects) + len(self.waiting)
+
+    def next_done(self) -> Outcome:
+        while True:
+            self._fill()
+            done, _ = cf.wait(list(self.pending), return_when=cf.FIRST_COMPLETED)
+            future = next(iter(done))
+            task = self.pending.pop(future)
+            exc = future.exception()
+            if not isinstance(exc, cf.process.BrokenProcessPool):
+                return task, exc if exc is not None else future.result()
+            if not self.pending and not self.suspects:
+                self.pool = self._new_pool()  # it was alone: it broke the pool
+                return task, RuntimeError(f"worker process died ({exc})")
+            self.suspects.append(task)  # several were in flight: re-run them one at a time
+            for other in list(self.pending):
+                self.suspects.append(self.pending.pop(other))
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+
+    def drop_queued(self) -> None:
+        """Forget tasks that have not started (on Ctrl-C); running ones finish."""
+        self.waiting.clear()
+        for future in [f for f in self.pending if f.cancel()]:
+            self.pending.pop(future)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ray:
+    """Ray tasks on a local cluster (``num_cpus=workers``) or the one at ``address``."""
+
+    def __init__(self, config: CampaignConfig, fn: Execute, workers: int,
+                 address: str | None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
+                from None
+        self.ray, self.config = ray, config
+        self.started = not ray.is_initialized()
+        if self.started:
+            if address:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        self.remote = ray.remote(max_retries=0, num_cpus=1)(fn)
+        self.capacity = 2 * workers
+        self.pending: dict[Any, Task] = {}
+
+    def submit(self, task: Task) -> None:
+        self.pending[self.remote.remote(self.config, task)] = task
+
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def next_done(self) -> Outcome:
+        ready, _ = self.ray.wait(list(self.pending), num_returns=1)
+        task = self.pending.pop(ready[0])
+        try:
+            return task, self.ray.get(ready[0])
+        except Exception as exc:  # RayTaskError, WorkerCrashedError: the driver retries
+            return task, exc
+
+    def close(self) -> None:
+        for ref in self.pending:
+            self.ray.cancel(ref)
+        if self.started:
+            self.ray.shutdown()
+
+
+def make_backend(name: str, config: CampaignConfig, workers: int, fn: Execute = execute,
+                 address: str | None = None) -> Any:
+    """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``."""
+    if name == "ray":
+        return _Ray(config, fn, max(1, workers), address)
+    if name == "pool" and workers > 1:
+        return _Pool(config, fn, workers)
+    return _Serial(config, fn)
