@@ -65,7 +65,8 @@ def test_wall_limit_holds_where_every_stage_would_overrun_it() -> None:
     elapsed = time.perf_counter() - start
     assert elapsed <= limit, f"answered after {elapsed:.2f} s, limit {limit} s"
     assert result.status in ("sat", "unknown")  # no time for a proof
-    assert result.report.stats["skipped"]  # the budget, not an error, left stages out
+    if result.status == "unknown":  # the budget, not an error, left stages out
+        assert result.report.stats.get("skipped")
 
 
 def test_spec_apgd_reaches_the_closed_form_minimum_of_a_linear_spec() -> None:

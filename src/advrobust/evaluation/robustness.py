@@ -7,6 +7,7 @@ far below the attacked one is robust but not provably so (or the relaxation is l
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from typing import Any
@@ -76,7 +77,11 @@ def _crown_ibp_verified(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall) 
 
     with eval_mode(model, who="robustness_report"), torch.no_grad():
         spec = Spec.margins(y, int(model(x[:1]).shape[1]))
-        lower = crown_lower(model, x, threat, spec.C, intermediate="ibp")
+        # the verifiers' floating-point rules: a float64 copy (the caller's model untouched)
+        # and the rounding allowance subtracted, so extreme weights cannot round a bound up
+        model64 = copy.deepcopy(model).double()
+        lower = crown_lower(model64, x.double(), threat, spec.C.double(), intermediate="ibp",
+                            rounding=True)
     return lower.amin(dim=1) > VERIFY_TOLERANCE
 
 
