@@ -136,9 +136,11 @@ class SmoothingCertificate:
             raise InvalidInputError(
                 f"SmoothingCertificate.concat: parts differ in (sigma, alpha, n0, n): "
                 f"{sorted(settings)}.")
+        def cat(name: str) -> Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
         return SmoothingCertificate(
-            *(torch.cat([getattr(p, f) for p in parts]) for f in
-              ("prediction", "radius", "p_lower", "counts", "abstained")),
+            cat("prediction"), cat("radius"), cat("p_lower"), cat("counts"), cat("abstained"),
             sigma=first.sigma, alpha=first.alpha, n0=first.n0, n=first.n)
 
 
