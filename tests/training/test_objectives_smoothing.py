@@ -48,7 +48,7 @@ def test_smoothadv_attack_stays_in_the_ball_and_raises_the_smoothed_loss() -> No
 
     def smoothed_loss(z: torch.Tensor) -> float:
         probs = F.softmax(model(z.repeat(2, 1, 1, 1) + noise), dim=1).view(2, 64, -1).mean(0)
-        return float(-probs.gather(1, y[:, None]).log().mean())
+        return float(-probs.gather(1, y[:, None]).log().mean().detach())
 
     assert smoothed_loss(x_adv) > smoothed_loss(x)
     assert not model.training
