@@ -119,7 +119,8 @@ def test_registry_builds_every_defense(tmp_path: Path) -> None:
     atoms = project_atoms(torch.randn((64, 2), generator=torch.Generator().manual_seed(0)))
     path = save_dictionary(tmp_path / "d.npz", Dictionary(atoms=atoms, input_shape=(1, 8, 8)))
     special: dict[str, dict[str, object]] = {
-        "standard": {}, "noise": {"sigma": 0.1},
+        "standard": {}, "noise": {"sigma": 0.1}, "gaussian": {"sigma": 0.1},
+        "consistency": {"sigma": 0.1}, "smoothadv": {"sigma": 0.1},
         "dict-adv": {"dictionary": str(path)},
         "dict-noise": {"dictionary": str(path), "scale": 0.2}}
     for name in DEFENSES:

@@ -23,7 +23,8 @@ __all__ = ["build_parser", "main"]
 
 #: Command modules, in the order ``advrobust --help`` lists them.
 COMMANDS: tuple[str, ...] = ("demo", "train", "info", "attack", "verify", "evaluate", "detect",
-                              "dictionary", "experiment", "campaign", "report", "vnncomp")
+                              "dictionary", "experiment", "campaign", "report", "vnncomp",
+                              "smooth")
 
 
 def _summary(name: str) -> str:

@@ -34,6 +34,8 @@ defenses (--defense; the checkpoint records the defense and its parameters):
   advrobust train --model cnn --data mnist --defense crown-ibp --eps 0.1 --warmup 0.1 \\
       --ramp 0.5 --report 100 --out cibp.pt  # certified training; report adds CROWN accuracy
   advrobust train --model cnn --data mnist --defense noise --sigma 0.25 --out smooth.pt
+  advrobust train --model lenet --data mnist --defense consistency --sigma 0.5 --lam 5 \\
+      --out cons.pt                      # then: advrobust smooth certify --model cons.pt
   advrobust train --model cnn --data mnist --defense dict-adv --dictionary dict.npz --out d.pt
 
   defense     parameters (other flags are an error)
@@ -45,7 +47,9 @@ defenses (--defense; the checkpoint records the defense and its parameters):
   tv-lip      --eps --norm --lam --fd-step --double-backprop
   ibp         --eps --norm --warmup --ramp --kappa-end
   crown-ibp   --eps --norm --warmup --ramp --kappa-end
-  noise       --sigma
+  noise       --sigma   (gaussian: the same)
+  consistency --sigma --noise-samples --lam --eta
+  smoothadv   --sigma --eps --attack-steps --noise-samples --warmup
   dict-adv    --dictionary --attack-steps --attack-step-size --augmented-weight
   dict-noise  --dictionary --laplace-scale --augmented-weight
 """
@@ -61,7 +65,8 @@ _DEFENSE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "alpha": ("--alpha", float, "fast-FGSM step (default: 1.25 eps)"),
     "beta": ("--beta", float, "TRADES robustness weight (default: 6)"),
     "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.01; larger "
-                            "trades clean accuracy for a flatter loss: 0.1 gave 0.41 on digits)"),
+                            "trades clean accuracy for a flatter loss: 0.1 gave 0.41 on digits); "
+                            "KL weight of consistency (default: 5)"),
     "h": ("--fd-step", float, "finite-difference step of tv / tv-lip (default: 0.01)"),
     "double_backprop": ("--double-backprop", bool, "tv / tv-lip: exact gradient norm by "
                                                    "double backpropagation"),
@@ -71,7 +76,11 @@ _DEFENSE_FLAGS: dict[str, tuple[str, Any, str]] = {
                               "fgsm, trades: default none; ibp, crown-ibp: 0.5)"),
     "kappa_end": ("--kappa-end", float, "final weight of the clean loss of ibp / crown-ibp "
                                         "(default: 0.5)"),
-    "sigma": ("--sigma", float, "noise standard deviation of the noise defense"),
+    "sigma": ("--sigma", float, "noise standard deviation of noise / gaussian / consistency / "
+                                "smoothadv"),
+    "m": ("--noise-samples", int, "noisy copies per input of consistency (default: 2) and "
+                                  "smoothadv (default: 1)"),
+    "eta": ("--eta", float, "entropy weight of consistency (default: 0.5)"),
     "dictionary": ("--dictionary", str, "dictionary file (.npz from 'advrobust dictionary "
                                         "learn') of dict-adv / dict-noise"),
     "scale": ("--laplace-scale", float, "Laplace scale of dict-noise (default: fitted to the "

@@ -4,7 +4,9 @@ Objectives: :class:`Standard`; adversarial training :class:`AdversarialPGD` (Mad
 2018), :class:`FastFGSM` (Wong, Rice & Kolter 2020), :class:`TRADES` (Zhang et al. 2019);
 input-gradient regularisers :class:`GradientNormPenalty` and :class:`LipschitzPenalty` (Finlay &
 Oberman 2019); certified training :class:`IBPTraining` (Gowal et al. 2018) and :class:`CROWNIBP`
-(Zhang et al. 2020); :class:`NoiseAugmentation` (Cohen et al. 2019); and the dictionary defenses
+(Zhang et al. 2020); :class:`NoiseAugmentation` (Cohen et al. 2019), with
+:class:`ConsistencyRegularization` (Jeong & Shin 2020) and :class:`SmoothAdv` (Salman et al.
+2019) for randomized smoothing; and the dictionary defenses
 :class:`DictionaryAdversarialTraining` / :class:`DictionaryNoiseTraining`.
 :func:`build_objective` turns a name of :data:`DEFENSES` into one (the CLI's ``--defense``).
 """
@@ -29,6 +31,7 @@ from advrobust.training.regularizers import (
     input_gradient_norm,
 )
 from advrobust.training.schedule import course_schedule, lr_at_epoch
+from advrobust.training.smoothing import ConsistencyRegularization, SmoothAdv
 
 __all__ = [
     "CROWNIBP",
@@ -36,6 +39,7 @@ __all__ = [
     "TRADES",
     "AdversarialPGD",
     "Composite",
+    "ConsistencyRegularization",
     "DictionaryAdversarialTraining",
     "DictionaryNoiseTraining",
     "EpochStats",
@@ -48,6 +52,7 @@ __all__ = [
     "NoiseAugmentation",
     "Objective",
     "Ramp",
+    "SmoothAdv",
     "Standard",
     "build_objective",
     "course_schedule",

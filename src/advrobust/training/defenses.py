@@ -97,6 +97,20 @@ def _noise(*, sigma: float, seed: int | None = None) -> Objective:
     return NoiseAugmentation(sigma=sigma, seed=seed)
 
 
+def _consistency(*, sigma: float, m: int = 2, lam: float = 5.0, eta: float = 0.5,
+                 seed: int | None = None) -> Objective:
+    from advrobust.training.smoothing import ConsistencyRegularization
+
+    return ConsistencyRegularization(sigma=sigma, m=m, lam=lam, eta=eta, seed=seed)
+
+
+def _smoothadv(*, sigma: float, eps: float = 1.0, steps: int = 2, m: int = 1,
+               warmup: float = 0.1, seed: int | None = None) -> Objective:
+    from advrobust.training.smoothing import SmoothAdv
+
+    return SmoothAdv(sigma=sigma, eps=eps, steps=steps, m=m, warmup=warmup, seed=seed)
+
+
 def _dict_adv(*, dictionary: str, steps: int = 5, step_size: float = 1.0,
               augmented_weight: float = 0.5) -> Objective:
     from advrobust.training.dictionary import DictionaryAdversarialTraining
@@ -123,6 +137,9 @@ _FACTORIES: dict[str, Callable[..., Objective]] = {
     "ibp": _ibp,
     "crown-ibp": _crown_ibp,
     "noise": _noise,
+    "gaussian": _noise,  # the name randomized smoothing papers use
+    "consistency": _consistency,
+    "smoothadv": _smoothadv,
     "dict-adv": _dict_adv,
     "dict-noise": _dict_noise,
 }
@@ -153,15 +170,19 @@ def build_objective(name: str, **params: Any) -> Objective:
             (fast FGSM, Wong et al. 2020), ``trades`` (Zhang et al. 2019), ``tv`` (gradient-norm
             penalty), ``tv-lip`` (gradient-norm plus Lipschitz penalty; Finlay & Oberman),
             ``ibp`` (Gowal et al. 2018), ``crown-ibp`` (Zhang et al. 2020), ``noise``
-            (Gaussian noise augmentation, Cohen et al. 2019), ``dict-adv`` / ``dict-noise``
+            (Gaussian noise augmentation, Cohen et al. 2019; alias ``gaussian``),
+            ``consistency`` (noise training with consistency regularisation, Jeong & Shin
+            2020), ``smoothadv`` (adversarial training of the smoothed classifier, Salman
+            et al. 2019), ``dict-adv`` / ``dict-noise``
             (training on a learned adversarial dictionary's perturbations / Laplace noise in
             its span, issue 7).
         **params: the defense's parameters (``eps`` is required by the attack, regulariser
-            and certified defenses, ``sigma`` by ``noise``, ``dictionary`` (a ``.npz`` path)
-            by ``dict-*``; ``norm`` defaults to linf). None values are ignored. The
-            defaults give a usable model on digits (clean accuracy within a few points of
-            standard training); ``tv-lip``'s ``lam`` defaults to 0.01: with 0.1 the
-            Lipschitz term dominates and clean accuracy fell to 0.41 (bench/RESULTS.md).
+            and certified defenses, ``sigma`` by ``noise`` and the smoothing defenses,
+            ``dictionary`` (a ``.npz`` path) by ``dict-*``; ``norm`` defaults to linf).
+            None values are ignored. The defaults give a usable model on digits (clean
+            accuracy within a few points of standard training); ``tv-lip``'s ``lam`` defaults
+            to 0.01: with 0.1 the Lipschitz term dominates and clean accuracy fell to 0.41
+            (bench/RESULTS.md).
 
     Returns:
         The configured objective; ``type(obj).__name__`` and ``obj.get_params()`` describe it
