@@ -1,4 +1,4 @@
-"""Lipschitz certificates: the constants bound real slopes, the bounds are sound, local <= global."""
+"""Lipschitz certificates: the constants bound real slopes, bounds are sound, local <= global."""
 
 from __future__ import annotations
 
