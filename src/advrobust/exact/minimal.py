@@ -25,6 +25,7 @@ from advrobust.core.config import Configurable
 from advrobust.core.modes import eval_mode
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
+from advrobust.errors import InvalidParameterError
 from advrobust.network.ir import Network, from_module
 from advrobust.relax._encoding import Encoding, add_l1_ball, encode_sample
 from advrobust.relax.base import _check_spec
@@ -75,10 +76,12 @@ class MinimalDistortion(Configurable):
         max_eps: search radius (None: the whole input box); a smaller radius gives tighter
             big-M constants and faster solves.
         tol: l2 only: absolute bracket width at which the cutting-plane loop stops.
+        solver: l2 only: "highs" (cutting planes, no extra dependency) or "scip" (the MIQP;
+            needs ``pip install 'advrobust[scip]'``).
     """
 
     def __init__(self, *, norm: str = "linf", time_limit: float = 60.0, threads: int = 1,
-                 max_eps: float | None = None, tol: float = 1e-4) -> None:
+                 max_eps: float | None = None, tol: float = 1e-4, solver: str = "highs") -> None:
         self.norm = check_choice(norm, "norm", "MinimalDistortion", ("linf", "l1", "l2"))
         self.time_limit = check_float(time_limit, "time_limit", "MinimalDistortion", low=0.0,
                                       low_open=True, allow_inf=True)
@@ -86,6 +89,15 @@ class MinimalDistortion(Configurable):
         self.max_eps = max_eps if max_eps is None else check_float(
             max_eps, "max_eps", "MinimalDistortion", low=0.0, low_open=True)
         self.tol = check_float(tol, "tol", "MinimalDistortion", low=0.0, low_open=True)
+        self.solver = check_choice(solver, "solver", "MinimalDistortion", ("highs", "scip"))
+        if self.solver == "scip":
+            if self.norm != "l2":
+                raise InvalidParameterError(
+                    "The 'solver' parameter of MinimalDistortion may be 'scip' only with "
+                    f"norm='l2' (linf and l1 are MILPs for HiGHS). Got norm={self.norm!r}.")
+            from advrobust.exact._scip import import_scip
+
+            import_scip()  # fail now, naming the extra, rather than after the bound passes
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, lo: float = 0.0,
                  hi: float = 1.0, spec: Spec | None = None) -> DistortionResult:
@@ -172,7 +184,7 @@ class MinimalDistortion(Configurable):
         enc = encode_sample(network, bounds, s, integer=True)
         best, lower, best_x, status, log = solve_sample_l2(
             model, enc, x[s], spec.C[s], spec.d[s], crown, lo, hi, self.time_limit,
-            self.threads, self.tol)
+            self.threads, self.tol, self.solver)
         return best, min(lower, math.inf if self.max_eps is None else self.max_eps), best_x, \
             status, log
 

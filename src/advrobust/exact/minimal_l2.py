@@ -87,7 +87,8 @@ class KelleyL2:
         rows, lo_b, hi_b = row
         cost = np.zeros(self.enc.program.num_vars)
         cost[self.t] = 1.0
-        lower, upper, best, log = 0.0, math.inf, None, []
+        lower, upper, best = 0.0, math.inf, None
+        log: list[dict[str, Any]] = []
         while True:
             left = self.time_limit - (time.perf_counter() - start)
             if left <= 0:
@@ -120,15 +121,17 @@ class KelleyL2:
 
 def solve_sample_l2(model: Any, enc: Encoding, x0: Tensor, spec_c: Tensor, spec_d: Tensor,
                     crown: Tensor, lo: float, hi: float, time_limit: float, threads: int,
-                    tol: float) -> tuple[float, float, Tensor, str, list[Any]]:
+                    tol: float, solver: str = "highs"
+                    ) -> tuple[float, float, Tensor, str, list[Any]]:
     """Minimal l2 distortion of one sample over every spec row (the rows CROWN proves over the
-    search box are skipped). Returns ``(distance, lower, x_adv, status, log)``."""
+    search box are skipped): outer-approximation cuts with HiGHS, or the MIQP with SCIP
+    (``solver="scip"``). Returns ``(distance, lower, x_adv, status, log)``."""
     start = time.perf_counter()
     c = spec_c.detach().cpu().double().numpy()
     d = spec_d.detach().cpu().double().numpy()
     switch = enc.program.add_rows(c, enc.outputs, -np.inf, np.inf)
     x0_np = x0.detach().cpu().double().numpy().ravel()
-    kelley = KelleyL2(enc, x0_np, time_limit, threads, tol)
+    kelley = KelleyL2(enc, x0_np, time_limit, threads, tol) if solver == "highs" else None
     best, best_x, lower, status, log = math.inf, x0, math.inf, "robust", []
 
     for j in np.argsort(crown.cpu().numpy()).tolist():
@@ -149,9 +152,15 @@ def solve_sample_l2(model: Any, enc: Encoding, x0: Tensor, spec_c: Tensor, spec_
             dist = float((hit.double() - x0.double()).norm())
             return dist, hit.detach().cpu().double().numpy()
 
-        kelley.time_limit = max(time_limit - (time.perf_counter() - start), 0.0)
-        low, up, point, row_status, row_log = kelley.run(
-            (switch[j:j + 1], -math.inf, -float(d[j])), check)
+        left = max(time_limit - (time.perf_counter() - start), 0.0)
+        if kelley is None:
+            low, up, point, row_status = _scip_row(enc, x0_np, c[j], -float(d[j]), left,
+                                                   threads, check)
+            row_log: list[dict[str, Any]] = []
+        else:
+            kelley.time_limit = left
+            low, up, point, row_status, row_log = kelley.run(
+                (switch[j:j + 1], -math.inf, -float(d[j])), check)
         log.append({"row": j, "status": row_status, "lower": low, "upper": up,
                     "iterations": row_log})
         lower = min(lower, low)
@@ -162,3 +171,15 @@ def solve_sample_l2(model: Any, enc: Encoding, x0: Tensor, spec_c: Tensor, spec_
     if math.isfinite(best) and status == "robust":
         status = "optimal"
     return best, min(lower, best), best_x, status, log
+
+
+def _scip_row(enc: Encoding, x0: np.ndarray, c: np.ndarray, upper: float, left: float,
+              threads: int, check: Callable[[np.ndarray], tuple[float, np.ndarray] | None]
+              ) -> tuple[float, float, np.ndarray | None, str]:
+    from advrobust.exact._scip import solve_row_miqp
+
+    low, _, x, status = solve_row_miqp(enc, x0, (c, upper), left, threads)
+    found = None if x is None else check(x)
+    if found is None:
+        return low, math.inf, None, "time_limit" if status == "optimal" else status
+    return low, found[0], found[1], status
