@@ -116,3 +116,15 @@ def test_bounds_sound_and_local_tighter(mlp_factory, norm: str) -> None:
 def test_local_lipschitz_bad_config() -> None:
     with pytest.raises(ValueError, match="intermediate"):
         LocalLipschitz(intermediate="lp")
+
+
+def test_model_untouched(mlp_factory) -> None:
+    model = mlp_factory(3, (4, 6, 3)).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.rand(2, 4, generator=torch.Generator().manual_seed(0))
+    for bounder in (GlobalLipschitz(), LocalLipschitz()):
+        with pytest.warns(UserWarning, match="training mode"):
+            bounder(model, x, torch.tensor([0, 1]), LpBall("l2", 0.1))
+    assert model.training
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
