@@ -44,6 +44,7 @@ CASES: dict[str, tuple[list[str], str, dict[str, object]]] = {
                  "DictionaryAdversarialTraining", {"steps": 2}),
     "dict-noise": (["--dictionary", "DICT", "--augmented-weight", "0.3"],
                    "DictionaryNoiseTraining", {"augmented_weight": 0.3, "seed": 1}),
+    "gloro": (["--eps", "0.3", "--ramp", "0.5"], "GloRo", {"eps": 0.3, "ramp": 0.5}),
 }
 
 

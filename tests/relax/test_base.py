@@ -14,9 +14,10 @@ from advrobust.errors import (
     UnsupportedLayerError,
 )
 from advrobust.exact import MILP
-from advrobust.relax import CROWN, IBP, LPRelaxation
+from advrobust.relax import CROWN, IBP, GlobalLipschitz, LocalLipschitz, LPRelaxation
 
-BOUNDERS = [IBP(), CROWN(), LPRelaxation(), MILP(time_limit=5.0)]
+BOUNDERS = [IBP(), CROWN(), LPRelaxation(), MILP(time_limit=5.0), GlobalLipschitz(),
+            LocalLipschitz()]
 
 
 @pytest.mark.parametrize("bounder", BOUNDERS, ids=lambda b: type(b).__name__)

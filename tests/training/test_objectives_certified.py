@@ -128,7 +128,8 @@ def test_registry_builds_every_defense(tmp_path: Path) -> None:
         objective = build_objective(name, **params)
         assert isinstance(objective, Objective)
         if name != "standard":
-            assert getattr(objective, "threat", None) in (None, THREAT) or name.startswith("tv")
+            assert getattr(objective, "threat", None) in (None, THREAT) or name.startswith("tv") \
+                or name == "gloro"  # l2 by default (its only norm)
     assert build_objective("pgd", eps=0.3, steps=7).get_params()["steps"] == 7
 
 

@@ -52,6 +52,7 @@ defenses (--defense; the checkpoint records the defense and its parameters):
   smoothadv   --sigma --eps --attack-steps --noise-samples --warmup
   dict-adv    --dictionary --attack-steps --attack-step-size --augmented-weight
   dict-noise  --dictionary --laplace-scale --augmented-weight
+  gloro       --eps --norm (l2 only) --warmup --ramp
 """
 
 #: ``build_objective`` parameter -> (flag, type, help) of the --defense options.

@@ -72,6 +72,11 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_save_args(p, "index, label, prediction, verdict, lower and upper bound of the worst-case "
                      "margin, method that decided, seconds; witnesses: counterexamples")
+    from advrobust.cli._radius import RADIUS_METHODS  # issue 12: certified radii
+
+    p.add_argument("--radius", choices=RADIUS_METHODS, default=None, metavar="METHOD",
+                   help="print each sample's certified radius under METHOD instead: "
+                        f"{', '.join(RADIUS_METHODS)} (with --eps: certified accuracy there)")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -193,6 +198,16 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidParameterError("--counterexample applies to --vnnlib only (a dataset run "
                                     "has no single counterexample to write). Got no --vnnlib.")
     model, shape = _network(args)
+    if args.radius is not None and args.vnnlib is None:  # issue 12: certified radii
+        from advrobust.cli._radius import run_radius
+
+        if args.save is not None:
+            raise InvalidParameterError("--save applies to a verification run, not to "
+                                        "--radius (use --json). Got both.")
+        data = load_data(args)
+        args.model_obj = model
+        return run_radius(args, _fit_shape(data.x, shape), data.y,
+                          f"advrobust verify --radius ({data.name}, {len(data)} samples)")
     if args.vnnlib is not None:
         return _run_property(args, model, shape)
     return _run_dataset(args, model, shape)

@@ -1,7 +1,8 @@
 """The minimal adversarial distortion ``d*`` of each sample, exactly, as a MILP.
 
 ``d*(x0) = min { ||x - x0||_p : lo <= x <= hi, some (C f(x) + d)_k <= 0 }`` for p = inf or 1
-(Tjeng et al. 2019, "minimise the distortion"). One program per sample holds the network (big-M,
+(Tjeng et al. 2019, "minimise the distortion"; l2 by outer-approximation cuts, see
+:mod:`advrobust.exact.minimal_l2`). One program per sample holds the network (big-M,
 pre-activation bounds from CROWN over the whole search box) and one switchable row per spec row;
 each row is solved in turn (a fresh HiGHS model per row) and the smallest distance is kept.
 """
@@ -24,6 +25,7 @@ from advrobust.core.config import Configurable
 from advrobust.core.modes import eval_mode
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
+from advrobust.errors import InvalidParameterError
 from advrobust.network.ir import Network, from_module
 from advrobust.relax._encoding import Encoding, add_l1_ball, encode_sample
 from advrobust.relax.base import _check_spec
@@ -61,24 +63,41 @@ class DistortionResult:
 
 
 class MinimalDistortion(Configurable):
-    """Exact minimal linf or l1 distortion by MILP.
+    """Exact minimal linf, l1 or l2 distortion by MILP.
+
+    l2 is solved by outer approximation: MILPs whose distance is a growing set of linear cuts
+    of the l2 norm (:mod:`advrobust.exact.minimal_l2`); the lower bound is the last MILP's
+    proven bound, the upper bound a point the real model classifies as adversarial.
 
     Args:
-        norm: "linf" or "l1".
+        norm: "linf", "l1" or "l2".
         time_limit: seconds per sample.
         threads: HiGHS threads.
         max_eps: search radius (None: the whole input box); a smaller radius gives tighter
             big-M constants and faster solves.
+        tol: l2 only: absolute bracket width at which the cutting-plane loop stops.
+        solver: l2 only: "highs" (cutting planes, no extra dependency) or "scip" (the MIQP;
+            needs ``pip install 'advrobust[scip]'``).
     """
 
     def __init__(self, *, norm: str = "linf", time_limit: float = 60.0, threads: int = 1,
-                 max_eps: float | None = None) -> None:
-        self.norm = check_choice(norm, "norm", "MinimalDistortion", ("linf", "l1"))
+                 max_eps: float | None = None, tol: float = 1e-4, solver: str = "highs") -> None:
+        self.norm = check_choice(norm, "norm", "MinimalDistortion", ("linf", "l1", "l2"))
         self.time_limit = check_float(time_limit, "time_limit", "MinimalDistortion", low=0.0,
                                       low_open=True, allow_inf=True)
         self.threads = check_int(threads, "threads", "MinimalDistortion", low=1)
         self.max_eps = max_eps if max_eps is None else check_float(
             max_eps, "max_eps", "MinimalDistortion", low=0.0, low_open=True)
+        self.tol = check_float(tol, "tol", "MinimalDistortion", low=0.0, low_open=True)
+        self.solver = check_choice(solver, "solver", "MinimalDistortion", ("highs", "scip"))
+        if self.solver == "scip":
+            if self.norm != "l2":
+                raise InvalidParameterError(
+                    "The 'solver' parameter of MinimalDistortion may be 'scip' only with "
+                    f"norm='l2' (linf and l1 are MILPs for HiGHS). Got norm={self.norm!r}.")
+            from advrobust.exact._scip import import_scip
+
+            import_scip()  # fail now, naming the extra, rather than after the bound passes
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, lo: float = 0.0,
                  hi: float = 1.0, spec: Spec | None = None) -> DistortionResult:
@@ -107,8 +126,12 @@ class MinimalDistortion(Configurable):
                 bounds = crown_layer_bounds(network, x64, threat, rounding=True)
                 crown = crown_lower(network, x64, threat, spec64.C, spec64.d, bounds=bounds,
                                     rounding=True)
-            runs = [self._solve(network, bounds, s, x, spec64, crown[s], norm)
-                    for s in range(x.shape[0])]
+            if norm is Norm.L2:
+                runs = [self._solve_l2(model, network, bounds, s, x, spec64, crown[s], lo, hi)
+                        for s in range(x.shape[0])]
+            else:
+                runs = [self._solve(network, bounds, s, x, spec64, crown[s], norm)
+                        for s in range(x.shape[0])]
             x_adv = torch.stack([r[2].to(x) for r in runs])
             with torch.no_grad():
                 margin = spec.apply(model(x_adv)).amin(dim=1)
@@ -152,6 +175,18 @@ class MinimalDistortion(Configurable):
         if math.isfinite(best) and status == "robust":
             status = "optimal"
         return best, lower, best_x, status, log
+
+    def _solve_l2(self, model: nn.Module, network: Network, bounds: LayerBounds, s: int,
+                  x: Tensor, spec: Spec, crown: Tensor, lo: float, hi: float
+                  ) -> tuple[float, float, Tensor, str, list[Any]]:
+        from advrobust.exact.minimal_l2 import solve_sample_l2
+
+        enc = encode_sample(network, bounds, s, integer=True)
+        best, lower, best_x, status, log = solve_sample_l2(
+            model, enc, x[s], spec.C[s], spec.d[s], crown, lo, hi, self.time_limit,
+            self.threads, self.tol, self.solver)
+        return best, min(lower, math.inf if self.max_eps is None else self.max_eps), best_x, \
+            status, log
 
     def _distance(self, enc: Encoding, x0: Tensor, norm: Norm) -> np.ndarray:
         """Add the distance variables; return the objective vector."""

@@ -127,6 +127,13 @@ def _dict_noise(*, dictionary: str, scale: float | None = None, augmented_weight
                                    augmented_weight=augmented_weight, seed=seed)
 
 
+def _gloro(*, eps: float, norm: str = "l2", warmup: float = 0.0, ramp: float | None = None,
+           seed: int | None = None) -> Objective:
+    from advrobust.training.gloro import GloRo
+
+    return GloRo(threat=_threat(eps, norm), schedule=_schedule(warmup, ramp), seed=seed)
+
+
 _FACTORIES: dict[str, Callable[..., Objective]] = {
     "standard": _standard,
     "pgd": _pgd,
@@ -142,6 +149,7 @@ _FACTORIES: dict[str, Callable[..., Objective]] = {
     "smoothadv": _smoothadv,
     "dict-adv": _dict_adv,
     "dict-noise": _dict_noise,
+    "gloro": _gloro,
 }
 
 #: Names accepted by :func:`build_objective` (and ``advrobust train --defense``).
@@ -175,7 +183,8 @@ def build_objective(name: str, **params: Any) -> Objective:
             2020), ``smoothadv`` (adversarial training of the smoothed classifier, Salman
             et al. 2019), ``dict-adv`` / ``dict-noise``
             (training on a learned adversarial dictionary's perturbations / Laplace noise in
-            its span, issue 7).
+            its span, issue 7), ``gloro`` (Lipschitz-margin training, Leino et al. 2021;
+            l2 only).
         **params: the defense's parameters (``eps`` is required by the attack, regulariser
             and certified defenses, ``sigma`` by ``noise`` and the smoothing defenses,
             ``dictionary`` (a ``.npz`` path) by ``dict-*``; ``norm`` defaults to linf).
