@@ -14,8 +14,8 @@ DeepFool / C&W-l2 / a PGD-l2 bisection above, and the construction's closed-form
 ``(1 - c)/2 * sqrt(d)`` in between; then it trains a standard two-layer network (width 100 by
 default, PyTorch's default initialisation scheme drawn from the experiment's generator,
 full-batch gradient descent on the logistic loss) and brackets its radii the same way. The
-library has no exact l2 method (its MILP, branch and bound and minimal-distortion solvers are
-linf / l1 only).
+exact l2 minimal distortion (:class:`advrobust.exact.MinimalDistortion` with ``norm="l2"``) is
+not used: it reaches only inputs of a few dimensions in useful time.
 """
 
 from __future__ import annotations
