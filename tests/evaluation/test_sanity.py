@@ -170,7 +170,6 @@ def _single_thread() -> object:
 def _weak_and_pgd() -> tuple[nn.Module, Tensor, Tensor, LpBall, AttackResult]:
     """A C&W run far from converged (a tiny constant, few steps) at an eps PGD easily uses."""
     from advrobust.attacks import CarliniWagner
-
     from attacks._catalogue import digits_batch, digits_model
 
     model, (x, y) = digits_model(), digits_batch(16)
