@@ -38,9 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
 from peers_cases import CASES, Case
+from torch import Tensor, nn
 
 RunFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -76,7 +75,7 @@ def _run_side(fn: RunFn, model: nn.Module, x: Tensor, y: Tensor, batch: int,
               seed: int) -> tuple[Tensor, float]:
     torch.manual_seed(seed)
     outs, start = [], time.perf_counter()
-    for xb, yb in zip(x.split(batch), y.split(batch)):
+    for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
         outs.append(fn(model, xb, yb).detach())
     return torch.cat(outs), time.perf_counter() - start
 
@@ -99,7 +98,7 @@ def _case_rows(case: Case, sides: dict[str, RunFn], model: nn.Module, x: Tensor,
     summary = {}
     for name, rs in runs.items():
         first = rs[0]
-        agree = sum(a == b for a, b in zip(first["broken"], ours)) / len(ours)  # type: ignore
+        agree = sum(a == b for a, b in zip(first["broken"], ours, strict=True)) / len(ours)  # type: ignore
         secs = [float(r["seconds"]) for r in rs]  # type: ignore[arg-type]
         summary[name] = {
             "robust_accuracy": sorted({round(float(r["robust_accuracy"]), 4) for r in rs}),
