@@ -38,7 +38,7 @@ class Case:
     builders: dict[str, Callable[[Case], RunFn]] = field(default_factory=dict)
 
     def sides(self, peers: list[str]) -> dict[str, RunFn]:
-        out = {"advrobust": self.builders["advrobust"](self)}
+        out = {k: b(self) for k, b in self.builders.items() if k.startswith("advrobust")}
         for peer in peers:
             module = {"art": "art", "autoattack": "autoattack"}.get(peer, peer)
             if peer in self.builders and _have(module):
@@ -170,12 +170,15 @@ def _cw_case(eps: float, lr: float, steps: int, bss: int, c0: float, tag: str) -
 
 def _strongest_case(norm: str, eps: float) -> Case:
     return Case(
-        f"aa-{norm}", f"advrobust `strongest` (APGD-CE, APGD-T, Square) vs the original "
-        f"AutoAttack version='standard' (APGD-CE, APGD-T, FAB-T, Square) and torchattacks' "
-        f"AutoAttack; {norm} eps {eps}", norm, eps, True, {
+        f"aa-{norm}", f"advrobust `strongest` (APGD-CE, APGD-T, Square), `strongest(fab=True)` "
+        f"(+ FAB-T) vs the original AutoAttack version='standard' (APGD-CE, APGD-T, FAB-T, "
+        f"Square) and torchattacks' AutoAttack; {norm} eps {eps}", norm, eps, True, {
             "advrobust": _ours(lambda c: __import__(
                 "advrobust.attacks", fromlist=["strongest"]).strongest(
                 __import__("advrobust").LpBall(norm, eps))),
+            "advrobust+fab": _ours(lambda c: __import__(
+                "advrobust.attacks", fromlist=["strongest"]).strongest(
+                __import__("advrobust").LpBall(norm, eps), fab=True)),
             "autoattack": _autoattack,
             "torchattacks": _ta(lambda m, c: __import__("torchattacks").AutoAttack(
                 m, norm="Linf" if norm == "linf" else "L2", eps=eps, version="standard",
