@@ -6,6 +6,7 @@ Run by hand (not by pytest), one thread:
         --data-dir ../shared/data/mnist --n 200 --eps 1.5 3
     PYTHONPATH=src python bench/cw_defaults.py --model runs/digits.pt --data digits --n 200 \
         --eps 0.5 1
+    # only the paper's row and the defaults' row: --only 0,6
 
 For every eps, PGD-l2 (100 steps, 1 restart) fixes the samples a gradient attack breaks; each C&W
 configuration (lr, steps, binary-search steps, initial constant) is scored on the same correctly
@@ -69,7 +70,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--eps", type=float, nargs="+", default=[1.5, 3.0])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", default=None,
+                        help="comma-separated row numbers of GRID to run (default: all)")
     args = parser.parse_args()
+    grid = GRID if args.only is None else [GRID[int(i)] for i in args.only.split(",")]
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     model = load_checkpoint(args.model).model.eval()
@@ -80,7 +84,7 @@ def main() -> None:
         t0 = time.perf_counter()
         pgd = PGD(steps=100)(model, x, y, threat, generator=torch.Generator().manual_seed(0))
         rows.append({"eps": eps, **_row("PGD-100", pgd, pgd.success, time.perf_counter() - t0)})
-        for lr, steps, bss, c0 in GRID:
+        for lr, steps, bss, c0 in grid:
             t0 = time.perf_counter()
             cw = CarliniWagner(lr=lr, steps=steps, binary_search_steps=bss,
                                initial_const=c0)(model, x, y, threat)
