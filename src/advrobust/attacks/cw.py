@@ -122,8 +122,9 @@ class CarliniWagner(Attack):
     (``atanh(1 - 1e-6)``, about 7.3) too little in 100 steps to change it, and the paper's
     settings broke 63 of 200 MNIST images at l2 1.5 where PGD-100 broke 171; lr 0.1 from
     ``c = 0.1`` with 5 constants broke 174 (at l2 3: 127 / 200 / 200), in less time
-    (bench/cw_defaults.py and bench/RESULTS.md). The 1-2 samples per eps PGD still breaks are other local optima (10x the
-    steps does not find them); ``advrobust.evaluation.sanity_checks`` flags such misses.
+    (bench/cw_defaults.py and bench/RESULTS.md). The 1-2 samples per eps PGD still breaks are
+    other local optima (10x the steps does not find them); ``advrobust.evaluation.sanity_checks``
+    flags such misses.
 
     Args:
         norm: ``"l2"`` or ``"linf"``; must equal the threat's norm.
