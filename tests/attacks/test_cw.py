@@ -56,16 +56,38 @@ def test_binary_search_beats_a_single_constant_per_sample() -> None:
     assert bool((search.info["const"][both] < 10.0).all())
 
 
-def test_breaks_every_sample_pgd_breaks_within_eps() -> None:
-    """A minimum-norm attack capped at eps finds a point within eps wherever PGD does."""
+def test_breaks_every_sample_pgd_breaks_with_a_margin_on_eps() -> None:
+    """A minimum-norm attack capped at eps breaks what PGD breaks at two thirds of eps.
+
+    The search is a local optimisation, so the guarantee needs slack: a sample PGD breaks at
+    0.2 has a minimal distortion <= 0.2, and C&W must find one within 0.3 (at 0.3 itself the
+    two can disagree on a sample whose minimal distortion is 0.3 up to float rounding).
+    """
     x, y = digits_batch(40)
+    pgd = PGD(steps=20)(digits_model(), x, y, LpBall("l2", 0.2),
+                        generator=torch.Generator().manual_seed(0))
+    assert int(pgd.success.sum()) >= 2
     threat = LpBall("l2", 0.3)
-    pgd = PGD(steps=20)(digits_model(), x, y, threat, generator=torch.Generator().manual_seed(0))
-    assert int(pgd.success.sum()) >= 3
     cw = _quiet_run(CarliniWagner(steps=60, lr=0.1, binary_search_steps=6, initial_const=0.1),
                     x, y, threat)
     assert bool(cw.success[pgd.success].all())
     assert bool((cw.norm <= threat.eps + 1e-6).all())
+    assert bool((cw.success | cw.exhausted).all())
+
+
+def test_defaults_break_what_pgd_breaks_where_the_papers_settings_do_not() -> None:
+    """Saturated pixels barely move at the paper's lr 0.01: the defaults (lr 0.1 from c = 0.1)
+    break nearly every sample PGD breaks at the same eps; the paper's settings (same steps)
+    leave a large share (about a third here) unbroken."""
+    x, y = digits_batch(40)
+    threat = LpBall("l2", 1.0)
+    pgd = PGD(steps=100)(digits_model(), x, y, threat, generator=torch.Generator().manual_seed(0))
+    assert int(pgd.success.sum()) >= 30
+    ours = _quiet_run(CarliniWagner(), x, y, threat)
+    paper = _quiet_run(CarliniWagner(lr=0.01, binary_search_steps=9, initial_const=1e-3),
+                       x, y, threat)
+    assert float(ours.success[pgd.success].float().mean()) >= 0.9
+    assert float(paper.success[pgd.success].float().mean()) <= 0.8
 
 
 def test_linf_tau_rounds_shrink_the_perturbation_per_sample() -> None:
@@ -83,12 +105,17 @@ def test_linf_tau_rounds_shrink_the_perturbation_per_sample() -> None:
 
 
 def test_eps_is_a_ceiling_and_failures_are_flagged() -> None:
+    """Nothing beyond eps is returned; every sample not flagged ``exhausted`` is adversarial.
+
+    The converse need not hold: a flagged sample gets the projection of a success beyond eps,
+    which can itself be adversarial (the docstring says so).
+    """
     x, y = digits_batch(24)
     threat = LpBall("l2", 0.15)
     result = _quiet_run(CarliniWagner(steps=30, lr=0.1, binary_search_steps=3), x, y, threat)
     assert bool((result.norm <= 0.15 + 1e-6).all())
     assert not bool(result.success.all())
-    assert torch.equal(result.exhausted, ~result.success)
+    assert bool((result.success | result.exhausted).all())
 
 
 def test_confidence_leaves_a_logit_gap() -> None:

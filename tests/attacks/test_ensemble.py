@@ -75,8 +75,11 @@ def test_clean_misclassified_samples_are_marked(tiny_mlp: nn.Module) -> None:
 def test_strongest_is_the_autoattack_set_minus_fab() -> None:
     ens = strongest(LpBall("linf", 0.3))
     assert isinstance(ens, Strongest) and ens.get_params() == {
-        "steps": 100, "n_target_classes": 9, "queries": 5000}
+        "steps": 100, "n_target_classes": 9, "queries": 5000, "fab": False}
     assert ens.names == ["apgd-ce", "apgd-t", "square"]
+    full = strongest(LpBall("linf", 0.3), fab=True)
+    assert full.names == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert full.attacks[2].steps == 100 and full.attacks[2].n_target_classes == 9
     assert isinstance(ens.attacks[1], APGDTargeted) and ens.attacks[1].n_target_classes == 9
     assert ens.attacks[2].queries == 5000
     with pytest.raises(InvalidThreatModelError, match="linf and l2"):

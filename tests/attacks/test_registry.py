@@ -32,6 +32,7 @@ from advrobust.attacks import (
     Dictionary,
     DictionaryAttack,
     Ensemble,
+    FABTargeted,
     FixedPerturbation,
     HopSkipJump,
     OnePixel,
@@ -74,6 +75,7 @@ FAST: dict[str, Callable[[], tuple[Attack, LpBall]]] = {
     "deepfool": lambda: (DeepFool(steps=5), L2),
     "dictionary": lambda: (DictionaryAttack(dictionary=_dictionary(), steps=3), L2),
     "ensemble": lambda: (Ensemble([PGD(steps=3), DeepFool(norm="linf", steps=3)]), LINF),
+    "fab-t": lambda: (FABTargeted(steps=5, n_target_classes=2), L2),
     "fgsm": lambda: (FGSM(), LINF),
     "hopskipjump": lambda: (HopSkipJump(steps=1, init_num_evals=8, max_num_evals=16), L2),
     "jsma": lambda: (JSMA(theta=1.0, gamma=0.5), LINF),
@@ -178,7 +180,8 @@ def test_black_box_attacks_reject_outputs_that_are_not_scores(
 
 
 #: Minimum-norm and l0 attacks: a sample already misclassified needs no perturbation.
-MINIMUM_NORM = ["boundary", "cw", "deepfool", "hopskipjump", "jsma", "lbfgs", "onepixel"]
+MINIMUM_NORM = ["boundary", "cw", "deepfool", "fab-t", "hopskipjump", "jsma", "lbfgs",
+                "onepixel"]
 
 
 @pytest.mark.parametrize("name", MINIMUM_NORM)

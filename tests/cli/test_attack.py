@@ -233,7 +233,9 @@ def test_sanity_checks_and_flags_in_json(checkpoint: Path, monkeypatch: pytest.M
     with pytest.warns(UserWarning, match="already misclassified"):  # said so, and counted
         out = run_json(capsys, "--model", str(checkpoint), "--data", "digits", "--attack",
                        "deepfool", "--norm", "l2", "--eps", "3", "--n", "60", "--steps", "3")
-    assert out["sanity"] == []
+    # three DeepFool steps leave most samples PGD breaks at l2 3 unbroken: the cross-check says so
+    assert [w["code"] for w in out["sanity"]] == ["minimum-norm-misses"]
+    assert out["sanity"][0]["fraction"] > 0.3
     test = load_dataset("digits", "test").take(60)
     with torch.no_grad():
         wrong = int((loaded.model(test.x).argmax(1) != test.y).sum())

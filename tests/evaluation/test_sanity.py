@@ -157,3 +157,58 @@ def test_model_mode_restored() -> None:
     with pytest.warns(UserWarning, match="training mode"):
         sanity_checks(model, x, y)
     assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+@pytest.fixture
+def _single_thread() -> object:
+    from attacks._catalogue import one_thread
+
+    with one_thread():
+        yield
+
+
+def _weak_and_pgd() -> tuple[nn.Module, Tensor, Tensor, LpBall, AttackResult]:
+    """A C&W run far from converged (a tiny constant, few steps) at an eps PGD easily uses."""
+    from advrobust.attacks import CarliniWagner
+    from attacks._catalogue import digits_batch, digits_model
+
+    model, (x, y) = digits_model(), digits_batch(16)
+    threat = LpBall("l2", 2.0)
+    weak = CarliniWagner(steps=5, lr=0.01, binary_search_steps=1, initial_const=1e-3)(
+        model, x, y, threat)
+    return model, x, y, threat, weak
+
+
+@pytest.mark.usefixtures("_single_thread")
+def test_minimum_norm_misses_are_flagged_against_pgd_in_the_same_set() -> None:
+    """The count is exactly the samples C&W failed on that PGD (same seed) breaks."""
+    from advrobust.attacks import PGD
+
+    model, x, y, threat, weak = _weak_and_pgd()
+    found = sanity_checks(model, x, y, {"cw": weak}, threat=threat,
+                          generator=torch.Generator().manual_seed(3))
+    pgd = PGD(steps=100)(model, x[~weak.success], y[~weak.success], threat,
+                         generator=torch.Generator().manual_seed(3))
+    expected = int(pgd.success.sum())
+    assert expected >= 8  # l2 2.0 is far beyond these digits' minimal distortions
+    (warning,) = [w for w in found if w.code == "minimum-norm-misses"]
+    assert f"failed on {expected} of 16 samples" in warning.message
+    assert warning.fraction == pytest.approx(expected / 16)
+    # without the threat and without another white-box result there is nothing to compare
+    assert "minimum-norm-misses" not in _codes(sanity_checks(model, x, y, {"cw": weak}))
+
+
+@pytest.mark.usefixtures("_single_thread")
+def test_minimum_norm_check_reads_other_results_and_spares_converged_attacks() -> None:
+    from advrobust.attacks import PGD, CarliniWagner
+
+    model, x, y, threat, weak = _weak_and_pgd()
+    pgd = PGD(steps=40)(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    found = sanity_checks(model, x, y, {"cw": weak, "pgd": pgd})
+    (warning,) = [w for w in found if w.code == "minimum-norm-misses"]
+    assert f"failed on {int((pgd.success & ~weak.success).sum())} of 16" in warning.message
+    strong = CarliniWagner(steps=60, lr=0.1, binary_search_steps=3, initial_const=1.0)(
+        model, x, y, threat)
+    assert bool(strong.success.all())
+    assert "minimum-norm-misses" not in _codes(sanity_checks(model, x, y, {"cw": strong},
+                                                             threat=threat))

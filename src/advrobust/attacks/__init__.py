@@ -25,6 +25,7 @@ from advrobust.attacks.dictionary import (
     save_dictionary,
 )
 from advrobust.attacks.ensemble import Ensemble, Strongest, strongest
+from advrobust.attacks.fab import FABTargeted
 from advrobust.attacks.gradient import FGSM, PGD, fgsm, pgd
 from advrobust.attacks.hopskipjump import HopSkipJump
 from advrobust.attacks.jsma import JSMA
@@ -56,6 +57,7 @@ __all__ = [
     "Dictionary",
     "DictionaryAttack",
     "Ensemble",
+    "FABTargeted",
     "FixedPerturbation",
     "HopSkipJump",
     "OnePixel",

@@ -94,6 +94,7 @@ class DeepFool(Attack):
         x_adv = torch.where(self._outside(threat, x, x_adv), threat.project(x, x_adv), x_adv)
         return AttackOutput(x_adv=x_adv, exhausted=active,
                             info={"already_adversarial": done, "iterations": iterations,
+                                  "minimum_norm": True,
                                   "broken_before_projection": broken})
 
     @staticmethod

@@ -78,7 +78,8 @@ class LBFGS(Attack):
             x_adv[todo] = torch.where(_bview(ok, best_x), best_x, x[todo])
             found[todo] = ok
         return AttackOutput(x_adv=x_adv, exhausted=~found,
-                            info={"already_adversarial": done, "aimed_at": aim})
+                            info={"already_adversarial": done, "aimed_at": aim,
+                                  "minimum_norm": True})
 
     def _search(self, oracle: Oracle, x: Tensor, y: Tensor, aim: Tensor, untargeted: bool,
                 threat: LpBall) -> tuple[Tensor, Tensor]:

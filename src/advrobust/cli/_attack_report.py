@@ -62,11 +62,12 @@ def result_flags(result: Any) -> dict[str, Any]:
 
 
 def sanity_report(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, name: str,
-                  result: Any) -> list[dict[str, Any]]:
-    """The AutoAttack-style sanity checks of this run, as JSON-ready dicts."""
+                  result: Any, threat: Any = None) -> list[dict[str, Any]]:
+    """The AutoAttack-style sanity checks of this run, as JSON-ready dicts (with ``threat``, a
+    minimum-norm attack's failures are cross-checked by PGD in the same set)."""
     from advrobust.evaluation import sanity_checks
 
-    return [w.to_dict() for w in sanity_checks(model, x, y, {name: result})]
+    return [w.to_dict() for w in sanity_checks(model, x, y, {name: result}, threat=threat)]
 
 
 def report_rows(p: dict[str, Any]) -> list[tuple[str, Any]]:

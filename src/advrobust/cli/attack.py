@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                "model": str(args.model), "arch": checkpoint.arch, "data": args.data,
                "split": args.split, "target": args.target, "skipped": skipped, "seed": args.seed,
                **extra, **result_flags(result.result),
-               "sanity": sanity_report(model, x, y, args.attack, result.result)}
+               "sanity": sanity_report(model, x, y, args.attack, result.result, threat)}
     if args.save_examples is not None or (args.plot is not None and not universal):
         clean_pred, adv_pred = predict(model, x), predict(model, result.result.x_adv)
         if args.save_examples is not None:

@@ -9,7 +9,10 @@ sense of security"; Carlini et al. 2019, "On evaluating adversarial robustness")
 - ``black-box-beats-white-box``: a black-box attack (e.g. Square) broke samples the white-box
   attacks could not, a typical sign of masked or obfuscated gradients;
 - ``randomized``: two forward passes of the same input in eval mode differ, so attacks need
-  Expectation over Transformation and single evaluations are noisy.
+  Expectation over Transformation and single evaluations are noisy;
+- ``minimum-norm-misses``: a minimum-norm attack (C&W, DeepFool, L-BFGS, FAB) failed on samples
+  that a gradient attack breaks within the same eps, so its search did not converge (too few
+  steps, too small a learning rate or constant) and its robust accuracy is an overestimate.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from advrobust.core.checks import looks_like_probabilities
 from advrobust.core.modes import eval_mode
 from advrobust.core.result import AttackResult
 from advrobust.core.spec import margin
+from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError
 
-__all__ = ["SanityWarning", "sanity_checks"]
+__all__ = ["SanityWarning", "minimum_norm_check", "sanity_checks"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class SanityWarning:
 
     Attributes:
         code: stable identifier (``probabilities``, ``gradient-masking``,
-            ``black-box-beats-white-box``, ``randomized``).
+            ``black-box-beats-white-box``, ``randomized``, ``minimum-norm-misses``).
         message: what was observed, with counts.
         advice: what to do about it.
         fraction: fraction of the samples concerned, when it applies.
@@ -58,7 +62,9 @@ class SanityWarning:
 def sanity_checks(model: nn.Module, x: Tensor, y: Tensor,
                   results: Mapping[str, AttackResult] | None = None, *,
                   black_box: Collection[str] | None = None,
-                  max_samples: int = 512) -> list[SanityWarning]:
+                  max_samples: int = 512, threat: LpBall | None = None,
+                  minimum_norm: Collection[str] | None = None,
+                  generator: torch.Generator | None = None) -> list[SanityWarning]:
     """Run the checks on (the first ``max_samples`` of) a batch; empty list when all pass.
 
     Args:
@@ -70,6 +76,12 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor,
         black_box: names in ``results`` of black-box attacks; by default those whose result has
             ``info["black_box"]`` set (Square does).
         max_samples: cap on the samples used for the model checks (gradients are batched).
+        threat: the threat set the attacks ran in. With it, the samples a minimum-norm attack
+            failed on are attacked by PGD (100 steps) within the same set, unless another
+            white-box result in ``results`` already covers them.
+        minimum_norm: names in ``results`` of minimum-norm attacks; by default those whose
+            result has ``info["minimum_norm"]`` set (C&W, DeepFool, L-BFGS, FAB-T do).
+        generator: random source of that PGD's random start (default: seed 0).
 
     Returns:
         The warnings, in the order above.
@@ -91,6 +103,8 @@ def sanity_checks(model: nn.Module, x: Tensor, y: Tensor,
     found.extend(_black_box_check(x.shape[0], results or {}, black_box))
     if not torch.equal(first, second):
         found.append(_randomized(first, second))
+    found.extend(minimum_norm_check(model, x, y, results or {}, threat, minimum_norm, black_box,
+                                    generator, max_samples))
     return found
 
 
@@ -191,3 +205,69 @@ def _ensemble_info(info: Mapping[str, Any]) -> tuple[set[str], set[str], list[An
     else:
         members, names = set(members), set(timings)
     return members, names, list(broken_by)
+
+
+def _flagged(info: Mapping[str, Any], key: str) -> bool:
+    """``info[key]`` is set (also when merged over batches into a list)."""
+    value = info.get(key)
+    return any(bool(v) for v in value) if isinstance(value, list) else bool(value)
+
+
+def minimum_norm_check(model: nn.Module, x: Tensor, y: Tensor,
+                       results: Mapping[str, AttackResult], threat: LpBall | None = None,
+                       minimum_norm: Collection[str] | None = None,
+                       black_box: Collection[str] | None = None,
+                       generator: torch.Generator | None = None,
+                       max_samples: int = 512) -> list[SanityWarning]:
+    """One ``minimum-norm-misses`` warning per minimum-norm result that failed on samples a
+    gradient attack breaks in the same threat set (see :func:`sanity_checks`).
+
+    The gradient attacks are the other white-box results given; with ``threat``, PGD (100
+    steps, targeted like the result) also attacks up to ``max_samples`` of the samples still
+    unbroken by them.
+    """
+    names = set(minimum_norm) if minimum_norm is not None else {
+        k for k, r in results.items() if _flagged(r.info, "minimum_norm")}
+    bb = set(black_box) if black_box is not None else {
+        k for k, r in results.items() if _flagged(r.info, "black_box")}
+    others = [r.success.detach().cpu() for k, r in results.items() if k not in names | bb]
+    found = []
+    for name in sorted(names):
+        res = results[name]
+        missed = ~res.success.detach().cpu()
+        broken = torch.zeros_like(missed)
+        for success in others:
+            broken |= success
+        if threat is not None:
+            broken |= _pgd_breaks(model, x, y, res.target, threat, missed & ~broken, generator,
+                                  max_samples)
+        count = int((missed & broken).sum())
+        if count:
+            frac = count / missed.numel()
+            found.append(SanityWarning(
+                "minimum-norm-misses",
+                f"{name}, a minimum-norm attack, failed on {count} of {missed.numel()} samples "
+                "that a gradient attack (PGD) breaks within the same threat set.",
+                "Its search did not converge, so its robust accuracy is an overestimate: give it "
+                "more steps, a larger learning rate or initial constant (C&W: the paper's lr 0.01 "
+                "with 100 steps cannot move saturated pixels through tanh space), and report the "
+                "stronger attack.", frac))
+    return found
+
+
+def _pgd_breaks(model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, threat: LpBall,
+                todo: Tensor, generator: torch.Generator | None, max_samples: int) -> Tensor:
+    """(N,) bool on CPU: PGD-100 breaks the sample (only the first ``max_samples`` of ``todo``
+    are attacked)."""
+    from advrobust.attacks import PGD
+
+    broken = torch.zeros_like(todo)
+    idx = todo.nonzero().flatten()[:max_samples]
+    if not idx.numel():
+        return broken
+    dev = idx.to(x.device)
+    gen = generator if generator is not None else torch.Generator(x.device).manual_seed(0)
+    tgt = target[dev] if target is not None else None
+    res = PGD(steps=100)(model, x[dev], y[dev], threat, target=tgt, generator=gen)
+    broken[idx] = res.success.detach().cpu()
+    return broken
