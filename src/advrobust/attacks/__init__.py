@@ -66,6 +66,7 @@ __all__ = [
     "Square",
     "Strongest",
     "Transfer",
+    "attack_classes",
     "UniversalPerturbation",
     "UniversalResult",
     "fgsm",
@@ -79,3 +80,23 @@ __all__ = [
     "save_universal",
     "strongest",
 ]
+
+
+def attack_classes() -> dict[str, type]:
+    """Every concrete attack class of :mod:`advrobust.attacks` with a ``cli_name``, by name.
+
+    Attacks defined elsewhere (e.g. the detection module's evasive C&W, which needs a fitted
+    detector and has its own command) are left out, so the list does not depend on which
+    modules happen to be imported. The CLI and campaign configs look names up here.
+    """
+    import inspect
+
+    found: dict[str, type] = {}
+    stack: list[type] = list(Attack.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        name = getattr(cls, "cli_name", None)
+        if name and not inspect.isabstract(cls) and cls.__module__.startswith("advrobust.attacks"):
+            found[name] = cls
+    return dict(sorted(found.items()))

@@ -31,24 +31,10 @@ COMPOSITES = {
 
 
 def attack_classes() -> dict[str, type]:
-    """Every concrete attack class of :mod:`advrobust.attacks` with a ``cli_name``, by name.
+    """Every attack usable by name (:func:`advrobust.attacks.attack_classes`)."""
+    from advrobust.attacks import attack_classes as registered
 
-    Attacks defined elsewhere (e.g. the detection module's evasive C&W, which needs a fitted
-    detector and has its own command) are left out, so the list does not depend on which
-    modules happen to be imported.
-    """
-    import advrobust.attacks  # noqa: F401  (importing registers every attack module)
-    from advrobust.attacks.base import Attack
-
-    found: dict[str, type] = {}
-    stack: list[type] = list(Attack.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        name = getattr(cls, "cli_name", None)
-        if name and not inspect.isabstract(cls) and cls.__module__.startswith("advrobust.attacks"):
-            found[name] = cls
-    return dict(sorted(found.items()))
+    return registered()
 
 
 def attack_help() -> str:

@@ -27,7 +27,7 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError
 from advrobust.network.ir import Network, from_module
-from advrobust.relax.base import Bounder, _check_spec
+from advrobust.relax.base import Bounder, _check_ir, _check_spec
 from advrobust.relax.lipschitz import GlobalLipschitz, _float64
 
 __all__ = ["RadiusResult", "certified_radius"]
@@ -133,6 +133,7 @@ def certified_radius(method: Bounder, model: nn.Module, x: Tensor, y: Tensor,
         network = from_module(model, tuple(x.shape[1:]))
         x = x.detach()
         with torch.no_grad():
+            _check_ir(network, model, x, clean)  # refuse a custom forward the IR misses
             closed = GlobalLipschitz().closed_form_radius(network, x, spec, norm)
         if isinstance(method, GlobalLipschitz):
             radius = closed.clamp(max=max_r)

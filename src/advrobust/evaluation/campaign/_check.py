@@ -36,19 +36,9 @@ _STRONGEST_NORMS = ("linf", "l2")
 
 def attack_classes() -> dict[str, type]:
     """Registered attacks usable by name in a campaign, by their ``cli_name``."""
-    import advrobust.attacks  # noqa: F401  (importing registers every attack module)
-    from advrobust.attacks.base import Attack
+    from advrobust.attacks import attack_classes as registered
 
-    found: dict[str, type] = {}
-    stack: list[type] = list(Attack.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        name = getattr(cls, "cli_name", None)
-        if (name and name not in _NOT_BY_NAME and not inspect.isabstract(cls)
-                and cls.__module__.startswith("advrobust.attacks")):
-            found[name] = cls
-    return dict(sorted(found.items()))
+    return {name: cls for name, cls in registered().items() if name not in _NOT_BY_NAME}
 
 
 def _sha256(path: Path) -> str:
