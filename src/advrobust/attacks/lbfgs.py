@@ -11,7 +11,6 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize
 from torch import Tensor
 
 from advrobust.attacks._minnorm import already_adversarial, default_target, flat_view
@@ -121,6 +120,8 @@ class LBFGS(Attack):
             return value, g.detach().cpu().double().numpy()
 
         z0 = x.detach().cpu().double().flatten().numpy()
+        from scipy.optimize import minimize  # imported here: keeps the CLI's start-up fast
+
         res = minimize(objective, z0, jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": self.max_iter})
         return torch.from_numpy(res.x).to(dtype=x.dtype, device=x.device).reshape(shape)

@@ -19,7 +19,6 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -140,6 +139,8 @@ class AffineOp(Op):
         w_np = w.detach().cpu().double().numpy()
         b_np = b.detach().cpu().double().numpy()
         z = program.add_vars(lo, hi)
+        import scipy.sparse as sp
+
         block = sp.hstack([sp.csr_matrix(w_np), -sp.identity(self.out_size, format="csr")])
         program.add_rows(block, np.concatenate([x, z]), -b_np, -b_np)
         return z

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -115,6 +114,8 @@ class ReLUOp(Op):
         l_u, u_u = lo[unstable], hi[unstable]
         a = program.add_vars(np.zeros(m), u_u)
         d = program.add_vars(np.zeros(m), np.ones(m), integer=integer)
+        import scipy.sparse as sp
+
         eye = sp.identity(m, format="csr")
         cols = np.concatenate([a, z[unstable], d])
         # a - z >= 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from torch import Tensor
 
 from advrobust.core.threat import LpBall, Norm
@@ -46,6 +45,8 @@ def add_l1_ball(program: Program, x: np.ndarray, x0: np.ndarray, eps: float) -> 
     of an LP needs."""
     n = x.size
     t = program.add_vars(np.zeros(n), np.full(n, eps))
+    import scipy.sparse as sp
+
     eye = sp.identity(n, format="csr")
     cols = np.concatenate([x, t])
     program.add_rows(sp.hstack([eye, -eye]), cols, -np.inf, x0)  # x - t <= x0

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 __all__ = ["Program", "Solution", "SolveStatus"]
 
@@ -89,6 +92,8 @@ class Program:
             cols: column indices the block's columns refer to.
             lower, upper: (m,) or scalar row bounds (use +-inf for one-sided rows).
         """
+        import scipy.sparse as sp
+
         block = sp.coo_matrix(coeffs)
         cols = np.asarray(cols, dtype=np.int64).ravel()
         if block.shape[1] != cols.size:
@@ -114,6 +119,8 @@ class Program:
 
     def matrix(self) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         """The constraint matrix (num_rows, num_vars) in CSR form and the row bounds."""
+        import scipy.sparse as sp
+
         rows, cols, vals = [], [], []
         for block in self._rows:
             rows.append(block.row)
