@@ -179,3 +179,44 @@ def test_stray_numpy_float_arrays_still_load(tmp_path: Path) -> None:
     np.savez(tmp_path / "ok.npz", a=np.zeros(2))
     with np.load(tmp_path / "ok.npz", allow_pickle=False) as data:
         assert data["a"].shape == (2,)
+
+
+def test_binary_files_where_text_is_expected(checkpoint: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # a checkpoint passed as VNNLIB, TOML or instances CSV: one line naming the file
+    err = _error(capsys, ["verify", "--model", str(checkpoint), "--vnnlib", str(checkpoint)])
+    assert "small.pt" in err and "not a VNNLIB text file" in err
+    # (a campaign config error lists its problems, one per line)
+    assert main(["campaign", "run", str(checkpoint), "--store", str(tmp_path / "c.db")]) == 2
+    err = capsys.readouterr().err
+    assert "small.pt" in err and "not a TOML text file" in err and "Traceback" not in err
+    err = _error(capsys, ["vnncomp", "--instances", str(checkpoint), "--out",
+                          str(tmp_path / "r.csv")])
+    assert "small.pt" in err and "not an instances CSV" in err
+
+
+def test_empty_or_truncated_npz_is_a_format_error(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    np.savez(tmp_path / "ok.npz", atoms=np.zeros(100))
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes((tmp_path / "ok.npz").read_bytes()[:200])
+    for path in (empty, truncated):
+        err = _error(capsys, ["dictionary", "plot", str(path), "--out", str(tmp_path / "a.png")])
+        assert path.name in err and "not a valid dictionary file" in err
+
+
+def test_smooth_plot_extension_is_checked_before_certifying(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.cli.smooth as smooth_cli
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the --plot check")
+
+    monkeypatch.setattr(smooth_cli, "load_model", never)
+    err = _error(capsys, ["smooth", "certify", "--model", str(checkpoint), "--data", "digits",
+                          "--images", "2", "--n", "20", "--n0", "5", "--sigma", "0.25",
+                          "--plot", str(tmp_path / "s.txt")])
+    assert "--plot" in err and ".png" in err and "s.txt" in err
