@@ -220,3 +220,19 @@ def test_smooth_plot_extension_is_checked_before_certifying(
                           "--images", "2", "--n", "20", "--n0", "5", "--sigma", "0.25",
                           "--plot", str(tmp_path / "s.txt")])
     assert "--plot" in err and ".png" in err and "s.txt" in err
+
+
+def test_experiment_plot_extension_is_checked_before_running(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.experiments as experiments
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the experiment ran before the --plot check")
+
+    monkeypatch.setattr(experiments, "init_attack", never)
+    monkeypatch.setattr(experiments, "robust_net", never)
+    for action in ("init-attack", "robust-net"):
+        err = _error(capsys, ["experiment", action, "--d", "10", "--plot",
+                              str(tmp_path / "x.txt")])
+        assert "--plot" in err and ".png" in err and "x.txt" in err
