@@ -236,3 +236,17 @@ def test_experiment_plot_extension_is_checked_before_running(
         err = _error(capsys, ["experiment", action, "--d", "10", "--plot",
                               str(tmp_path / "x.txt")])
         assert "--plot" in err and ".png" in err and "x.txt" in err
+
+
+def test_train_warns_when_the_model_is_at_chance(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # lr 1e6 leaves finite weights at 0.1 accuracy: exit 0, but not silently
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"chance level.*--lr \(got 1e\+06\)"):
+        assert main(["train", "--model", "mlp2", "--data", "digits", "--n", "200", "--epochs",
+                     "1", "--lr", "1e6", "--no-progress", "--out", str(tmp_path / "m.pt")]) == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*chance level")
+        assert main(["train", "--model", "mlp2", "--data", "digits", "--epochs", "2",
+                     "--no-progress", "--out", str(tmp_path / "ok.pt")]) == 0

@@ -302,6 +302,14 @@ def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, A
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),
                             "n_test": len(test.y), "defense": defense}, resume=state)
     seconds = time.perf_counter() - start
+    chance = 1.0 / train.num_classes
+    if history.test_accuracy is not None and history.test_accuracy < 1.5 * chance:
+        import warnings
+
+        warnings.warn(f"the clean test accuracy {history.test_accuracy:.3f} is at chance level "
+                      f"({chance:.3f} for {train.num_classes} classes): the model learned "
+                      f"nothing useful. Try a smaller --lr (got {args.lr:g}) or more --epochs "
+                      f"(got {args.epochs}).", UserWarning, stacklevel=2)
     report = _report(args, threat, model, test)
     payload = {"checkpoint": str(args.out), "arch": args.model, "dataset": args.data,
                "n_train": len(train.y), "n_test": len(test.y), "epochs": args.epochs,
