@@ -250,3 +250,9 @@ def test_train_warns_when_the_model_is_at_chance(tmp_path: Path,
         warnings.filterwarnings("error", message=".*chance level")
         assert main(["train", "--model", "mlp2", "--data", "digits", "--epochs", "2",
                      "--no-progress", "--out", str(tmp_path / "ok.pt")]) == 0
+
+
+def test_demo_cache_dir_that_is_a_file(checkpoint: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(capsys, ["demo", "--n", "5", "--epochs", "1", "--cache-dir", str(checkpoint)])
+    assert "--cache-dir" in err and "small.pt" in err and "is a file" in err
