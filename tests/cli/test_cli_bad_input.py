@@ -256,3 +256,25 @@ def test_demo_cache_dir_that_is_a_file(checkpoint: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     err = _error(capsys, ["demo", "--n", "5", "--epochs", "1", "--cache-dir", str(checkpoint)])
     assert "--cache-dir" in err and "small.pt" in err and "is a file" in err
+
+
+def test_campaign_never_writes_into_a_foreign_sqlite_database(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    (tmp_path / "small.pt").write_bytes(checkpoint.read_bytes())
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nname = "digits"\nn = 2\n[[models]]\nname = "a"\n'
+                      'checkpoint = "small.pt"\n[[threats]]\nnorm = "linf"\neps = [0.05]\n'
+                      '[certify]\nmethods = ["ibp"]\n')
+    foreign = tmp_path / "mine.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE notes (text)")
+    err = _error(capsys, ["campaign", "run", str(config), "--store", str(foreign),
+                          "--no-progress"])
+    assert "mine.db" in err and "something else" in err and "notes" in err
+    with sqlite3.connect(foreign) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"notes"}
+    assert main(["campaign", "run", str(config), "--store", str(tmp_path / "new.db"),
+                 "--no-progress"]) == 0
