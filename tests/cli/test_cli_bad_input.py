@@ -278,3 +278,11 @@ def test_campaign_never_writes_into_a_foreign_sqlite_database(
     assert tables == {"notes"}
     assert main(["campaign", "run", str(config), "--store", str(tmp_path / "new.db"),
                  "--no-progress"]) == 0
+
+
+def test_report_refuses_to_overwrite_without_force(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    out.write_text("mine")
+    err = _error(capsys, ["report", str(tmp_path / "none.db"), "--out", str(out)])
+    assert "--force" in err and "r.html" in err and out.read_text() == "mine"
