@@ -121,6 +121,9 @@ def test_detect_fit_n_over_the_split_is_an_error(checkpoint: Path,
     err = _error(capsys, ["detect", "--model", str(checkpoint), "--data", "digits", "--n", "4",
                           "--attacks", "pgd", "--fit-n", "10000000"])
     assert "--fit-n" in err and "1347" in err and "10000000" in err
+    err = _error(capsys, ["detect", "--model", str(checkpoint), "--data", "digits", "--n", "4",
+                          "--attacks", "pgd", "--fit-n", "1"])
+    assert "--fit-n must be >= 2" in err and "clean_x" not in err
 
 
 def test_normalize_message_for_one_channel(tmp_path: Path,
