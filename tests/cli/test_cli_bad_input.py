@@ -289,3 +289,12 @@ def test_report_refuses_to_overwrite_without_force(tmp_path: Path,
     out.write_text("mine")
     err = _error(capsys, ["report", str(tmp_path / "none.db"), "--out", str(out)])
     assert "--force" in err and "r.html" in err and out.read_text() == "mine"
+
+
+def test_dictionary_coding_steps_zero_is_refused(checkpoint: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "d.npz"
+    err = _error(capsys, ["dictionary", "learn", "--model", str(checkpoint), "--data", "digits",
+                          "--n", "10", "--iterations", "1", "--coding-steps", "0",
+                          "--out", str(out)])
+    assert "--coding-steps must be >= 1" in err and "Got 0" in err and not out.exists()
