@@ -298,3 +298,13 @@ def test_dictionary_coding_steps_zero_is_refused(checkpoint: Path, tmp_path: Pat
                           "--n", "10", "--iterations", "1", "--coding-steps", "0",
                           "--out", str(out)])
     assert "--coding-steps must be >= 1" in err and "Got 0" in err and not out.exists()
+
+
+def test_experiment_plot_with_one_trial_has_no_torch_warning(tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was: std() degrees of freedom <= 0 (one network)
+        assert main(["experiment", "init-attack", "--d", "10", "--trials", "1",
+                     "--activations", "relu", "--plot", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").stat().st_size > 0
