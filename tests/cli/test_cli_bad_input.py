@@ -308,3 +308,21 @@ def test_experiment_plot_with_one_trial_has_no_torch_warning(tmp_path: Path) -> 
         assert main(["experiment", "init-attack", "--d", "10", "--trials", "1",
                      "--activations", "relu", "--plot", str(tmp_path / "x.png")]) == 0
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_train_ctrl_c_says_where_the_last_epoch_is(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.training as training
+
+    out = tmp_path / "m.pt"
+
+    def interrupted_fit(model: torch.nn.Module, *args: object, **kwargs: object) -> None:
+        save_checkpoint(out, model, arch="mlp2", arch_kwargs=KW)  # "epoch 1" written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", interrupted_fit)
+    assert main(["train", "--model", "mlp2", "--data", "digits", "--epochs", "5",
+                 "--no-progress", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"--resume {out}" in err and "interrupted (Ctrl-C)" in err and "Traceback" not in err

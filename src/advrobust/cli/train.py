@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,14 @@ def run(args: argparse.Namespace) -> int:
     with OutputLock(args.out, "--out"):
         if not (args.force or resuming):
             check_output(args.out, "--out", force=False)  # again, now that we hold the lock
-        return _train(args, objective, defense_params, threat)
+        started = time.time()
+        try:
+            return _train(args, objective, defense_params, threat)
+        except KeyboardInterrupt:
+            if args.out.is_file() and args.out.stat().st_mtime >= started:
+                print(f"\nadvrobust train: the checkpoint of the last finished epoch is in "
+                      f"{args.out}; continue with --resume {args.out}", file=sys.stderr)
+            raise
 
 
 def _resumed(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[Any, Any]:
