@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def load_universal(path: str | Path) -> UniversalResult:
             return UniversalResult(v, float(data["fooling_rate_train"]),
                                    tuple(float(h) for h in data["history"]), threat,
                                    str(data["method"]))
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DataFormatError):
             raise
         raise DataFormatError(

@@ -44,6 +44,10 @@ def register(sub: Any) -> None:
 
 def _cache_dir(arg: Path | None) -> Path:
     if arg is not None:
+        if arg.exists() and not arg.is_dir():
+            from advrobust.errors import InvalidParameterError
+
+            raise InvalidParameterError(f"--cache-dir must be a folder; {arg} is a file.")
         return arg
     env = os.environ.get("ADVROBUST_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "advrobust"
@@ -60,11 +64,11 @@ def _model(args: argparse.Namespace, train: Any, test: Any) -> tuple[torch.nn.Mo
             return load_checkpoint(path).model, f"cached {path}"
         except CheckpointError:
             pass  # stale or corrupt cache: retrain below
+    path.parent.mkdir(parents=True, exist_ok=True)  # an unusable cache fails before training
     kwargs = {"input_shape": train.input_shape, "num_classes": train.num_classes}
     model = build_model("mlp2", seed=args.seed, **kwargs)
     fit(model, train, test=test, epochs=args.epochs, lr=0.1, batch_size=50, seed=args.seed,
         progress=not args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
     acc = float((model(test.x).argmax(1) == test.y).float().mean())
     save_checkpoint(path, model, arch="mlp2", arch_kwargs=kwargs,
                     metadata={"dataset": "digits", "epochs": args.epochs, "seed": args.seed,

@@ -102,8 +102,9 @@ def _calibration_data(args: argparse.Namespace) -> Any:
         other = "train" if args.split == "test" else "test"
         data = load_dataset(args.data, split=other, root=args.data_dir)
         return data.take(min(1000, len(data)))
-    if args.fit_n < 1:
-        raise InvalidParameterError(f"--fit-n must be >= 1. Got {args.fit_n} instead.")
+    if args.fit_n < 2:
+        raise InvalidParameterError(f"--fit-n must be >= 2 (the threshold is calibrated on "
+                                    f"clean samples). Got {args.fit_n} instead.")
     other = "train" if args.split == "test" else "test"
     data = load_dataset(args.data, split=other, root=args.data_dir)
     if args.fit_n > len(data):

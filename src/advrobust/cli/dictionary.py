@@ -153,6 +153,8 @@ def _learn(args: argparse.Namespace) -> int:
     check_plot_path(args.examples, "--examples")
     if args.heldout_n is not None and args.heldout_n < 0:
         raise InvalidParameterError(f"--heldout-n must be >= 0. Got {args.heldout_n}.")
+    if args.coding_steps < 1:  # 0 steps would report all-zero codes as a held-out result
+        raise InvalidParameterError(f"--coding-steps must be >= 1. Got {args.coding_steps}.")
     checkpoint = load_model(args.model)
     data = load_data(args)
     check_model_data(checkpoint, data)

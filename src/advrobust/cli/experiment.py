@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_json_arg, emit
+from advrobust.cli._common import add_json_arg, check_plot_path, emit
 from advrobust.errors import InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     """Run one experiment, print its table (or JSON) and draw the plot if asked."""
     from advrobust.experiments import plotting
 
+    check_plot_path(args.plot, "--plot")  # before the experiment runs, not after it
     columns: Sequence[tuple[str, str]]
     if args.action == "init-attack":
         res, rows, note = _init_attack(args)

@@ -27,13 +27,18 @@ def register(sub: Any) -> None:
     p.add_argument("store", type=Path, metavar="DB", help="campaign store (SQLite)")
     p.add_argument("--out", type=Path, default=Path("report.html"),
                    help="HTML file to write (default: report.html)")
+    from advrobust.cli._common import add_force_arg
+
+    add_force_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the report and say where it is."""
+    from advrobust.cli._common import check_output
     from advrobust.evaluation.report import write_report
 
+    check_output(args.out, "--out", force=args.force)
     path = write_report(args.store, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return 0

@@ -14,7 +14,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_json_arg, add_model_arg, check_model_data, emit, load_model
+from advrobust.cli._common import (
+    add_json_arg,
+    add_model_arg,
+    check_model_data,
+    check_plot_path,
+    emit,
+    load_model,
+)
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -137,6 +144,7 @@ def _certify(args: argparse.Namespace) -> int:
     from advrobust.smoothing import CERTIFIES, max_certifiable_radius
 
     radii = _radii(args.radii)
+    check_plot_path(args.plot, "--plot")  # before the (long) certification, not after it
     ckpt, x, y, what = _load(args)
     smoothed = _smoothed(args, ckpt)
     start = time.perf_counter()

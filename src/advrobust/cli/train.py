@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,14 @@ def run(args: argparse.Namespace) -> int:
     with OutputLock(args.out, "--out"):
         if not (args.force or resuming):
             check_output(args.out, "--out", force=False)  # again, now that we hold the lock
-        return _train(args, objective, defense_params, threat)
+        started = time.time()
+        try:
+            return _train(args, objective, defense_params, threat)
+        except KeyboardInterrupt:
+            if args.out.is_file() and args.out.stat().st_mtime >= started:
+                print(f"\nadvrobust train: the checkpoint of the last finished epoch is in "
+                      f"{args.out}; continue with --resume {args.out}", file=sys.stderr)
+            raise
 
 
 def _resumed(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -302,6 +310,14 @@ def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, A
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),
                             "n_test": len(test.y), "defense": defense}, resume=state)
     seconds = time.perf_counter() - start
+    chance = 1.0 / train.num_classes
+    if history.test_accuracy is not None and history.test_accuracy < 1.5 * chance:
+        import warnings
+
+        warnings.warn(f"the clean test accuracy {history.test_accuracy:.3f} is at chance level "
+                      f"({chance:.3f} for {train.num_classes} classes): the model learned "
+                      f"nothing useful. Try a smaller --lr (got {args.lr:g}) or more --epochs "
+                      f"(got {args.epochs}).", UserWarning, stacklevel=2)
     report = _report(args, threat, model, test)
     payload = {"checkpoint": str(args.out), "arch": args.model, "dataset": args.data,
                "n_train": len(train.y), "n_test": len(test.y), "epochs": args.epochs,

@@ -77,21 +77,25 @@ def load_instances(path: str | Path) -> list[Instance]:
         raise MissingFileError(f"instances CSV not found: {path}")
     rows: list[Instance] = []
     missing: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for number, fields in enumerate(csv.reader(handle), start=1):
-            if not fields or not "".join(fields).strip():
-                continue
-            if len(fields) != 3:
-                raise DataFormatError(f"{path}, line {number}: expected 'onnx,vnnlib,timeout', "
-                                      f"got {len(fields)} fields: {fields}")
-            try:
-                timeout = check_timeout(float(fields[2]))
-            except (ValueError, InvalidParameterError):
-                raise DataFormatError(f"{path}, line {number}: the timeout must be a number of "
-                                      f"seconds > 0; got {fields[2]!r}") from None
-            onnx, vnnlib = path.parent / fields[0].strip(), path.parent / fields[1].strip()
-            missing += [str(p) for p in (onnx, vnnlib) if not p.is_file()]
-            rows.append(Instance(onnx, vnnlib, timeout))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            lines = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(f"{path}: not an instances CSV text file ({exc})") from None
+    for number, fields in enumerate(lines, start=1):
+        if not fields or not "".join(fields).strip():
+            continue
+        if len(fields) != 3:
+            raise DataFormatError(f"{path}, line {number}: expected 'onnx,vnnlib,timeout', "
+                                  f"got {len(fields)} fields: {fields}")
+        try:
+            timeout = check_timeout(float(fields[2]))
+        except (ValueError, InvalidParameterError):
+            raise DataFormatError(f"{path}, line {number}: the timeout must be a number of "
+                                  f"seconds > 0; got {fields[2]!r}") from None
+        onnx, vnnlib = path.parent / fields[0].strip(), path.parent / fields[1].strip()
+        missing += [str(p) for p in (onnx, vnnlib) if not p.is_file()]
+        rows.append(Instance(onnx, vnnlib, timeout))
     if missing:
         unique = sorted(set(missing))
         raise MissingFileError(f"{path} names {len(unique)} missing files: " + ", ".join(unique))

@@ -44,7 +44,8 @@ def plot_init_attack(result: InitAttackResult, path: str | Path) -> Path:
         ax_flip.plot(ds, [r.flip_rate for r in rows], "o-", color=color, label=label)
         ax_flip.plot(ds, [r.theory.linear_flip_rate(r.step) for r in rows], "--", color=color)
         ax_grad.errorbar(ds, [float(r.grad_norm.mean()) for r in rows],
-                         yerr=[float(r.grad_norm.std()) for r in rows], fmt="o-", color=color,
+                         yerr=[float(r.grad_norm.std()) if r.grad_norm.numel() > 1 else 0.0
+                               for r in rows], fmt="o-", color=color,
                          capsize=3)
         ax_grad.plot(ds, [r.theory.grad_sq ** 0.5 for r in rows], "--", color=color)
         ax_f.plot(ds, [float(r.f.abs().mean()) for r in rows], "o-", color=color)

@@ -262,7 +262,10 @@ def load_vnnlib(path: str | Path) -> VnnProperty:
     if not path.is_file():
         raise MissingFileError(f"VNNLIB file not found: {path}")
     try:
-        return parse_vnnlib(path.read_text())
+        return parse_vnnlib(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise VnnlibError(f"{path}: not a VNNLIB text file (byte {exc.start} is not UTF-8 "
+                          "text); pass the .vnnlib property file.") from None
     except VnnlibError as exc:
         raise VnnlibError(f"{path}: {exc}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def load_dictionary(path: str | Path, *, input_shape: tuple[int, ...] | None = N
                 method=str(data["method"]), history=tuple(float(h) for h in data["history"]),
                 status=str(data["status"]), dataset=str(data["dataset"]) or None,
                 model=str(data["model"]) or None, seconds=float(data["seconds"]))
-    except (KeyError, ValueError, OSError, InvalidInputError) as exc:
+    except (KeyError, ValueError, OSError, InvalidInputError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DataFormatError):
             raise
         raise DataFormatError(f"{path} is not a valid dictionary file: {npz_reason(exc)}") from exc

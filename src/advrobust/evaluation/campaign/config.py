@@ -151,6 +151,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise CampaignConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+        except UnicodeDecodeError as exc:
+            raise CampaignConfigError(str(path), [
+                f"not a TOML text file (byte {exc.start} is not UTF-8 text)"]) from None
 
 
 def load_config(path: str | Path) -> CampaignConfig:

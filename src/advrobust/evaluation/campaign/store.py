@@ -126,6 +126,14 @@ class ResultStore:
                     raise StoreError(f"the store {str(self.path)!r} is read-only; give a "
                                      "writable --store path.")
                 self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+                other = {r[0] for r in self.conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table'")}
+                if other and not other & {"meta", "units", "samples"}:
+                    self.conn.close()
+                    raise StoreError(
+                        f"{str(self.path)!r} is an SQLite database of something else (tables: "
+                        f"{', '.join(sorted(other))}); a campaign never writes into it. Give "
+                        "a new --store path.")
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.executescript(_SCHEMA)
