@@ -3,13 +3,13 @@
 Run by hand (never by pytest). The peers live in a side virtual environment outside the
 repository; they are never dependencies of the project:
 
-    python3 -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install torch==2.13.0            # the local CPU wheel, first
-    /work/peers-venv/bin/pip install foolbox adversarial-robustness-toolbox packaging
-    /work/peers-venv/bin/pip install --no-deps torchattacks requests
+    python3 -m venv ../peers-venv
+    ../peers-venv/bin/pip install torch==2.13.0            # the local CPU wheel, first
+    ../peers-venv/bin/pip install foolbox adversarial-robustness-toolbox packaging
+    ../peers-venv/bin/pip install --no-deps torchattacks requests
     # the ORIGINAL AutoAttack (fra31/auto-attack) from its GitHub snapshot:
-    /work/peers-venv/bin/pip install --no-deps /path/to/auto-attack
-    PYTHONPATH=src /work/peers-venv/bin/python bench/peers.py --model M.pt \
+    ../peers-venv/bin/pip install --no-deps /path/to/auto-attack
+    PYTHONPATH=src ../peers-venv/bin/python bench/peers.py --model M.pt \
         --data-dir ../shared/data/mnist --n 200 --cases pgd-linf,pgd-l2,deepfool,cw \
         --peers torchattacks,foolbox,art --repeats 2 --out bench/peers_run
 

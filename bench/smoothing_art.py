@@ -5,9 +5,9 @@ accuracy at radii, prediction agreement, radius differences (the noise draws dif
 agree only up to Monte-Carlo error) and CPU seconds per image. ART is not a dependency: run it
 with ART and statsmodels (ART's Clopper-Pearson) importable from a side folder, e.g.
 
-    pip install --target /tmp/artpath --no-deps adversarial-robustness-toolbox statsmodels \\
+    pip install --target ../artpath --no-deps adversarial-robustness-toolbox statsmodels \\
         patsy pandas pytz tzdata
-    OMP_NUM_THREADS=1 PYTHONPATH=/tmp/artpath:src python bench/smoothing_art.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=../artpath:src python bench/smoothing_art.py \\
         --model runs/lenet_noise05_40.pt --images 20
 """
 
