@@ -52,7 +52,7 @@ def load_universal(path: str | Path) -> UniversalResult:
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["format"]) != _FORMAT:
-                raise DataFormatError(f"{path} is not a {_FORMAT} file.")
+                raise DataFormatError(f"{path} is not an {_FORMAT} file.")
             v = torch.from_numpy(np.array(data["perturbation"], dtype=np.float32))
             if tuple(v.shape) != tuple(int(s) for s in data["input_shape"]):
                 raise DataFormatError(f"{path}: perturbation shape does not match input_shape.")

@@ -164,7 +164,7 @@ def load_dictionary(path: str | Path, *, input_shape: tuple[int, ...] | None = N
     try:
         with np.load(path, allow_pickle=False) as data:
             if "format" not in data or str(data["format"]) != _FORMAT:
-                raise DataFormatError(f"{path} is not a {_FORMAT} file.")
+                raise DataFormatError(f"{path} is not an {_FORMAT} file.")
             codes = (torch.from_numpy(np.array(data["codes"], dtype=np.float32))
                      if "codes" in data else None)
             result = Dictionary(
