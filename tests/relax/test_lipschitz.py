@@ -128,3 +128,29 @@ def test_model_untouched(mlp_factory) -> None:
     assert model.training
     assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_spec_values_are_a_rounding_safe_lower_bound_of_the_margin() -> None:
+    # The Lipschitz bounds start from m(x): it must be a lower bound of the exact margin (here
+    # the float64 forward with weights scaled to 1e8, where rounding is far above 1e-16) yet
+    # tight on an ordinary network.
+    from advrobust.network.ir import from_module
+    from advrobust.relax.lipschitz import _float64, spec_values
+
+    gen = torch.Generator().manual_seed(0)
+    for scale in (1.0, 1e8):
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(),
+                                    torch.nn.Linear(16, 4)).double()
+        with torch.no_grad():
+            model[0].weight.mul_(scale)
+        x = torch.rand(5, 6, generator=gen, dtype=torch.float64)
+        y = model(x).argmax(1)
+        spec = Spec.margins(y, 4)
+        net = _float64(from_module(model, (6,)))
+        exact = spec.apply(model(x)).detach()
+        values = spec_values(net, x, spec)
+        slack = exact - values
+        assert bool((slack >= 0).all())
+        if scale > 1:  # the allowance is really subtracted where rounding can matter
+            assert bool((slack > 0).all())
+        assert float(slack.max()) <= 1e-10 * (1 + float(exact.abs().max())) * scale

@@ -49,10 +49,21 @@ def _float64(network: Network) -> Network:
 
 
 def spec_values(network: Network, x: Tensor, spec: Spec) -> Tensor:
-    """``C f(x) + d`` (N, K) in float64 (the network should be a :func:`_float64` copy)."""
+    """A float64 lower bound (N, K) on ``C f(x) + d`` at the points ``x`` themselves.
+
+    The forward pass is an interval pass over the degenerate box ``[x, x]`` with the rounding
+    allowance of every op, so the value is a lower bound whatever the weights' magnitudes (a
+    plain float64 forward pass can round a margin up); the network should be a
+    :func:`_float64` copy.
+    """
+    from advrobust.relax._rounding import add_offset
+    from advrobust.relax.ibp import interval_layer_bounds, spec_interval
+
+    x = x.double()
     with torch.no_grad():
-        logits = network.forward(x.double())
-    return Spec(spec.C.double(), spec.d.double()).apply(logits.double())
+        bounds = interval_layer_bounds(network, x, x, rounding=True)
+        lower, _ = spec_interval(network, bounds, spec.C.double(), rounding=True)
+    return add_offset(lower, spec.d.double())
 
 
 def _fold_tail(network: Network, c: Tensor) -> tuple[Tensor, int]:
