@@ -11,6 +11,7 @@ __all__ = [
     "CheckpointError",
     "DataFormatError",
     "DatasetNotFoundError",
+    "FileInUseError",
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidThreatModelError",
@@ -67,3 +68,7 @@ class TrainingDivergedError(AdvRobustError, FloatingPointError):
 
 class NotFittedError(AdvRobustError, RuntimeError):
     """A fitted object (e.g. a detector) was used before ``fit``."""
+
+
+class FileInUseError(AdvRobustError, BlockingIOError):
+    """Another process holds the file (an output being written, a campaign store being run)."""

@@ -19,7 +19,7 @@ from advrobust.attacks._objective import (
     parse_losses,
 )
 from advrobust.attacks.base import Attack, AttackOutput, Oracle
-from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core._validation import check_bool, check_float, check_int, check_seed
 from advrobust.core.result import AttackResult
 from advrobust.core.threat import LpBall, Norm
 
@@ -132,7 +132,9 @@ class PGD(Attack):
 
 
 def _generator(seed: int | None, x: Tensor) -> torch.Generator | None:
-    return None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    if seed is None:
+        return None
+    return torch.Generator(device=x.device).manual_seed(check_seed(seed, "seed", "pgd"))
 
 
 def fgsm(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str | Norm = "linf",

@@ -20,6 +20,7 @@ __all__ = [
     "add_force_arg",
     "add_progress_args",
     "progress_enabled",
+    "seed_arg",
     "check_output",
     "check_plot_path",
     "add_data_args",
@@ -70,6 +71,21 @@ def load_data(args: argparse.Namespace, announce: bool = True) -> Any:
               f"{args.data} {args.split} split (pass --n N to use the first N)",
               file=sys.stderr)
     return data if args.n is None else data.take(args.n)
+
+
+def seed_arg(text: str) -> int:
+    """argparse ``type=`` of every ``--seed``: an int in ``[0, 2**32 - 1]``."""
+    from advrobust.core._validation import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an int in [0, {MAX_SEED}]. Got {text!r} instead.") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"must be an int in [0, {MAX_SEED}]. Got {value} instead.")
+    return value
 
 
 def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -219,52 +235,22 @@ def check_plot_path(path: Path | None, flag: str, *, force: bool = True) -> None
 class OutputLock:
     """Exclusive claim of an output path for the life of a command.
 
-    A lock file ``.NAME.lock`` beside ``path`` is held with ``flock``; a second process that
-    claims the same path while the first runs gets a clear error instead of both writing and
-    both reporting success. The kernel releases the lock if the process dies (kill -9), so a
-    stale lock file never blocks a later run. Without ``fcntl`` (Windows) no lock is taken.
+    A :class:`~advrobust.core._atomic.FileClaim` on ``path``: a second process that claims the
+    same path while the first runs gets a clear error (naming the first one's PID) instead of
+    both writing and both reporting success; kill -9 leaves no stale lock.
     """
 
     def __init__(self, path: Path, flag: str) -> None:
+        from advrobust.core._atomic import FileClaim
+
         self.path, self.flag = path, flag
-        self.lock = path.parent / f".{path.name}.lock"
-        self.fd: int | None = None
+        self.claim = FileClaim(path, f"{flag} {str(path)!r}")
+        self.lock = self.claim.lock
 
     def __enter__(self) -> OutputLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return self
-        import os
-
         _probe_folder(self.path, self.flag)  # creates the folder; errors name the user's path
-        for _ in range(20):
-            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise InvalidInputError(
-                    f"{self.flag} {str(self.path)!r} is being written by another advrobust "
-                    f"process (lock {self.lock}); wait for it or choose another file.") from None
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.lock))
-            except FileNotFoundError:
-                same = False  # the previous holder removed it between our open and lock
-            if same:
-                self.fd = fd
-                return self
-            os.close(fd)
-        raise InvalidInputError(f"could not lock {self.lock}")  # pragma: no cover
+        self.claim.__enter__()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.fd is None:
-            return
-        import os
-
-        try:
-            os.unlink(self.lock)  # while still held: a waiter re-checks the inode it locked
-        except FileNotFoundError:  # pragma: no cover
-            pass
-        os.close(self.fd)
-        self.fd = None
+        self.claim.release()

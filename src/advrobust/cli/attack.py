@@ -50,6 +50,7 @@ from advrobust.cli._common import (
     load_data,
     load_model,
     progress_enabled,
+    seed_arg,
 )
 from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
 from advrobust.errors import DatasetNotFoundError, InvalidParameterError
@@ -104,7 +105,8 @@ def register(sub: Any) -> None:
                    help="attack run on the surrogate by --attack transfer (default: pgd)")
     p.add_argument("--target", type=int, default=None, metavar="CLASS",
                    help="targeted attack towards CLASS (samples of that class are skipped)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random starts (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the random starts (default: 0)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per attack call")
     p.add_argument("--lo", type=float, default=None, help="lower end of the input box (0)")
     p.add_argument("--hi", type=float, default=None, help="upper end of the input box (1)")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from advrobust.cli._common import add_json_arg, emit
+from advrobust.cli._common import add_json_arg, emit, seed_arg
 from advrobust.core._validation import check_int
 
 __all__ = ["register", "run"]
@@ -37,7 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--retrain", action="store_true", help="ignore a cached model")
     p.add_argument("--epochs", type=int, default=30,
                    help="training epochs when no cached model fits (default: 30)")
-    p.add_argument("--seed", type=int, default=0, help="training and attack seed (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="training and attack seed (default: 0)")
     add_json_arg(p)
     p.set_defaults(func=run)
 

@@ -18,6 +18,7 @@ from advrobust.cli._common import (
     load_data,
     load_model,
     progress_enabled,
+    seed_arg,
 )
 from advrobust.errors import InvalidParameterError
 
@@ -59,7 +60,7 @@ def register(subparsers: Any) -> None:
                         help="binary-search steps of C&W (default: 5)")
     parser.add_argument("--evasion-weight", type=float, default=1.0,
                         help="weight of the detector score in evasive-cw (default: 1)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the random starts (default: 0)")
     add_progress_args(parser)
     add_json_arg(parser)

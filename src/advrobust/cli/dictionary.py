@@ -30,6 +30,7 @@ from advrobust.cli._common import (
     emit,
     load_data,
     progress_enabled,
+    seed_arg,
 )
 from advrobust.errors import InvalidParameterError
 
@@ -91,7 +92,8 @@ def _register_learn(actions: Any) -> None:
                         "default: 500, or the whole split when it is smaller)")
     p.add_argument("--coding-steps", type=int, default=20,
                    help="coding iterations for held-out images (default: 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial atoms (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the initial atoms (default: 0)")
     p.add_argument("--out", type=Path, required=True,
                    help="dictionary file (.npz) to write (refused if it exists, unless --force)")
     add_force_arg(p)

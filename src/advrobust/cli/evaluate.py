@@ -17,6 +17,7 @@ from advrobust.cli._common import (
     load_data,
     load_model,
     progress_enabled,
+    seed_arg,
 )
 from advrobust.cli._save import SUFFIXES, add_save_args, open_writer
 
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-certify", action="store_true",
                    help="skip certification (slow on large convolutional models)")
     p.add_argument("--batch-size", type=int, default=100, help="samples per call (default: 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the attacks' random starts")
     add_progress_args(p)
     add_save_args(p, "index, label, prediction, clean correct, robust to PGD, robust to the "
                      "ensemble, certified")

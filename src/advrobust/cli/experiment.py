@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_json_arg, check_plot_path, emit
+from advrobust.cli._common import add_json_arg, check_plot_path, emit, seed_arg
 from advrobust.errors import InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     ia.add_argument("--trials", type=int, default=200, help="networks per cell (default: 200)")
     ia.add_argument("--step", type=float, default=3.0,
                     help="step norm of the flip rate (default: 3; ||x|| = sqrt(d))")
-    ia.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    ia.add_argument("--seed", type=seed_arg, default=0, help="seed (default: 0)")
     _common(ia)
     rn = actions.add_parser(
         "robust-net", help="provably robust network vs a trained one (Vardi et al. 2022)",
@@ -64,7 +64,7 @@ def register(sub: Any) -> None:
     rn.add_argument("--lr", type=float, default=0.5, help="step size (default: 0.5)")
     rn.add_argument("--attacks", default="deepfool,cw,pgd",
                     help="upper-bound attacks, comma-separated (default: deepfool,cw,pgd)")
-    rn.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    rn.add_argument("--seed", type=seed_arg, default=0, help="seed (default: 0)")
     _common(rn)
     p.set_defaults(func=run)
 

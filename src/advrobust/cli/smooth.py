@@ -21,6 +21,7 @@ from advrobust.cli._common import (
     check_plot_path,
     emit,
     load_model,
+    seed_arg,
 )
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
@@ -85,7 +86,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
                    help="error probability of each answer (default: 0.001)")
     p.add_argument("--batch-size", type=int, default=1000,
                    help="noisy copies per forward pass (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the noise (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_json_arg(p)
     p.set_defaults(func=run)

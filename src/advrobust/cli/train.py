@@ -10,7 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import OutputLock, add_data_args, add_json_arg, check_output, emit
+from advrobust.cli._common import (
+    OutputLock,
+    add_data_args,
+    add_json_arg,
+    check_output,
+    emit,
+    seed_arg,
+)
 from advrobust.cli.evaluate import report_rows
 from advrobust.errors import InvalidParameterError
 
@@ -143,7 +150,7 @@ def register(sub: Any) -> None:
     p.add_argument("--normalize", nargs=2, type=_floats, default=None, metavar=("MEAN", "STD"),
                    help="put a per-channel Normalize layer first, e.g. 0.1307 0.3081 "
                         "(comma-separated for several channels)")
-    p.add_argument("--seed", type=int, default=0, help="weight-init, shuffling and defense "
+    p.add_argument("--seed", type=seed_arg, default=0, help="weight-init, shuffling and defense "
                                                        "seed (default: 0)")
     _add_defense_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

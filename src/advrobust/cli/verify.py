@@ -15,6 +15,7 @@ from advrobust.cli._common import (
     emit,
     load_data,
     load_model,
+    seed_arg,
 )
 from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
 from advrobust.errors import InvalidInputError, InvalidParameterError
@@ -65,7 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
     p.add_argument("--batch-size", type=int, default=100,
                    help="samples per bound / attack call (default: 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the attack's random starts")
     p.add_argument("--counterexample", type=Path, metavar="FILE",
                    help="with --vnnlib: write the VNN-COMP result file here (sat and its "
                         "counterexample, unsat or unknown)")

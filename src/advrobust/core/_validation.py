@@ -12,14 +12,14 @@ from typing import Any
 
 from advrobust.errors import InvalidParameterError
 
-__all__ = ["check_choice", "check_float", "check_int", "check_bool"]
+__all__ = ["MAX_SEED", "check_choice", "check_float", "check_int", "check_bool", "check_seed"]
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     left = "(" if low_open or low is None else "["
     right = ")" if high_open or high is None else "]"
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
+    lo = "-inf" if low is None else str(low) if isinstance(low, int) else f"{low:g}"
+    hi = "inf" if high is None else str(high) if isinstance(high, int) else f"{high:g}"
     return f"{left}{lo}, {hi}{right}"
 
 
@@ -84,3 +84,18 @@ def check_bool(value: Any, name: str, owner: str) -> bool:
     if not isinstance(value, bool):
         raise _fail(name, owner, "a bool", value)
     return value
+
+
+#: Largest seed accepted (numpy's classic range; derived seeds such as ``seed * 1_000_003 + k``
+#: then still fit torch's 64-bit generator state).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, name: str, owner: str,
+               error: type[ValueError] = InvalidParameterError) -> int:
+    """Return ``value`` as a seed: an int in ``[0, 2**32 - 1]``, or raise naming the parameter.
+
+    ``torch.Generator().manual_seed(-1)`` is accepted by torch (it wraps around), so a
+    negative seed would silently mean another one; it is refused here instead.
+    """
+    return check_int(value, name, owner, low=0, high=MAX_SEED, error=error)

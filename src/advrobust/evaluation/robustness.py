@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advrobust.core._validation import check_bool, check_int
+from advrobust.core._validation import check_bool, check_int, check_seed
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidThreatModelError, UnsupportedLayerError
 from advrobust.evaluation.metrics import _tensors, clean_accuracy, evaluate_attack
@@ -127,6 +127,7 @@ def robustness_report(model: nn.Module, data: Any, threat: LpBall, *, certify: b
     check_bool(certify, "certify", "robustness_report")
     check_bool(ensemble, "ensemble", "robustness_report")
     check_int(pgd_steps, "pgd_steps", "robustness_report", low=1)
+    check_seed(seed, "seed", "robustness_report")
     x, y = _tensors(data)
     if n is not None:
         check_int(n, "n", "robustness_report", low=1, high=int(x.shape[0]))

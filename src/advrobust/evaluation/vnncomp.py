@@ -181,10 +181,12 @@ def run_instance(instance: Instance, *, timeout: float | None = None, threads: i
         VnnlibError: a property outside the supported subset (the construct is named).
         InvalidInputError: the network's inputs do not match the property's X variables.
     """
+    from advrobust.core._validation import check_seed
     from advrobust.evaluation.verify import verify_property
     from advrobust.network.onnx import import_onnx
     from advrobust.network.vnnlib import load_vnnlib
 
+    check_seed(seed, "seed", "run_instance")
     start = time.perf_counter()
     limit = check_timeout(instance.timeout if timeout is None else timeout)
     net = import_onnx(instance.onnx)

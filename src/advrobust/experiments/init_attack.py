@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from advrobust.core._validation import check_float, check_int
+from advrobust.core._validation import check_float, check_int, check_seed
 from advrobust.errors import InvalidParameterError
 from advrobust.experiments._random_net import ACTIVATIONS, Theory, check_activation, theory
 
@@ -243,7 +243,7 @@ def init_attack(*, d: Sequence[int] | int = (100, 200, 500, 1000),
     ds, ks, acts = _check(d, k, activations)
     trials = check_int(trials, "trials", _OWNER, low=1)
     grid = check_int(grid, "grid", _OWNER, low=2)
-    seed = check_int(seed, "seed", _OWNER, low=0)
+    seed = check_seed(seed, "seed", _OWNER)
     step = check_float(step, "step", _OWNER, low=0.0, low_open=True)
     max_step = 4 * step if max_step is None else check_float(max_step, "max_step", _OWNER,
                                                             low=step)

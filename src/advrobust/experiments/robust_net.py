@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core._validation import check_bool, check_float, check_int, check_seed
 from advrobust.errors import InvalidParameterError
 from advrobust.experiments._construction import (
     as_classes,
@@ -213,7 +213,7 @@ def robust_net(*, d: Sequence[int] | int = (25, 50, 100), m: int | str = 10, c: 
     width = check_int(width, "width", _OWNER, low=1)
     steps = check_int(steps, "steps", _OWNER, low=0)
     lr = check_float(lr, "lr", _OWNER, low=0.0, low_open=True)
-    seed = check_int(seed, "seed", _OWNER, low=0)
+    seed = check_seed(seed, "seed", _OWNER)
     ms = [parse_width(m, dv, "m", _OWNER) for dv in ds]
     attacks = check_attacks(attacks, _OWNER)
     rows = tuple(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrobust.core._validation import check_int
+from advrobust.core._validation import check_int, check_seed
 from advrobust.errors import InvalidParameterError
 from advrobust.models.normalize import Normalize, normalize_values
 
@@ -153,7 +153,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, *,
     num_classes = check_int(num_classes, "num_classes", "build_model", low=2)
     if seed is None:
         return _assemble(name, shape, num_classes, normalize)
-    seed = check_int(seed, "seed", "build_model", low=0)
+    seed = check_seed(seed, "seed", "build_model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _assemble(name, shape, num_classes, normalize)

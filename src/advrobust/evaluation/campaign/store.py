@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from advrobust.core._atomic import FileClaim
 from advrobust.errors import AdvRobustError
 
 __all__ = ["ResultStore", "StoreError", "UnitRecord", "pack", "unpack"]
@@ -111,12 +112,31 @@ class ResultStore:
     Raises:
         StoreError: a read-only file opened for writing, a corrupt file or one that is not a
             campaign store.
+        FileInUseError: (writing) another process has the store open for writing: one
+            writer at a time, so two ``campaign run`` never both work on it.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        self._claim: FileClaim | None = None
+        if not readonly:  # one writer at a time: a second 'campaign run' is refused at once
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._claim = FileClaim(self.path, f"the store {str(self.path)!r}").__enter__()
+            except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+                raise StoreError(f"cannot open the store {str(self.path)!r} for writing "
+                                 f"({exc.strerror or exc}); give a writable --store path."
+                                 ) from None
         try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        try:
+            readonly = self.readonly
             if readonly:
                 if not self.path.is_file():
                     raise StoreError(f"no campaign store at {str(self.path)!r}.")
@@ -146,8 +166,12 @@ class ResultStore:
             raise StoreError(f"{str(self.path)!r} is an SQLite file but not a campaign store.")
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
-        self.conn.close()
+        """Close the connection (the WAL is checkpointed by SQLite) and release the store."""
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+        if self._claim is not None:
+            self._claim.release()
 
     def __enter__(self) -> ResultStore:
         return self
