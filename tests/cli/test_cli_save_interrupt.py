@@ -80,7 +80,9 @@ def test_ctrl_c_keeps_the_finished_batches(checkpoint: Path, tmp_path: Path,
                  str(examples), "--no-progress"])
     assert code == 130
     err = capsys.readouterr().err
-    assert "interrupted after 20 of 40 samples" in err and "Traceback" not in err
+    assert "interrupted (Ctrl-C) after 20 of 40 samples; saved 20 per-sample rows" in err
+    assert "the 20 finished examples" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert len(save.read_text().splitlines()) == 1 + 20  # header + two finished batches
     assert np.load(examples)["x_adv"].shape[0] == 20
     assert save.with_suffix(".npz").is_file()

@@ -104,6 +104,7 @@ def _rows(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_second_campaign_run_on_a_store_in_use_is_refused(tmp_path: Path,
                                                           digits_checkpoint: Path) -> None:
     config = tmp_path / "c.toml"

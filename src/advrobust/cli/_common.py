@@ -27,6 +27,8 @@ __all__ = [
     "add_json_arg",
     "add_model_arg",
     "emit",
+    "forecast",
+    "interrupted",
     "format_table",
     "load_data",
     "load_model",
@@ -66,7 +68,8 @@ def load_data(args: argparse.Namespace, announce: bool = True) -> Any:
         raise InvalidInputError(
             f"--n must be at most the {len(data)} samples of the {args.data} {args.split} split. "
             f"Got {args.n} instead.")
-    if args.n is None and announce and len(data) > ANNOUNCE_ABOVE:
+    args.whole_split = args.n is None and announce and len(data) > ANNOUNCE_ABOVE
+    if args.whole_split:
         print(f"advrobust {getattr(args, 'command', '')}: using all {len(data)} samples of the "
               f"{args.data} {args.split} split (pass --n N to use the first N)",
               file=sys.stderr)
@@ -86,6 +89,23 @@ def seed_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"must be an int in [0, {MAX_SEED}]. Got {value} instead.")
     return value
+
+
+def forecast(args: argparse.Namespace, total: int) -> Any:
+    """A :class:`~advrobust.core.progress.Forecast` that speaks when :func:`load_data`
+    announced a whole large split (the estimate of the run's length after its first batch)."""
+    from advrobust.core.progress import Forecast
+
+    return Forecast(total, f"advrobust {getattr(args, 'command', '')}",
+                    enabled=bool(getattr(args, "whole_split", False)))
+
+
+def interrupted(args: argparse.Namespace, done: int, total: int, saved: Sequence[str]) -> int:
+    """Ctrl-C after ``done`` of ``total`` samples: one line saying what was kept; returns 130."""
+    kept = "; saved " + "; ".join(saved) if saved else "; nothing was saved"
+    print(f"\nadvrobust {getattr(args, 'command', '')}: interrupted (Ctrl-C) after {done} of "
+          f"{total} samples{kept}", file=sys.stderr)
+    return 130
 
 
 def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -65,6 +65,7 @@ class SampleWriter:
         self.rows = 0
         self._index: list[torch.Tensor] = []
         self._points: list[torch.Tensor] = []
+        self._tags: list[str] = []
         try:
             self._file: IO[str] = open(path, "w" if force else "x", newline="",  # noqa: SIM115
                                        encoding="utf-8")
@@ -88,11 +89,17 @@ class SampleWriter:
         self._file.flush()
         self.rows += len(rows)
 
-    def add_witnesses(self, index: torch.Tensor, points: torch.Tensor) -> None:
-        """Keep ``points`` (K, ...) as the witnesses of the samples ``index`` (K,)."""
+    def add_witnesses(self, index: torch.Tensor, points: torch.Tensor,
+                      tag: str | None = None) -> None:
+        """Keep ``points`` (K, ...) as the witnesses of the samples ``index`` (K,).
+
+        ``tag`` (the method that found them, e.g. the attack of ``detect``) is saved as the
+        ``method`` array of the ``.npz`` when any witness has one.
+        """
         if index.numel():
             self._index.append(index.detach().cpu().long())
             self._points.append(points.detach().cpu())
+            self._tags += [tag or ""] * int(index.numel())
 
     def close(self) -> str:
         """Close the rows file, write the witnesses; return a sentence saying what was saved."""
@@ -103,8 +110,10 @@ class SampleWriter:
         self._file.close()
         index = torch.cat(self._index) if self._index else torch.zeros(0, dtype=torch.long)
         points = torch.cat(self._points) if self._points else torch.zeros(0)
-        atomic_write(self.witness_path, lambda handle: np.savez_compressed(
-            handle, index=index.numpy(), x=points.numpy()))
+        arrays = {"index": index.numpy(), "x": points.numpy()}
+        if any(self._tags):
+            arrays["method"] = np.array(self._tags)
+        atomic_write(self.witness_path, lambda handle: np.savez_compressed(handle, **arrays))
         return (f"{self.rows} per-sample rows in {self.path}, {index.numel()} witnesses in "
                 f"{self.witness_path}")
 

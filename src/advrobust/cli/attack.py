@@ -47,6 +47,8 @@ from advrobust.cli._common import (
     check_output,
     check_plot_path,
     emit,
+    forecast,
+    interrupted,
     load_data,
     load_model,
     progress_enabled,
@@ -192,19 +194,20 @@ def run(args: argparse.Namespace) -> int:
         fit_seconds = time.perf_counter() - start
     writer = open_writer(args.save, COLUMNS, args.force)
     batches: list[Any] = []
+    ahead = forecast(args, len(y))
 
     def on_batch(start: int, res: Any, seconds: float) -> None:
         batches.append(res)
         if writer is not None:
             _write_rows(writer, model, x, y, index, start, res, seconds, args.attack)
+        ahead.update(start + int(res.success.shape[0]))
 
     try:
         result = evaluate_attack(model, attack, (x, y), threat, batch_size=args.batch_size,
                                  target=args.target, generator=generator,
                                  progress=progress_enabled(args), on_batch=on_batch)
     except KeyboardInterrupt:
-        _keep_finished(args, writer, batches, model, x, y)
-        raise
+        return _keep_finished(args, writer, batches, model, x, y)
     if writer is not None:
         print(f"advrobust attack: saved {writer.close()}", file=sys.stderr)
     summary = summarize_attack(model, x, y, result.result)
@@ -303,17 +306,15 @@ def _write_rows(writer: SampleWriter, model: torch.nn.Module, x: torch.Tensor,
 
 
 def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, batches: list[Any],
-                   model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """On Ctrl-C: write what the finished batches found and say so (one line each)."""
+                   model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """On Ctrl-C: write what the finished batches found and say so in one line; 130."""
     from advrobust.evaluation import predict
 
     done = sum(int(b.success.shape[0]) for b in batches)
-    if writer is not None:
-        print(f"advrobust attack: interrupted after {done} of {len(y)} samples; saved "
-              f"{writer.close()}", file=sys.stderr)
+    saved = [writer.close()] if writer is not None else []
     if args.save_examples is not None and batches:
         x_adv = torch.cat([b.x_adv for b in batches])
         save_examples(args.save_examples, x[:done], x_adv, y[:done], predict(model, x[:done]),
                       predict(model, x_adv))
-        print(f"advrobust attack: interrupted; the {done} finished samples are in "
-              f"{args.save_examples}", file=sys.stderr)
+        saved.append(f"the {done} finished examples in {args.save_examples}")
+    return interrupted(args, done, len(y), saved)

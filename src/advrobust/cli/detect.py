@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,12 +15,17 @@ from advrobust.cli._common import (
     add_model_arg,
     add_progress_args,
     check_model_data,
+    check_output,
     emit,
+    forecast,
+    interrupted,
     load_data,
     load_model,
     progress_enabled,
     seed_arg,
 )
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
+from advrobust.core._validation import check_int
 from advrobust.errors import InvalidParameterError
 
 __all__ = ["ATTACKS", "register", "run"]
@@ -62,7 +68,14 @@ def register(subparsers: Any) -> None:
                         help="weight of the detector score in evasive-cw (default: 1)")
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the random starts (default: 0)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="samples per attack call; Ctrl-C keeps the finished batches "
+                        "(default: 100)")
     add_progress_args(parser)
+    add_save_args(parser, "one row per sample and attack: index, label, prediction, clean "
+                          "score and flag, attack, success, detected, adversarial score, norm, "
+                          "seconds; witnesses: the successful adversarial examples, with their "
+                          "attack in 'method'")
     add_json_arg(parser)
     parser.set_defaults(func=run)
 
@@ -115,20 +128,63 @@ def _calibration_data(args: argparse.Namespace) -> Any:
     return data.take(args.fit_n)
 
 
+COLUMNS = ("index", "label", "prediction", "clean_score", "clean_flagged", "attack",
+           "success", "detected", "adv_score", "norm", "seconds")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
-    from advrobust.detection import GradientNormDetector, evaluate_detector
+    from advrobust.detection import GradientNormDetector
 
     _parse_attacks(args.attacks)
+    check_int(args.batch_size, "--batch-size", "advrobust detect", low=1)
+    if args.save is not None:
+        check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
     checkpoint = load_model(args.model)
     model = checkpoint.model
     data = load_data(args)
     check_model_data(checkpoint, data)
     detector = GradientNormDetector(fpr=args.fpr).fit(model, _calibration_data(args).x)
     attacks, threats = _build_attacks(args, detector)  # pgd / fgsm: linf; cw: l2 norms
+    writer = open_writer(args.save, COLUMNS, args.force)
+    clean_scores = detector.score(data.x).detach()
+    clean_flags = clean_scores > float(detector.threshold_ or 0.0)
+    with torch.no_grad():
+        pred = model(data.x).argmax(1)
+    batches: list[Any] = []
+    ahead = forecast(args, len(data))
+
+    def on_batch(batch: Any) -> None:
+        batches.append(batch)
+        if writer is not None:
+            _write_rows(writer, batch, data.y, pred, clean_scores, clean_flags)
+        if batch.attack == list(attacks)[-1]:  # every attack has done this batch
+            ahead.update(int(batch.index[-1]) + 1)
+
+    try:
+        report = _evaluate(args, detector, model, data, attacks, threats, on_batch)
+    except KeyboardInterrupt:
+        return _keep_finished(args, writer, detector, clean_flags, batches, attacks, threats,
+                              len(data))
+    if writer is not None:
+        print(f"advrobust detect: saved {writer.close()}", file=sys.stderr)
+    _emit(args, report, threats)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, detector: Any, model: Any, data: Any,
+              attacks: dict[str, Any], threats: dict[str, Any],
+              on_batch: Callable[[Any], None]) -> Any:
+    from advrobust.detection import evaluate_detector
+
     gen = torch.Generator().manual_seed(args.seed)
-    report = evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen,
-                               progress=progress_enabled(args))
+    return evaluate_detector(detector, model, data.x, data.y, attacks, threats, generator=gen,
+                             progress=progress_enabled(args), batch_size=args.batch_size,
+                             on_batch=on_batch)
+
+
+def _emit(args: argparse.Namespace, report: Any, threats: dict[str, Any],
+          note: str | None = None) -> None:
     rows: list[tuple[str, Any]] = [("threshold", report.threshold),
                                    ("target FPR", report.target_fpr),
                                    ("clean FPR (evaluated data)", report.clean_fpr)]
@@ -140,5 +196,42 @@ def run(args: argparse.Namespace) -> int:
                   r.median_norm_detected),
                  (f"{name}: median {threats[name].norm.value} norm undetected",
                   r.median_norm_undetected)]
-    emit(args, report.as_dict(), rows, title="Gradient-norm detector")
-    return 0
+    payload = report.as_dict()
+    if note is not None:
+        rows.insert(0, ("interrupted", note))
+        payload["interrupted"] = note
+    emit(args, payload, rows, title="Gradient-norm detector")
+
+
+def _write_rows(writer: SampleWriter, batch: Any, y: torch.Tensor, pred: torch.Tensor,
+                clean_scores: torch.Tensor, clean_flags: torch.Tensor) -> None:
+    """One row per sample of the batch for this attack; successful x_adv are the witnesses."""
+    b = int(batch.index.numel())
+    writer.write([{
+        "index": i, "label": y[i], "prediction": pred[i], "clean_score": clean_scores[i],
+        "clean_flagged": bool(clean_flags[i]), "attack": batch.attack,
+        "success": bool(batch.success[k]) if batch.attacked[k] else None,
+        "detected": bool(batch.detected[k]) if batch.attacked[k] else None,
+        "adv_score": float(batch.score[k]), "norm": float(batch.norm[k]),
+        "seconds": batch.seconds / b}
+        for k, i in enumerate(batch.index.tolist())])
+    writer.add_witnesses(batch.index[batch.success], batch.x_adv[batch.success],
+                         tag=batch.attack)
+
+
+def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, detector: Any,
+                   clean_flags: torch.Tensor, batches: list[Any], attacks: dict[str, Any],
+                   threats: dict[str, Any], total: int) -> int:
+    """On Ctrl-C: save the rows of the finished batches, print the report over the samples
+    every attack finished, say so in one line; returns 130."""
+    from advrobust.detection.evaluate import summarize_batches
+
+    last = list(attacks)[-1]
+    done = max((int(b.index[-1]) + 1 for b in batches if b.attack == last), default=0)
+    saved = [writer.close()] if writer is not None else []
+    if done:
+        whole = [b for b in batches if int(b.index[-1]) < done]
+        report = summarize_batches(detector, clean_flags[:done], whole, threats)
+        _emit(args, report, threats, note=f"the first {done} of {total} samples")
+        saved.append("the report of the finished samples on stdout")
+    return interrupted(args, done, total, saved)

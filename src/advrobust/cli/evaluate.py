@@ -14,6 +14,8 @@ from advrobust.cli._common import (
     check_model_data,
     check_output,
     emit,
+    forecast,
+    interrupted,
     load_data,
     load_model,
     progress_enabled,
@@ -84,35 +86,109 @@ def report_rows(report: dict[str, Any] | None) -> list[tuple[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, evaluate, print the report (or JSON)."""
+    """Load, evaluate batch by batch, print the report (or JSON)."""
+    from advrobust.core._validation import check_int
+    from advrobust.core.progress import progress_bar
     from advrobust.core.threat import LpBall
-    from advrobust.evaluation import robustness_report
+    from advrobust.evaluation import predict
 
     threat = LpBall(args.norm, args.eps)
+    check_int(args.batch_size, "--batch-size", "advrobust evaluate", low=1)
     if args.save is not None:
         check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
     checkpoint = load_model(args.model)
     data = load_data(args)
     check_model_data(checkpoint, data)
-    report = robustness_report(checkpoint.model, data, threat, certify=not args.no_certify,
-                               ensemble=not args.no_ensemble, pgd_steps=args.pgd_steps,
-                               pgd_restarts=args.pgd_restarts, batch_size=args.batch_size,
-                               ensemble_steps=args.ensemble_steps,
-                               ensemble_queries=args.ensemble_queries,
-                               seed=args.seed, progress=progress_enabled(args),
-                               per_sample=True)
-    rows = report.pop("per_sample")
-    writer = open_writer(args.save, COLUMNS, args.force)  # after the run: Ctrl-C leaves none
+    writer = open_writer(args.save, COLUMNS, args.force)
+    pred, parts, n = predict(checkpoint.model, data.x), [], len(data.y)
+    spans = [(s, min(s + args.batch_size, n)) for s in range(0, n, args.batch_size)]
+    ahead = forecast(args, n)
+    bar = progress_bar(total=len(spans), desc="evaluate", unit="batch",
+                       disable=not progress_enabled(args) or len(spans) < 2)
+    try:  # batch by batch: the rows of finished batches are on disk when Ctrl-C comes
+        for s, e in spans:
+            parts.append(_evaluate(args, checkpoint.model, data, s, e, threat,
+                                   progress_enabled(args) and len(spans) == 1))
+            if writer is not None:
+                rows = parts[-1]["per_sample"]
+                writer.write([{"index": i, "label": data.y[i], "prediction": pred[i],
+                               **{k: None if v is None else bool(v[i - s])
+                                  for k, v in rows.items()}} for i in range(s, e)])
+            ahead.update(e)
+            bar.update(1)
+    except KeyboardInterrupt:
+        done = spans[len(parts) - 1][1] if parts else 0
+        saved = [writer.close()] if writer is not None else []
+        if parts:
+            _emit(args, checkpoint, threat, merge_reports(parts),
+                  note=f"the first {done} of {n} samples")
+            saved.append("the report of the finished samples on stdout")
+        return interrupted(args, done, n, saved)
+    finally:
+        bar.close()
     if writer is not None:
-        from advrobust.evaluation import predict
-
-        pred = predict(checkpoint.model, data.x)
-        writer.write([{"index": i, "label": data.y[i], "prediction": pred[i],
-                       **{k: None if v is None else bool(v[i]) for k, v in rows.items()}}
-                      for i in range(len(data.y))])
         print(f"advrobust evaluate: saved {writer.close()}", file=sys.stderr)
+    _emit(args, checkpoint, threat, merge_reports(parts))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, model: Any, data: Any, start: int, end: int,
+              threat: Any, progress: bool) -> dict[str, Any]:
+    from advrobust.evaluation import robustness_report
+
+    return robustness_report(model, (data.x[start:end], data.y[start:end]), threat,
+                             certify=not args.no_certify, ensemble=not args.no_ensemble,
+                             pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                             batch_size=args.batch_size, ensemble_steps=args.ensemble_steps,
+                             ensemble_queries=args.ensemble_queries,
+                             seed=args.seed, progress=progress, per_sample=True)
+
+
+def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One :func:`~advrobust.evaluation.robustness_report` of consecutive batches' reports.
+
+    Accuracies are recomputed from the per-sample rows; seconds and ``certified_by`` counts
+    add up; notes and warnings are kept once each (a warning of one batch names its
+    samples).
+    """
+    import torch
+
+    from advrobust.evaluation.robustness import _check_order
+
+    if len(parts) == 1:
+        report = dict(parts[0])
+        report.pop("per_sample", None)
+        return report
+    rows = {k: None if parts[0]["per_sample"][k] is None
+            else torch.cat([p["per_sample"][k] for p in parts])
+            for k in parts[0]["per_sample"]}
+    report: dict[str, Any] = {"n": sum(p["n"] for p in parts), "threat": parts[0]["threat"],
+                              "seconds": {}, "notes": [], "warnings": []}
+    for key, row in (("clean_accuracy", "clean_correct"), ("pgd_accuracy", "pgd_robust"),
+                     ("ensemble_accuracy", "ensemble_robust"),
+                     ("certified_accuracy", "certified")):
+        report[key] = None if rows.get(row) is None else float(rows[row].float().mean())
+    start = 0
+    for p in parts:
+        for k, v in p["seconds"].items():
+            report["seconds"][k] = report["seconds"].get(k, 0.0) + v
+        for k, v in (p.get("certified_by") or {}).items():
+            report.setdefault("certified_by", {})
+            report["certified_by"][k] = report["certified_by"].get(k, 0) + v
+        report["notes"] += [m for m in p["notes"] if m not in report["notes"]]
+        report["warnings"] += [f"samples {start}-{start + p['n'] - 1}: {w}"
+                               for w in p["warnings"] if not w.startswith("certified accuracy")]
+        start += p["n"]
+    _check_order(report)
+    return report
+
+
+def _emit(args: argparse.Namespace, checkpoint: Any, threat: Any, report: dict[str, Any],
+          note: str | None = None) -> None:
     payload = {"model": str(args.model), "arch": checkpoint.arch, "data": args.data,
                "split": args.split, **report}
-    emit(args, payload, [("model", args.model), *report_rows(report)],
-         title=f"advrobust evaluate ({threat})")
-    return 0
+    rows = [("model", args.model), *report_rows(report)]
+    if note is not None:
+        payload["interrupted"] = note
+        rows.insert(0, ("interrupted", note))
+    emit(args, payload, rows, title=f"advrobust evaluate ({threat})")

@@ -13,6 +13,8 @@ from advrobust.cli._common import (
     add_json_arg,
     check_output,
     emit,
+    forecast,
+    interrupted,
     load_data,
     load_model,
     seed_arg,
@@ -114,29 +116,102 @@ def _fit_shape(x: Any, shape: tuple[int, ...] | None) -> Any:
 def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | None) -> int:
     import torch
 
+    from advrobust.core.progress import progress_bar
     from advrobust.core.threat import LpBall
     from advrobust.evaluation.verify import verify_dataset
 
     if args.eps is None:
         raise InvalidParameterError("--eps is required (or give --vnnlib). Got none.")
+    from advrobust.core._validation import check_int
+
+    check_int(args.batch_size, "--batch-size", "advrobust verify", low=1)
     data = load_data(args)
     x = _fit_shape(data.x, shape)
-    report = verify_dataset(model, x, data.y, LpBall(args.norm, args.eps), method=args.method,
-                            time_limit=args.time_limit, threads=args.threads,
-                            batch_size=args.batch_size, progress=not args.no_progress,
-                            generator=torch.Generator().manual_seed(args.seed))
-    writer = open_writer(args.save, COLUMNS, args.force)  # after the run: Ctrl-C leaves none
-    if writer is not None:
-        from advrobust.evaluation import predict
+    writer = open_writer(args.save, COLUMNS, args.force)
+    from advrobust.evaluation import predict
 
-        _write_rows(writer, report, data.y, predict(model, x))
+    pred, parts = predict(model, x), []
+    spans = [(s, min(s + args.batch_size, len(data))) for s in range(0, len(data),
+                                                                    args.batch_size)]
+    ahead, gen = forecast(args, len(data)), torch.Generator().manual_seed(args.seed)
+    threat = LpBall(args.norm, args.eps)
+    bar = progress_bar(total=len(spans), desc="verify", unit="batch",
+                       disable=args.no_progress or len(spans) < 2)
+    try:  # batch by batch: the rows of finished batches are on disk when Ctrl-C comes
+        for s, e in spans:
+            parts.append(verify_dataset(
+                model, x[s:e], data.y[s:e], threat, method=args.method,
+                time_limit=args.time_limit, threads=args.threads, batch_size=args.batch_size,
+                progress=not args.no_progress and len(spans) == 1, generator=gen))
+            if writer is not None:
+                _write_rows(writer, parts[-1], data.y[s:e], pred[s:e], offset=s)
+            ahead.update(e)
+            bar.update(1)
+    except KeyboardInterrupt:
+        return _keep_finished(args, writer, parts, len(data))
+    finally:
+        bar.close()
+    report = concat_reports(parts)
+    if writer is not None:
         print(f"advrobust verify: saved {writer.close()}", file=sys.stderr)
+    _emit_dataset(args, report, f"advrobust verify ({data.name}, {len(data)} samples)")
+    return 0
+
+
+def _emit_dataset(args: argparse.Namespace, report: Any, title: str,
+                  note: str | None = None) -> None:
     payload = report.summary()
     keys = ("method", "threat", "n", "verified", "falsified", "unknown", "clean_accuracy",
             "certified_accuracy", "robust_accuracy_upper", "mean_lower_bound", "seconds")
     rows = [(k.replace("_", " "), payload[k]) for k in keys]
-    emit(args, payload, rows, title=f"advrobust verify ({data.name}, {len(data)} samples)")
-    return 0
+    if note is not None:
+        rows.insert(0, ("interrupted", note))
+        payload["interrupted"] = note
+    emit(args, payload, rows, title=title)
+
+
+def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, parts: list[Any],
+                   total: int) -> int:
+    """On Ctrl-C: keep the rows of the finished batches, print their counts; returns 130."""
+    done = sum(p.n for p in parts)
+    saved = [writer.close()] if writer is not None else []
+    if parts:
+        _emit_dataset(args, concat_reports(parts), f"advrobust verify ({done} of {total} "
+                      "samples)", note=f"the first {done} of {total} samples")
+        saved.append("the counts of the finished samples on stdout")
+    return interrupted(args, done, total, saved)
+
+
+def concat_reports(parts: list[Any]) -> Any:
+    """One :class:`~advrobust.evaluation.VerifyReport` of consecutive batches' reports."""
+    import dataclasses
+
+    import torch
+
+    if len(parts) == 1:
+        return parts[0]
+    stages: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    offset = 0
+    for p in parts:
+        for k, v in p.stage_seconds.items():
+            stages[k] = stages.get(k, 0.0) + v
+        for k, v in p.stats.items():  # per-sample logs keyed by index: shift to the whole run
+            if isinstance(v, dict) and all(isinstance(i, int) for i in v):
+                stats.setdefault(k, {}).update({i + offset: log for i, log in v.items()})
+            elif isinstance(v, list):
+                stats.setdefault(k, []).extend(v)
+            else:
+                stats.setdefault(k, v)
+        offset += p.n
+    first = parts[0]
+    return dataclasses.replace(
+        first, verdict=sum((p.verdict for p in parts), ()),
+        lower=torch.cat([p.lower for p in parts]), upper=torch.cat([p.upper for p in parts]),
+        witness=torch.cat([p.witness for p in parts]),
+        decided_by=sum((p.decided_by for p in parts), ()),
+        clean_values=torch.cat([p.clean_values for p in parts]),
+        seconds=sum(p.seconds for p in parts), stage_seconds=stages, stats=stats)
 
 
 def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | None) -> int:
@@ -218,7 +293,7 @@ COLUMNS = ("index", "label", "prediction", "verdict", "lower", "upper", "decided
            "seconds")
 
 
-def _write_rows(writer: SampleWriter, report: Any, y: Any, pred: Any) -> None:
+def _write_rows(writer: SampleWriter, report: Any, y: Any, pred: Any, offset: int = 0) -> None:
     """One row per sample: verdict, bracket of the worst-case margin; counterexamples."""
     import torch
 
@@ -227,9 +302,9 @@ def _write_rows(writer: SampleWriter, report: Any, y: Any, pred: Any) -> None:
     n = len(y)
     lower, upper = report.margin_lower, report.margin_upper
     writer.write([{
-        "index": i, "label": y[i], "prediction": pred[i],
+        "index": offset + i, "label": y[i], "prediction": pred[i],
         "verdict": report.verdict[i], "lower": float(lower[i]), "upper": float(upper[i]),
         "decided_by": report.decided_by[i] or None, "seconds": report.seconds / n}
         for i in range(n)])
     falsified = torch.tensor([v is Verdict.FALSIFIED for v in report.verdict])
-    writer.add_witnesses(torch.arange(n)[falsified], report.witness[falsified])
+    writer.add_witnesses(offset + torch.arange(n)[falsified], report.witness[falsified])
