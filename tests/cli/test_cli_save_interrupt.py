@@ -16,19 +16,12 @@ from advrobust.attacks import PGD
 from advrobust.cli import main
 from advrobust.core.progress import StatusLine, progress_bar
 from advrobust.data import load_dataset
-from advrobust.models import build_model, load_checkpoint, save_checkpoint
-from advrobust.training import fit
+from advrobust.models import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    train = load_dataset("digits", "train").take(300)
-    model = build_model("mlp2", train.input_shape, 10, seed=0)
-    fit(model, train, epochs=3, batch_size=50, progress=False)
-    path = tmp_path_factory.mktemp("save") / "m.pt"
-    save_checkpoint(path, model.eval(), arch="mlp2",
-                    arch_kwargs={"input_shape": [1, 8, 8], "num_classes": 10})
-    return path
+@pytest.fixture
+def checkpoint(digits_checkpoint: Path) -> Path:
+    return digits_checkpoint
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -130,17 +123,35 @@ def test_progress_bar_is_silent_for_empty_or_disabled_stages(
     assert capsys.readouterr().err == ""
 
 
-def test_large_split_without_n_is_announced(checkpoint: Path, capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_split_without_n_is_announced_with_a_forecast(
+        checkpoint: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     import advrobust.cli._common as common
 
     monkeypatch.setattr(common, "ANNOUNCE_ABOVE", 100)  # digits test has 450 samples
-    import advrobust.evaluation
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1",
+                 "--steps", "1", "--batch-size", "100", "--no-progress", "--json"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "using all 450 samples" in err[0]
+    forecast = [line for line in err if "the first 100 of 450 samples took" in line]
+    assert len(forecast) == 1 and "for all of them" in forecast[0]
+    # with --n nothing is announced: the user chose the size
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1",
+                 "--steps", "1", "--n", "300", "--batch-size", "100", "--no-progress"]) == 0
+    assert "samples took" not in capsys.readouterr().err
 
-    monkeypatch.setattr(advrobust.evaluation, "evaluate_attack", _stop)
-    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1"]) == 130
-    assert "using all 450 samples" in capsys.readouterr().err
 
+def test_forecast_extrapolates_the_first_batch() -> None:
+    from advrobust.core.progress import Forecast
 
-def _stop(*args: object, **kwargs: object) -> None:
-    raise KeyboardInterrupt
+    out = io.StringIO()
+    ahead = Forecast(1000, "advrobust verify", file=out)
+    ahead.start -= 10.0  # the first 100 samples took 10 s
+    ahead.update(100)
+    ahead.update(200)  # said once
+    line = out.getvalue().strip()
+    assert line.count("\n") == 0 and "the first 100 of 1000 samples took 10s" in line
+    assert "about 1m40s for all of them" in line
+    quiet = io.StringIO()
+    Forecast(1000, "x", enabled=False, file=quiet).update(100)
+    assert quiet.getvalue() == ""
