@@ -81,8 +81,8 @@ def test_detect_save_rows_agree_with_the_report(checkpoint: Path, tmp_path: Path
                    for r in attacked if r["success"])
     assert report["clean_fpr"] == pytest.approx(sum(r["clean_flagged"] for r in rows) / 50)
     witnesses = np.load(save.with_suffix(".npz"))
-    assert sorted(zip(witnesses["method"].tolist(), witnesses["index"].tolist())) == sorted(
-        (r["attack"], r["index"]) for r in rows if r["success"])
+    pairs = zip(witnesses["method"].tolist(), witnesses["index"].tolist(), strict=True)
+    assert sorted(pairs) == sorted((r["attack"], r["index"]) for r in rows if r["success"])
     data = load_dataset("digits", "test").take(25)
     idx, x_adv = torch.from_numpy(witnesses["index"]), torch.from_numpy(witnesses["x"])
     with torch.no_grad():  # real adversarial examples inside the ball
