@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--n", type=int, default=150)
     parser.add_argument("--l2-eps", type=float, default=10.0)
+    parser.add_argument("--only", default=None, help="rows of GRID to run, e.g. 0,3")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, calibration = _model(args)
@@ -72,7 +73,8 @@ def main() -> None:
           f"detector threshold {detector.threshold_:.3f}")
     print("| lr | steps | search | c0 | evasion | success | median l2 (evading) | s |")
     print("|---|---|---|---|---|---|---|---|")
-    for lr, steps, search, c0 in GRID:
+    rows = GRID if args.only is None else [GRID[int(i)] for i in args.only.split(",")]
+    for lr, steps, search, c0 in rows:
         attack = EvasiveCW(detector=detector, lr=lr, steps=steps, binary_search_steps=search,
                            initial_const=c0)
         start = time.perf_counter()

@@ -102,7 +102,6 @@ def _prepare(root: Path) -> dict[str, Path]:
     import numpy as np
     import torch
 
-    from advrobust.models import load_checkpoint, save_checkpoint
 
     root.mkdir(parents=True, exist_ok=True)
     ckpt = root / "m.pt"
@@ -110,15 +109,13 @@ def _prepare(root: Path) -> dict[str, Path]:
         code, _, err = _run(_cli("train", "--data", "digits", "--model", "mlp2", "--epochs",
                                  "3", "--out", str(ckpt), "--no-progress"), root)
         assert code == 0, err
-    loaded = load_checkpoint(ckpt)
-    nan = loaded.model
-    with torch.no_grad():
-        next(nan.parameters())[0, 0] = float("nan")
+    raw = torch.load(ckpt, weights_only=True)  # save_checkpoint refuses NaN: edit the file
     paths = {"ckpt": ckpt, "nan": root / "nan.pt", "junk": root / "junk.pt",
              "trunc": root / "trunc.pt", "npz": root / "junk.npz", "onnx": root / "junk.onnx",
              "vnnlib": root / "junk.vnnlib", "db": root / "junk.db", "toml": root / "c.toml"}
     if not paths["nan"].exists():
-        save_checkpoint(paths["nan"], nan, arch=loaded.arch, arch_kwargs=loaded.arch_kwargs)
+        _poison(raw)
+        torch.save(raw, paths["nan"])
     paths["junk"].write_bytes(b"not a checkpoint at all")
     paths["trunc"].write_bytes(ckpt.read_bytes()[:500])
     paths["npz"].write_bytes(b"PK\x03\x04garbage")
@@ -143,6 +140,20 @@ name = "pgd"
 params = {{ steps = 20, restarts = 1 }}
 """)
     return paths
+
+
+def _poison(obj: object) -> bool:
+    """Set the first floating-point weight found in a nested checkpoint dict to NaN."""
+    import torch
+
+    if isinstance(obj, dict):
+        return any(_poison(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_poison(v) for v in obj)
+    if torch.is_tensor(obj) and obj.is_floating_point() and obj.numel() > 1:
+        obj.view(-1)[0] = float("nan")
+        return True
+    return False
 
 
 def _cases(p: dict[str, Path], root: Path) -> list[Case]:

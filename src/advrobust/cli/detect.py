@@ -62,6 +62,9 @@ def register(subparsers: Any) -> None:
                         "(default: 1000, or the whole split when it is smaller)")
     parser.add_argument("--cw-steps", type=int, default=100,
                         help="Adam steps per constant (default: 100)")
+    parser.add_argument("--cw-lr", type=float, default=0.1,
+                        help="Adam learning rate of cw / evasive-cw in tanh space (default: "
+                        "0.1; the C&W paper's 0.01 rarely moves saturated pixels)")
     parser.add_argument("--cw-search", type=int, default=5,
                         help="binary-search steps of C&W (default: 5)")
     parser.add_argument("--evasion-weight", type=float, default=1.0,
@@ -97,7 +100,7 @@ def _build_attacks(args: argparse.Namespace, detector: Any) -> tuple[dict[str, A
     from advrobust.detection import EvasiveCW
 
     linf, l2 = LpBall(Norm.LINF, args.eps), LpBall(Norm.L2, args.l2_eps)
-    cw_kw = {"steps": args.cw_steps, "binary_search_steps": args.cw_search}
+    cw_kw = {"steps": args.cw_steps, "binary_search_steps": args.cw_search, "lr": args.cw_lr}
     table: dict[str, tuple[Callable[[], Any], Any]] = {
         "pgd": (lambda: PGD(steps=40), linf),
         "fgsm": (FGSM, linf),

@@ -86,7 +86,11 @@ class EvasiveCW(CarliniWagner):
         initial_const: first C&W constant; higher than C&W's default since the detector
             penalty competes with the misclassification term.
         steps, lr, binary_search_steps, abort_early: as in
-            :class:`~advrobust.attacks.CarliniWagner` (l2 only).
+            :class:`~advrobust.attacks.CarliniWagner` (l2 only), with its defaults (lr 0.1,
+            5 binary-search steps). The paper's lr 0.01 with 9 steps stays reachable
+            (``lr=0.01, binary_search_steps=9``); on digits it evaded the detector on 90.6 %
+            of 139 samples against 100 % for these defaults, in 6.8 s against 4.0 s
+            (``bench/evasive_defaults.py``, bench/RESULTS.md).
 
     Raises:
         InvalidParameterError: ``detector`` is not a :class:`GradientNormDetector`.
@@ -99,7 +103,7 @@ class EvasiveCW(CarliniWagner):
 
     def __init__(self, *, detector: GradientNormDetector, weight: float = 1.0,
                  slack: float = 0.8, confidence: float = 2.0, steps: int = 100,
-                 lr: float = 0.01, binary_search_steps: int = 9, initial_const: float = 0.1,
+                 lr: float = 0.1, binary_search_steps: int = 5, initial_const: float = 0.1,
                  abort_early: bool = True) -> None:
         if not isinstance(detector, GradientNormDetector):
             raise InvalidParameterError(
