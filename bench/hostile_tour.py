@@ -83,8 +83,9 @@ def _classify(case: Case, code: int, out: str, err: str, cwd: Path) -> str:
     if case.expect == "error":
         if code == 0:
             return "silent"
-        last = err.strip().splitlines()[-1] if err.strip() else ""
-        return "ok" if code == 2 and "error" in last else "silent"
+        said = any(line.startswith("advrobust ") and ": error: " in line
+                   for line in err.splitlines())
+        return "ok" if code == 2 and said else "silent"
     if case.expect == "interrupt":
         if code != 130 or "interrupted" not in err:
             return "silent"
@@ -218,9 +219,7 @@ def _cases(p: dict[str, Path], root: Path) -> list[Case]:
         Case("NaN weights detect", _cli("detect", "--model", str(p["nan"]), *dg, "--n", "5")),
         Case("NaN weights evaluate", _cli("evaluate", "--model", str(p["nan"]), *dg, "--eps",
                                           "0.1", "--n", "5")),
-        Case("NaN weights info", _cli("info", str(p["nan"])), expect="ok",
-             check=lambda c, code, out, err: None if "nan" in (out + err).lower()
-             or "finite" in (out + err).lower() else "NaN weights not mentioned"),
+        Case("NaN weights info", _cli("info", str(p["nan"]))),
         Case("junk onnx", _cli("verify", "--onnx", str(p["onnx"]), *dg, "--eps", "0.1")),
         Case("junk vnnlib", _cli("verify", "--onnx", str(p["onnx"]), "--vnnlib",
                                  str(p["vnnlib"]))),

@@ -155,3 +155,20 @@ def test_forecast_extrapolates_the_first_batch() -> None:
     quiet = io.StringIO()
     Forecast(1000, "x", enabled=False, file=quiet).update(100)
     assert quiet.getvalue() == ""
+
+
+def test_ctrl_c_before_the_first_batch_leaves_no_empty_file(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.evaluation
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(advrobust.evaluation, "evaluate_attack", stop)
+    save = tmp_path / "rows.jsonl"
+    assert main(["attack", "--model", str(checkpoint), "--data", "digits", "--eps", "0.1",
+                 "--n", "20", "--save", str(save), "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "advrobust attack: interrupted (Ctrl-C) after 0 of 20 samples; nothing was saved"
+    assert not save.exists() and not save.with_suffix(".npz").exists()  # a rerun needs no --force

@@ -21,7 +21,7 @@ import torch
 
 from advrobust.errors import InvalidParameterError
 
-__all__ = ["SampleWriter", "add_save_args", "open_writer"]
+__all__ = ["SampleWriter", "add_save_args", "keep_finished", "open_writer"]
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -113,9 +113,22 @@ class SampleWriter:
         arrays = {"index": index.numpy(), "x": points.numpy()}
         if any(self._tags):
             arrays["method"] = np.array(self._tags)
-        atomic_write(self.witness_path, lambda handle: np.savez_compressed(handle, **arrays))
+        atomic_write(self.witness_path,
+                     lambda handle: np.savez_compressed(handle, **arrays))  # type: ignore[arg-type]
         return (f"{self.rows} per-sample rows in {self.path}, {index.numel()} witnesses in "
                 f"{self.witness_path}")
+
+
+def keep_finished(writer: SampleWriter | None) -> list[str]:
+    """On Ctrl-C: close ``writer`` and return what it saved (a one-item list), or remove its
+    still empty rows file (a rerun then needs no ``--force``) and return nothing."""
+    if writer is None:
+        return []
+    if writer.rows == 0:
+        writer._file.close()
+        writer.path.unlink(missing_ok=True)
+        return []
+    return [writer.close()]
 
 
 def open_writer(path: Path | None, columns: Sequence[str], force: bool) -> SampleWriter | None:

@@ -54,7 +54,7 @@ from advrobust.cli._common import (
     progress_enabled,
     seed_arg,
 )
-from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, keep_finished, open_writer
 from advrobust.errors import DatasetNotFoundError, InvalidParameterError
 
 __all__ = ["attack_classes", "build_attack", "register", "run"]
@@ -311,7 +311,7 @@ def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, batche
     from advrobust.evaluation import predict
 
     done = sum(int(b.success.shape[0]) for b in batches)
-    saved = [writer.close()] if writer is not None else []
+    saved = keep_finished(writer)
     if args.save_examples is not None and batches:
         x_adv = torch.cat([b.x_adv for b in batches])
         save_examples(args.save_examples, x[:done], x_adv, y[:done], predict(model, x[:done]),

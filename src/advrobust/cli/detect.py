@@ -24,7 +24,7 @@ from advrobust.cli._common import (
     progress_enabled,
     seed_arg,
 )
-from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, keep_finished, open_writer
 from advrobust.core._validation import check_int
 from advrobust.errors import InvalidParameterError
 
@@ -149,11 +149,11 @@ def run(args: argparse.Namespace) -> int:
     check_model_data(checkpoint, data)
     detector = GradientNormDetector(fpr=args.fpr).fit(model, _calibration_data(args).x)
     attacks, threats = _build_attacks(args, detector)  # pgd / fgsm: linf; cw: l2 norms
-    writer = open_writer(args.save, COLUMNS, args.force)
     clean_scores = detector.score(data.x).detach()
     clean_flags = clean_scores > float(detector.threshold_ or 0.0)
     with torch.no_grad():
         pred = model(data.x).argmax(1)
+    writer = open_writer(args.save, COLUMNS, args.force)
     batches: list[Any] = []
     ahead = forecast(args, len(data))
 
@@ -231,7 +231,7 @@ def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, detect
 
     last = list(attacks)[-1]
     done = max((int(b.index[-1]) + 1 for b in batches if b.attack == last), default=0)
-    saved = [writer.close()] if writer is not None else []
+    saved = keep_finished(writer)
     if done:
         whole = [b for b in batches if int(b.index[-1]) < done]
         report = summarize_batches(detector, clean_flags[:done], whole, threats)

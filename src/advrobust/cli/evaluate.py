@@ -21,7 +21,7 @@ from advrobust.cli._common import (
     progress_enabled,
     seed_arg,
 )
-from advrobust.cli._save import SUFFIXES, add_save_args, open_writer
+from advrobust.cli._save import SUFFIXES, add_save_args, keep_finished, open_writer
 
 __all__ = ["register", "report_rows", "run"]
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
     except KeyboardInterrupt:
         done = spans[len(parts) - 1][1] if parts else 0
-        saved = [writer.close()] if writer is not None else []
+        saved = keep_finished(writer)
         if parts:
             _emit(args, checkpoint, threat, merge_reports(parts),
                   note=f"the first {done} of {n} samples")
@@ -156,12 +156,12 @@ def merge_reports(parts: list[dict[str, Any]]) -> dict[str, Any]:
     from advrobust.evaluation.robustness import _check_order
 
     if len(parts) == 1:
-        report = dict(parts[0])
-        report.pop("per_sample", None)
-        return report
-    rows = {k: None if parts[0]["per_sample"][k] is None
-            else torch.cat([p["per_sample"][k] for p in parts])
-            for k in parts[0]["per_sample"]}
+        single = dict(parts[0])
+        single.pop("per_sample", None)
+        return single
+    rows: dict[str, Any] = {k: None if parts[0]["per_sample"][k] is None
+                            else torch.cat([p["per_sample"][k] for p in parts])
+                            for k in parts[0]["per_sample"]}
     report: dict[str, Any] = {"n": sum(p["n"] for p in parts), "threat": parts[0]["threat"],
                               "seconds": {}, "notes": [], "warnings": []}
     for key, row in (("clean_accuracy", "clean_correct"), ("pgd_accuracy", "pgd_robust"),

@@ -19,7 +19,7 @@ from advrobust.cli._common import (
     load_model,
     seed_arg,
 )
-from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, open_writer
+from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, keep_finished, open_writer
 from advrobust.errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["register", "run"]
@@ -174,7 +174,7 @@ def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, parts:
                    total: int) -> int:
     """On Ctrl-C: keep the rows of the finished batches, print their counts; returns 130."""
     done = sum(p.n for p in parts)
-    saved = [writer.close()] if writer is not None else []
+    saved = keep_finished(writer)
     if parts:
         _emit_dataset(args, concat_reports(parts), f"advrobust verify ({done} of {total} "
                       "samples)", note=f"the first {done} of {total} samples")
