@@ -40,7 +40,7 @@ def test_a_second_writer_of_the_same_out_is_refused(tmp_path: Path,
     with OutputLock(out, "--out"):  # another process is writing it
         assert _train(out, "--epochs", "1") == 2
     err = capsys.readouterr().err
-    assert "another advrobust process" in err and not out.exists()
+    assert f"is in use by PID {os.getpid()}" in err and not out.exists()
     assert _train(out, "--epochs", "1") == 0  # the lock is gone with its holder
     assert not (tmp_path / ".m.pt.lock").exists()
 
