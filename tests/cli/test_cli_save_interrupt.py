@@ -172,3 +172,19 @@ def test_ctrl_c_before_the_first_batch_leaves_no_empty_file(
     err = capsys.readouterr().err.strip()
     assert err == "advrobust attack: interrupted (Ctrl-C) after 0 of 20 samples; nothing was saved"
     assert not save.exists() and not save.with_suffix(".npz").exists()  # a rerun needs no --force
+
+
+def test_ctrl_c_while_a_batch_is_kept_takes_effect_after_it() -> None:
+    import os
+    import signal
+
+    from advrobust.cli._common import held_interrupt
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the batch is being written
+            steps.append("rows written")
+        steps.append("not reached")
+    assert steps == ["rows written"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

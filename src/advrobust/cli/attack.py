@@ -48,6 +48,7 @@ from advrobust.cli._common import (
     check_plot_path,
     emit,
     forecast,
+    held_interrupt,
     interrupted,
     load_data,
     load_model,
@@ -197,9 +198,10 @@ def run(args: argparse.Namespace) -> int:
     ahead = forecast(args, len(y))
 
     def on_batch(start: int, res: Any, seconds: float) -> None:
-        batches.append(res)
-        if writer is not None:
-            _write_rows(writer, model, x, y, index, start, res, seconds, args.attack)
+        with held_interrupt():  # the batch is kept whole or not at all
+            batches.append(res)
+            if writer is not None:
+                _write_rows(writer, model, x, y, index, start, res, seconds, args.attack)
         ahead.update(start + int(res.success.shape[0]))
 
     try:

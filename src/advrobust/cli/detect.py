@@ -18,6 +18,7 @@ from advrobust.cli._common import (
     check_output,
     emit,
     forecast,
+    held_interrupt,
     interrupted,
     load_data,
     load_model,
@@ -158,9 +159,10 @@ def run(args: argparse.Namespace) -> int:
     ahead = forecast(args, len(data))
 
     def on_batch(batch: Any) -> None:
-        batches.append(batch)
-        if writer is not None:
-            _write_rows(writer, batch, data.y, pred, clean_scores, clean_flags)
+        with held_interrupt():  # the batch is kept whole or not at all
+            batches.append(batch)
+            if writer is not None:
+                _write_rows(writer, batch, data.y, pred, clean_scores, clean_flags)
         if batch.attack == list(attacks)[-1]:  # every attack has done this batch
             ahead.update(int(batch.index[-1]) + 1)
 

@@ -15,6 +15,7 @@ from advrobust.cli._common import (
     check_output,
     emit,
     forecast,
+    held_interrupt,
     interrupted,
     load_data,
     load_model,
@@ -107,13 +108,15 @@ def run(args: argparse.Namespace) -> int:
                        disable=not progress_enabled(args) or len(spans) < 2)
     try:  # batch by batch: the rows of finished batches are on disk when Ctrl-C comes
         for s, e in spans:
-            parts.append(_evaluate(args, checkpoint.model, data, s, e, threat,
-                                   progress_enabled(args) and len(spans) == 1))
-            if writer is not None:
-                rows = parts[-1]["per_sample"]
-                writer.write([{"index": i, "label": data.y[i], "prediction": pred[i],
-                               **{k: None if v is None else bool(v[i - s])
-                                  for k, v in rows.items()}} for i in range(s, e)])
+            part = _evaluate(args, checkpoint.model, data, s, e, threat,
+                             progress_enabled(args) and len(spans) == 1)
+            with held_interrupt():  # the batch is kept whole or not at all
+                parts.append(part)
+                if writer is not None:
+                    rows = part["per_sample"]
+                    writer.write([{"index": i, "label": data.y[i], "prediction": pred[i],
+                                   **{k: None if v is None else bool(v[i - s])
+                                      for k, v in rows.items()}} for i in range(s, e)])
             ahead.update(e)
             bar.update(1)
     except KeyboardInterrupt:

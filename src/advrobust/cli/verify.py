@@ -14,6 +14,7 @@ from advrobust.cli._common import (
     check_output,
     emit,
     forecast,
+    held_interrupt,
     interrupted,
     load_data,
     load_model,
@@ -139,12 +140,14 @@ def _run_dataset(args: argparse.Namespace, model: Any, shape: tuple[int, ...] | 
                        disable=args.no_progress or len(spans) < 2)
     try:  # batch by batch: the rows of finished batches are on disk when Ctrl-C comes
         for s, e in spans:
-            parts.append(verify_dataset(
+            part = verify_dataset(
                 model, x[s:e], data.y[s:e], threat, method=args.method,
                 time_limit=args.time_limit, threads=args.threads, batch_size=args.batch_size,
-                progress=not args.no_progress and len(spans) == 1, generator=gen))
-            if writer is not None:
-                _write_rows(writer, parts[-1], data.y[s:e], pred[s:e], offset=s)
+                progress=not args.no_progress and len(spans) == 1, generator=gen)
+            with held_interrupt():  # the batch is kept whole or not at all
+                parts.append(part)
+                if writer is not None:
+                    _write_rows(writer, part, data.y[s:e], pred[s:e], offset=s)
             ahead.update(e)
             bar.update(1)
     except KeyboardInterrupt:
