@@ -1,7 +1,9 @@
 """Command-line interface: the only place where strings become objects.
 
-Exit statuses: 0 success, 1 the reader of stdout went away, 2 a bad command line or input (one
-``advrobust COMMAND: error: ...`` line), 130 interrupted by Ctrl-C.
+Exit statuses: 0 success, 1 the reader of stdout went away, 2 a bad command line or input, or
+an output file / store in use by another process (one ``advrobust COMMAND: error: ...`` line),
+130 interrupted by Ctrl-C (``attack``, ``verify``, ``evaluate`` and ``detect`` first keep the
+finished batches and say so in that one line).
 
 Each command lives in its own module of this package, which defines ``register(subparsers)``
 adding its parser (with an example in its help) and setting ``func`` to the function that runs
