@@ -188,3 +188,21 @@ def test_ctrl_c_while_a_batch_is_kept_takes_effect_after_it() -> None:
         steps.append("not reached")
     assert steps == ["rows written"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_a_finished_console_run_ignores_a_late_ctrl_c(
+        checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C during the interpreter's shutdown after a complete run (torch's atexit hooks)
+    printed an "Exception ignored ... KeyboardInterrupt" traceback (hostile tour)."""
+    import signal
+
+    monkeypatch.setattr("sys.argv", ["advrobust", "info", str(checkpoint)])
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert main() == 0
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert main(["info", str(checkpoint)]) == 0  # called as a library: the handler stays
+    assert signal.getsignal(signal.SIGINT) is before

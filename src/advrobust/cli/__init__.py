@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -90,7 +92,16 @@ def build_parser(only: str | None = None, *, lazy: bool = False) -> argparse.Arg
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``advrobust`` console script; returns the exit status."""
-    words = sys.argv[1:] if argv is None else list(argv)
+    status = _main(sys.argv[1:] if argv is None else list(argv))
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # The command is over (its files written, its status known): a Ctrl-C during the
+        # interpreter's shutdown (torch's atexit hooks) would only print an "Exception
+        # ignored" traceback after a complete run, so it is ignored from here on.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
+
+
+def _main(words: list[str]) -> int:
     command = _command_of(words)
     try:
         parser = build_parser(command, lazy=command is None)
