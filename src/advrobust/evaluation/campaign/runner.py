@@ -122,7 +122,9 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
     Args:
         config: a validated campaign (:func:`~advrobust.evaluation.campaign.load_config`).
         store_path: the SQLite store; created when absent, resumed when it holds this config.
-        workers: processes (``pool``) or Ray CPUs (``ray``); ``pool`` with 1 worker is serial.
+        workers: processes (``pool``) or Ray actors of one CPU each (``ray``; 0: one per CPU
+            of the cluster); ``pool`` with 1 worker is serial. With Ray the driver also runs
+            tasks while the actors start.
         backend: ``serial``, ``pool`` or ``ray``.
         address: with ``ray``, the cluster to join (default: start a local one).
         progress: show a tqdm bar (units, with ETA) on stderr.

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from advrobust.errors import AdvRobustError
 from advrobust.evaluation.campaign.cascade import Task, run_task
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import UnitRecord
@@ -210,53 +209,17 @@ class _Pool:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Ray:
-    """Ray tasks on a local cluster (``num_cpus=workers``) or the one at ``address``."""
-
-    def __init__(self, config: CampaignConfig, fn: Execute, workers: int,
-                 address: str | None) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
-                from None
-        self.ray, self.config = ray, config
-        self.started = not ray.is_initialized()
-        if self.started:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self.remote = ray.remote(max_retries=0, num_cpus=1)(fn)
-        self.capacity = 2 * workers
-        self.pending: dict[Any, Task] = {}
-
-    def submit(self, task: Task) -> None:
-        self.pending[self.remote.remote(self.config, task)] = task
-
-    def in_flight(self) -> int:
-        return len(self.pending)
-
-    def next_done(self) -> Outcome:
-        ready, _ = self.ray.wait(list(self.pending), num_returns=1)
-        task = self.pending.pop(ready[0])
-        try:
-            return task, self.ray.get(ready[0])
-        except Exception as exc:  # RayTaskError, WorkerCrashedError: the driver retries
-            return task, exc
-
-    def close(self) -> None:
-        for ref in self.pending:
-            self.ray.cancel(ref)
-        if self.started:
-            self.ray.shutdown()
-
-
 def make_backend(name: str, config: CampaignConfig, workers: int, fn: Execute = execute,
                  address: str | None = None) -> Any:
-    """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``."""
+    """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``.
+
+    ``workers`` is the number of pool processes or Ray actors; with Ray, 0 means one actor per
+    CPU of the cluster (of this machine for a local one).
+    """
     if name == "ray":
-        return _Ray(config, fn, max(1, workers), address)
+        from advrobust.evaluation.campaign.raybackend import RayBackend
+
+        return RayBackend(config, fn, workers, address)
     if name == "pool" and workers > 1:
         return _Pool(config, fn, workers)
     return _Serial(config, fn)
