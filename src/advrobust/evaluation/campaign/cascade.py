@@ -72,6 +72,7 @@ class _Grid:
                             decide_verdicts(self.lower[0], clean)]] * e
         self.decided_by = [list(row) for row in self.decided_by]
         self.seconds: list[list[dict[str, float]]] = [[{} for _ in range(n)] for _ in eps]
+        self.black_box: set[str] = set()  # names of the attacks that used no gradients
 
     def open(self, e: int) -> Tensor:
         """Indices of the samples still UNKNOWN at eps index ``e``."""
@@ -167,9 +168,12 @@ def _attack_stage(grid: _Grid, y: Tensor, spec: AttackSpec, number: int, task: T
         res = _timed(grid, e, idx, spec.name, attack, grid.model, grid.x[idx], y[idx], threat,
                      generator=gen)
         names = [spec.name] * idx.numel()
+        if res.info.get("black_box"):
+            grid.black_box.add(spec.name)
         if isinstance(attack, Ensemble):
             broken = res.info.get("broken_by") or [None] * idx.numel()
             names = [b or attack_label(attack.attacks[0]) for b in broken]
+            grid.black_box.update(res.info.get("black_box_members") or ())
         grid.offer(e, idx, res.x_adv.detach(), names)
     grid.mark(spec.name)
 
@@ -187,9 +191,13 @@ def _exact_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig) -> N
         grid.mark(name)
 
 
-def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task,
-             config: CampaignConfig) -> list[UnitRecord]:
-    """The bracket of every unit of ``task``; ``x`` (N, ...) and ``y`` (N,) are its samples."""
+def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task, config: CampaignConfig,
+             black_box: set[str] | None = None) -> list[UnitRecord]:
+    """The bracket of every unit of ``task``; ``x`` (N, ...) and ``y`` (N,) are its samples.
+
+    ``black_box``, when given, receives the names (as in the records' ``attack``) of the
+    attacks that reported using no gradients (Square, ensemble members ...), for the report's
+    black-box-beats-white-box check."""
     threat_spec = next(t for t in config.threats if t.norm == task.norm)
     bounders, exact = config.certify_for(task.norm)
     t0 = time.perf_counter()
@@ -206,6 +214,8 @@ def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task,
             _attack_stage(grid, y, attack, number, task, config)
     for name in exact:
         _exact_stage(grid, y, name, config)
+    if black_box is not None:
+        black_box.update(grid.black_box)
     return _records(grid, y, task, threat_spec.eps)
 
 

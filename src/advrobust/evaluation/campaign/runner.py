@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from advrobust.evaluation.campaign.cascade import Task
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import ResultStore, UnitRecord
+from advrobust.evaluation.campaign.unit_sanity import BLACK_BOX_KEY
 from advrobust.evaluation.campaign.workers import Execute, context, execute, make_backend
 
 __all__ = ["CampaignRun", "plan", "run_campaign"]
@@ -152,7 +153,11 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
         with tqdm(total=total, initial=skipped, unit="unit", desc="campaign",
                   disable=not progress) as bar, _Interrupt() as stop:
             written, errors = 0, 0
+            black_box = set(json.loads(store.meta().get(BLACK_BOX_KEY, "[]")))
             for result in _drive(config, todo, backend, workers, address, fn, stop):
+                if not set(result.black_box) <= black_box:  # before the units: never lost
+                    black_box.update(result.black_box)
+                    store.set_meta(BLACK_BOX_KEY, json.dumps(sorted(black_box)))
                 n = store.write_units(result.records, result.inputs)
                 written += n
                 errors += sum(r.status == "error" for r in result.records)
@@ -166,6 +171,7 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
 class _Finished:
     records: list[UnitRecord]
     inputs: dict[int, Any]
+    black_box: tuple[str, ...] = ()
 
 
 def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
@@ -183,7 +189,8 @@ def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
                 return
             task, outcome = runner.next_done()
             if not isinstance(outcome, BaseException):
-                yield _Finished(outcome.records, outcome.inputs)
+                yield _Finished(outcome.records, outcome.inputs,
+                                tuple(getattr(outcome, "black_box", ())))
                 continue
             attempts[task] += 1
             message = f"{type(outcome).__name__}: {outcome}"

@@ -32,11 +32,13 @@ BACKENDS = ("serial", "pool", "ray")
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A finished task: its unit records and its samples' clean inputs (by index)."""
+    """A finished task: its unit records, its samples' clean inputs (by index) and the names
+    of its attacks that used no gradients."""
 
     task: Task
     records: list[UnitRecord]
     inputs: dict[int, np.ndarray]
+    black_box: tuple[str, ...] = ()
 
 
 class Context:
@@ -101,12 +103,13 @@ def execute(config: CampaignConfig, task: Task) -> TaskResult:
     x, y = ctx.batch(task.model, task.samples)
     before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    black_box: set[str] = set()
     try:
-        records = run_task(ctx.models[task.model], x, y, task, config)
+        records = run_task(ctx.models[task.model], x, y, task, config, black_box)
     finally:
         torch.set_num_threads(before)
     inputs = {i: ctx.x[i].numpy() for i in task.samples}
-    return TaskResult(task, records, inputs)
+    return TaskResult(task, records, inputs, tuple(sorted(black_box)))
 
 
 Execute = Callable[[CampaignConfig, Task], TaskResult]
