@@ -34,7 +34,7 @@ from advrobust.core.threat import LpBall
 from advrobust.evaluation.campaign.config import AttackSpec, CampaignConfig
 from advrobust.evaluation.campaign.store import UnitRecord, pack
 
-__all__ = ["Task", "run_task", "task_seed"]
+__all__ = ["Task", "run_task", "stage_progress", "task_seed"]
 
 
 @dataclass(frozen=True)
@@ -178,16 +178,49 @@ def _attack_stage(grid: _Grid, y: Tensor, spec: AttackSpec, number: int, task: T
     grid.mark(spec.name)
 
 
-def _exact_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig) -> None:
+#: How a long stage inside a task reports progress in this process: ``"bar"`` (the driver:
+#: a tqdm bar on a terminal, a status line otherwise), ``"line"`` (a worker: a status line at
+#: most every 10 s, ``$ADVROBUST_PROGRESS_INTERVAL``) or ``"off"``. See :func:`stage_progress`.
+_STAGE_PROGRESS = ["off"]
+
+
+def stage_progress(mode: str | None = None) -> str:
+    """Get (and with ``mode``, set) this process's progress mode for long stages in a task."""
+    if mode is not None:
+        if mode not in ("bar", "line", "off"):
+            raise ValueError(f"stage_progress: mode must be 'bar', 'line' or 'off'; got {mode!r}")
+        _STAGE_PROGRESS[0] = mode
+    return _STAGE_PROGRESS[0]
+
+
+def _stage_bar(total: int, desc: str) -> Any:
+    from advrobust.core.progress import StatusLine, progress_bar
+
+    mode = _STAGE_PROGRESS[0]
+    if mode == "line" and total:
+        return StatusLine(total=total, desc=desc, unit="unit")
+    return progress_bar(total=total, desc=desc, unit="unit", disable=mode != "bar",
+                        leave=False, position=1)
+
+
+def _exact_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig, task: Task) -> None:
+    """One exact method, sample by sample, on what is open, eps ascending (a unit can take up
+    to the time limit: a progress bar / status line per task shows how far it is)."""
     exact = _bounder(name, config)
-    for e, threat in enumerate(grid.threats):
-        for i in grid.open(e).tolist():
-            idx = torch.tensor([i])
-            res = _timed(grid, e, idx, name, exact, grid.model, grid.x[idx], y[idx], threat,
-                         grid.spec_of(idx))
-            grid.raise_lower(e, idx, res.lower, name)
-            if res.witness is not None:
-                grid.offer(e, idx, res.witness.detach(), name)
+    planned = [grid.open(e).numel() for e in range(len(grid.threats))]
+    desc = f"{name} {task.model} {task.norm} #{task.chunk}"
+    with _stage_bar(sum(planned), desc) as bar:
+        for e, threat in enumerate(grid.threats):
+            units = grid.open(e).tolist()
+            for i in units:
+                idx = torch.tensor([i])
+                res = _timed(grid, e, idx, name, exact, grid.model, grid.x[idx], y[idx], threat,
+                             grid.spec_of(idx))
+                grid.raise_lower(e, idx, res.lower, name)
+                if res.witness is not None:
+                    grid.offer(e, idx, res.witness.detach(), name)
+                bar.update(1)
+            bar.update(planned[e] - len(units))  # decided along the grid before their turn
         grid.mark(name)
 
 
@@ -213,7 +246,7 @@ def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task, config: Campaig
         if task.norm in attack.norms:
             _attack_stage(grid, y, attack, number, task, config)
     for name in exact:
-        _exact_stage(grid, y, name, config)
+        _exact_stage(grid, y, name, config, task)
     if black_box is not None:
         black_box.update(grid.black_box)
     return _records(grid, y, task, threat_spec.eps)

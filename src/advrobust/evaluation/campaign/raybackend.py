@@ -41,9 +41,11 @@ logger = logging.getLogger(__name__)
 _POLL = 0.02  # seconds between looks at the driver's own results while waiting on Ray
 
 
-def init_options(workers: int, address: str | None) -> dict[str, Any]:
-    """``ray.init`` keywords: join ``address``, or a lean local cluster of ``workers`` CPUs."""
-    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+def init_options(workers: int, address: str | None, progress: bool = False
+                 ) -> dict[str, Any]:
+    """``ray.init`` keywords: join ``address``, or a lean local cluster of ``workers`` CPUs
+    (the actors' output reaches the driver only with ``progress``)."""
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress,
                               "logging_level": "ERROR"}
     if address:
         return {"address": address, **common}
@@ -54,10 +56,12 @@ def init_options(workers: int, address: str | None) -> dict[str, Any]:
 class _Worker:
     """Actor body: loads the campaign's context once, then runs tasks with ``fn``."""
 
-    def __init__(self, config: CampaignConfig, fn: Any) -> None:
+    def __init__(self, config: CampaignConfig, fn: Any, progress: bool) -> None:
+        from advrobust.evaluation.campaign.cascade import stage_progress
         from advrobust.evaluation.campaign.workers import context
 
         self.config, self.fn = config, fn
+        stage_progress("line" if progress else "off")
         context(config)
 
     def ready(self) -> bool:
@@ -76,17 +80,13 @@ class RayBackend:
         workers: actors (and local CPUs); with ``address``, 0 means one per cluster CPU.
         address: a running cluster to join (``ray.init(address=...)``).
         driver_helps: run tasks in the driver while the actors start.
+        progress: actors report long stages with a status line (forwarded to the driver).
     """
 
     def __init__(self, config: CampaignConfig, fn: Any, workers: int, address: str | None,
-                 driver_helps: bool = True) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
-                from None
-        self.ray, self.config, self.fn = ray, config, fn
-        self.workers, self.address = workers, address
+                 driver_helps: bool = True, progress: bool = False) -> None:
+        self.config, self.fn = config, fn
+        self.workers, self.address, self.progress = workers, address, progress
         self.capacity = 4 * max(1, workers) + 2
         self.waiting: collections.deque[Task] = collections.deque()
         self.lock = threading.Lock()
@@ -101,7 +101,18 @@ class RayBackend:
         self.helping = driver_helps
         self.local_tasks = 0
         self.t0 = time.perf_counter()
+        if driver_helps:  # from now on: the first tasks need not wait for Ray at all
+            self.helper = threading.Thread(target=self._help, name="campaign-driver-task",
+                                           daemon=True)
+            self.helper.start()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            import ray
+        except ImportError:
+            self.helping = False
+            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
+                from None
+        self.ray = ray
 
     # -- the runner's interface ---------------------------------------------------------------
     def submit(self, task: Task) -> None:
@@ -152,22 +163,17 @@ class RayBackend:
 
     # -- internals ----------------------------------------------------------------------------
     def _start(self) -> None:
-        """Start the driver's helper thread, then Ray and the actors (in this thread)."""
-        self.t0 = time.perf_counter()
-        if self.helping:
-            self.helper = threading.Thread(target=self._help, name="campaign-driver-task",
-                                           daemon=True)
-            self.helper.start()
+        """Start Ray (in this thread) and the actors; the driver's thread already runs."""
         ray = self.ray
         if not ray.is_initialized():
-            ray.init(**init_options(self.workers, self.address))
+            ray.init(**init_options(self.workers, self.address, self.progress))
             self.started = True
             logger.debug("ray.init: %.2f s", time.perf_counter() - self.t0)
         count = self.workers
         if count < 1:
             count = max(1, int(ray.cluster_resources().get("CPU", 1)))
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_Worker)
-        self.actors = [actor.remote(self.config, self.fn) for _ in range(count)]
+        self.actors = [actor.remote(self.config, self.fn, self.progress) for _ in range(count)]
         self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         self.capacity = 4 * count + 2
 

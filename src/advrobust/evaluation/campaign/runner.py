@@ -11,6 +11,7 @@ stays intact either way, since every write is one transaction).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -24,7 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from advrobust.evaluation.campaign.cascade import Task
+from advrobust.evaluation.campaign.cascade import Task, stage_progress
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import ResultStore, UnitRecord
 from advrobust.evaluation.campaign.unit_sanity import BLACK_BOX_KEY
@@ -151,10 +152,11 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
         total = sum(len(_keys(t, config)) for t in tasks)
         skipped = sum(k in done for t in tasks for k in _keys(t, config))
         with tqdm(total=total, initial=skipped, unit="unit", desc="campaign",
-                  disable=not progress) as bar, _Interrupt() as stop:
+                  disable=not progress) as bar, _Interrupt() as stop, \
+                _stage_mode("bar" if progress else "off"):  # for tasks run in the driver
             written, errors = 0, 0
             black_box = set(json.loads(store.meta().get(BLACK_BOX_KEY, "[]")))
-            for result in _drive(config, todo, backend, workers, address, fn, stop):
+            for result in _drive(config, todo, backend, workers, address, fn, stop, progress):
                 if not set(result.black_box) <= black_box:  # before the units: never lost
                     black_box.update(result.black_box)
                     store.set_meta(BLACK_BOX_KEY, json.dumps(sorted(black_box)))
@@ -167,6 +169,16 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
                            seconds=time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def _stage_mode(mode: str) -> Iterator[None]:
+    before = stage_progress()
+    stage_progress(mode)
+    try:
+        yield
+    finally:
+        stage_progress(before)
+
+
 @dataclass(frozen=True)
 class _Finished:
     records: list[UnitRecord]
@@ -175,9 +187,10 @@ class _Finished:
 
 
 def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
-           address: str | None, fn: Execute, stop: _Interrupt) -> Iterator[_Finished]:
+           address: str | None, fn: Execute, stop: _Interrupt,
+           progress: bool) -> Iterator[_Finished]:
     """Hand tasks to the backend, retry a failure once, yield what finished."""
-    runner = make_backend(backend, config, workers, fn, address)
+    runner = make_backend(backend, config, workers, fn, address, progress)
     queue, attempts = list(reversed(todo)), {t: 0 for t in todo}
     try:
         while True:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from advrobust.evaluation.campaign.cascade import Task, run_task
+from advrobust.evaluation.campaign.cascade import Task, run_task, stage_progress
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import UnitRecord
 
@@ -141,8 +141,9 @@ class _Serial:
         self.queue.clear()
 
 
-def _ignore_sigint() -> None:
+def _init_worker(progress: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
+    stage_progress("line" if progress else "off")
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -158,8 +159,9 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 class _Pool:
     """A local process pool (forkserver / spawn processes, SIGINT left to the driver)."""
 
-    def __init__(self, config: CampaignConfig, fn: Execute, workers: int) -> None:
-        self.config, self.fn, self.workers = config, fn, workers
+    def __init__(self, config: CampaignConfig, fn: Execute, workers: int,
+                 progress: bool = False) -> None:
+        self.config, self.fn, self.workers, self.progress = config, fn, workers, progress
         self.capacity = 2 * workers
         self.pending: dict[cf.Future[TaskResult], Task] = {}
         self.suspects: collections.deque[Task] = collections.deque()
@@ -167,7 +169,8 @@ class _Pool:
         self.pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self.workers, initializer=_ignore_sigint,
+        return cf.ProcessPoolExecutor(self.workers, initializer=_init_worker,
+                                      initargs=(self.progress,),
                                       mp_context=_mp_context())
 
     def submit(self, task: Task) -> None:
@@ -213,16 +216,18 @@ class _Pool:
 
 
 def make_backend(name: str, config: CampaignConfig, workers: int, fn: Execute = execute,
-                 address: str | None = None) -> Any:
+                 address: str | None = None, progress: bool = False) -> Any:
     """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``.
 
     ``workers`` is the number of pool processes or Ray actors; with Ray, 0 means one actor per
-    CPU of the cluster (of this machine for a local one).
+    CPU of the cluster (of this machine for a local one). ``progress``: workers report long
+    stages inside a task (exact methods) with a status line on stderr (Ray forwards the
+    actors' output to the driver then).
     """
     if name == "ray":
         from advrobust.evaluation.campaign.raybackend import RayBackend
 
-        return RayBackend(config, fn, workers, address)
+        return RayBackend(config, fn, workers, address, progress=progress)
     if name == "pool" and workers > 1:
-        return _Pool(config, fn, workers)
+        return _Pool(config, fn, workers, progress)
     return _Serial(config, fn)

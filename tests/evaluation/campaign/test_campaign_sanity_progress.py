@@ -1,9 +1,11 @@
-"""The report's black-box-beats-white-box check over campaign units."""
+"""The report's black-box-beats-white-box check over campaign units; progress of long stages."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from _campaign_fixtures import write_config
 
@@ -58,3 +60,24 @@ def test_campaign_records_its_black_box_attacks(folder: Path) -> None:
         assert f"broke {beaten} of" in found["mlp"][0]["message"]
     else:
         assert found == {}
+
+
+def test_exact_stage_reports_progress_per_task(folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from advrobust.evaluation.campaign.cascade import stage_progress
+
+    monkeypatch.setenv("ADVROBUST_PROGRESS_INTERVAL", "0")  # a status line on every unit
+    path = write_config(folder, n=8, batch_size=4)
+    path.write_text(path.read_text().replace('methods = ["ibp", "crown"]',
+                                             'methods = ["ibp", "bab"]'))
+    run_campaign(load_config(path), folder / "r.db", progress=True)
+    err = capsys.readouterr().err
+    assert stage_progress() == "off"  # the driver's mode is restored afterwards
+    with ResultStore(folder / "r.db", readonly=True) as store:
+        bab = {r["sample"] // 4 for r in store.rows() if "bab" in r["seconds"]}
+    assert bab, "no unit reached the exact stage: the test needs a harder setting"
+    for chunk in bab:  # each task whose units went to BaB said how far it was, and when done
+        lines = [ln for ln in err.splitlines() if ln.startswith(f"bab mlp linf #{chunk}: ")]
+        assert lines and "elapsed" in lines[0] and lines[-1].endswith("(done)")
+    assert not [ln for ln in err.splitlines() if ln.startswith("bab mlp linf #")
+                and int(ln.split("#")[1].split(":")[0]) not in bab]
