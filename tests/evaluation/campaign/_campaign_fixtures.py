@@ -78,3 +78,12 @@ def tagged(config: Any, task: Any) -> Any:
             time.sleep(0.05)
     (out / f"{task.chunk}-{os.getpid()}").touch()
     return execute(config, task)
+
+
+def crash_on_chunk_zero(config: Any, task: Any) -> Any:
+    """Kills the process that runs task 0 (a segfault-like death), runs the others."""
+    from advrobust.evaluation.campaign.workers import execute
+
+    if task.chunk == 0:
+        os._exit(3)
+    return execute(config, task)

@@ -24,11 +24,12 @@ ray.shutdown()
 """
 DRIVER = """
 import json, os, sys
-from _campaign_fixtures import DRIVER_PID, tagged
+import _campaign_fixtures as fixtures
 from advrobust.evaluation.campaign import load_config, run_campaign
-os.environ[DRIVER_PID] = str(os.getpid())
-run = run_campaign(load_config(sys.argv[1]), sys.argv[2], workers=0, backend="ray",
-                   address=sys.argv[3], progress=False, fn=tagged)
+os.environ[fixtures.DRIVER_PID] = str(os.getpid())
+run = run_campaign(load_config(sys.argv[1]), sys.argv[2], workers=2, backend="ray",
+                   address=sys.argv[3] or None, progress=False,
+                   fn=getattr(fixtures, sys.argv[4]))
 import ray
 print(json.dumps({"errors": run.errors, "written": run.written, "pid": os.getpid(),
                   "still_connected": ray.is_initialized()}))
@@ -56,8 +57,8 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
         address = (head.stdout.readline() if head.stdout else "").strip()
         assert ":" in address, "the head did not start"
         driver = subprocess.run([sys.executable, "-c", DRIVER, str(config_file),
-                                 str(folder / "ray.db"), address], env=env, text=True,
-                                capture_output=True, timeout=240)
+                                 str(folder / "ray.db"), address, "tagged"], env=env,
+                                text=True, capture_output=True, timeout=240)
     finally:
         if head.stdin:
             head.stdin.close()
@@ -72,3 +73,27 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
     assert sorted(int(c) for c, _ in ran) == list(range(8))  # each task ran exactly once
     assert any(pid != str(out["pid"]) for _, pid in ran)     # the cluster's actors did work
 
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_the_driver_goes_to_the_actors_on_resume(folder: Path) -> None:
+    pytest.importorskip("ray")
+    config_file = write_config(folder, n=8, batch_size=4)
+    path = os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    db = folder / "ray.db"
+    args = [sys.executable, "-c", DRIVER, str(config_file), str(db), "", "crash_on_chunk_zero"]
+    first = subprocess.run(args, env=env, text=True, capture_output=True, timeout=240)
+    # the driver took task 0 while Ray started, and died with it
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert (folder / "ray.db.driver-tasks").is_file()
+    second = subprocess.run(args, env=env, text=True, capture_output=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    # task 0 went to an actor, killed it twice (retry) and was recorded as an error;
+    # the campaign ended and the journal is gone
+    assert out["errors"] == 16 and not (folder / "ray.db.driver-tasks").exists()
+    with ResultStore(db, readonly=True) as store:
+        rows = list(store.rows())
+    assert len(rows) == 32
+    assert {r["sample"] for r in rows if r["status"] == "error"} == set(range(4))

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _campaign_fixtures import write_config
 
 from advrobust.evaluation.campaign import ResultStore, UnitRecord, load_config, run_campaign

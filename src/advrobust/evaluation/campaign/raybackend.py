@@ -23,11 +23,13 @@ are dropped, running ones finish (actors and the driver's thread alike).
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from advrobust.errors import AdvRobustError
@@ -80,12 +82,15 @@ class RayBackend:
         workers: actors (and local CPUs); with ``address``, 0 means one per cluster CPU.
         address: a running cluster to join (``ray.init(address=...)``).
         driver_helps: run tasks in the driver while the actors start.
+        journal: a file beside the store naming the task the driver is running (see
+            :meth:`_help`); None: no safeguard.
         progress: actors report long stages with a status line (forwarded to the driver).
     """
 
     def __init__(self, config: CampaignConfig, fn: Any, workers: int, address: str | None,
-                 driver_helps: bool = True, progress: bool = False) -> None:
-        self.config, self.fn = config, fn
+                 driver_helps: bool = True, progress: bool = False,
+                 journal: Path | None = None) -> None:
+        self.config, self.fn, self.journal = config, fn, journal
         self.workers, self.address, self.progress = workers, address, progress
         self.capacity = 4 * max(1, workers) + 2
         self.waiting: collections.deque[Task] = collections.deque()
@@ -155,6 +160,8 @@ class RayBackend:
 
     def close(self) -> None:
         self.helping = False
+        if not self.local_busy:  # no task of the driver's died: the journal has done its job
+            _write_journal(self.journal, [])
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors, self.running = [], {}
@@ -204,22 +211,56 @@ class RayBackend:
             self.running[self.actors[actor].run.remote(task)] = (task, actor)
 
     def _help(self) -> None:
-        """The driver's thread: run waiting tasks until every actor is up."""
+        """The driver's thread: run waiting tasks until every actor is up.
+
+        A task that kills its process must not kill every resume of the campaign: the task
+        the driver runs is noted in ``journal`` first and struck off when it returns, and the
+        tasks found there when the backend starts (their run died with the driver) are left
+        to the actors, whose deaths Ray contains."""
+        died = set(_read_journal(self.journal))
         while self.helping:
             with self.lock:
-                if not self.waiting:
-                    task = None
-                else:
-                    task = self.waiting.popleft()
+                task = next((t for t in self.waiting if _key(t) not in died), None)
+                if task is not None:
+                    self.waiting.remove(task)
                     self.local_busy += 1
             if task is None:
                 threading.Event().wait(_POLL)
                 continue
+            _write_journal(self.journal, sorted(died | {_key(task)}))
             try:
                 outcome: Any = self.fn(self.config, task)
             except Exception as exc:  # a task's failure is data for the driver
                 outcome = exc
+            _write_journal(self.journal, sorted(died))
             with self.lock:
                 self.local_busy -= 1
                 self.local_tasks += 1
                 self.local_done.put((task, outcome))
+
+
+def _key(task: Task) -> str:
+    return f"{task.model}/{task.norm}/{task.chunk}"
+
+
+def _read_journal(path: Path | None) -> list[str]:
+    if path is None or not path.is_file():
+        return []
+    try:
+        return [str(k) for k in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _write_journal(path: Path | None, keys: list[str]) -> None:
+    if path is None:
+        return
+    try:
+        if keys:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(keys))
+            os.replace(tmp, path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:  # a read-only folder: the driver still helps, without the safeguard
+        pass

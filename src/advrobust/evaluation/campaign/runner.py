@@ -156,7 +156,9 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
                 _stage_mode("bar" if progress else "off"):  # for tasks run in the driver
             written, errors = 0, 0
             black_box = set(json.loads(store.meta().get(BLACK_BOX_KEY, "[]")))
-            for result in _drive(config, todo, backend, workers, address, fn, stop, progress):
+            journal = Path(store_path).with_name(Path(store_path).name + ".driver-tasks")
+            for result in _drive(config, todo, backend, workers, address, fn, stop, progress,
+                                 journal):
                 if not set(result.black_box) <= black_box:  # before the units: never lost
                     black_box.update(result.black_box)
                     store.set_meta(BLACK_BOX_KEY, json.dumps(sorted(black_box)))
@@ -187,10 +189,10 @@ class _Finished:
 
 
 def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
-           address: str | None, fn: Execute, stop: _Interrupt,
-           progress: bool) -> Iterator[_Finished]:
+           address: str | None, fn: Execute, stop: _Interrupt, progress: bool,
+           journal: Path) -> Iterator[_Finished]:
     """Hand tasks to the backend, retry a failure once, yield what finished."""
-    runner = make_backend(backend, config, workers, fn, address, progress)
+    runner = make_backend(backend, config, workers, fn, address, progress, journal)
     queue, attempts = list(reversed(todo)), {t: 0 for t in todo}
     try:
         while True:

@@ -16,6 +16,7 @@ import multiprocessing
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,18 +217,20 @@ class _Pool:
 
 
 def make_backend(name: str, config: CampaignConfig, workers: int, fn: Execute = execute,
-                 address: str | None = None, progress: bool = False) -> Any:
+                 address: str | None = None, progress: bool = False,
+                 journal: Path | None = None) -> Any:
     """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``.
 
     ``workers`` is the number of pool processes or Ray actors; with Ray, 0 means one actor per
     CPU of the cluster (of this machine for a local one). ``progress``: workers report long
     stages inside a task (exact methods) with a status line on stderr (Ray forwards the
-    actors' output to the driver then).
+    actors' output to the driver then). ``journal``: with Ray, the file in which the driver
+    notes the task it runs itself (a resume leaves a task that died there to the actors).
     """
     if name == "ray":
         from advrobust.evaluation.campaign.raybackend import RayBackend
 
-        return RayBackend(config, fn, workers, address, progress=progress)
+        return RayBackend(config, fn, workers, address, progress=progress, journal=journal)
     if name == "pool" and workers > 1:
         return _Pool(config, fn, workers, progress)
     return _Serial(config, fn)
