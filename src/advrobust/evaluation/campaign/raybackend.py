@@ -147,7 +147,10 @@ class RayBackend:
             refs = list(self.running) + list(self.ready_refs)
             if not refs:
                 return self.local_done.get()  # only the driver's thread has work
-            ready, _ = self.ray.wait(refs, num_returns=1, timeout=_POLL)
+            # poll fast while the driver's thread works or actors start, else block (briefly:
+            # a Python signal handler, Ctrl-C, runs between two waits)
+            busy = self.local_busy or self.ready_refs or not self.local_done.empty()
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=_POLL if busy else 0.5)
             for ref in ready:
                 if ref in self.ready_refs:
                     continue  # _promote takes it on the next pass
