@@ -5,7 +5,8 @@ limited to the config's ``threads``) and hands finished tasks back to the driver
 writes the store. A backend reports a task's failure (an exception, or a worker process that
 died) as the exception; the driver decides on retries. The pool attributes a dead worker to a
 task precisely: when the pool breaks with several tasks in flight, those tasks are re-run one
-at a time before anything is charged to them.
+at a time before anything is charged to them. The Ray backend (long-lived actors, the driver
+working while they start) lives in :mod:`.raybackend`.
 """
 
 from __future__ import annotations
