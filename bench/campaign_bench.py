@@ -6,8 +6,10 @@
 Runs (1) ``advrobust campaign run`` serially, (2) with ``--workers 2`` (pool), (3) with
 ``--backend ray --workers 2`` (when Ray is installed), (4) for every eps the shell loop
 ``advrobust attack --attack pgd`` + ``advrobust verify --method auto`` on the same images, and
-prints one JSON object: undecided share per eps, wall times, speed-ups and the work ratio
-(units each method ran on, and wall time). ``--kills K`` instead SIGKILLs a campaign K times
+prints one JSON object: undecided share per eps, wall and CPU times, speed-ups and the work
+ratio (units each method ran on, and wall time); then, on stderr, the load average and one line
+per backend (wall s, CPU s of the whole process tree with Ray's processes, ratio to serial).
+``--kills K`` instead SIGKILLs a campaign K times
 at random moments and checks the resumed store against an uninterrupted one.
 """
 

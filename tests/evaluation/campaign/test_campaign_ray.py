@@ -27,8 +27,8 @@ import json, os, sys
 import _campaign_fixtures as fixtures
 from advrobust.evaluation.campaign import load_config, run_campaign
 os.environ[fixtures.DRIVER_PID] = str(os.getpid())
-run = run_campaign(load_config(sys.argv[1]), sys.argv[2], workers=2, backend="ray",
-                   address=sys.argv[3] or None, progress=False,
+run = run_campaign(load_config(sys.argv[1]), sys.argv[2], workers=int(sys.argv[5]),
+                   backend="ray", address=sys.argv[3] or None, progress=False,
                    fn=getattr(fixtures, sys.argv[4]))
 import ray
 print(json.dumps({"errors": run.errors, "written": run.written, "pid": os.getpid(),
@@ -57,8 +57,9 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
         address = (head.stdout.readline() if head.stdout else "").strip()
         assert ":" in address, "the head did not start"
         driver = subprocess.run([sys.executable, "-c", DRIVER, str(config_file),
-                                 str(folder / "ray.db"), address, "tagged"], env=env,
+                                 str(folder / "ray.db"), address, "tagged", "0"], env=env,
                                 text=True, capture_output=True, timeout=240)
+        alive = head.poll() is None
     finally:
         if head.stdin:
             head.stdin.close()
@@ -67,12 +68,12 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
     out = json.loads(driver.stdout.strip().splitlines()[-1])
     assert out["errors"] == 0 and out["written"] == 64
     assert not out["still_connected"]  # the backend left the cluster it joined
-    assert head.returncode == 0         # ... and did not stop it
+    assert alive and head.returncode == 0  # ... and did not stop it
     assert _verdicts(folder / "ray.db") == _verdicts(folder / "serial.db")
     ran = [name.split("-") for name in os.listdir(folder / "ran")]
     assert sorted(int(c) for c, _ in ran) == list(range(8))  # each task ran exactly once
     assert any(pid != str(out["pid"]) for _, pid in ran)     # the cluster's actors did work
-
+    # (workers=0: one actor per CPU of the cluster, here the head's 2)
 
 
 @pytest.mark.slow
@@ -82,7 +83,8 @@ def test_a_task_that_kills_the_driver_goes_to_the_actors_on_resume(folder: Path)
     path = os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     db = folder / "ray.db"
-    args = [sys.executable, "-c", DRIVER, str(config_file), str(db), "", "crash_on_chunk_zero"]
+    args = [sys.executable, "-c", DRIVER, str(config_file), str(db), "", "crash_on_chunk_zero",
+            "2"]
     first = subprocess.run(args, env=env, text=True, capture_output=True, timeout=240)
     # the driver took task 0 while Ray started, and died with it
     assert first.returncode == 3, first.stderr[-3000:]
