@@ -6,8 +6,10 @@
 Runs (1) ``advrobust campaign run`` serially, (2) with ``--workers 2`` (pool), (3) with
 ``--backend ray --workers 2`` (when Ray is installed), (4) for every eps the shell loop
 ``advrobust attack --attack pgd`` + ``advrobust verify --method auto`` on the same images, and
-prints one JSON object: undecided share per eps, wall times, speed-ups and the work ratio
-(units each method ran on, and wall time). ``--kills K`` instead SIGKILLs a campaign K times
+prints one JSON object: undecided share per eps, wall and CPU times, speed-ups and the work
+ratio (units each method ran on, and wall time); then, on stderr, the load average and one line
+per backend (wall s, CPU s of the whole process tree with Ray's processes, ratio to serial).
+``--kills K`` instead SIGKILLs a campaign K times
 at random moments and checks the resumed store against an uninterrupted one.
 """
 
@@ -59,11 +61,47 @@ def _cli(*args: str, check: bool = True) -> tuple[float, str]:
     return time.perf_counter() - t0, done.stdout
 
 
-def _campaign(config: Path, db: Path, *extra: str) -> float:
+def _tree_cpu(root: int, seen: dict[int, float]) -> None:
+    """Record the CPU seconds (user + system) of ``root`` and its descendants (Linux /proc)."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    family, grew = {root}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in family} - family
+        family |= new
+        grew = bool(new)
+    for pid in family & cpu.keys():
+        seen[pid] = max(seen.get(pid, 0.0), cpu[pid])
+
+
+def _campaign(config: Path, db: Path, *extra: str) -> tuple[float, float]:
+    """Wall and CPU seconds (the CLI process and every process it started, Ray's included)."""
     db.unlink(missing_ok=True)
-    seconds, _ = _cli("campaign", "run", str(config), "--store", str(db), "--no-progress",
-                      *extra)
-    return seconds
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "advrobust", "campaign", "run", str(config),
+                             "--store", str(db), "--no-progress", *extra], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: dict[int, float] = {}
+    while proc.poll() is None:
+        if Path("/proc").is_dir():
+            _tree_cpu(proc.pid, seen)
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(err)
+    return wall, sum(seen.values())
 
 
 def _store_stats(db: Path) -> dict[str, object]:
@@ -154,22 +192,30 @@ def main() -> None:
         print(json.dumps(_kills(args, config), indent=2))
         return
     skip = set(args.skip.split(","))
-    result: dict[str, object] = {"n": args.n, "eps": EPS, "load": os.getloadavg()}
-    result["serial_s"] = _campaign(config, args.out / "serial.db")
-    result["serial"] = _store_stats(args.out / "serial.db")
-    if "pool" not in skip:
-        result["pool2_s"] = _campaign(config, args.out / "pool.db", "--workers", "2")
-        same = _store_stats(args.out / "pool.db")["verdicts"]
-        result["pool2_same_verdicts"] = same == result["serial"]["verdicts"]  # type: ignore[index]
-    if "ray" not in skip:
-        result["ray2_s"] = _campaign(config, args.out / "ray.db", "--backend", "ray",
-                                     "--workers", "2")
-        same = _store_stats(args.out / "ray.db")["verdicts"]
-        result["ray2_same_verdicts"] = same == result["serial"]["verdicts"]  # type: ignore[index]
+    load = os.getloadavg()
+    result: dict[str, object] = {"n": args.n, "eps": EPS, "load": load}
+    runs = {"serial": (), "pool2": ("--workers", "2"),
+            "ray2": ("--backend", "ray", "--workers", "2")}
+    times: dict[str, tuple[float, float]] = {}
+    for name, extra in runs.items():
+        if name.rstrip("2") in skip:
+            continue
+        times[name] = _campaign(config, args.out / f"{name}.db", *extra)
+        result[f"{name}_s"], result[f"{name}_cpu_s"] = times[name]
+        stats = _store_stats(args.out / f"{name}.db")
+        if name == "serial":
+            result["serial"], serial_verdicts = stats, stats["verdicts"]
+        else:
+            result[f"{name}_same_verdicts"] = stats["verdicts"] == serial_verdicts
+            result[f"{name}_speedup"] = times["serial"][0] / times[name][0]
     if "shell" not in skip:
         result["shell"] = _shell_loop(args)
-    result["load_after"] = os.getloadavg()
+    result["load_after"] = after = os.getloadavg()
     print(json.dumps(result, indent=2))
+    print(f"load average (1 min) before {load[0]:.2f}, after {after[0]:.2f}", file=sys.stderr)
+    for name, (wall, cpu) in times.items():
+        print(f"{name:>7}: {wall:7.1f} s wall, {cpu:7.1f} s CPU, "
+              f"{times['serial'][0] / wall:5.2f}x vs serial", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ EXAMPLE = """examples:
   advrobust campaign run campaign.toml --store results.db
   advrobust campaign run campaign.toml --store results.db --workers 2
   advrobust campaign run campaign.toml --store results.db --backend ray --workers 4
+  advrobust campaign run campaign.toml --store results.db --backend ray --address HOST:6379
   advrobust campaign status results.db
   advrobust campaign export results.db --csv units.csv --json summary.json
   advrobust report results.db --out report.html
@@ -40,8 +41,9 @@ def register(sub: Any) -> None:
     r.add_argument("config", type=Path, metavar="CONFIG", help="campaign file (TOML)")
     r.add_argument("--store", type=Path, required=True, metavar="DB",
                    help="results store (SQLite); resumed when it exists")
-    r.add_argument("--workers", type=int, default=1,
-                   help="worker processes (pool) or Ray CPUs (default: 1, serial)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="worker processes (pool) or Ray actors, one CPU each (default: serial; "
+                        "with --backend ray, one per CPU of the cluster)")
     r.add_argument("--backend", choices=("serial", "pool", "ray"), default=None,
                    help="where tasks run (default: pool when --workers > 1, else serial)")
     r.add_argument("--address", default=None,
@@ -71,10 +73,12 @@ def _run(args: argparse.Namespace) -> int:
     from advrobust.core._validation import check_int
     from advrobust.evaluation.campaign import load_config, run_campaign
 
-    check_int(args.workers, "--workers", "advrobust campaign run", low=1)
+    if args.workers is not None:
+        check_int(args.workers, "--workers", "advrobust campaign run", low=1)
     config = load_config(args.config)
-    backend = args.backend or ("pool" if args.workers > 1 else "serial")
-    result = run_campaign(config, args.store, workers=args.workers, backend=backend,
+    backend = args.backend or ("pool" if (args.workers or 1) > 1 else "serial")
+    workers = args.workers if args.workers is not None else (0 if backend == "ray" else 1)
+    result = run_campaign(config, args.store, workers=workers, backend=backend,
                           address=args.address, progress=not args.no_progress)
     payload = {"store": str(args.store), "units": result.total, "skipped": result.skipped,
                "written": result.written, "errors": result.errors,

@@ -31,7 +31,7 @@ from advrobust.core.spec import margin
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError
 
-__all__ = ["SanityWarning", "minimum_norm_check", "sanity_checks"]
+__all__ = ["SanityWarning", "black_box_warning", "minimum_norm_check", "sanity_checks"]
 
 
 @dataclass(frozen=True)
@@ -181,14 +181,19 @@ def _black_box_check(n: int, results: Mapping[str, AttackResult],
     beaten = bb & ~wb
     if not any_white or not bool(beaten.any()):
         return []
-    frac = float(beaten.float().mean())
-    return [SanityWarning(
+    return [black_box_warning(int(beaten.sum()), n)]
+
+
+def black_box_warning(beaten: int, n: int, what: str = "samples") -> SanityWarning:
+    """The ``black-box-beats-white-box`` finding: a black-box attack broke ``beaten`` of ``n``
+    ``what`` on which every white-box attack had failed."""
+    return SanityWarning(
         "black-box-beats-white-box",
-        f"A black-box attack broke {int(beaten.sum())} of {n} samples on which every "
-        f"white-box attack failed.",
+        f"A black-box attack broke {beaten} of {n} {what} on which every white-box attack "
+        "failed.",
         "Gradient-based attacks are being misled (gradient masking or obfuscation): do not "
         "trust white-box-only evaluations of this model; use the strongest ensemble, BPDA or "
-        "EOT, and report the black-box results.", frac)]
+        "EOT, and report the black-box results.", beaten / max(n, 1))
 
 
 def _ensemble_info(info: Mapping[str, Any]) -> tuple[set[str], set[str], list[Any]]:

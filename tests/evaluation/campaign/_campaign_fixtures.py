@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+from typing import Any
+
+#: The driver's pid, set by a test; :func:`tagged` is slow in that process.
+DRIVER_PID = "ADVROBUST_TEST_DRIVER_PID"
 
 CONFIG = """
 seed = 3
@@ -53,3 +59,31 @@ def write_config(folder: Path, n: int = 24, batch_size: int = 4) -> Path:
     path = folder / "campaign.toml"
     path.write_text(CONFIG.format(n=n, batch_size=batch_size, checkpoint=ckpt.name))
     return path
+
+
+def tagged(config: Any, task: Any) -> Any:
+    """``execute``, leaving a file ``ran/CHUNK-PID`` beside the config to say which process
+    ran the task. In the process named by ``$ADVROBUST_TEST_DRIVER_PID`` it first waits (up to
+    2 minutes) until another process (a Ray actor) has run a task, so that a driver that
+    helps while its workers start cannot do all the work itself."""
+    from advrobust.evaluation.campaign.workers import execute
+
+    out = Path(config.source).parent / "ran"
+    out.mkdir(exist_ok=True)
+    me = str(os.getpid())
+    if os.environ.get(DRIVER_PID) == me:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and \
+                all(p.name.split("-")[1] == me for p in out.iterdir()):
+            time.sleep(0.05)
+    (out / f"{task.chunk}-{os.getpid()}").touch()
+    return execute(config, task)
+
+
+def crash_on_chunk_zero(config: Any, task: Any) -> Any:
+    """Kills the process that runs task 0 (a segfault-like death), runs the others."""
+    from advrobust.evaluation.campaign.workers import execute
+
+    if task.chunk == 0:
+        os._exit(3)
+    return execute(config, task)

@@ -34,7 +34,7 @@ from advrobust.core.threat import LpBall
 from advrobust.evaluation.campaign.config import AttackSpec, CampaignConfig
 from advrobust.evaluation.campaign.store import UnitRecord, pack
 
-__all__ = ["Task", "run_task", "task_seed"]
+__all__ = ["Task", "run_task", "stage_progress", "task_seed"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class _Grid:
                             decide_verdicts(self.lower[0], clean)]] * e
         self.decided_by = [list(row) for row in self.decided_by]
         self.seconds: list[list[dict[str, float]]] = [[{} for _ in range(n)] for _ in eps]
+        self.black_box: set[str] = set()  # names of the attacks that used no gradients
 
     def open(self, e: int) -> Tensor:
         """Indices of the samples still UNKNOWN at eps index ``e``."""
@@ -167,29 +168,69 @@ def _attack_stage(grid: _Grid, y: Tensor, spec: AttackSpec, number: int, task: T
         res = _timed(grid, e, idx, spec.name, attack, grid.model, grid.x[idx], y[idx], threat,
                      generator=gen)
         names = [spec.name] * idx.numel()
+        if res.info.get("black_box"):
+            grid.black_box.add(spec.name)
         if isinstance(attack, Ensemble):
             broken = res.info.get("broken_by") or [None] * idx.numel()
             names = [b or attack_label(attack.attacks[0]) for b in broken]
+            grid.black_box.update(res.info.get("black_box_members") or ())
         grid.offer(e, idx, res.x_adv.detach(), names)
     grid.mark(spec.name)
 
 
-def _exact_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig) -> None:
+#: How a long stage inside a task reports progress in this process: ``"bar"`` (the driver:
+#: a tqdm bar on a terminal, a status line otherwise), ``"line"`` (a worker: a status line at
+#: most every 10 s, ``$ADVROBUST_PROGRESS_INTERVAL``) or ``"off"``. See :func:`stage_progress`.
+_STAGE_PROGRESS = ["off"]
+
+
+def stage_progress(mode: str | None = None) -> str:
+    """Get (and with ``mode``, set) this process's progress mode for long stages in a task."""
+    if mode is not None:
+        if mode not in ("bar", "line", "off"):
+            raise ValueError(f"stage_progress: mode must be 'bar', 'line' or 'off'; got {mode!r}")
+        _STAGE_PROGRESS[0] = mode
+    return _STAGE_PROGRESS[0]
+
+
+def _stage_bar(total: int, desc: str) -> Any:
+    from advrobust.core.progress import StatusLine, progress_bar
+
+    mode = _STAGE_PROGRESS[0]
+    if mode == "line" and total:
+        return StatusLine(total=total, desc=desc, unit="unit")
+    return progress_bar(total=total, desc=desc, unit="unit", disable=mode != "bar",
+                        leave=False, position=1)
+
+
+def _exact_stage(grid: _Grid, y: Tensor, name: str, config: CampaignConfig, task: Task) -> None:
+    """One exact method, sample by sample, on what is open, eps ascending (a unit can take up
+    to the time limit: a progress bar / status line per task shows how far it is)."""
     exact = _bounder(name, config)
-    for e, threat in enumerate(grid.threats):
-        for i in grid.open(e).tolist():
-            idx = torch.tensor([i])
-            res = _timed(grid, e, idx, name, exact, grid.model, grid.x[idx], y[idx], threat,
-                         grid.spec_of(idx))
-            grid.raise_lower(e, idx, res.lower, name)
-            if res.witness is not None:
-                grid.offer(e, idx, res.witness.detach(), name)
+    planned = [grid.open(e).numel() for e in range(len(grid.threats))]
+    desc = f"{name} {task.model} {task.norm} #{task.chunk}"
+    with _stage_bar(sum(planned), desc) as bar:
+        for e, threat in enumerate(grid.threats):
+            units = grid.open(e).tolist()
+            for i in units:
+                idx = torch.tensor([i])
+                res = _timed(grid, e, idx, name, exact, grid.model, grid.x[idx], y[idx], threat,
+                             grid.spec_of(idx))
+                grid.raise_lower(e, idx, res.lower, name)
+                if res.witness is not None:
+                    grid.offer(e, idx, res.witness.detach(), name)
+                bar.update(1)
+            bar.update(planned[e] - len(units))  # decided along the grid before their turn
         grid.mark(name)
 
 
-def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task,
-             config: CampaignConfig) -> list[UnitRecord]:
-    """The bracket of every unit of ``task``; ``x`` (N, ...) and ``y`` (N,) are its samples."""
+def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task, config: CampaignConfig,
+             black_box: set[str] | None = None) -> list[UnitRecord]:
+    """The bracket of every unit of ``task``; ``x`` (N, ...) and ``y`` (N,) are its samples.
+
+    ``black_box``, when given, receives the names (as in the records' ``attack``) of the
+    attacks that reported using no gradients (Square, ensemble members ...), for the report's
+    black-box-beats-white-box check."""
     threat_spec = next(t for t in config.threats if t.norm == task.norm)
     bounders, exact = config.certify_for(task.norm)
     t0 = time.perf_counter()
@@ -205,7 +246,9 @@ def run_task(model: nn.Module, x: Tensor, y: Tensor, task: Task,
         if task.norm in attack.norms:
             _attack_stage(grid, y, attack, number, task, config)
     for name in exact:
-        _exact_stage(grid, y, name, config)
+        _exact_stage(grid, y, name, config, task)
+    if black_box is not None:
+        black_box.update(grid.black_box)
     return _records(grid, y, task, threat_spec.eps)
 
 

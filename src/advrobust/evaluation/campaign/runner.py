@@ -11,6 +11,7 @@ stays intact either way, since every write is one transaction).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -24,9 +25,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from advrobust.evaluation.campaign.cascade import Task
+from advrobust.evaluation.campaign.cascade import Task, stage_progress
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import ResultStore, UnitRecord
+from advrobust.evaluation.campaign.unit_sanity import BLACK_BOX_KEY
 from advrobust.evaluation.campaign.workers import Execute, context, execute, make_backend
 
 __all__ = ["CampaignRun", "plan", "run_campaign"]
@@ -122,7 +124,9 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
     Args:
         config: a validated campaign (:func:`~advrobust.evaluation.campaign.load_config`).
         store_path: the SQLite store; created when absent, resumed when it holds this config.
-        workers: processes (``pool``) or Ray CPUs (``ray``); ``pool`` with 1 worker is serial.
+        workers: processes (``pool``) or Ray actors of one CPU each (``ray``; 0: one per CPU
+            of the cluster); ``pool`` with 1 worker is serial. With Ray the driver also runs
+            tasks while the actors start.
         backend: ``serial``, ``pool`` or ``ray``.
         address: with ``ray``, the cluster to join (default: start a local one).
         progress: show a tqdm bar (units, with ETA) on stderr.
@@ -148,9 +152,16 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
         total = sum(len(_keys(t, config)) for t in tasks)
         skipped = sum(k in done for t in tasks for k in _keys(t, config))
         with tqdm(total=total, initial=skipped, unit="unit", desc="campaign",
-                  disable=not progress) as bar, _Interrupt() as stop:
+                  disable=not progress) as bar, _Interrupt() as stop, \
+                _stage_mode("bar" if progress else "off"):  # for tasks run in the driver
             written, errors = 0, 0
-            for result in _drive(config, todo, backend, workers, address, fn, stop):
+            black_box = set(json.loads(store.meta().get(BLACK_BOX_KEY, "[]")))
+            journal = Path(store_path).with_name(Path(store_path).name + ".driver-tasks")
+            for result in _drive(config, todo, backend, workers, address, fn, stop, progress,
+                                 journal):
+                if not set(result.black_box) <= black_box:  # before the units: never lost
+                    black_box.update(result.black_box)
+                    store.set_meta(BLACK_BOX_KEY, json.dumps(sorted(black_box)))
                 n = store.write_units(result.records, result.inputs)
                 written += n
                 errors += sum(r.status == "error" for r in result.records)
@@ -160,16 +171,28 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
                            seconds=time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def _stage_mode(mode: str) -> Iterator[None]:
+    before = stage_progress()
+    stage_progress(mode)
+    try:
+        yield
+    finally:
+        stage_progress(before)
+
+
 @dataclass(frozen=True)
 class _Finished:
     records: list[UnitRecord]
     inputs: dict[int, Any]
+    black_box: tuple[str, ...] = ()
 
 
 def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
-           address: str | None, fn: Execute, stop: _Interrupt) -> Iterator[_Finished]:
+           address: str | None, fn: Execute, stop: _Interrupt, progress: bool,
+           journal: Path) -> Iterator[_Finished]:
     """Hand tasks to the backend, retry a failure once, yield what finished."""
-    runner = make_backend(backend, config, workers, fn, address)
+    runner = make_backend(backend, config, workers, fn, address, progress, journal)
     queue, attempts = list(reversed(todo)), {t: 0 for t in todo}
     try:
         while True:
@@ -181,7 +204,8 @@ def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
                 return
             task, outcome = runner.next_done()
             if not isinstance(outcome, BaseException):
-                yield _Finished(outcome.records, outcome.inputs)
+                yield _Finished(outcome.records, outcome.inputs,
+                                tuple(getattr(outcome, "black_box", ())))
                 continue
             attempts[task] += 1
             message = f"{type(outcome).__name__}: {outcome}"

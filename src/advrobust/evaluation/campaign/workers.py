@@ -5,7 +5,8 @@ limited to the config's ``threads``) and hands finished tasks back to the driver
 writes the store. A backend reports a task's failure (an exception, or a worker process that
 died) as the exception; the driver decides on retries. The pool attributes a dead worker to a
 task precisely: when the pool breaks with several tasks in flight, those tasks are re-run one
-at a time before anything is charged to them.
+at a time before anything is charged to them. The Ray backend (long-lived actors, the driver
+working while they start) lives in :mod:`.raybackend`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import multiprocessing
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from advrobust.errors import AdvRobustError
-from advrobust.evaluation.campaign.cascade import Task, run_task
+from advrobust.evaluation.campaign.cascade import Task, run_task, stage_progress
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import UnitRecord
 
@@ -33,11 +34,13 @@ BACKENDS = ("serial", "pool", "ray")
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A finished task: its unit records and its samples' clean inputs (by index)."""
+    """A finished task: its unit records, its samples' clean inputs (by index) and the names
+    of its attacks that used no gradients."""
 
     task: Task
     records: list[UnitRecord]
     inputs: dict[int, np.ndarray]
+    black_box: tuple[str, ...] = ()
 
 
 class Context:
@@ -102,12 +105,13 @@ def execute(config: CampaignConfig, task: Task) -> TaskResult:
     x, y = ctx.batch(task.model, task.samples)
     before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    black_box: set[str] = set()
     try:
-        records = run_task(ctx.models[task.model], x, y, task, config)
+        records = run_task(ctx.models[task.model], x, y, task, config, black_box)
     finally:
         torch.set_num_threads(before)
     inputs = {i: ctx.x[i].numpy() for i in task.samples}
-    return TaskResult(task, records, inputs)
+    return TaskResult(task, records, inputs, tuple(sorted(black_box)))
 
 
 Execute = Callable[[CampaignConfig, Task], TaskResult]
@@ -139,8 +143,9 @@ class _Serial:
         self.queue.clear()
 
 
-def _ignore_sigint() -> None:
+def _init_worker(progress: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
+    stage_progress("line" if progress else "off")
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -156,8 +161,9 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 class _Pool:
     """A local process pool (forkserver / spawn processes, SIGINT left to the driver)."""
 
-    def __init__(self, config: CampaignConfig, fn: Execute, workers: int) -> None:
-        self.config, self.fn, self.workers = config, fn, workers
+    def __init__(self, config: CampaignConfig, fn: Execute, workers: int,
+                 progress: bool = False) -> None:
+        self.config, self.fn, self.workers, self.progress = config, fn, workers, progress
         self.capacity = 2 * workers
         self.pending: dict[cf.Future[TaskResult], Task] = {}
         self.suspects: collections.deque[Task] = collections.deque()
@@ -165,7 +171,8 @@ class _Pool:
         self.pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self.workers, initializer=_ignore_sigint,
+        return cf.ProcessPoolExecutor(self.workers, initializer=_init_worker,
+                                      initargs=(self.progress,),
                                       mp_context=_mp_context())
 
     def submit(self, task: Task) -> None:
@@ -210,53 +217,21 @@ class _Pool:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _Ray:
-    """Ray tasks on a local cluster (``num_cpus=workers``) or the one at ``address``."""
-
-    def __init__(self, config: CampaignConfig, fn: Execute, workers: int,
-                 address: str | None) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
-                from None
-        self.ray, self.config = ray, config
-        self.started = not ray.is_initialized()
-        if self.started:
-            if address:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self.remote = ray.remote(max_retries=0, num_cpus=1)(fn)
-        self.capacity = 2 * workers
-        self.pending: dict[Any, Task] = {}
-
-    def submit(self, task: Task) -> None:
-        self.pending[self.remote.remote(self.config, task)] = task
-
-    def in_flight(self) -> int:
-        return len(self.pending)
-
-    def next_done(self) -> Outcome:
-        ready, _ = self.ray.wait(list(self.pending), num_returns=1)
-        task = self.pending.pop(ready[0])
-        try:
-            return task, self.ray.get(ready[0])
-        except Exception as exc:  # RayTaskError, WorkerCrashedError: the driver retries
-            return task, exc
-
-    def close(self) -> None:
-        for ref in self.pending:
-            self.ray.cancel(ref)
-        if self.started:
-            self.ray.shutdown()
-
-
 def make_backend(name: str, config: CampaignConfig, workers: int, fn: Execute = execute,
-                 address: str | None = None) -> Any:
-    """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``."""
+                 address: str | None = None, progress: bool = False,
+                 journal: Path | None = None) -> Any:
+    """The backend ``name`` (``serial``, ``pool`` or ``ray``) running ``fn``.
+
+    ``workers`` is the number of pool processes or Ray actors; with Ray, 0 means one actor per
+    CPU of the cluster (of this machine for a local one). ``progress``: workers report long
+    stages inside a task (exact methods) with a status line on stderr (Ray forwards the
+    actors' output to the driver then). ``journal``: with Ray, the file in which the driver
+    notes the task it runs itself (a resume leaves a task that died there to the actors).
+    """
     if name == "ray":
-        return _Ray(config, fn, max(1, workers), address)
+        from advrobust.evaluation.campaign.raybackend import RayBackend
+
+        return RayBackend(config, fn, workers, address, progress=progress, journal=journal)
     if name == "pool" and workers > 1:
-        return _Pool(config, fn, workers)
+        return _Pool(config, fn, workers, progress)
     return _Serial(config, fn)

@@ -15,6 +15,7 @@ from typing import Any
 
 from advrobust.evaluation.campaign.export import summary_rows
 from advrobust.evaluation.campaign.store import ResultStore, unpack
+from advrobust.evaluation.campaign.unit_sanity import black_box_findings
 
 __all__ = ["build_report", "write_report"]
 
@@ -84,9 +85,12 @@ def build_report(store_path: str | Path) -> str:
         meta, rows = store.meta(), list(store.rows())
         summary = summary_rows(store)
         sections = _sections(store, rows) if rows else []
+        per_unit = black_box_findings(store)
     config = json.loads(meta.get("config", "{}"))
     sanity = {k.split(":", 1)[1]: json.loads(v) for k, v in meta.items()
               if k.startswith("sanity:")}
+    for model, found in per_unit.items():
+        sanity[model] = sanity.get(model, []) + found
     errors = [{"unit": f"{r['model']} #{r['sample']} {r['norm']} eps {r['eps']:g}",
                "message": r["error"]} for r in rows if r["status"] == "error"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES),

@@ -1,0 +1,269 @@
+"""The Ray backend: long-lived actors, one per CPU, fed one task at a time.
+
+Where the time of a Ray campaign on a small machine went (profiled on the issue-13 bench, 2
+cores): starting a local Ray (``ray.init`` starts a GCS, a raylet and five helper Python
+processes, 4-9 s) and then its worker processes (importing torch and this library, loading the
+models and data: 2-5 s) while the driver sat idle; the per-task CPU of the workers equals the
+serial run's, and the GCS / raylet use under 2 s of CPU over a 100 s campaign. So this backend
+
+- runs tasks **in the driver** (a thread) while Ray and the actors start, and stops doing so as
+  soon as every actor has loaded its context (the thread finishes the task it is on);
+- keeps one **actor per CPU** for the whole campaign: models and data are loaded once per
+  actor, the config travels once, a task carries only its sample indices;
+- gives each actor **one task at a time** (the next one is handed over within milliseconds of
+  the last result), so no task waits behind a long one while another CPU is idle;
+- starts Ray without dashboard, log forwarding or usage reporting and with a small object
+  store (the payloads are sample indices and a few kB of records per task).
+
+An actor that dies (a crash inside a task) is restarted by Ray; the task it held is reported as
+failed (the driver retries it once, then records the error). Ctrl-C: tasks not yet handed out
+are dropped, running ones finish (actors and the driver's thread alike).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from advrobust.errors import AdvRobustError
+from advrobust.evaluation.campaign.cascade import Task
+from advrobust.evaluation.campaign.config import CampaignConfig
+
+__all__ = ["RayBackend", "init_options"]
+
+logger = logging.getLogger(__name__)
+
+_POLL = 0.02  # seconds between looks at the driver's own results while waiting on Ray
+
+
+def init_options(workers: int, address: str | None, progress: bool = False
+                 ) -> dict[str, Any]:
+    """``ray.init`` keywords: join ``address``, or a lean local cluster of ``workers`` CPUs
+    (the actors' output reaches the driver only with ``progress``)."""
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress,
+                              "logging_level": "ERROR"}
+    if address:
+        return {"address": address, **common}
+    return {"num_cpus": workers if workers > 0 else None,
+            "object_store_memory": 128 * 1024 ** 2, **common}
+
+
+class _Worker:
+    """Actor body: loads the campaign's context once, then runs tasks with ``fn``."""
+
+    def __init__(self, config: CampaignConfig, fn: Any, progress: bool) -> None:
+        from advrobust.evaluation.campaign.cascade import stage_progress
+        from advrobust.evaluation.campaign.workers import context
+
+        self.config, self.fn = config, fn
+        stage_progress("line" if progress else "off")
+        context(config)
+
+    def ready(self) -> bool:
+        return True
+
+    def run(self, task: Task) -> Any:
+        return self.fn(self.config, task)
+
+
+class RayBackend:
+    """Ray actors on a local cluster (``num_cpus=workers``) or on the one at ``address``.
+
+    Args:
+        config: the campaign.
+        fn: the task function (``execute`` or a test's module-level stand-in).
+        workers: actors (and local CPUs); with ``address``, 0 means one per cluster CPU.
+        address: a running cluster to join (``ray.init(address=...)``).
+        driver_helps: run tasks in the driver while the actors start.
+        journal: a file beside the store naming the task the driver is running (see
+            :meth:`_help`); None: no safeguard.
+        progress: actors report long stages with a status line (forwarded to the driver).
+    """
+
+    def __init__(self, config: CampaignConfig, fn: Any, workers: int, address: str | None,
+                 driver_helps: bool = True, progress: bool = False,
+                 journal: Path | None = None) -> None:
+        self.config, self.fn, self.journal = config, fn, journal
+        self.workers, self.address, self.progress = workers, address, progress
+        self.capacity = 4 * max(1, workers) + 2
+        self.waiting: collections.deque[Task] = collections.deque()
+        self.lock = threading.Lock()
+        self.started = False
+        self.actors: list[Any] = []
+        self.ready_refs: dict[Any, int] = {}   # ping -> actor, until the actor is up
+        self.idle: list[int] = []              # actors that are up and have no task
+        self.running: dict[Any, tuple[Task, int]] = {}
+        self.local_done: queue.Queue[tuple[Task, Any]] = queue.Queue()
+        self.local_busy = 0
+        self.helper: threading.Thread | None = None
+        self.helping = driver_helps
+        self.local_tasks = 0
+        self.t0 = time.perf_counter()
+        if driver_helps:  # from now on: the first tasks need not wait for Ray at all
+            self.helper = threading.Thread(target=self._help, name="campaign-driver-task",
+                                           daemon=True)
+            self.helper.start()
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            import ray
+        except ImportError:
+            self.helping = False
+            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
+                from None
+        self.ray = ray
+
+    # -- the runner's interface ---------------------------------------------------------------
+    def submit(self, task: Task) -> None:
+        with self.lock:
+            self.waiting.append(task)
+
+    def in_flight(self) -> int:
+        with self.lock:
+            return len(self.waiting) + len(self.running) + self.local_busy + \
+                self.local_done.qsize()
+
+    def drop_queued(self) -> None:
+        """Forget tasks not yet handed out (on Ctrl-C); running ones finish."""
+        with self.lock:
+            self.waiting.clear()
+
+    def next_done(self) -> tuple[Task, Any]:
+        if not self.actors:
+            self._start()
+        while True:
+            try:
+                return self.local_done.get_nowait()
+            except queue.Empty:
+                pass
+            self._promote()
+            self._dispatch()
+            refs = list(self.running) + list(self.ready_refs)
+            if not refs:
+                return self.local_done.get()  # only the driver's thread has work
+            # poll fast while the driver's thread works or actors start, else block (briefly:
+            # a Python signal handler, Ctrl-C, runs between two waits)
+            busy = self.local_busy or self.ready_refs or not self.local_done.empty()
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=_POLL if busy else 0.5)
+            for ref in ready:
+                if ref in self.ready_refs:
+                    continue  # _promote takes it on the next pass
+                task, actor = self.running.pop(ref)
+                self.idle.append(actor)
+                try:
+                    return task, self.ray.get(ref)
+                except Exception as exc:  # RayTaskError, ActorDiedError: the driver retries
+                    return task, exc
+
+    def close(self) -> None:
+        self.helping = False
+        if not self.local_busy:  # no task of the driver's died: the journal has done its job
+            _write_journal(self.journal, [])
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors, self.running = [], {}
+        if self.started:
+            self.ray.shutdown()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Start Ray (in this thread) and the actors; the driver's thread already runs."""
+        ray = self.ray
+        if not ray.is_initialized():
+            ray.init(**init_options(self.workers, self.address, self.progress))
+            self.started = True
+            logger.debug("ray.init: %.2f s", time.perf_counter() - self.t0)
+        count = self.workers
+        if count < 1:
+            count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_Worker)
+        self.actors = [actor.remote(self.config, self.fn, self.progress) for _ in range(count)]
+        self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
+        self.capacity = 4 * count + 2
+
+    def _promote(self) -> None:
+        """Actors whose context is loaded join the idle list; when all are, the driver stops."""
+        if not self.ready_refs:
+            return
+        ready, _ = self.ray.wait(list(self.ready_refs), num_returns=len(self.ready_refs),
+                                 timeout=0)
+        for ref in ready:
+            self.idle.append(self.ready_refs.pop(ref))
+            try:
+                self.ray.get(ref)
+            except Exception:  # a failing context load shows on the tasks it gets
+                pass
+        if not self.ready_refs:
+            self.helping = False
+            logger.debug("every actor up after %.2f s; the driver ran %d task(s) meanwhile",
+                         time.perf_counter() - self.t0, self.local_tasks)
+
+    def _dispatch(self) -> None:
+        while self.idle:
+            with self.lock:
+                if not self.waiting:
+                    return
+                task = self.waiting.popleft()
+            actor = self.idle.pop()
+            self.running[self.actors[actor].run.remote(task)] = (task, actor)
+
+    def _help(self) -> None:
+        """The driver's thread: run waiting tasks until every actor is up.
+
+        A task that kills its process must not kill every resume of the campaign: the task
+        the driver runs is noted in ``journal`` first and struck off when it returns, and the
+        tasks found there when the backend starts (their run died with the driver) are left
+        to the actors, whose deaths Ray contains."""
+        died = set(_read_journal(self.journal))
+        while self.helping:
+            with self.lock:
+                task = next((t for t in self.waiting if _key(t) not in died), None)
+                if task is not None:
+                    self.waiting.remove(task)
+                    self.local_busy += 1
+            if task is None:
+                threading.Event().wait(_POLL)
+                continue
+            _write_journal(self.journal, sorted(died | {_key(task)}))
+            try:
+                outcome: Any = self.fn(self.config, task)
+            except Exception as exc:  # a task's failure is data for the driver
+                outcome = exc
+            _write_journal(self.journal, sorted(died))
+            with self.lock:
+                self.local_busy -= 1
+                self.local_tasks += 1
+                self.local_done.put((task, outcome))
+
+
+def _key(task: Task) -> str:
+    return f"{task.model}/{task.norm}/{task.chunk}"
+
+
+def _read_journal(path: Path | None) -> list[str]:
+    if path is None or not path.is_file():
+        return []
+    try:
+        return [str(k) for k in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
+def _write_journal(path: Path | None, keys: list[str]) -> None:
+    if path is None:
+        return
+    try:
+        if keys:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(keys))
+            os.replace(tmp, path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:  # a read-only folder: the driver still helps, without the safeguard
+        pass

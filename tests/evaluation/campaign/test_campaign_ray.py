@@ -1,0 +1,101 @@
+"""The Ray backend joining a running cluster (``--address``): same store as a serial run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _campaign_fixtures import write_config
+
+from advrobust.evaluation.campaign import ResultStore, load_config, run_campaign
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[2] / "src"
+HEAD = """
+import sys, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+ray.shutdown()
+"""
+DRIVER = """
+import json, os, sys
+import _campaign_fixtures as fixtures
+from advrobust.evaluation.campaign import load_config, run_campaign
+os.environ[fixtures.DRIVER_PID] = str(os.getpid())
+run = run_campaign(load_config(sys.argv[1]), sys.argv[2], workers=int(sys.argv[5]),
+                   backend="ray", address=sys.argv[3] or None, progress=False,
+                   fn=getattr(fixtures, sys.argv[4]))
+import ray
+print(json.dumps({"errors": run.errors, "written": run.written, "pid": os.getpid(),
+                  "still_connected": ray.is_initialized()}))
+"""
+
+
+def _verdicts(db: Path) -> dict[tuple, tuple]:
+    with ResultStore(db, readonly=True) as store:
+        return {(r["model"], r["sample"], r["norm"], r["eps_index"]):
+                (r["verdict"], r["status"], r["decided_by"]) for r in store.rows()}
+
+
+@pytest.mark.slow
+def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
+    pytest.importorskip("ray")
+    config_file = write_config(folder, n=16, batch_size=2)
+    run_campaign(load_config(config_file), folder / "serial.db", progress=False)
+    # head and driver in their own processes, token authentication on both sides (Ray reads
+    # RAY_AUTH_MODE when it is imported; the head writes ~/.ray/auth_token when there is none)
+    path = os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    head = subprocess.Popen([sys.executable, "-c", HEAD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        address = (head.stdout.readline() if head.stdout else "").strip()
+        assert ":" in address, "the head did not start"
+        driver = subprocess.run([sys.executable, "-c", DRIVER, str(config_file),
+                                 str(folder / "ray.db"), address, "tagged", "0"], env=env,
+                                text=True, capture_output=True, timeout=240)
+        alive = head.poll() is None
+    finally:
+        if head.stdin:
+            head.stdin.close()
+        head.wait(timeout=60)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    out = json.loads(driver.stdout.strip().splitlines()[-1])
+    assert out["errors"] == 0 and out["written"] == 64
+    assert not out["still_connected"]  # the backend left the cluster it joined
+    assert alive and head.returncode == 0  # ... and did not stop it
+    assert _verdicts(folder / "ray.db") == _verdicts(folder / "serial.db")
+    ran = [name.split("-") for name in os.listdir(folder / "ran")]
+    assert sorted(int(c) for c, _ in ran) == list(range(8))  # each task ran exactly once
+    assert any(pid != str(out["pid"]) for _, pid in ran)     # the cluster's actors did work
+    # (workers=0: one actor per CPU of the cluster, here the head's 2)
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_the_driver_goes_to_the_actors_on_resume(folder: Path) -> None:
+    pytest.importorskip("ray")
+    config_file = write_config(folder, n=8, batch_size=4)
+    path = os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    db = folder / "ray.db"
+    args = [sys.executable, "-c", DRIVER, str(config_file), str(db), "", "crash_on_chunk_zero",
+            "2"]
+    first = subprocess.run(args, env=env, text=True, capture_output=True, timeout=240)
+    # the driver took task 0 while Ray started, and died with it
+    assert first.returncode == 3, first.stderr[-3000:]
+    assert (folder / "ray.db.driver-tasks").is_file()
+    second = subprocess.run(args, env=env, text=True, capture_output=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = json.loads(second.stdout.strip().splitlines()[-1])
+    # task 0 went to an actor, killed it twice (retry) and was recorded as an error;
+    # the campaign ended and the journal is gone
+    assert out["errors"] == 16 and not (folder / "ray.db.driver-tasks").exists()
+    with ResultStore(db, readonly=True) as store:
+        rows = list(store.rows())
+    assert len(rows) == 32
+    assert {r["sample"] for r in rows if r["status"] == "error"} == set(range(4))
