@@ -74,7 +74,8 @@ def test_global_constant_bounds_gradients_and_slopes(mlp_factory, norm: str) -> 
 def test_operator_norms_are_upper_bounds() -> None:
     gen = torch.Generator().manual_seed(0)
     for conv in (nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2, padding=1),
-                 nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), nn.Linear(7, 5)):
+                 nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), nn.Linear(7, 5),
+                 nn.Conv2d(2, 3, 4, stride=(2, 3), padding=1), nn.Conv2d(3, 3, 5, stride=2)):
         with torch.no_grad():
             for p in conv.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen))
@@ -87,8 +88,17 @@ def test_operator_norms_are_upper_bounds() -> None:
             bound = op_norm(op, norm)
             assert bound >= float(value) * (1 - 1e-12)
         assert power_iteration(op, 50, gen) <= op_norm(op, Norm.L2) * (1 + 1e-5)
-        if isinstance(conv, nn.Linear) or conv.stride == (1, 1):
-            assert op_norm(op, Norm.L2) <= 1.5 * float(exact[Norm.L2])  # tight enough to use
+        assert op_norm(op, Norm.L2) <= 1.5 * float(exact[Norm.L2])  # tight enough to use
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AvgPool2d(3, stride=2, padding=1)])
+def test_strided_pooling_norm_is_tight(pool: nn.AvgPool2d) -> None:
+    op = from_module(nn.Sequential(pool, nn.Flatten()), (2, 8, 8)).ops[0]
+    exact = float(torch.linalg.matrix_norm(op.linear_map()[0].detach().double(), 2))
+    bound = op_norm(op, Norm.L2)
+    assert exact * (1 - 1e-12) <= bound <= 1.25 * exact
+    if pool.kernel_size == 2:  # disjoint 2x2 means: the norm is exactly 1/2
+        assert bound == pytest.approx(0.5, rel=1e-6)
 
 
 @pytest.mark.parametrize("norm", NORMS)
