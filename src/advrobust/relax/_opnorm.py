@@ -13,7 +13,10 @@ with q the dual norm of p. The per-op norms here are upper bounds (never estimat
   a submatrix's norm is at most the whole matrix's. A stride s keeps every s-th output of the
   circular map, which folds s x s aliased frequencies into one block per frequency (the
   polyphase form), so strided convolutions and average pooling get their own norm (2x2
-  average pooling: 1/2), not the unstrided one. Power iteration on the op itself
+  average pooling: 1/2), not the unstrided one. The circular map can be larger than the
+  zero-padded one on small images (boundary effects, 10-15 % for a 5x5 kernel on 12x12), so a
+  convolution whose dense matrix is small enough (:data:`DENSE_LIMIT`) also gets the SVD of
+  that matrix, like a dense layer, and keeps the smaller bound. Power iteration on the op itself
   (:func:`power_iteration`) gives the matching lower estimate, kept in the stats.
 
 Everything is computed in float64 on detached copies of the live parameters.
@@ -42,6 +45,10 @@ __all__ = ["INFLATE", "dual_norm", "op_norm", "power_iteration", "prefix_norm", 
 
 #: Relative inflation of every float64 norm: covers the rounding of the float64 computations.
 INFLATE = 1e-9
+
+#: Convolutions whose dense matrix has at most this many entries (80 MB in float64) also get
+#: the SVD of that matrix; the smaller of the two bounds is used.
+DENSE_LIMIT = 10_000_000
 
 
 def dual_norm(a: Tensor, norm: Norm) -> Tensor:
@@ -113,6 +120,9 @@ def op_norm(op: Op, norm: Norm) -> float:
             value = float(k.sum((0, 2, 3)).amax())
         else:
             value = _conv_l2(op)
+            if op.in_size * op.out_size <= DENSE_LIMIT:  # small: the exact norm may be tighter
+                w = op.linear_map()[0].detach().double()
+                value = min(value, float(torch.linalg.matrix_norm(w, ord=2)))
     else:
         raise UnsupportedLayerError(
             f"{type(op).__name__} ({op.name}): no operator-norm bound for this op kind.")
