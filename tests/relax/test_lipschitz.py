@@ -10,8 +10,7 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm, lp_norm
 from advrobust.models.normalize import Normalize
 from advrobust.network.ir import from_module
-from advrobust.relax import GlobalLipschitz, LocalLipschitz
-from advrobust.relax import _opnorm
+from advrobust.relax import GlobalLipschitz, LocalLipschitz, _opnorm
 from advrobust.relax._opnorm import _conv_l2, op_norm, power_iteration
 
 NORMS = ("linf", "l2", "l1")
