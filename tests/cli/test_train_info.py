@@ -32,7 +32,7 @@ def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = tmp_path / "m.pt"
     assert _run(["train", "--model", "small", "--data", "digits", "--n", "300", "--test-n",
                  "100", "--epochs", "2", "--batch-size", "50", "--seed", "3", "--normalize",
-                 "0.5", "0.25", "--out", str(out), "--json"]) == 0
+                 "0.5", "0.25", "--shift", "1", "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     loaded = load_checkpoint(out)
     assert isinstance(loaded.model[0], Normalize)
@@ -40,6 +40,7 @@ def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     meta = loaded.metadata
     assert meta["dataset"] == "digits" and meta["n_train"] == 300 and meta["n_test"] == 100
     assert meta["epochs"] == 2 and meta["seed"] == 3 and meta["objective"]["name"] == "Standard"
+    assert meta["shift"] == 1
     assert meta["clean_accuracy"] == pytest.approx(summary["clean_accuracy"])
     assert summary["n_train"] == 300 and len(summary["history"]["test_error"]) == 2
 

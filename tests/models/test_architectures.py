@@ -16,7 +16,7 @@ ALLOWED = (nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.AvgPool2d, Normalize)
 
 
 def _valid(name: str, shape: tuple[int, int, int]) -> bool:
-    return name != "lenet" or min(shape[1:]) >= 16
+    return not name.startswith("lenet") or min(shape[1:]) >= 16
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -45,6 +45,10 @@ def test_layer_widths_follow_the_course() -> None:
     assert sum(isinstance(m, nn.AvgPool2d) for m in lenet) == 2
     assert [m.out_features for m in lenet if isinstance(m, nn.Linear)] == [120, 84, 10]
     assert lenet[7].in_features == 16 * 5 * 5  # the classic LeNet-5 sizes on 32x32
+    wide = build_model("lenet-wide", (1, 28, 28))
+    assert [m.out_channels for m in wide if isinstance(m, nn.Conv2d)] == [16, 32]
+    assert [m.out_features for m in wide if isinstance(m, nn.Linear)] == [128, 10]
+    assert wide[7].in_features == 32 * 4 * 4
 
 
 @settings(max_examples=15, deadline=None)
@@ -79,7 +83,7 @@ def test_normalize_is_the_first_layer_and_is_applied() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "resnet"}, "mlp2, mlp4, small, cnn, lenet"),
+    ({"name": "resnet"}, "mlp2, mlp4, small, cnn, lenet, lenet-wide"),
     ({"input_shape": (28, 28)}, "input_shape"),
     ({"input_shape": (1, 0, 28)}, "input_shape"),
     ({"input_shape": (1, 28.0, 28)}, "input_shape"),

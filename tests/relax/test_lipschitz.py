@@ -10,8 +10,8 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm, lp_norm
 from advrobust.models.normalize import Normalize
 from advrobust.network.ir import from_module
-from advrobust.relax import GlobalLipschitz, LocalLipschitz
-from advrobust.relax._opnorm import op_norm, power_iteration
+from advrobust.relax import GlobalLipschitz, LocalLipschitz, _opnorm
+from advrobust.relax._opnorm import _conv_l2, op_norm, power_iteration
 
 NORMS = ("linf", "l2", "l1")
 
@@ -74,7 +74,8 @@ def test_global_constant_bounds_gradients_and_slopes(mlp_factory, norm: str) -> 
 def test_operator_norms_are_upper_bounds() -> None:
     gen = torch.Generator().manual_seed(0)
     for conv in (nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2, padding=1),
-                 nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), nn.Linear(7, 5)):
+                 nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), nn.Linear(7, 5),
+                 nn.Conv2d(2, 3, 4, stride=(2, 3), padding=1), nn.Conv2d(3, 3, 5, stride=2)):
         with torch.no_grad():
             for p in conv.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen))
@@ -87,8 +88,51 @@ def test_operator_norms_are_upper_bounds() -> None:
             bound = op_norm(op, norm)
             assert bound >= float(value) * (1 - 1e-12)
         assert power_iteration(op, 50, gen) <= op_norm(op, Norm.L2) * (1 + 1e-5)
-        if isinstance(conv, nn.Linear) or conv.stride == (1, 1):
-            assert op_norm(op, Norm.L2) <= 1.5 * float(exact[Norm.L2])  # tight enough to use
+        assert op_norm(op, Norm.L2) <= 1.5 * float(exact[Norm.L2])  # tight enough to use
+
+
+def _exact_l2(op) -> float:  # type: ignore[no-untyped-def]
+    return float(torch.linalg.matrix_norm(op.linear_map()[0].detach().double(), 2))
+
+
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2), nn.AvgPool2d(3, stride=2, padding=1)])
+def test_strided_pooling_frequency_bound_is_tight(pool: nn.AvgPool2d) -> None:
+    op = from_module(nn.Sequential(pool, nn.Flatten()), (2, 8, 8)).ops[0]
+    exact, bound = _exact_l2(op), _conv_l2(op)
+    assert exact * (1 - 1e-12) <= bound <= 1.25 * exact
+    if pool.kernel_size == 2:  # disjoint 2x2 means: the norm is exactly 1/2
+        assert bound == pytest.approx(0.5, rel=1e-9)
+
+
+def test_strided_conv_frequency_bound_is_sound_and_close() -> None:
+    gen = torch.Generator().manual_seed(2)
+    for conv, shape in ((nn.Conv2d(3, 4, 3, stride=2, padding=1), (3, 14, 14)),
+                        (nn.Conv2d(2, 3, 4, stride=(2, 3), padding=1), (2, 9, 12)),
+                        (nn.Conv2d(3, 3, 5, stride=2), (3, 11, 11))):
+        with torch.no_grad():
+            for p in conv.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+        op = from_module(nn.Sequential(conv, nn.Flatten()), shape).ops[0]
+        exact, bound = _exact_l2(op), _conv_l2(op)
+        assert exact * (1 - 1e-12) <= bound <= 1.5 * exact
+        unstrided = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                              padding=conv.padding)
+        unstrided.load_state_dict(conv.state_dict())
+        full = _conv_l2(from_module(nn.Sequential(unstrided, nn.Flatten()), shape).ops[0])
+        assert bound <= full * (1 + 1e-9)  # keeping fewer outputs never raises the bound
+
+
+def test_small_convs_get_the_dense_norm_large_ones_the_frequency_bound(monkeypatch) -> None:
+    conv = nn.Conv2d(4, 6, 5)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    op = from_module(nn.Sequential(conv, nn.Flatten()), (4, 12, 12)).ops[0]
+    exact, freq = _exact_l2(op), _conv_l2(op)
+    assert freq > exact * 1.01  # the circular map is looser on a small image
+    assert exact * (1 - 1e-12) <= op_norm(op, Norm.L2) <= exact * (1 + 1e-6)
+    monkeypatch.setattr(_opnorm, "DENSE_LIMIT", 0)
+    assert op_norm(op, Norm.L2) == pytest.approx(freq, rel=1e-8)
 
 
 @pytest.mark.parametrize("norm", NORMS)

@@ -152,6 +152,9 @@ def register(sub: Any) -> None:
                         "(comma-separated for several channels)")
     p.add_argument("--seed", type=seed_arg, default=0, help="weight-init, shuffling and defense "
                                                        "seed (default: 0)")
+    p.add_argument("--shift", type=int, default=0, metavar="PIXELS",
+                   help="data augmentation: move every training image by a random offset of "
+                        "up to PIXELS in each direction, zeros filled in (default: 0, none)")
     _add_defense_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_json_arg(p)
@@ -312,6 +315,7 @@ def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, A
                   batch_size=args.batch_size, momentum=args.momentum,
                   weight_decay=args.weight_decay, lr_drop_epochs=drops, seed=args.seed,
                   objective=objective, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+                  shift=args.shift,
                   progress=not args.no_progress and not args.json, checkpoint_path=args.out,
                   arch=args.model, arch_kwargs=kwargs,
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),

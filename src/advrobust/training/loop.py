@@ -42,7 +42,7 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
         epochs: int = 10, lr: float = 0.1, batch_size: int = 100, momentum: float = 0.0,
         weight_decay: float = 0.0, lr_drop_epochs: tuple[int, ...] | list[int] | None = None,
         lr_drop_factor: float = 0.1, optimizer: str = "sgd", lr_schedule: str = "step",
-        seed: int = 0, progress: bool = True,
+        seed: int = 0, progress: bool = True, shift: int = 0,
         checkpoint_path: str | os.PathLike[str] | None = None, arch: str | None = None,
         arch_kwargs: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
         on_epoch_end: Callable[[EpochStats], None] | None = None,
@@ -77,7 +77,13 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
             linearly from 0 to ``lr`` over the first 40% of the batches and falls back to 0
             at the end, updated every batch (the schedule of fast adversarial training, Wong,
             Rice & Kolter 2020; ``lr_drop_epochs`` must then be empty).
-        seed: Seed of the shuffling.
+        seed: Seed of the shuffling (and of the shifts).
+        shift: Data augmentation by random translation: every training image of every batch
+            is moved by an integer offset drawn uniformly from ``[-shift, shift]`` in each of
+            its last two (spatial) dimensions, the uncovered border filled with zeros (the
+            random-crop-with-padding of LeCun et al. 1998 and of most image pipelines). The
+            objective sees the shifted batch; 0 (default) trains on the images as they are.
+            Needs image data (N, C, H, W).
         progress: Show a tqdm bar per epoch with its loss and errors.
         checkpoint_path: If given, write a checkpoint there after every epoch and on
             divergence; needs ``arch`` and ``arch_kwargs`` (see ``save_checkpoint``).
@@ -106,7 +112,7 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
             epoch), also written to ``checkpoint_path`` if given.
     """
     plan = _Plan.make(epochs, lr, batch_size, momentum, weight_decay, lr_drop_epochs,
-                      lr_drop_factor, seed, progress, optimizer, lr_schedule)
+                      lr_drop_factor, seed, progress, optimizer, lr_schedule, shift)
     objective = _check_objective(objective)
     if not any(p.requires_grad for p in model.parameters()):
         raise InvalidParameterError("fit needs a model with trainable parameters; this one has "
@@ -120,6 +126,10 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
 
         check_checkpointable(model, arch=arch, arch_kwargs=arch_kwargs, metadata=metadata)
     x, y = as_tensors(train, "train")
+    if plan.shift and x.dim() != 4:
+        raise InvalidParameterError(
+            "The 'shift' parameter of fit needs image data (N, C, H, W) to translate. Got "
+            f"training inputs of shape {tuple(x.shape)} with shift={plan.shift}.")
     test_xy = None if test is None else as_tensors(test, "test")
     device = model_device(model) or torch.device("cpu")
     check_model_fits(model, x, y, device)
@@ -158,11 +168,12 @@ class _Plan:
     progress: bool
     optimizer: str = "sgd"
     lr_schedule: str = "step"
+    shift: int = 0
 
     @classmethod
     def make(cls, epochs: int, lr: float, batch_size: int, momentum: float, weight_decay: float,
              lr_drop_epochs: Any, lr_drop_factor: float, seed: int, progress: bool,
-             optimizer: str = "sgd", lr_schedule: str = "step") -> _Plan:
+             optimizer: str = "sgd", lr_schedule: str = "step", shift: int = 0) -> _Plan:
         epochs = check_int(epochs, "epochs", "fit", low=1)
         optimizer = check_choice(optimizer, "optimizer", "fit", ("sgd", "adam"))
         lr_schedule = check_choice(lr_schedule, "lr_schedule", "fit", ("step", "cyclic"))
@@ -184,7 +195,8 @@ class _Plan:
                                        low_open=True),
             seed=check_int(seed, "seed", "fit", low=0),
             progress=check_bool(progress, "progress", "fit"),
-            optimizer=optimizer, lr_schedule=lr_schedule)
+            optimizer=optimizer, lr_schedule=lr_schedule,
+            shift=check_int(shift, "shift", "fit", low=0))
 
     def rate(self, epoch: int, fraction: float) -> float:
         """The learning rate at ``epoch`` (0-based) after ``fraction`` of its batches."""
@@ -229,6 +241,7 @@ def _check_resume(resume: Mapping[str, Any] | None, plan: _Plan) -> Mapping[str,
             "The 'resume' parameter of fit must be the training_state of a checkpoint written "
             f"by fit (keys {list(keys)}). Got {type(resume).__name__} instead.")
     saved, now = dict(resume["plan"]), plan.as_dict()
+    saved.setdefault("shift", 0)  # written before the option existed
     differ = [f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in now.items()
               if saved.get(k) != v]
     if differ:
@@ -329,6 +342,8 @@ def _train_epoch(model: nn.Module, x: Tensor, y: Tensor, objective: Objective,
         for b in range(n_batches):
             idx = order[b * plan.batch_size:(b + 1) * plan.batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
+            if plan.shift:
+                xb = random_shift(xb, plan.shift, generator)
             for group in optimizer.param_groups:
                 group["lr"] = plan.rate(epoch, b / n_batches)
             last.reset(len(yb))
@@ -349,6 +364,22 @@ def _train_epoch(model: nn.Module, x: Tensor, y: Tensor, objective: Objective,
             if b % 20 == 0:
                 bar.set_postfix_str(f"loss {value:.4f}", refresh=False)
     return total_loss / seen, wrong / seen
+
+
+def random_shift(x: Tensor, shift: int, generator: torch.Generator) -> Tensor:
+    """Translate every image of ``x`` (N, C, H, W) by its own offset in ``[-shift, shift]``^2.
+
+    The offsets are drawn on the CPU from ``generator``; pixels moved in from outside the image
+    are 0. Returns a new tensor on ``x``'s device.
+    """
+    n, _, h, w = x.shape
+    offsets = torch.randint(-shift, shift + 1, (2, n), generator=generator).to(x.device)
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift))
+    rows = (shift - offsets[0])[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = (shift - offsets[1])[:, None] + torch.arange(w, device=x.device)  # (N, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
 
 
 def _batch_loss(objective: Objective, model: nn.Module, x: Tensor, y: Tensor,
