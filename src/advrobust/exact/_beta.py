@@ -25,7 +25,7 @@ from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
 from advrobust.network.ir import Network
 from advrobust.relax._rounding import add_offset
-from advrobust.relax.alpha_crown import check_chain, concretize, linear_pass
+from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains"]
@@ -149,10 +149,10 @@ class BetaBounder:
         dtype = self.x0.dtype
         al = {j: alpha[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
         be = {j: beta[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
-        groups = [{"params": list(al.values()), "lr": self.lr_alpha}]
+        groups = [(list(al.values()), self.lr_alpha)]
         if any(bool(split[j].any()) for j in self.relus):
-            groups.append({"params": list(be.values()), "lr": self.lr_beta})
-        opt = torch.optim.Adam(groups)
+            groups.append((list(be.values()), self.lr_beta))
+        opt = Adam(groups)
         b = row.shape[0]
         best = torch.full((b,), -math.inf, dtype=dtype)
         best_al = {j: v.detach().clone() for j, v in al.items()}
@@ -160,11 +160,10 @@ class BetaBounder:
         for _ in range(steps):
             with torch.enable_grad():
                 lower, _ = self._pass(bounds, split, al, be, row)
-                opt.zero_grad()
-                (-lower.clamp(max=1e8).sum()).backward()
+                with torch.no_grad():
+                    self._keep(lower.detach(), best, al, be, best_al, best_be)
+                opt.step(lower.clamp(max=1e8).sum())
             with torch.no_grad():
-                self._keep(lower.detach(), best, al, be, best_al, best_be)
-                opt.step()
                 for v in al.values():
                     v.clamp_(0.0, 1.0)
                 for v in be.values():

@@ -44,7 +44,46 @@ from advrobust.relax._rounding import (
 from advrobust.relax.crown import crown_layer_bounds
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["AlphaResult", "alpha_crown", "check_chain", "concretize", "linear_pass"]
+__all__ = ["Adam", "AlphaResult", "alpha_crown", "check_chain", "concretize", "linear_pass"]
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) ascent steps on leaf tensors, with per-group rates and decay.
+
+    A few lines instead of ``torch.optim.Adam``, whose first construction imports
+    ``torch._dynamo`` (~6 s of start-up measured on the shared machine): a one-process-per-
+    instance harness would pay that on every instance.
+    """
+
+    def __init__(self, groups: list[tuple[list[Tensor], float]], decay: float = 1.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.groups = groups
+        self.decay, self.betas, self.eps = decay, betas, eps
+        self.m = [[torch.zeros_like(p) for p in ps] for ps, _ in groups]
+        self.v = [[torch.zeros_like(p) for p in ps] for ps, _ in groups]
+        self.t = 0
+
+    def step(self, objective: Tensor) -> None:
+        """One step that *increases* ``objective`` (a scalar depending on the tensors)."""
+        params = [p for ps, _ in self.groups for p in ps]
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        self.t += 1
+        b1, b2 = self.betas
+        k = 0
+        with torch.no_grad():
+            for g_idx, (ps, lr) in enumerate(self.groups):
+                rate = lr * self.decay ** (self.t - 1)
+                for p_idx, p in enumerate(ps):
+                    g = grads[k]
+                    k += 1
+                    if g is None:
+                        continue
+                    m, v = self.m[g_idx][p_idx], self.v[g_idx][p_idx]
+                    m.mul_(b1).add_(g, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    m_hat = m / (1 - b1 ** self.t)
+                    v_hat = v / (1 - b2 ** self.t)
+                    p.add_(rate * m_hat / (v_hat.sqrt() + self.eps))
 
 
 def check_chain(network: Network) -> list[int]:
@@ -188,8 +227,8 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
                 inter[k] = (idx, rows, {j: _init_alpha(*best[j], rows.shape[1])
                                         .requires_grad_(True) for j in relus if j < k})
     params = list(final.values()) + [v for _, _, al in inter.values() for v in al.values()]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.98)
+    opt = Adam([(params, lr)], decay=0.98)
+    steps = steps if params else 0
     best_lower = torch.full(c.shape[:2], -math.inf, dtype=x0.dtype, device=x0.device)
     best_alpha = {j: v.detach().clone() for j, v in final.items()}
     done = 0
@@ -211,11 +250,8 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
                 best_alpha[j] = torch.where(mask, v.detach(), best_alpha[j])
         if last:
             break
-        opt.zero_grad()
         # each intermediate row has its own slopes: the sum optimises every row's own bound
-        (-lower.sum() - inter_objective).backward()
-        opt.step()
-        sched.step()
+        opt.step(lower.sum() + inter_objective)
         with torch.no_grad():
             for v in params:
                 v.clamp_(0.0, 1.0)
