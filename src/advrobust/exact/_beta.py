@@ -24,7 +24,7 @@ from torch import Tensor
 from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
 from advrobust.network.ir import Network
-from advrobust.relax._rounding import add_offset
+from advrobust.relax._rounding import add_offset, magnitude, op_gamma
 from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
 from advrobust.relax.ibp import LayerBounds
 
@@ -98,6 +98,9 @@ class BetaBounder:
         self.root = root
         self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
         self.sizes = [network.ops[j].in_size for j in self.relus]
+        # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
+        self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)
+                     if i not in self.relus and op_gamma(op, x0.dtype) > 0}
 
     # ------------------------------------------------------------------ bounds
     def clamped(self, split: dict[int, Tensor]) -> LayerBounds:
@@ -124,7 +127,7 @@ class BetaBounder:
         betas = {j: (beta[j] * split[j].to(beta[j].dtype)).reshape(shape[j])
                  for j in self.relus if bool(split[j].any())}
         a, const, err = linear_pass(self.net, self.c[row].unsqueeze(1), len(self.net.ops), bounds,
-                                    alphas, betas, record)
+                                    alphas, betas, record, self.mags)
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
         value = concretize(self.threat, x0, a, const, err)[:, 0]
         return add_offset(value, self.d[row]), a.flatten(2)[:, 0]

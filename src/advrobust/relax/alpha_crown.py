@@ -104,7 +104,8 @@ def check_chain(network: Network) -> list[int]:
 def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
                 alphas: Mapping[int, Tensor] | None = None,
                 betas: Mapping[int, Tensor] | None = None,
-                record: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                record: dict[int, Tensor] | None = None,
+                mags: Mapping[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Back-substitute ``a`` (N, K, *shape of op ``stop``'s input) to the network input.
 
     ``betas[j]`` (broadcastable to (N, K, *shape_j)) are signed Lagrange multipliers of split
@@ -112,6 +113,8 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
     ``z_j >= 0`` and ``-1`` for ``z_j <= 0``, ``beta >= 0``; the term ``-beta s z_j`` is
     non-positive on the split domain, so the result still lower-bounds ``<a, z_stop>`` there.
     ``record``, when given, receives the coefficients on every ReLU's output (for branching).
+    ``mags`` may hold precomputed term magnitudes of affine ops (1 or N, *out_shape), from any
+    bounds that contain ``bounds`` (e.g. the root's, for every sub-domain).
 
     Returns:
         ``(a_in, const, err)``: ``<a, z_stop> >= <a_in, x> + const - err`` over the box of
@@ -133,7 +136,10 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         else:
             assert isinstance(op, AffineOp)
             if op_gamma(op, a.dtype) > 0:
-                err = err + op_gamma(op, a.dtype) * abs_dot(a, magnitude(op, lo, hi))
+                mag = mags[j] if mags is not None and j in mags else magnitude(op, lo, hi)
+                if mag.shape[0] != a.shape[0]:
+                    mag = mag.expand((a.shape[0],) + tuple(mag.shape[1:]))
+                err = err + op_gamma(op, a.dtype) * abs_dot(a, mag)
             c = op.bias_term(a)
             a = op.backward(a)
         const = const + c
