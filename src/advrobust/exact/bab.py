@@ -389,7 +389,7 @@ class BaB(Bounder):
         # the root: alpha-CROWN (at most a third of the time), its bounds hold in every domain
         alpha = alpha_crown(network, x0, threat, c, d, steps=self.alpha_steps,
                             intermediate=self.intermediate, bounds=root,
-                            deadline=start + self.time_limit / 3)
+                            deadline=start + self.time_limit / 3, stop_above=_CLOSE)
         alpha.lower = torch.maximum(alpha.lower, crown[rows].unsqueeze(0))
         search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)
         values, states = search.run(deadline, stop_on_counterexample=self.early_stop)

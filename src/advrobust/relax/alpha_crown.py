@@ -195,7 +195,8 @@ def _init_alpha(lo: Tensor, hi: Tensor, rows: int) -> Tensor:
 
 def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor | None = None,
                 *, steps: int = 20, lr: float = 0.1, intermediate: bool = True,
-                bounds: LayerBounds | None = None, deadline: float = math.inf) -> AlphaResult:
+                bounds: LayerBounds | None = None, deadline: float = math.inf,
+                stop_above: float = math.inf) -> AlphaResult:
     """alpha-CROWN lower bounds of ``C f + d`` (and optimised intermediate bounds).
 
     Args:
@@ -209,6 +210,8 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
             (each with its own slopes); otherwise only the final rows' slopes.
         bounds: starting layer bounds (default: CROWN's, with rounding allowances).
         deadline: ``time.perf_counter()`` value at which the optimisation stops early.
+        stop_above: stop once every row's bound exceeds this (e.g. the verification
+            tolerance: nothing left to prove).
 
     Returns:
         :class:`AlphaResult`; every bound in it is sound in floating point.
@@ -254,7 +257,7 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
             for j, v in final.items():
                 mask = better.reshape(better.shape + (1,) * (v.dim() - 2))
                 best_alpha[j] = torch.where(mask, v.detach(), best_alpha[j])
-        if last:
+        if last or bool((best_lower > stop_above).all()):
             break
         # each intermediate row has its own slopes: the sum optimises every row's own bound
         opt.step(lower.sum() + inter_objective)
