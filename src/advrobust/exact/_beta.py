@@ -16,6 +16,7 @@ and multipliers per domain; children inherit their parent's (warm start).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -134,7 +135,8 @@ class BetaBounder:
 
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
-              steps: int | None = None) -> tuple[Domains, Tensor]:
+              steps: int | None = None, deadline: float = math.inf
+              ) -> tuple[Domains, Tensor]:
         """Optimise slopes and multipliers of B domains; the best sound bound of each.
 
         Args:
@@ -142,6 +144,8 @@ class BetaBounder:
             row: (B,) spec rows.
             floor: (B,) sound bounds already known (the parent's): the result is never below.
             steps: Adam steps (default: the bounder's).
+            deadline: ``time.perf_counter()`` value after which no further step starts (the
+                bounds so far are sound).
 
         Returns:
             The bounded domains (with branching scores), and (B, D) input coefficients of the
@@ -161,6 +165,8 @@ class BetaBounder:
         best_al = {j: v.detach().clone() for j, v in al.items()}
         best_be = {j: v.detach().clone() for j, v in be.items()}
         for _ in range(steps):
+            if time.perf_counter() >= deadline:
+                break
             with torch.enable_grad():
                 lower, _ = self._pass(bounds, split, al, be, row)
                 with torch.no_grad():

@@ -96,9 +96,9 @@ class _RowSearch:
     # ------------------------------------------------------------------ bounding
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
-              steps: int | None = None) -> _Domains:
+              steps: int | None = None, deadline: float = math.inf) -> _Domains:
         """Optimised bounds and branching scores of B domains; their corners are offered."""
-        dom, coef = self.bounder.bound(split, alpha, beta, row, floor, steps)
+        dom, coef = self.bounder.bound(split, alpha, beta, row, floor, steps, deadline)
         self._offer_corners(coef, row)
         return dom
 
@@ -176,7 +176,10 @@ class _RowSearch:
         alpha = {j: self.root.alphas[j][0].flatten(1) for j in self.relus}
         beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
         open_ = self.bound(split, alpha, beta, row, floor=self.root.lower[0], steps=0)
-        self.seconds_per_domain = (time.perf_counter() - start) / n_rows
+        # a first guess until a batch is measured: one optimisation step (forward and
+        # backward) costs about three passes like this one
+        self.seconds_per_domain = (time.perf_counter() - start) / n_rows * (
+            3 * self.bounder.steps + 1)
         for state in self.rows:
             state.domains = 1
         status = ""
@@ -294,7 +297,8 @@ class _RowSearch:
         start = time.perf_counter()
         neuron = self.bounder.choose(parents, self.fsb_k)
         split, alpha, beta, row = self.bounder.children(parents, neuron)
-        children = self.bound(split, alpha, beta, row, floor=parents.lower.repeat(2))
+        children = self.bound(split, alpha, beta, row, floor=parents.lower.repeat(2),
+                              deadline=deadline)
         self.seconds_per_domain = (time.perf_counter() - start) / len(children)
         for r, count_r in zip(*children.row.unique(return_counts=True), strict=True):
             self.rows[int(r)].domains += int(count_r)
