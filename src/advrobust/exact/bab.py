@@ -52,6 +52,8 @@ __all__ = ["BaB"]
 #: A domain is closed once its bound exceeds this (twice the verdict tolerance, so the proved
 #: lower bound always clears the tolerance itself).
 _CLOSE = 2 * VERIFY_TOLERANCE
+#: Memory the open domains of one search may hold (slopes, multipliers, splits, scores).
+_MEMORY_BYTES = 1 << 30
 
 
 @dataclass
@@ -182,6 +184,8 @@ class _RowSearch:
             3 * self.bounder.steps + 1)
         for state in self.rows:
             state.domains = 1
+        # the open list is sized to memory too: slopes, multipliers and scores per domain
+        limit = min(self.max_domains, _MEMORY_BYTES // max(1, open_.bytes_per_domain()))
         status = ""
         while True:
             open_ = self._close(open_)
@@ -193,7 +197,7 @@ class _RowSearch:
             if self._affordable(deadline) < 1:
                 status = "time_limit"
                 break
-            if len(open_) > self.max_domains:
+            if len(open_) > limit:
                 status = "domain_limit"
                 break
             if self.leaves > self.max_leaves:
@@ -318,7 +322,8 @@ class BaB(Bounder):
         time_limit: seconds per sample (all its rows together, the root's alpha-CROWN
             included).
         batch_size: parent domains split per step (their children bounded in one batch).
-        max_domains: open sub-domains kept before the search gives up (memory guard).
+        max_domains: open sub-domains kept before the search gives up (memory guard; also
+            capped so that they hold at most 1 GiB).
         max_leaves: linear regions solved by LP before the row is handed to the big-M MILP
             (on the root's alpha-CROWN bounds) for the rest of the time.
         early_stop: stop a sample at its first row with a counterexample.
