@@ -150,6 +150,8 @@ def verify_dataset(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, *,
             t0 = time.perf_counter()
             if budget.left() > 0 and bool(state.undecided().any()):
                 run()
+            elif bool(state.undecided().any()):  # out of time before this stage started
+                state.stats.setdefault("skipped", []).append(f"{stage}: deadline")
             seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
             logger.info("verify %s: %s done in %.2fs", method, stage, seconds[stage])
     return VerifyReport(verdict=state.verdicts(), lower=state.lower, upper=state.upper,

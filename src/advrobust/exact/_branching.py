@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["babsr_scores", "top_candidates"]
+__all__ = ["babsr_scores"]
 
 
 def babsr_scores(coef: Tensor, lo: Tensor, hi: Tensor, alpha: Tensor) -> Tensor:
@@ -39,10 +39,3 @@ def babsr_scores(coef: Tensor, lo: Tensor, hi: Tensor, alpha: Tensor) -> Tensor:
     score = neg * intercept + pos * gap + 1e-9 * width
     return torch.where(unstable, score, torch.zeros_like(score))
 
-
-def top_candidates(score: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` best (flat) neurons of each domain and whether each is a real candidate
-    (score > 0): (B, k) indices, (B, k) bool."""
-    k = max(1, min(k, score.shape[1]))
-    values, idx = score.topk(k, dim=1)
-    return idx, values > 0
