@@ -1,13 +1,15 @@
-"""VNN-COMP mnist_fc instances through ``verify_property`` (the auto cascade), scored against
-the competitions' known answers. Any disagreement with a known sat / unsat is a soundness bug.
+"""VNN-COMP instances through ``run_instance`` (what ``advrobust vnncomp --instances`` runs), scored
+against the competitions' known answers, with the per-network table of bench/RESULTS.md. Any
+disagreement with a known sat / unsat is a soundness bug.
 
-Run by hand::
+Run by hand (one torch thread; the whole 90 instances at 30 s take up to 45 min)::
 
-    python bench/verify_vnncomp.py --root ../shared/data/vnncomp/mnist_fc --network 256x2 \\
-        [--timeout 120] [--limit 60] [--method auto] [--properties vnnlib/prop_2_0.03.vnnlib ...]
+    python bench/verify_vnncomp.py --root ../shared/data/vnncomp/mnist_fc --timeout 30 \\
+        [--instances instances.csv] [--network 256x2] [--limit 10] [--out results.csv]
 
-``--timeout`` overrides the instances' own timeouts (120 s for 256x2, 300 s otherwise); it is
-the exact stages' limit (``auto``: half for BaB, half for the MILP), CROWN and PGD run before.
+``--instances`` is relative to ``--root`` (default ``instances.csv``: the 2022 edition, 30
+properties per network; ``instances_2021.csv`` for 2021). ``--timeout`` overrides the CSV's own
+timeouts (120 s for 256x2, 300 s otherwise) and bounds each whole instance, loading included.
 """
 
 from __future__ import annotations
@@ -15,55 +17,79 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from advrobust.evaluation.verify import verify_property
-from advrobust.network.onnx import import_onnx
-from advrobust.network.vnnlib import load_vnnlib
+from advrobust.evaluation.vnncomp import Instance, load_instances, load_known_answers, run_instance
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("../shared/data/vnncomp/mnist_fc"))
-    parser.add_argument("--network", default="256x2")
+    parser.add_argument("--instances", default="instances.csv")
+    parser.add_argument("--network", default=None, help="only ONNX files whose name has this")
     parser.add_argument("--timeout", type=float, default=None)
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--method", default="auto", help="verify_property method (auto, bab, milp)")
+    parser.add_argument("--limit", type=int, default=None, help="first N instances per network")
     parser.add_argument("--properties", nargs="*", default=None,
-                        help="only these property paths (as in known_answers.csv)")
+                        help="only these properties (e.g. vnnlib/prop_6_0.03.vnnlib)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="per-instance CSV")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [r for r in csv.DictReader(open(args.root / "known_answers.csv"))
-            if r["network"].endswith(f"{args.network}.onnx")
-            and (args.properties is None or r["property"] in args.properties)][:args.limit]
-    net = import_onnx(args.root / rows[0]["network"])
-    tally: Counter[str] = Counter()
-    wrong: list[str] = []
-    start = time.perf_counter()
-    print("| property | truth | ours | decided by | seconds |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        limit = args.timeout if args.timeout is not None else float(row["timeout"])
-        t0 = time.perf_counter()
-        result = verify_property(net.model, load_vnnlib(args.root / row["property"]),
-                                 input_shape=net.input_shape, time_limit=limit,
-                                 method=args.method,
-                                 threads=args.threads, generator=torch.Generator().manual_seed(0))
-        seconds = time.perf_counter() - t0
-        tally[result.status] += 1
-        if result.status != "unknown" and row["truth"] in ("sat", "unsat") \
-                and result.status != row["truth"]:
-            wrong.append(row["property"])
-        print(f"| {row['property']} | {row['truth']} | {result.status} | "
-              f"{result.report.decided_by[0] or '-'} | {seconds:.1f} |", flush=True)
-    print(f"\n{args.network}: {len(rows)} instances, unsat (verified) {tally['unsat']}, "
-          f"sat (falsified) {tally['sat']}, unknown {tally['unknown']}, "
-          f"{time.perf_counter() - start:.0f} s total")
-    print(f"WRONG ANSWERS: {len(wrong)} {wrong}" if wrong else "wrong answers: 0")
+    instances = [i for i in load_instances(args.root / args.instances)
+                 if (args.network is None or args.network in i.onnx.name)
+                 and (args.properties is None
+                      or any(str(i.vnnlib).endswith(p) for p in args.properties))]
+    per_net: dict[str, list[Instance]] = defaultdict(list)
+    for inst in instances:
+        per_net[inst.onnx.stem].append(inst)
+    if args.limit is not None:
+        per_net = defaultdict(list, {k: v[:args.limit] for k, v in per_net.items()})
+    answers = load_known_answers(args.root / "known_answers.csv")
+    table: dict[str, dict[str, float]] = {}
+    lines = []
+    for net, insts in per_net.items():
+        row = table.setdefault(net, dict.fromkeys(
+            ("sat", "unsat", "unknown", "wrong", "seconds", "solved seconds"), 0.0))
+        for inst in insts:
+            t0 = time.perf_counter()
+            res = run_instance(inst, timeout=args.timeout, threads=args.threads)
+            seconds = time.perf_counter() - t0
+            truth = answers.get((str(inst.onnx.resolve()), str(inst.vnnlib.resolve())), "")
+            wrong = res.result in ("sat", "unsat") and truth in ("sat", "unsat") \
+                and res.result != truth
+            key = res.result if res.result in ("sat", "unsat") else "unknown"
+            row[key] += 1
+            row["wrong"] += wrong
+            row["seconds"] += seconds
+            if key != "unknown":
+                row["solved seconds"] += seconds
+            lines.append((net, inst.vnnlib.name, truth, res.result, f"{seconds:.1f}",
+                          res.details.get("decided_by") or "-"))
+            print(f"{net} {inst.vnnlib.name}: {res.result} (truth {truth or '?'}) "
+                  f"{seconds:.1f} s{'  WRONG' if wrong else ''}", flush=True)
+    if args.out is not None:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("network", "property", "truth", "result", "seconds", "decided_by"))
+            writer.writerows(lines)
+    print("\n| network | instances | sat | unsat | unknown / timeout | wrong | solved | "
+          "total s | s on solved |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    total: dict[str, float] = defaultdict(float)
+    for net, row in table.items():
+        n = len(per_net[net])
+        print(f"| {net} | {n} | {row['sat']:.0f} | {row['unsat']:.0f} | {row['unknown']:.0f} | "
+              f"{row['wrong']:.0f} | {row['sat'] + row['unsat']:.0f} | {row['seconds']:.0f} | "
+              f"{row['solved seconds']:.0f} |")
+        total["n"] += n
+        for k, v in row.items():
+            total[k] += v
+    print(f"| all | {total['n']:.0f} | {total['sat']:.0f} | {total['unsat']:.0f} | "
+          f"{total['unknown']:.0f} | {total['wrong']:.0f} | {total['sat'] + total['unsat']:.0f} "
+          f"| {total['seconds']:.0f} | {total['solved seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ EXAMPLE = """examples:
   advrobust verify --onnx mnist-net_256x2.onnx --vnnlib prop_0_0.03.vnnlib --time-limit 120
 
 methods: ibp, crown, lp (one relaxation: lower bounds), milp or bab (exact, CROWN first;
-bab = branch and bound on ReLU splits), auto (CROWN, then PGD on what is left, then BaB and
-the MILP on what is still undecided, half of --time-limit each).
+bab = beta-CROWN branch and bound on ReLU splits), auto (CROWN, then PGD on what is left,
+then BaB on what is still undecided with all of --time-limit; the MILP for l1).
 With --vnnlib the answer follows VNN-COMP: unsat = verified, sat = counterexample found.
 """
 

@@ -1,20 +1,22 @@
-"""Complete verification by branch and bound on ReLU splits, with batched CROWN bounds.
+"""Complete verification by beta-CROWN branch and bound on ReLU splits.
 
 Bunel et al. 2018/2020, "A unified view of piecewise linear neural network verification" and
-"Branch and bound for piecewise linear neural network verification"; Wang et al. 2021
-("beta-CROWN") for bounding many sub-domains at once on the tensor side. All open spec rows of
-a sample are searched together: a domain belongs to one row, the batch mixes rows (each open
-row's lowest domains get an equal share of it), so no row waits behind one that stalls. A *domain*
-fixes the sign of some unstable ReLUs (``z >= 0`` or ``z <= 0``); its bound is CROWN with the
-split neurons' pre-activation bounds clamped, every intermediate bound recomputed under the
-splits and intersected with the parent's (a child is a subset of its parent, so both bounds
-hold). The union of the domains always covers the threat set, so the minimum of their bounds is
-a sound lower bound at every moment. A domain whose bound clears the verification tolerance is
-closed; the lowest ones are split on the neuron with the largest contribution to the relaxation
-gap (the BaBSR score of Bunel et al.). A domain with no unstable neuron left is a linear
-region: its exact minimum is an LP (HiGHS), which makes the search complete. The CROWN
-minimiser of every domain (a corner of the box for linf) and every LP point are re-evaluated
-through the network as counterexample candidates.
+"Branch and bound for piecewise linear neural network verification"; Xu et al. 2021
+(alpha-CROWN, "Fast and complete"); Wang et al. 2021 ("Beta-CROWN"). The root is bounded by
+alpha-CROWN with optimised intermediate bounds (:func:`~advrobust.relax.alpha_crown.
+alpha_crown`); those intermediate bounds hold in every sub-domain. A *domain* fixes the sign of
+some unstable ReLUs (``z >= 0`` or ``z <= 0``); its bound is beta-CROWN (:mod:`advrobust.exact.
+_beta`): the split constraints enter the bound through optimised Lagrange multipliers, with the
+lower slopes optimised per domain, both warm-started from the parent, domains bounded in batches.
+All open spec rows of a sample are searched together: a domain belongs to one row, the batch
+mixes rows (each open row's lowest domains get an equal share of it, then the lowest of any
+row: best-first), so no row waits behind one that stalls. The union of the domains always
+covers the threat set, so the minimum of their bounds is a sound lower bound at every moment. A
+domain whose bound clears the verification tolerance is closed; the others are split on the
+neuron chosen by BaBSR or filtered smart branching (:mod:`advrobust.exact._branching`). A domain
+with no unstable neuron left is a linear region: its exact minimum is an LP (HiGHS), which
+makes the search complete. The linear bound's minimiser of every domain (a corner of the box
+for linf) and every LP point are re-evaluated through the network as counterexample candidates.
 
 Unlike the MILP, a row's search stops once its sign is decided, so on robust rows the lower
 bound is a proof (above the tolerance), not the exact minimum.
@@ -34,21 +36,14 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
-from advrobust.errors import InvalidThreatModelError
+from advrobust.errors import InvalidParameterError, InvalidThreatModelError
+from advrobust.exact._beta import BetaBounder
+from advrobust.exact._beta import Domains as _Domains
 from advrobust.network.ir import Network
-from advrobust.network.relu import ReLUOp
 from advrobust.relax._encoding import encode_sample, row_cost
-from advrobust.relax._rounding import (
-    abs_dot,
-    magnitude,
-    op_gamma,
-    relu_gamma,
-    relu_magnitude,
-    sound_interval,
-)
+from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_chain
 from advrobust.relax.base import Bounder, Bounds
-from advrobust.relax.crown import _concretize, _refine, crown_layer_bounds, crown_lower
-from advrobust.relax.ibp import LayerBounds
+from advrobust.relax.crown import crown_layer_bounds, crown_lower
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
 
@@ -57,31 +52,8 @@ __all__ = ["BaB"]
 #: A domain is closed once its bound exceeds this (twice the verdict tolerance, so the proved
 #: lower bound always clears the tolerance itself).
 _CLOSE = 2 * VERIFY_TOLERANCE
-
-
-@dataclass
-class _Domains:
-    """A batch of sub-domains: per-ReLU pre-activation bounds, spec row, bound, scores."""
-
-    lo: dict[int, Tensor]
-    hi: dict[int, Tensor]
-    lower: Tensor  # (B,)
-    score: Tensor  # (B, total unstable-capable neurons): branching scores, 0 if stable
-    row: Tensor  # (B,) int64: the spec row (index into the search's rows) each domain bounds
-
-    def take(self, idx: Tensor) -> _Domains:
-        return _Domains({i: v[idx] for i, v in self.lo.items()},
-                        {i: v[idx] for i, v in self.hi.items()}, self.lower[idx],
-                        self.score[idx], self.row[idx])
-
-    def cat(self, other: _Domains) -> _Domains:
-        return _Domains({i: torch.cat([v, other.lo[i]]) for i, v in self.lo.items()},
-                        {i: torch.cat([v, other.hi[i]]) for i, v in self.hi.items()},
-                        torch.cat([self.lower, other.lower]),
-                        torch.cat([self.score, other.score]), torch.cat([self.row, other.row]))
-
-    def __len__(self) -> int:
-        return int(self.lower.shape[0])
+#: Memory the open domains of one search may hold (slopes, multipliers, splits, scores).
+_MEMORY_BYTES = 1 << 30
 
 
 @dataclass
@@ -97,22 +69,25 @@ class _Row:
 
 
 class _RowSearch:
-    """Branch and bound on the rows ``c_r . f(x) + d_r`` of one sample, all at once.
+    """beta-CROWN branch and bound on the rows ``c_r . f(x) + d_r`` of one sample, all at once.
 
     Every domain belongs to one row; a batch mixes rows and the lowest bounds of any row are
-    split first. A row is done when its domains are all closed (proved) or a point of the set
-    makes it negative (falsified; with ``stop_on_counterexample`` the whole search stops).
+    split first (best-first). A row is done when its domains are all closed (proved) or a
+    point of the set makes it negative (falsified; with ``stop_on_counterexample`` the whole
+    search stops).
     """
 
     def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
-                 batch_size: int, max_domains: int, max_leaves: int,
-                 root_bounds: LayerBounds) -> None:
+                 bab: BaB, root: AlphaResult) -> None:
         self.net, self.x0, self.threat = network, x0, threat
         self.c, self.d = c.reshape(-1, c.shape[-1]).to(x0.dtype), d.reshape(-1).to(x0.dtype)
-        self.batch_size, self.max_domains = batch_size, max_domains
-        self.max_leaves = max_leaves
+        self.batch_size, self.max_domains = bab.batch_size, bab.max_domains
+        self.max_leaves, self.fsb_k = bab.max_leaves, bab._fsb_k
+        self.attack_steps = bab.attack_steps
         self.relus = network.relu_indices
-        self.root_bounds = root_bounds
+        self.root = root
+        self.bounder = BetaBounder(network, x0, threat, self.c, self.d, root.bounds,
+                                   steps=bab.beta_steps)
         self.rows = [_Row() for _ in range(self.c.shape[0])]
         self.leaves = 0
         # Seconds to bound one sub-domain, measured as the search goes: on large (convolutional)
@@ -121,76 +96,48 @@ class _RowSearch:
         self.seconds_per_domain = 0.0
 
     # ------------------------------------------------------------------ bounding
-    def layer_bounds(self, lo: dict[int, Tensor], hi: dict[int, Tensor]) -> LayerBounds:
-        """Bounds of every op's input under the domains' clamps (B domains)."""
-        b = next(iter(lo.values())).shape[0]
-        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        bounds = [self.threat.input_bounds(x0)]
-        first = True
-        for i, op in enumerate(self.net.ops):
-            if isinstance(op, ReLUOp):
-                cur_lo = torch.maximum(bounds[i][0], lo[i])
-                cur_hi = torch.minimum(bounds[i][1], hi[i])
-                if not first:  # the first ReLU's bounds do not depend on any split
-                    cur_lo, cur_hi = _refine(self.net, x0, self.threat, [*bounds[:i],
-                                                                       (cur_lo, cur_hi)], i,
-                                             rounding=True)
-                bounds[i] = (cur_lo, cur_hi)
-                first = False
-            bounds.append(sound_interval(op, *bounds[i]))
-        return bounds
+    def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
+              beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
+              steps: int | None = None, deadline: float = math.inf) -> _Domains:
+        """Optimised bounds and branching scores of B domains; their corners are offered."""
+        dom, coef = self.bounder.bound(split, alpha, beta, row, floor, steps, deadline)
+        self._offer_corners(coef, row)
+        return dom
 
-    def bound(self, lo: dict[int, Tensor], hi: dict[int, Tensor], row: Tensor) -> _Domains:
-        """CROWN bound, branching scores and counterexample candidates of B domains."""
-        bounds = self.layer_bounds(lo, hi)
-        b = bounds[0][0].shape[0]
-        a = self.c[row].unsqueeze(1).clone()  # (B, 1, outputs)
-        const = a.new_zeros(b, 1)
-        err = a.new_zeros(b, 1)  # rounding allowance of the pass (advrobust.relax._rounding)
-        scores: dict[int, Tensor] = {}
-        for j in reversed(range(len(self.net.ops))):
-            op = self.net.ops[j]
-            if isinstance(op, ReLUOp):
-                l_j, h_j = bounds[j]
-                err = err + relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(l_j, h_j))
-                rel = op.relaxation(l_j, h_j)
-                unstable = (l_j < 0) & (h_j > 0)
-                # BaBSR: what the upper relaxation's intercept costs this row, plus a tie-break
-                gap = (a[:, 0].clamp(max=0) * rel.up_b).abs() + 1e-6 * (h_j - l_j)
-                scores[j] = torch.where(unstable, gap, torch.zeros_like(l_j)).flatten(1)
-                a, c = op.backward(a, l_j, h_j)
-            else:
-                if op_gamma(op, a.dtype) > 0:
-                    err = err + op_gamma(op, a.dtype) * abs_dot(a, magnitude(op, *bounds[j]))
-                c = op.bias_term(a)  # type: ignore[attr-defined]
-                a = op.backward(a)  # type: ignore[attr-defined]
-            const = const + c
-        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        value = _concretize(self.threat, x0, a, const, err)[:, 0]
-        d = self.d[row]
-        lower = value + d - 4 * torch.finfo(value.dtype).eps * (value.abs() + d.abs())
-        empty = torch.zeros(b, dtype=torch.bool, device=lower.device)
-        for i in self.relus:
-            empty |= (bounds[i][0] > bounds[i][1]).flatten(1).any(1)
-        lower = lower.masked_fill(empty, math.inf)  # an empty domain bounds anything
-        self._offer_corners(a.flatten(2)[:, 0], x0, empty, row)
-        score = torch.cat([scores[i] for i in self.relus], dim=1)
-        return _Domains({i: bounds[i][0] for i in self.relus},
-                        {i: bounds[i][1] for i in self.relus}, lower, score, row)
-
-    def _offer_corners(self, a: Tensor, x0: Tensor, empty: Tensor, row: Tensor) -> None:
+    def _offer_corners(self, a: Tensor, row: Tensor) -> None:
         """Evaluate the box corners minimising the domains' linear bounds, on their rows."""
+        b = row.shape[0]
+        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
         low, up = self.threat.input_bounds(x0)
-        keep = ~empty
-        pts = torch.where(a.reshape(low.shape) >= 0, low, up)[keep]
-        if pts.shape[0] == 0:
-            return
-        rows = row[keep]
-        values = (self.net.forward(pts) * self.c[rows]).sum(1) + self.d[rows]
-        for r in rows.unique().tolist():
-            mine = (rows == r).nonzero().flatten()
+        pts = torch.where(a.reshape(low.shape) >= 0, low, up)
+        with torch.no_grad():
+            values = (self.net.forward(pts) * self.c[row]).sum(1) + self.d[row]
+        starts, rows = [], []
+        for r in row.unique().tolist():
+            mine = (row == r).nonzero().flatten()
             k = mine[values[mine].argmin()]
             self.offer(r, float(values[k]), pts[k])
+            if self.rows[r].best_value >= 0:
+                starts.append(pts[k])
+                rows.append(r)
+        if starts and self.attack_steps:
+            self._descend(torch.stack(starts), torch.tensor(rows), low[:1], up[:1])
+
+    def _descend(self, x: Tensor, rows: Tensor, low: Tensor, up: Tensor) -> None:
+        """A few signed-gradient steps on each row's value from the corner of its lowest
+        domain (PGD inside the box; a promising domain's corner is often near a violation)."""
+        step = (up - low) / 4
+        for _ in range(self.attack_steps):
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                value = (self.net.forward(x) * self.c[rows]).sum(1) + self.d[rows]
+                (grad,) = torch.autograd.grad(value.sum(), x)
+            x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), low), up)
+            step = step * 0.7
+        with torch.no_grad():
+            value = (self.net.forward(x) * self.c[rows]).sum(1) + self.d[rows]
+        for k, r in enumerate(rows.tolist()):
+            self.offer(r, float(value[k]), x[k])
 
     def offer(self, r: int, value: float, point: Tensor) -> None:
         state = self.rows[r]
@@ -204,7 +151,7 @@ class _RowSearch:
     def solve_leaf(self, dom: _Domains, time_limit: float) -> float:
         """Exact minimum of a linear region (one domain without unstable neurons) by LP."""
         r = int(dom.row[0])
-        bounds = self.layer_bounds(dom.lo, dom.hi)
+        bounds = self.bounder.clamped(dom.split)
         enc = encode_sample(self.net, bounds, 0, integer=False, threat=self.threat, x0=self.x0)
         sol = HighsSolver(enc.program, time_limit=max(time_limit, 1e-3)).minimize(
             row_cost(enc, self.c[r]), float(self.d[r]))
@@ -220,38 +167,25 @@ class _RowSearch:
             return max(float(dom.lower[0]), sol.bound)
         return float(dom.lower[0])
 
-    # ------------------------------------------------------------------ branching
-    def split(self, dom: _Domains) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
-        """Children of every domain on its highest-scoring neuron (inactive, then active)."""
-        best = dom.score.argmax(1)
-        lo = {i: torch.cat([v, v]) for i, v in dom.lo.items()}
-        hi = {i: torch.cat([v, v]) for i, v in dom.hi.items()}
-        b, offset = len(dom), 0
-        for i in self.relus:
-            size = self.net.ops[i].in_size
-            rows = ((best >= offset) & (best < offset + size)).nonzero().flatten()
-            cols = best[rows] - offset
-            hi_f, lo_f = hi[i].flatten(1), lo[i].flatten(1)
-            hi_f[rows, cols] = 0.0  # first copy: z <= 0
-            lo_f[rows + b, cols] = 0.0  # second copy: z >= 0
-            hi[i], lo[i] = hi_f.reshape(hi[i].shape), lo_f.reshape(lo[i].shape)
-            offset += size
-        return lo, hi
-
     # ------------------------------------------------------------------ the search
     def run(self, deadline: float, stop_on_counterexample: bool) -> tuple[Tensor, list[_Row]]:
         """Search until decided or ``deadline``; return sound lower bounds (R,) and the rows."""
         n_rows = self.c.shape[0]
         start = time.perf_counter()
         row = torch.arange(n_rows, device=self.x0.device)
-        open_ = self.bound({i: self.root_bounds[i][0].expand(n_rows, *self.root_bounds[i][0]
-                                                            .shape[1:]) for i in self.relus},
-                           {i: self.root_bounds[i][1].expand(n_rows, *self.root_bounds[i][1]
-                                                            .shape[1:]) for i in self.relus},
-                           row)
-        self.seconds_per_domain = (time.perf_counter() - start) / n_rows
+        split = {j: torch.zeros((n_rows, self.net.ops[j].in_size), dtype=torch.int8)
+                 for j in self.relus}
+        alpha = {j: self.root.alphas[j][0].flatten(1) for j in self.relus}
+        beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
+        open_ = self.bound(split, alpha, beta, row, floor=self.root.lower[0], steps=0)
+        # a first guess until a batch is measured: one optimisation step (forward and
+        # backward) costs about three passes like this one
+        self.seconds_per_domain = (time.perf_counter() - start) / n_rows * (
+            3 * self.bounder.steps + 1)
         for state in self.rows:
             state.domains = 1
+        # the open list is sized to memory too: slopes, multipliers and scores per domain
+        limit = min(self.max_domains, _MEMORY_BYTES // max(1, open_.bytes_per_domain()))
         status = ""
         while True:
             open_ = self._close(open_)
@@ -263,7 +197,7 @@ class _RowSearch:
             if self._affordable(deadline) < 1:
                 status = "time_limit"
                 break
-            if len(open_) > self.max_domains:
+            if len(open_) > limit:
                 status = "domain_limit"
                 break
             if self.leaves > self.max_leaves:
@@ -294,7 +228,7 @@ class _RowSearch:
 
     def finish_with_milp(self, r: int, deadline: float) -> float:
         """Decide row ``r`` with the big-M MILP on the root bounds (a sound global bound)."""
-        bounds = self.root_bounds
+        bounds = self.root.bounds
         enc = encode_sample(self.net, bounds, 0, integer=True, threat=self.threat, x0=self.x0)
         sol = HighsSolver(enc.program, time_limit=max(deadline - time.perf_counter(), 1e-3)
                           ).minimize(row_cost(enc, self.c[r]), float(self.d[r]),
@@ -365,65 +299,92 @@ class _RowSearch:
         pick, rest = self._pick(open_, count)
         parents = open_.take(pick)
         start = time.perf_counter()
-        children = self.bound(*self.split(parents), parents.row.repeat(2))
+        neuron = self.bounder.choose(parents, self.fsb_k)
+        split, alpha, beta, row = self.bounder.children(parents, neuron)
+        children = self.bound(split, alpha, beta, row, floor=parents.lower.repeat(2),
+                              deadline=deadline)
         self.seconds_per_domain = (time.perf_counter() - start) / len(children)
-        children.lower = torch.maximum(children.lower, parents.lower.repeat(2))
         for r, count_r in zip(*children.row.unique(return_counts=True), strict=True):
             self.rows[int(r)].domains += int(count_r)
         return children.cat(open_.take(rest))
 
 
 class BaB(Bounder):
-    """Complete verifier: branch and bound on ReLU splits with batched CROWN bounds.
+    """Complete verifier: beta-CROWN branch and bound on ReLU splits (chain networks).
 
-    Each spec row not already proved by CROWN is searched until its sign is decided (all
-    sub-domains bounded above the tolerance: proved; a point of the set below zero: broken) or
-    the time runs out (UNKNOWN, with the lowest open sub-domain bound as the lower bound).
-    linf threats only: on l1 balls the split constraints, which CROWN's concretisation ignores,
-    matter so much that the search degenerates into one LP per linear region (use the MILP).
+    Each spec row not already proved at the root (alpha-CROWN) is searched until its sign is
+    decided (all sub-domains bounded above the tolerance: proved; a point of the set below
+    zero: broken) or the time runs out (UNKNOWN, with the lowest open sub-domain bound as the
+    lower bound). linf threats only: on l1 balls the split constraints matter so much that the
+    search degenerates into one LP per linear region (use the MILP).
 
     Args:
-        time_limit: seconds per sample (all its rows together).
-        batch_size: sub-domains bounded per step (one batched CROWN pass).
-        max_domains: open sub-domains kept before a row gives up (memory guard).
+        time_limit: seconds per sample (all its rows together, the root's alpha-CROWN
+            included).
+        batch_size: parent domains split per step (their children bounded in one batch).
+        max_domains: open sub-domains kept before the search gives up (memory guard; also
+            capped so that they hold at most 1 GiB).
         max_leaves: linear regions solved by LP before the row is handed to the big-M MILP
-            for the rest of the time (on low-dimensional inputs the split constraints CROWN
-            ignores matter, and the search would otherwise enumerate regions).
+            (on the root's alpha-CROWN bounds) for the rest of the time.
         early_stop: stop a sample at its first row with a counterexample.
+        alpha_steps: Adam steps of the root's alpha-CROWN.
+        intermediate: let the root's alpha-CROWN optimise the intermediate bounds too.
+        beta_steps: Adam steps on slopes and multipliers per batch of domains.
+        branching: ``"babsr"`` or ``"fsb"`` (filtered smart branching over the top 3 BaBSR
+            candidates), or an int ``k`` (FSB over the top ``k``).
+        attack_steps: signed-gradient steps per batch from the box corner of each open row's
+            lowest domain (0: only the corners are evaluated).
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
                  max_domains: int = 50_000, max_leaves: int = 8,
-                 early_stop: bool = True) -> None:
+                 early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
+                 beta_steps: int = 10, branching: str | int = "fsb",
+                 attack_steps: int = 10) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
         self.max_domains = check_int(max_domains, "max_domains", "BaB", low=1)
         self.max_leaves = check_int(max_leaves, "max_leaves", "BaB", low=0)
         self.early_stop = check_bool(early_stop, "early_stop", "BaB")
+        self.alpha_steps = check_int(alpha_steps, "alpha_steps", "BaB", low=0)
+        self.intermediate = check_bool(intermediate, "intermediate", "BaB")
+        self.beta_steps = check_int(beta_steps, "beta_steps", "BaB", low=0)
+        self.attack_steps = check_int(attack_steps, "attack_steps", "BaB", low=0)
+        if branching not in ("babsr", "fsb") and not (
+                isinstance(branching, int) and not isinstance(branching, bool) and branching >= 1):
+            raise InvalidParameterError(
+                "BaB: 'branching' must be 'babsr', 'fsb' or an int >= 1 (FSB candidates). "
+                f"Got {branching!r} instead.")
+        self.branching = branching
+
+    @property
+    def _fsb_k(self) -> int:
+        return {"babsr": 1, "fsb": 3}.get(self.branching, self.branching)  # type: ignore[arg-type]
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         if threat.norm is not Norm.LINF:
             raise InvalidThreatModelError(
                 f"BaB supports the norm 'linf' only. Got {threat.norm.value!r} instead; use "
                 "MILP for l1 and CROWN for l2.")
+        check_chain(network)
         with torch.no_grad():
-            # one CROWN pass: its intermediate bounds are also every row's root domain
+            # one CROWN pass: the starting point of every sample's alpha-CROWN root
             layers = crown_layer_bounds(network, x, threat, rounding=True)
             crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=layers,
                                 rounding=True)
             clean = spec.apply(network.forward(x))
-            lower = crown.clone()
-            cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
-            samples = []
-            for s in range(x.shape[0]):
-                root = [(lo[s:s + 1], hi[s:s + 1]) for lo, hi in layers]
-                samples.append(self._sample(network, x[s:s + 1], threat, spec, s, crown[s],
-                                            clean[s], lower, cand, root))
+        lower = crown.clone()
+        cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
+        samples = []
+        for s in range(x.shape[0]):
+            root = [(lo[s:s + 1], hi[s:s + 1]) for lo, hi in layers]
+            samples.append(self._sample(network, x[s:s + 1], threat, spec, s, crown[s],
+                                        clean[s], lower, cand, root))
         return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples})
 
     def _sample(self, network: Network, x0: Tensor, threat: LpBall, spec: Spec, s: int,
-                crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: LayerBounds
+                crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any
                 ) -> list[dict[str, Any]]:
         start = time.perf_counter()
         deadline = start + self.time_limit
@@ -433,16 +394,22 @@ class BaB(Bounder):
         if not todo:
             return []
         rows = torch.tensor(todo, device=x0.device)
-        search = _RowSearch(network, x0, threat, spec.C[s, rows], spec.d[s, rows],
-                            self.batch_size, self.max_domains, self.max_leaves, root)
+        c, d = spec.C[s, rows].unsqueeze(0), spec.d[s, rows].unsqueeze(0)
+        # the root: alpha-CROWN (at most a third of the time), its bounds hold in every domain
+        alpha = alpha_crown(network, x0, threat, c, d, steps=self.alpha_steps,
+                            intermediate=self.intermediate, bounds=root,
+                            deadline=start + self.time_limit / 3, stop_above=_CLOSE)
+        alpha.lower = torch.maximum(alpha.lower, crown[rows].unsqueeze(0))
+        search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)
         values, states = search.run(deadline, stop_on_counterexample=self.early_stop)
         seconds = time.perf_counter() - start
         log = []
-        for j, value, row in zip(todo, values.tolist(), states, strict=True):
+        for j, value, row, root_lower in zip(todo, values.tolist(), states,
+                                             alpha.lower[0].tolist(), strict=True):
             lower[s, j] = max(float(lower[s, j]), value)
             if row.best_point is not None:
                 cand[s, j] = row.best_point.reshape(cand.shape[2:]).to(cand)
             log.append({"row": j, "status": row.status, **row.log, "domains": row.domains,
-                        "leaves": search.leaves, "lower": value, "best": row.best_value,
-                        "seconds": seconds})
+                        "leaves": search.leaves, "alpha": root_lower, "lower": value,
+                        "best": row.best_value, "seconds": seconds})
         return log

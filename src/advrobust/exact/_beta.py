@@ -1,0 +1,261 @@
+"""beta-CROWN bounds of batches of split domains (Wang et al. 2021, "Beta-CROWN: efficient bound
+propagation with per-neuron split constraints for neural network robustness verification").
+
+A domain fixes the sign of some unstable ReLU inputs (``z >= 0``: active, ``z <= 0``:
+inactive). Its bound is the alpha-CROWN back-substitution (:func:`~advrobust.relax.alpha_crown.
+linear_pass`) under the root's intermediate bounds clamped by the splits (the domain is a subset
+of the root, so they stay valid), with the split constraints in the Lagrangian: a term
+``-beta s z`` (``s = +1`` active, ``-1`` inactive, ``beta >= 0``) is non-positive on the domain,
+so any ``beta`` gives a sound bound, and optimising it (with the slopes ``alpha``) lets the
+constraints act on every layer, not only on the split neuron's relaxation. ``beta = 0`` is
+exactly alpha-CROWN on the split domain; the best step is kept, so the optimised bound is never
+below the starting one. Domains are bounded in batches: one row of the spec, one set of slopes
+and multipliers per domain; children inherit their parent's (warm start).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from advrobust.core.threat import LpBall
+from advrobust.exact._branching import babsr_scores
+from advrobust.network.ir import Network
+from advrobust.relax._rounding import add_offset, magnitude, op_gamma
+from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
+from advrobust.relax.ibp import LayerBounds
+
+__all__ = ["BetaBounder", "Domains"]
+
+#: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
+_STORE = torch.float32
+
+
+@dataclass
+class Domains:
+    """A batch of B domains of one sample.
+
+    Attributes:
+        split: per ReLU index, (B, n) int8: +1 active split, -1 inactive split, 0 free.
+        alpha: per ReLU index, (B, n) lower slopes (warm start of the children).
+        beta: per ReLU index, (B, n) multipliers >= 0 of the split constraints.
+        lower: (B,) sound lower bounds (float64).
+        score: (B, total neurons) branching scores (0: not splittable).
+        row: (B,) spec row of each domain.
+    """
+
+    split: dict[int, Tensor]
+    alpha: dict[int, Tensor]
+    beta: dict[int, Tensor]
+    lower: Tensor
+    score: Tensor
+    row: Tensor
+
+    def take(self, idx: Tensor) -> Domains:
+        return Domains({i: v[idx] for i, v in self.split.items()},
+                       {i: v[idx] for i, v in self.alpha.items()},
+                       {i: v[idx] for i, v in self.beta.items()},
+                       self.lower[idx], self.score[idx], self.row[idx])
+
+    def cat(self, other: Domains) -> Domains:
+        def join(a: dict[int, Tensor], b: dict[int, Tensor]) -> dict[int, Tensor]:
+            return {i: torch.cat([v, b[i]]) for i, v in a.items()}
+        return Domains(join(self.split, other.split), join(self.alpha, other.alpha),
+                       join(self.beta, other.beta), torch.cat([self.lower, other.lower]),
+                       torch.cat([self.score, other.score]), torch.cat([self.row, other.row]))
+
+    def __len__(self) -> int:
+        return int(self.lower.shape[0])
+
+    def bytes_per_domain(self) -> int:
+        """Memory one domain holds (for sizing the open list)."""
+        per = sum(v[0].numel() * (v.element_size() + 2 * _STORE.itemsize)
+                  for v in self.split.values())
+        return per + 2 * self.score.shape[1] * self.score.element_size() + 16
+
+
+class BetaBounder:
+    """Optimised (alpha, beta) bounds of domains of one sample's spec rows.
+
+    Args:
+        network: a chain IR (float64).
+        x0: (1, *input_shape) centre.
+        threat: the set.
+        c: (R, num_outputs) rows; d: (R,) offsets.
+        root: sound bounds of every op's input over the whole set (alpha-CROWN's).
+        steps, lr_alpha, lr_beta: Adam steps and learning rates per batch.
+    """
+
+    def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
+                 root: LayerBounds, *, steps: int = 10, lr_alpha: float = 0.1,
+                 lr_beta: float = 0.05) -> None:
+        self.net, self.x0, self.threat = network, x0, threat
+        self.relus = check_chain(network)
+        self.c, self.d = c.to(x0.dtype), d.to(x0.dtype)
+        self.root = root
+        self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
+        self.sizes = [network.ops[j].in_size for j in self.relus]
+        # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
+        self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)
+                     if i not in self.relus and op_gamma(op, x0.dtype) > 0}
+
+    # ------------------------------------------------------------------ bounds
+    def clamped(self, split: dict[int, Tensor]) -> LayerBounds:
+        """Root bounds (B, ...) with every split neuron's bound set to 0 on its side."""
+        b = next(iter(split.values())).shape[0]
+        out: LayerBounds = []
+        for i, (lo, hi) in enumerate(self.root):
+            lo_b = lo.expand((b,) + tuple(lo.shape[1:]))
+            hi_b = hi.expand((b,) + tuple(hi.shape[1:]))
+            if i in split:
+                s = split[i].reshape(lo_b.shape)
+                lo_b = torch.where(s > 0, lo_b.clamp_min(0), lo_b)
+                hi_b = torch.where(s < 0, hi_b.clamp_max(0), hi_b)
+            out.append((lo_b, hi_b))
+        return out
+
+    def _pass(self, bounds: LayerBounds, split: dict[int, Tensor], alpha: dict[int, Tensor],
+              beta: dict[int, Tensor], row: Tensor, record: dict[int, Tensor] | None = None
+              ) -> tuple[Tensor, Tensor]:
+        """Lower bounds (B,) and the input coefficients (B, D) of one pass."""
+        b = row.shape[0]
+        shape = {j: (b, 1) + tuple(self.root[j][0].shape[1:]) for j in self.relus}
+        alphas = {j: alpha[j].reshape(shape[j]) for j in self.relus}
+        betas = {j: (beta[j] * split[j].to(beta[j].dtype)).reshape(shape[j])
+                 for j in self.relus if bool(split[j].any())}
+        a, const, err = linear_pass(self.net, self.c[row].unsqueeze(1), len(self.net.ops), bounds,
+                                    alphas, betas, record, self.mags)
+        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
+        value = concretize(self.threat, x0, a, const, err)[:, 0]
+        return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
+
+    def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
+              beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
+              steps: int | None = None, deadline: float = math.inf
+              ) -> tuple[Domains, Tensor]:
+        """Optimise slopes and multipliers of B domains; the best sound bound of each.
+
+        Args:
+            split, alpha, beta: per ReLU index (B, n) (the starting point: the parent's).
+            row: (B,) spec rows.
+            floor: (B,) sound bounds already known (the parent's): the result is never below.
+            steps: Adam steps (default: the bounder's).
+            deadline: ``time.perf_counter()`` value after which no further step starts (the
+                bounds so far are sound).
+
+        Returns:
+            The bounded domains (with branching scores), and (B, D) input coefficients of the
+            best pass (their box minimiser is a counterexample candidate).
+        """
+        steps = self.steps if steps is None else steps
+        bounds = self.clamped(split)
+        dtype = self.x0.dtype
+        al = {j: alpha[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
+        be = {j: beta[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
+        groups = [(list(al.values()), self.lr_alpha)]
+        if any(bool(split[j].any()) for j in self.relus):
+            groups.append((list(be.values()), self.lr_beta))
+        opt = Adam(groups)
+        b = row.shape[0]
+        best = torch.full((b,), -math.inf, dtype=dtype)
+        best_al = {j: v.detach().clone() for j, v in al.items()}
+        best_be = {j: v.detach().clone() for j, v in be.items()}
+        for _ in range(steps):
+            if time.perf_counter() >= deadline:
+                break
+            with torch.enable_grad():
+                lower, _ = self._pass(bounds, split, al, be, row)
+                with torch.no_grad():
+                    self._keep(lower.detach(), best, al, be, best_al, best_be)
+                opt.step(lower.clamp(max=1e8).sum())
+            with torch.no_grad():
+                for v in al.values():
+                    v.clamp_(0.0, 1.0)
+                for v in be.values():
+                    v.clamp_(min=0.0)
+        record: dict[int, Tensor] = {}
+        with torch.no_grad():
+            lower, _ = self._pass(bounds, split, al, be, row)
+            self._keep(lower, best, al, be, best_al, best_be)
+            # one pass with the best parameters: its coefficients give scores and a corner
+            lower, coef = self._pass(bounds, split, best_al, best_be, row, record)
+            best = torch.maximum(best, lower)
+            if floor is not None:
+                best = torch.maximum(best, floor.to(dtype))
+            best = best.nan_to_num(nan=-math.inf)
+            scores = [babsr_scores(record[j].flatten(2)[:, 0], bounds[j][0].flatten(1),
+                                   bounds[j][1].flatten(1), best_al[j].flatten(1))
+                      for j in self.relus]
+        dom = Domains(split, {j: v.to(_STORE) for j, v in best_al.items()},
+                      {j: v.to(_STORE) for j, v in best_be.items()}, best,
+                      torch.cat(scores, dim=1).to(_STORE), row)
+        return dom, coef
+
+    @staticmethod
+    def _keep(lower: Tensor, best: Tensor, al: dict[int, Tensor], be: dict[int, Tensor],
+              best_al: dict[int, Tensor], best_be: dict[int, Tensor]) -> None:
+        better = lower > best
+        best.copy_(torch.where(better, lower, best))
+        for j in al:
+            m = better.reshape((-1,) + (1,) * (al[j].dim() - 1))
+            best_al[j].copy_(torch.where(m, al[j].detach(), best_al[j]))
+            best_be[j].copy_(torch.where(m, be[j].detach(), best_be[j]))
+
+    def quick(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
+              beta: dict[int, Tensor], row: Tensor) -> Tensor:
+        """One pass, no optimisation: (B,) sound bounds (for filtered smart branching)."""
+        with torch.no_grad():
+            bounds = self.clamped(split)
+            al = {j: v.to(self.x0.dtype) for j, v in alpha.items()}
+            be = {j: v.to(self.x0.dtype) for j, v in beta.items()}
+            return self._pass(bounds, split, al, be, row)[0].nan_to_num(nan=-math.inf)
+
+    # ------------------------------------------------------------------ splits
+    def locate(self, flat: Tensor) -> list[tuple[int, Tensor, Tensor]]:
+        """(ReLU index, positions in ``flat``, neuron within the layer) per layer."""
+        out, offset = [], 0
+        for j, size in zip(self.relus, self.sizes, strict=True):
+            rows = ((flat >= offset) & (flat < offset + size)).nonzero().flatten()
+            out.append((j, rows, flat[rows] - offset))
+            offset += size
+        return out
+
+    def children(self, dom: Domains, neuron: Tensor) -> tuple[dict[int, Tensor],
+                                                              dict[int, Tensor],
+                                                              dict[int, Tensor], Tensor]:
+        """Split every domain on its ``neuron`` (flat index): inactive copy, then active copy.
+
+        Returns the children's splits, slopes, multipliers (inherited; 0 for the new split)
+        and rows (2B,).
+        """
+        b = len(dom)
+        split = {j: v.repeat(2, 1) for j, v in dom.split.items()}
+        alpha = {j: v.repeat(2, 1) for j, v in dom.alpha.items()}
+        beta = {j: v.repeat(2, 1) for j, v in dom.beta.items()}
+        for j, rows, cols in self.locate(neuron):
+            split[j][rows, cols] = -1
+            split[j][rows + b, cols] = 1
+            beta[j][rows, cols] = 0.0
+            beta[j][rows + b, cols] = 0.0
+        return split, alpha, beta, dom.row.repeat(2)
+
+    def choose(self, dom: Domains, k: int) -> Tensor:
+        """The neuron to split in every domain: BaBSR's best, or (``k > 1``) the best of its
+        top ``k`` by the worse child's one-pass bound (filtered smart branching)."""
+        best = dom.score.argmax(1)
+        if k <= 1 or len(dom) == 0:
+            return best
+        k = min(k, dom.score.shape[1])
+        values, cand = dom.score.topk(k, dim=1)  # (B, k)
+        b = len(dom)
+        rep = dom.take(torch.arange(b).repeat(k))
+        split, alpha, beta, row = self.children(rep, cand.T.reshape(-1))
+        low = self.quick(split, alpha, beta, row).reshape(2, k, b)
+        worse = low.amin(0).T  # (B, k)
+        worse = worse.masked_fill(values <= 0, -math.inf)
+        pick = worse.argmax(1)
+        return cand[torch.arange(b), pick]
