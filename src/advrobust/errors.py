@@ -14,6 +14,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidThreatModelError",
+    "MemoryLimitError",
     "NotFittedError",
     "SolverUnavailableError",
     "TrainingDivergedError",
@@ -67,3 +68,7 @@ class TrainingDivergedError(AdvRobustError, FloatingPointError):
 
 class NotFittedError(AdvRobustError, RuntimeError):
     """A fitted object (e.g. a detector) was used before ``fit``."""
+
+
+class MemoryLimitError(AdvRobustError, MemoryError):
+    """A computation would need more memory than a stated limit (the message gives the estimate)."""

@@ -12,7 +12,7 @@ code over the live parameters: ``crown_lower`` serves CROWN-IBP certified traini
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -21,8 +21,10 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp, LinearOp, _ConvLike
+from advrobust.errors import MemoryLimitError
+from advrobust.network.ops import AffineOp, ChannelAffineOp, LinearOp, _ConvLike
 from advrobust.network.relu import ReLUOp
+from advrobust.relax._patches import Patches, _rowdot, conv_window, patch_capable
 from advrobust.relax._rounding import (
     abs_dot,
     add_offset,
@@ -38,7 +40,11 @@ from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
 
-_MAX_ELEMENTS = 1 << 24  # elements of one coefficient tensor before rows are chunked
+#: Bytes of working memory one chunk of intermediate-bound rows may take (estimated) when the
+#: caller states no ``memory_limit``; rows are chunked to fit.
+MEMORY_BUDGET = 1 << 29
+_WORKSET_DENSE = 4  # coefficient-sized tensors alive at once in a dense step
+_WORKSET_PATCH = 8  # window-sized tensors alive at once in a patch step (windows, products)
 
 
 def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
@@ -144,36 +150,159 @@ def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...
     return torch.cat([rows, -rows], dim=1), like.new_zeros(1, 2 * k), index
 
 
+def _patch_elements(network: Network, index: int, n: int) -> int | None:
+    """Values per query of the largest coefficient tensor of the patch pass for op ``index``'s
+    input (B * window, or B * dense row after a switch), or None if patches do not apply."""
+    shape = network.ops[index].in_shape
+    if index == 0 or len(shape) != 3 or not patch_capable(network.ops[index - 1]):
+        return None
+    kernel, stride, padding = (1, 1), (1, 1), (0, 0)
+    batch, worst = 1, shape[0]
+    for j in reversed(range(index)):
+        op = network.ops[j]
+        batch = n if isinstance(op, ReLUOp) else batch
+        if isinstance(op, _ConvLike):
+            kernel, stride, padding = conv_window(op, kernel, stride, padding)
+            if kernel[0] * kernel[1] >= op.in_shape[1] * op.in_shape[2]:
+                op = None  # dense from here on
+            else:
+                worst = max(worst, batch * op.in_shape[0] * kernel[0] * kernel[1])
+        if op is None or not patch_capable(op):
+            sizes = [network.input_shape] + [o.out_shape for o in network.ops[:j + 1]]
+            return max(worst, batch * max(math.prod(s) for s in sizes))
+    return worst
+
+
+def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) -> int:
+    """Rows per chunk so that a chunk's estimated working set fits the budget."""
+    budget = MEMORY_BUDGET if memory_limit is None else memory_limit
+    if memory_limit is not None and per_row_bytes > memory_limit:
+        raise MemoryLimitError(
+            f"CROWN bounds of {where} need about {per_row_bytes / 2**20:.1f} MiB for a single "
+            f"neuron (estimated working set), above memory_limit={memory_limit} bytes "
+            f"({memory_limit / 2**20:.1f} MiB); raise the limit or use interval bounds.")
+    return max(1, min(rows, budget // max(per_row_bytes, 1)))
+
+
+def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, index: int,
+                channels: Tensor, positions: Tensor, rounding: bool, mags: dict[int, Tensor],
+                cache: dict[tuple[int, str], Tensor]) -> Tensor:
+    """Lower bounds (N, 2, S, L) of ``+z`` then ``-z`` for z the input of op ``index`` at
+    ``channels`` (S,) x flat grid ``positions`` (L,), carried back as patches
+    (:mod:`advrobust.relax._patches`) while windows are smaller than the layers, then densely.
+    Same relaxations and rounding allowances as :func:`_backward`."""
+    lo = bounds[index][0]
+    out_shape = (x0.shape[0], 2, channels.numel(), positions.numel())
+    p = Patches.units(channels, positions, network.ops[index].in_shape, lo)
+    const = lo.new_zeros(1, p.pt.shape[1])
+    err = lo.new_zeros(1, p.pt.shape[1])
+
+    def take(key: tuple[int, str], make: Callable[[], Tensor]) -> Tensor:
+        if key not in cache:  # windows depend on the layer only: shared by the chunks
+            cache[key] = p.unfold(make())
+        return p.take(cache[key])
+
+    for j in reversed(range(index)):
+        op = network.ops[j]
+        grow = isinstance(op, _ConvLike) and math.prod(conv_window(
+            op, p.kernel, p.stride, p.padding)[0]) >= op.in_shape[1] * op.in_shape[2]
+        if grow or not patch_capable(op):
+            a, c, e = _backward(network, p.to_dense(), j + 1, bounds, None, rounding, mags)
+            return _concretize(threat, x0, a, const + c, err + e if rounding else None
+                               ).reshape(out_shape)
+        if isinstance(op, ReLUOp):
+            rel = ReLUOp.relaxation(*bounds[j]) if (j, "low") not in cache else None
+            if rounding:
+                mag = take((j, "mag"), lambda: relu_magnitude(*bounds[j]))
+                err = err + relu_gamma(lo.dtype) * p.dot(mag, absolute=True)
+            p, c = p.through_relu(take((j, "low"), lambda: rel.low),
+                                  take((j, "diff"), lambda: rel.up - rel.low),
+                                  take((j, "up_b"), lambda: rel.up_b))
+        else:
+            assert isinstance(op, (_ConvLike, ChannelAffineOp))
+            if rounding and op_gamma(op, lo.dtype) > 0:
+                if j not in mags:
+                    mags[j] = magnitude(op, *bounds[j])
+                err = err + op_gamma(op, lo.dtype) * p.dot(take((j, "mag_op"),
+                                                                lambda: mags[j]), absolute=True)
+            if isinstance(op, ChannelAffineOp):
+                scale, shift = op.scale_shift()
+                c = p.channel_dot(shift)
+                p = p.with_pt(p.pt * scale.reshape(1, 1, -1, 1, 1).to(p.pt))
+            else:
+                b = op.bias()
+                c = const.new_zeros(1) if b is None else p.channel_dot(b)
+                p = p.through_conv(op)
+        const = const + c
+    if threat.norm is not Norm.LINF:
+        return _concretize(threat, x0, p.to_dense(), const, err if rounding else None
+                           ).reshape(out_shape)
+    low_in, up_in = threat.input_bounds(x0)
+    value = (p.dot(take((-1, "mid"), lambda: (up_in + low_in) / 2))
+             - _rowdot(p.grouped().abs(), take((-1, "rad"), lambda: (up_in - low_in) / 2))
+             + const)
+    if rounding:
+        mag = take((-1, "mag"), lambda: torch.maximum(low_in.abs(), up_in.abs()) + threat.eps)
+        value = value - (err + input_gamma(x0[0].numel(), value.dtype) * (
+            p.dot(mag, absolute=True) + const.detach().abs()))
+    return value.reshape(out_shape)
+
+
 def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
-            index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None
-            ) -> tuple[Tensor, Tensor]:
+            index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None,
+            memory_limit: int | None = None) -> tuple[Tensor, Tensor]:
     """CROWN bounds of the input of op ``index``, intersected with its interval bounds
-    (widened by the rounding allowance when ``rounding``)."""
+    (widened by the rounding allowance when ``rounding``).
+
+    After a convolution the rows are carried back as patches; rows are chunked so that a
+    chunk's estimated working set fits ``memory_limit`` bytes (default :data:`MEMORY_BUDGET`);
+    :class:`~advrobust.errors.MemoryLimitError` if a single neuron does not fit a stated limit.
+    """
     lo, hi = bounds[index]
     if _interval_is_exact(network, threat, index):
         return lo, hi
     n = x0.shape[0]
+    mags = {} if mags is None else mags
     lo_f, hi_f = lo.flatten(1), hi.flatten(1)
     idx = ((lo_f < 0) & (hi_f > 0)).any(0).nonzero().flatten()
     if idx.numel() == 0:
         return lo, hi
+    itemsize = lo.element_size()
+    per_query = _patch_elements(network, index, n)
+    where = f"op {index} ({network.ops[index].name})"
+    lo_f, hi_f = lo_f.clone(), hi_f.clone()
+    if per_query is not None:
+        cache: dict[tuple[int, str], Tensor] = {}
+        unstable = ((lo < 0) & (hi > 0)).any(0).flatten(1)  # (C, H * W)
+        per_row = 2 * per_query * itemsize * _WORKSET_PATCH
+        ch_chunk = _chunk(per_row, unstable.shape[0], memory_limit, where)
+        width = int(unstable.any(1).sum())
+        pos_chunk = _chunk(per_row * width, unstable.shape[1], None, where) \
+            if ch_chunk >= width else 1
+        for positions in unstable.any(0).nonzero().flatten().split(pos_chunk):
+            want = unstable[:, positions]
+            for channels in want.any(1).nonzero().flatten().split(ch_chunk):
+                val = _patch_pass(network, x0, threat, bounds, index, channels, positions,
+                                  rounding, mags, cache)
+                keep = want[channels]
+                flat = (channels.unsqueeze(1) * unstable.shape[1] + positions)[keep]
+                lo_f[:, flat] = torch.maximum(lo_f[:, flat], val[:, 0][:, keep])
+                hi_f[:, flat] = torch.minimum(hi_f[:, flat], -val[:, 1][:, keep])
+        return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
     widest = max([x0[0].numel()] + [op.out_size for op in network.ops[:index]])
-    chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
-    new_lo, new_hi = [], []
+    chunk = _chunk(2 * n * widest * itemsize * _WORKSET_DENSE, idx.numel(), memory_limit, where)
     for part in idx.split(chunk):
         rows, start, stop = _unit_rows(network, index, part, tuple(lo.shape[1:]), lo)
         a, const, err = _backward(network, rows, stop, bounds, None, rounding, mags)
         val = _concretize(threat, x0, a, const + start, err)
-        new_lo.append(val[:, :part.numel()])
-        new_hi.append(-val[:, part.numel():])
-    lo_f, hi_f = lo_f.clone(), hi_f.clone()
-    lo_f[:, idx] = torch.maximum(lo_f[:, idx], torch.cat(new_lo, dim=1))
-    hi_f[:, idx] = torch.minimum(hi_f[:, idx], torch.cat(new_hi, dim=1))
+        lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :part.numel()])
+        hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, part.numel():])
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
 
 
 def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
-                       intermediate: str = "crown", rounding: bool = False) -> LayerBounds:
+                       intermediate: str = "crown", rounding: bool = False,
+                       memory_limit: int | None = None) -> LayerBounds:
     """Bounds of every op's input (and of the output), computed layer by layer.
 
     Args:
@@ -184,9 +313,14 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
             interval bounds) or ``"ibp"`` (interval bounds only, as in CROWN-IBP).
         rounding: widen every bound by its rounding allowance (what the verifiers do; off
             for certified training).
+        memory_limit: bytes the working set of one chunk of back-substituted rows may take
+            (estimated); None for :data:`MEMORY_BUDGET` without refusal.
 
     Returns:
         ``len(network.ops) + 1`` pairs ``(lo, hi)`` of (N, *shape) tensors.
+
+    Raises:
+        MemoryLimitError: a single neuron's rows need more than a stated ``memory_limit``.
     """
     if intermediate == "ibp":
         return interval_layer_bounds(network, *threat.input_bounds(x0), rounding=rounding)
@@ -196,7 +330,7 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
     mags: dict[int, Tensor] = {}
     for i, op in enumerate(network.ops):
         if isinstance(op, ReLUOp):
-            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags)
+            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags, memory_limit)
         bounds.append(sound_interval(op, *bounds[i]) if rounding else op.interval(*bounds[i]))
     return bounds
 
