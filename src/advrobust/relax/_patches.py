@@ -16,8 +16,6 @@ so the patch path and the dense path give the same bounds up to float rounding.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

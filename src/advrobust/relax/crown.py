@@ -12,7 +12,7 @@ code over the live parameters: ``crown_lower`` serves CROWN-IBP certified traini
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
-from advrobust.network.ir import Network
 from advrobust.errors import MemoryLimitError
+from advrobust.network.ir import Network
 from advrobust.network.ops import AffineOp, ChannelAffineOp, LinearOp, _ConvLike
 from advrobust.network.relu import ReLUOp
 from advrobust.relax._patches import Patches, _rowdot, conv_window, patch_capable
@@ -160,14 +160,17 @@ def _patch_elements(network: Network, index: int, n: int) -> int | None:
     batch, worst = 1, shape[0]
     for j in reversed(range(index)):
         op = network.ops[j]
-        batch = n if isinstance(op, ReLUOp) else batch
+        if isinstance(op, ReLUOp):
+            batch = n
+            worst = max(worst, batch * op.in_shape[0] * kernel[0] * kernel[1])
         if isinstance(op, _ConvLike):
             kernel, stride, padding = conv_window(op, kernel, stride, padding)
-            if kernel[0] * kernel[1] >= op.in_shape[1] * op.in_shape[2]:
-                op = None  # dense from here on
-            else:
+            dense = kernel[0] * kernel[1] >= op.in_shape[1] * op.in_shape[2]
+            if not dense:
                 worst = max(worst, batch * op.in_shape[0] * kernel[0] * kernel[1])
-        if op is None or not patch_capable(op):
+        else:
+            dense = not patch_capable(op)
+        if dense:
             sizes = [network.input_shape] + [o.out_shape for o in network.ops[:j + 1]]
             return max(worst, batch * max(math.prod(s) for s in sizes))
     return worst
@@ -184,6 +187,23 @@ def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) 
     return max(1, min(rows, budget // max(per_row_bytes, 1)))
 
 
+def _layer_tensor(j: int, kind: str, bounds: LayerBounds, mags: dict[int, Tensor],
+                  threat: LpBall, x0: Tensor) -> Tensor:
+    """A per-layer tensor (N, *shape) the patch pass reads windows of: the ReLU relaxation of
+    op ``j`` (``low``, ``diff`` = up - low, ``up_b``), the magnitudes of op ``j``'s rounding
+    allowance (``relu_mag``, ``op_mag``), or (j = -1) the input box (``mid``, ``rad``, ``mag``)."""
+    if j < 0:
+        low, up = threat.input_bounds(x0)
+        return {"mid": lambda: (up + low) / 2, "rad": lambda: (up - low) / 2,
+                "mag": lambda: torch.maximum(low.abs(), up.abs()) + threat.eps}[kind]()
+    if kind == "relu_mag":
+        return relu_magnitude(*bounds[j])
+    if kind == "op_mag":
+        return mags[j]
+    rel = ReLUOp.relaxation(*bounds[j])
+    return {"low": rel.low, "diff": rel.up - rel.low, "up_b": rel.up_b}[kind]
+
+
 def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, index: int,
                 channels: Tensor, positions: Tensor, rounding: bool, mags: dict[int, Tensor],
                 cache: dict[tuple[int, str], Tensor]) -> Tensor:
@@ -197,10 +217,10 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
     const = lo.new_zeros(1, p.pt.shape[1])
     err = lo.new_zeros(1, p.pt.shape[1])
 
-    def take(key: tuple[int, str], make: Callable[[], Tensor]) -> Tensor:
-        if key not in cache:  # windows depend on the layer only: shared by the chunks
-            cache[key] = p.unfold(make())
-        return p.take(cache[key])
+    def take(j: int, kind: str) -> Tensor:
+        if (j, kind) not in cache:  # windows depend on the layer only: shared by the chunks
+            cache[j, kind] = p.unfold(_layer_tensor(j, kind, bounds, mags, threat, x0))
+        return p.take(cache[j, kind])
 
     for j in reversed(range(index)):
         op = network.ops[j]
@@ -208,23 +228,18 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
             op, p.kernel, p.stride, p.padding)[0]) >= op.in_shape[1] * op.in_shape[2]
         if grow or not patch_capable(op):
             a, c, e = _backward(network, p.to_dense(), j + 1, bounds, None, rounding, mags)
-            return _concretize(threat, x0, a, const + c, err + e if rounding else None
+            return _concretize(threat, x0, a, const + c, err + e if e is not None else None
                                ).reshape(out_shape)
         if isinstance(op, ReLUOp):
-            rel = ReLUOp.relaxation(*bounds[j]) if (j, "low") not in cache else None
             if rounding:
-                mag = take((j, "mag"), lambda: relu_magnitude(*bounds[j]))
-                err = err + relu_gamma(lo.dtype) * p.dot(mag, absolute=True)
-            p, c = p.through_relu(take((j, "low"), lambda: rel.low),
-                                  take((j, "diff"), lambda: rel.up - rel.low),
-                                  take((j, "up_b"), lambda: rel.up_b))
+                err = err + relu_gamma(lo.dtype) * p.dot(take(j, "relu_mag"), absolute=True)
+            p, c = p.through_relu(take(j, "low"), take(j, "diff"), take(j, "up_b"))
         else:
             assert isinstance(op, (_ConvLike, ChannelAffineOp))
             if rounding and op_gamma(op, lo.dtype) > 0:
                 if j not in mags:
                     mags[j] = magnitude(op, *bounds[j])
-                err = err + op_gamma(op, lo.dtype) * p.dot(take((j, "mag_op"),
-                                                                lambda: mags[j]), absolute=True)
+                err = err + op_gamma(op, lo.dtype) * p.dot(take(j, "op_mag"), absolute=True)
             if isinstance(op, ChannelAffineOp):
                 scale, shift = op.scale_shift()
                 c = p.channel_dot(shift)
@@ -237,14 +252,10 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
     if threat.norm is not Norm.LINF:
         return _concretize(threat, x0, p.to_dense(), const, err if rounding else None
                            ).reshape(out_shape)
-    low_in, up_in = threat.input_bounds(x0)
-    value = (p.dot(take((-1, "mid"), lambda: (up_in + low_in) / 2))
-             - _rowdot(p.grouped().abs(), take((-1, "rad"), lambda: (up_in - low_in) / 2))
-             + const)
+    value = p.dot(take(-1, "mid")) - _rowdot(p.grouped().abs(), take(-1, "rad")) + const
     if rounding:
-        mag = take((-1, "mag"), lambda: torch.maximum(low_in.abs(), up_in.abs()) + threat.eps)
         value = value - (err + input_gamma(x0[0].numel(), value.dtype) * (
-            p.dot(mag, absolute=True) + const.detach().abs()))
+            p.dot(take(-1, "mag"), absolute=True) + const.detach().abs()))
     return value.reshape(out_shape)
 
 
