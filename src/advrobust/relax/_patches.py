@@ -162,8 +162,8 @@ class Patches:
         _, stride, padding = conv_window(op, self.kernel, self.stride, self.padding)
         out = Patches(back.reshape((b, q) + tuple(back.shape[1:])), self.rows, self.cols,
                       self.grid, stride, padding, op.in_shape)
-        pt6 = out.pt.reshape((b, out.group, out.rows.numel()) + tuple(back.shape[1:]))
-        out.pt = (pt6 * out.mask()).reshape(out.pt.shape)
+        pt6 = out.pt.view((b, out.group, out.rows.numel()) + tuple(back.shape[1:]))
+        pt6.mul_(out.mask())  # in place: `back` is a fresh tensor
         return out
 
     def through_relu(self, low: Tensor, diff: Tensor, up_b: Tensor) -> tuple[Patches, Tensor]:
@@ -171,7 +171,7 @@ class Patches:
         (N, L, C * kh * kw) of the lower slopes, of ``up - low`` and of the upper intercepts."""
         pt = self.grouped()
         neg = pt.clamp(max=0)
-        out = torch.addcmul(pt * low.unsqueeze(1), neg, diff.unsqueeze(1))
+        out = (pt * low.unsqueeze(1)).addcmul_(neg, diff.unsqueeze(1))
         pt_new = out.reshape((out.shape[0], -1) + tuple(self.pt.shape[2:]))
         return self.with_pt(pt_new), _rowdot(neg, up_b)
 

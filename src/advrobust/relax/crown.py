@@ -252,10 +252,11 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
     if threat.norm is not Norm.LINF:
         return _concretize(threat, x0, p.to_dense(), const, err if rounding else None
                            ).reshape(out_shape)
-    value = p.dot(take(-1, "mid")) - _rowdot(p.grouped().abs(), take(-1, "rad")) + const
+    absolute = p.grouped().abs()
+    value = p.dot(take(-1, "mid")) - _rowdot(absolute, take(-1, "rad")) + const
     if rounding:
         value = value - (err + input_gamma(x0[0].numel(), value.dtype) * (
-            p.dot(take(-1, "mag"), absolute=True) + const.detach().abs()))
+            _rowdot(absolute.detach(), take(-1, "mag")) + const.detach().abs()))
     return value.reshape(out_shape)
 
 
