@@ -8,11 +8,13 @@ installed ``--no-deps`` from its GitHub snapshot. Run by hand from the repositor
         --lirpa-python ../peers-lirpa/venv/bin/python
 
 For every network (the course ``cnn`` and ``lenet``, untrained, seed 0, and a small CNN with a
-batch-norm) and every linf radius, two child processes run at the same time (one thread each,
+batch-norm) and every linf radius, three child processes run at the same time (one thread each,
 so they see the same machine load): advrobust's public ``CROWN()`` call (float64 with rounding
-allowances; IR build and witness gate included) and auto_LiRPA's ``compute_bounds(method=
-"backward")`` (float32, its default; the one-off ``BoundedModule`` build excluded), on the same
-images and margin spec. Each child reports the wall time of the bound call and its peak RSS
+allowances; IR build and witness gate included), auto_LiRPA's ``compute_bounds(method=
+"backward")`` (float32, its default; the one-off ``BoundedModule`` build excluded), and
+advrobust's bare float32 pass without allowances (``crown_layer_bounds`` + ``crown_lower``: the
+same algorithm at auto_LiRPA's precision, not what the verifiers run), on the same images and
+margin spec. Each child reports the wall time of the bound call and its peak RSS
 (``ru_maxrss``; "delta" is the peak minus the RSS just before the call). The bounds are
 compared row by row; advrobust's lower bounds are also checked against the margins of random
 points of the box (soundness where they are tighter).
@@ -39,6 +41,7 @@ from advrobust.data import load_dataset
 from advrobust.models import build_model
 
 NETS = ("cnn", "lenet", "small_cnn")
+LIBS = ("ours", "ours32", "lirpa")
 
 
 def _small_cnn() -> nn.Sequential:
@@ -87,6 +90,17 @@ def _child(args: argparse.Namespace) -> None:
         with torch.no_grad():
             lower, _ = bounded.compute_bounds(x=(BoundedTensor(x, ptb),), C=c,
                                               method="backward", bound_upper=False)
+        info["seconds"] = time.perf_counter() - start
+    elif args.lib == "ours32":
+        from advrobust.network import from_module
+        from advrobust.relax import crown_layer_bounds, crown_lower
+
+        net = from_module(model, (1, 28, 28))
+        before = _rss_mb()
+        start = time.perf_counter()
+        with torch.no_grad():
+            bounds = crown_layer_bounds(net, x, threat)
+            lower = crown_lower(net, x, threat, c, bounds=bounds)
         info["seconds"] = time.perf_counter() - start
     else:
         from advrobust.relax import CROWN
@@ -150,7 +164,7 @@ def main() -> None:
     parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--nets", nargs="+", default=list(NETS), choices=NETS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--lib", choices=("ours", "lirpa"), help=argparse.SUPPRESS)
+    parser.add_argument("--lib", choices=LIBS, help=argparse.SUPPRESS)
     parser.add_argument("--net", choices=NETS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -159,26 +173,24 @@ def main() -> None:
         return
     print("| network | eps | advrobust s | auto_LiRPA s | speed-up | advrobust peak / delta MB "
           "| auto_LiRPA peak / delta MB | max abs diff | max (LiRPA - ours) | sampled "
-          "violations |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "violations | float32 bare pass s (peak MB) | its max abs diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for net in args.nets:
             for eps in args.eps:
-                paths = {lib: Path(tmp) / f"{lib}.pt" for lib in ("ours", "lirpa")}
-                procs = {"ours": _spawn(sys.executable, args, net, eps, "ours", paths["ours"]),
-                         "lirpa": _spawn(args.lirpa_python, args, net, eps, "lirpa",
-                                         paths["lirpa"])}
+                paths = {lib: Path(tmp) / f"{lib}.pt" for lib in LIBS}
+                procs = {lib: _spawn(args.lirpa_python if lib == "lirpa" else sys.executable,
+                                     args, net, eps, lib, paths[lib]) for lib in LIBS}
                 res = {lib: _collect(p, f"{lib} on {net}") for lib, p in procs.items()}
-                ours = torch.load(paths["ours"], weights_only=True)
-                theirs = torch.load(paths["lirpa"], weights_only=True)
-                diff = ours - theirs
-                o, t = res["ours"], res["lirpa"]
+                low = {lib: torch.load(paths[lib], weights_only=True) for lib in LIBS}
+                diff = low["ours"] - low["lirpa"]
+                o, t, f = res["ours"], res["lirpa"], res["ours32"]
                 print(f"| {net} | {eps} | {o['seconds']:.1f} | {t['seconds']:.1f} | "
                       f"{t['seconds'] / o['seconds']:.2f}x | {o['peak_mb']:.0f} / "
                       f"{o['delta_mb']:.0f} | {t['peak_mb']:.0f} / {t['delta_mb']:.0f} | "
                       f"{float(diff.abs().max()):.1e} | {float((-diff).max()):+.1e} | "
-                      f"{int(o['violations'])} |", flush=True)
-
+                      f"{int(o['violations'])} | {f['seconds']:.1f} ({f['peak_mb']:.0f}) | "
+                      f"{float((low['ours32'] - low['lirpa']).abs().max()):.1e} |", flush=True)
 
 if __name__ == "__main__":
     main()
