@@ -18,7 +18,6 @@ import argparse
 import copy
 import importlib.util
 import resource
-import time
 from pathlib import Path
 
 import torch

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -82,7 +82,7 @@ def test_patch_bounds_equal_dense_bounds(seed: int, channels: int, stride: int, 
         slow = crown_layer_bounds(net, x0, threat, rounding=rounding)
     finally:
         mp.undo()
-    assert used, "the patch path was not taken"
+    assume(used)  # all stable: nothing to compare (never all examples: Unsatisfiable then)
     for (lo_f, hi_f), (lo_s, hi_s) in zip(fast, slow, strict=True):
         scale = 1 + float(torch.maximum(lo_s.abs().max(), hi_s.abs().max()))
         torch.testing.assert_close(lo_f, lo_s, rtol=1e-9, atol=1e-9 * scale)
@@ -143,3 +143,53 @@ def test_patches_to_dense_match_the_dense_transpose() -> None:
     back = p.through_conv(op).to_dense()
     torch.testing.assert_close(back, op.backward(dense), rtol=0, atol=1e-14)
     assert isinstance(net.ops[1], ReLUOp)
+
+
+def _conv_needle(k: float, c: float) -> nn.Sequential:
+    """Pixels (x0, x1): ``margin = 1.5 - c relu(1 - k relu(k x0))`` through 1x1 convolutions,
+    negative only for ``x0 < 1/k^2``; with k = 2e8 float64 without allowances calls the
+    second ReLU dead (the deep corner needle of tests/exact/test_extreme_weights.py)."""
+    conv1, conv2, head = nn.Conv2d(1, 1, 1), nn.Conv2d(1, 1, 1), nn.Linear(2, 2)
+    with torch.no_grad():
+        conv1.weight.fill_(k)
+        conv1.bias.zero_()
+        conv2.weight.fill_(-k)
+        conv2.bias.fill_(1.0)
+        head.weight.copy_(torch.tensor([[0.0, 0.0], [c, 0.0]]))
+        head.bias.copy_(torch.tensor([1.0, -0.5]))
+    return nn.Sequential(conv1, nn.ReLU(), conv2, nn.ReLU(), nn.Flatten(), head).eval()
+
+
+def test_patch_path_keeps_the_rounding_allowances() -> None:
+    from advrobust.core import Verdict
+    from advrobust.relax import CROWN
+
+    model = _conv_needle(2e8, 1e9).requires_grad_(False)
+    x = torch.full((1, 1, 1, 2), 0.5)
+    threat = LpBall("linf", 0.5)
+    net = from_module(model.double(), (1, 1, 2))
+    assert crown._patch_elements(net, 3, 1) is not None  # the needle's ReLU takes patches
+    x64 = x.double()
+    plain = crown_layer_bounds(net, x64, threat)
+    sound = crown_layer_bounds(net, x64, threat, rounding=True)
+    assert float(plain[3][1][0, 0, 0, 0]) <= 0.0 < float(sound[3][1][0, 0, 0, 0])
+    result = CROWN()(_conv_needle(2e8, 1e9), x, torch.tensor([0]), threat)
+    assert result.verdict[0] is not Verdict.VERIFIED
+
+
+def test_patch_pass_subtracts_its_rounding_allowance() -> None:
+    model, shape = _cnn(7, 3, 2, 1, 3, True, True)
+    net = from_module(model, shape)
+    x0 = torch.rand((2,) + shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    threat = LpBall("linf", 0.05)
+    bounds = crown_layer_bounds(net, x0, threat, rounding=True)
+    # the first patch layer: windows stay below the layer sizes down to the input
+    index = [i for i in net.relu_indices if crown._patch_elements(net, i, 2) is not None
+             and not crown._interval_is_exact(net, threat, i)][0]
+    plain = crown._refine(net, x0, threat, bounds[:index + 1], index)
+    sound = crown._refine(net, x0, threat, bounds[:index + 1], index, rounding=True)
+    refined = plain[0] > bounds[index][0]  # where CROWN beat the interval bound
+    assert int(refined.sum()) > 0
+    gap = (plain[0] - sound[0])[refined]
+    assert bool((gap > 0).all())  # an allowance was subtracted ...
+    assert bool((gap <= 1e-9 * (1 + plain[0][refined].abs())).all())  # ... a float64-sized one

@@ -187,19 +187,24 @@ def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) 
     return max(1, min(rows, budget // max(per_row_bytes, 1)))
 
 
-def _layer_tensor(j: int, kind: str, bounds: LayerBounds, mags: dict[int, Tensor],
-                  threat: LpBall, x0: Tensor) -> Tensor:
+def _layer_tensor(network: Network, j: int, kind: str, bounds: LayerBounds,
+                  mags: dict[int, Tensor], threat: LpBall, x0: Tensor) -> Tensor:
     """A per-layer tensor (N, *shape) the patch pass reads windows of: the ReLU relaxation of
     op ``j`` (``low``, ``diff`` = up - low, ``up_b``), the magnitudes of op ``j``'s rounding
-    allowance (``relu_mag``, ``op_mag``), or (j = -1) the input box (``mid``, ``rad``, ``mag``)."""
+    allowance times its gamma (``relu_mag``, ``op_mag``; ``relu_op_mag``: ReLU ``j`` plus the
+    affine op ``j - 1`` before it), or (j = -1) the input box (``mid``, ``rad``, ``mag``)."""
     if j < 0:
         low, up = threat.input_bounds(x0)
         return {"mid": lambda: (up + low) / 2, "rad": lambda: (up - low) / 2,
                 "mag": lambda: torch.maximum(low.abs(), up.abs()) + threat.eps}[kind]()
-    if kind == "relu_mag":
-        return relu_magnitude(*bounds[j])
+    dtype = bounds[j][0].dtype
     if kind == "op_mag":
-        return mags[j]
+        return op_gamma(network.ops[j], dtype) * mags[j]
+    if kind in ("relu_mag", "relu_op_mag"):
+        out = relu_gamma(dtype) * relu_magnitude(*bounds[j])
+        if kind == "relu_op_mag":
+            out = out + op_gamma(network.ops[j - 1], dtype) * mags[j - 1]
+        return out
     rel = ReLUOp.relaxation(*bounds[j])
     return {"low": rel.low, "diff": rel.up - rel.low, "up_b": rel.up_b}[kind]
 
@@ -210,16 +215,18 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
     """Lower bounds (N, 2, S, L) of ``+z`` then ``-z`` for z the input of op ``index`` at
     ``channels`` (S,) x flat grid ``positions`` (L,), carried back as patches
     (:mod:`advrobust.relax._patches`) while windows are smaller than the layers, then densely.
-    Same relaxations and rounding allowances as :func:`_backward`."""
+    Same relaxations and rounding allowances as :func:`_backward` (an affine op's charged at
+    the ReLU after it)."""
     lo = bounds[index][0]
     out_shape = (x0.shape[0], 2, channels.numel(), positions.numel())
     p = Patches.units(channels, positions, network.ops[index].in_shape, lo)
     const = lo.new_zeros(1, p.pt.shape[1])
     err = lo.new_zeros(1, p.pt.shape[1])
+    charged = -1  # the affine op whose allowance the ReLU after it already charged
 
     def take(j: int, kind: str) -> Tensor:
         if (j, kind) not in cache:  # windows depend on the layer only: shared by the chunks
-            cache[j, kind] = p.unfold(_layer_tensor(j, kind, bounds, mags, threat, x0))
+            cache[j, kind] = p.unfold(_layer_tensor(network, j, kind, bounds, mags, threat, x0))
         return p.take(cache[j, kind])
 
     for j in reversed(range(index)):
@@ -232,14 +239,23 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
                                ).reshape(out_shape)
         if isinstance(op, ReLUOp):
             if rounding:
-                err = err + relu_gamma(lo.dtype) * p.dot(take(j, "relu_mag"), absolute=True)
+                # The relaxation's slopes lie in [0, 1], so |coefficients| only shrink through
+                # it: the allowance of the affine op before the ReLU is charged here, on the
+                # same windows, with one product instead of two (slightly larger, still sound).
+                prev = network.ops[j - 1] if j > 0 else None
+                kind = "relu_mag"
+                if isinstance(prev, (_ConvLike, ChannelAffineOp)) and op_gamma(prev, lo.dtype):
+                    if j - 1 not in mags:
+                        mags[j - 1] = magnitude(prev, *bounds[j - 1])
+                    kind, charged = "relu_op_mag", j - 1
+                err = err + p.dot(take(j, kind), absolute=True)
             p, c = p.through_relu(take(j, "low"), take(j, "diff"), take(j, "up_b"))
         else:
             assert isinstance(op, (_ConvLike, ChannelAffineOp))
-            if rounding and op_gamma(op, lo.dtype) > 0:
+            if rounding and op_gamma(op, lo.dtype) > 0 and charged != j:
                 if j not in mags:
                     mags[j] = magnitude(op, *bounds[j])
-                err = err + op_gamma(op, lo.dtype) * p.dot(take(j, "op_mag"), absolute=True)
+                err = err + p.dot(take(j, "op_mag"), absolute=True)
             if isinstance(op, ChannelAffineOp):
                 scale, shift = op.scale_shift()
                 c = p.channel_dot(shift)
