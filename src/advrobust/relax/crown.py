@@ -45,7 +45,7 @@ __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
 
 #: Bytes of working memory one chunk of intermediate-bound rows may take (estimated) when the
 #: caller states no ``memory_limit``; rows are chunked to fit.
-MEMORY_BUDGET = 1 << 29
+MEMORY_BUDGET = 1 << 26
 _WORKSET_DENSE = 4  # coefficient-sized tensors alive at once in a dense step
 _WORKSET_PATCH = 8  # window-sized tensors alive at once in a patch step (windows, products)
 
