@@ -15,6 +15,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidParameterError",
     "InvalidThreatModelError",
+    "MemoryLimitError",
     "NotFittedError",
     "SolverUnavailableError",
     "TrainingDivergedError",
@@ -72,3 +73,7 @@ class NotFittedError(AdvRobustError, RuntimeError):
 
 class FileInUseError(AdvRobustError, BlockingIOError):
     """Another process holds the file (an output being written, a campaign store being run)."""
+
+
+class MemoryLimitError(AdvRobustError, MemoryError):
+    """A computation would need more memory than a stated limit (the message gives the estimate)."""

@@ -4,6 +4,8 @@ Zhang et al. 2018, "Efficient neural network robustness certification with gener
 functions"; Wong & Kolter 2018, "Provable defenses against adversarial examples via the convex
 outer adversarial polytope". Intermediate (pre-activation) bounds are computed layer by layer by
 the same backward pass (only for neurons interval bounds leave unstable, intersected with them);
+after a convolution the rows are carried back as receptive-field patches
+(:mod:`advrobust.relax._patch_crown`, Xu et al. 2020) in chunks sized to a memory budget;
 each unstable ReLU is relaxed by the triangle with the adaptive lower slope (1 if ``u > -l``,
 else 0) or optimised slopes (alpha-CROWN, Xu et al. 2021). Everything is differentiable tensor
 code over the live parameters: ``crown_lower`` serves CROWN-IBP certified training as well.
@@ -20,9 +22,12 @@ from torch import Tensor, nn
 from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
+from advrobust.errors import MemoryLimitError
 from advrobust.network.ir import Network
 from advrobust.network.ops import AffineOp, LinearOp, _ConvLike
 from advrobust.network.relu import ReLUOp
+from advrobust.relax._patch_crown import patch_elements as _patch_elements
+from advrobust.relax._patch_crown import patch_pass
 from advrobust.relax._rounding import (
     abs_dot,
     add_offset,
@@ -38,7 +43,11 @@ from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
 
-_MAX_ELEMENTS = 1 << 24  # elements of one coefficient tensor before rows are chunked
+#: Bytes of working memory one chunk of intermediate-bound rows may take (estimated) when the
+#: caller states no ``memory_limit``; rows are chunked to fit.
+MEMORY_BUDGET = 1 << 26
+_WORKSET_DENSE = 4  # coefficient-sized tensors alive at once in a dense step
+_WORKSET_PATCH = 8  # window-sized tensors alive at once in a patch step (windows, products)
 
 
 def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
@@ -144,36 +153,85 @@ def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...
     return torch.cat([rows, -rows], dim=1), like.new_zeros(1, 2 * k), index
 
 
+def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) -> int:
+    """Rows per chunk so that a chunk's estimated working set fits the budget."""
+    budget = MEMORY_BUDGET if memory_limit is None else memory_limit
+    if memory_limit is not None and per_row_bytes > memory_limit:
+        raise MemoryLimitError(
+            f"CROWN bounds of {where} need about {per_row_bytes / 2**20:.1f} MiB for a single "
+            f"neuron (estimated working set), above memory_limit={memory_limit} bytes "
+            f"({memory_limit / 2**20:.1f} MiB); raise the limit or use interval bounds.")
+    return max(1, min(rows, budget // max(per_row_bytes, 1)))
+
+
+def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, index: int,
+                channels: Tensor, positions: Tensor, rounding: bool, mags: dict[int, Tensor],
+                cache: dict[tuple[int, str], Tensor]) -> Tensor:
+    """:func:`~advrobust.relax._patch_crown.patch_pass` with the dense back-substitution."""
+
+    def dense(a: Tensor, stop: int, const: Tensor, err: Tensor) -> Tensor:
+        a, c, e = _backward(network, a, stop, bounds, None, rounding, mags)
+        return _concretize(threat, x0, a, const + c, err + e if e is not None else None)
+
+    return patch_pass(network, x0, threat, bounds, index, channels, positions, rounding, mags,
+                      cache, dense)
+
+
 def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
-            index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None
-            ) -> tuple[Tensor, Tensor]:
+            index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None,
+            memory_limit: int | None = None) -> tuple[Tensor, Tensor]:
     """CROWN bounds of the input of op ``index``, intersected with its interval bounds
-    (widened by the rounding allowance when ``rounding``)."""
+    (widened by the rounding allowance when ``rounding``).
+
+    After a convolution the rows are carried back as patches; rows are chunked so that a
+    chunk's estimated working set fits ``memory_limit`` bytes (default :data:`MEMORY_BUDGET`);
+    :class:`~advrobust.errors.MemoryLimitError` if a single neuron does not fit a stated limit.
+    """
     lo, hi = bounds[index]
     if _interval_is_exact(network, threat, index):
         return lo, hi
     n = x0.shape[0]
+    mags = {} if mags is None else mags
     lo_f, hi_f = lo.flatten(1), hi.flatten(1)
     idx = ((lo_f < 0) & (hi_f > 0)).any(0).nonzero().flatten()
     if idx.numel() == 0:
         return lo, hi
+    itemsize = lo.element_size()
+    per_query = _patch_elements(network, index, n)
+    where = f"op {index} ({network.ops[index].name})"
+    lo_f, hi_f = lo_f.clone(), hi_f.clone()
+    if per_query is not None:
+        cache: dict[tuple[int, str], Tensor] = {}
+        unstable = ((lo < 0) & (hi > 0)).any(0).flatten(1)  # (C, H * W)
+        per_row = 2 * per_query * itemsize * _WORKSET_PATCH
+        ch_chunk = _chunk(per_row, unstable.shape[0], memory_limit, where)
+        width = int(unstable.any(1).sum())
+        pos_chunk = _chunk(per_row * width, unstable.shape[1], None, where) \
+            if ch_chunk >= width else 1
+        for positions in unstable.any(0).nonzero().flatten().split(pos_chunk):
+            want = unstable[:, positions]
+            for channels in want.any(1).nonzero().flatten().split(ch_chunk):
+                val = _patch_pass(network, x0, threat, bounds, index, channels, positions,
+                                  rounding, mags, cache)
+                keep = want[channels]
+                flat = (channels.unsqueeze(1) * unstable.shape[1] + positions)[keep]
+                lo_f[:, flat] = torch.maximum(lo_f[:, flat], val[:, 0][:, keep])
+                hi_f[:, flat] = torch.minimum(hi_f[:, flat], -val[:, 1][:, keep])
+        return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
     widest = max([x0[0].numel()] + [op.out_size for op in network.ops[:index]])
-    chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
-    new_lo, new_hi = [], []
+    chunk = _chunk(2 * n * widest * itemsize * _WORKSET_DENSE, idx.numel(), memory_limit, where)
     for part in idx.split(chunk):
         rows, start, stop = _unit_rows(network, index, part, tuple(lo.shape[1:]), lo)
         a, const, err = _backward(network, rows, stop, bounds, None, rounding, mags)
         val = _concretize(threat, x0, a, const + start, err)
-        new_lo.append(val[:, :part.numel()])
-        new_hi.append(-val[:, part.numel():])
-    lo_f, hi_f = lo_f.clone(), hi_f.clone()
-    lo_f[:, idx] = torch.maximum(lo_f[:, idx], torch.cat(new_lo, dim=1))
-    hi_f[:, idx] = torch.minimum(hi_f[:, idx], torch.cat(new_hi, dim=1))
+        lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :part.numel()])
+        hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, part.numel():])
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
 
 
 def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
-                       intermediate: str = "crown", rounding: bool = False) -> LayerBounds:
+                       intermediate: str = "crown", rounding: bool = False,
+                       memory_limit: int | None = None) -> LayerBounds:
     """Bounds of every op's input (and of the output), computed layer by layer.
 
     Args:
@@ -184,9 +242,14 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
             interval bounds) or ``"ibp"`` (interval bounds only, as in CROWN-IBP).
         rounding: widen every bound by its rounding allowance (what the verifiers do; off
             for certified training).
+        memory_limit: bytes the working set of one chunk of back-substituted rows may take
+            (estimated); None for :data:`MEMORY_BUDGET` without refusal.
 
     Returns:
         ``len(network.ops) + 1`` pairs ``(lo, hi)`` of (N, *shape) tensors.
+
+    Raises:
+        MemoryLimitError: a single neuron's rows need more than a stated ``memory_limit``.
     """
     if intermediate == "ibp":
         return interval_layer_bounds(network, *threat.input_bounds(x0), rounding=rounding)
@@ -196,7 +259,7 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
     mags: dict[int, Tensor] = {}
     for i, op in enumerate(network.ops):
         if isinstance(op, ReLUOp):
-            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags)
+            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags, memory_limit)
         bounds.append(sound_interval(op, *bounds[i]) if rounding else op.interval(*bounds[i]))
     return bounds
 
