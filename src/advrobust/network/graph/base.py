@@ -204,13 +204,25 @@ def register(*, modules: Sequence[type] = (), module_names: Sequence[str] = (),
             _LABELS.append(n)
         for f in functions:
             _FUNCTIONS[f] = factory
-            _LABELS.append(getattr(f, "__qualname__", str(f)))
+            _LABELS.append(_label(f))
         for meth in methods:
             _METHODS[meth] = factory
             _LABELS.append(f"Tensor.{meth}")
         return factory
 
     return deco
+
+
+def _label(f: Any) -> str:
+    import operator
+
+    import torch.nn.functional as F
+
+    name = getattr(f, "__name__", str(f))
+    for prefix, owner in (("operator", operator), ("torch", torch), ("F", F)):
+        if getattr(owner, name, None) is f:
+            return f"{prefix}.{name}"
+    return name
 
 
 def module_factory(module: nn.Module) -> Factory | None:

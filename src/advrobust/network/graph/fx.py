@@ -216,7 +216,8 @@ def build_graph(model: nn.Module, input_shape: Sequence[int]) -> Graph:
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s <= 0 for s in shape):
         raise InvalidInputError(f"'input_shape' must be positive sizes; got {tuple(input_shape)}")
-    gm = _trace(model)
+    # a bare registered layer as the root would be traced into; wrap it to keep it a leaf
+    gm = _trace(nn.Sequential(model) if module_factory(model) is not None else model)
     recorder = _Recorder(gm)
     try:
         with torch.no_grad():
