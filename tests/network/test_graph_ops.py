@@ -4,7 +4,7 @@ at sampled points (corners included) of random boxes; and every op class is cove
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -14,6 +14,16 @@ from torch import Tensor, nn
 
 import advrobust.network.graph.ops as graph_ops
 from advrobust.network.graph import GraphOp, build_graph
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Small tensor ops run far slower with 2 threads on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 class _Two(nn.Module):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.relax.dag_nets import ConvDag, RandomDag
 from torch import nn
 
 from advrobust.core import LpBall, Spec
@@ -15,7 +16,6 @@ from advrobust.errors import UnsupportedLayerError
 from advrobust.network import build_graph, from_module
 from advrobust.relax import CROWN, IBP, LPRelaxation, crown_lower
 from advrobust.relax.dag import graph_crown_lower
-from tests.relax.dag_nets import ConvDag, RandomDag
 
 
 def _sampled_margins(model: nn.Module, x: torch.Tensor, threat: LpBall, spec: Spec,

@@ -61,7 +61,7 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
 
 
 def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
-    ref = next(iter(model.parameters()), None)
+    ref: Tensor | None = next(iter(model.parameters()), None)
     if ref is None:
         ref = next(iter(model.buffers()), None)
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else \

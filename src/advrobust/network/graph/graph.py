@@ -70,13 +70,11 @@ class Graph:
 
     def forward(self, x: Tensor) -> Tensor:
         """Run the graph on a batch (N, *input_shape) -> (N, *output_shape)."""
-        values: list[Tensor | None] = [x]
+        values: list[Tensor] = [x]
         for node in self.nodes[1:]:
             assert node.op is not None
-            values.append(node.op.forward(*(values[j] for j in node.inputs)))  # type: ignore[misc]
-        out = values[self.output]
-        assert out is not None
-        return out
+            values.append(node.op.forward(*(values[j] for j in node.inputs)))
+        return values[self.output]
 
     __call__ = forward
 

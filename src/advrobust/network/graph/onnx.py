@@ -68,10 +68,10 @@ class OnnxGraphModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         env = {self.input_name: x}
         for kind, ins, out, attrs in self.steps:
-            env[out] = self.apply(kind, [self._get(env, i) for i in ins], attrs)
+            env[out] = self.run_step(kind, [self._get(env, i) for i in ins], attrs)
         return env[self.output_name]
 
-    def apply(self, kind: str, xs: list[Tensor], attrs: dict[str, Any]) -> Tensor:
+    def run_step(self, kind: str, xs: list[Tensor], attrs: dict[str, Any]) -> Tensor:
         """One step: a registered layer (``kind`` = its key) or an elementwise / shape op."""
         if kind in self.layers:
             return self.layers[kind](xs[0])  # type: ignore[no-any-return]
@@ -148,7 +148,7 @@ class _Importer:
         ins = [self.alias.get(i, i) for i in ins if i]
         out = node.output[0]
         if all(self.module.is_constant(i) for i in ins):  # fold constants now
-            value = self.module.apply(kind, [self.module.constant(i) for i in ins], attrs)
+            value = self.module.run_step(kind, [self.module.constant(i) for i in ins], attrs)
             self.module.add_constant(out, value.detach())
             return
         self.module.steps.append((kind, ins, out, attrs))
@@ -258,7 +258,8 @@ class _Importer:
             raise self.fail(node, "only 2-D convolutions are supported")
         groups = int(attrs.get("group", 1))
         has_bias = len(node.input) > 2 and bool(node.input[2])
-        layer = nn.Conv2d(int(w.shape[1]) * groups, int(w.shape[0]), tuple(w.shape[2:]),
+        layer = nn.Conv2d(int(w.shape[1]) * groups, int(w.shape[0]),
+                          (int(w.shape[2]), int(w.shape[3])),
                           stride=tuple(attrs.get("strides", [1, 1])),
                           padding=self._pads(node, attrs),
                           dilation=tuple(attrs.get("dilations", [1, 1])), groups=groups,

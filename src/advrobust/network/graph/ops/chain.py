@@ -178,6 +178,7 @@ def _normalize(call: Call) -> GraphOp:
 
     def params() -> tuple[Tensor, Tensor]:
         m, s = layer.mean, layer.std  # type: ignore[union-attr]
-        return 1.0 / s, -m / s  # type: ignore[operator]
+        assert isinstance(m, Tensor) and isinstance(s, Tensor)
+        return 1.0 / s, -m / s
 
     return AffineAdapter(ChannelAffineOp(params, shape, call.name), terms=1)
