@@ -14,6 +14,7 @@ from torch import nn
 
 from advrobust.core import LpBall
 from advrobust.errors import UnsupportedLayerError
+from advrobust.models import build_model
 from advrobust.network import load_onnx_graph
 from advrobust.relax import CROWN, IBP
 
@@ -38,7 +39,9 @@ def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
-CASES = [("dag", lambda: RandomDag(5, blocks=3), (5,)), ("conv", lambda: ConvDag(2), (1, 6, 6))]
+CASES = [("dag", lambda: RandomDag(5, blocks=3), (5,)), ("conv", lambda: ConvDag(2), (1, 6, 6)),
+         ("resnet8", lambda: build_model("resnet8", (3, 8, 8), num_classes=4, seed=0),
+          (3, 8, 8))]
 
 
 @pytest.mark.parametrize("label,make,shape", CASES, ids=[c[0] for c in CASES])
