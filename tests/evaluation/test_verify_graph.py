@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.relax.dag_nets import RandomDag
 
 from advrobust.core import LpBall
 from advrobust.core.result import Verdict
 from advrobust.evaluation.verify import verify_dataset
-from tests.relax.dag_nets import RandomDag
 
 
 def test_auto_cascade_on_a_residual_network_stops_before_the_exact_methods() -> None:

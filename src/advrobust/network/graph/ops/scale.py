@@ -55,7 +55,8 @@ def _per_sample(call: Call, c: object, shape: tuple[int, ...]) -> Tensor:
     full = (1,) + shape
     # a manual broadcast check: torch.broadcast_shapes imports sympy (seconds)
     tail = tuple(t.shape)[::-1]
-    ok = len(tail) <= len(full) and all(v in (1, f) for v, f in zip(tail, full[::-1]))
+    ok = len(tail) <= len(full) and all(
+        v in (1, f) for v, f in zip(tail, full[::-1], strict=False))
     if not ok:
         raise call.fail(f"a constant of shape {tuple(t.shape)} does not broadcast to one "
                         f"sample's shape {shape} (batch kept first)")
