@@ -167,3 +167,31 @@ def test_s_shaped_lines_are_tight_where_they_must_be(cls: type) -> None:
     # a point interval gives the exact value
     torch.testing.assert_close(kl[0, 3] * lo[0, 3] + bl[0, 3], f(lo[0, 3]))
     torch.testing.assert_close(ku[0, 3] * lo[0, 3] + bu[0, 3], f(lo[0, 3]))
+
+
+@pytest.mark.parametrize("label,make,shape,cls", CASES, ids=[c[0] for c in CASES])
+def test_lp_encoding_admits_the_op_at_sampled_points(label: str, make: Callable[[], nn.Module],
+                                                     shape: tuple[int, ...], cls: type) -> None:
+    """Inputs fixed at a point of the box, outputs fixed at the op's value: the LP is feasible."""
+    import numpy as np
+
+    from advrobust.solvers.highs import HighsSolver
+    from advrobust.solvers.program import Program, SolveStatus
+
+    op, shapes = _pick(label, make, shape, cls)
+    gen = torch.Generator().manual_seed(3)
+    boxes = _boxes(shapes, gen, 2.0)
+    with torch.no_grad():
+        out_lo, out_hi = op.sound_interval(*boxes)
+    for trial in range(3):
+        pts = [_points(b, gen, 1)[0] for b in boxes]
+        value = op.forward(*pts).detach()[0].reshape(-1).numpy()
+        program = Program()
+        cols = [program.add_vars(p[0].reshape(-1).numpy(), p[0].reshape(-1).numpy())
+                for p in pts]
+        ins = [(b[0][0].reshape(-1).numpy(), b[1][0].reshape(-1).numpy()) for b in boxes]
+        z = op.encode(program, cols, ins, (out_lo[0].reshape(-1).numpy(),
+                                           out_hi[0].reshape(-1).numpy()), False)
+        program.add_rows(np.eye(z.size), z, value, value)
+        sol = HighsSolver(program).minimize(np.zeros(program.num_vars), 0.0)
+        assert sol.status is SolveStatus.OPTIMAL, (label, trial, sol.backend_status)

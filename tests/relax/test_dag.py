@@ -13,6 +13,7 @@ from torch import nn
 from advrobust.core import LpBall, Spec
 from advrobust.core.result import Verdict
 from advrobust.errors import UnsupportedLayerError
+from advrobust.exact import MILP, BaB
 from advrobust.models import build_model
 from advrobust.network import build_graph, from_module
 from advrobust.relax import CROWN, IBP, LPRelaxation, crown_lower
@@ -87,8 +88,23 @@ def test_a_verdict_on_a_residual_network() -> None:
 def test_chain_only_bounders_name_the_node() -> None:
     model = RandomDag(1).eval()
     x = torch.rand(2, 5)
-    with pytest.raises(UnsupportedLayerError, match="LPRelaxation.*fx node"):
-        LPRelaxation()(model, x, model(x).argmax(1), LpBall("linf", 0.1))
+    for bounder in (MILP(), BaB()):
+        with pytest.raises(UnsupportedLayerError, match=f"{type(bounder).__name__}.*fx node"):
+            bounder(model, x, model(x).argmax(1), LpBall("linf", 0.1))
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_lp_on_dags_is_between_sampled_margins_and_crown(conv: bool) -> None:
+    model = (ConvDag(4) if conv else RandomDag(11, blocks=3)).double().eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand((3,) + ((1, 6, 6) if conv else (5,)), generator=gen, dtype=torch.float64)
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1, lo=0.0, hi=1.0)
+    lp = LPRelaxation()(model, x, y, threat)
+    crown = CROWN()(model, x, y, threat).lower
+    sampled = _sampled_margins(model, x, threat, Spec.margins(y, 3), gen)
+    assert bool((sampled >= lp.lower).all()) and bool((lp.lower >= crown).all())
+    assert bool((lp.stats["lp"] >= crown - 1e-9).all())  # same bounds: the LP is tighter
 
 
 class _Branchy(nn.Module):

@@ -25,18 +25,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from advrobust.errors import UnsupportedLayerError
 
-__all__ = ["SAFETY", "Call", "Data", "GraphOp", "abs_dot", "gamma_of", "lookup", "register",
-           "supported"]
+__all__ = ["SAFETY", "Call", "Data", "GraphOp", "NpBound", "abs_dot", "add_equalities",
+           "gamma_of", "lookup", "register", "supported"]
 
 #: Factor on top of the worst-case rounding estimates (the same as relax/_rounding.py).
 SAFETY = 4.0
 
 Bound = tuple[Tensor, Tensor]
+NpBound = tuple[np.ndarray, np.ndarray]
 
 
 def gamma_of(terms: int, dtype: torch.dtype) -> float:
@@ -53,6 +55,20 @@ def abs_dot(a: Tensor, m: Tensor) -> Tensor:
     if mf.shape[0] == 1 and af.shape[0] != 1:
         return af.matmul(mf[0])
     return torch.bmm(af, mf.unsqueeze(2)).squeeze(2)
+
+
+def add_equalities(program: Any, out: NpBound, terms: list[tuple[np.ndarray, np.ndarray]],
+                   const: np.ndarray) -> np.ndarray:
+    """New columns ``z`` (bounded by ``out``) with ``z = sum_i coef_i * x_i + const``
+    elementwise, for ``terms`` of ``(coef (n,), cols (n,))``; return ``z``."""
+    import scipy.sparse as sp
+
+    z = program.add_vars(out[0], out[1])
+    n = z.size
+    blocks = [sp.identity(n, format="csr")] + [sp.diags(-coef) for coef, _ in terms]
+    cols = np.concatenate([z] + [c for _, c in terms])
+    program.add_rows(sp.hstack(blocks), cols, const, const)
+    return z
 
 
 class GraphOp:
@@ -125,6 +141,24 @@ class GraphOp:
 
     def clamp_slopes(self, slopes: Tensor, lo: Tensor, hi: Tensor) -> None:
         """Project optimised slopes back onto their valid range (in place)."""
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        """Add the op (exactly, or its linear relaxation) for one sample to an LP / MILP
+        ``program``; return the output columns (out_size,).
+
+        Args:
+            program: a :class:`~advrobust.solvers.program.Program`.
+            cols: the columns of each data input (flattened, row-major).
+            ins: float64 bounds ``(lo, hi)`` of each input, flattened.
+            out: float64 bounds of the output (column bounds of new variables).
+            integer: MILP (exact piecewise-linear encodings) or LP.
+
+        Raises:
+            UnsupportedLayerError: the op has no encoding (it names the op and its node).
+        """
+        raise UnsupportedLayerError(
+            f"{self.name}: {type(self).__name__} has no LP / MILP encoding.")
 
     def chain_op(self) -> Any:
         """The equivalent op of the chain IR (:mod:`advrobust.network.ops`), or None."""

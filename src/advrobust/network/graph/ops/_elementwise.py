@@ -9,10 +9,13 @@ products rounded: ``|k| max(|lo|, |hi|) + |b| + max(|lo|, |hi|)`` per neuron).
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from advrobust.network.graph.base import Bound, GraphOp, abs_dot
+from advrobust.network.graph.base import Bound, GraphOp, NpBound, abs_dot
 
 __all__ = ["Lines", "LineRelaxedOp"]
 
@@ -59,3 +62,23 @@ class LineRelaxedOp(GraphOp):
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return hi > lo
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        """The two lines as LP rows, their intercepts widened by the rounding allowance (a
+        relaxation also under ``integer``: only ReLU has an exact MILP encoding)."""
+        import scipy.sparse as sp
+
+        lo, hi = (torch.from_numpy(v) for v in ins[0])
+        kl, bl, ku, bu = (t.numpy() for t in self.lines(lo, hi, None))
+        s = torch.maximum(lo.abs(), hi.abs())
+        slack = (self.gamma_lines(torch.float64) * (
+            torch.maximum(torch.from_numpy(np.abs(kl)) * s + torch.from_numpy(np.abs(bl)),
+                          torch.from_numpy(np.abs(ku)) * s + torch.from_numpy(np.abs(bu))) + s)
+                 + torch.finfo(torch.float64).tiny).numpy()
+        z = program.add_vars(out[0], out[1])
+        eye = sp.identity(z.size, format="csr")
+        both = np.concatenate([z, cols[0]])
+        program.add_rows(sp.hstack([eye, sp.diags(-kl)]), both, bl - slack, np.inf)
+        program.add_rows(sp.hstack([eye, sp.diags(-ku)]), both, -np.inf, bu + slack)
+        return z

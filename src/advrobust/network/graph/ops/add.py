@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import operator
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from advrobust.network.graph.base import Bound, Call, GraphOp, register
+from advrobust.network.graph.base import (
+    Bound,
+    Call,
+    GraphOp,
+    NpBound,
+    add_equalities,
+    register,
+)
 from advrobust.network.graph.ops.scale import constant_affine
 
 __all__ = ["AddOp"]
@@ -38,6 +47,12 @@ class AddOp(GraphOp):
     def backward(self, a: Tensor, *bounds: Bound, slopes: Tensor | None = None
                  ) -> tuple[list[Tensor | None], Tensor]:
         return [a, a if self.sign > 0 else -a], a.new_zeros(a.shape[:2])
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        n = cols[0].size
+        return add_equalities(program, out, [(np.ones(n), cols[0]),
+                                             (np.full(n, self.sign), cols[1])], np.zeros(n))
 
 
 def _binary(sign: float) -> object:

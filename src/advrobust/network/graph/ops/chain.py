@@ -9,7 +9,9 @@ to a :class:`~advrobust.network.ir.Network` for the exact methods).
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from advrobust.network.graph.base import (
     Bound,
     Call,
     GraphOp,
+    NpBound,
     abs_dot,
     register,
 )
@@ -59,6 +62,10 @@ class AffineAdapter(GraphOp):
                  ) -> tuple[list[Tensor | None], Tensor]:
         return [self.op.backward(a)], self.op.bias_term(a)
 
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        return self.op.encode(program, cols[0], out[0], out[1])
+
     def chain_op(self) -> AffineOp:
         return self.op
 
@@ -98,6 +105,10 @@ class ReLUAdapter(GraphOp):
 
     def clamp_slopes(self, slopes: Tensor, lo: Tensor, hi: Tensor) -> None:
         slopes.clamp_(0, 1)
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        return self.op.encode(program, cols[0], ins[0][0], ins[0][1], integer)
 
     def chain_op(self) -> ReLUOp:
         return self.op

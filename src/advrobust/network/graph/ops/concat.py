@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from advrobust.network.graph.base import Bound, Call, GraphOp, register
+from advrobust.network.graph.base import Bound, Call, GraphOp, NpBound, register
 
 __all__ = ["ConcatOp"]
 
@@ -29,6 +32,11 @@ class ConcatOp(GraphOp):
                  ) -> tuple[list[Tensor | None], Tensor]:
         sizes = [s[self.dim] for s in self.in_shapes]
         return list(a.split(sizes, dim=self.dim + 2)), a.new_zeros(a.shape[:2])
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        parts = [c.reshape(s) for c, s in zip(cols, self.in_shapes, strict=True)]
+        return np.concatenate(parts, axis=self.dim).reshape(-1)
 
 
 @register(functions=(torch.cat, torch.concat, torch.concatenate))

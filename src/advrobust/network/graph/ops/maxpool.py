@@ -9,12 +9,22 @@ else the constant ``max_i u_i`` (DeepPoly, Singh et al. 2019). Windows are read 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advrobust.network.graph.base import Bound, Call, GraphOp, abs_dot, gamma_of, register
+from advrobust.network.graph.base import (
+    Bound,
+    Call,
+    GraphOp,
+    NpBound,
+    abs_dot,
+    gamma_of,
+    register,
+)
 
 __all__ = ["MaxPoolOp"]
 
@@ -84,6 +94,34 @@ class MaxPoolOp(GraphOp):
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return hi > lo
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        """``z >= x_i`` for every input of the window, ``z`` within its bounds (a sound LP
+        relaxation, also under ``integer``)."""
+        import scipy.sparse as sp
+
+        c = self.in_shapes[0][0]
+        z = program.add_vars(out[0], out[1])
+        idx = self._index(torch.zeros(1, dtype=torch.float64))[0, 0].numpy()  # (k, L)
+        zc = z.reshape(c, -1)
+        xc = cols[0].reshape(c, -1)
+        rows_z, rows_x = [], []
+        for slot in range(idx.shape[0]):
+            valid = idx[slot] >= 0
+            rows_z.append(zc[:, valid].reshape(-1))
+            rows_x.append(xc[:, idx[slot][valid]].reshape(-1))
+        zs, xs = np.concatenate(rows_z), np.concatenate(rows_x)
+        eye = sp.identity(zs.size, format="csr")
+        program.add_rows(sp.hstack([eye, -eye]), np.concatenate([zs, xs]), 0.0, np.inf)
+        lo, hi = (torch.from_numpy(v).reshape((1,) + self.in_shapes[0]) for v in ins[0])
+        j, exact, _ = self.relaxation(lo, hi)  # where x_j dominates its window: z = x_j
+        j, exact = j[0].numpy(), exact[0].numpy()
+        zj, xj = zc[exact], xc[np.nonzero(exact)[0], j[exact]]
+        if zj.size:
+            eye = sp.identity(zj.size, format="csr")
+            program.add_rows(sp.hstack([eye, -eye]), np.concatenate([zj, xj]), -np.inf, 0.0)
+        return z
 
 
 @register(modules=(nn.MaxPool2d,))

@@ -8,11 +8,13 @@ identity in eval mode) is elided by the graph builder.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advrobust.network.graph.base import Bound, Call, GraphOp, register
+from advrobust.network.graph.base import Bound, Call, GraphOp, NpBound, register
 from advrobust.network.ops import FlattenOp
 
 __all__ = ["IdentityOp", "ReshapeOp"]
@@ -31,6 +33,10 @@ class ReshapeOp(GraphOp):
     def backward(self, a: Tensor, *bounds: Bound, slopes: Tensor | None = None
                  ) -> tuple[list[Tensor | None], Tensor]:
         return [a.reshape(a.shape[:2] + self.in_shapes[0])], a.new_zeros(a.shape[:2])
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        return cols[0]
 
     def chain_op(self) -> FlattenOp | None:
         if len(self.out_shape) != 1:

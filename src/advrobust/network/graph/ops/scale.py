@@ -4,11 +4,20 @@
 from __future__ import annotations
 
 import operator
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from advrobust.network.graph.base import Bound, Call, GraphOp, register
+from advrobust.network.graph.base import (
+    Bound,
+    Call,
+    GraphOp,
+    NpBound,
+    add_equalities,
+    register,
+)
 
 __all__ = ["ScaleShiftOp", "constant_affine"]
 
@@ -46,6 +55,14 @@ class ScaleShiftOp(GraphOp):
                  ) -> tuple[list[Tensor | None], Tensor]:
         const = (a * self.shift.to(a)).flatten(2).sum(-1)
         return [self._mul(a, self.scale)], const
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        shape = self.in_shapes[0]
+        scale = self.scale.double().expand(shape).reshape(-1).numpy()
+        coef = 1.0 / scale if self.divide else scale  # the LP's row is the real map
+        shift = self.shift.double().expand(shape).reshape(-1).numpy()
+        return add_equalities(program, out, [(coef, cols[0])], shift)
 
 
 def _per_sample(call: Call, c: object, shape: tuple[int, ...]) -> Tensor:

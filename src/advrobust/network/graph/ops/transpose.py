@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from advrobust.network.graph.base import Bound, Call, GraphOp, register
+from advrobust.network.graph.base import Bound, Call, GraphOp, NpBound, register
 
 __all__ = ["TransposeOp"]
 
@@ -30,6 +32,10 @@ class TransposeOp(GraphOp):
     def backward(self, a: Tensor, *bounds: Bound, slopes: Tensor | None = None
                  ) -> tuple[list[Tensor | None], Tensor]:
         return [a.permute(0, 1, *(p + 2 for p in self.inverse))], a.new_zeros(a.shape[:2])
+
+    def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
+               integer: bool) -> np.ndarray:
+        return cols[0].reshape(self.in_shapes[0]).transpose(self.perm).reshape(-1)
 
 
 def _full_dims(call: Call, dims: Sequence[int], rank: int) -> list[int]:
