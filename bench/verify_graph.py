@@ -84,7 +84,7 @@ def run(name: str, model: nn.Module, x: torch.Tensor, eps_list: list[float],
             gap = float(((r_m.lower - r_o.lower).abs() / (1 + r_m.lower.abs())).max())
             verified = sum(v.value == "verified" for v in r_m.verdict)
             print(f"| {name} | {eps * 255:.2f}/255 | {type(bounder).__name__} | "
-                  f"{verified}/{len(y)} | {float(r_m.lower.amin(1).mean()):+.4f} | "
+                  f"{verified}/{len(y)} | {float(r_m.lower.amin(1).mean()):+.4g} | "
                   f"{t_m:.2f} ({c_m:.2f}) | {t_o:.2f} ({c_o:.2f}) | {gap:.1e} | "
                   f"{import_gap:.1e} | {ort_gap:.1e} |",
                   flush=True)

@@ -115,8 +115,8 @@ class MaxPoolOp(GraphOp):
         eye = sp.identity(zs.size, format="csr")
         program.add_rows(sp.hstack([eye, -eye]), np.concatenate([zs, xs]), 0.0, np.inf)
         lo, hi = (torch.from_numpy(v).reshape((1,) + self.in_shapes[0]) for v in ins[0])
-        j, exact, _ = self.relaxation(lo, hi)  # where x_j dominates its window: z = x_j
-        j, exact = j[0].numpy(), exact[0].numpy()
+        best, dominant, _ = self.relaxation(lo, hi)  # where x_j dominates its window: z = x_j
+        j, exact = best[0].numpy(), dominant[0].numpy()
         zj, xj = zc[exact], xc[np.nonzero(exact)[0], j[exact]]
         if zj.size:
             eye = sp.identity(zj.size, format="csr")
