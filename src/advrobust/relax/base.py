@@ -123,8 +123,9 @@ def _check_ir(network: Network | Graph, model: nn.Module, x: Tensor, clean: Tens
     tol = 1e-4 * (1 + clean.abs().amax())
     if out.shape != clean.shape or bool(((out - clean).abs() > tol).any()):
         raise UnsupportedLayerError(
-            f"{type(model).__name__}: the layers of the Sequential do not reproduce the model's "
-            "outputs (a custom forward?); the verifier only handles plain nn.Sequential models.")
+            f"{type(model).__name__}: the verifier's IR of the model does not reproduce its "
+            "outputs (a custom forward of a Sequential, a hook?); the verifier handles plain "
+            "nn.Sequential models and modules torch.fx traces into registered ops.")
 
 
 class Bounder(Configurable, abc.ABC):
