@@ -10,9 +10,10 @@ from torch import nn
 
 from advrobust.errors import InvalidParameterError
 from advrobust.models import MODELS, Normalize, build_model
+from advrobust.models.resnet import ResidualBlock
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-ALLOWED = (nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.AvgPool2d, Normalize)
+ALLOWED = (nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.AvgPool2d, Normalize, ResidualBlock)
 
 
 def _valid(name: str, shape: tuple[int, int, int]) -> bool:

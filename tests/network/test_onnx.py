@@ -130,18 +130,21 @@ def test_conv_net_with_normalisation_and_batchnorm_matches_reference(tmp_path: P
 
 def test_unsupported_op_names_the_node(tmp_path: Path) -> None:
     nodes = [helper.make_node("Flatten", ["x"], ["f"]),
-             helper.make_node("Sigmoid", ["f"], ["y"], name="squash")]
+             helper.make_node("Softplus", ["f"], ["y"], name="squash")]
     path = _save(tmp_path, nodes, {}, [1, 4], [1, 4])
-    with pytest.raises(UnsupportedLayerError, match=r"'squash' \(Sigmoid\)"):
+    with pytest.raises(UnsupportedLayerError, match=r"'squash' \(Softplus\)"):
         load_onnx(path)
 
 
-def test_branching_graph_is_refused(tmp_path: Path) -> None:
-    nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Add", ["x", "r"], ["y"], name="skip")]
+def test_sigmoid_and_branching_graphs_go_to_the_graph_importer(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="squash"),
+             helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Add", ["s", "r"], ["y"], name="skip")]
     path = _save(tmp_path, nodes, {}, [1, 4], [1, 4])
-    with pytest.raises(UnsupportedLayerError, match="chain"):
-        load_onnx(path)
+    model = load_onnx(path)
+    assert not isinstance(model, nn.Sequential)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(model(x), torch.sigmoid(x) + torch.relu(x))
 
 
 def test_bad_files(tmp_path: Path) -> None:

@@ -63,8 +63,12 @@ def test_bad_inputs_raise_clear_errors() -> None:
         LpBall("linf", float("nan"))
     with pytest.raises(InvalidThreatModelError, match="l2"):
         LPRelaxation()(model, x, y, LpBall("l2", 0.1))
-    with pytest.raises(UnsupportedLayerError, match="Tanh.*'1'"):
-        CROWN()(nn.Sequential(nn.Linear(4, 3), nn.Tanh()).eval(), x, y, threat)
+    with pytest.raises(UnsupportedLayerError, match="module '1'.*GELU.*Supported: .*nn.Linear"):
+        CROWN()(nn.Sequential(nn.Linear(4, 3), nn.GELU()).eval(), x, y, threat)
+    from advrobust.exact import MILP
+
+    with pytest.raises(UnsupportedLayerError, match="MILP.*module '1'.*TanhOp"):
+        MILP()(nn.Sequential(nn.Linear(4, 3), nn.Tanh()).eval(), x, y, threat)
 
 
 class _Custom(nn.Sequential):

@@ -53,7 +53,9 @@ def register(sub: Any) -> None:
     src.add_argument("--model", type=Path, metavar="CKPT",
                      help="checkpoint file written by 'advrobust train'")
     src.add_argument("--onnx", type=Path, metavar="FILE",
-                     help="an ONNX network (feed-forward: Gemm/MatMul/Conv/Relu/Flatten)")
+                     help="an ONNX network: chains of Gemm/MatMul/Conv/Relu/Flatten for every "
+                     "method; other graphs (residual, Sigmoid, Tanh, MaxPool ...) for "
+                     "ibp / crown / lp")
     p.add_argument("--vnnlib", type=Path, metavar="PROP",
                    help="decide this VNNLIB property instead of a dataset (prints sat/unsat)")
     add_data_args(p, default="mnist")

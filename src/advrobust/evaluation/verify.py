@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -161,6 +162,15 @@ def verify_dataset(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, *,
                         stats=dict(state.stats))
 
 
+def _is_chain(state: _State) -> bool:
+    """True if the exact methods can read the model (a chain of their layers)."""
+    from advrobust.network.ir import Network
+    from advrobust.relax.base import verifiable_ir
+
+    ir = verifiable_ir(state.model, tuple(state.x.shape[1:]), "verify_dataset", True)
+    return isinstance(ir, Network)
+
+
 def _crown_seconds(state: _State) -> float:
     """Predicted seconds of one CROWN pass over every sample (measured forward passes).
 
@@ -168,11 +178,16 @@ def _crown_seconds(state: _State) -> float:
     layers below it, each about the cost of a forward pass of one sample; twice that covers
     the relaxations. Measured on a batch of forward passes of the IR.
     """
+    from advrobust.network.ir import Network
     from advrobust.network.relu import ReLUOp
-    from advrobust.relax.base import as_network
+    from advrobust.relax.base import verifiable_ir
 
-    network = as_network(state.model, tuple(state.x.shape[1:]))
-    rows = sum(op.in_size for op in network.ops if isinstance(op, ReLUOp))
+    network = verifiable_ir(state.model, tuple(state.x.shape[1:]), "verify_dataset", True)
+    if isinstance(network, Network):
+        rows = sum(op.in_size for op in network.ops if isinstance(op, ReLUOp))
+    else:  # every node that feeds a nonlinear op is refined
+        rows = sum(math.prod(n.shape) for i, n in enumerate(network.nodes)
+                   if network.needs_bounds(i))
     rows += state.spec.num_rows
     batch = min(rows, 256)
     x = state.x[:1].expand((batch,) + tuple(state.x.shape[1:]))
@@ -228,6 +243,11 @@ def _stages(method: str, state: _State, y: Tensor, time_limit: float, threads: i
     if state.threat.norm is Norm.L2 and method == "auto":
         warnings.warn("verify_dataset: BaB and the MILP handle linf and l1 threats only; the "
                       "auto cascade stops after the attack for l2.", UserWarning, stacklevel=3)
+        return stages
+    if method == "auto" and not _is_chain(state):
+        warnings.warn("verify_dataset: BaB and the MILP handle chain networks only; the auto "
+                      "cascade stops after CROWN and the attack for this graph (residual / "
+                      "concat / sigmoid ...) network.", UserWarning, stacklevel=3)
         return stages
     # linf: beta-CROWN BaB alone, with the whole exact budget (it finishes with the MILP on its
     # alpha-CROWN bounds when linear regions keep coming); mnist_fc at 30 s, BaB alone vs the

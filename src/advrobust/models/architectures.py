@@ -2,7 +2,8 @@
 
 Every model is an ``nn.Sequential`` of standard layers (``Flatten``, ``Linear``, ``Conv2d``,
 ``ReLU``, ``AvgPool2d``) plus an optional leading :class:`Normalize`, so every verifier of the
-library can read it. Layer sizes follow the input shape: digits (1, 8, 8), MNIST (1, 28, 28),
+library can read it; ``resnet8`` adds residual blocks, which IBP and CROWN read
+through the graph IR. Layer sizes follow the input shape: digits (1, 8, 8), MNIST (1, 28, 28),
 CIFAR-10 (3, 32, 32) or any other (C, H, W).
 """
 
@@ -17,6 +18,7 @@ from torch import nn
 from advrobust.core._validation import check_int, check_seed
 from advrobust.errors import InvalidParameterError
 from advrobust.models.normalize import Normalize, normalize_values
+from advrobust.models.resnet import resnet8_layers
 
 __all__ = ["MODELS", "build_model", "check_input_shape"]
 
@@ -118,6 +120,7 @@ _BUILDERS: dict[str, Callable[[Shape, int], list[nn.Module]]] = {
     "cnn": _cnn,
     "lenet": _lenet,
     "lenet-wide": _lenet_wide,
+    "resnet8": resnet8_layers,
 }
 
 #: Names accepted by :func:`build_model`.
@@ -141,6 +144,9 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, *,
     - ``lenet-wide``: LeNet's layout with more channels and one hidden FC layer: conv 5x5 16,
       AvgPool 2, conv 5x5 32, AvgPool 2, Linear 128, ``num_classes`` (images of at least
       16x16; about 2.5x LeNet's forward cost, the base classifier of the smoothing bench).
+    - ``resnet8``: a stride-2 conv stem (16), residual blocks of 16, 32 (stride 2), 64
+      (stride 2) channels, global average pooling, Linear ``num_classes``
+      (:mod:`advrobust.models.resnet`; verified by IBP / CROWN through the graph IR).
 
     Args:
         name: One of :data:`MODELS`.
@@ -181,7 +187,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, *,
 def _assemble(name: str, shape: Shape, num_classes: int,
               normalize: tuple[Any, Any] | None) -> nn.Sequential:
     layers = _BUILDERS[name](shape, num_classes)
-    for layer in layers:
+    for layer in (m for top in layers for m in top.modules()):
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
             nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
             if layer.bias is not None:

@@ -6,7 +6,9 @@ ops: Flatten (axis 1), Reshape (constant shape), Gemm (any ``alpha``/``beta``/``
 ``transA=0``), MatMul with a constant weight, Conv (2-D, symmetric padding), Relu,
 BatchNormalization, Identity, Dropout, Constant, and Add / Sub / Mul / Div with a constant (bias
 additions and input normalisation; folded into the neighbouring affine layer where possible).
-The graph must be a chain: one data input, each node consuming the previous node's output.
+A chain (one data input, each node consuming the previous node's output) becomes that
+Sequential; any other graph, or a chain with ops outside that list (Sigmoid, Tanh, MaxPool, ...),
+is read by :func:`advrobust.network.load_onnx_graph` (the graph IR's importer) instead.
 
 The ``onnx`` package is optional: ``pip install 'advrobust[onnx]'``.
 """
@@ -37,7 +39,10 @@ class OnnxNetwork:
     """An imported ONNX network.
 
     Attributes:
-        model: the network as an ``nn.Sequential`` in eval mode (float32, CPU).
+        model: the network in eval mode (float32, CPU): an ``nn.Sequential`` of standard
+            layers for a chain, else an
+            :class:`~advrobust.network.graph.onnx.OnnxGraphModule` (a DAG, or ops such as
+            Sigmoid / Tanh / MaxPool that IBP and CROWN read through the graph IR).
         input_shape: per-sample input shape of the ONNX graph (batch dimension dropped), e.g.
             ``(784, 1)`` for the VNN-COMP mnist_fc networks. The model accepts any input of
             ``(N, *input_shape)``; if it starts with a Flatten, any shape of the same size.
@@ -46,7 +51,7 @@ class OnnxNetwork:
         opset: the default-domain opset version of the file.
     """
 
-    model: nn.Sequential
+    model: nn.Module
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     input_name: str
@@ -136,14 +141,21 @@ def import_onnx(path: str | Path) -> OnnxNetwork:
     name, shape = _input_shape(proto, path)
     constants = {t.name: _to_tensor(onnx, t) for t in proto.graph.initializer}
     builder = ops.ChainBuilder(name, shape, constants, str(path))
-    for index, node in enumerate(proto.graph.node):
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        attrs = {k: _to_tensor(onnx, v) if isinstance(v, onnx.TensorProto) else v
-                 for k, v in attrs.items()}
-        builder.add(node.op_type, node.name or f"#{index}", list(node.input),
-                    list(node.output), attrs)
-    outputs = [o.name for o in proto.graph.output]
-    model = builder.finish(outputs)
+    model: nn.Module
+    try:
+        for index, node in enumerate(proto.graph.node):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            attrs = {k: _to_tensor(onnx, v) if isinstance(v, onnx.TensorProto) else v
+                     for k, v in attrs.items()}
+            builder.add(node.op_type, node.name or f"#{index}", list(node.input),
+                        list(node.output), attrs)
+        model = builder.finish([o.name for o in proto.graph.output])
+    except UnsupportedLayerError:
+        # not a chain of standard layers: the graph importer (branches, sigmoid, tanh, ...),
+        # whose error names the node when it cannot read the file either
+        from advrobust.network.graph.onnx import load_onnx_graph
+
+        model = load_onnx_graph(path).float()
     out_shape = _output_shape(model, shape)
     return OnnxNetwork(model=model, input_shape=shape, output_shape=out_shape, input_name=name,
                        opset=_opset(proto))
@@ -155,8 +167,9 @@ def _output_shape(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out.shape[1:])
 
 
-def load_onnx(path: str | Path) -> nn.Sequential:
-    """Read an ONNX network as an ``nn.Sequential`` of standard torch layers (eval mode).
+def load_onnx(path: str | Path) -> nn.Module:
+    """Read an ONNX network as a torch module (eval mode): an ``nn.Sequential`` of standard
+    layers for a chain, else the graph importer's module.
 
     See :func:`import_onnx` for the supported ops and errors; use it when you also need the
     network's input shape.

@@ -30,10 +30,11 @@ from advrobust.core.result import BoundResult, decide_verdicts
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError, UnsupportedLayerError
+from advrobust.network.graph import Graph, build_graph
 from advrobust.network.ir import Network, from_module
 from advrobust.relax.witness import WitnessGate
 
-__all__ = ["Bounder", "Bounds", "as_network", "default_spec"]
+__all__ = ["Bounder", "Bounds", "as_network", "default_spec", "verifiable_ir"]
 
 
 @dataclass
@@ -92,16 +93,39 @@ def _plain_sequential(model: nn.Module) -> bool:
                for m in model.modules())
 
 
-def _check_ir(network: Network, model: nn.Module, x: Tensor, clean: Tensor) -> None:
+def verifiable_ir(model: nn.Module, input_shape: Sequence[int], who: str,
+                  graph_ok: bool) -> Network | Graph:
+    """The IR a bounder works on: the chain :class:`Network` of a (nested) Sequential or of a
+    chain-shaped graph, else the :class:`Graph` of any module torch.fx traces (when the bounder
+    handles graphs; otherwise an UnsupportedLayerError names the node it cannot handle)."""
+    shape = tuple(input_shape)
+    try:
+        return from_module(model, shape)
+    except UnsupportedLayerError:
+        graph = build_graph(model, shape)
+    if len(graph.output_shape) != 1:
+        raise InvalidInputError(
+            f"The network must end in flat outputs (classes,); its output shape is "
+            f"{graph.output_shape}.")
+    chain = graph.to_chain()
+    if isinstance(chain, Network):
+        return chain
+    if not graph_ok:
+        graph.require_chain(who)
+    return graph
+
+
+def _check_ir(network: Network | Graph, model: nn.Module, x: Tensor, clean: Tensor) -> None:
     """Refuse a model whose forward is not the composition of its layers."""
-    if _plain_sequential(model):
+    if isinstance(network, Network) and _plain_sequential(model):
         return  # nothing to check, and a forward pass saved
     out = network.forward(x)
     tol = 1e-4 * (1 + clean.abs().amax())
     if out.shape != clean.shape or bool(((out - clean).abs() > tol).any()):
         raise UnsupportedLayerError(
-            f"{type(model).__name__}: the layers of the Sequential do not reproduce the model's "
-            "outputs (a custom forward?); the verifier only handles plain nn.Sequential models.")
+            f"{type(model).__name__}: the verifier's IR of the model does not reproduce its "
+            "outputs (a custom forward of a Sequential, a hook?); the verifier handles plain "
+            "nn.Sequential models and modules torch.fx traces into registered ops.")
 
 
 class Bounder(Configurable, abc.ABC):
@@ -117,8 +141,11 @@ class Bounder(Configurable, abc.ABC):
         """Bound every spec row of every sample over the threat set.
 
         Args:
-            model: a (nested) ``nn.Sequential`` of supported layers returning logits; never
-                moved, re-moded or modified.
+            model: a classifier returning logits: a (nested) ``nn.Sequential`` of supported
+                layers, or, for bounders that handle graphs (IBP, CROWN), any module torch.fx
+                traces into registered ops (residual adds, concatenations, sigmoid, tanh,
+                max pooling, ...; see :mod:`advrobust.network.graph`). Never moved, re-moded
+                or modified.
             x: clean inputs (N, ...) inside the threat's box.
             y: labels (N,) int64 (used for the default margin spec).
             threat: the set ``S(x)``.
@@ -137,14 +164,18 @@ class Bounder(Configurable, abc.ABC):
         with eval_mode(model, who=name):
             clean = check_batch(model, x, y, threat, who=name)
             spec = _check_spec(spec, y, clean)
-            network = from_module(model, tuple(x.shape[1:]))
+            graph_ok = type(self)._bound_graph is not Bounder._bound_graph
+            network = verifiable_ir(model, tuple(x.shape[1:]), name, graph_ok)
             x = x.detach()
             with torch.no_grad():
                 _check_ir(network, model, x, clean)
             gate = WitnessGate(model)
-            network = from_module(gate.model, tuple(x.shape[1:]))
+            network = verifiable_ir(gate.model, tuple(x.shape[1:]), name, graph_ok)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
-            out = self._bound(network, x.to(BOUND_DTYPE), threat, spec64)
+            if isinstance(network, Graph):
+                out = self._bound_graph(network, x.to(BOUND_DTYPE), threat, spec64)
+            else:
+                out = self._bound(network, x.to(BOUND_DTYPE), threat, spec64)
             lower = out.lower.detach().to(BOUND_DTYPE).nan_to_num(nan=-torch.inf)
             upper, witness, values = self._evaluate(gate, x, threat, spec64, out.candidates)
         verdict = decide_verdicts(lower, values, upper=upper, who=name)
@@ -174,6 +205,14 @@ class Bounder(Configurable, abc.ABC):
         best = values.amin(dim=2).argmin(dim=1)
         idx = torch.arange(x.shape[0], device=x.device)
         return upper, points[idx, best], values[idx, best]
+
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        """Like :meth:`_bound` on the graph IR (residual / concat / sigmoid ... networks).
+
+        Bounders that override it accept any module :func:`build_graph` accepts; the others
+        accept chains only (their error names the node they cannot handle).
+        """
+        raise NotImplementedError  # pragma: no cover - guarded by Bounder.bound
 
     @abc.abstractmethod
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:

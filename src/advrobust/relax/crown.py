@@ -23,6 +23,7 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import MemoryLimitError
+from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.network.ops import AffineOp, LinearOp, _ConvLike
 from advrobust.network.relu import ReLUOp
@@ -349,3 +350,13 @@ class CROWN(Bounder):
                 return Bounds(crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
                                           rounding=True))
         return Bounds(_optimize_alphas(network, x, threat, spec, bounds, self.steps, self.lr))
+
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower, optimize_slopes
+
+        with torch.no_grad():
+            bounds = graph_crown_bounds(graph, x, threat, rounding=True)
+            if not self.alpha:
+                return Bounds(graph_crown_lower(graph, x, threat, spec.C, spec.d,
+                                                bounds=bounds, rounding=True))
+        return Bounds(optimize_slopes(graph, x, threat, spec, bounds, self.steps, self.lr))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
+from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.network.ops import AffineOp
 from advrobust.relax._rounding import (
@@ -119,4 +120,11 @@ class IBP(Bounder):
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
         bounds = interval_layer_bounds(network, *threat.input_bounds(x), rounding=True)
         lower, _ = spec_interval(network, bounds, spec.C, rounding=True)
+        return Bounds(add_offset(lower, spec.d))
+
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        from advrobust.relax.dag import graph_interval_bounds, graph_spec_interval
+
+        bounds = graph_interval_bounds(graph, *threat.input_bounds(x), rounding=True)
+        lower, _ = graph_spec_interval(graph, bounds, spec.C, rounding=True)
         return Bounds(add_offset(lower, spec.d))

@@ -10,6 +10,7 @@ least as tight as CROWN (CROWN's bound is one feasible point of the LP's dual).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -18,8 +19,9 @@ from torch import Tensor
 from advrobust.core._validation import check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
+from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
-from advrobust.relax._encoding import check_linear_norm, encode_sample, row_cost
+from advrobust.relax._encoding import Encoding, check_linear_norm, encode_sample, row_cost
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
 from advrobust.solvers.highs import HighsSolver
@@ -52,12 +54,30 @@ class LPRelaxation(Bounder):
             bounds = crown_layer_bounds(network, x, threat, rounding=True)
             crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
                                 rounding=True)
+        return self._solve(crown, x, spec, lambda s: encode_sample(
+            network, bounds, s, integer=False, threat=threat, x0=x))
+
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        from advrobust.relax._graph_encoding import encode_graph_sample
+        from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower
+
+        check_linear_norm(threat, "LPRelaxation")
+        with torch.no_grad():
+            bounds = graph_crown_bounds(graph, x, threat, rounding=True)
+            crown = graph_crown_lower(graph, x, threat, spec.C, spec.d, bounds=bounds,
+                                      rounding=True)
+        return self._solve(crown, x, spec, lambda s: encode_graph_sample(
+            graph, bounds, s, integer=False, threat=threat, x0=x))
+
+    def _solve(self, crown: Tensor, x: Tensor, spec: Spec,
+               encode: Callable[[int], Encoding]) -> Bounds:
+        """One LP per sample (built by ``encode``), one objective per spec row."""
         n, k = crown.shape
         lp = torch.full((n, k), -math.inf, dtype=torch.float64)
         cand = x.unsqueeze(1).repeat_interleave(k, 1).clone()
         statuses: list[list[str]] = []
         for s in range(n):
-            enc = encode_sample(network, bounds, s, integer=False, threat=threat, x0=x)
+            enc = encode(s)
             solver = HighsSolver(enc.program, time_limit=self.time_limit, threads=self.threads)
             row_status = []
             for j in range(k):

@@ -1,0 +1,283 @@
+"""IBP and CROWN over the graph IR (a DAG of registered ops); a chain is the special case.
+
+Interval bounds run forward in topological order. CROWN's backward pass runs in reverse
+topological order and accumulates the coefficients of a node with several consumers (a residual
+branch point) before passing them on (Zhang et al. 2018; Xu et al. 2020, "Automatic perturbation
+analysis for scalable certified robustness and beyond"). Every step asks the node's op only:
+``backward`` for its relaxation, ``rounding`` for its floating-point allowance; the sum of two
+consumers' coefficients adds its own allowance. The passes are sound in floating point exactly
+as the chain passes (:mod:`advrobust.relax._rounding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from advrobust.core.spec import Spec
+from advrobust.core.threat import LpBall, Norm
+from advrobust.network.graph.base import abs_dot, gamma_of
+from advrobust.network.graph.graph import Graph
+from advrobust.relax._rounding import input_gamma
+
+__all__ = ["GraphBounds", "graph_backward", "graph_crown_bounds", "graph_crown_lower",
+           "graph_interval_bounds", "graph_spec_interval", "optimize_slopes"]
+
+#: Bounds of every node's output: ``len(graph)`` pairs of (N, *shape) tensors.
+GraphBounds = list[tuple[Tensor, Tensor]]
+
+_MAX_ELEMENTS = 1 << 24  # elements of one coefficient tensor before rows are chunked
+
+
+def _mag(bound: tuple[Tensor, Tensor]) -> Tensor:
+    return torch.maximum(bound[0].abs(), bound[1].abs())
+
+
+def graph_interval_bounds(graph: Graph, lower: Tensor, upper: Tensor, *,
+                          rounding: bool = False) -> GraphBounds:
+    """Interval bounds of every node (node 0: the input box).
+
+    Args:
+        graph: the IR.
+        lower, upper: (N, *input_shape) elementwise input bounds.
+        rounding: widen every interval by its op's rounding allowance (what verifiers do).
+    """
+    bounds: GraphBounds = [(lower, upper)]
+    for node in graph.nodes[1:]:
+        assert node.op is not None
+        ins = [bounds[j] for j in node.inputs]
+        bounds.append(node.op.sound_interval(*ins) if rounding else node.op.interval(*ins))
+    return bounds
+
+
+def graph_backward(graph: Graph, start: int, a: Tensor, bounds: GraphBounds, *,
+                   slopes: Mapping[int, Tensor] | None = None, rounding: bool = False
+                   ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Carry coefficients ``a`` (N or 1, K, *shape of node ``start``) back to the input.
+
+    Returns:
+        ``(a_in, const, err)`` with ``<a, node_start> >= <a_in, x> + const - err`` on the box
+        ``bounds[0]``; ``err`` (N, K) is the rounding allowance (None unless ``rounding``).
+    """
+    acc: dict[int, Tensor] = {start: a}
+    const = a.new_zeros(a.shape[:2])
+    err: Tensor | None = None
+
+    def charge(e: Tensor | None) -> None:
+        nonlocal err
+        if e is not None:
+            err = e if err is None else err + e
+
+    for i in range(start, 0, -1):
+        ai = acc.pop(i, None)
+        if ai is None:
+            continue
+        node = graph.nodes[i]
+        assert node.op is not None
+        ins = [bounds[j] for j in node.inputs]
+        if rounding:
+            charge(node.op.rounding(ai, *ins))
+        outs, c = node.op.backward(ai, *ins, slopes=None if slopes is None else slopes.get(i))
+        const = const + c
+        for j, aj in zip(node.inputs, outs, strict=True):
+            if aj is None:
+                continue
+            if j in acc:
+                if rounding:  # the sum of two consumers' coefficients is rounded
+                    s = _mag(bounds[j])
+                    charge(gamma_of(1, aj.dtype) * (abs_dot(acc[j], s) + abs_dot(aj, s)))
+                acc[j] = acc[j] + aj
+            else:
+                acc[j] = aj
+    a_in = acc.get(0)
+    if a_in is None:
+        a_in = a.new_zeros(a.shape[:2] + graph.input_shape)
+    if rounding and err is None:
+        err = a.new_zeros(a.shape[:2])
+    return a_in, const, err
+
+
+def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
+                err: Tensor | None) -> Tensor:
+    from advrobust.relax.crown import _concretize as concretize
+
+    return concretize(threat, x0, a, const, err)
+
+
+def _interval_is_exact(graph: Graph, index: int, threat: LpBall) -> bool:
+    """Interval bounds of node ``index`` are exact: a box (linf) through single-input linear
+    ops of which at most one mixes coordinates."""
+    if threat.norm is not Norm.LINF:
+        return False
+    seen, todo, mixing = set(), [index], 0
+    while todo:
+        i = todo.pop()
+        if i == 0 or i in seen:
+            continue
+        seen.add(i)
+        op = graph.nodes[i].op
+        assert op is not None
+        if op.nonlinear or len(graph.nodes[i].inputs) != 1:
+            return False
+        mixing += op.terms > 1
+        todo.extend(graph.nodes[i].inputs)
+    return mixing <= 1
+
+
+def _refine_mask(graph: Graph, index: int, lo: Tensor, hi: Tensor) -> Tensor | None:
+    mask = None
+    for c in graph.consumers[index]:
+        op = graph.nodes[c].op
+        assert op is not None
+        m = op.refine_mask(lo, hi) if op.nonlinear else None
+        if m is not None:
+            mask = m if mask is None else mask | m
+    return mask
+
+
+def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
+            rounding: bool) -> tuple[Tensor, Tensor]:
+    """CROWN bounds of node ``index`` on the neurons its nonlinear consumers need,
+    intersected with the interval bounds."""
+    lo, hi = bounds[index]
+    mask = _refine_mask(graph, index, lo, hi)
+    if mask is None or _interval_is_exact(graph, index, threat):
+        return lo, hi
+    idx = mask.flatten(1).any(0).nonzero().flatten()
+    if idx.numel() == 0:
+        return lo, hi
+    n, shape = x0.shape[0], tuple(lo.shape[1:])
+    widest = max(b[0][0].numel() for b in bounds[:index + 1])
+    chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
+    lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
+    for part in idx.split(chunk):
+        k = part.numel()
+        rows = lo.new_zeros(k, lo_f.shape[1])
+        rows[torch.arange(k, device=lo.device), part] = 1.0
+        rows = rows.reshape((1, k) + shape)
+        a = torch.cat([rows, -rows], dim=1)
+        a_in, const, err = graph_backward(graph, index, a, bounds, rounding=rounding)
+        val = _concretize(threat, x0, a_in, const, err)
+        lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :k])
+        hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, k:])
+    return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+
+
+def graph_crown_bounds(graph: Graph, x0: Tensor, threat: LpBall, *,
+                       intermediate: str = "crown", rounding: bool = False) -> GraphBounds:
+    """Bounds of every node; nodes that feed a nonlinear op get CROWN bounds (intersected with
+    their interval bounds) unless ``intermediate="ibp"``."""
+    lower, upper = threat.input_bounds(x0)
+    if intermediate == "ibp":
+        return graph_interval_bounds(graph, lower, upper, rounding=rounding)
+    if intermediate != "crown":
+        raise ValueError(f"'intermediate' must be 'crown' or 'ibp'. Got {intermediate!r}.")
+    bounds: GraphBounds = [(lower, upper)]
+    for i, node in enumerate(graph.nodes[1:], start=1):
+        assert node.op is not None
+        ins = [bounds[j] for j in node.inputs]
+        bounds.append(node.op.sound_interval(*ins) if rounding else node.op.interval(*ins))
+        if graph.needs_bounds(i):
+            bounds[i] = _refine(graph, x0, threat, bounds, i, rounding)
+    return bounds
+
+
+def graph_crown_lower(graph: Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                      d: Tensor | None = None, *, bounds: GraphBounds | None = None,
+                      slopes: Mapping[int, Tensor] | None = None, intermediate: str = "crown",
+                      rounding: bool = False) -> Tensor:
+    """CROWN lower bounds (N, K) of ``C f(x) + d`` over the threat set around ``x0``.
+
+    Args:
+        graph: the IR.
+        x0: (N, *input_shape) centres.
+        threat: the set.
+        c: (N, K, num_outputs) spec rows; d: optional (N, K) offsets.
+        bounds: precomputed node bounds (else computed with ``intermediate``).
+        slopes: optional optimisable slopes per node index (alpha-CROWN).
+        rounding: subtract the rounding allowances (sound in floating point).
+    """
+    from advrobust.relax._rounding import add_offset
+
+    if bounds is None:
+        bounds = graph_crown_bounds(graph, x0, threat, intermediate=intermediate,
+                                    rounding=rounding)
+    a = c.to(x0.dtype).reshape(c.shape[:2] + graph.output_shape)
+    a_in, const, err = graph_backward(graph, graph.output, a, bounds, slopes=slopes,
+                                      rounding=rounding)
+    lower = _concretize(threat, x0, a_in, const, err)
+    if d is None:
+        return lower
+    return add_offset(lower, d) if rounding else lower + d.to(lower.dtype)
+
+
+def graph_spec_interval(graph: Graph, bounds: GraphBounds, c: Tensor, *,
+                        rounding: bool = False) -> tuple[Tensor, Tensor]:
+    """Interval of ``C f`` with ``C`` folded into the output node's op when it is linear.
+
+    Returns:
+        (N, K) lower and upper bounds.
+    """
+    out = graph.nodes[graph.output]
+    a = c.to(bounds[0][0].dtype).reshape(c.shape[:2] + graph.output_shape)
+    if out.op is not None and not out.op.nonlinear:
+        ins = [bounds[j] for j in out.inputs]
+        coeffs, const = out.op.backward(a, *ins)
+        err = out.op.rounding(a, *ins) if rounding else None
+        pairs = [(cj, bounds[j]) for j, cj in zip(out.inputs, coeffs, strict=True)
+                 if cj is not None]
+    else:
+        const, err, pairs = a.new_zeros(a.shape[:2]), None, [(a, bounds[graph.output])]
+    centre, spread = const, torch.zeros_like(const)
+    for cj, (lo, hi) in pairs:
+        af = cj.flatten(2)
+        mid = ((hi + lo) / 2).flatten(1).unsqueeze(2)
+        rad = ((hi - lo) / 2).flatten(1).unsqueeze(2)
+        centre = centre + torch.matmul(af, mid).squeeze(2)
+        spread = spread + torch.matmul(af.abs(), rad).squeeze(2)
+        if rounding:
+            e = input_gamma(af.shape[2] + len(pairs), lo.dtype) * abs_dot(cj, _mag((lo, hi)))
+            err = e if err is None else err + e
+    if rounding:
+        e = input_gamma(len(pairs) + 1, const.dtype) * const.abs()
+        err = e if err is None else err + e
+        spread = spread + err
+    return centre - spread, centre + spread
+
+
+def optimize_slopes(graph: Graph, x0: Tensor, threat: LpBall, spec: Spec, bounds: GraphBounds,
+                    steps: int, lr: float) -> Tensor:
+    """alpha-CROWN on the final bound: Adam on every optimisable slope (ReLU, LeakyReLU lower
+    lines); the best bound per row over the steps is kept (each step's bound is sound)."""
+    c = spec.C.to(x0.dtype)
+    slopes: dict[int, Tensor] = {}
+    for i, node in enumerate(graph.nodes[1:], start=1):
+        assert node.op is not None
+        if node.op.nonlinear and len(node.inputs) == 1:
+            init = node.op.init_slopes(*bounds[node.inputs[0]], c.shape[1])
+            if init is not None:
+                slopes[i] = init.requires_grad_(True)
+
+    def bound(with_slopes: bool) -> Tensor:
+        return graph_crown_lower(graph, x0, threat, c, spec.d, bounds=bounds, rounding=True,
+                                 slopes=slopes if with_slopes else None)
+
+    with torch.no_grad():
+        best = bound(False)
+    if not slopes:
+        return best
+    opt = torch.optim.Adam(list(slopes.values()), lr=lr)
+    for _ in range(steps):
+        with torch.enable_grad():
+            lower = bound(True)
+            opt.zero_grad()
+            (-lower.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for i, v in slopes.items():
+                graph.nodes[i].op.clamp_slopes(v, *bounds[graph.nodes[i].inputs[0]])  # type: ignore[union-attr]
+        best = torch.maximum(best, lower.detach())
+    with torch.no_grad():
+        return torch.maximum(best, bound(True))
