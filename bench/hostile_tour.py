@@ -2,7 +2,7 @@
 
 Run by hand (not by pytest), in a scratch folder it creates:
 
-    PYTHONPATH=src python bench/hostile_tour.py --out /tmp/tour [--jobs 2]
+    PYTHONPATH=src python bench/hostile_tour.py --out runs/tour [--jobs 2]
 
 Each case runs ``python -m advrobust ...`` in a subprocess and is classified:
 

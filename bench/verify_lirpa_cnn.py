@@ -1,6 +1,6 @@
 """CROWN on convolutional networks: advrobust against auto_LiRPA 0.7.x, side by side (issue 10).
 
-auto_LiRPA lives in a side environment, never in the project (see /work/shared/peers/README.md):
+auto_LiRPA lives in a side environment, never in the project (see ../shared/peers/README.md):
 a venv made with ``--system-site-packages`` (it reuses this machine's torch) and auto_LiRPA
 installed ``--no-deps`` from its GitHub snapshot. Run by hand from the repository root::
 

@@ -69,10 +69,12 @@ class SShapedOp(LineRelaxedOp):
     terms = 16
 
     def f(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The function itself (elementwise)."""
+        raise NotImplementedError(f"{type(self).__name__} must define f()")
 
     def df(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Its derivative (elementwise)."""
+        raise NotImplementedError(f"{type(self).__name__} must define df()")
 
     def mirror(self, x: Tensor) -> Tensor:
         """``g(x) = -f(-x)``."""
