@@ -78,7 +78,7 @@ def _layer_tensor(network: Network, j: int, kind: str, bounds: LayerBounds,
     if kind == "op_mag":
         return op_gamma(network.ops[j], dtype) * mags[j]
     if kind in ("relu_mag", "relu_op_mag"):
-        out = relu_gamma(dtype) * relu_magnitude(*bounds[j])
+        out = relu_gamma(dtype, bounds[j][0][0].numel()) * relu_magnitude(*bounds[j])
         if kind == "relu_op_mag":
             out = out + op_gamma(network.ops[j - 1], dtype) * mags[j - 1]
         return out

@@ -37,14 +37,19 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 
 def _terms(op: Op) -> int:
-    """Products summed per output value of ``op`` (an upper bound)."""
+    """Products summed per rounded value of ``op`` in any pass (an upper bound).
+
+    The forward dot products sum the fan-in; back-substitution's transposed products sum the
+    fan-out (at most ``out_size`` for a dense layer, at most the kernel's size for a
+    convolution); the bias term ``<a, b>`` sums ``out_size`` products.
+    """
     if isinstance(op, FlattenOp):
         return 0
     if isinstance(op, LinearOp):
-        return op.in_size
+        return max(op.in_size, op.out_size)
     if isinstance(op, _ConvLike):
-        return int(op.kernel()[0].numel())
-    return 1
+        return max(int(op.kernel()[0].numel()), op.out_size)
+    return max(1, op.out_size)
 
 
 def op_gamma(op: Op, dtype: torch.dtype) -> float:
@@ -54,9 +59,10 @@ def op_gamma(op: Op, dtype: torch.dtype) -> float:
     return SAFETY * unit_roundoff(dtype) * (_terms(op) + 4)
 
 
-def relu_gamma(dtype: torch.dtype) -> float:
-    """Relative allowance of one ReLU relaxation step (slopes, intercepts, products)."""
-    return SAFETY * unit_roundoff(dtype) * 8
+def relu_gamma(dtype: torch.dtype, size: int) -> float:
+    """Relative allowance of one ReLU relaxation step over ``size`` neurons (slopes, products,
+    and the intercepts' dot product, a sum of ``size`` terms)."""
+    return SAFETY * unit_roundoff(dtype) * (size + 8)
 
 
 def relu_magnitude(lo: Tensor, hi: Tensor) -> Tensor:

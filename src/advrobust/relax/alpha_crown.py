@@ -128,11 +128,12 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         if isinstance(op, ReLUOp):
             if record is not None:
                 record[j] = a
-            err = err + relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(lo, hi))
+            err = err + relu_gamma(a.dtype, lo[0].numel()) * abs_dot(a, relu_magnitude(lo, hi))
             a, c = op.backward(a, lo, hi, None if alphas is None else alphas.get(j))
             if betas is not None and j in betas:
                 a = a - betas[j]
-                err = err + relu_gamma(a.dtype) * abs_dot(a, torch.maximum(lo.abs(), hi.abs()))
+                err = err + relu_gamma(a.dtype, lo[0].numel()) * abs_dot(
+                    a, torch.maximum(lo.abs(), hi.abs()))
         else:
             assert isinstance(op, AffineOp)
             if op_gamma(op, a.dtype) > 0:

@@ -87,7 +87,7 @@ def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         if isinstance(op, ReLUOp):
             if rounding:
                 lo, hi = bounds[j]
-                step = relu_gamma(a.dtype) * abs_dot(a, relu_magnitude(lo, hi))
+                step = relu_gamma(a.dtype, lo[0].numel()) * abs_dot(a, relu_magnitude(lo, hi))
                 err = step if err is None else err + step
             a, c = op.backward(a, *bounds[j], None if alphas is None else alphas.get(j))
         else:

@@ -129,7 +129,9 @@ class GraphOp:
     def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
         """(N, K) allowance of one :meth:`backward` step with coefficients ``a``."""
         mag = self.magnitude(*bounds)
-        return None if mag is None else self.gamma(a.dtype) * abs_dot(a, mag)
+        # a backward step also sums its constant's dot product over the op's outputs
+        return None if mag is None else \
+            gamma_of(max(self.terms, self.out_size), a.dtype) * abs_dot(a, mag)
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         """Bool (N, *in_shape): input neurons whose bounds shape the relaxation (None: none)."""

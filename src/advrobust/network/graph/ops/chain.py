@@ -44,7 +44,8 @@ class AffineAdapter(GraphOp):
     def __init__(self, op: AffineOp, terms: int) -> None:
         super().__init__([op.in_shape], op.out_shape, op.name)
         self.op = op
-        self.terms = terms
+        # back-substitution also sums the fan-out and the bias term <a, b> (out_size products)
+        self.terms = max(terms, self.out_size)
 
     def forward(self, *xs: Tensor) -> Tensor:
         return self.op.forward(xs[0])
@@ -94,7 +95,8 @@ class ReLUAdapter(GraphOp):
         lo, hi = bounds[0]
         unstable = (lo < 0) & (hi > 0)
         mag = torch.where(unstable, torch.maximum(lo.abs(), hi.abs()), torch.zeros_like(lo))
-        return SAFETY * (torch.finfo(a.dtype).eps / 2) * 8 * abs_dot(a, mag)
+        # slopes, products and the intercepts' dot product (a sum over the layer's neurons)
+        return SAFETY * (torch.finfo(a.dtype).eps / 2) * (lo[0].numel() + 8) * abs_dot(a, mag)
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return (lo < 0) & (hi > 0)

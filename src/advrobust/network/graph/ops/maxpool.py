@@ -90,7 +90,7 @@ class MaxPoolOp(GraphOp):
     def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
         lo, hi = bounds[0]
         s = self.forward(torch.maximum(lo.abs(), hi.abs()))
-        return gamma_of(self.terms, a.dtype) * abs_dot(a, s)
+        return gamma_of(max(self.terms, self.out_size), a.dtype) * abs_dot(a, s)
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return hi > lo
