@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,10 @@ from advrobust.network.ops import (
     bn_scale_shift,
 )
 from advrobust.network.relu import ReLUOp
+
+if TYPE_CHECKING:
+    from advrobust.network.graph.base import GraphOp
+    from advrobust.network.graph.graph import Graph
 
 __all__ = ["Network", "from_module"]
 
@@ -53,6 +58,26 @@ class Network:
             assert op.in_shape == shape, f"{op}: expected input shape {shape}"
             shape = op.out_shape
         self.output_shape = shape
+        self._graph: Graph | None = None
+
+    @property
+    def graph(self) -> Graph:
+        """The same network as a chain :class:`~advrobust.network.graph.Graph` of registered
+        ops (node ``i + 1`` carries ``ops[i]``, so ``bounds[i]`` is the input of ``ops[i]`` in
+        both views): every bound pass and encoding asks these graph ops, never the op types."""
+        if self._graph is None:
+            from advrobust.network.graph.graph import Graph, Node
+
+            nodes = [Node(None, (), self.input_shape, "input")]
+            for i, op in enumerate(self.ops):
+                nodes.append(Node(op.to_graph_op(), (i,), op.out_shape, op.name))
+            self._graph = Graph(nodes, len(self.ops), module=self.module)
+        return self._graph
+
+    @property
+    def graph_ops(self) -> list[GraphOp]:
+        """The graph op of every op, in order (``graph_ops[i]`` carries ``ops[i]``)."""
+        return self.graph.ops()
 
     @property
     def num_outputs(self) -> int:
@@ -62,7 +87,7 @@ class Network:
     @property
     def relu_indices(self) -> list[int]:
         """Positions of the ReLU ops."""
-        return [i for i, op in enumerate(self.ops) if isinstance(op, ReLUOp)]
+        return [i for i, op in enumerate(self.graph_ops) if op.nonlinear]
 
     def forward(self, x: Tensor) -> Tensor:
         """Run the ops on a batch (N, *input_shape) -> (N, *output_shape)."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from advrobust.network.graph.base import GraphOp
     from advrobust.solvers.program import Program
 
 __all__ = [
@@ -78,6 +79,11 @@ class Op:
         """Elementwise output bounds from elementwise input bounds."""
         raise NotImplementedError(f"{type(self).__name__} does not implement interval()")
 
+    def to_graph_op(self) -> GraphOp:
+        """The registered graph op that carries this op (every bound pass, interval pass and
+        LP / MILP encoding of a :class:`~advrobust.network.ir.Network` goes through it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement to_graph_op()")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}: {self.in_shape} -> {self.out_shape})"
 
@@ -110,6 +116,21 @@ class AffineOp(Op):
         mid = self.forward((hi + lo) / 2)
         rad = self.abs_linear((hi - lo) / 2)
         return mid - rad, mid + rad
+
+    @property
+    def fan_in(self) -> int:
+        """Products summed per output value of the forward map."""
+        return self.in_size
+
+    def to_graph_op(self) -> GraphOp:
+        from advrobust.network.graph.ops.chain import AffineAdapter
+
+        return AffineAdapter(self, terms=self.fan_in)
+
+    def rows(self, part: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        """Rows ``part`` (k,) of ``W`` (k, in_size) and of ``b`` (k,) when they are at hand
+        without materialising ``W`` (dense layers), else None."""
+        return None
 
     def bias_term(self, a: Tensor) -> Tensor:
         """``<a, b>`` per row: (N, K, *out_shape) -> (N, K)."""
@@ -174,6 +195,11 @@ class FlattenOp(AffineOp):
                ) -> np.ndarray:
         return x
 
+    def to_graph_op(self) -> GraphOp:
+        from advrobust.network.graph.ops.reshape import ReshapeOp
+
+        return ReshapeOp([self.in_shape], self.out_shape, self.name)
+
 
 class LinearOp(AffineOp):
     """``nn.Linear``, optionally followed by a folded ``nn.BatchNorm1d``."""
@@ -208,6 +234,10 @@ class LinearOp(AffineOp):
         w, b = self.weight_bias()
         return w, (w.new_zeros(w.shape[0]) if b is None else b)
 
+    def rows(self, part: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        w, b = self.weight_bias()
+        return w[part], None if b is None else b[part]
+
     def _dtype(self) -> torch.dtype:
         return self.module.weight.dtype
 
@@ -223,6 +253,10 @@ class _ConvLike(AffineOp):
     def kernel(self) -> Tensor:
         """The (folded) convolution weight (C_out, C_in / groups, kh, kw)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement kernel()")
+
+    @property
+    def fan_in(self) -> int:
+        return int(self.kernel()[0].numel())
 
     def linear(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.kernel(), None, self.stride, self.padding, self.dilation,
@@ -329,6 +363,10 @@ class ChannelAffineOp(AffineOp):
         view = (self.in_shape[0],) + (1,) * (len(self.in_shape) - 1)
         return (scale.reshape(-1).expand(self.in_shape[0]).reshape(view),
                 shift.reshape(-1).expand(self.in_shape[0]).reshape(view))
+
+    @property
+    def fan_in(self) -> int:
+        return 1
 
     def linear(self, x: Tensor) -> Tensor:
         return x * self.scale_shift()[0]

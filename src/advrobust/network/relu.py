@@ -18,6 +18,7 @@ from torch import Tensor
 from advrobust.network.ops import Op
 
 if TYPE_CHECKING:
+    from advrobust.network.graph.base import GraphOp
     from advrobust.solvers.program import Program
 
 __all__ = ["ReLUOp", "ReluRelaxation"]
@@ -41,6 +42,11 @@ class ReLUOp(Op):
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         return lo.clamp_min(0), hi.clamp_min(0)
+
+    def to_graph_op(self) -> GraphOp:
+        from advrobust.network.graph.ops.chain import ReLUAdapter
+
+        return ReLUAdapter(self)
 
     @staticmethod
     def relaxation(lo: Tensor, hi: Tensor, alpha: Tensor | None = None) -> ReluRelaxation:

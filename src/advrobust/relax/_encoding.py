@@ -9,8 +9,8 @@ from torch import Tensor
 
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidThreatModelError
+from advrobust.network.graph.graph import Graph, as_graph
 from advrobust.network.ir import Network
-from advrobust.network.relu import ReLUOp
 from advrobust.relax.ibp import LayerBounds
 from advrobust.solvers.program import Program
 
@@ -55,35 +55,44 @@ def add_l1_ball(program: Program, x: np.ndarray, x0: np.ndarray, eps: float) -> 
     return t
 
 
-def encode_sample(network: Network, bounds: LayerBounds, index: int, integer: bool,
-                  threat: LpBall | None = None, x0: Tensor | None = None) -> Encoding:
-    """Encode ``network`` on sample ``index`` of ``bounds``.
+def encode_sample(network: Network | Graph, bounds: LayerBounds, index: int, integer: bool,
+                  threat: LpBall | None = None, x0: Tensor | None = None, *,
+                  upto: int | None = None) -> Encoding:
+    """Encode ``network`` on sample ``index`` of ``bounds``: every node's registered op adds
+    its own rows (``encode``), chains and graphs alike.
 
     Args:
-        network: the IR.
-        bounds: layer bounds (N, ...) from CROWN / IBP; the input box is ``bounds[0]``.
+        network: the IR (a chain :class:`Network` or a :class:`Graph`).
+        bounds: node bounds (N, ...) from CROWN / IBP (``bounds[i]``: the output of node ``i``,
+            the input of ``network.ops[i]`` on a chain); the input box is ``bounds[0]``.
         index: the sample.
-        integer: binary ReLU phases (MILP) or continuous ones (LP, the triangle relaxation).
+        integer: exact MILP encodings where the op has one (ReLU: binary phases) or the LP
+            relaxation (ReLU: the triangle).
         threat, x0: for an l1 threat, the ball constraint is added around ``x0[index]``.
+        upto: encode the nodes up to this one only and return its columns as the outputs
+            (default: the graph's output node).
 
     Returns:
         The program and the columns of the input and output units.
+
+    Raises:
+        UnsupportedLayerError: an op without an encoding (named with its node).
     """
+    graph = as_graph(network)
+    last = graph.output if upto is None else upto
     program = Program()
     lo, hi = bounds[0]
     x = program.add_vars(_np(lo[index]), _np(hi[index]))
     if threat is not None and threat.norm is Norm.L1:
         assert x0 is not None
         add_l1_ball(program, x, _np(x0[index]), threat.eps)
-    cols = x
-    for i, op in enumerate(network.ops):
-        if isinstance(op, ReLUOp):
-            cols = op.encode(program, cols, _np(bounds[i][0][index]), _np(bounds[i][1][index]),
-                             integer)
-        else:
-            cols = op.encode(program, cols, _np(bounds[i + 1][0][index]),  # type: ignore[attr-defined]
-                             _np(bounds[i + 1][1][index]))
-    return Encoding(program, x, cols)
+    cols: list[np.ndarray] = [x]
+    for i, node in enumerate(graph.nodes[1:last + 1], start=1):
+        assert node.op is not None
+        ins = [(_np(bounds[j][0][index]), _np(bounds[j][1][index])) for j in node.inputs]
+        out = (_np(bounds[i][0][index]), _np(bounds[i][1][index]))
+        cols.append(node.op.encode(program, [cols[j] for j in node.inputs], ins, out, integer))
+    return Encoding(program, x, cols[last])
 
 
 def row_cost(encoding: Encoding, c: Tensor) -> np.ndarray:

@@ -34,7 +34,7 @@ from advrobust.network.graph import Graph, build_graph
 from advrobust.network.ir import Network, from_module
 from advrobust.relax.witness import WitnessGate
 
-__all__ = ["Bounder", "Bounds", "as_network", "default_spec", "verifiable_ir"]
+__all__ = ["Bounder", "Bounds", "as_ir", "as_network", "default_spec", "verifiable_ir"]
 
 
 @dataclass
@@ -57,6 +57,15 @@ def as_network(model: Network | nn.Module, input_shape: Sequence[int]) -> Networ
     if isinstance(model, Network):
         return model
     return from_module(model, tuple(input_shape))
+
+
+def as_ir(model: Network | Graph | nn.Module, input_shape: Sequence[int]) -> Network | Graph:
+    """``model`` itself if it is an IR, else the chain :class:`Network` of a Sequential or the
+    :class:`Graph` of any module torch.fx traces into registered ops (chain-shaped graphs
+    become chains). Used by the differentiable entry points (certified training)."""
+    if isinstance(model, (Network, Graph)):
+        return model
+    return verifiable_ir(model, tuple(input_shape), "bound propagation", graph_ok=True)
 
 
 def default_spec(y: Tensor, num_classes: int) -> Spec:

@@ -23,21 +23,14 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import MemoryLimitError
-from advrobust.network.graph import Graph
+from advrobust.network.graph import Graph, GraphOp
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp, LinearOp, _ConvLike
-from advrobust.network.relu import ReLUOp
 from advrobust.relax._patch_crown import patch_elements as _patch_elements
 from advrobust.relax._patch_crown import patch_pass
 from advrobust.relax._rounding import (
     abs_dot,
     add_offset,
     input_gamma,
-    magnitude,
-    op_gamma,
-    relu_gamma,
-    relu_magnitude,
-    sound_interval,
 )
 from advrobust.relax.base import Bounder, Bounds, as_network
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
@@ -73,39 +66,45 @@ def backsubstitute(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
 
 def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
               alphas: Mapping[int, Tensor] | None, rounding: bool,
-              mags: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+              allowances: dict[int, Allowance] | None = None
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
     """:func:`backsubstitute`, plus the rounding allowance of the pass when ``rounding``.
 
-    The allowance (N, K) bounds what floating point can lose in every step: ``gamma`` of the
-    step times ``<|a|, magnitude of the step's terms>`` (see :mod:`advrobust.relax._rounding`).
-    ``mags`` memoises the affine ops' magnitudes across calls on the same ``bounds``.
+    Every step is the graph op's own (``backward``, ``rounding_terms``): the allowance (N, K)
+    bounds what floating point can lose in every step, ``gamma`` of the step times
+    ``<|a|, magnitude of the step's terms>`` (see :mod:`advrobust.relax._rounding`).
+    ``allowances`` memoises the ops' ``(gamma, magnitude)`` across calls on the same ``bounds``.
     """
+    ops = network.graph_ops
     const = a.new_zeros(a.shape[:2])
     err = None
     for j in reversed(range(stop)):
-        op = network.ops[j]
-        if isinstance(op, ReLUOp):
-            if rounding:
-                lo, hi = bounds[j]
-                step = relu_gamma(a.dtype, lo[0].numel()) * abs_dot(a, relu_magnitude(lo, hi))
+        op = ops[j]
+        if rounding:
+            parts = _allowance(op, j, bounds, a.dtype, allowances)
+            if parts is not None:
+                step = parts[0] * abs_dot(a, parts[1])
                 err = step if err is None else err + step
-            a, c = op.backward(a, *bounds[j], None if alphas is None else alphas.get(j))
-        else:
-            assert isinstance(op, AffineOp)
-            if rounding and op_gamma(op, a.dtype) > 0:
-                mag = mags.get(j) if mags is not None else None
-                if mag is None:
-                    mag = magnitude(op, *bounds[j])
-                    if mags is not None:
-                        mags[j] = mag
-                step = op_gamma(op, a.dtype) * abs_dot(a, mag)
-                err = step if err is None else err + step
-            c = op.bias_term(a)
-            a = op.backward(a)
+        outs, c = op.backward(a, bounds[j], slopes=None if alphas is None else alphas.get(j))
+        a = outs[0]  # type: ignore[assignment]  # a chain op's one input has coefficients
         const = const + c
     if rounding and err is None:
         err = a.new_zeros(a.shape[:2]).detach()
     return a, const, err
+
+
+#: ``(gamma, magnitude)`` of one op's back-substitution step, or None if it is exact.
+Allowance = tuple[float, Tensor] | None
+
+
+def _allowance(op: GraphOp, j: int, bounds: LayerBounds, dtype: torch.dtype,
+               cache: dict[int, Allowance] | None) -> Allowance:
+    if cache is not None and j in cache:
+        return cache[j]
+    parts = op.rounding_terms(dtype, bounds[j])
+    if cache is not None:
+        cache[j] = parts
+    return parts
 
 
 def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
@@ -123,13 +122,13 @@ def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
 
 def _interval_is_exact(network: Network, threat: LpBall, index: int) -> bool:
     """True if interval bounds of op ``index``'s input are already the exact range: a box
-    (linf) through at most one affine map that mixes coordinates and no ReLU."""
+    (linf) through at most one op that mixes coordinates and no nonlinear op."""
     if threat.norm is not Norm.LINF:
         return False
-    before = network.ops[:index]
-    if any(isinstance(op, ReLUOp) for op in before):
+    before = network.graph_ops[:index]
+    if any(op.nonlinear for op in before):
         return False
-    return sum(isinstance(op, (LinearOp, _ConvLike)) for op in before) <= 1
+    return sum(op.mixes for op in before) <= 1
 
 
 def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...],
@@ -137,21 +136,20 @@ def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...
     """Coefficients of ``+z_part`` and ``-z_part`` (z: the input of op ``index``), as
     ``(a, const, stop)`` with ``<a, input of op stop> + const``.
 
-    After a linear layer the rows are its weight rows (one product skipped, exactly); else
-    one-hot rows on ``part`` only (no identity matrix of the layer's size).
+    When the op before has its rows at hand (a dense layer) the rows are its weight rows (one
+    product skipped, exactly); else one-hot rows on ``part`` only (no identity matrix of the
+    layer's size).
     """
     k = part.numel()
-    prev = network.ops[index - 1] if index > 0 else None
-    if isinstance(prev, LinearOp):
-        w, b = prev.weight_bias()
-        wp = w[part].to(like)
-        bp = like.new_zeros(k) if b is None else b[part].to(like)
-        a = torch.cat([wp, -wp]).reshape((1, 2 * k) + prev.in_shape)
-        return a, torch.cat([bp, -bp]).unsqueeze(0), index - 1
-    rows = like.new_zeros(k, math.prod(shape))
-    rows[torch.arange(k, device=like.device), part] = 1.0
-    rows = rows.reshape((1, k) + shape)
-    return torch.cat([rows, -rows], dim=1), like.new_zeros(1, 2 * k), index
+    rows = network.graph_ops[index - 1].output_rows(part, like) if index > 0 else None
+    if rows is not None:
+        wp, bp = rows
+        return (torch.cat([wp, -wp]).unsqueeze(0), torch.cat([bp, -bp]).unsqueeze(0),
+                index - 1)
+    unit = like.new_zeros(k, math.prod(shape))
+    unit[torch.arange(k, device=like.device), part] = 1.0
+    unit = unit.reshape((1, k) + shape)
+    return torch.cat([unit, -unit], dim=1), like.new_zeros(1, 2 * k), index
 
 
 def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) -> int:
@@ -167,11 +165,12 @@ def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) 
 
 def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, index: int,
                 channels: Tensor, positions: Tensor, rounding: bool, mags: dict[int, Tensor],
-                cache: dict[tuple[int, str], Tensor]) -> Tensor:
+                cache: dict[tuple[int, str], Tensor],
+                allowances: dict[int, Allowance] | None = None) -> Tensor:
     """:func:`~advrobust.relax._patch_crown.patch_pass` with the dense back-substitution."""
 
     def dense(a: Tensor, stop: int, const: Tensor, err: Tensor) -> Tensor:
-        a, c, e = _backward(network, a, stop, bounds, None, rounding, mags)
+        a, c, e = _backward(network, a, stop, bounds, None, rounding, allowances)
         return _concretize(threat, x0, a, const + c, err + e if e is not None else None)
 
     return patch_pass(network, x0, threat, bounds, index, channels, positions, rounding, mags,
@@ -180,21 +179,25 @@ def _patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBound
 
 def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
             index: int, rounding: bool = False, mags: dict[int, Tensor] | None = None,
-            memory_limit: int | None = None) -> tuple[Tensor, Tensor]:
+            memory_limit: int | None = None,
+            allowances: dict[int, Allowance] | None = None) -> tuple[Tensor, Tensor]:
     """CROWN bounds of the input of op ``index``, intersected with its interval bounds
-    (widened by the rounding allowance when ``rounding``).
+    (widened by the rounding allowance when ``rounding``), on the neurons whose bounds the
+    relaxation of op ``index`` depends on (its ``refine_mask``: a ReLU's unstable ones).
 
     After a convolution the rows are carried back as patches; rows are chunked so that a
     chunk's estimated working set fits ``memory_limit`` bytes (default :data:`MEMORY_BUDGET`);
     :class:`~advrobust.errors.MemoryLimitError` if a single neuron does not fit a stated limit.
     """
     lo, hi = bounds[index]
-    if _interval_is_exact(network, threat, index):
+    mask = network.graph_ops[index].refine_mask(lo, hi)
+    if mask is None or _interval_is_exact(network, threat, index):
         return lo, hi
     n = x0.shape[0]
     mags = {} if mags is None else mags
+    allowances = {} if allowances is None else allowances
     lo_f, hi_f = lo.flatten(1), hi.flatten(1)
-    idx = ((lo_f < 0) & (hi_f > 0)).any(0).nonzero().flatten()
+    idx = mask.flatten(1).any(0).nonzero().flatten()
     if idx.numel() == 0:
         return lo, hi
     itemsize = lo.element_size()
@@ -203,7 +206,7 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
     lo_f, hi_f = lo_f.clone(), hi_f.clone()
     if per_query is not None:
         cache: dict[tuple[int, str], Tensor] = {}
-        unstable = ((lo < 0) & (hi > 0)).any(0).flatten(1)  # (C, H * W)
+        unstable = mask.any(0).flatten(1)  # (C, H * W)
         per_row = 2 * per_query * itemsize * _WORKSET_PATCH
         ch_chunk = _chunk(per_row, unstable.shape[0], memory_limit, where)
         width = int(unstable.any(1).sum())
@@ -213,7 +216,7 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
             want = unstable[:, positions]
             for channels in want.any(1).nonzero().flatten().split(ch_chunk):
                 val = _patch_pass(network, x0, threat, bounds, index, channels, positions,
-                                  rounding, mags, cache)
+                                  rounding, mags, cache, allowances)
                 keep = want[channels]
                 flat = (channels.unsqueeze(1) * unstable.shape[1] + positions)[keep]
                 lo_f[:, flat] = torch.maximum(lo_f[:, flat], val[:, 0][:, keep])
@@ -223,7 +226,7 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
     chunk = _chunk(2 * n * widest * itemsize * _WORKSET_DENSE, idx.numel(), memory_limit, where)
     for part in idx.split(chunk):
         rows, start, stop = _unit_rows(network, index, part, tuple(lo.shape[1:]), lo)
-        a, const, err = _backward(network, rows, stop, bounds, None, rounding, mags)
+        a, const, err = _backward(network, rows, stop, bounds, None, rounding, allowances)
         val = _concretize(threat, x0, a, const + start, err)
         lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :part.numel()])
         hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, part.numel():])
@@ -258,10 +261,12 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
         raise ValueError(f"'intermediate' must be 'crown' or 'ibp'. Got {intermediate!r}.")
     bounds = [threat.input_bounds(x0)]
     mags: dict[int, Tensor] = {}
-    for i, op in enumerate(network.ops):
-        if isinstance(op, ReLUOp):
-            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags, memory_limit)
-        bounds.append(sound_interval(op, *bounds[i]) if rounding else op.interval(*bounds[i]))
+    allowances: dict[int, Allowance] = {}
+    for i, op in enumerate(network.graph_ops):
+        if op.nonlinear:
+            bounds[i] = _refine(network, x0, threat, bounds, i, rounding, mags, memory_limit,
+                                allowances)
+        bounds.append(op.sound_interval(bounds[i]) if rounding else op.interval(bounds[i]))
     return bounds
 
 
@@ -305,10 +310,11 @@ def _optimize_alphas(network: Network, x0: Tensor, threat: LpBall, spec: Spec,
     """alpha-CROWN on the last layer: Adam on the lower slopes; best bound per row is kept."""
     c = spec.C.to(x0.dtype)
     alphas: dict[int, Tensor] = {}
+    ops = network.graph_ops
     for j in network.relu_indices:
-        lo, hi = bounds[j]
-        init = (hi > -lo).to(lo.dtype).unsqueeze(1).expand((-1, c.shape[1]) + lo.shape[1:])
-        alphas[j] = init.clone().requires_grad_(True)
+        init = ops[j].init_slopes(*bounds[j], c.shape[1])
+        if init is not None:
+            alphas[j] = init.requires_grad_(True)
     best = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, rounding=True).detach()
     opt = torch.optim.Adam(list(alphas.values()), lr=lr)
     for _ in range(steps):
@@ -319,8 +325,8 @@ def _optimize_alphas(network: Network, x0: Tensor, threat: LpBall, spec: Spec,
             (-lower.sum()).backward()
         opt.step()
         with torch.no_grad():
-            for v in alphas.values():
-                v.clamp_(0, 1)
+            for j, v in alphas.items():
+                ops[j].clamp_slopes(v, *bounds[j])
         best = torch.maximum(best, lower.detach())
     with torch.no_grad():
         last = crown_lower(network, x0, threat, c, spec.d, bounds=bounds, alphas=alphas,

@@ -1,29 +1,24 @@
 """Interval bound propagation (Gowal et al. 2018, "On the effectiveness of interval bound
 propagation for training verifiably robust models").
 
+Chains and graphs take the same pass (:mod:`advrobust.relax.dag`): every node asks its
+registered op for its interval and its rounding allowance.
+
 The passes are plain differentiable tensor code over the live parameters of the network, so
 certified training (IBP, CROWN-IBP) back-propagates through them.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.network.graph import Graph
+from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp
-from advrobust.relax._rounding import (
-    abs_dot,
-    add_offset,
-    input_gamma,
-    magnitude,
-    op_gamma,
-    sound_interval,
-)
-from advrobust.relax.base import Bounder, Bounds, as_network
+from advrobust.relax._rounding import add_offset
+from advrobust.relax.base import Bounder, Bounds, as_ir
 
 __all__ = ["IBP", "LayerBounds", "interval_bounds", "interval_layer_bounds", "spec_interval"]
 
@@ -32,12 +27,12 @@ __all__ = ["IBP", "LayerBounds", "interval_bounds", "interval_layer_bounds", "sp
 LayerBounds = list[tuple[Tensor, Tensor]]
 
 
-def interval_layer_bounds(network: Network, lower: Tensor, upper: Tensor, *,
+def interval_layer_bounds(network: Network | Graph, lower: Tensor, upper: Tensor, *,
                           rounding: bool = False) -> LayerBounds:
     """Interval bounds of every op's input and of the output.
 
     Args:
-        network: the IR.
+        network: the IR (a chain :class:`Network`, or a :class:`Graph`: then one pair per node).
         lower, upper: (N, *input_shape) elementwise input bounds.
         rounding: widen every interval by its rounding allowance (sound in floating point,
             see :mod:`advrobust.relax._rounding`); off for certified training.
@@ -45,67 +40,51 @@ def interval_layer_bounds(network: Network, lower: Tensor, upper: Tensor, *,
     Returns:
         ``len(network.ops) + 1`` pairs ``(lo, hi)``; the last pair bounds the outputs.
     """
-    bounds = [(lower, upper)]
-    for op in network.ops:
-        bounds.append(sound_interval(op, *bounds[-1]) if rounding else op.interval(*bounds[-1]))
-    return bounds
+    from advrobust.relax.dag import graph_interval_bounds
+
+    return graph_interval_bounds(as_graph(network), lower, upper, rounding=rounding)
 
 
-def spec_interval(network: Network, bounds: LayerBounds, c: Tensor, *,
+def spec_interval(network: Network | Graph, bounds: LayerBounds, c: Tensor, *,
                   rounding: bool = False) -> tuple[Tensor, Tensor]:
-    """Interval of ``C f`` with ``C`` folded into the last affine op (tighter than ``C [l, u]``).
+    """Interval of ``C f`` with ``C`` folded into the last op when it is linear (tighter than
+    ``C [l, u]``).
 
     Args:
         network: the IR.
-        bounds: layer bounds (only the input bounds of the last op are used).
+        bounds: layer bounds (only those of the last op's inputs are used).
         c: (N, K, num_outputs) spec rows.
         rounding: widen the result by its rounding allowance.
 
     Returns:
         (N, K) lower and upper bounds of ``C f``.
     """
-    last = network.ops[-1] if network.ops else None
-    lo, hi = bounds[-2] if isinstance(last, AffineOp) else bounds[-1]
-    c = c.to(lo.dtype)
-    const = lo.new_zeros(c.shape[:2])
-    err = lo.new_zeros(c.shape[:2])
-    if isinstance(last, AffineOp):
-        if rounding:
-            err = op_gamma(last, lo.dtype) * abs_dot(c, magnitude(last, *bounds[-2]))
-        const = last.bias_term(c)
-        c = last.backward(c)
-    a = c.flatten(2)
-    mid = ((hi + lo) / 2).flatten(1).unsqueeze(2)
-    rad = ((hi - lo) / 2).flatten(1).unsqueeze(2)
-    centre = torch.bmm(a, mid).squeeze(2) + const
-    spread = torch.bmm(a.abs(), rad).squeeze(2)
-    if rounding:
-        size = a.shape[2]
-        err = err + input_gamma(size, lo.dtype) * abs_dot(
-            c, torch.maximum(lo.abs(), hi.abs())) + input_gamma(size, lo.dtype) * const.abs()
-        spread = spread + err
-    return centre - spread, centre + spread
+    from advrobust.relax.dag import graph_spec_interval
+
+    return graph_spec_interval(as_graph(network), bounds, c, rounding=rounding)
 
 
-def interval_bounds(network: Network | nn.Module, lower: Tensor, upper: Tensor,
+def interval_bounds(network: Network | Graph | nn.Module, lower: Tensor, upper: Tensor,
                     c: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Differentiable interval bounds of the outputs, or of the spec rows ``C f``.
 
     Use it for IBP certified training: the result depends on the live weights through autograd.
 
     Args:
-        network: a :class:`Network` or a supported ``nn.Sequential`` (converted on the fly).
+        network: a :class:`Network`, a :class:`Graph`, or a module (a supported
+            ``nn.Sequential``, or any module torch.fx traces into registered ops: residual
+            networks, concatenations, sigmoid / tanh ...), converted on the fly.
         lower, upper: (N, *input_shape) elementwise input bounds.
-        c: optional (N, K, num_outputs) spec rows, folded into the last affine layer.
+        c: optional (N, K, num_outputs) spec rows, folded into the last linear op.
 
     Returns:
         ``(lo, hi)``: (N, num_outputs) without ``c``, else (N, K).
     """
-    net = as_network(network, lower.shape[1:])
-    bounds = interval_layer_bounds(net, lower, upper)
+    graph = as_graph(as_ir(network, lower.shape[1:]))
+    bounds = interval_layer_bounds(graph, lower, upper)
     if c is None:
-        return bounds[-1]
-    return spec_interval(net, bounds, c)
+        return bounds[graph.output]
+    return spec_interval(graph, bounds, c)
 
 
 class IBP(Bounder):
@@ -118,13 +97,9 @@ class IBP(Bounder):
         pass
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        bounds = interval_layer_bounds(network, *threat.input_bounds(x), rounding=True)
-        lower, _ = spec_interval(network, bounds, spec.C, rounding=True)
-        return Bounds(add_offset(lower, spec.d))
+        return self._bound_graph(network.graph, x, threat, spec)
 
     def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        from advrobust.relax.dag import graph_interval_bounds, graph_spec_interval
-
-        bounds = graph_interval_bounds(graph, *threat.input_bounds(x), rounding=True)
-        lower, _ = graph_spec_interval(graph, bounds, spec.C, rounding=True)
+        bounds = interval_layer_bounds(graph, *threat.input_bounds(x), rounding=True)
+        lower, _ = spec_interval(graph, bounds, spec.C, rounding=True)
         return Bounds(add_offset(lower, spec.d))

@@ -58,7 +58,6 @@ class LPRelaxation(Bounder):
             network, bounds, s, integer=False, threat=threat, x0=x))
 
     def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        from advrobust.relax._graph_encoding import encode_graph_sample
         from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower
 
         check_linear_norm(threat, "LPRelaxation")
@@ -66,7 +65,7 @@ class LPRelaxation(Bounder):
             bounds = graph_crown_bounds(graph, x, threat, rounding=True)
             crown = graph_crown_lower(graph, x, threat, spec.C, spec.d, bounds=bounds,
                                       rounding=True)
-        return self._solve(crown, x, spec, lambda s: encode_graph_sample(
+        return self._solve(crown, x, spec, lambda s: encode_sample(
             graph, bounds, s, integer=False, threat=threat, x0=x))
 
     def _solve(self, crown: Tensor, x: Tensor, spec: Spec,

@@ -84,6 +84,9 @@ class GraphOp:
     terms: int = 1
     #: True for ops whose relaxation is not exact (the bound passes refine their inputs).
     nonlinear: bool = False
+    #: True if :meth:`encode` with ``integer=True`` is exact (a MILP of the op, not a
+    #: relaxation): every linear op, and the piecewise-linear ops that encode their phases.
+    milp_exact: bool = True
 
     def __init__(self, in_shapes: Sequence[tuple[int, ...]], out_shape: tuple[int, ...],
                  name: str) -> None:
@@ -126,12 +129,32 @@ class GraphOp:
         """Coefficients per data input and the constant (N or 1, K) of a lower relaxation."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
 
-    def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
-        """(N, K) allowance of one :meth:`backward` step with coefficients ``a``."""
+    @property
+    def mixes(self) -> bool:
+        """True if an output value depends on more than one input value (interval bounds of
+        a box through one such op and no other are exact; through two they are not)."""
+        return self.terms > 1
+
+    def rounding_terms(self, dtype: torch.dtype, *bounds: Bound) -> tuple[float, Tensor] | None:
+        """``(gamma, magnitude)`` of one :meth:`backward` step: its allowance for coefficients
+        ``a`` is ``gamma * <|a|, magnitude>`` (magnitude (N, *out_shape)); None if exact.
+
+        Drivers that back-substitute many row blocks through the same bounds cache this."""
         mag = self.magnitude(*bounds)
         # a backward step also sums its constant's dot product over the op's outputs
-        return None if mag is None else \
-            gamma_of(max(self.terms, self.out_size), a.dtype) * abs_dot(a, mag)
+        return None if mag is None else (gamma_of(max(self.terms, self.out_size), dtype), mag)
+
+    def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
+        """(N, K) allowance of one :meth:`backward` step with coefficients ``a``."""
+        parts = self.rounding_terms(a.dtype, *bounds)
+        return None if parts is None else parts[0] * abs_dot(a, parts[1])
+
+    def output_rows(self, part: Tensor, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The op's outputs ``part`` (k,) (flat indices) as affine functions of its input:
+        coefficients (k, *in_shape) and constants (k,) in ``like``'s dtype, or None when the
+        op is not a single-input linear map that has them at hand (drivers then start from
+        unit rows on the output)."""
+        return None
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         """Bool (N, *in_shape): input neurons whose bounds shape the relaxation (None: none)."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
 from advrobust.errors import UnsupportedLayerError
 from advrobust.network.graph.base import GraphOp
 
-__all__ = ["Graph", "Node"]
+__all__ = ["Graph", "Node", "as_graph"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,9 @@ class Graph:
         inner = ",\n  ".join(f"{i}: {n.name} {type(n.op).__name__ if n.op else 'Input'}"
                              f"{list(n.inputs)} -> {n.shape}" for i, n in enumerate(self.nodes))
         return f"Graph(output={self.output}, nodes=[\n  {inner}\n])"
+
+
+def as_graph(ir: Graph | Any) -> Graph:
+    """``ir`` itself if it is a :class:`Graph`, else its ``graph`` view (a chain
+    :class:`~advrobust.network.ir.Network` carries one)."""
+    return ir if isinstance(ir, Graph) else ir.graph

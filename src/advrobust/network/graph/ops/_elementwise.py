@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from advrobust.network.graph.base import Bound, GraphOp, NpBound, abs_dot
+from advrobust.network.graph.base import Bound, GraphOp, NpBound
 
 __all__ = ["Lines", "LineRelaxedOp"]
 
@@ -29,6 +29,7 @@ class LineRelaxedOp(GraphOp):
     """An elementwise op with a two-line relaxation; subclasses give :meth:`lines`."""
 
     nonlinear = True
+    milp_exact = False  # the lines are a relaxation under ``integer`` too
 
     def __init__(self, shape: tuple[int, ...], name: str) -> None:
         super().__init__([shape], shape, name)
@@ -46,13 +47,14 @@ class LineRelaxedOp(GraphOp):
         const = (pos * bl + neg * bu).flatten(2).sum(-1)
         return [out], const
 
-    def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
+    def rounding_terms(self, dtype: torch.dtype, *bounds: Bound) -> tuple[float, Tensor] | None:
         lo, hi = bounds[0]
         s = torch.maximum(lo.abs(), hi.abs())
         kl, bl, ku, bu = self.lines(lo, hi, None)
         mag = torch.maximum(kl.abs() * s + bl.abs(), ku.abs() * s + bu.abs()) + s
-        tiny = torch.finfo(a.dtype).tiny
-        return self.gamma_lines(a.dtype) * abs_dot(a, mag) + tiny * abs_dot(a, torch.ones_like(s))
+        gamma = self.gamma_lines(dtype)
+        # the smallest normal per coefficient: a nonzero allowance even where mag is 0
+        return gamma, mag + torch.finfo(dtype).tiny / gamma
 
     def gamma_lines(self, dtype: torch.dtype) -> float:
         """Relative allowance of one line evaluation."""

@@ -22,7 +22,6 @@ from advrobust.network.graph.base import (
     Call,
     GraphOp,
     NpBound,
-    abs_dot,
     register,
 )
 from advrobust.network.ops import (
@@ -44,8 +43,13 @@ class AffineAdapter(GraphOp):
     def __init__(self, op: AffineOp, terms: int) -> None:
         super().__init__([op.in_shape], op.out_shape, op.name)
         self.op = op
+        self.fan_in = terms
         # back-substitution also sums the fan-out and the bias term <a, b> (out_size products)
         self.terms = max(terms, self.out_size)
+
+    @property
+    def mixes(self) -> bool:
+        return self.fan_in > 1
 
     def forward(self, *xs: Tensor) -> Tensor:
         return self.op.forward(xs[0])
@@ -63,6 +67,14 @@ class AffineAdapter(GraphOp):
                  ) -> tuple[list[Tensor | None], Tensor]:
         return [self.op.backward(a)], self.op.bias_term(a)
 
+    def output_rows(self, part: Tensor, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        rows = self.op.rows(part)
+        if rows is None:
+            return None
+        w, b = rows
+        w = w.to(like).reshape((part.numel(),) + self.in_shapes[0])
+        return w, like.new_zeros(part.numel()) if b is None else b.to(like)
+
     def encode(self, program: Any, cols: list[np.ndarray], ins: list[NpBound], out: NpBound,
                integer: bool) -> np.ndarray:
         return self.op.encode(program, cols[0], out[0], out[1])
@@ -72,7 +84,8 @@ class AffineAdapter(GraphOp):
 
 
 class ReLUAdapter(GraphOp):
-    """:class:`~advrobust.network.relu.ReLUOp` (the triangle relaxation) as a graph op."""
+    """:class:`~advrobust.network.relu.ReLUOp` (the triangle relaxation) as a graph op; its
+    MILP encoding (big-M with one binary per unstable neuron) is exact."""
 
     nonlinear = True
 
@@ -91,12 +104,13 @@ class ReLUAdapter(GraphOp):
         out, const = self.op.backward(a, *bounds[0], slopes)
         return [out], const
 
-    def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
+    def rounding_terms(self, dtype: torch.dtype, *bounds: Bound) -> tuple[float, Tensor] | None:
         lo, hi = bounds[0]
         unstable = (lo < 0) & (hi > 0)
+        # stable neurons: slopes exactly 0 or 1, intercepts 0 (no rounding)
         mag = torch.where(unstable, torch.maximum(lo.abs(), hi.abs()), torch.zeros_like(lo))
         # slopes, products and the intercepts' dot product (a sum over the layer's neurons)
-        return SAFETY * (torch.finfo(a.dtype).eps / 2) * (lo[0].numel() + 8) * abs_dot(a, mag)
+        return SAFETY * (torch.finfo(dtype).eps / 2) * (lo[0].numel() + 8), mag
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return (lo < 0) & (hi > 0)

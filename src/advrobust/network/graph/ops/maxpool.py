@@ -21,7 +21,6 @@ from advrobust.network.graph.base import (
     Call,
     GraphOp,
     NpBound,
-    abs_dot,
     gamma_of,
     register,
 )
@@ -33,6 +32,7 @@ class MaxPoolOp(GraphOp):
     """``nn.MaxPool2d`` on (C, H, W) inputs (no ceil_mode)."""
 
     nonlinear = True
+    milp_exact = False  # the encoding is a relaxation under ``integer`` too
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...],
                  kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -87,10 +87,10 @@ class MaxPoolOp(GraphOp):
         out.scatter_add_(3, idx.unsqueeze(1).expand_as(to_x), to_x)
         return [out.reshape((n, k) + self.in_shapes[0])], const
 
-    def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
+    def rounding_terms(self, dtype: torch.dtype, *bounds: Bound) -> tuple[float, Tensor] | None:
         lo, hi = bounds[0]
         s = self.forward(torch.maximum(lo.abs(), hi.abs()))
-        return gamma_of(max(self.terms, self.out_size), a.dtype) * abs_dot(a, s)
+        return gamma_of(max(self.terms, self.out_size), dtype), s
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return hi > lo
