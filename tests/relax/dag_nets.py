@@ -14,12 +14,12 @@ class RandomDag(nn.Module):
     of two activated branches (activations drawn from :data:`ACTS`)."""
 
     def __init__(self, seed: int, d: int = 5, width: int = 6, blocks: int = 2,
-                 classes: int = 3) -> None:
+                 classes: int = 3, acts: tuple = ACTS) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
 
         def pick() -> nn.Module:
-            return ACTS[int(torch.randint(len(ACTS), (1,), generator=gen))]()  # type: ignore[operator]
+            return acts[int(torch.randint(len(acts), (1,), generator=gen))]()  # type: ignore[no-any-return]
 
         self.inp = nn.Linear(d, width)
         self.kinds = [int(torch.randint(3, (1,), generator=gen)) for _ in range(blocks)]

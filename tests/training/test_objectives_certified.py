@@ -10,7 +10,7 @@ import torch
 from objectives_helpers import digits, one_thread, own_loss_drop, small_mlp, train  # noqa: F401
 from torch import nn
 
-from advrobust.core import LpBall
+from advrobust.core import LpBall, Spec
 from advrobust.errors import InvalidParameterError, TrainingDivergedError, UnsupportedLayerError
 from advrobust.relax import CROWN, IBP
 from advrobust.training import fit
@@ -87,7 +87,7 @@ def test_ibp_training_certifies_what_standard_training_does_not() -> None:
 
 @pytest.mark.parametrize("cls", [IBPTraining, CROWNIBP])
 def test_unsupported_layer_fails_before_training(cls: type) -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Tanh(), nn.Linear(10, 10))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.GELU(), nn.Linear(10, 10))
     calls = []
 
     class Spy(cls):  # type: ignore[misc, valid-type]
@@ -95,7 +95,7 @@ def test_unsupported_layer_fails_before_training(cls: type) -> None:
             calls.append(1)
             return super().__call__(*args)
 
-    with pytest.raises(UnsupportedLayerError, match="Tanh"):
+    with pytest.raises(UnsupportedLayerError, match="GELU"):
         fit(model, digits("train"), objective=Spy(threat=THREAT), epochs=1, progress=False)
     assert not calls
 
@@ -155,3 +155,46 @@ def test_describe_objective_is_primitive_and_round_trips_the_parameters() -> Non
     assert described["type"] == "CROWNIBP"
     assert described["params"]["threat"] == {"norm": "linf", "eps": 0.2, "lo": 0.0, "hi": 1.0}
     assert described["params"]["schedule"]["params"]["ramp"] == 0.3
+
+
+class _ResidualMLP(nn.Module):
+    """64-32-(residual block of 32)-10: not a Sequential, so the bound passes take the graph IR."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp, self.block, self.out = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x.flatten(1)))
+        return self.out(h + torch.relu(self.block(h)))
+
+
+@pytest.mark.parametrize("cls", [IBPTraining, CROWNIBP])
+def test_certified_training_runs_on_a_residual_network(cls: type) -> None:
+    model = _ResidualMLP()
+    data = digits("train")
+    x, y = data.x[:64], data.y[:64]
+    objective = cls(threat=SMALL, schedule=EpsSchedule(ramp=0.0),
+                    kappa_schedule=Ramp(start=0.0, end=0.0))
+    loss = objective(model, x, y, 1.0)
+    loss.backward()
+    # the bound reaches every weight, the residual branch included
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
+    # it is the verifiers' bound (float64 with rounding allowances there, float32 here)
+    ir = objective._ir(model, tuple(x.shape[1:]))
+    spec_lower = objective._lower(ir, x[:8], Spec.margins(y[:8], 10), SMALL, 1.0).detach()
+    bounder = IBP() if cls is IBPTraining else CROWN()
+    verified = bounder(model.double().eval(), x[:8].double(), y[:8], SMALL).lower
+    model.float().train()
+    if cls is IBPTraining:  # the same interval pass
+        torch.testing.assert_close(spec_lower.double(), verified, atol=1e-4, rtol=1e-4)
+    else:  # CROWN-IBP's intermediate bounds are IBP's: never tighter than CROWN's
+        assert bool((spec_lower.double() <= verified + 1e-4).all())
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = float(loss.detach())
+    for _ in range(20):
+        opt.zero_grad()
+        objective(model, x, y, 1.0).backward()
+        opt.step()
+    assert float(objective(model, x, y, 1.0).detach()) < 0.8 * before

@@ -5,6 +5,11 @@ programming": every unstable ReLU gets one binary and the big-M rows built from 
 pre-activation bounds (here from CROWN, optionally tightened by LPs); stable ReLUs need none.
 One program per sample, solved per spec row; rows CROWN already proves are
 skipped; a solve stops at the first incumbent below zero (a counterexample).
+
+Chains and graphs (residual additions, concatenations, ...) share one code path: every node's
+registered op adds its own rows. Ops without an exact MILP encoding (sigmoid, tanh, max
+pooling, LeakyReLU) enter through their LP relaxation, with a warning: the result is then a
+sound lower bound, not the exact minimum (``stats["exact"]`` says which).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
+from advrobust.network.graph import Graph
+from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
-from advrobust.network.relu import ReLUOp
 from advrobust.relax._encoding import Encoding, check_linear_norm, encode_sample, row_cost
-from advrobust.relax._rounding import sound_interval
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
+from advrobust.relax.dag import refine_mask
 from advrobust.relax.ibp import LayerBounds
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import Solution, SolveStatus
@@ -46,33 +52,45 @@ class _SampleRun:
     rows: list[dict[str, object]] = field(default_factory=list)
 
 
-def lp_tighten_bounds(network: Network, bounds: LayerBounds, index: int, threat: LpBall,
-                      x0: Tensor, threads: int = 1) -> LayerBounds:
-    """Tighten the pre-activation bounds of every unstable ReLU of one sample by LPs.
+def lp_tighten_bounds(network: Network | Graph, bounds: LayerBounds, index: int,
+                      threat: LpBall, x0: Tensor, threads: int = 1) -> LayerBounds:
+    """Tighten the bounds of every node that feeds a nonlinear op, for one sample, by LPs.
 
-    Layer by layer, each unstable neuron's bounds are the min / max of its pre-activation over
-    the triangle relaxation of the earlier layers (Salman et al. 2019's LP-all). Returns new
-    layer bounds for sample ``index`` only (batch of one).
+    Node by node in topological order, each node's bounds are the interval of its op over the
+    (already tightened) bounds of its inputs, intersected with the given ones; where a
+    nonlinear consumer depends on them (a ReLU's unstable neurons), they become the min / max
+    of the node over the LP relaxation of the nodes before it (Salman et al. 2019's LP-all).
+    Returns new node bounds for sample ``index`` only (batch of one).
     """
-    bounds = [(lo[index:index + 1].clone(), hi[index:index + 1].clone()) for lo, hi in bounds]
-    for i, op in enumerate(network.ops):
-        if isinstance(op, ReLUOp):
-            prefix = Network(network.ops[:i], network.input_shape)
-            enc = encode_sample(prefix, bounds[:i + 1], 0, integer=False, threat=threat,
-                                x0=x0[index:index + 1])
-            solver = HighsSolver(enc.program, threads=threads)
-            lo, hi = bounds[i][0].flatten(), bounds[i][1].flatten()
-            for j in ((lo < 0) & (hi > 0)).nonzero().flatten().tolist():
-                cost = np.zeros(enc.program.num_vars)
-                cost[enc.outputs[j]] = 1.0
-                low, high = solver.minimize(cost), solver.minimize(-cost)
-                if low.status is SolveStatus.OPTIMAL:
-                    lo[j] = max(float(lo[j]), low.bound)
-                if high.status is SolveStatus.OPTIMAL:
-                    hi[j] = min(float(hi[j]), -high.bound)
-            bounds[i] = (lo.reshape(bounds[i][0].shape), hi.reshape(bounds[i][1].shape))
-        bounds[i + 1] = sound_interval(op, *bounds[i])
-    return bounds
+    graph = as_graph(network)
+    given = [(lo[index:index + 1], hi[index:index + 1]) for lo, hi in bounds]
+    new: LayerBounds = [given[0]]
+    for i, node in enumerate(graph.nodes[1:], start=1):
+        assert node.op is not None
+        lo, hi = node.op.sound_interval(*(new[j] for j in node.inputs))
+        lo, hi = torch.maximum(lo, given[i][0]), torch.minimum(hi, given[i][1])
+        new.append((lo, hi))
+        mask = refine_mask(graph, i, lo, hi) if graph.needs_bounds(i) else None
+        if mask is not None and bool(mask.any()):
+            new[i] = _lp_bounds(graph, new, i, mask, threat, x0[index:index + 1], threads)
+    return new
+
+
+def _lp_bounds(graph: Graph, bounds: LayerBounds, i: int, mask: Tensor, threat: LpBall,
+               x0: Tensor, threads: int) -> tuple[Tensor, Tensor]:
+    """Node ``i``'s bounds (batch of one), its ``mask`` neurons tightened by LPs."""
+    enc = encode_sample(graph, bounds, 0, integer=False, threat=threat, x0=x0, upto=i)
+    solver = HighsSolver(enc.program, threads=threads)
+    lo, hi = bounds[i][0].flatten().clone(), bounds[i][1].flatten().clone()
+    for j in mask.flatten().nonzero().flatten().tolist():
+        cost = np.zeros(enc.program.num_vars)
+        cost[enc.outputs[j]] = 1.0
+        low, high = solver.minimize(cost), solver.minimize(-cost)
+        if low.status is SolveStatus.OPTIMAL:  # the solver's gate: a safe dual bound
+            lo[j] = max(float(lo[j]), low.bound)
+        if high.status is SolveStatus.OPTIMAL:
+            hi[j] = min(float(hi[j]), -high.bound)
+    return lo.reshape(bounds[i][0].shape), hi.reshape(bounds[i][1].shape)
 
 
 class MILP(Bounder):
@@ -109,6 +127,29 @@ class MILP(Bounder):
             bounds = crown_layer_bounds(network, x, threat, rounding=True)
             crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
                                 rounding=True)
+        return self._run(network.graph, bounds, crown, x, threat, spec)
+
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower
+
+        check_linear_norm(threat, "MILP")
+        with torch.no_grad():
+            bounds = graph_crown_bounds(graph, x, threat, rounding=True)
+            crown = graph_crown_lower(graph, x, threat, spec.C, spec.d, bounds=bounds,
+                                      rounding=True)
+        return self._run(graph, bounds, crown, x, threat, spec)
+
+    def _run(self, network: Graph, bounds: LayerBounds, crown: Tensor, x: Tensor,
+             threat: LpBall, spec: Spec) -> Bounds:
+        """Solve every sample's program, starting from its node ``bounds`` and ``crown``."""
+        relaxed = [n for n in network.nodes[1:] if n.op is not None and not n.op.milp_exact]
+        if relaxed:
+            warnings.warn(
+                "MILP: " + ", ".join(f"node {n.name} ({type(n.op).__name__})" for n in relaxed)
+                + " has no exact MILP encoding; its LP relaxation is used, so the MILP bounds "
+                "are sound lower bounds but not the exact minima (a sample may stay "
+                "UNKNOWN).", RuntimeWarning, stacklevel=4)
+        with torch.no_grad():
             clean = spec.apply(network.forward(x))
         lower = crown.clone()
         cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
@@ -119,9 +160,10 @@ class MILP(Bounder):
             for j, p in run.points.items():
                 cand[s, j] = p.reshape(x.shape[1:]).to(x)
             samples.append(run.rows)
-        return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples})
+        return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples,
+                                                     "exact": not relaxed})
 
-    def _solve_sample(self, network: Network, bounds: LayerBounds, s: int, threat: LpBall,
+    def _solve_sample(self, network: Graph, bounds: LayerBounds, s: int, threat: LpBall,
                       x: Tensor, spec: Spec, crown: Tensor, clean: Tensor) -> _SampleRun:
         run = _SampleRun(lower=crown.clone())
         todo = [j for j in clean.argsort().tolist()
@@ -172,7 +214,7 @@ class MILP(Bounder):
                          "seconds": sol.seconds})
 
     @staticmethod
-    def _violates(network: Network, enc: Encoding, sol: Solution, spec: Spec, s: int,
+    def _violates(network: Graph, enc: Encoding, sol: Solution, spec: Spec, s: int,
                   j: int) -> bool:
         """True if the solver's input point violates row ``j`` in the IR's own forward."""
         assert sol.x is not None

@@ -32,7 +32,7 @@ from advrobust.relax._rounding import (
     add_offset,
     input_gamma,
 )
-from advrobust.relax.base import Bounder, Bounds, as_network
+from advrobust.relax.base import Bounder, Bounds, as_ir
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
@@ -270,7 +270,7 @@ def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,
     return bounds
 
 
-def crown_lower(network: Network | nn.Module, x0: Tensor, threat: LpBall, c: Tensor,
+def crown_lower(network: Network | Graph | nn.Module, x0: Tensor, threat: LpBall, c: Tensor,
                 d: Tensor | None = None, *, intermediate: str = "crown",
                 bounds: LayerBounds | None = None,
                 alphas: Mapping[int, Tensor] | None = None, rounding: bool = False) -> Tensor:
@@ -280,21 +280,28 @@ def crown_lower(network: Network | nn.Module, x0: Tensor, threat: LpBall, c: Ten
     (CROWN-IBP, Zhang et al. 2020) or ``"crown"``; gradients flow to the weights.
 
     Args:
-        network: a :class:`Network` or a supported ``nn.Sequential``.
+        network: a :class:`Network`, a :class:`Graph`, or a module (a supported
+            ``nn.Sequential``, or any module torch.fx traces into registered ops: residual
+            networks, concatenations, sigmoid / tanh ...).
         x0: (N, *input_shape) centres.
         threat: the set (linf box, or l2 / l1 ball through the dual norm, clipped to the box).
         c: (N, K, num_outputs) spec rows.
         d: optional (N, K) offsets.
         intermediate: how pre-activation bounds are found (``"crown"`` or ``"ibp"``).
-        bounds: precomputed layer bounds (overrides ``intermediate``).
-        alphas: optional lower slopes per ReLU index (alpha-CROWN).
+        bounds: precomputed layer (node) bounds (overrides ``intermediate``).
+        alphas: optional lower slopes per ReLU index (alpha-CROWN; per node index on a graph).
         rounding: subtract the rounding allowance of the pass (and compute the layer bounds
             with it): sound in floating point; what the verifiers do.
 
     Returns:
         (N, K) lower bounds.
     """
-    net = as_network(network, x0.shape[1:])
+    net = as_ir(network, x0.shape[1:])
+    if isinstance(net, Graph):  # the IR's shape, not an op type: DAGs take the graph pass
+        from advrobust.relax.dag import graph_crown_lower
+
+        return graph_crown_lower(net, x0, threat, c, d, bounds=bounds, slopes=alphas,
+                                 intermediate=intermediate, rounding=rounding)
     if bounds is None:
         bounds = crown_layer_bounds(net, x0, threat, intermediate=intermediate,
                                     rounding=rounding)

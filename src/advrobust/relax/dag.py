@@ -23,7 +23,7 @@ from advrobust.network.graph.graph import Graph
 from advrobust.relax._rounding import input_gamma
 
 __all__ = ["GraphBounds", "graph_backward", "graph_crown_bounds", "graph_crown_lower",
-           "graph_interval_bounds", "graph_spec_interval", "optimize_slopes"]
+           "graph_interval_bounds", "graph_spec_interval", "optimize_slopes", "refine_mask"]
 
 #: Bounds of every node's output: ``len(graph)`` pairs of (N, *shape) tensors.
 GraphBounds = list[tuple[Tensor, Tensor]]
@@ -121,12 +121,14 @@ def _interval_is_exact(graph: Graph, index: int, threat: LpBall) -> bool:
         assert op is not None
         if op.nonlinear or len(graph.nodes[i].inputs) != 1:
             return False
-        mixing += op.terms > 1
+        mixing += op.mixes
         todo.extend(graph.nodes[i].inputs)
     return mixing <= 1
 
 
-def _refine_mask(graph: Graph, index: int, lo: Tensor, hi: Tensor) -> Tensor | None:
+def refine_mask(graph: Graph, index: int, lo: Tensor, hi: Tensor) -> Tensor | None:
+    """Bool (N, *shape): node ``index``'s neurons whose bounds its nonlinear consumers'
+    relaxations depend on (None when no consumer is nonlinear)."""
     mask = None
     for c in graph.consumers[index]:
         op = graph.nodes[c].op
@@ -142,7 +144,7 @@ def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index
     """CROWN bounds of node ``index`` on the neurons its nonlinear consumers need,
     intersected with the interval bounds."""
     lo, hi = bounds[index]
-    mask = _refine_mask(graph, index, lo, hi)
+    mask = refine_mask(graph, index, lo, hi)
     if mask is None or _interval_is_exact(graph, index, threat):
         return lo, hi
     idx = mask.flatten(1).any(0).nonzero().flatten()

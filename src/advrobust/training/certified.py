@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidParameterError
-from advrobust.network.ir import Network, from_module
+from advrobust.network.graph import Graph
+from advrobust.network.ir import Network
 from advrobust.training.objective import Objective
 from advrobust.training.ramps import EpsSchedule, Ramp
 
@@ -68,7 +69,7 @@ class _Certified(Objective):
             raise InvalidParameterError(
                 f"The 'kappa_schedule' parameter of {owner} must stay in [0, 1]. Got "
                 f"start={kappa.start!r}, end={kappa.end!r} instead.")
-        self._network: tuple[int, tuple[int, ...], Network] | None = None
+        self._network: tuple[int, tuple[int, ...], Network | Graph] | None = None
 
     def eps_at(self, progress: float) -> float:
         """The training eps at ``progress`` in [0, 1]."""
@@ -82,13 +83,17 @@ class _Certified(Objective):
         """
         self._ir(model, tuple(int(s) for s in input_shape))
 
-    def _ir(self, model: nn.Module, shape: tuple[int, ...]) -> Network:
+    def _ir(self, model: nn.Module, shape: tuple[int, ...]) -> Network | Graph:
+        """The chain IR of a Sequential, else the graph IR of any module torch.fx traces into
+        registered ops (residual networks, concatenations, sigmoid / tanh ...)."""
         cached = self._network
         if cached is None or cached[0] != id(model) or cached[1] != shape:
-            self._network = cached = (id(model), shape, from_module(model, shape))
+            from advrobust.relax.base import as_ir
+
+            self._network = cached = (id(model), shape, as_ir(model, shape))
         return cached[2]
 
-    def _lower(self, network: Network, x: Tensor, spec: Spec, threat: LpBall,
+    def _lower(self, network: Network | Graph, x: Tensor, spec: Spec, threat: LpBall,
                progress: float) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement _lower()")
 
@@ -125,7 +130,7 @@ class IBPTraining(_Certified):
                                else Ramp(start=1.0, end=0.5, warmup=0.0, ramp=0.5))
         self._setup(threat, self.schedule, self.kappa_schedule)
 
-    def _lower(self, network: Network, x: Tensor, spec: Spec, threat: LpBall,
+    def _lower(self, network: Network | Graph, x: Tensor, spec: Spec, threat: LpBall,
                progress: float) -> Tensor:
         from advrobust.relax.ibp import interval_bounds
 
@@ -164,7 +169,7 @@ class CROWNIBP(_Certified):
                 "The 'beta_schedule' parameter of CROWNIBP must stay in [0, 1]. Got "
                 f"start={beta.start!r}, end={beta.end!r} instead.")
 
-    def _lower(self, network: Network, x: Tensor, spec: Spec, threat: LpBall,
+    def _lower(self, network: Network | Graph, x: Tensor, spec: Spec, threat: LpBall,
                progress: float) -> Tensor:
         from advrobust.relax.crown import crown_lower
         from advrobust.relax.ibp import interval_layer_bounds, spec_interval
