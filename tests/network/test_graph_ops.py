@@ -195,3 +195,88 @@ def test_lp_encoding_admits_the_op_at_sampled_points(label: str, make: Callable[
         program.add_rows(np.eye(z.size), z, value, value)
         sol = HighsSolver(program).minimize(np.zeros(program.num_vars), 0.0)
         assert sol.status is SolveStatus.OPTIMAL, (label, trial, sol.backend_status)
+
+
+@pytest.mark.parametrize("label,make,shape,cls", CASES, ids=[c[0] for c in CASES])
+def test_output_rows_and_mixing_agree_with_the_op(label: str, make: Callable[[], nn.Module],
+                                                  shape: tuple[int, ...], cls: type) -> None:
+    """``output_rows`` (when given) is the op's affine map; an op that says it does not mix
+    coordinates has at most one input coefficient per output (its interval is then exact)."""
+    op, shapes = _pick(label, make, shape, cls)
+    gen = torch.Generator().manual_seed(5)
+    x = [torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in shapes]
+    part = torch.arange(op.out_size)
+    like = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        rows = op.output_rows(part, like)
+        if rows is not None:
+            w, b = rows
+            out = torch.einsum("kd,nd->nk", w.flatten(1), x[0].flatten(1)) + b
+            torch.testing.assert_close(out, op.forward(*x).flatten(1))
+        if op.nonlinear or op.mixes:
+            return
+        unit = torch.eye(op.out_size, dtype=torch.float64).reshape((1, op.out_size)
+                                                                   + op.out_shape)
+        coeffs, _ = op.backward(unit, *_boxes(shapes, gen, 1.0))
+    per_output = sum((c[0].flatten(1) != 0).sum(1) for c in coeffs if c is not None)
+    assert bool((per_output <= 1).all()), label
+
+
+@pytest.mark.parametrize("label,make,shape,cls", CASES, ids=[c[0] for c in CASES])
+def test_milp_encoding_is_exact_where_the_op_says_so(label: str, make: Callable[[], nn.Module],
+                                                     shape: tuple[int, ...], cls: type) -> None:
+    """With ``integer=True`` and the inputs fixed at a point, an op with ``milp_exact`` leaves
+    its outputs no freedom: the min and the max of their sum are the op's value."""
+    import numpy as np
+
+    from advrobust.solvers.highs import HighsSolver
+    from advrobust.solvers.program import Program
+
+    op, shapes = _pick(label, make, shape, cls)
+    if not op.milp_exact:
+        return
+    gen = torch.Generator().manual_seed(4)
+    boxes = _boxes(shapes, gen, 2.0)
+    with torch.no_grad():
+        out_lo, out_hi = op.sound_interval(*boxes)
+    for _ in range(2):
+        pts = [_points(b, gen, 1)[0] for b in boxes]
+        value = float(op.forward(*pts).detach()[0].sum())
+        program = Program()
+        cols = [program.add_vars(p[0].reshape(-1).numpy(), p[0].reshape(-1).numpy())
+                for p in pts]
+        ins = [(b[0][0].reshape(-1).numpy(), b[1][0].reshape(-1).numpy()) for b in boxes]
+        z = op.encode(program, cols, ins, (out_lo[0].reshape(-1).numpy(),
+                                           out_hi[0].reshape(-1).numpy()), True)
+        cost = np.zeros(program.num_vars)
+        cost[z] = 1.0
+        low = HighsSolver(program).minimize(cost, 0.0)
+        high = HighsSolver(program).minimize(-cost, 0.0)
+        tol = 1e-6 * (1 + abs(value))
+        assert abs(low.objective - value) <= tol and abs(-high.objective - value) <= tol, label
+
+
+def test_the_chain_ir_carries_the_registered_ops() -> None:
+    """``Network.graph`` (the chain IR's ops as graph ops) and the fx route build the same ops
+    with the same rounding terms, and CROWN through either gives the same bound."""
+    from advrobust.core import LpBall
+    from advrobust.network import from_module
+    from advrobust.relax import crown_lower
+    from advrobust.relax.dag import graph_crown_lower
+
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 4, 3, stride=2), nn.ReLU(),
+              nn.AvgPool2d(1), nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3)]
+    model = nn.Sequential(*layers).double().eval()
+    chain, fx = from_module(model, (1, 9, 9)).graph.ops(), build_graph(model, (1, 9, 9)).ops()
+    assert [(type(o), o.terms, o.mixes, o.nonlinear) for o in chain] == \
+        [(type(o), o.terms, o.mixes, o.nonlinear) for o in fx]
+    layers.insert(1, _bn().double())  # folded into the conv on the chain, its own op on fx
+    model = nn.Sequential(*layers).double().eval()
+    x = torch.rand(2, 1, 9, 9, dtype=torch.float64)
+    threat = LpBall("linf", 0.05, lo=0.0, hi=1.0)
+    c = torch.randn(2, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        chained = crown_lower(from_module(model, (1, 9, 9)), x, threat, c, rounding=True)
+        graphed = graph_crown_lower(build_graph(model, (1, 9, 9)), x, threat, c, rounding=True)
+    torch.testing.assert_close(chained, graphed, rtol=0, atol=1e-9)
