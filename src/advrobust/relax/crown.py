@@ -9,6 +9,12 @@ after a convolution the rows are carried back as receptive-field patches
 each unstable ReLU is relaxed by the triangle with the adaptive lower slope (1 if ``u > -l``,
 else 0) or optimised slopes (alpha-CROWN, Xu et al. 2021). Everything is differentiable tensor
 code over the live parameters: ``crown_lower`` serves CROWN-IBP certified training as well.
+
+The back-substitution is the graph pass (:func:`advrobust.relax.dag.graph_backward`) over the
+chain's registered graph ops (:attr:`~advrobust.network.ir.Network.graph`): every step asks its
+op, never the op's type. What this module adds for chains is the intermediate-bound driver:
+patches after convolutions, the weight rows of a dense layer as the starting rows, chunking to a
+memory budget. A DAG takes :mod:`advrobust.relax.dag`'s driver.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import MemoryLimitError
-from advrobust.network.graph import Graph, GraphOp
+from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.relax._patch_crown import patch_elements as _patch_elements
 from advrobust.relax._patch_crown import patch_pass
@@ -33,6 +39,7 @@ from advrobust.relax._rounding import (
     input_gamma,
 )
 from advrobust.relax.base import Bounder, Bounds, as_ir
+from advrobust.relax.dag import Allowance, graph_backward
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
@@ -68,43 +75,20 @@ def _backward(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
               alphas: Mapping[int, Tensor] | None, rounding: bool,
               allowances: dict[int, Allowance] | None = None
               ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`backsubstitute`, plus the rounding allowance of the pass when ``rounding``.
+    """:func:`backsubstitute`, plus the rounding allowance of the pass when ``rounding``: the
+    graph pass (:func:`~advrobust.relax.dag.graph_backward`) over the chain's graph ops (node
+    ``j + 1`` carries op ``j``, so ReLU ``j``'s slopes are node ``j + 1``'s).
 
-    Every step is the graph op's own (``backward``, ``rounding_terms``): the allowance (N, K)
-    bounds what floating point can lose in every step, ``gamma`` of the step times
-    ``<|a|, magnitude of the step's terms>`` (see :mod:`advrobust.relax._rounding`).
+    The allowance (N, K) bounds what floating point can lose in every step, ``gamma`` of the
+    step times ``<|a|, magnitude of the step's terms>`` (see :mod:`advrobust.relax._rounding`).
     ``allowances`` memoises the ops' ``(gamma, magnitude)`` across calls on the same ``bounds``.
     """
-    ops = network.graph_ops
-    const = a.new_zeros(a.shape[:2])
-    err = None
-    for j in reversed(range(stop)):
-        op = ops[j]
-        if rounding:
-            parts = _allowance(op, j, bounds, a.dtype, allowances)
-            if parts is not None:
-                step = parts[0] * abs_dot(a, parts[1])
-                err = step if err is None else err + step
-        outs, c = op.backward(a, bounds[j], slopes=None if alphas is None else alphas.get(j))
-        a = outs[0]  # type: ignore[assignment]  # a chain op's one input has coefficients
-        const = const + c
-    if rounding and err is None:
-        err = a.new_zeros(a.shape[:2]).detach()
+    slopes = None if alphas is None else {j + 1: v for j, v in alphas.items()}
+    a, const, err = graph_backward(network.graph, stop, a, bounds, slopes=slopes,
+                                   rounding=rounding, allowances=allowances)
+    if err is not None:
+        err = err.detach()
     return a, const, err
-
-
-#: ``(gamma, magnitude)`` of one op's back-substitution step, or None if it is exact.
-Allowance = tuple[float, Tensor] | None
-
-
-def _allowance(op: GraphOp, j: int, bounds: LayerBounds, dtype: torch.dtype,
-               cache: dict[int, Allowance] | None) -> Allowance:
-    if cache is not None and j in cache:
-        return cache[j]
-    parts = op.rounding_terms(dtype, bounds[j])
-    if cache is not None:
-        cache[j] = parts
-    return parts
 
 
 def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,

@@ -28,6 +28,9 @@ __all__ = ["GraphBounds", "graph_backward", "graph_crown_bounds", "graph_crown_l
 #: Bounds of every node's output: ``len(graph)`` pairs of (N, *shape) tensors.
 GraphBounds = list[tuple[Tensor, Tensor]]
 
+#: ``(gamma, magnitude)`` of one node op's back-substitution step, or None if it is exact.
+Allowance = tuple[float, Tensor] | None
+
 _MAX_ELEMENTS = 1 << 24  # elements of one coefficient tensor before rows are chunked
 
 
@@ -53,9 +56,13 @@ def graph_interval_bounds(graph: Graph, lower: Tensor, upper: Tensor, *,
 
 
 def graph_backward(graph: Graph, start: int, a: Tensor, bounds: GraphBounds, *,
-                   slopes: Mapping[int, Tensor] | None = None, rounding: bool = False
+                   slopes: Mapping[int, Tensor] | None = None, rounding: bool = False,
+                   allowances: dict[int, Allowance] | None = None
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Carry coefficients ``a`` (N or 1, K, *shape of node ``start``) back to the input.
+
+    ``allowances`` memoises every node op's ``rounding_terms`` (its ``(gamma, magnitude)``)
+    across calls on the same ``bounds`` (the intermediate-bound passes make many).
 
     Returns:
         ``(a_in, const, err)`` with ``<a, node_start> >= <a_in, x> + const - err`` on the box
@@ -78,7 +85,14 @@ def graph_backward(graph: Graph, start: int, a: Tensor, bounds: GraphBounds, *,
         assert node.op is not None
         ins = [bounds[j] for j in node.inputs]
         if rounding:
-            charge(node.op.rounding(ai, *ins))
+            if allowances is not None and i in allowances:
+                parts = allowances[i]
+            else:
+                parts = node.op.rounding_terms(ai.dtype, *ins)
+                if allowances is not None:
+                    allowances[i] = parts
+            if parts is not None:
+                charge(parts[0] * abs_dot(ai, parts[1]))
         outs, c = node.op.backward(ai, *ins, slopes=None if slopes is None else slopes.get(i))
         const = const + c
         for j, aj in zip(node.inputs, outs, strict=True):
