@@ -62,7 +62,12 @@ def lp_tighten_bounds(network: Network | Graph, bounds: LayerBounds, index: int,
     of the node over the LP relaxation of the nodes before it (Salman et al. 2019's LP-all).
     Returns new node bounds for sample ``index`` only (batch of one).
     """
-    graph = as_graph(network)
+    with torch.no_grad():
+        return _lp_tighten(as_graph(network), bounds, index, threat, x0, threads)
+
+
+def _lp_tighten(graph: Graph, bounds: LayerBounds, index: int, threat: LpBall, x0: Tensor,
+                threads: int) -> LayerBounds:
     given = [(lo[index:index + 1], hi[index:index + 1]) for lo, hi in bounds]
     new: LayerBounds = [given[0]]
     for i, node in enumerate(graph.nodes[1:], start=1):

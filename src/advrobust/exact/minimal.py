@@ -25,10 +25,12 @@ from advrobust.core.config import Configurable
 from advrobust.core.modes import eval_mode
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
-from advrobust.errors import InvalidParameterError
-from advrobust.network.ir import Network, from_module
+from advrobust.errors import InvalidParameterError, UnsupportedLayerError
+from advrobust.network.graph import Graph
+from advrobust.network.graph.graph import as_graph
+from advrobust.network.ir import Network
 from advrobust.relax._encoding import Encoding, add_l1_ball, encode_sample
-from advrobust.relax.base import _check_spec
+from advrobust.relax.base import _check_spec, verifiable_ir
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
 from advrobust.relax.ibp import LayerBounds
 from advrobust.relax.witness import float64_copy
@@ -36,6 +38,34 @@ from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
 
 __all__ = ["DistortionResult", "MinimalDistortion"]
+
+
+def _exact_ir(model: nn.Module, shape: tuple[int, ...]) -> Network | Graph:
+    """The chain IR, or the graph IR when every op has an exact MILP encoding (residual adds,
+    concatenations, ReLU ...): a relaxed op would make the solver's point a non-adversarial
+    one, so such a graph is refused naming its node."""
+    ir = verifiable_ir(model, shape, "MinimalDistortion", graph_ok=True)
+    relaxed = [n for n in as_graph(ir).nodes[1:] if n.op is not None and not n.op.milp_exact]
+    if relaxed:
+        node = relaxed[0]
+        raise UnsupportedLayerError(
+            f"MinimalDistortion needs an exact MILP of the network; node {node.name} "
+            f"({type(node.op).__name__}) has only an LP relaxation. Ops with exact encodings: "
+            "linear layers, residual additions, concatenations, reshapes, ReLU.")
+    return ir
+
+
+def _crown(network: Network | Graph, x: Tensor, threat: LpBall, spec: Spec
+           ) -> tuple[LayerBounds, Tensor]:
+    """Node bounds and CROWN's lower bounds of the spec rows over the search box."""
+    if isinstance(network, Graph):  # the IR's shape: a DAG takes the graph driver
+        from advrobust.relax.dag import graph_crown_bounds
+
+        bounds = graph_crown_bounds(network, x, threat, rounding=True)
+    else:
+        bounds = crown_layer_bounds(network, x, threat, rounding=True)
+    return bounds, crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
+                               rounding=True)
 
 
 @dataclass(frozen=True)
@@ -104,7 +134,9 @@ class MinimalDistortion(Configurable):
         """Find the closest adversarial example of every sample.
 
         Args:
-            model: a supported ``nn.Sequential`` returning logits.
+            model: a classifier returning logits: a supported ``nn.Sequential``, or a module
+                torch.fx traces into ops with exact MILP encodings (residual additions,
+                concatenations, ReLU ...).
             x: (N, ...) clean inputs in ``[lo, hi]``; y: (N,) labels.
             lo, hi: the finite input box.
             spec: rows whose violation counts as adversarial (default: margins).
@@ -119,13 +151,11 @@ class MinimalDistortion(Configurable):
             clean = check_batch(model, x, y, threat, who="MinimalDistortion")
             spec = _check_spec(spec, y, clean)
             # bounds in float64, from a copy of the model, with rounding allowances
-            network = from_module(float64_copy(model), tuple(x.shape[1:]))
+            network = _exact_ir(float64_copy(model), tuple(x.shape[1:]))
             x = x.detach()
             x64, spec64 = x.double(), Spec(spec.C.double(), spec.d.double())
             with torch.no_grad():
-                bounds = crown_layer_bounds(network, x64, threat, rounding=True)
-                crown = crown_lower(network, x64, threat, spec64.C, spec64.d, bounds=bounds,
-                                    rounding=True)
+                bounds, crown = _crown(network, x64, threat, spec64)
             if norm is Norm.L2:
                 runs = [self._solve_l2(model, network, bounds, s, x, spec64, crown[s], lo, hi)
                         for s in range(x.shape[0])]
@@ -141,7 +171,7 @@ class MinimalDistortion(Configurable):
             x_adv=x_adv, margin=margin, status=tuple(r[3] for r in runs),
             stats={"rows": [r[4] for r in runs]})
 
-    def _solve(self, network: Network, bounds: LayerBounds, s: int, x: Tensor, spec: Spec,
+    def _solve(self, network: Network | Graph, bounds: LayerBounds, s: int, x: Tensor, spec: Spec,
                crown: Tensor, norm: Norm) -> tuple[float, float, Tensor, str, list[Any]]:
         start = time.perf_counter()
         x0 = x[s]
@@ -176,7 +206,7 @@ class MinimalDistortion(Configurable):
             status = "optimal"
         return best, lower, best_x, status, log
 
-    def _solve_l2(self, model: nn.Module, network: Network, bounds: LayerBounds, s: int,
+    def _solve_l2(self, model: nn.Module, network: Network | Graph, bounds: LayerBounds, s: int,
                   x: Tensor, spec: Spec, crown: Tensor, lo: float, hi: float
                   ) -> tuple[float, float, Tensor, str, list[Any]]:
         from advrobust.exact.minimal_l2 import solve_sample_l2
