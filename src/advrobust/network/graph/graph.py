@@ -113,7 +113,8 @@ class Graph:
             f"node {node.name} ({type(node.op).__name__}, inputs {list(node.inputs)})")
         raise UnsupportedLayerError(
             f"{who} handles only chains of Linear / Conv2d / BatchNorm / AvgPool / Flatten / "
-            f"Normalize / ReLU layers; it cannot handle {what}. Use IBP or CROWN for this graph.")
+            f"Normalize / ReLU layers; it cannot handle {what}. Use IBP, CROWN, the LP or the MILP "
+            "for this graph.")
 
     def __len__(self) -> int:
         return len(self.nodes)
