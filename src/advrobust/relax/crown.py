@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from advrobust.core._validation import check_bool, check_float, check_int
 from advrobust.core.spec import Spec
-from advrobust.core.threat import LpBall, Norm
+from advrobust.core.threat import LpBall
 from advrobust.errors import MemoryLimitError
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
@@ -39,7 +39,7 @@ from advrobust.relax._rounding import (
     input_gamma,
 )
 from advrobust.relax.base import Bounder, Bounds, as_ir
-from advrobust.relax.dag import Allowance, graph_backward
+from advrobust.relax.dag import Allowance, graph_backward, interval_is_exact
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
@@ -106,13 +106,9 @@ def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
 
 def _interval_is_exact(network: Network, threat: LpBall, index: int) -> bool:
     """True if interval bounds of op ``index``'s input are already the exact range: a box
-    (linf) through at most one op that mixes coordinates and no nonlinear op."""
-    if threat.norm is not Norm.LINF:
-        return False
-    before = network.graph_ops[:index]
-    if any(op.nonlinear for op in before):
-        return False
-    return sum(op.mixes for op in before) <= 1
+    (linf) through at most one op that mixes coordinates and no nonlinear op (the graph
+    driver's test on node ``index``, which carries that input)."""
+    return interval_is_exact(network.graph, index, threat)
 
 
 def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...],

@@ -23,7 +23,8 @@ from advrobust.network.graph.graph import Graph
 from advrobust.relax._rounding import input_gamma
 
 __all__ = ["GraphBounds", "graph_backward", "graph_crown_bounds", "graph_crown_lower",
-           "graph_interval_bounds", "graph_spec_interval", "optimize_slopes", "refine_mask"]
+           "graph_interval_bounds", "graph_spec_interval", "interval_is_exact", "optimize_slopes",
+           "refine_mask"]
 
 #: Bounds of every node's output: ``len(graph)`` pairs of (N, *shape) tensors.
 GraphBounds = list[tuple[Tensor, Tensor]]
@@ -120,7 +121,7 @@ def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,
     return concretize(threat, x0, a, const, err)
 
 
-def _interval_is_exact(graph: Graph, index: int, threat: LpBall) -> bool:
+def interval_is_exact(graph: Graph, index: int, threat: LpBall) -> bool:
     """Interval bounds of node ``index`` are exact: a box (linf) through single-input linear
     ops of which at most one mixes coordinates."""
     if threat.norm is not Norm.LINF:
@@ -159,7 +160,7 @@ def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index
     intersected with the interval bounds."""
     lo, hi = bounds[index]
     mask = refine_mask(graph, index, lo, hi)
-    if mask is None or _interval_is_exact(graph, index, threat):
+    if mask is None or interval_is_exact(graph, index, threat):
         return lo, hi
     idx = mask.flatten(1).any(0).nonzero().flatten()
     if idx.numel() == 0:
