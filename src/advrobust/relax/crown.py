@@ -19,7 +19,6 @@ memory budget. A DAG takes :mod:`advrobust.relax.dag`'s driver.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -39,7 +38,7 @@ from advrobust.relax._rounding import (
     input_gamma,
 )
 from advrobust.relax.base import Bounder, Bounds, as_ir
-from advrobust.relax.dag import Allowance, graph_backward, interval_is_exact
+from advrobust.relax.dag import Allowance, graph_backward, interval_is_exact, refine_rows
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
@@ -109,27 +108,6 @@ def _interval_is_exact(network: Network, threat: LpBall, index: int) -> bool:
     (linf) through at most one op that mixes coordinates and no nonlinear op (the graph
     driver's test on node ``index``, which carries that input)."""
     return interval_is_exact(network.graph, index, threat)
-
-
-def _unit_rows(network: Network, index: int, part: Tensor, shape: tuple[int, ...],
-               like: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Coefficients of ``+z_part`` and ``-z_part`` (z: the input of op ``index``), as
-    ``(a, const, stop)`` with ``<a, input of op stop> + const``.
-
-    When the op before has its rows at hand (a dense layer) the rows are its weight rows (one
-    product skipped, exactly); else one-hot rows on ``part`` only (no identity matrix of the
-    layer's size).
-    """
-    k = part.numel()
-    rows = network.graph_ops[index - 1].output_rows(part, like) if index > 0 else None
-    if rows is not None:
-        wp, bp = rows
-        return (torch.cat([wp, -wp]).unsqueeze(0), torch.cat([bp, -bp]).unsqueeze(0),
-                index - 1)
-    unit = like.new_zeros(k, math.prod(shape))
-    unit[torch.arange(k, device=like.device), part] = 1.0
-    unit = unit.reshape((1, k) + shape)
-    return torch.cat([unit, -unit], dim=1), like.new_zeros(1, 2 * k), index
 
 
 def _chunk(per_row_bytes: int, rows: int, memory_limit: int | None, where: str) -> int:
@@ -205,9 +183,8 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
     widest = max([x0[0].numel()] + [op.out_size for op in network.ops[:index]])
     chunk = _chunk(2 * n * widest * itemsize * _WORKSET_DENSE, idx.numel(), memory_limit, where)
     for part in idx.split(chunk):
-        rows, start, stop = _unit_rows(network, index, part, tuple(lo.shape[1:]), lo)
-        a, const, err = _backward(network, rows, stop, bounds, None, rounding, allowances)
-        val = _concretize(threat, x0, a, const + start, err)
+        val = refine_rows(network.graph, x0, threat, bounds, index, part, rounding=rounding,
+                          allowances=allowances)
         lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :part.numel()])
         hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, part.numel():])
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)

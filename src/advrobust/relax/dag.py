@@ -24,7 +24,7 @@ from advrobust.relax._rounding import input_gamma
 
 __all__ = ["GraphBounds", "graph_backward", "graph_crown_bounds", "graph_crown_lower",
            "graph_interval_bounds", "graph_spec_interval", "interval_is_exact", "optimize_slopes",
-           "refine_mask"]
+           "refine_mask", "refine_rows"]
 
 #: Bounds of every node's output: ``len(graph)`` pairs of (N, *shape) tensors.
 GraphBounds = list[tuple[Tensor, Tensor]]
@@ -154,8 +154,37 @@ def refine_mask(graph: Graph, index: int, lo: Tensor, hi: Tensor) -> Tensor | No
     return mask
 
 
+def refine_rows(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
+                part: Tensor, *, rounding: bool,
+                allowances: dict[int, Allowance] | None = None) -> Tensor:
+    """CROWN lower bounds (N, 2k) of ``+z_part`` then ``-z_part``, z = node ``index``'s output,
+    ``part`` (k,) flat neuron indices: the dense intermediate-bound pass of both drivers.
+
+    When node ``index``'s op has its rows at hand (a dense layer) the pass starts from its
+    weight rows on its input (one product skipped, exactly: no rounding to charge); else from
+    one-hot rows on ``part`` only (no identity matrix of the layer's size).
+    """
+    node = graph.nodes[index]
+    lo = bounds[index][0]
+    k = part.numel()
+    rows = node.op.output_rows(part, lo) if node.op is not None and len(node.inputs) == 1 \
+        else None
+    if rows is not None:
+        w, b = rows
+        a, const0, start = torch.cat([w, -w]).unsqueeze(0), torch.cat([b, -b]).unsqueeze(0), \
+            node.inputs[0]
+    else:
+        unit = lo.new_zeros(k, lo[0].numel())
+        unit[torch.arange(k, device=lo.device), part] = 1.0
+        unit = unit.reshape((1, k) + tuple(lo.shape[1:]))
+        a, const0, start = torch.cat([unit, -unit], dim=1), lo.new_zeros(1, 2 * k), index
+    a_in, const, err = graph_backward(graph, start, a, bounds, rounding=rounding,
+                                      allowances=allowances)
+    return _concretize(threat, x0, a_in, const + const0, err)
+
+
 def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
-            rounding: bool) -> tuple[Tensor, Tensor]:
+            rounding: bool, allowances: dict[int, Allowance]) -> tuple[Tensor, Tensor]:
     """CROWN bounds of node ``index`` on the neurons its nonlinear consumers need,
     intersected with the interval bounds."""
     lo, hi = bounds[index]
@@ -165,18 +194,14 @@ def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index
     idx = mask.flatten(1).any(0).nonzero().flatten()
     if idx.numel() == 0:
         return lo, hi
-    n, shape = x0.shape[0], tuple(lo.shape[1:])
+    n = x0.shape[0]
     widest = max(b[0][0].numel() for b in bounds[:index + 1])
     chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
     lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
     for part in idx.split(chunk):
         k = part.numel()
-        rows = lo.new_zeros(k, lo_f.shape[1])
-        rows[torch.arange(k, device=lo.device), part] = 1.0
-        rows = rows.reshape((1, k) + shape)
-        a = torch.cat([rows, -rows], dim=1)
-        a_in, const, err = graph_backward(graph, index, a, bounds, rounding=rounding)
-        val = _concretize(threat, x0, a_in, const, err)
+        val = refine_rows(graph, x0, threat, bounds, index, part, rounding=rounding,
+                          allowances=allowances)
         lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :k])
         hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, k:])
     return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
@@ -192,12 +217,13 @@ def graph_crown_bounds(graph: Graph, x0: Tensor, threat: LpBall, *,
     if intermediate != "crown":
         raise ValueError(f"'intermediate' must be 'crown' or 'ibp'. Got {intermediate!r}.")
     bounds: GraphBounds = [(lower, upper)]
+    allowances: dict[int, Allowance] = {}
     for i, node in enumerate(graph.nodes[1:], start=1):
         assert node.op is not None
         ins = [bounds[j] for j in node.inputs]
         bounds.append(node.op.sound_interval(*ins) if rounding else node.op.interval(*ins))
         if graph.needs_bounds(i):
-            bounds[i] = _refine(graph, x0, threat, bounds, i, rounding)
+            bounds[i] = _refine(graph, x0, threat, bounds, i, rounding, allowances)
     return bounds
 
 
