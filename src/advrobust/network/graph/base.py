@@ -11,7 +11,15 @@ Every op is one :class:`GraphOp` subclass holding every view of it:
   ``<a, op(z)> >= sum_i <a_i, z_i> + const`` over the input boxes;
 - ``refine_mask(lo, hi)`` — for nonlinear ops, the input neurons whose bounds the relaxation
   depends on (the bound passes tighten those first); None for linear ops;
-- ``init_slopes`` — optional optimisable slopes (alpha-CROWN) of a nonlinear op's lower line.
+- ``init_slopes`` — optional optimisable slopes (alpha-CROWN) of a nonlinear op's lower line;
+- ``rounding_terms(dtype, *bounds)`` — ``(gamma, magnitude)`` of a backward step's allowance
+  (``rounding`` applies it; drivers memoise it), ``mixes`` (interval bounds through one such op
+  and no other are exact), ``output_rows`` (a dense layer's weight rows, to start a pass from);
+- ``encode(program, ...)`` — its LP / MILP rows; ``milp_exact`` says whether the rows with
+  ``integer=True`` are exact (linear ops, ReLU) or a relaxation (sigmoid, tanh, max pooling).
+
+The chain IR (:class:`~advrobust.network.ir.Network`) carries the same ops
+(``Network.graph``), so no algorithm asks an op's type.
 
 Ops are registered with :func:`register` against the torch modules, functions and tensor methods
 they implement; the graph builders (torch.fx, and ONNX through a torch translation) only ever
