@@ -161,3 +161,35 @@ def test_non_chain_ops_are_refused_by_name() -> None:
     net = Network([Odd((3,), (3,), "odd")], (3,))
     with pytest.raises(UnsupportedLayerError, match="Odd"):
         check_chain(net)
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_batched_pass_matches_the_reference_back_substitution(seed: int) -> None:
+    """The beta pass with the batch's relaxations precomputed is the same bound as
+    alpha_crown.linear_pass (relaxation, split terms, rounding allowances) on split domains."""
+    from advrobust.relax._rounding import add_offset
+    from advrobust.relax.alpha_crown import concretize, linear_pass
+
+    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.2)
+    root = alpha_crown(net, x, threat, c, d, steps=2)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds)
+    gen = torch.Generator().manual_seed(seed)
+    b = 6
+    split, alpha, beta = {}, {}, {}
+    for j in net.relu_indices:
+        n = net.ops[j].in_size
+        split[j] = torch.randint(-1, 2, (b, n), generator=gen).to(torch.int8)
+        alpha[j] = torch.rand(b, n, generator=gen, dtype=torch.float64)
+        beta[j] = torch.rand(b, n, generator=gen, dtype=torch.float64)
+    row = torch.arange(b) % c.shape[1]
+    bounds = bounder.clamped(split)
+    got, coef = bounder._pass(bounds, split, alpha, beta, row)
+    a, const, err = linear_pass(
+        net, c[0][row].unsqueeze(1), len(net.ops), bounds,
+        {j: v.reshape(b, 1, -1) for j, v in alpha.items()},
+        {j: (beta[j] * split[j].double()).reshape(b, 1, -1) for j in net.relu_indices},
+        mags=bounder.mags)
+    want = add_offset(concretize(threat, x.expand(b, -1), a, const, err)[:, 0], d[0][row])
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(coef, a[:, 0], rtol=1e-12, atol=1e-12)

@@ -25,14 +25,56 @@ from torch import Tensor
 from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
 from advrobust.network.ir import Network
-from advrobust.relax._rounding import add_offset, magnitude, op_gamma
-from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
+from advrobust.network.ops import AffineOp
+from advrobust.relax._rounding import (
+    abs_dot,
+    add_offset,
+    magnitude,
+    op_gamma,
+    relu_gamma,
+    relu_magnitude,
+)
+from advrobust.relax.alpha_crown import Adam, check_chain, concretize
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains"]
 
 #: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
 _STORE = torch.float32
+
+
+@dataclass
+class _Relu:
+    """What a batch's ReLU relaxations share over every optimisation step (they depend on the
+    domains' bounds only, not on the slopes): masks, upper line, rounding magnitudes, all
+    (B, 1, *shape) so that they broadcast against coefficients (B, K, *shape)."""
+
+    unstable: Tensor
+    active: Tensor
+    up: Tensor
+    up_b: Tensor  # (B, n, 1): one intercept per neuron, for one matmul per pass
+    mag: Tensor  # (B, *shape): relu_magnitude
+    beta_mag: Tensor  # (B, *shape): max(|lo|, |hi|), the split terms' magnitude
+    gamma: float
+
+    @classmethod
+    def of(cls, lo: Tensor, hi: Tensor) -> _Relu:
+        unstable = (lo < 0) & (hi > 0)
+        active = (lo >= 0).to(lo.dtype)
+        lo_c, hi_c = lo.clamp(max=0), hi.clamp(min=0)
+        denom = torch.where(unstable, hi_c - lo_c, torch.ones_like(hi_c))
+        up = torch.where(unstable, hi_c / denom, active)
+        up_b = torch.where(unstable, -up * lo_c, torch.zeros_like(lo))
+        return cls(unstable.unsqueeze(1), active.unsqueeze(1), up.unsqueeze(1),
+                   up_b.flatten(1).unsqueeze(2), relu_magnitude(lo, hi),
+                   torch.maximum(lo.abs(), hi.abs()), relu_gamma(lo.dtype, lo[0].numel()))
+
+    def backward(self, a: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """``ReLUOp.backward`` with the shared parts precomputed: ``(a', const)``."""
+        low = torch.where(self.unstable, alpha.clamp(0, 1), self.active)
+        neg = a.clamp(max=0)
+        out = torch.addcmul(a * low, neg, self.up - low)
+        return out, torch.matmul(neg.flatten(2), self.up_b).squeeze(-1)
 
 
 @dataclass
@@ -118,17 +160,44 @@ class BetaBounder:
             out.append((lo_b, hi_b))
         return out
 
+    def _relus(self, bounds: LayerBounds) -> dict[int, _Relu]:
+        return {j: _Relu.of(*bounds[j]) for j in self.relus}
+
     def _pass(self, bounds: LayerBounds, split: dict[int, Tensor], alpha: dict[int, Tensor],
-              beta: dict[int, Tensor], row: Tensor, record: dict[int, Tensor] | None = None
-              ) -> tuple[Tensor, Tensor]:
-        """Lower bounds (B,) and the input coefficients (B, D) of one pass."""
+              beta: dict[int, Tensor], row: Tensor, record: dict[int, Tensor] | None = None,
+              relus: dict[int, _Relu] | None = None) -> tuple[Tensor, Tensor]:
+        """Lower bounds (B,) and the input coefficients (B, D) of one pass.
+
+        The back-substitution of :func:`~advrobust.relax.alpha_crown.linear_pass` (same
+        relaxation, split terms and rounding allowances), with what does not change between
+        optimisation steps (``relus``) computed once per batch.
+        """
+        relus = self._relus(bounds) if relus is None else relus
         b = row.shape[0]
-        shape = {j: (b, 1) + tuple(self.root[j][0].shape[1:]) for j in self.relus}
-        alphas = {j: alpha[j].reshape(shape[j]) for j in self.relus}
-        betas = {j: (beta[j] * split[j].to(beta[j].dtype)).reshape(shape[j])
-                 for j in self.relus if bool(split[j].any())}
-        a, const, err = linear_pass(self.net, self.c[row].unsqueeze(1), len(self.net.ops), bounds,
-                                    alphas, betas, record, self.mags)
+        a = self.c[row].unsqueeze(1)
+        const = a.new_zeros(a.shape[:2])
+        err = a.new_zeros(a.shape[:2])
+        for j in reversed(range(len(self.net.ops))):
+            op = self.net.ops[j]
+            if j in relus:
+                rel = relus[j]
+                shape = (b, 1) + tuple(self.root[j][0].shape[1:])
+                if record is not None:
+                    record[j] = a
+                err = err + rel.gamma * abs_dot(a, rel.mag)
+                a, c = rel.backward(a, alpha[j].reshape(shape))
+                if bool(split[j].any()):
+                    a = a - (beta[j] * split[j].to(beta[j].dtype)).reshape(shape)
+                    err = err + rel.gamma * abs_dot(a, rel.beta_mag)
+            else:
+                assert isinstance(op, AffineOp)
+                if j in self.mags:
+                    mag = self.mags[j]
+                    err = err + op_gamma(op, a.dtype) * abs_dot(a, mag.expand(
+                        (b,) + tuple(mag.shape[1:])))
+                c = op.bias_term(a)
+                a = op.backward(a)
+            const = const + c
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
         value = concretize(self.threat, x0, a, const, err)[:, 0]
         return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
@@ -153,6 +222,7 @@ class BetaBounder:
         """
         steps = self.steps if steps is None else steps
         bounds = self.clamped(split)
+        relus = self._relus(bounds)
         dtype = self.x0.dtype
         al = {j: alpha[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
         be = {j: beta[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
@@ -168,7 +238,7 @@ class BetaBounder:
             if time.perf_counter() >= deadline:
                 break
             with torch.enable_grad():
-                lower, _ = self._pass(bounds, split, al, be, row)
+                lower, _ = self._pass(bounds, split, al, be, row, relus=relus)
                 with torch.no_grad():
                     self._keep(lower.detach(), best, al, be, best_al, best_be)
                 opt.step(lower.clamp(max=1e8).sum())
@@ -179,10 +249,10 @@ class BetaBounder:
                     v.clamp_(min=0.0)
         record: dict[int, Tensor] = {}
         with torch.no_grad():
-            lower, _ = self._pass(bounds, split, al, be, row)
+            lower, _ = self._pass(bounds, split, al, be, row, relus=relus)
             self._keep(lower, best, al, be, best_al, best_be)
             # one pass with the best parameters: its coefficients give scores and a corner
-            lower, coef = self._pass(bounds, split, best_al, best_be, row, record)
+            lower, coef = self._pass(bounds, split, best_al, best_be, row, record, relus)
             best = torch.maximum(best, lower)
             if floor is not None:
                 best = torch.maximum(best, floor.to(dtype))
