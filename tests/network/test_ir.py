@@ -147,3 +147,27 @@ def test_relu_backward_is_the_relaxation_applied_by_sign(batch_a: int, with_alph
     lhs = (a * z.clamp_min(0).unsqueeze(1)).flatten(2).sum(-1)
     rhs = (out * z.unsqueeze(1)).flatten(2).sum(-1) + const
     assert bool((lhs >= rhs - 1e-9).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("kernel", "side"), [(2, 8), (2, 9), (3, 7), ((2, 3), 8)])
+def test_avgpool_tiling_backward_is_the_transposed_convolution(
+        dtype: torch.dtype, kernel: int | tuple[int, int], side: int) -> None:
+    from advrobust.network import AvgPoolOp
+    from advrobust.network.ops import _ConvLike
+
+    pool = nn.AvgPool2d(kernel)
+    shape = (3, side, side + 1)
+    op = AvgPoolOp(pool, shape, tuple(pool(torch.zeros((1,) + shape)).shape[1:]), "pool")
+    assert op.tiles()
+    a = torch.randn((2, 4) + op.out_shape, dtype=dtype,
+                    generator=torch.Generator().manual_seed(side))
+    # the fast path (upsampling) and the generic transposed convolution: the same values,
+    # bit for bit (one product per input value), zeros on the rows the forward map drops
+    assert torch.equal(op.backward(a), _ConvLike.backward(op, a))
+    overlapping = nn.AvgPool2d(3, stride=2, padding=1)
+    op2 = AvgPoolOp(overlapping, shape,
+                    tuple(overlapping(torch.zeros((1,) + shape)).shape[1:]), "pool")
+    assert not op2.tiles()
+    b = torch.randn((2, 4) + op2.out_shape, dtype=dtype)
+    assert torch.equal(op2.backward(b), _ConvLike.backward(op2, b))

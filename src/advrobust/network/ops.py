@@ -346,6 +346,30 @@ class AvgPoolOp(_ConvLike):
     def bias(self) -> Tensor | None:
         return None
 
+    def tiles(self) -> bool:
+        """True if the windows tile the input without overlap or padding (stride = kernel):
+        then every input value feeds at most one output value, with weight ``1 / (kh * kw)``."""
+        return tuple(self.stride) == self.kernel_size and tuple(self.padding) == (0, 0)
+
+    def tile_back(self, flat: Tensor) -> Tensor:
+        """The transposed map of tiling windows (see :meth:`tiles`) on ``flat`` (M, C, h, w):
+        each value spread over its ``kh x kw`` block times ``1 / (kh * kw)`` -> (M, C, h kh,
+        w kw). The transposed convolution's exact values (one product per value), without
+        its kernel."""
+        (kh, kw), (m, c, h, w) = self.kernel_size, flat.shape
+        up = (flat * (1.0 / (kh * kw))).reshape(m, c, h, 1, w, 1)  # scale before the copy
+        return up.expand(-1, -1, -1, kh, -1, kw).reshape(m, c, h * kh, w * kw)
+
+    def backward(self, a: Tensor) -> Tensor:
+        if not self.tiles():
+            return super().backward(a)
+        n, k = a.shape[:2]
+        h, w = self.in_shape[1:]
+        up = self.tile_back(a.reshape((n * k,) + self.out_shape))
+        if up.shape[2:] != (h, w):  # rows / columns the forward map rounded away
+            up = F.pad(up, (0, w - up.shape[3], 0, h - up.shape[2]))
+        return up.reshape((n, k) + self.in_shape)
+
 
 class ChannelAffineOp(AffineOp):
     """Per-channel ``x * scale + shift``: a normalisation layer or a batch-norm left unfolded.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advrobust.network.ops import ChannelAffineOp, Op, _ConvLike
+from advrobust.network.ops import AvgPoolOp, ChannelAffineOp, Op, _ConvLike
 from advrobust.network.relu import ReLUOp
 
 __all__ = ["Patches", "conv_window", "patch_capable"]
@@ -158,7 +158,10 @@ class Patches:
         b, q = self.pt.shape[:2]
         w = op.kernel().to(self.pt)
         flat = self.pt.reshape((b * q,) + tuple(self.pt.shape[2:]))
-        back = F.conv_transpose2d(flat, w, None, op.stride, 0, 0, op.groups, op.dilation)
+        if isinstance(op, AvgPoolOp) and op.tiles():
+            back = op.tile_back(flat)
+        else:
+            back = F.conv_transpose2d(flat, w, None, op.stride, 0, 0, op.groups, op.dilation)
         _, stride, padding = conv_window(op, self.kernel, self.stride, self.padding)
         out = Patches(back.reshape((b, q) + tuple(back.shape[1:])), self.rows, self.cols,
                       self.grid, stride, padding, op.in_shape)
