@@ -29,7 +29,7 @@ from advrobust.evaluation.campaign.cascade import Task, stage_progress
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import ResultStore, UnitRecord
 from advrobust.evaluation.campaign.unit_sanity import BLACK_BOX_KEY
-from advrobust.evaluation.campaign.workers import Execute, context, execute, make_backend
+from advrobust.evaluation.campaign.workers import Execute, context, execute, make_backend, warm_up
 
 __all__ = ["CampaignRun", "plan", "run_campaign"]
 
@@ -143,32 +143,42 @@ def run_campaign(config: CampaignConfig, store_path: str | Path, *, workers: int
     from advrobust import __version__
 
     start = time.perf_counter()
-    context(config)  # load data and models in the driver: errors before any work
+    warm_up(config)  # load data and models in the driver: errors before any work
     with ResultStore(store_path) as store:
         store.bind(config.to_dict(), config.identity(), __version__)
-        _record_sanity(store, config)
-        done, tasks = store.done_keys(), plan(config)
-        todo = [t for t in tasks if not set(_keys(t, config)) <= done]
-        total = sum(len(_keys(t, config)) for t in tasks)
-        skipped = sum(k in done for t in tasks for k in _keys(t, config))
-        with tqdm(total=total, initial=skipped, unit="unit", desc="campaign",
-                  disable=not progress) as bar, _Interrupt() as stop, \
-                _stage_mode("bar" if progress else "off"):  # for tasks run in the driver
-            written, errors = 0, 0
-            black_box = set(json.loads(store.meta().get(BLACK_BOX_KEY, "[]")))
-            journal = Path(store_path).with_name(Path(store_path).name + ".driver-tasks")
-            for result in _drive(config, todo, backend, workers, address, fn, stop, progress,
-                                 journal):
-                if not set(result.black_box) <= black_box:  # before the units: never lost
-                    black_box.update(result.black_box)
-                    store.set_meta(BLACK_BOX_KEY, json.dumps(sorted(black_box)))
-                n = store.write_units(result.records, result.inputs)
-                written += n
-                errors += sum(r.status == "error" for r in result.records)
-                bar.update(n)
-        return CampaignRun(total=total, skipped=skipped, written=written, errors=errors,
-                           interrupted=stop.requested and written + skipped < total,
-                           seconds=time.perf_counter() - start)
+        journal = Path(store_path).with_name(Path(store_path).name + ".driver-tasks")
+        # workers start now (a forked pool worker inherits the loaded driver; Ray starts its
+        # driver-side helper), before the driver starts threads of its own (progress bar)
+        runner = make_backend(backend, config, workers, fn, address, progress, journal)
+        try:
+            return _run(config, store, runner, progress, start)
+        finally:
+            runner.close()
+
+
+def _run(config: CampaignConfig, store: ResultStore, runner: Any, progress: bool,
+         start: float) -> CampaignRun:
+    _record_sanity(store, config)
+    done, tasks = store.done_keys(), plan(config)
+    todo = [t for t in tasks if not set(_keys(t, config)) <= done]
+    total = sum(len(_keys(t, config)) for t in tasks)
+    skipped = sum(k in done for t in tasks for k in _keys(t, config))
+    with tqdm(total=total, initial=skipped, unit="unit", desc="campaign",
+              disable=not progress) as bar, _Interrupt() as stop, \
+            _stage_mode("bar" if progress else "off"):  # for tasks run in the driver
+        written, errors = 0, 0
+        black_box = set(json.loads(store.meta().get(BLACK_BOX_KEY, "[]")))
+        for result in _drive(config, todo, runner, stop):
+            if not set(result.black_box) <= black_box:  # before the units: never lost
+                black_box.update(result.black_box)
+                store.set_meta(BLACK_BOX_KEY, json.dumps(sorted(black_box)))
+            n = store.write_units(result.records, result.inputs)
+            written += n
+            errors += sum(r.status == "error" for r in result.records)
+            bar.update(n)
+    return CampaignRun(total=total, skipped=skipped, written=written, errors=errors,
+                       interrupted=stop.requested and written + skipped < total,
+                       seconds=time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -188,31 +198,26 @@ class _Finished:
     black_box: tuple[str, ...] = ()
 
 
-def _drive(config: CampaignConfig, todo: list[Task], backend: str, workers: int,
-           address: str | None, fn: Execute, stop: _Interrupt, progress: bool,
-           journal: Path) -> Iterator[_Finished]:
+def _drive(config: CampaignConfig, todo: list[Task], runner: Any,
+           stop: _Interrupt) -> Iterator[_Finished]:
     """Hand tasks to the backend, retry a failure once, yield what finished."""
-    runner = make_backend(backend, config, workers, fn, address, progress, journal)
     queue, attempts = list(reversed(todo)), {t: 0 for t in todo}
-    try:
-        while True:
-            while queue and not stop.requested and runner.in_flight() < runner.capacity:
-                runner.submit(queue.pop())
-            if stop.requested and hasattr(runner, "drop_queued"):
-                runner.drop_queued()
-            if runner.in_flight() == 0:
-                return
-            task, outcome = runner.next_done()
-            if not isinstance(outcome, BaseException):
-                yield _Finished(outcome.records, outcome.inputs,
-                                tuple(getattr(outcome, "black_box", ())))
-                continue
-            attempts[task] += 1
-            message = f"{type(outcome).__name__}: {outcome}"
-            if attempts[task] < 2:
-                logger.warning("task %s failed (%s); retrying once", task, message)
-                queue.append(task)
-            else:
-                yield _Finished(_error_records(task, config, message), {})
-    finally:
-        runner.close()
+    while True:
+        while queue and not stop.requested and runner.in_flight() < runner.capacity:
+            runner.submit(queue.pop())
+        if stop.requested and hasattr(runner, "drop_queued"):
+            runner.drop_queued()
+        if runner.in_flight() == 0:
+            return
+        task, outcome = runner.next_done()
+        if not isinstance(outcome, BaseException):
+            yield _Finished(outcome.records, outcome.inputs,
+                            tuple(getattr(outcome, "black_box", ())))
+            continue
+        attempts[task] += 1
+        message = f"{type(outcome).__name__}: {outcome}"
+        if attempts[task] < 2:
+            logger.warning("task %s failed (%s); retrying once", task, message)
+            queue.append(task)
+        else:
+            yield _Finished(_error_records(task, config, message), {})

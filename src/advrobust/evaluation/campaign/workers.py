@@ -15,6 +15,8 @@ import collections
 import concurrent.futures as cf
 import multiprocessing
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from advrobust.evaluation.campaign.cascade import Task, run_task, stage_progress
 from advrobust.evaluation.campaign.config import CampaignConfig
 from advrobust.evaluation.campaign.store import UnitRecord
 
-__all__ = ["Context", "TaskResult", "execute", "make_backend", "BACKENDS"]
+__all__ = ["Context", "TaskResult", "execute", "make_backend", "warm_up", "BACKENDS"]
 
 BACKENDS = ("serial", "pool", "ray")
 
@@ -148,18 +150,45 @@ def _init_worker(progress: bool) -> None:
     stage_progress("line" if progress else "off")
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """``forkserver`` with torch and this module preloaded (a new worker is a cheap fork of a
-    clean single-threaded server, also after a crash); ``spawn`` where there is no fork."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+def _mp_context(config: CampaignConfig) -> multiprocessing.context.BaseContext:
+    """How pool workers start.
+
+    ``fork`` where it is safe and cheapest: on Linux, with one torch thread per task and no
+    other thread in the driver. A forked worker inherits the driver's imports (torch, the
+    library, the stages' solvers) and its loaded models and data: it costs milliseconds
+    instead of a new interpreter importing torch (1.5-2 CPU-s each, on the same cores as the
+    work). With more torch threads (an OpenMP pool does not survive ``fork``) or threads in
+    the driver, ``forkserver`` with torch and this module preloaded (a clean single-threaded
+    server; a new worker is a cheap fork of it); ``spawn`` where there is no fork at all."""
+    methods = multiprocessing.get_all_start_methods()
+    if (sys.platform.startswith("linux") and "fork" in methods and config.threads == 1
+            and threading.active_count() == 1):
+        return multiprocessing.get_context("fork")
+    if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", __name__])
     return ctx
 
 
+def warm_up(config: CampaignConfig) -> None:
+    """Load the context and import what the stages import lazily, once, in this process (the
+    driver, before it forks workers: they start with everything loaded)."""
+    import advrobust.attacks.ensemble  # noqa: F401
+    import advrobust.evaluation.campaign._check  # noqa: F401
+    import advrobust.exact  # noqa: F401
+    import advrobust.relax  # noqa: F401
+
+    context(config)
+
+
+def _noop() -> None:
+    return None
+
+
 class _Pool:
-    """A local process pool (forkserver / spawn processes, SIGINT left to the driver)."""
+    """A local process pool (fork / forkserver / spawn processes, see :func:`_mp_context`;
+    SIGINT left to the driver). The workers start when the pool is made."""
 
     def __init__(self, config: CampaignConfig, fn: Execute, workers: int,
                  progress: bool = False) -> None:
@@ -171,9 +200,11 @@ class _Pool:
         self.pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(self.workers, initializer=_init_worker,
+        pool = cf.ProcessPoolExecutor(self.workers, initializer=_init_worker,
                                       initargs=(self.progress,),
-                                      mp_context=_mp_context())
+                                      mp_context=_mp_context(self.config))
+        pool.submit(_noop)  # start the workers now, before the driver starts any thread
+        return pool
 
     def submit(self, task: Task) -> None:
         self.waiting.append(task)
