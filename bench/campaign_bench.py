@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -181,7 +182,9 @@ def main() -> None:
     p.add_argument("--methods", default="crown,bab,milp",
                    help="certificates (comma list); --kills uses 'crown' alone by default "
                         "so that no wall-clock time limit makes two runs differ")
-    p.add_argument("--skip", default="", help="comma list of: pool, ray, shell")
+    p.add_argument("--skip", default="", help="comma list of: serial, pool, ray, shell")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the backends this many times, interleaved; medians reported")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "campaign.toml"
@@ -196,27 +199,45 @@ def main() -> None:
     result: dict[str, object] = {"n": args.n, "eps": EPS, "load": load}
     runs = {"serial": (), "pool2": ("--workers", "2"),
             "ray2": ("--backend", "ray", "--workers", "2")}
-    times: dict[str, tuple[float, float]] = {}
-    for name, extra in runs.items():
-        if name.rstrip("2") in skip:
-            continue
-        times[name] = _campaign(config, args.out / f"{name}.db", *extra)
+    runs = {name: extra for name, extra in runs.items() if name.rstrip("2") not in skip}
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    cpus: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.rounds):  # backends interleaved: a load change hits them alike
+        for name, extra in runs.items():
+            wall, cpu = _campaign(config, args.out / f"{name}.db", *extra)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+    times = {name: (statistics.median(walls[name]), statistics.median(cpus[name]))
+             for name in runs}
+    for name in runs:
         result[f"{name}_s"], result[f"{name}_cpu_s"] = times[name]
+        result[f"{name}_runs_s"] = walls[name]
         stats = _store_stats(args.out / f"{name}.db")
         if name == "serial":
-            result["serial"], serial_verdicts = stats, stats["verdicts"]
-        else:
-            result[f"{name}_same_verdicts"] = stats["verdicts"] == serial_verdicts
+            result["serial"] = stats
+        elif "serial" in runs:
             result[f"{name}_speedup"] = times["serial"][0] / times[name][0]
+            result[f"{name}_units_differing_from_serial"] = _differing(
+                args.out / "serial.db", args.out / f"{name}.db")
     if "shell" not in skip:
         result["shell"] = _shell_loop(args)
     result["load_after"] = after = os.getloadavg()
     print(json.dumps(result, indent=2))
-    print(f"load average (1 min) before {load[0]:.2f}, after {after[0]:.2f}", file=sys.stderr)
+    print(f"load average (1 min) before {load[0]:.2f}, after {after[0]:.2f}; "
+          f"median of {args.rounds} round(s)", file=sys.stderr)
+    base = times.get("serial")
     for name, (wall, cpu) in times.items():
-        print(f"{name:>7}: {wall:7.1f} s wall, {cpu:7.1f} s CPU, "
-              f"{times['serial'][0] / wall:5.2f}x vs serial", file=sys.stderr)
+        versus = "" if base is None else \
+            f", {base[0] / wall:5.2f}x vs serial, {cpu - base[1]:+5.1f} CPU s vs serial"
+        print(f"{name:>7}: {wall:7.1f} s wall, {cpu:7.1f} s CPU{versus}", file=sys.stderr)
 
+
+def _differing(a: Path, b: Path) -> int:
+    """Units whose verdict differs between two stores (or that only one of them holds)."""
+    q = "SELECT model, sample, norm, eps_index, verdict FROM units"
+    one = {r[:4]: r[4] for r in sqlite3.connect(a).execute(q)}
+    two = {r[:4]: r[4] for r in sqlite3.connect(b).execute(q)}
+    return sum(one.get(k) != two.get(k) for k in one.keys() | two.keys())
 
 if __name__ == "__main__":
     main()

@@ -1,19 +1,23 @@
-"""The Ray backend: long-lived actors, one per CPU, fed one task at a time.
+"""The Ray backend: long-lived actors fed one task at a time, the driver working too.
 
-Where the time of a Ray campaign on a small machine went (profiled on the issue-13 bench, 2
-cores): starting a local Ray (``ray.init`` starts a GCS, a raylet and five helper Python
-processes, 4-9 s) and then its worker processes (importing torch and this library, loading the
-models and data: 2-5 s) while the driver sat idle; the per-task CPU of the workers equals the
-serial run's, and the GCS / raylet use under 2 s of CPU over a 100 s campaign. So this backend
+Where the time of a Ray campaign on a small machine goes (profiled on the issue-13 bench, 2
+cores): Ray's own processes (GCS, raylet and Python helpers: dashboard head, autoscaler
+monitor, log monitor, dashboard agent, runtime-env agent; ~0.7 CPU-s each to start) and its
+worker processes (Ray's worker, then torch and this library, models and data: ~3 CPU-s per
+actor). The per-task CPU of an actor equals the serial run's. On 2 cores every CPU-second of
+start-up is taken from the work, so this backend
 
-- runs tasks **in the driver** (a thread) while Ray and the actors start, and stops doing so as
-  soon as every actor has loaded its context (the thread finishes the task it is on);
-- keeps one **actor per CPU** for the whole campaign: models and data are loaded once per
-  actor, the config travels once, a task carries only its sample indices;
+- runs tasks **in the driver** (a thread) from the start; on a local cluster the driver is
+  one of the ``workers`` for the whole campaign and Ray starts one actor fewer (joining a
+  cluster with ``address``, the driver stops once every actor has loaded its context);
+- keeps **long-lived actors** (one CPU each): models and data are loaded once per actor, the
+  config travels once, a task carries only its sample indices;
 - gives each actor **one task at a time** (the next one is handed over within milliseconds of
   the last result), so no task waits behind a long one while another CPU is idle;
-- starts Ray without dashboard, log forwarding or usage reporting and with a small object
-  store (the payloads are sample indices and a few kB of records per task).
+- starts a local Ray **lean**: no dashboard, no autoscaler monitor, no log monitor (unless
+  the actors' output is forwarded), no idle workers started ahead of the actors, no usage
+  reporting, a small object store (the payloads are sample indices and a few kB of records
+  per task).
 
 An actor that dies (a crash inside a task) is restarted by Ray; the task it held is reported as
 failed (the driver retries it once, then records the error). Ctrl-C: tasks not yet handed out
@@ -23,15 +27,18 @@ are dropped, running ones finish (actors and the driver's thread alike).
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from advrobust import _rayhead
 from advrobust.errors import AdvRobustError
 from advrobust.evaluation.campaign.cascade import Task
 from advrobust.evaluation.campaign.config import CampaignConfig
@@ -46,13 +53,15 @@ _POLL = 0.02  # seconds between looks at the driver's own results while waiting 
 def init_options(workers: int, address: str | None, progress: bool = False
                  ) -> dict[str, Any]:
     """``ray.init`` keywords: join ``address``, or a lean local cluster of ``workers`` CPUs
-    (the actors' output reaches the driver only with ``progress``)."""
+    (the actors' output reaches the driver only with ``progress``). The backend starts a local
+    cluster with :mod:`advrobust._rayhead` and uses these only where that cannot start."""
     common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": progress,
                               "logging_level": "ERROR"}
     if address:
         return {"address": address, **common}
     return {"num_cpus": workers if workers > 0 else None,
-            "object_store_memory": 128 * 1024 ** 2, **common}
+            "object_store_memory": _rayhead.OBJECT_STORE_BYTES,
+            "_system_config": dict(_rayhead.LEAN_SYSTEM_CONFIG), **common}
 
 
 class _Worker:
@@ -79,9 +88,11 @@ class RayBackend:
     Args:
         config: the campaign.
         fn: the task function (``execute`` or a test's module-level stand-in).
-        workers: actors (and local CPUs); with ``address``, 0 means one per cluster CPU.
+        workers: local CPUs (the driver and ``workers - 1`` actors), or with ``address`` the
+            actors (0: one per cluster CPU).
         address: a running cluster to join (``ray.init(address=...)``).
-        driver_helps: run tasks in the driver while the actors start.
+        driver_helps: run tasks in the driver (while the actors start; on a local cluster,
+            throughout). False: ``workers`` actors do all the work.
         journal: a file beside the store naming the task the driver is running (see
             :meth:`_help`); None: no safeguard.
         progress: actors report long stages with a status line (forwarded to the driver).
@@ -104,6 +115,11 @@ class RayBackend:
         self.local_busy = 0
         self.helper: threading.Thread | None = None
         self.helping = driver_helps
+        # on a local cluster the driver is one of the ``workers``: it keeps running tasks
+        # and Ray starts one actor fewer (each actor pays Ray's worker, torch and the
+        # library again: ~3 CPU-s, a sixth of a small campaign's work on 2 cores)
+        self.driver_share = driver_helps and not address
+        self.head: _rayhead.Head | None = None
         self.local_tasks = 0
         self.t0 = time.perf_counter()
         if driver_helps:  # from now on: the first tasks need not wait for Ray at all
@@ -111,13 +127,15 @@ class RayBackend:
                                            daemon=True)
             self.helper.start()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        try:
-            import ray
-        except ImportError:
+        if importlib.util.find_spec("ray") is None:  # imported later, while the driver works
             self.helping = False
-            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.") \
-                from None
-        self.ray = ray
+            raise AdvRobustError("--backend ray needs Ray: pip install 'advrobust[ray]'.")
+        self.ray: Any = None
+        ray = sys.modules.get("ray")
+        if not address and not (ray is not None and ray.is_initialized()):
+            # a local cluster: its head comes up in a child process while the driver works
+            # (the CLI starts it even before importing torch; see advrobust._rayhead)
+            self.head = _rayhead.take(workers if workers > 0 else None, progress)
 
     # -- the runner's interface ---------------------------------------------------------------
     def submit(self, task: Task) -> None:
@@ -170,18 +188,31 @@ class RayBackend:
         self.actors, self.running = [], {}
         if self.started:
             self.ray.shutdown()
+        if self.head is not None:
+            self.head.stop()
+            self.head = None
 
     # -- internals ----------------------------------------------------------------------------
     def _start(self) -> None:
         """Start Ray (in this thread) and the actors; the driver's thread already runs."""
-        ray = self.ray
+        import ray
+
+        self.ray = ray
         if not ray.is_initialized():
-            ray.init(**init_options(self.workers, self.address, self.progress))
+            address = self.head.address() if self.head is not None else None
+            if address is None:  # no head child (a Ray its node API does not fit): plain
+                ray.init(**init_options(self.workers, self.address, self.progress))
+            else:
+                ray.init(**init_options(self.workers, address, self.progress))
             self.started = True
             logger.debug("ray.init: %.2f s", time.perf_counter() - self.t0)
         count = self.workers
         if count < 1:
             count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if self.driver_share and count > 1:
+            count -= 1
+        else:
+            self.driver_share = False
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_Worker)
         self.actors = [actor.remote(self.config, self.fn, self.progress) for _ in range(count)]
         self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
@@ -200,7 +231,7 @@ class RayBackend:
             except Exception:  # a failing context load shows on the tasks it gets
                 pass
         if not self.ready_refs:
-            self.helping = False
+            self.helping = self.driver_share
             logger.debug("every actor up after %.2f s; the driver ran %d task(s) meanwhile",
                          time.perf_counter() - self.t0, self.local_tasks)
 

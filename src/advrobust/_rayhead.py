@@ -1,0 +1,116 @@
+"""A lean local Ray head in a child process, started before the driver has imported torch.
+
+A campaign with ``--backend ray`` on one machine needs a local Ray cluster. Starting it takes
+a few CPU-seconds (the GCS, the raylet, their Python agents), and on a small machine every one
+of them is taken from the campaign's work. Started from a child process as the first thing the
+command does, the cluster comes up on the otherwise idle cores while the driver imports torch
+and loads models and data; the driver then only connects (``ray.init(address=...)``).
+
+The child (``python -m advrobust._rayhead NUM_CPUS LOG_MONITOR``) starts the head through
+Ray's node API without the autoscaler monitor, the dashboard and (unless the actors' output is
+forwarded to the driver) the log monitor, and without idle workers started ahead of the actors;
+it prints the cluster's address, then holds the cluster until its standard input closes: when
+the driver is done, or when the driver dies (a crash or SIGKILL closes the pipe too), so the
+cluster never outlives its campaign. Where the node API does not fit the installed Ray, the
+child exits without an address and the driver falls back to ``ray.init``.
+
+This module imports neither torch nor Ray in the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+__all__ = ["Head", "prestart", "take"]
+
+#: Raylet settings of a local cluster: no idle Python workers started ahead of the actors
+#: (Ray starts one per CPU by default; the campaign's driver takes one CPU's share).
+LEAN_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
+OBJECT_STORE_BYTES = 128 * 1024 ** 2
+
+
+class Head:
+    """A head process being started; :meth:`address` waits for it."""
+
+    def __init__(self, num_cpus: int | None, log_monitor: bool) -> None:
+        self.key = (num_cpus, log_monitor)
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(num_cpus or 0), str(int(log_monitor))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env=env)
+        self._address: str | None = None
+        self._read = False
+        self._lock = threading.Lock()
+
+    def address(self) -> str | None:
+        """The cluster's address once it is up; None when the head could not start."""
+        with self._lock:
+            if not self._read:
+                self._read = True
+                line = self.proc.stdout.readline() if self.proc.stdout else ""
+                self._address = line.strip() or None
+            return self._address
+
+    def stop(self) -> None:
+        """Stop the cluster (closes the child's input; it shuts the head down and exits)."""
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+_PRESTARTED: list[Head] = []
+
+
+def prestart(num_cpus: int | None, log_monitor: bool) -> Head:
+    """Start a head now, for the next :func:`take` with the same arguments."""
+    head = Head(num_cpus, log_monitor)
+    _PRESTARTED.append(head)
+    return head
+
+
+def take(num_cpus: int | None, log_monitor: bool) -> Head:
+    """The head :func:`prestart` started with these arguments, or a new one."""
+    for head in list(_PRESTARTED):
+        _PRESTARTED.remove(head)
+        if head.key == (num_cpus, log_monitor) and head.proc.poll() is None:
+            return head
+        head.stop()
+    return Head(num_cpus, log_monitor)
+
+
+def _serve(num_cpus: int, log_monitor: bool) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it finishes tasks
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    fields: dict[str, Any] = {
+        "num_cpus": num_cpus or None, "include_dashboard": False, "no_monitor": True,
+        "include_log_monitor": log_monitor, "_system_config": dict(LEAN_SYSTEM_CONFIG),
+        "object_store_memory": OBJECT_STORE_BYTES}
+    try:
+        node = Node(RayParams(**fields), head=True, shutdown_at_exit=False, spawn_reaper=True,
+                    ray_init_cluster=True)
+    except Exception:  # another Ray version: no address, the driver uses ray.init
+        return 1
+    try:
+        print(node.address, flush=True)
+        sys.stdin.read()  # until the driver closes the pipe or dies
+    finally:
+        node.kill_all_processes(check_alive=False, allow_graceful=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve(int(sys.argv[1]), bool(int(sys.argv[2]))))
