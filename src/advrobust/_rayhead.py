@@ -7,8 +7,9 @@ command does, the cluster comes up on the otherwise idle cores while the driver 
 and loads models and data; the driver then only connects (``ray.init(address=...)``).
 
 The child (``python -m advrobust._rayhead NUM_CPUS LOG_MONITOR``) starts the head through
-Ray's node API without the autoscaler monitor, the dashboard and (unless the actors' output is
-forwarded to the driver) the log monitor, and without idle workers started ahead of the actors;
+Ray's node API without the autoscaler monitor, without the dashboard's web modules and (unless
+the actors' output is forwarded to the driver) without the log monitor, and with no idle
+workers started ahead of the actors;
 it prints the cluster's address, then holds the cluster until its standard input closes: when
 the driver is done, or when the driver dies (a crash or SIGKILL closes the pipe too), so the
 cluster never outlives its campaign. Where the node API does not fit the installed Ray, the
@@ -24,6 +25,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Head", "prestart", "take"]
@@ -39,7 +41,9 @@ class Head:
 
     def __init__(self, num_cpus: int | None, log_monitor: bool) -> None:
         self.key = (num_cpus, log_monitor)
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        here = str(Path(__file__).resolve().parents[1])  # this advrobust, also in the child
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": path}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", __name__, str(num_cpus or 0), str(int(log_monitor))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,53 @@ def test_a_task_that_kills_the_driver_goes_to_the_actors_on_resume(folder: Path)
         rows = list(store.rows())
     assert len(rows) == 32
     assert {r["sample"] for r in rows if r["status"] == "error"} == set(range(4))
+
+
+def _family(root: int) -> set[int]:
+    """``root``'s descendants (Linux /proc)."""
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1]
+                                              .split()[1])
+            except OSError:
+                continue
+    family, grew = {root}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in family} - family
+        family |= new
+        grew = bool(new)
+    return family - {root}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_local_head_is_lean_and_ends_with_its_pipe() -> None:
+    pytest.importorskip("ray")
+    from advrobust import _rayhead
+
+    head = _rayhead.take(1, False)
+    try:
+        address = head.address()
+        assert address is not None and ":" in address
+        family = _family(head.proc.pid)
+        lines = [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                 for p in family if _alive(p)]
+        assert any("raylet" in c for c in lines) and any("gcs_server" in c for c in lines)
+        # lean: neither the autoscaler monitor nor the log monitor
+        assert not any("monitor.py" in c for c in lines)
+    finally:
+        head.stop()  # what the driver's exit (or death) does too: the pipe closes
+    assert head.proc.returncode == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in family):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in family)  # the cluster went with it
