@@ -1,7 +1,11 @@
 """Campaign bench: one campaign vs the shell loop of separate attack + verify runs; backends.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/campaign_bench.py --model ibp.pt \
-        --data-dir ../shared/data/mnist --n 200 --out runs/campaign
+        --data-dir ../shared/data/mnist --out runs/campaign
+
+The defaults are issue 13's campaign: the first 1,000 MNIST test images, linf eps {0.01, 0.02,
+0.05, 0.1}, CROWN -> PGD-50 -> BaB -> MILP (1 s), 25 images per task. Serial / pool / Ray
+alone, back to back, ``--rounds`` times interleaved (medians): ``--skip shell --rounds 3``.
 
 Runs (1) ``advrobust campaign run`` serially, (2) with ``--workers 2`` (pool), (3) with
 ``--backend ray --workers 2`` (when Ray is installed), (4) for every eps the shell loop
@@ -174,7 +178,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--n", type=int, default=1000, help="images (the first N of the test set)")
     p.add_argument("--batch", type=int, default=25)
     p.add_argument("--limit", type=float, default=1.0, help="seconds per exact method")
     p.add_argument("--out", type=Path, default=Path("runs/campaign"))

@@ -103,9 +103,14 @@ def _serve(num_cpus: int, log_monitor: bool) -> int:
         "num_cpus": num_cpus or None, "include_dashboard": False, "no_monitor": True,
         "include_log_monitor": log_monitor, "_system_config": dict(LEAN_SYSTEM_CONFIG),
         "object_store_memory": OBJECT_STORE_BYTES}
+    class LeanNode(Node):  # type: ignore[misc]
+        def start_api_server(self, **_: Any) -> None:
+            """No dashboard API server (job submission, state API; ~0.8 CPU-s to start): a
+            campaign uses none of it, and Ray runs without it as when it fails to start."""
+
     try:
-        node = Node(RayParams(**fields), head=True, shutdown_at_exit=False, spawn_reaper=True,
-                    ray_init_cluster=True)
+        node = LeanNode(RayParams(**fields), head=True, shutdown_at_exit=False,
+                        spawn_reaper=True, ray_init_cluster=True)
     except Exception:  # another Ray version: no address, the driver uses ray.init
         return 1
     try:
