@@ -6,14 +6,15 @@ of them is taken from the campaign's work. Started from a child process as the f
 command does, the cluster comes up on the otherwise idle cores while the driver imports torch
 and loads models and data; the driver then only connects (``ray.init(address=...)``).
 
-The child (``python -m advrobust._rayhead NUM_CPUS LOG_MONITOR``) starts the head through
-Ray's node API without the autoscaler monitor, without the dashboard's web modules and (unless
-the actors' output is forwarded to the driver) without the log monitor, and with no idle
-workers started ahead of the actors;
-it prints the cluster's address, then holds the cluster until its standard input closes: when
-the driver is done, or when the driver dies (a crash or SIGKILL closes the pipe too), so the
-cluster never outlives its campaign. Where the node API does not fit the installed Ray, the
-child exits without an address and the driver falls back to ``ray.init``.
+The child (``python -m advrobust._rayhead NUM_CPUS LOG_MONITOR``, in a session of its own so
+that a terminal's Ctrl-C reaches the driver alone) starts the head through Ray's node API
+without the autoscaler monitor, the dashboard's API server and (unless the actors' output is
+forwarded to the driver) the log monitor, and with no idle workers started ahead of the actors
+(~0.7 CPU-s each of these Python processes would cost). It prints the cluster's address, then
+holds the cluster until its standard input closes: when the driver is done, or when the driver
+dies (a crash or SIGKILL closes the pipe too), so the cluster never outlives its campaign.
+Where the node API does not fit the installed Ray, the child exits without an address and the
+driver falls back to ``ray.init``.
 
 This module imports neither torch nor Ray in the driver.
 """
@@ -47,7 +48,7 @@ class Head:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", __name__, str(num_cpus or 0), str(int(log_monitor))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, env=env)
+            text=True, env=env, start_new_session=True)  # a terminal's Ctrl-C is the driver's
         self._address: str | None = None
         self._read = False
         self._lock = threading.Lock()
