@@ -11,9 +11,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from advrobust.core._validation import check_int
 from advrobust.errors import InvalidInputError
 
 __all__ = [
@@ -61,6 +58,7 @@ def load_data(args: argparse.Namespace, announce: bool = True) -> Any:
     Without ``--n`` on a split of more than :data:`ANNOUNCE_ABOVE` samples (and ``announce``),
     says on stderr how many samples the command is about to process.
     """
+    from advrobust.core._validation import check_int
     from advrobust.data import load_dataset
 
     if args.n is not None:
@@ -186,7 +184,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if torch.is_tensor(value):
+    torch = sys.modules.get("torch")  # a tensor implies torch; the CLI starts without it
+    if torch is not None and torch.is_tensor(value):
         return _jsonable(value.tolist())
     if isinstance(value, float):
         # 7 significant digits (float32 precision): noise such as 0.8999999761581421 reads as

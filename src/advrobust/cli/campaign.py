@@ -72,18 +72,20 @@ def _write(path: Path, text: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from advrobust.core._validation import check_int
-
-    if args.workers is not None:
-        check_int(args.workers, "--workers", "advrobust campaign run", low=1)
     backend = args.backend or ("pool" if (args.workers or 1) > 1 else "serial")
     workers = args.workers if args.workers is not None else (0 if backend == "ray" else 1)
-    if backend == "ray" and not args.address and importlib.util.find_spec("ray") is not None:
+    if backend == "ray" and not args.address and isinstance(workers, int) and workers >= 0 \
+            and importlib.util.find_spec("ray") is not None:
         from advrobust import _rayhead
 
         # the local cluster comes up on the idle cores while this process imports torch
+        # (first thing: even advrobust.core imports torch)
         _rayhead.prestart(workers or None, not args.no_progress)
+    from advrobust.core._validation import check_int
     from advrobust.evaluation.campaign import load_config, run_campaign
+
+    if args.workers is not None:
+        check_int(args.workers, "--workers", "advrobust campaign run", low=1)
 
     config = load_config(args.config)
     result = run_campaign(config, args.store, workers=workers, backend=backend,
