@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +153,31 @@ def test_ray_missing_names_the_extra(folder: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(AdvRobustError, match=r"advrobust\[ray\]"):
         run_campaign(config, folder / "r.db", backend="ray", workers=2, progress=False)
+
+
+def _loaded_in_worker(config: CampaignConfig, task: Task) -> tuple[int, bool]:
+    """Which process ran the task, and whether it had the campaign loaded before it."""
+    from advrobust.evaluation.campaign import workers
+
+    return os.getpid(), config.identity() in workers._CONTEXTS
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux")
+def test_pool_workers_are_forked_from_the_loaded_driver(folder: Path) -> None:
+    from advrobust.evaluation.campaign.runner import plan
+    from advrobust.evaluation.campaign.workers import _mp_context, make_backend, warm_up
+
+    config = load_config(write_config(folder, n=8, batch_size=4))
+    assert _mp_context(dataclasses.replace(config, threads=2)).get_start_method() != "fork"
+    if threading.active_count() > 1:  # left by another test: the pool rightly does not fork
+        pytest.skip("another thread runs in this test process")
+    warm_up(config)
+    pool = make_backend("pool", config, 2, fn=_loaded_in_worker)
+    try:
+        for task in plan(config):
+            pool.submit(task)
+        outcomes = [pool.next_done()[1] for _ in plan(config)]
+    finally:
+        pool.close()
+    # workers, not the driver, and each had models and data before its first task
+    assert all(pid != os.getpid() and loaded for pid, loaded in outcomes)

@@ -14,10 +14,11 @@ start-up is taken from the work, so this backend
   config travels once, a task carries only its sample indices;
 - gives each actor **one task at a time** (the next one is handed over within milliseconds of
   the last result), so no task waits behind a long one while another CPU is idle;
-- starts a local Ray **lean**: no dashboard, no autoscaler monitor, no log monitor (unless
-  the actors' output is forwarded), no idle workers started ahead of the actors, no usage
-  reporting, a small object store (the payloads are sample indices and a few kB of records
-  per task).
+- starts a local Ray **early and lean** (:mod:`advrobust._rayhead`: a child process, which
+  the CLI starts before it imports torch): no dashboard API server, no autoscaler monitor, no
+  log monitor (unless the actors' output is forwarded), no idle workers started ahead of the
+  actors, no usage reporting, a small object store (the payloads are sample indices and a few
+  kB of records per task).
 
 An actor that dies (a crash inside a task) is restarted by Ray; the task it held is reported as
 failed (the driver retries it once, then records the error). Ctrl-C: tasks not yet handed out
