@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +154,27 @@ def test_ray_missing_names_the_extra(folder: Path, monkeypatch: pytest.MonkeyPat
         run_campaign(config, folder / "r.db", backend="ray", workers=2, progress=False)
 
 
-def _loaded_in_worker(config: CampaignConfig, task: Task) -> tuple[int, bool]:
+FORK_CHECK = """
+import json, os, sys
+from advrobust.evaluation.campaign import load_config
+from advrobust.evaluation.campaign import workers
+from advrobust.evaluation.campaign.runner import plan
+import test_campaign_runner as here
+
+config = load_config(sys.argv[1])
+workers.warm_up(config)
+pool = workers.make_backend("pool", config, 2, fn=here.loaded_in_worker)
+try:
+    for task in plan(config):
+        pool.submit(task)
+    outcomes = [pool.next_done()[1] for _ in plan(config)]
+finally:
+    pool.close()
+print(json.dumps({"driver": os.getpid(), "outcomes": outcomes}))
+"""
+
+
+def loaded_in_worker(config: CampaignConfig, task: Task) -> tuple[int, bool]:
     """Which process ran the task, and whether it had the campaign loaded before it."""
     from advrobust.evaluation.campaign import workers
 
@@ -164,20 +183,22 @@ def _loaded_in_worker(config: CampaignConfig, task: Task) -> tuple[int, bool]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux")
 def test_pool_workers_are_forked_from_the_loaded_driver(folder: Path) -> None:
-    from advrobust.evaluation.campaign.runner import plan
-    from advrobust.evaluation.campaign.workers import _mp_context, make_backend, warm_up
+    import subprocess
 
-    config = load_config(write_config(folder, n=8, batch_size=4))
+    from advrobust.evaluation.campaign.workers import _mp_context
+
+    config_file = write_config(folder, n=8, batch_size=4)
+    config = load_config(config_file)
     assert _mp_context(dataclasses.replace(config, threads=2)).get_start_method() != "fork"
-    if threading.active_count() > 1:  # left by another test: the pool rightly does not fork
-        pytest.skip("another thread runs in this test process")
-    warm_up(config)
-    pool = make_backend("pool", config, 2, fn=_loaded_in_worker)
-    try:
-        for task in plan(config):
-            pool.submit(task)
-        outcomes = [pool.next_done()[1] for _ in plan(config)]
-    finally:
-        pool.close()
+    # a fresh driver (this test process may hold other tests' threads: then no fork)
+    here = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(here.parents[2] / "src"), str(here),
+                            os.environ.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", FORK_CHECK, str(config_file)], text=True,
+                          capture_output=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
     # workers, not the driver, and each had models and data before its first task
-    assert all(pid != os.getpid() and loaded for pid, loaded in outcomes)
+    assert len(out["outcomes"]) == 2
+    assert all(pid != out["driver"] and loaded for pid, loaded in out["outcomes"])
