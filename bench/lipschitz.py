@@ -36,7 +36,12 @@ from advrobust.relax import (  # noqa: E402
     LocalLipschitz,
     certified_radius,
 )
-from advrobust.relax._opnorm import op_norm, power_iteration, split_last  # noqa: E402
+from advrobust.relax._opnorm import (  # noqa: E402
+    network_split,
+    network_units,
+    op_norm,
+    power_iteration,
+)
 from advrobust.training import fit  # noqa: E402
 from advrobust.training.defenses import build_objective  # noqa: E402
 
@@ -87,13 +92,14 @@ def ratio(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _layer_norms(model: torch.nn.Module) -> list[dict[str, object]]:
-    """Per affine op before the last ReLU: certified l2 norm and a 100-step power iteration."""
+    """Per affine op before the last nonlinearity (MinMax blocks, which count 1, left out):
+    certified l2 norm and a 100-step power iteration."""
     net = from_module(model, (1, 28, 28))
-    ops = net.ops[:split_last(net.ops)]
+    units = network_units(net, network_split(net))
     gen = torch.Generator().manual_seed(0)
     return [{"op": op.name, "certified": op_norm(op, Norm.L2),
              "power_iteration": power_iteration(op, 100, gen)}
-            for op in ops if isinstance(op, AffineOp)]
+            for _, op in units if isinstance(op, AffineOp)]
 
 
 def gloro(args: argparse.Namespace) -> dict[str, object]:
@@ -107,7 +113,8 @@ def gloro(args: argparse.Namespace) -> dict[str, object]:
         train = mnist("train", args.data_dir)
         model, name = build_model(args.model, input_shape=(1, 28, 28)), args.model
         epochs, train_eps = args.epochs, args.train_eps
-        objective = build_objective("gloro", eps=args.train_eps, ramp=args.ramp, seed=args.seed)
+        objective = build_objective("gloro", eps=args.train_eps, ramp=args.ramp,
+                                    beta=args.beta, seed=args.seed)
         t_train = Timer()
         fit(model, (train.x, train.y), objective=objective, epochs=args.epochs, lr=args.lr,
             optimizer="adam", batch_size=args.batch_size, progress=False, seed=args.seed)
@@ -145,6 +152,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--beta", type=float, default=None, help="gloro: TRADES weight")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     payload = ratio(args) if args.part == "ratio" else gloro(args)

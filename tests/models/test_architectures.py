@@ -9,14 +9,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advrobust.errors import InvalidParameterError
-from advrobust.models import MODELS, Normalize, build_model
+from advrobust.models import MODELS, MinMax, Normalize, build_model
 from advrobust.models.resnet import ResidualBlock
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-ALLOWED = (nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.AvgPool2d, Normalize, ResidualBlock)
+ALLOWED = (nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.AvgPool2d, Normalize, ResidualBlock,
+           MinMax)
 
 
 def _valid(name: str, shape: tuple[int, int, int]) -> bool:
+    if name == "minmax-2c2f":
+        return min(shape[1:]) >= 4
     return not name.startswith("lenet") or min(shape[1:]) >= 16
 
 
@@ -57,7 +60,7 @@ def test_layer_widths_follow_the_course() -> None:
        name=st.sampled_from(MODELS))
 def test_any_input_size_builds_or_is_rejected_clearly(c: int, h: int, w: int, name: str) -> None:
     if not _valid(name, (c, h, w)):
-        with pytest.raises(InvalidParameterError, match="lenet"):
+        with pytest.raises(InvalidParameterError, match="lenet|minmax-2c2f"):
             build_model(name, (c, h, w))
         return
     assert build_model(name, (c, h, w), num_classes=3)(torch.rand(2, c, h, w)).shape == (2, 3)

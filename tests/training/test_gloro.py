@@ -9,6 +9,7 @@ from torch import nn
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
+from advrobust.models import MinMax
 from advrobust.network.ir import from_module
 from advrobust.relax import GlobalLipschitz
 from advrobust.training import fit
@@ -73,3 +74,45 @@ def test_bad_input() -> None:
         GloRo(threat=LpBall("l2", 0.1), iterations=0)
     with pytest.raises(InvalidParameterError, match="threat"):
         GloRo(threat=0.1)  # type: ignore[arg-type]
+
+
+def _minmax_mlp(seed: int) -> nn.Sequential:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), MinMax(16), nn.Linear(16, 16),
+                             MinMax(16), nn.Linear(16, 10))
+
+
+def test_minmax_blocks_count_one_in_the_training_constants() -> None:
+    model = _minmax_mlp(0).eval()
+    obj = GloRo(threat=LpBall("l2", 1.0), iterations=40, seed=0)
+    net = from_module(model, (1, 8, 8))
+    spec = Spec.margins(torch.arange(10), 10)
+    obj.lipschitz(net, spec.C)
+    est = obj.lipschitz(net, spec.C).detach()
+    assert set(obj._vectors) == {1, 5}  # the trainable layers only, not the fixed P / Q
+    cert = GlobalLipschitz().constants(net, spec, Norm.L2).float()
+    assert bool((est <= cert * (1 + 1e-5)).all())
+    assert bool((est >= cert * 0.99).all())
+
+
+def test_trades_form_adds_a_nonnegative_kl_term() -> None:
+    model = _minmax_mlp(1)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 1, 8, 8, generator=gen), torch.randint(0, 10, (20,), generator=gen)
+    clean = nn.functional.cross_entropy(model(x), y).item()
+    zero = GloRo(threat=LpBall("l2", 1.0), beta=0.0, seed=0)(model, x, y, 1.0)
+    assert zero.item() == pytest.approx(clean, rel=1e-6)
+    obj = build_objective("gloro", eps=1.0, beta=2.0, ramp=0.5, seed=0)
+    full = obj(model, x, y, 1.0)
+    assert full.item() > clean + 1e-3  # the Lipschitz margin is far from met at init
+    # beta ramps with eps: at progress 0 (eps 0) the robust term is switched off
+    assert obj(model, x, y, 0.0).item() == pytest.approx(clean, rel=1e-6)
+    full.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("beta", [-1.0, float("nan"), float("inf")])
+def test_bad_beta(beta: object) -> None:
+    with pytest.raises(InvalidParameterError, match="'beta' parameter of GloRo"):
+        GloRo(threat=LpBall("l2", 0.1), beta=beta)  # type: ignore[arg-type]

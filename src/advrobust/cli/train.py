@@ -60,7 +60,7 @@ defenses (--defense; the checkpoint records the defense and its parameters):
   smoothadv   --sigma --eps --attack-steps --noise-samples --warmup
   dict-adv    --dictionary --attack-steps --attack-step-size --augmented-weight
   dict-noise  --dictionary --laplace-scale --augmented-weight
-  gloro       --eps --norm (l2 only) --warmup --ramp
+  gloro       --eps --norm (l2 only) --warmup --ramp --beta (TRADES form)
 """
 
 #: ``build_objective`` parameter -> (flag, type, help) of the --defense options.
@@ -72,7 +72,9 @@ _DEFENSE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "step_size": ("--attack-step-size", float, "inner attack step (default: 2.5 eps / steps; "
                                                "dict-adv: coding step, default 1)"),
     "alpha": ("--alpha", float, "fast-FGSM step (default: 1.25 eps)"),
-    "beta": ("--beta", float, "TRADES robustness weight (default: 6)"),
+    "beta": ("--beta", float, "TRADES robustness weight (trades: default 6; gloro: none = "
+                              "cross-entropy on the augmented logits, else GloRo's TRADES "
+                              "loss with this weight)"),
     "lam": ("--lam", float, "Lipschitz penalty weight of tv-lip (default: 0.01; larger "
                             "trades clean accuracy for a flatter loss: 0.1 gave 0.41 on digits); "
                             "KL weight of consistency (default: 5)"),

@@ -15,6 +15,7 @@ from advrobust.models.checkpoint import (
     save_checkpoint,
     to_primitive,
 )
+from advrobust.models.minmax import MinMax
 from advrobust.models.normalize import Normalize
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "MODELS",
     "LoadedCheckpoint",
+    "MinMax",
     "Normalize",
     "build_model",
     "check_checkpointable",

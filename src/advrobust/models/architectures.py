@@ -17,6 +17,7 @@ from torch import nn
 
 from advrobust.core._validation import check_int, check_seed
 from advrobust.errors import InvalidParameterError
+from advrobust.models.minmax import MinMax
 from advrobust.models.normalize import Normalize, normalize_values
 from advrobust.models.resnet import resnet8_layers
 
@@ -113,6 +114,31 @@ def _lenet_wide(shape: Shape, num_classes: int) -> list[nn.Module]:
     ]
 
 
+def _minmax_mlp(shape: Shape, num_classes: int) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = shape[0] * shape[1] * shape[2]
+    for size in (512, 512):
+        layers += [nn.Linear(width, size), MinMax(size)]
+        width = size
+    layers.append(nn.Linear(width, num_classes))
+    return layers
+
+
+def _minmax_2c2f(shape: Shape, num_classes: int) -> list[nn.Module]:
+    c, h, w = shape
+    for _ in range(2):  # 4x4 kernels, stride 2, padding 1: the side halves (rounded down)
+        h, w = (h - 2) // 2 + 1, (w - 2) // 2 + 1
+    if h < 1 or w < 1:
+        raise InvalidParameterError(
+            f"The 'minmax-2c2f' architecture needs images of at least 4x4 pixels. Got "
+            f"input_shape {shape} instead.")
+    return [
+        nn.Conv2d(c, 16, 4, stride=2, padding=1), MinMax(16, spatial=True),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1), MinMax(32, spatial=True),
+        nn.Flatten(), nn.Linear(32 * h * w, 100), MinMax(100), nn.Linear(100, num_classes),
+    ]
+
+
 _BUILDERS: dict[str, Callable[[Shape, int], list[nn.Module]]] = {
     "mlp2": _mlp2,
     "mlp4": _mlp4,
@@ -121,7 +147,13 @@ _BUILDERS: dict[str, Callable[[Shape, int], list[nn.Module]]] = {
     "lenet": _lenet,
     "lenet-wide": _lenet_wide,
     "resnet8": resnet8_layers,
+    "minmax-mlp": _minmax_mlp,
+    "minmax-2c2f": _minmax_2c2f,
 }
+
+#: Architectures initialised with orthogonal weights (as GloRo nets are: an orthogonal layer
+#: has all singular values 1, so the product-of-norms bound starts tight).
+_ORTHOGONAL = frozenset({"minmax-mlp", "minmax-2c2f"})
 
 #: Names accepted by :func:`build_model`.
 MODELS: tuple[str, ...] = tuple(_BUILDERS)
@@ -147,6 +179,12 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int = 10, *,
     - ``resnet8``: a stride-2 conv stem (16), residual blocks of 16, 32 (stride 2), 64
       (stride 2) channels, global average pooling, Linear ``num_classes``
       (:mod:`advrobust.models.resnet`; verified by IBP / CROWN through the graph IR).
+    - ``minmax-mlp``: Flatten, Linear 512, Linear 512, Linear ``num_classes`` with
+      :class:`~advrobust.models.minmax.MinMax` (GroupSort-2) activations, orthogonal
+      initialisation: a GloRo net (Leino et al. 2021) for Lipschitz-margin training.
+    - ``minmax-2c2f``: GloRo's 2C2F with MinMax activations: 4x4 convolutions (stride 2,
+      padding 1) with 16 and 32 channels, Flatten, Linear 100, Linear ``num_classes``,
+      orthogonal initialisation.
 
     Args:
         name: One of :data:`MODELS`.
@@ -188,8 +226,11 @@ def _assemble(name: str, shape: Shape, num_classes: int,
               normalize: tuple[Any, Any] | None) -> nn.Sequential:
     layers = _BUILDERS[name](shape, num_classes)
     for layer in (m for top in layers for m in top.modules()):
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+        if isinstance(layer, (nn.Linear, nn.Conv2d)) and layer.weight.requires_grad:
+            if name in _ORTHOGONAL:
+                nn.init.orthogonal_(layer.weight)
+            else:
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     if normalize is not None:

@@ -19,6 +19,10 @@ with q the dual norm of p. The per-op norms here are upper bounds (never estimat
   that matrix, like a dense layer, and keeps the smaller bound. Power iteration on the op itself
   (:func:`power_iteration`) gives the matching lower estimate, kept in the stats.
 
+A :class:`~advrobust.models.minmax.MinMax` block (fixed ``P``, ReLU, fixed ``Q`` in the IR)
+sorts feature pairs: it is 1-Lipschitz in every lp norm, so an unmodified block counts 1
+(:func:`minmax_blocks`), not ``||Q|| ||P||`` (2 sqrt(2) in l2).
+
 Everything is computed in float64 on detached copies of the live parameters.
 """
 
@@ -31,6 +35,8 @@ from torch import Tensor
 
 from advrobust.core.threat import Norm
 from advrobust.errors import UnsupportedLayerError
+from advrobust.models.minmax import MinMax
+from advrobust.network.ir import Network
 from advrobust.network.ops import (
     AffineOp,
     ChannelAffineOp,
@@ -41,7 +47,8 @@ from advrobust.network.ops import (
 )
 from advrobust.network.relu import ReLUOp
 
-__all__ = ["INFLATE", "dual_norm", "op_norm", "power_iteration", "prefix_norm", "split_last"]
+__all__ = ["INFLATE", "dual_norm", "minmax_blocks", "network_prefix_norm", "network_split",
+           "op_norm", "power_iteration", "prefix_norm", "split_last"]
 
 #: Relative inflation of every float64 norm: covers the rounding of the float64 computations.
 INFLATE = 1e-9
@@ -133,6 +140,62 @@ def split_last(network_ops: list[Op]) -> int:
     """Index after the last ReLU: the ops from there on are affine and fold into the spec."""
     idx = [i for i, op in enumerate(network_ops) if isinstance(op, ReLUOp)]
     return idx[-1] + 1 if idx else 0
+
+
+def minmax_blocks(network: Network) -> dict[int, int]:
+    """Start -> end (exclusive) op index of every MinMax block of ``network`` that is intact.
+
+    A block is the three ops ``P``, ReLU, ``Q`` built from the layers of one
+    :class:`~advrobust.models.minmax.MinMax` of ``network.module`` (matched by identity, with no
+    batch norm folded in) whose fixed weights are still the canonical ones; anything else is
+    left to the per-op bounds (sound, only looser).
+    """
+    if network.module is None:
+        return {}
+    firsts = {id(m[0]): m for m in network.module.modules() if isinstance(m, MinMax)}
+    ops, blocks = network.ops, {}
+    for i, op in enumerate(ops[:-2]):
+        block = firsts.get(id(getattr(op, "module", None)))
+        if block is None or getattr(op, "bn", None) is not None:
+            continue
+        last = ops[i + 2]
+        if isinstance(ops[i + 1], ReLUOp) and getattr(last, "module", None) is block[2] \
+                and getattr(last, "bn", None) is None and block.is_exact():
+            blocks[i] = i + 3
+    return blocks
+
+
+def network_split(network: Network, blocks: dict[int, int] | None = None) -> int:
+    """Index after the last nonlinearity (a ReLU or a MinMax block): the ops from there on are
+    affine and fold into the spec rows."""
+    blocks = minmax_blocks(network) if blocks is None else blocks
+    inner = {j for start, end in blocks.items() for j in range(start, end)}
+    ends = [i + 1 for i, op in enumerate(network.ops)
+            if isinstance(op, ReLUOp) and i not in inner]
+    return max(ends + list(blocks.values()) + [0])
+
+
+def network_units(network: Network, end: int, blocks: dict[int, int] | None = None
+                  ) -> list[tuple[int, Op | None]]:
+    """The ops before ``end`` as ``(index, op)`` Lipschitz units; a MinMax block is one unit
+    ``(start, None)`` of constant 1."""
+    blocks = minmax_blocks(network) if blocks is None else blocks
+    units: list[tuple[int, Op | None]] = []
+    i = 0
+    while i < end:
+        if i in blocks:
+            units.append((i, None))
+            i = blocks[i]
+        else:
+            units.append((i, network.ops[i]))
+            i += 1
+    return units
+
+
+def network_prefix_norm(network: Network, end: int, norm: Norm) -> float:
+    """Product of the per-op bounds of ``network.ops[:end]``, MinMax blocks counted 1."""
+    return math.prod(1.0 if op is None else op_norm(op, norm)
+                     for _, op in network_units(network, end))
 
 
 def prefix_norm(ops: list[Op], norm: Norm) -> float:

@@ -7,7 +7,8 @@ constant gives a certifiable minimum adversarial perturbation").
 
 - :class:`GlobalLipschitz`: ``L_k = ||c_k^T W_L||_q * prod_l ||W_l||_{p->p}``, the spec row
   folded into the trailing affine layers (rows of ``W_last`` differenced, never ``2 ||W||``)
-  and certified upper bounds of the other layers' operator norms (:mod:`._opnorm`).
+  and certified upper bounds of the other layers' operator norms (:mod:`._opnorm`); ReLU and
+  :class:`~advrobust.models.minmax.MinMax` blocks count 1.
 - :class:`LocalLipschitz`: the Jacobian of each row over the ball bounded elementwise from the
   ReLU derivative intervals that CROWN's pre-activation bounds allow (Fast-Lip, Weng et al.
   2018, "Towards fast computation of certified robustness for ReLU networks"), then its dual
@@ -32,7 +33,7 @@ from advrobust.core.threat import LpBall, Norm
 from advrobust.network.ir import Network, from_module
 from advrobust.network.ops import AffineOp, ChannelAffineOp, FlattenOp, LinearOp
 from advrobust.network.relu import ReLUOp
-from advrobust.relax._opnorm import INFLATE, dual_norm, prefix_norm, split_last
+from advrobust.relax._opnorm import INFLATE, dual_norm, network_prefix_norm, network_split
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds
 
@@ -67,8 +68,8 @@ def spec_values(network: Network, x: Tensor, spec: Spec) -> Tensor:
 
 
 def _fold_tail(network: Network, c: Tensor) -> tuple[Tensor, int]:
-    """Spec rows carried back through the affine ops after the last ReLU (exact)."""
-    start = split_last(network.ops)
+    """Spec rows carried back through the affine ops after the last nonlinearity (exact)."""
+    start = network_split(network)
     a = c.double()
     for op in reversed(network.ops[start:]):
         assert isinstance(op, AffineOp)
@@ -80,7 +81,7 @@ def lipschitz_constants(network: Network, c: Tensor, norm: Norm) -> Tensor:
     """Certified global Lipschitz constants (N, K) of the rows ``c`` (N, K, num_outputs)."""
     with torch.no_grad():
         a, start = _fold_tail(network, c)
-        head = prefix_norm(network.ops[:start], norm)
+        head = network_prefix_norm(network, start, norm)
         return dual_norm(a, norm) * head * (1 + INFLATE)
 
 

@@ -128,10 +128,11 @@ def _dict_noise(*, dictionary: str, scale: float | None = None, augmented_weight
 
 
 def _gloro(*, eps: float, norm: str = "l2", warmup: float = 0.0, ramp: float | None = None,
-           seed: int | None = None) -> Objective:
+           beta: float | None = None, seed: int | None = None) -> Objective:
     from advrobust.training.gloro import GloRo
 
-    return GloRo(threat=_threat(eps, norm), schedule=_schedule(warmup, ramp), seed=seed)
+    return GloRo(threat=_threat(eps, norm), schedule=_schedule(warmup, ramp), beta=beta,
+                 seed=seed)
 
 
 _FACTORIES: dict[str, Callable[..., Objective]] = {

@@ -5,7 +5,15 @@ augmented with a bottom class ``f_bot(x) = max_{j != y} f_j(x) + eps * K_{yj}``,
 bounds the l2 Lipschitz constant of ``f_y - f_j``: the norm of the difference of the last
 layer's rows (folded through the affine ops after the last ReLU) times the spectral norms of the
 layers before it. Cross-entropy on the augmented logits pushes every margin above ``eps * K``,
-which is exactly what :class:`~advrobust.relax.GlobalLipschitz` certifies afterwards.
+which is exactly what :class:`~advrobust.relax.GlobalLipschitz` certifies afterwards. With
+``beta`` the loss is GloRo's TRADES form instead: cross-entropy on the clean logits plus ``beta``
+times the KL divergence from the clean softmax (bottom class 0) to the augmented softmax, which
+trades clean accuracy for certified margin more gently than cross-entropy on the augmented
+logits; ``beta`` ramps up with the eps schedule.
+
+Build the network with :class:`~advrobust.models.minmax.MinMax` activations (``minmax-mlp``,
+``minmax-2c2f``): a MinMax block counts 1 in the product of norms, and unlike ReLU it keeps the
+gradient norm, so the product bound can be nearly tight (Anil et al. 2019).
 
 The spectral norms come from power iteration with the vectors kept across steps (one iteration
 per step, as in spectral normalisation, Miyato et al. 2018), differentiable through
@@ -21,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advrobust.core._validation import check_int
+from advrobust.core._validation import check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
 from advrobust.network.ir import Network, from_module
 from advrobust.network.ops import AffineOp, ChannelAffineOp, FlattenOp, Op
 from advrobust.network.relu import ReLUOp
-from advrobust.relax._opnorm import split_last
+from advrobust.relax._opnorm import network_split, network_units
 from advrobust.training.objective import Objective
 from advrobust.training.ramps import EpsSchedule
 
@@ -59,17 +67,23 @@ class GloRo(Objective):
         threat: the l2 ball to certify (its eps is the end of the ramp).
         schedule: eps ramp (default: ``EpsSchedule()``, 0 up to eps over the first half).
         iterations: power iterations per step (the vectors persist across steps).
+        beta: None for cross-entropy on the augmented logits; a weight >= 0 for the TRADES
+            form (clean cross-entropy + beta * KL(clean softmax || augmented softmax)), beta
+            ramped like eps.
         seed: seed of the initial power-iteration vectors.
 
     Raises:
         InvalidThreatModelError: a threat that is not l2.
+        InvalidParameterError: ``iterations`` < 1, ``beta`` negative or not finite.
     """
 
     def __init__(self, *, threat: LpBall, schedule: EpsSchedule | None = None,
-                 iterations: int = 1, seed: int | None = None) -> None:
+                 iterations: int = 1, beta: float | None = None,
+                 seed: int | None = None) -> None:
         self.threat = threat
         self.schedule = schedule if schedule is not None else EpsSchedule()
         self.iterations = check_int(iterations, "iterations", "GloRo", low=1)
+        self.beta = None if beta is None else check_float(beta, "beta", "GloRo", low=0.0)
         self.seed = seed
         if not isinstance(threat, LpBall):
             raise InvalidParameterError(
@@ -113,16 +127,17 @@ class GloRo(Objective):
         return op.linear(v).norm()
 
     def lipschitz(self, network: Network, c: Tensor) -> Tensor:
-        """Estimated l2 Lipschitz constants (N, K) of the rows ``c`` (N, K, num_outputs)."""
-        start = split_last(network.ops)
+        """Estimated l2 Lipschitz constants (N, K) of the rows ``c`` (N, K, num_outputs);
+        ReLUs and MinMax blocks count 1."""
+        start = network_split(network)
         a = c
         for op in reversed(network.ops[start:]):
             assert isinstance(op, AffineOp)
             a = op.backward(a)
         consts = a.flatten(2).norm(dim=-1)
-        for i, op in enumerate(network.ops[:start]):
-            if not isinstance(op, (ReLUOp, FlattenOp)):
-                consts = consts * self._sigma(i, op)
+        for i, unit in network_units(network, start):
+            if unit is not None and not isinstance(unit, (ReLUOp, FlattenOp)):
+                consts = consts * self._sigma(i, unit)
         return consts
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:
@@ -131,4 +146,12 @@ class GloRo(Objective):
         network = self._ir(model, tuple(x.shape[1:]))
         spec = Spec.margins(y, logits.shape[1])
         consts = self.lipschitz(network, spec.C.to(logits))
-        return F.cross_entropy(gloro_logits(logits, y, consts, eps), y)
+        augmented = gloro_logits(logits, y, consts, eps)
+        if self.beta is None:
+            return F.cross_entropy(augmented, y)
+        final = self._eps(1.0)
+        weight = self.beta * (eps / final if final > 0 else 1.0)
+        clean = F.softmax(logits, dim=1)
+        target = torch.cat([clean, clean.new_zeros(len(clean), 1)], dim=1)
+        robust = F.kl_div(F.log_softmax(augmented, dim=1), target, reduction="batchmean")
+        return F.cross_entropy(logits, y) + weight * robust
