@@ -59,12 +59,18 @@ class _Grid:
                  eps: Sequence[float]) -> None:
         self.model, self.x, self.spec = model, x, spec
         self.threats = [LpBall(norm, e) for e in eps]
+        # Witnesses pass the one gate (projected onto the exact set, float64 values): a float32
+        # value can lie a few ulps below a tight float64 lower bound, and a float64 bound
+        # stored in float32 could round up; values and lower bounds are therefore float64.
+        from advrobust.relax.witness import WitnessGate  # relax pulls scipy: import on use
+
+        self.gate = WitnessGate(model)
         with torch.no_grad():
             self.logits = model(x)
-        clean = spec.apply(self.logits)
+            clean = self._values(spec, self.gate.model(x.double()))
         e, n = len(eps), x.shape[0]
         self.values = clean.unsqueeze(0).repeat(e, 1, 1)          # (E, N, K) at the witness
-        self.lower = torch.full_like(self.values, -torch.inf)     # (E, N, K)
+        self.lower = torch.full_like(self.values, -torch.inf)     # (E, N, K), float64
         self.witness = x.unsqueeze(0).repeat(e, *([1] * x.dim()))  # (E, N, ...)
         self.found_by: list[list[str | None]] = [[None] * n for _ in eps]
         self.lowers: list[list[dict[str, float]]] = [[{} for _ in range(n)] for _ in eps]
@@ -86,15 +92,20 @@ class _Grid:
     def offer(self, e: int, idx: Tensor, points: Tensor, name: str | Sequence[str]) -> None:
         """A point of the eps-``e`` ball lies in every larger ball: try it there too."""
         names = [name] * idx.numel() if isinstance(name, str) else list(name)
-        with torch.no_grad():
-            values = self.spec_of(idx).apply(self.model(points))
+        # Projected onto the eps-e set with zero tolerance (float64 values, +inf outside), so
+        # the point lies in every larger ball too.
+        points, values = self.gate(self.x[idx], points, self.threats[e], self.spec_of(idx))
         for f in range(e, len(self.threats)):
-            inside = self.threats[f].contains(self.x[idx], points)
-            better = inside & (values.amin(1) < self.values[f, idx].amin(1))
+            better = values.amin(1) < self.values[f, idx].amin(1)
             for j in better.nonzero().flatten().tolist():
                 i = int(idx[j])
                 self.values[f, i], self.witness[f, i] = values[j], points[j]
                 self.found_by[f][i] = names[j]
+
+    @staticmethod
+    def _values(spec: Spec, logits: Tensor) -> Tensor:
+        """(N, K) float64 spec values of (N, O) logits."""
+        return torch.einsum("nko,no->nk", spec.C.double(), logits.double()) + spec.d.double()
 
     def raise_lower(self, e: int, idx: Tensor, lower: Tensor, name: str) -> None:
         """A lower bound over the eps-``e`` ball holds for every smaller ball."""
