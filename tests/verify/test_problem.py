@@ -51,13 +51,14 @@ def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, calls: list[str],
     monkeypatch.setattr(module, "crown_layer_bounds", spy)
 
 
-def _undecided_by_crown(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, LpBall]:
+def _undecided_by_crown(seed: int, eps: float = 0.3
+                        ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, LpBall]:
     """A tiny net and inputs on which CROWN leaves work for the exact methods."""
     model = _net(seed)
     x = torch.rand(3, 5, generator=torch.Generator().manual_seed(seed + 7))
     with torch.no_grad():
         y = model(x).argmax(1)
-    threat = LpBall("linf", 0.3)
+    threat = LpBall("linf", eps)
     crown = CROWN()(model, x, y, threat)
     assert crown.verified.sum() < 3  # the exact stage has samples to work on
     return model, x, y, threat
@@ -66,7 +67,7 @@ def _undecided_by_crown(seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tenso
 @pytest.mark.parametrize("method", ["bab", "milp"])
 def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.MonkeyPatch,
                                                          method: str) -> None:
-    model, x, y, threat = _undecided_by_crown(0)
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
     calls: list[str] = []
     _counting(monkeypatch, crown_module, calls, "problem/crown")
     _counting(monkeypatch, bab_module, calls, "bab")
@@ -86,7 +87,7 @@ def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.Mon
                          ids=["crown", "bab", "milp"])
 def test_bounders_from_cached_bounds_match_their_own_pass(bounder: Any) -> None:
     # The cache holds exactly what each bounder would compute itself: same lower bounds.
-    model, x, y, threat = _undecided_by_crown(1)
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
     problem = Problem.of(model, x, y, threat)
     layers = problem.ensure_layer_bounds(torch.arange(3), "test")
     assert layers is not None

@@ -213,8 +213,7 @@ def _attack_seconds(bracket: Bracket, attack: Any) -> float:
     """Predicted seconds of the default attack: its steps and restarts times one timed
     forward and backward pass over every (sample, row) copy."""
     problem = bracket.problem
-    copies = problem.x.expand((problem.num_samples * problem.spec.num_rows,)
-                              + problem.input_shape).clone().requires_grad_(True)
+    copies = problem.x.repeat_interleave(problem.spec.num_rows, 0).requires_grad_(True)
     per_step = float("inf")
     for _ in range(2):  # the first pass also pays autograd's warm-up: keep the faster
         t0 = time.perf_counter()
