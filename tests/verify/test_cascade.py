@@ -140,3 +140,24 @@ def test_a_wall_limit_is_kept_by_the_driver() -> None:
                             generator=torch.Generator().manual_seed(0))
     assert time.perf_counter() - start <= 0.8
     assert report.verified == 0  # no time for a proof at this eps
+
+
+def test_the_certify_policy_is_at_least_as_tight_as_each_of_its_bounds() -> None:
+    from advrobust.verify._bounders import CrownIBP
+
+    model, x, y, threat = _case(1, 0.1)  # one sample proved by each of the three bounds
+    bracket = run(Problem.of(model, x, y, threat), Policy(method="certify", batch_size=2))
+    assert sorted(bracket.decided_by) == ["crown", "crown-ibp", "ibp"]
+    verified = [v is Verdict.VERIFIED for v in bracket.verdicts()]
+    for bounder in (IBP(), CrownIBP(), CROWN()):
+        alone = bounder(model, x, y, threat)
+        assert all(v or not a for v, a in zip(verified, alone.verified.tolist(), strict=True))
+    # a proof credits the first (cheapest) bound that gave it
+    ibp = IBP()(model, x, y, threat).verified.tolist()
+    assert [by == "ibp" for by in bracket.decided_by] == ibp
+    points = threat.sample(x.repeat(50, 1), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        values = Problem.of(model, x, y, threat).spec.C.repeat(50, 1, 1) \
+            @ model(points).unsqueeze(2)
+    lowest = values.squeeze(2).reshape(50, 3, -1).amin(0)
+    assert bool((bracket.lower <= lowest.double() + 1e-6).all())  # sound

@@ -48,10 +48,13 @@ def call_bounder(bracket: Bracket, bounder: Any, idx: Tensor, stage: str, *,
 
 
 def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
-                batch_size: int, progress: bool) -> None:
-    """One relaxation over every sample, in batches; stops (UNKNOWN) at the deadline."""
+                batch_size: int, progress: bool, only_open: bool = False) -> None:
+    """One relaxation over every sample (``only_open``: every undecided one), in batches;
+    stops (UNKNOWN) at the deadline."""
     x = bracket.problem.x
-    chunks = list(torch.arange(x.shape[0], device=x.device).split(batch_size))
+    todo = bracket.undecided().nonzero().flatten().to(x.device) if only_open \
+        else torch.arange(x.shape[0], device=x.device)
+    chunks = list(todo.split(batch_size)) if todo.numel() else []
     start, done = time.perf_counter(), 0
     for idx in progress_bar(chunks, desc=name, disable=not progress, leave=False):
         if done and (time.perf_counter() - start) / done * len(idx) > budget.left():
