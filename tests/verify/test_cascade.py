@@ -161,3 +161,14 @@ def test_the_certify_policy_is_at_least_as_tight_as_each_of_its_bounds() -> None
             @ model(points).unsqueeze(2)
     lowest = values.squeeze(2).reshape(50, 3, -1).amin(0)
     assert bool((bracket.lower <= lowest.double() + 1e-6).all())  # sound
+
+
+def test_the_driver_runs_the_model_in_eval_mode_and_restores_it() -> None:
+    model, x, y, threat = _case(0, 0.05)
+    model = nn.Sequential(*model, nn.Dropout(0.5)).eval()  # dropout: no bound would hold
+    problem = Problem.of(model, x, y, threat)
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        bracket = run(problem, Policy(method="crown"))
+    assert model.training and all(m.training for m in model.modules())
+    assert bracket.verdicts() == CROWN()(model.eval(), x, y, threat).verdict

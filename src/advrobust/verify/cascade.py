@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from advrobust.core.modes import eval_mode
 from advrobust.core.threat import Norm
 from advrobust.verify.bracket import Bracket
 from advrobust.verify.budget import Budget
@@ -82,22 +83,32 @@ Stage = tuple[str, Callable[[], None]]
 
 
 def run(problem: Problem, policy: Policy, budget: Budget | None = None) -> Bracket:
-    """Run ``policy`` on ``problem`` within ``budget``; the bracket it reached.
+    """Run ``policy`` on ``problem`` within ``budget`` (None: unlimited); the bracket reached.
 
-    The caller holds the model in eval mode (see :func:`~advrobust.core.modes.eval_mode`).
+    The model runs in eval mode (its modes and gradient flags are restored afterwards).
+
+    Args:
+        problem: the problem (its layer-bound cache is filled as the stages go).
+        policy: which stages run (:class:`Policy`).
+        budget: the wall-clock deadline every stage respects.
+
+    Returns:
+        The :class:`~advrobust.verify.bracket.Bracket`: verdicts, lower / upper bounds per
+        row, witnesses, the stage that decided each sample, per-stage seconds and details.
     """
     budget = Budget() if budget is None else budget
-    bracket = Bracket(problem)
-    bracket.mark("clean")
-    for name, stage in _stages(bracket, policy, budget):
-        t0 = time.perf_counter()
-        if budget.left() > 0 and bool(bracket.undecided().any()):
-            stage()
-        elif bool(bracket.undecided().any()):  # out of time before this stage started
-            bracket.skip(name, "deadline")
-        seconds = bracket.stage_seconds.get(name, 0.0) + time.perf_counter() - t0
-        bracket.stage_seconds[name] = seconds
-        logger.info("verify %s: %s done in %.2fs", policy.method, name, seconds)
+    with eval_mode(problem.model, who="verify"):
+        bracket = Bracket(problem)
+        bracket.mark("clean")
+        for name, stage in _stages(bracket, policy, budget):
+            t0 = time.perf_counter()
+            if budget.left() > 0 and bool(bracket.undecided().any()):
+                stage()
+            elif bool(bracket.undecided().any()):  # out of time before this stage started
+                bracket.skip(name, "deadline")
+            seconds = bracket.stage_seconds.get(name, 0.0) + time.perf_counter() - t0
+            bracket.stage_seconds[name] = seconds
+            logger.info("verify %s: %s done in %.2fs", policy.method, name, seconds)
     return bracket
 
 
