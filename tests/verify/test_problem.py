@@ -76,7 +76,10 @@ def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.Mon
     bracket = run(problem, Policy(method=method, time_limit=20.0))
     assert calls == ["problem/crown"]  # one batched pass; the exact method recomputed nothing
     assert bracket.stats[method]  # and it did run on the samples CROWN left
+    crown = CROWN()(model, x, y, threat).verified
     for i in range(3):
+        # only what CROWN left open stays cached (no memory for the rest)
+        assert (problem.layer_bounds([i]) is None) == bool(crown[i])
         (record,) = problem.provenance(i)
         assert isinstance(record, BoundRecord)
         assert (record.method, record.stage, record.dtype) == ("crown", "crown", torch.float64)
@@ -137,3 +140,11 @@ def test_problem_validates_its_inputs() -> None:
     with pytest.raises(InvalidInputError, match="spec"):
         Problem.of(model, x, torch.tensor([0, 1]), LpBall("linf", 0.1),
                    spec=Spec.margins(torch.tensor([0]), 3))
+
+
+def test_a_relaxation_alone_keeps_no_layer_bounds() -> None:
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    problem = Problem.of(model, x, y, threat)
+    run(problem, Policy(method="crown"))
+    assert all(problem.layer_bounds([i]) is None for i in range(3))
+    assert all(len(problem.provenance(i)) == 1 for i in range(3))

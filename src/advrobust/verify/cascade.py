@@ -184,7 +184,8 @@ def _relax(bracket: Bracket, policy: Policy, name: str, budget: Budget,
             return
     bounder = make_bounder(name, policy.time_limit, policy.threads)
     relax_stage(bracket, bounder, name, budget, batch_size=policy.batch_size,
-                progress=policy.progress, only_open=only_open)
+                progress=policy.progress, only_open=only_open,
+                keep_bounds=policy.method in ("auto", "milp", "bab"))
 
 
 def _attack(bracket: Bracket, policy: Policy, attack: Any, budget: Budget) -> None:

@@ -194,6 +194,12 @@ class Problem:
             self._layers[i] = mine
             self._provenance.setdefault(i, []).append(record)
 
+    def forget(self, idx: Sequence[int] | Tensor) -> None:
+        """Drop the cached bounds of samples ``idx`` (their provenance stays): what no later
+        stage will read need not hold memory."""
+        for i in idx:
+            self._layers.pop(int(i), None)
+
     def ensure_layer_bounds(self, idx: Tensor, stage: str) -> LayerBounds | None:
         """The CROWN layer bounds of samples ``idx``, computed (once, in one batch) for those
         not cached; None for a graph network (its bounders keep their own passes)."""

@@ -48,9 +48,11 @@ def call_bounder(bracket: Bracket, bounder: Any, idx: Tensor, stage: str, *,
 
 
 def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
-                batch_size: int, progress: bool, only_open: bool = False) -> None:
+                batch_size: int, progress: bool, only_open: bool = False,
+                keep_bounds: bool = False) -> None:
     """One relaxation over every sample (``only_open``: every undecided one), in batches;
-    stops (UNKNOWN) at the deadline."""
+    stops (UNKNOWN) at the deadline. With ``keep_bounds`` the layer bounds of the samples it
+    leaves undecided stay cached for the exact stages; the others' are dropped."""
     x = bracket.problem.x
     todo = bracket.undecided().nonzero().flatten().to(x.device) if only_open \
         else torch.arange(x.shape[0], device=x.device)
@@ -61,6 +63,8 @@ def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
             bracket.skip(name, "deadline")
             break
         bracket.take(idx, call_bounder(bracket, bounder, idx, name, compute=True))
+        open_ = bracket.undecided()
+        bracket.problem.forget([int(i) for i in idx if not (keep_bounds and open_[int(i)])])
         done += len(idx)
     bracket.bound_seconds = (time.perf_counter() - start) / max(1, done)
     bracket.mark(name)
