@@ -148,3 +148,29 @@ def test_a_relaxation_alone_keeps_no_layer_bounds() -> None:
     run(problem, Policy(method="crown"))
     assert all(problem.layer_bounds([i]) is None for i in range(3))
     assert all(len(problem.provenance(i)) == 1 for i in range(3))
+
+
+def test_a_vnnlib_box_becomes_an_enclosing_ball_and_witnesses_are_checked_in_it() -> None:
+    from advrobust.network.vnnlib import parse_vnnlib
+
+    model = nn.Sequential(nn.Linear(2, 2)).eval()
+    with torch.no_grad():  # Y_0 = X_0, Y_1 = X_1
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    text = "\n".join(["(declare-const X_0 Real)", "(declare-const X_1 Real)",
+                      "(declare-const Y_0 Real)", "(declare-const Y_1 Real)",
+                      "(assert (>= X_0 0.0))", "(assert (<= X_0 0.5))",   # not a cube:
+                      "(assert (>= X_1 0.2))", "(assert (<= X_1 0.3))",   # widths 0.5, 0.1
+                      "(assert (or (and (>= Y_1 Y_0))))"])                # unsafe: X_1 >= X_0
+    prop = parse_vnnlib(text)
+    problem = Problem.from_property(model, prop)
+    assert problem.box is not None and torch.equal(problem.box[0], prop.lower)
+    assert problem.spec.num_rows == 1
+    corners = torch.tensor([[0.0, 0.2], [0.5, 0.3], [0.0, 0.3], [0.5, 0.2]])
+    assert bool(problem.threat.contains(problem.x.expand(4, 2), corners).all())
+    # a point outside the box is clamped into it before the unsafe check
+    found = problem.confirm_unsafe(torch.tensor([-1.0, 0.9]))
+    assert found is not None
+    assert torch.allclose(found[0], torch.tensor([0.0, 0.3])) and bool(prop.contains(
+        found[0].unsqueeze(0), atol=0.0))  # exactly inside (float32 rounding moved inwards)
+    assert problem.confirm_unsafe(torch.tensor([0.5, 0.2])) is None  # safe: X_1 < X_0

@@ -23,11 +23,11 @@ from advrobust.core._validation import check_choice, check_float, check_int
 from advrobust.core.modes import eval_mode
 from advrobust.core.result import Verdict
 from advrobust.core.spec import Spec
-from advrobust.core.threat import LpBall, Norm
-from advrobust.errors import InvalidInputError
+from advrobust.core.threat import LpBall
 from advrobust.evaluation._verify_report import VerifyReport
-from advrobust.network.vnnlib import VnnlibError, VnnProperty
+from advrobust.network.vnnlib import VnnProperty
 from advrobust.verify import cascade
+from advrobust.verify._vnnlib import property_ball as _property_ball  # noqa: F401
 from advrobust.verify.budget import Budget
 from advrobust.verify.cascade import METHODS, Policy
 from advrobust.verify.problem import Problem
@@ -133,52 +133,6 @@ class PropertyResult:
     report: VerifyReport
 
 
-def _property_ball(prop: VnnProperty) -> tuple[Tensor, LpBall]:
-    """A centre and a clipped linf ball containing the box (the box itself when it is one)."""
-    lo, hi = float(prop.lower.min()), float(prop.upper.max())
-    try:
-        return prop.as_linf_ball(lo, hi if hi > lo else lo + 1.0)
-    except VnnlibError:  # a general box: prove over the enclosing ball, check witnesses exactly
-        centre = (prop.lower + prop.upper) / 2
-        eps = float(((prop.upper - prop.lower) / 2).max()) * (1 + 1e-6) + 1e-7
-        return centre.float().unsqueeze(0), LpBall(Norm.LINF, eps, -torch.inf, torch.inf)
-
-
-def _property_spec(prop: VnnProperty) -> Spec:
-    """The property's rows, or an error naming the unsupported disjunct."""
-    for k, poly in enumerate(prop.unsafe):
-        if poly.A.shape[0] != 1:
-            raise VnnlibError(
-                f"unsupported output constraint: disjunct {k} of the unsafe set is a conjunction "
-                f"of {poly.A.shape[0]} linear constraints; the verifiers take a disjunction of "
-                "single linear constraints over Y (one '(<= ...)' / '(>= ...)' per 'and' of the "
-                "'or'), such as the robustness form (or (and (>= Y_j Y_label)) ...)")
-    return prop.to_spec(1)
-
-
-def _check_shape(prop: VnnProperty, shape: tuple[int, ...]) -> None:
-    size = 1
-    for s in shape:
-        size *= s
-    if size != prop.num_inputs:
-        raise InvalidInputError(
-            f"The network takes inputs of shape {shape} ({size} values) but the VNNLIB "
-            f"property declares {prop.num_inputs} input variables X_0..X_{prop.num_inputs - 1}. "
-            "Pair the property with the network it was written for.")
-
-
-def _inside_box(x: Tensor, prop: VnnProperty) -> Tensor:
-    """``x`` clamped to the property's box, as float32 values that lie in it exactly.
-
-    The box ends are float64; a float32 rounding of a clamped value can fall a fraction of an
-    ulp outside, so such coordinates move one float32 step inwards.
-    """
-    point = torch.minimum(torch.maximum(x.double(), prop.lower), prop.upper).float()
-    up = torch.full_like(point, torch.inf)
-    point = torch.where(point.double() < prop.lower, torch.nextafter(point, up), point)
-    return torch.where(point.double() > prop.upper, torch.nextafter(point, -up), point)
-
-
 def verify_property(model: nn.Module, prop: VnnProperty, *,
                     input_shape: Sequence[int] | None = None, method: str = "auto",
                     time_limit: float = 60.0, threads: int = 1, attack: Any = None,
@@ -209,32 +163,16 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
     check_float(time_limit, "time_limit", "verify_property", low=0.0, low_open=True,
                 allow_inf=True)
     policy = _policy(method, time_limit, None, threads, attack, 1, progress, generator)
-    shape = tuple(int(s) for s in input_shape) if input_shape is not None \
-        else (prop.num_inputs,)
-    _check_shape(prop, shape)
-    spec = _property_spec(prop)
-    x0, ball = _property_ball(prop)
-    x = x0.reshape(1, *shape)
     with eval_mode(model, who="verify_property"):
-        label = prop.robustness_label()
-        if label is None:
-            with torch.no_grad():
-                label = int(model(x).argmax(1)[0])
-        problem = Problem.of(model, x, torch.tensor([label]), ball, spec,
-                             box=(prop.lower, prop.upper), who="verify_dataset")
+        problem = Problem.from_property(model, prop, input_shape, who="verify_dataset")
         report = _run(problem, policy, max(1e-6, time_limit - (time.perf_counter() - start)),
                       time.perf_counter())
         if report.verdict[0] is Verdict.VERIFIED:
             return PropertyResult("unsat", None, None, report)
         if report.verdict[0] is Verdict.FALSIFIED:
-            point = _inside_box(report.witness.reshape(-1), prop)
-            with torch.no_grad():
-                out = model(point.reshape(1, *shape))
-                out64 = problem.gate.model(point.double().reshape(1, *shape))  # the gate's twin
-            # unsafe in float64 (the gate) and in the model's own precision (what a checker runs)
-            if bool(prop.contains(point.unsqueeze(0), atol=0.0)) and \
-                    bool(prop.is_unsafe(out64)) and bool(prop.is_unsafe(out)):
-                return PropertyResult("sat", point, out[0], report)
+            found = problem.confirm_unsafe(report.witness[0])
+            if found is not None:
+                return PropertyResult("sat", found[0], found[1], report)
             logger.warning("verify_property: the witness left the unsafe set once clamped to "
                            "the exact box; reporting unknown")
     return PropertyResult("unknown", None, None, report)

@@ -33,6 +33,7 @@ from advrobust.errors import InvalidInputError
 if TYPE_CHECKING:
     from advrobust.network.graph import Graph
     from advrobust.network.ir import Network
+    from advrobust.network.vnnlib import VnnProperty
     from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BoundRecord", "Problem"]
@@ -80,6 +81,7 @@ class Problem:
         clean: (N, classes) the model's outputs at ``x``.
         box: optional exact input box ``(lower, upper)`` (float64, flat) of a VNNLIB property
             whose set ``threat`` encloses.
+        prop: the VNNLIB property the problem was built from (:meth:`from_property`), or None.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, spec: Spec,
@@ -88,6 +90,7 @@ class Problem:
 
         self.model, self.x, self.y, self.threat = model, x.detach(), y, threat
         self.spec, self.clean, self.box = spec, clean, box
+        self.prop: VnnProperty | None = None
         self.gate = WitnessGate(model)  # the one float64 copy: witnesses and bound passes
         self._structure: Network | Graph | None = None
         self._network: Network | Graph | None = None
@@ -115,6 +118,55 @@ class Problem:
         with eval_mode(model, who=who):
             clean = check_batch(model, x, y, threat, who=who)
         return cls(model, x, y, threat, _check_spec(spec, y, clean, who), clean, box=box)
+
+    @classmethod
+    def from_property(cls, model: nn.Module, prop: VnnProperty,
+                      input_shape: Sequence[int] | None = None, *,
+                      who: str = "Problem") -> Problem:
+        """The problem of a VNNLIB property: its box read as a clipped linf ball (VNN-COMP
+        robustness boxes are exactly that; any other box is enclosed in one, so a proof stays
+        sound) and kept as :attr:`box`; one spec row per disjunct of the unsafe set; the label
+        the property names (else the model's prediction at the centre).
+
+        Args:
+            model: the network (e.g. from :func:`advrobust.network.onnx.load_onnx`).
+            prop: the property (:func:`advrobust.network.vnnlib.load_vnnlib`).
+            input_shape: per-sample shape the model takes (default ``(D,)``).
+            who: the entry point, named in errors.
+
+        Raises:
+            VnnlibError: an unsafe set that is not a disjunction of single constraints.
+            InvalidInputError: ``input_shape`` does not hold the property's input variables.
+        """
+        from advrobust.verify._vnnlib import check_shape, property_ball, property_spec
+
+        shape = tuple(int(s) for s in input_shape) if input_shape is not None \
+            else (prop.num_inputs,)
+        check_shape(prop, shape)
+        spec = property_spec(prop)
+        x0, ball = property_ball(prop)
+        x = x0.reshape(1, *shape)
+        label = prop.robustness_label()
+        if label is None:
+            with eval_mode(model, who=who), torch.no_grad():
+                label = int(model(x).argmax(1)[0])
+        problem = cls.of(model, x, torch.tensor([label]), ball, spec,
+                         box=(prop.lower, prop.upper), who=who)
+        problem.prop = prop
+        return problem
+
+    def confirm_unsafe(self, witness: Tensor) -> tuple[Tensor, Tensor] | None:
+        """For a problem built from a property: the witness (one sample's point) clamped to the
+        exact box, and the model's outputs there, if it lies in the box with zero tolerance and
+        the outputs are unsafe in float64 (the gate's twin) and in the model's own precision;
+        else None."""
+        from advrobust.verify._vnnlib import confirm_unsafe
+
+        if self.prop is None:
+            raise ValueError("confirm_unsafe needs a problem built by Problem.from_property")
+        with eval_mode(self.model, who="Problem"):
+            return confirm_unsafe(self.model, self.gate.model, self.prop, witness,
+                                  self.input_shape)
 
     # ------------------------------------------------------------------ the network
     @property
