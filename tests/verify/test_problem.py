@@ -174,3 +174,18 @@ def test_a_vnnlib_box_becomes_an_enclosing_ball_and_witnesses_are_checked_in_it(
     assert torch.allclose(found[0], torch.tensor([0.0, 0.3])) and bool(prop.contains(
         found[0].unsqueeze(0), atol=0.0))  # exactly inside (float32 rounding moved inwards)
     assert problem.confirm_unsafe(torch.tensor([0.5, 0.2])) is None  # safe: X_1 < X_0
+
+
+def test_layer_bounds_that_exclude_the_clean_input_are_ignored_with_a_warning() -> None:
+    # Soundness: precomputed bounds cannot turn a broken sample into a proof.
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    problem = Problem.of(model, x, y, threat)
+    layers = problem.ensure_layer_bounds(torch.arange(3), "test")
+    assert layers is not None
+    wrong = [(lo, hi) for lo, hi in layers]
+    wrong[2] = (wrong[2][1] + 1.0, wrong[2][1] + 2.0)  # a hidden layer's bounds off the set
+    with pytest.warns(RuntimeWarning, match="exclude the clean input at op 2"):
+        cached = MILP(time_limit=20)(model, x, y, threat, layer_bounds=wrong)
+    alone = MILP(time_limit=20)(model, x, y, threat)
+    assert cached.verdict == alone.verdict
+    assert torch.allclose(cached.lower, alone.lower, atol=1e-6, rtol=0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -204,10 +205,11 @@ class Bounder(Configurable, abc.ABC):
                     "MILP on chain networks start from precomputed bounds); got them.")
             if isinstance(network, Graph):
                 out = self._bound_graph(network, x.to(BOUND_DTYPE), threat, spec64)
-            elif layer_bounds is not None:
+            elif layer_bounds is not None and self._holds_clean(
+                    layers := self._check_layer_bounds(layer_bounds, network, x), network, x,
+                    name):
                 out = self._bound(network, x.to(BOUND_DTYPE), threat,  # type: ignore[call-arg]
-                                  spec64, layer_bounds=self._check_layer_bounds(
-                                      layer_bounds, network, x))
+                                  spec64, layer_bounds=layers)
             else:
                 out = self._bound(network, x.to(BOUND_DTYPE), threat, spec64)
             lower = out.lower.detach().to(BOUND_DTYPE).nan_to_num(nan=-torch.inf)
@@ -235,6 +237,23 @@ class Bounder(Configurable, abc.ABC):
                     f"{tuple(lo.shape)} and {tuple(hi.shape)}.")
             out.append((lo.to(x.device, BOUND_DTYPE), hi.to(x.device, BOUND_DTYPE)))
         return out
+
+    @staticmethod
+    def _holds_clean(bounds: LayerBounds, network: Network, x: Tensor, name: str) -> bool:
+        """True if the clean inputs' values at every op lie inside ``bounds`` (a bound that
+        excludes a point of the set is wrong); else a warning, and the caller's bounds are not
+        used."""
+        with torch.no_grad():
+            value = x.to(BOUND_DTYPE)
+            for k, (lo, hi) in enumerate(bounds):
+                if bool(((value < lo) | (value > hi)).any()):
+                    warnings.warn(f"{name}: the given layer_bounds exclude the clean input at op "
+                                  f"{k} (wrong bounds); they are ignored and recomputed.",
+                                  RuntimeWarning, stacklevel=4)
+                    return False
+                if k < len(network.ops):
+                    value = network.ops[k].forward(value)
+        return True
 
     @staticmethod
     def _evaluate(gate: WitnessGate, x: Tensor, threat: LpBall, spec: Spec,
