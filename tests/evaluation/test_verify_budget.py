@@ -12,10 +12,11 @@ from torch import nn
 from advrobust.attacks.spec_apgd import SpecAPGD
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
-from advrobust.evaluation._cascade import Budget, _State, exact_stage
 from advrobust.evaluation.verify import verify_property
 from advrobust.exact import MILP
 from advrobust.network.vnnlib import parse_vnnlib
+from advrobust.verify import Bracket, Budget, Problem
+from advrobust.verify.stages import exact_stage
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +111,7 @@ def test_exact_stage_skips_rows_an_earlier_stage_proved() -> None:
     x = torch.rand(1, 4, generator=gen)
     y = model(x).argmax(1)
     threat = LpBall("linf", 0.2)
-    state = _State(model, x, threat, Spec.margins(y, 5), model(x).detach())
+    state = Bracket(Problem.of(model, x, y, threat, Spec.margins(y, 5)))
     state.lower[0, :2] = 1.0  # rows 0 and 1 "proved" by an earlier stage
     logged: list[int] = []
 
@@ -125,7 +126,8 @@ def test_exact_stage_skips_rows_an_earlier_stage_proved() -> None:
         milp._bound = spy  # type: ignore[method-assign]
         return milp
 
-    exact_stage(state, make, y, False, "milp", True, 30.0, 1, Budget())
+    exact_stage(state, make, "milp", Budget(), optional=True, time_limit=30.0, stages_left=1,
+                progress=False)
     assert logged == [2]  # the MILP saw the two open rows only
     rows = [r["row"] for r in state.stats["milp"][0]]
     assert sorted(rows) == [2, 3]  # logged under their own row numbers

@@ -7,7 +7,6 @@ far below the attacked one is robust but not provably so (or the relaxation is l
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from typing import Any
@@ -39,25 +38,24 @@ def _certified(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
                batch_size: int) -> tuple[Tensor, dict[str, int], float]:
     """(N,) bool VERIFIED, how many each bound decided, and seconds.
 
-    A cascade of sound bounds, cheapest first: IBP, then CROWN with interval intermediate
-    bounds, then full CROWN only where both left a correctly classified sample undecided (full
-    CROWN's intermediate passes dominate the cost on convolutional models).
+    The cascade driver's certify policy (:data:`advrobust.verify.cascade.CERTIFY`): sound
+    bounds, cheapest first: IBP, then CROWN with interval intermediate bounds, then full CROWN
+    only where both left a correctly classified sample undecided (full CROWN's intermediate
+    passes dominate the cost on convolutional models).
     """
-    from advrobust.relax import CROWN, IBP
+    from advrobust.core.modes import eval_mode
+    from advrobust.core.result import Verdict
+    from advrobust.verify import Policy, Problem, cascade
 
     start = time.perf_counter()
-    verified = torch.cat([IBP()(model, x[i:i + batch_size], y[i:i + batch_size],
-                                threat).verified for i in range(0, x.shape[0], batch_size)])
-    counts = {"ibp": int(verified.sum())}
-    correct = _predictions(model, x, batch_size) == y
-    todo = (correct & ~verified).nonzero().flatten()
-    for part in todo.split(batch_size) if todo.numel() else ():
-        verified[part] = _crown_ibp_verified(model, x[part], y[part], threat)
-    counts["crown-ibp"] = int(verified.sum()) - counts["ibp"]
-    todo = (correct & ~verified).nonzero().flatten()
-    for part in todo.split(batch_size) if todo.numel() else ():
-        verified[part] = CROWN()(model, x[part], y[part], threat).verified
-    counts["crown"] = int(verified.sum()) - counts["ibp"] - counts["crown-ibp"]
+    with eval_mode(model, who="robustness_report"):
+        problem = Problem.of(model, x, y, threat, who="robustness_report")
+        problem.structure  # noqa: B018  (an unsupported layer is noted even if no stage runs)
+        bracket = cascade.run(problem, Policy(method=cascade.CERTIFY, batch_size=batch_size))
+    verified = torch.tensor([v is Verdict.VERIFIED for v in bracket.verdicts()],
+                            dtype=torch.bool)
+    counts = {stage: sum(1 for v, by in zip(verified.tolist(), bracket.decided_by, strict=True)
+                         if v and by == stage) for stage in ("ibp", "crown-ibp", "crown")}
     return verified, counts, time.perf_counter() - start
 
 
@@ -67,22 +65,6 @@ def _predictions(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     with eval_mode(model, who="robustness_report"), torch.no_grad():
         return torch.cat([model(x[i:i + batch_size]).argmax(1)
                           for i in range(0, x.shape[0], batch_size)])
-
-
-def _crown_ibp_verified(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall) -> Tensor:
-    """(N,) VERIFIED by CROWN on interval intermediate bounds (Zhang et al. 2020)."""
-    from advrobust.core import VERIFY_TOLERANCE, Spec
-    from advrobust.core.modes import eval_mode
-    from advrobust.relax import crown_lower
-
-    with eval_mode(model, who="robustness_report"), torch.no_grad():
-        spec = Spec.margins(y, int(model(x[:1]).shape[1]))
-        # the verifiers' floating-point rules: a float64 copy (the caller's model untouched)
-        # and the rounding allowance subtracted, so extreme weights cannot round a bound up
-        model64 = copy.deepcopy(model).double()
-        lower = crown_lower(model64, x.double(), threat, spec.C.double(), intermediate="ibp",
-                            rounding=True)
-    return lower.amin(dim=1) > VERIFY_TOLERANCE
 
 
 def _ensemble(threat: LpBall, steps: int, queries: int) -> Any:

@@ -44,6 +44,7 @@ from advrobust.relax._encoding import encode_sample, row_cost
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_chain
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
+from advrobust.relax.ibp import LayerBounds
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
 
@@ -360,19 +361,23 @@ class BaB(Bounder):
                 f"Got {branching!r} instead.")
         self.branching = branching
 
+    reuses_layer_bounds = True
+
     @property
     def _fsb_k(self) -> int:
         return {"babsr": 1, "fsb": 3}.get(self.branching, self.branching)  # type: ignore[arg-type]
 
-    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec, *,
+               layer_bounds: LayerBounds | None = None) -> Bounds:
         if threat.norm is not Norm.LINF:
             raise InvalidThreatModelError(
                 f"BaB supports the norm 'linf' only. Got {threat.norm.value!r} instead; use "
                 "MILP for l1 and CROWN for l2.")
         check_chain(network)
         with torch.no_grad():
-            # one CROWN pass: the starting point of every sample's alpha-CROWN root
-            layers = crown_layer_bounds(network, x, threat, rounding=True)
+            # one CROWN pass (or the caller's): the start of every sample's alpha-CROWN root
+            layers = layer_bounds if layer_bounds is not None else \
+                crown_layer_bounds(network, x, threat, rounding=True)
             crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=layers,
                                 rounding=True)
             clean = spec.apply(network.forward(x))

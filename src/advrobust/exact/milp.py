@@ -126,10 +126,14 @@ class MILP(Bounder):
         self.decide_only = check_bool(decide_only, "decide_only", "MILP")
         self.solver_options = solver_options
 
-    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+    reuses_layer_bounds = True
+
+    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec, *,
+               layer_bounds: LayerBounds | None = None) -> Bounds:
         check_linear_norm(threat, "MILP")
         with torch.no_grad():
-            bounds = crown_layer_bounds(network, x, threat, rounding=True)
+            bounds = layer_bounds if layer_bounds is not None else \
+                crown_layer_bounds(network, x, threat, rounding=True)
             crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
                                 rounding=True)
         return self._run(network.graph, bounds, crown, x, threat, spec)

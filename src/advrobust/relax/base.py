@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import abc
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +30,13 @@ from advrobust.core.modes import eval_mode
 from advrobust.core.result import BoundResult, decide_verdicts
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
-from advrobust.errors import InvalidInputError, UnsupportedLayerError
+from advrobust.errors import InvalidInputError, InvalidParameterError, UnsupportedLayerError
 from advrobust.network.graph import Graph, build_graph
 from advrobust.network.ir import Network, from_module
 from advrobust.relax.witness import WitnessGate
+
+if TYPE_CHECKING:
+    from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["Bounder", "Bounds", "as_ir", "as_network", "default_spec", "verifiable_ir"]
 
@@ -140,13 +144,19 @@ def _check_ir(network: Network | Graph, model: nn.Module, x: Tensor, clean: Tens
 class Bounder(Configurable, abc.ABC):
     """Base class of every verifier: ``bounder(model, x, y, threat, spec=None) -> BoundResult``."""
 
+    #: True for bounders whose ``_bound`` takes ``layer_bounds`` (precomputed bounds of every
+    #: op's input, e.g. the CROWN pass an earlier stage of the cascade already made).
+    reuses_layer_bounds: ClassVar[bool] = False
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
-                 spec: Spec | None = None) -> BoundResult:
+                 spec: Spec | None = None, *,
+                 layer_bounds: LayerBounds | None = None) -> BoundResult:
         """Same as :meth:`bound`."""
-        return self.bound(model, x, y, threat, spec)
+        return self.bound(model, x, y, threat, spec, layer_bounds=layer_bounds)
 
     def bound(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
-              spec: Spec | None = None) -> BoundResult:
+              spec: Spec | None = None, *,
+              layer_bounds: LayerBounds | None = None) -> BoundResult:
         """Bound every spec row of every sample over the threat set.
 
         Args:
@@ -159,6 +169,11 @@ class Bounder(Configurable, abc.ABC):
             y: labels (N,) int64 (used for the default margin spec).
             threat: the set ``S(x)``.
             spec: rows ``C f + d`` to bound (default: margins ``e_y - e_t``, t != y).
+            layer_bounds: sound bounds ``(lo, hi)`` (N, *shape) of every op's input and of the
+                output of the chain network, computed with rounding allowances in float64
+                (what :func:`~advrobust.relax.crown.crown_layer_bounds` returns), for
+                bounders with :attr:`reuses_layer_bounds`: they start from these instead of
+                recomputing them (:class:`advrobust.verify.Problem` caches them).
 
         Returns:
             :class:`BoundResult` with lower bounds, upper bounds from concrete points of the set
@@ -167,6 +182,8 @@ class Bounder(Configurable, abc.ABC):
         Raises:
             InvalidInputError: malformed x, y, or spec rows of the wrong width.
             UnsupportedLayerError: a layer the verifier cannot represent.
+            InvalidParameterError: ``layer_bounds`` for a bounder or network that cannot use
+                them.
         """
         name = type(self).__name__
         start = time.perf_counter()
@@ -181,8 +198,18 @@ class Bounder(Configurable, abc.ABC):
             gate = WitnessGate(model)
             network = verifiable_ir(gate.model, tuple(x.shape[1:]), name, graph_ok)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
+            if layer_bounds is not None and (isinstance(network, Graph)
+                                             or not self.reuses_layer_bounds):
+                raise InvalidParameterError(
+                    f"{name} takes no 'layer_bounds' for this network (only CROWN, BaB and the "
+                    "MILP on chain networks start from precomputed bounds); got them.")
             if isinstance(network, Graph):
                 out = self._bound_graph(network, x.to(BOUND_DTYPE), threat, spec64)
+            elif layer_bounds is not None and self._holds_clean(
+                    layers := self._check_layer_bounds(layer_bounds, network, x), network, x,
+                    name):
+                out = self._bound(network, x.to(BOUND_DTYPE), threat,  # type: ignore[call-arg]
+                                  spec64, layer_bounds=layers)
             else:
                 out = self._bound(network, x.to(BOUND_DTYPE), threat, spec64)
             lower = out.lower.detach().to(BOUND_DTYPE).nan_to_num(nan=-torch.inf)
@@ -192,6 +219,41 @@ class Bounder(Configurable, abc.ABC):
         stats["seconds"] = time.perf_counter() - start
         return BoundResult(lower=lower, upper=upper, verdict=verdict, witness=witness,
                            method=name, stats=stats)
+
+    @staticmethod
+    def _check_layer_bounds(bounds: LayerBounds, network: Network, x: Tensor) -> LayerBounds:
+        """``bounds`` in the bound dtype, or an error naming what does not fit the network."""
+        shapes = [network.input_shape] + [tuple(op.out_shape) for op in network.ops]
+        if len(bounds) != len(shapes):
+            raise InvalidInputError(
+                f"'layer_bounds' must hold {len(shapes)} (lo, hi) pairs (the input of every op "
+                f"and the output); got {len(bounds)}.")
+        out = []
+        for k, ((lo, hi), shape) in enumerate(zip(bounds, shapes, strict=True)):
+            want = (x.shape[0],) + tuple(shape)
+            if tuple(lo.shape) != want or tuple(hi.shape) != want:
+                raise InvalidInputError(
+                    f"'layer_bounds'[{k}] must be two tensors of shape {want}; got "
+                    f"{tuple(lo.shape)} and {tuple(hi.shape)}.")
+            out.append((lo.to(x.device, BOUND_DTYPE), hi.to(x.device, BOUND_DTYPE)))
+        return out
+
+    @staticmethod
+    def _holds_clean(bounds: LayerBounds, network: Network, x: Tensor, name: str) -> bool:
+        """True if the clean inputs' values at every op lie inside ``bounds`` (a bound that
+        excludes a point of the set is wrong); else a warning, and the caller's bounds are not
+        used."""
+        with torch.no_grad():
+            value = x.to(BOUND_DTYPE)
+            for k, (lo, hi) in enumerate(bounds):
+                if bool(((value < lo) | (value > hi)).any()):
+                    warnings.warn(f"{name}: the given layer_bounds exclude the clean input at op "
+                                  f"{k} (wrong bounds); they are ignored and recomputed.",
+                                  RuntimeWarning, stacklevel=4)
+                    return False
+                if k < len(network.ops):
+                    value = network.ops[k].forward(value)
+        return True
 
     @staticmethod
     def _evaluate(gate: WitnessGate, x: Tensor, threat: LpBall, spec: Spec,

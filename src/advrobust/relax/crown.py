@@ -308,14 +308,18 @@ class CROWN(Bounder):
         lr: its learning rate.
     """
 
+    reuses_layer_bounds = True
+
     def __init__(self, *, alpha: bool = False, steps: int = 20, lr: float = 0.1) -> None:
         self.alpha = check_bool(alpha, "alpha", "CROWN")
         self.steps = check_int(steps, "steps", "CROWN", low=1)
         self.lr = check_float(lr, "lr", "CROWN", low=0.0, low_open=True)
 
-    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec, *,
+               layer_bounds: LayerBounds | None = None) -> Bounds:
         with torch.no_grad():
-            bounds = crown_layer_bounds(network, x, threat, rounding=True)
+            bounds = layer_bounds if layer_bounds is not None else \
+                crown_layer_bounds(network, x, threat, rounding=True)
             if not self.alpha:
                 return Bounds(crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
                                           rounding=True))

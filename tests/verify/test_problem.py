@@ -1,0 +1,191 @@
+"""The verification problem caches layer bounds with provenance; later stages reuse them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import advrobust.exact.bab as bab_module
+import advrobust.exact.milp as milp_module
+import advrobust.relax.crown as crown_module
+from advrobust.core.spec import Spec
+from advrobust.core.threat import LpBall
+from advrobust.errors import InvalidInputError, InvalidParameterError
+from advrobust.exact import MILP, BaB
+from advrobust.relax import CROWN, IBP
+from advrobust.verify import BoundRecord, Policy, Problem, run
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net(seed: int, d: int = 5, h: int = 10, k: int = 3) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(seed)
+    layers = [nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k)]
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
+                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.5)
+    return nn.Sequential(*layers).eval()
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, calls: list[str],
+              name: str) -> None:
+    """Replace ``module.crown_layer_bounds`` by a wrapper that logs ``name`` per call."""
+    real: Callable[..., Any] = crown_module.crown_layer_bounds
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "crown_layer_bounds", spy)
+
+
+def _undecided_by_crown(seed: int, eps: float = 0.3
+                        ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, LpBall]:
+    """A tiny net and inputs on which CROWN leaves work for the exact methods."""
+    model = _net(seed)
+    x = torch.rand(3, 5, generator=torch.Generator().manual_seed(seed + 7))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    threat = LpBall("linf", eps)
+    crown = CROWN()(model, x, y, threat)
+    assert crown.verified.sum() < 3  # the exact stage has samples to work on
+    return model, x, y, threat
+
+
+@pytest.mark.parametrize("method", ["bab", "milp"])
+def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.MonkeyPatch,
+                                                         method: str) -> None:
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    calls: list[str] = []
+    _counting(monkeypatch, crown_module, calls, "problem/crown")
+    _counting(monkeypatch, bab_module, calls, "bab")
+    _counting(monkeypatch, milp_module, calls, "milp")
+    problem = Problem.of(model, x, y, threat)
+    bracket = run(problem, Policy(method=method, time_limit=20.0))
+    assert calls == ["problem/crown"]  # one batched pass; the exact method recomputed nothing
+    assert bracket.stats[method]  # and it did run on the samples CROWN left
+    crown = CROWN()(model, x, y, threat).verified
+    for i in range(3):
+        # only what CROWN left open stays cached (no memory for the rest)
+        assert (problem.layer_bounds([i]) is None) == bool(crown[i])
+        (record,) = problem.provenance(i)
+        assert isinstance(record, BoundRecord)
+        assert (record.method, record.stage, record.dtype) == ("crown", "crown", torch.float64)
+        assert record.samples == (0, 1, 2) and record.seconds >= 0
+
+
+@pytest.mark.parametrize("bounder", [CROWN(), BaB(time_limit=20), MILP(time_limit=20)],
+                         ids=["crown", "bab", "milp"])
+def test_bounders_from_cached_bounds_match_their_own_pass(bounder: Any) -> None:
+    # The cache holds exactly what each bounder would compute itself: same lower bounds.
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    problem = Problem.of(model, x, y, threat)
+    layers = problem.ensure_layer_bounds(torch.arange(3), "test")
+    assert layers is not None
+    cached = bounder(model, x, y, threat, layer_bounds=layers)
+    alone = bounder(model, x, y, threat)
+    assert torch.allclose(cached.lower, alone.lower, atol=1e-6, rtol=0)
+    assert cached.verdict == alone.verdict
+
+
+def test_layer_bounds_that_do_not_fit_are_refused() -> None:
+    model, x, y, threat = _undecided_by_crown(3)
+    problem = Problem.of(model, x, y, threat)
+    layers = problem.ensure_layer_bounds(torch.arange(3), "test")
+    assert layers is not None
+    with pytest.raises(InvalidInputError, match="'layer_bounds' must hold"):
+        CROWN()(model, x, y, threat, layer_bounds=layers[:-1])
+    with pytest.raises(InvalidInputError, match=r"'layer_bounds'\[0\]"):
+        CROWN()(model, x[:2], y[:2], threat, layer_bounds=layers)
+    with pytest.raises(InvalidParameterError, match="IBP takes no 'layer_bounds'"):
+        IBP()(model, x, y, threat, layer_bounds=layers)
+
+
+def test_cache_intersects_and_drops_contradictions() -> None:
+    model, x, y, threat = _undecided_by_crown(4)
+    problem = Problem.of(model, x, y, threat)
+    layers = problem.ensure_layer_bounds(torch.arange(3), "crown")
+    assert layers is not None
+    record = BoundRecord("test", "test", torch.float64, 0.0, (0,))
+    # a tighter enclosure of sample 0 is intersected in (and recorded)
+    tighter = [(lo[:1] + 1e-3 * (hi[:1] - lo[:1]), hi[:1]) for lo, hi in layers]
+    problem.store_layer_bounds([0], tighter, record)
+    merged = problem.layer_bounds([0])
+    assert merged is not None
+    assert all(bool((m[0] >= t[0]).all()) for m, t in zip(merged, tighter, strict=True))
+    assert [r.method for r in problem.provenance(0)] == ["crown", "test"]
+    # one that contradicts the cache means a bound was wrong: the sample's cache goes
+    wrong = [(hi[1:2] + 1.0, hi[1:2] + 2.0) for lo, hi in layers]
+    with pytest.warns(RuntimeWarning, match="contradict"):
+        problem.store_layer_bounds([1], wrong, record)
+    assert problem.layer_bounds([1]) is None
+    assert problem.layer_bounds([2]) is not None
+
+
+def test_problem_validates_its_inputs() -> None:
+    model = _net(4)
+    x = torch.rand(2, 5)
+    with pytest.raises(InvalidInputError, match="spec"):
+        Problem.of(model, x, torch.tensor([0, 1]), LpBall("linf", 0.1),
+                   spec=Spec.margins(torch.tensor([0]), 3))
+
+
+def test_a_relaxation_alone_keeps_no_layer_bounds() -> None:
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    problem = Problem.of(model, x, y, threat)
+    run(problem, Policy(method="crown"))
+    assert all(problem.layer_bounds([i]) is None for i in range(3))
+    assert all(len(problem.provenance(i)) == 1 for i in range(3))
+
+
+def test_a_vnnlib_box_becomes_an_enclosing_ball_and_witnesses_are_checked_in_it() -> None:
+    from advrobust.network.vnnlib import parse_vnnlib
+
+    model = nn.Sequential(nn.Linear(2, 2)).eval()
+    with torch.no_grad():  # Y_0 = X_0, Y_1 = X_1
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    text = "\n".join(["(declare-const X_0 Real)", "(declare-const X_1 Real)",
+                      "(declare-const Y_0 Real)", "(declare-const Y_1 Real)",
+                      "(assert (>= X_0 0.0))", "(assert (<= X_0 0.5))",   # not a cube:
+                      "(assert (>= X_1 0.2))", "(assert (<= X_1 0.3))",   # widths 0.5, 0.1
+                      "(assert (or (and (>= Y_1 Y_0))))"])                # unsafe: X_1 >= X_0
+    prop = parse_vnnlib(text)
+    problem = Problem.from_property(model, prop)
+    assert problem.box is not None and torch.equal(problem.box[0], prop.lower)
+    assert problem.spec.num_rows == 1
+    corners = torch.tensor([[0.0, 0.2], [0.5, 0.3], [0.0, 0.3], [0.5, 0.2]])
+    assert bool(problem.threat.contains(problem.x.expand(4, 2), corners).all())
+    # a point outside the box is clamped into it before the unsafe check
+    found = problem.confirm_unsafe(torch.tensor([-1.0, 0.9]))
+    assert found is not None
+    assert torch.allclose(found[0], torch.tensor([0.0, 0.3])) and bool(prop.contains(
+        found[0].unsqueeze(0), atol=0.0))  # exactly inside (float32 rounding moved inwards)
+    assert problem.confirm_unsafe(torch.tensor([0.5, 0.2])) is None  # safe: X_1 < X_0
+
+
+def test_layer_bounds_that_exclude_the_clean_input_are_ignored_with_a_warning() -> None:
+    # Soundness: precomputed bounds cannot turn a broken sample into a proof.
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    problem = Problem.of(model, x, y, threat)
+    layers = problem.ensure_layer_bounds(torch.arange(3), "test")
+    assert layers is not None
+    wrong = [(lo, hi) for lo, hi in layers]
+    wrong[2] = (wrong[2][1] + 1.0, wrong[2][1] + 2.0)  # a hidden layer's bounds off the set
+    with pytest.warns(RuntimeWarning, match="exclude the clean input at op 2"):
+        cached = MILP(time_limit=20)(model, x, y, threat, layer_bounds=wrong)
+    alone = MILP(time_limit=20)(model, x, y, threat)
+    assert cached.verdict == alone.verdict
+    assert torch.allclose(cached.lower, alone.lower, atol=1e-6, rtol=0)
