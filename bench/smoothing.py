@@ -76,6 +76,14 @@ def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> di
                                       alpha=args.alpha, batch_size=args.batch_size,
                                       generator=gen))
         done = min(start + args.chunk, len(x))
+        if args.partial is not None:  # keep finished chunks if the run is cut short
+            from dataclasses import asdict
+
+            from advrobust.smoothing import SmoothingCertificate
+
+            args.partial.mkdir(parents=True, exist_ok=True)
+            torch.save(asdict(SmoothingCertificate.concat(parts)),
+                       args.partial / f"{Path(path).stem}-w{worker}.pt")
         print(f"  {Path(path).name} [worker {worker}]: {done}/{len(x)} images, "
               f"{(time.perf_counter() - wall) / done:.2f} s/image wall", flush=True)
     return {"parts": parts, "cpu": time.process_time() - cpu}
@@ -169,6 +177,9 @@ def main() -> None:
                         help="processes certifying contiguous slices of the images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--partial", type=Path, default=None, metavar="DIR",
+                        help="after every chunk, save each worker's certificates so far to "
+                             "DIR/<checkpoint>-w<worker>.pt (kept if the run is cut short)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "smoothing.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
