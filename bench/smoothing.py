@@ -17,7 +17,8 @@ then run (by hand, not by pytest)
 Every model certifies the same first --images test images with the same noise seed. Wall and
 CPU (process) seconds per image are both reported: on a shared machine the wall time mostly
 measures the other users. ``--workers 2`` certifies two halves of the images in two processes
-(one per core; CPU seconds summed).
+(one per core; CPU seconds summed). ``--partial DIR`` saves each worker's finished chunks after
+every chunk, so a run cut short (load, time-out) still leaves its certificates.
 """
 
 from __future__ import annotations
