@@ -17,7 +17,8 @@ then run (by hand, not by pytest)
 Every model certifies the same first --images test images with the same noise seed. Wall and
 CPU (process) seconds per image are both reported: on a shared machine the wall time mostly
 measures the other users. ``--workers 2`` certifies two halves of the images in two processes
-(one per core; CPU seconds summed).
+(one per core; CPU seconds summed). ``--partial DIR`` saves each worker's finished chunks after
+every chunk, so a run cut short (load, time-out) still leaves its certificates.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> di
                                       alpha=args.alpha, batch_size=args.batch_size,
                                       generator=gen))
         done = min(start + args.chunk, len(x))
+        if args.partial is not None:  # keep finished chunks if the run is cut short
+            from dataclasses import asdict
+
+            from advrobust.smoothing import SmoothingCertificate
+
+            args.partial.mkdir(parents=True, exist_ok=True)
+            torch.save(asdict(SmoothingCertificate.concat(parts)),
+                       args.partial / f"{Path(path).stem}-w{worker}.pt")
         print(f"  {Path(path).name} [worker {worker}]: {done}/{len(x)} images, "
               f"{(time.perf_counter() - wall) / done:.2f} s/image wall", flush=True)
     return {"parts": parts, "cpu": time.process_time() - cpu}
@@ -169,6 +178,9 @@ def main() -> None:
                         help="processes certifying contiguous slices of the images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--partial", type=Path, default=None, metavar="DIR",
+                        help="after every chunk, save each worker's certificates so far to "
+                             "DIR/<checkpoint>-w<worker>.pt (kept if the run is cut short)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "smoothing.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
