@@ -34,7 +34,7 @@ from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
 from advrobust.relax._encoding import Encoding, check_linear_norm, encode_sample, row_cost
 from advrobust.relax.base import Bounder, Bounds
-from advrobust.relax.crown import crown_layer_bounds, crown_lower
+from advrobust.relax.crown import root_bounds
 from advrobust.relax.dag import refine_mask
 from advrobust.relax.ibp import LayerBounds
 from advrobust.solvers.highs import HighsSolver
@@ -131,21 +131,12 @@ class MILP(Bounder):
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec, *,
                layer_bounds: LayerBounds | None = None) -> Bounds:
         check_linear_norm(threat, "MILP")
-        with torch.no_grad():
-            bounds = layer_bounds if layer_bounds is not None else \
-                crown_layer_bounds(network, x, threat, rounding=True)
-            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
-                                rounding=True)
+        bounds, crown = root_bounds(network, x, threat, spec, layer_bounds=layer_bounds)
         return self._run(network.graph, bounds, crown, x, threat, spec)
 
     def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower
-
         check_linear_norm(threat, "MILP")
-        with torch.no_grad():
-            bounds = graph_crown_bounds(graph, x, threat, rounding=True)
-            crown = graph_crown_lower(graph, x, threat, spec.C, spec.d, bounds=bounds,
-                                      rounding=True)
+        bounds, crown = root_bounds(graph, x, threat, spec)
         return self._run(graph, bounds, crown, x, threat, spec)
 
     def _run(self, network: Graph, bounds: LayerBounds, crown: Tensor, x: Tensor,

@@ -38,7 +38,13 @@ from advrobust.relax._rounding import (
     input_gamma,
 )
 from advrobust.relax.base import Bounder, Bounds, as_ir
-from advrobust.relax.dag import Allowance, graph_backward, interval_is_exact, refine_rows
+from advrobust.relax.dag import (
+    Allowance,
+    graph_backward,
+    graph_crown_bounds,
+    interval_is_exact,
+    refine_rows,
+)
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
 __all__ = ["CROWN", "backsubstitute", "crown_layer_bounds", "crown_lower"]
@@ -267,6 +273,31 @@ def crown_lower(network: Network | Graph | nn.Module, x0: Tensor, threat: LpBall
     if d is None:
         return lower
     return add_offset(lower, d) if rounding else lower + d.to(lower.dtype)
+
+
+def root_bounds(network: Network | Graph, x0: Tensor, threat: LpBall, spec: Spec, *,
+                layer_bounds: LayerBounds | None = None) -> tuple[LayerBounds, Tensor]:
+    """The root every LP / MILP encoding starts from: sound layer (node) bounds and the spec's
+    CROWN lower bound over them, both with rounding allowances.
+
+    Args:
+        network: a chain :class:`Network` or a :class:`Graph`.
+        x0: (N, *input_shape) centres (float64).
+        threat: the set.
+        spec: N spec rows.
+        layer_bounds: bounds an earlier stage already computed (reused as they are).
+
+    Returns:
+        The layer bounds and the (N, K) CROWN lower bounds.
+    """
+    with torch.no_grad():
+        bounds = layer_bounds
+        if bounds is None:
+            bounds = (graph_crown_bounds(network, x0, threat, rounding=True)
+                      if isinstance(network, Graph) else
+                      crown_layer_bounds(network, x0, threat, rounding=True))
+        crown = crown_lower(network, x0, threat, spec.C, spec.d, bounds=bounds, rounding=True)
+    return bounds, crown
 
 
 def _optimize_alphas(network: Network, x0: Tensor, threat: LpBall, spec: Spec,

@@ -23,7 +23,7 @@ from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.relax._encoding import Encoding, check_linear_norm, encode_sample, row_cost
 from advrobust.relax.base import Bounder, Bounds
-from advrobust.relax.crown import crown_layer_bounds, crown_lower
+from advrobust.relax.crown import root_bounds
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
 
@@ -49,24 +49,17 @@ class LPRelaxation(Bounder):
                                       low_open=True, allow_inf=True)
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        check_linear_norm(threat, "LPRelaxation")
-        with torch.no_grad():
-            bounds = crown_layer_bounds(network, x, threat, rounding=True)
-            crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
-                                rounding=True)
-        return self._solve(crown, x, spec, lambda s: encode_sample(
-            network, bounds, s, integer=False, threat=threat, x0=x))
+        return self._relax(network, x, threat, spec)
 
     def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
-        from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower
+        return self._relax(graph, x, threat, spec)
 
+    def _relax(self, ir: Network | Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+        """Chains and graphs alike (``root_bounds`` and ``encode_sample`` read both IRs)."""
         check_linear_norm(threat, "LPRelaxation")
-        with torch.no_grad():
-            bounds = graph_crown_bounds(graph, x, threat, rounding=True)
-            crown = graph_crown_lower(graph, x, threat, spec.C, spec.d, bounds=bounds,
-                                      rounding=True)
+        bounds, crown = root_bounds(ir, x, threat, spec)
         return self._solve(crown, x, spec, lambda s: encode_sample(
-            graph, bounds, s, integer=False, threat=threat, x0=x))
+            ir, bounds, s, integer=False, threat=threat, x0=x))
 
     def _solve(self, crown: Tensor, x: Tensor, spec: Spec,
                encode: Callable[[int], Encoding]) -> Bounds:
