@@ -9,6 +9,7 @@ tolerance; :meth:`Bracket.offer`). Verdicts come from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,6 +31,11 @@ class Bracket:
         witness: (N, ...) per sample the point with the lowest spec value found.
         values: (N, K) the spec values at ``witness``.
         decided_by: per sample the stage that decided it (``""`` while UNKNOWN).
+        found_by: per sample the stage (attack member) that found ``witness`` (None: clean).
+        lowers: per sample, per stage, the best lower bound on the lowest row that stage
+            reached (rows it did not bound count with the bracket's bound).
+        seconds: per sample, per stage, wall seconds (a batched call's time shared out).
+        black_box: names of the attacks that reported using no gradients.
         stats: per-stage details (see :class:`~advrobust.evaluation.VerifyReport`).
         stage_seconds: wall time per stage.
     """
@@ -41,6 +47,10 @@ class Bracket:
         self.lower = torch.full_like(self.values, -torch.inf)
         self.upper = self.values.clone()
         self.decided_by = [""] * x.shape[0]
+        self.found_by: list[str | None] = [None] * x.shape[0]
+        self.lowers: list[dict[str, float]] = [{} for _ in range(x.shape[0])]
+        self.seconds: list[dict[str, float]] = [{} for _ in range(x.shape[0])]
+        self.black_box: set[str] = set()
         self.stats: dict[str, Any] = {}
         self.stage_seconds: dict[str, float] = {}
         self.bound_seconds = 0.0  # one relaxation pass, per sample (measured by the first stage)
@@ -58,28 +68,57 @@ class Bracket:
         """Row indices of sample ``i`` that no stage has proved yet."""
         return (self.lower[i] <= VERIFY_TOLERANCE).nonzero().flatten()
 
-    def offer(self, idx: Tensor, points: Tensor) -> None:
-        """Pass candidate points through the witness gate; keep the better ones."""
+    def offer(self, idx: Tensor, points: Tensor, by: str | Sequence[str | None] | None = None
+              ) -> None:
+        """Pass candidate points through the witness gate; keep the better ones (found by
+        ``by``: one name, or one per sample)."""
         p = self.problem
         points, values = p.gate(p.x[idx], points, p.threat, p.spec_of(idx))
+        self.accept(idx, points, values, by)
+
+    def accept(self, idx: Tensor, points: Tensor, values: Tensor,
+               by: str | Sequence[str | None] | None = None) -> None:
+        """Keep the gated points (inside this problem's set; float64 ``values`` (N', K) from
+        the gate) that are better than the witnesses held."""
+        names = list(by) if isinstance(by, (list, tuple)) else [by] * idx.numel()
         self.upper[idx] = torch.minimum(self.upper[idx], values)
         better = values.amin(1) < self.values[idx].amin(1)
         self.values[idx[better]] = values[better]
         self.witness[idx[better]] = points[better].to(self.witness)
+        for j in better.nonzero().flatten().tolist():
+            self.found_by[int(idx[j])] = names[j]  # type: ignore[assignment]
 
-    def raise_lower(self, idx: Tensor, lower: Tensor, rows: Tensor | None = None) -> None:
-        """Merge lower bounds (N', K) of samples ``idx``, or (1, R) of rows ``rows`` of one."""
+    def raise_lower(self, idx: Tensor, lower: Tensor, rows: Tensor | None = None,
+                    stage: str | None = None) -> None:
+        """Merge lower bounds (N', K) of samples ``idx``, or (1, R) of rows ``rows`` of one;
+        with ``stage``, credited to it in :attr:`lowers`."""
+        lower = lower.to(self.lower)
         if rows is None:
-            self.lower[idx] = torch.maximum(self.lower[idx], lower.to(self.lower))
+            self.lower[idx] = torch.maximum(self.lower[idx], lower)
+            full = lower
         else:
             i = int(idx[0])
-            self.lower[i, rows] = torch.maximum(self.lower[i, rows], lower[0].to(self.lower))
+            self.lower[i, rows] = torch.maximum(self.lower[i, rows], lower[0])
+            full = self.lower[idx].clone()
+            full[0, rows] = lower[0]
+        if stage is not None:
+            for j, i in enumerate(idx.tolist()):
+                best = self.lowers[i].get(stage, -float("inf"))
+                self.lowers[i][stage] = max(best, float(full[j].amin()))
 
-    def take(self, idx: Tensor, result: BoundResult, rows: Tensor | None = None) -> None:
-        """Merge a bounder's result on samples ``idx`` (rows ``rows`` of one sample)."""
-        self.raise_lower(idx, result.lower, rows)
+    def take(self, idx: Tensor, result: BoundResult, rows: Tensor | None = None,
+             stage: str | None = None) -> None:
+        """Merge a bounder's result on samples ``idx`` (rows ``rows`` of one sample), crediting
+        ``stage`` with its bounds and witnesses."""
+        self.raise_lower(idx, result.lower, rows, stage)
         if result.witness is not None:
-            self.offer(idx, result.witness.detach())
+            self.offer(idx, result.witness.detach(), stage)
+
+    def charge(self, idx: Tensor, stage: str, seconds: float) -> None:
+        """Share ``seconds`` of ``stage`` out over samples ``idx``."""
+        share = seconds / max(1, idx.numel())
+        for i in idx.tolist():
+            self.seconds[i][stage] = self.seconds[i].get(stage, 0.0) + share
 
     def mark(self, stage: str) -> None:
         """Credit ``stage`` with the samples it decided."""

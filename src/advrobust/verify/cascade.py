@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +35,9 @@ from advrobust.verify.bracket import Bracket
 from advrobust.verify.budget import Budget
 from advrobust.verify.problem import Problem
 from advrobust.verify.stages import attack_stage, exact_stage, relax_stage
+
+if TYPE_CHECKING:
+    from advrobust.verify.grid import Step
 
 __all__ = ["CERTIFY", "METHODS", "Policy", "run"]
 
@@ -68,6 +71,11 @@ class Policy:
         batch_size: samples per relaxation / attack call.
         progress: tqdm progress bars.
         generator: random source of the attack's random starts.
+        stages: a configured list of stages (:class:`~advrobust.verify.grid.Step`: bounds,
+            attacks, exact methods, in order); when given, ``method`` is not consulted and
+            :func:`~advrobust.verify.grid.run_grid` runs them (on one problem or an eps grid).
+        bar: ``bar(total, stage) -> progress bar`` of a configured exact stage over the grid
+            (None: tqdm when ``progress``).
     """
 
     method: str = "auto"
@@ -77,6 +85,8 @@ class Policy:
     batch_size: int = 100
     progress: bool = False
     generator: torch.Generator | None = None
+    stages: tuple[Step, ...] = ()
+    bar: Callable[[int, str], Any] | None = None
 
 
 Stage = tuple[str, Callable[[], None]]
@@ -96,6 +106,10 @@ def run(problem: Problem, policy: Policy, budget: Budget | None = None) -> Brack
         The :class:`~advrobust.verify.bracket.Bracket`: verdicts, lower / upper bounds per
         row, witnesses, the stage that decided each sample, per-stage seconds and details.
     """
+    if policy.stages:
+        from advrobust.verify.grid import run_grid
+
+        return run_grid([problem], policy, budget)[0]
     budget = Budget() if budget is None else budget
     with eval_mode(problem.model, who="verify"):
         bracket = Bracket(problem)

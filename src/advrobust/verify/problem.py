@@ -92,8 +92,7 @@ class Problem:
         self.spec, self.clean, self.box = spec, clean, box
         self.prop: VnnProperty | None = None
         self.gate = WitnessGate(model)  # the one float64 copy: witnesses and bound passes
-        self._structure: Network | Graph | None = None
-        self._network: Network | Graph | None = None
+        self._ir: dict[str, Network | Graph] = {}  # shared with the siblings of :meth:`along`
         self._layers: dict[int, LayerBounds] = {}
         self._provenance: dict[int, list[BoundRecord]] = {}
 
@@ -180,20 +179,20 @@ class Problem:
     @property
     def structure(self) -> Network | Graph:
         """The IR of the caller's model (its own dtype): the layers, and a cost to time."""
-        if self._structure is None:
+        if "structure" not in self._ir:
             from advrobust.relax.base import verifiable_ir
 
-            self._structure = verifiable_ir(self.model, self.input_shape, "verify", True)
-        return self._structure
+            self._ir["structure"] = verifiable_ir(self.model, self.input_shape, "verify", True)
+        return self._ir["structure"]
 
     @property
     def network(self) -> Network | Graph:
         """The float64 IR every bound pass of this problem runs on."""
-        if self._network is None:
+        if "network" not in self._ir:
             from advrobust.relax.base import verifiable_ir
 
-            self._network = verifiable_ir(self.gate.model, self.input_shape, "verify", True)
-        return self._network
+            self._ir["network"] = verifiable_ir(self.gate.model, self.input_shape, "verify", True)
+        return self._ir["network"]
 
     @property
     def is_chain(self) -> bool:
@@ -201,6 +200,31 @@ class Problem:
         from advrobust.network.ir import Network
 
         return isinstance(self.structure, Network)
+
+    def along(self, radii: Sequence[float]) -> list[Problem]:
+        """The same samples and spec on the balls of the same norm and box with radii ``radii``
+        (ascending: each set contains the one before), sharing this problem's float64 twin and
+        IRs; each has its own bound cache (bounds depend on the set).
+
+        Raises:
+            InvalidInputError: ``radii`` empty or not ascending (or a VNNLIB problem).
+        """
+        import copy
+        import dataclasses
+
+        radii = [float(r) for r in radii]
+        if not radii or any(b < a for a, b in zip(radii, radii[1:], strict=False)):
+            raise InvalidInputError(f"Problem.along: 'radii' must be a non-empty ascending list "
+                                    f"of eps values. Got {radii!r}.")
+        if self.box is not None:
+            raise InvalidInputError("Problem.along: a VNNLIB property's box has no radius grid.")
+        out = []
+        for r in radii:
+            other = copy.copy(self)
+            other.threat = dataclasses.replace(self.threat, eps=r)
+            other._layers, other._provenance = {}, {}
+            out.append(other)
+        return out
 
     def spec_of(self, idx: Tensor, rows: Tensor | None = None) -> Spec:
         """The spec of samples ``idx`` (of rows ``rows`` of one sample)."""

@@ -62,7 +62,10 @@ def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
         if done and (time.perf_counter() - start) / done * len(idx) > budget.left():
             bracket.skip(name, "deadline")
             break
-        bracket.take(idx, call_bounder(bracket, bounder, idx, name, compute=True))
+        t0 = time.perf_counter()
+        result = call_bounder(bracket, bounder, idx, name, compute=True)
+        bracket.charge(idx, name, time.perf_counter() - t0)
+        bracket.take(idx, result, stage=name)
         open_ = bracket.undecided()
         bracket.problem.forget([int(i) for i in idx if not (keep_bounds and open_[int(i)])])
         done += len(idx)
@@ -71,12 +74,15 @@ def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
 
 
 def attack_stage(bracket: Bracket, attack: Any, budget: Budget, *, batch_size: int,
-                 progress: bool, generator: torch.Generator | None) -> None:
+                 progress: bool, generator: torch.Generator | None,
+                 name: str = "attack") -> None:
     """Offer the attack's points of the still-undecided samples (re-checked by the model).
 
     :class:`~advrobust.attacks.spec_apgd.SpecAPGD` attacks the spec rows themselves and fits
     its runs to the deadline; any other :class:`~advrobust.attacks.Attack` attacks the label
-    margins.
+    margins. Points are credited to ``name`` (an :class:`~advrobust.attacks.Ensemble`'s to the
+    member that found them); attacks that report using no gradients go to
+    :attr:`Bracket.black_box`.
     """
     from advrobust.attacks.spec_apgd import SpecAPGD
 
@@ -84,29 +90,49 @@ def attack_stage(bracket: Bracket, attack: Any, budget: Budget, *, batch_size: i
     todo = bracket.undecided().nonzero().flatten().to(p.x.device)
     chunks = list(todo.split(batch_size)) if todo.numel() else []
     runs = 0
-    for idx in progress_bar(chunks, desc="attack", disable=not progress, leave=False):
+    for idx in progress_bar(chunks, desc=name, disable=not progress, leave=False):
         if budget.left() <= 0:
             break
+        t0 = time.perf_counter()
         if isinstance(attack, SpecAPGD):
             result = attack.minimize(p.model, p.x[idx], p.threat, p.spec_of(idx),
                                      generator=generator, deadline=budget.deadline)
-            bracket.offer(idx, result.points.detach())
+            bracket.charge(idx, name, time.perf_counter() - t0)
+            bracket.offer(idx, result.points.detach(), name)
             runs += result.restarts
         else:
-            bracket.offer(idx, attack(p.model, p.x[idx], p.y[idx], p.threat,
-                                      generator=generator).x_adv.detach())
-    bracket.stats["attack"] = {"runs": runs}
-    bracket.mark("attack")
+            res = attack(p.model, p.x[idx], p.y[idx], p.threat, generator=generator)
+            bracket.charge(idx, name, time.perf_counter() - t0)
+            bracket.offer(idx, res.x_adv.detach(), _credit(bracket, attack, res, name))
+    bracket.stats[name] = {"runs": runs}
+    bracket.mark(name)
+
+
+def _credit(bracket: Bracket, attack: Any, result: Any, name: str) -> list[str | None]:
+    """Per sample, the name an attack's point is credited to; notes black-box attacks."""
+    from advrobust.attacks.ensemble import Ensemble, attack_label
+
+    n = int(result.x_adv.shape[0])
+    if result.info.get("black_box"):
+        bracket.black_box.add(name)
+    if not isinstance(attack, Ensemble):
+        return [name] * n
+    bracket.black_box.update(result.info.get("black_box_members") or ())
+    broken = result.info.get("broken_by") or [None] * n
+    return [b or attack_label(attack.attacks[0]) for b in broken]
 
 
 def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budget: Budget, *,
-                optional: bool, time_limit: float, stages_left: int, progress: bool) -> None:
+                optional: bool, time_limit: float, stages_left: int, progress: bool,
+                own_limit: bool = False, bar: Any = None) -> None:
     """Run an exact method sample by sample on the rows no earlier stage proved.
 
     Of its ``time_limit``, a sample gives this stage an equal share of what the earlier exact
-    stages left (``stages_left`` stages, this one included, share it), and never more than the
+    stages left (``stages_left`` stages, this one included, share it; with ``own_limit`` the
+    whole ``time_limit`` is this stage's), and never more than the
     same share of what is left of the budget; ``make(seconds)`` builds the method, which starts
-    from the problem's cached layer bounds. In the ``auto`` cascade (``optional``) the stage is
+    from the problem's cached layer bounds. ``bar``: a progress bar to advance per sample
+    instead of this stage's own. In the ``auto`` cascade (``optional``) the stage is
     skipped with a warning where one bound pass costs more than the time it would get (the
     samples stay UNKNOWN); an exact method asked for by name always runs.
     """
@@ -114,7 +140,8 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
     todo = bracket.undecided().nonzero().flatten().to(x.device)
 
     def seconds_for(i: int) -> float:
-        own = (time_limit - bracket.exact_seconds.get(i, 0.0)) / stages_left
+        own = time_limit if own_limit else \
+            (time_limit - bracket.exact_seconds.get(i, 0.0)) / stages_left
         left = budget.left() / stages_left
         if left != math.inf:  # the method's own bound pass and set-up (MILP: the encoding)
             # run before its clock starts: measured on mnist_fc 256x2, ~1 s over an 8 s limit
@@ -133,22 +160,30 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
         bracket.mark(name)
         return
     details = bracket.stats.setdefault(name, {})
-    bar = progress_bar(todo.tolist(), desc=name, disable=not progress, leave=False)
-    for i in bar:
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(total=todo.numel(), desc=name, disable=not progress, leave=False)
+    for i in todo.tolist():
         seconds = seconds_for(i)
         if seconds <= 0 or (optional and bracket.bound_seconds > seconds):
             details[i] = [{"status": "skipped (time limit)"}]
+            bar.update(1)
             continue
         idx = torch.tensor([i], device=x.device)
         rows = bracket.open_rows(i)
         t0 = time.perf_counter()
         result = call_bounder(bracket, make(seconds), idx, name, rows=rows)
         spent = time.perf_counter() - t0
+        bracket.charge(idx, name, spent)
         bracket.exact_seconds[i] = bracket.exact_seconds.get(i, 0.0) + spent
         bracket.exact_overrun = max(bracket.exact_overrun, spent - seconds)
-        bracket.take(idx, result, rows)
+        bracket.take(idx, result, rows, stage=name)
         details[i] = _row_details(result, rows)
-        bar.set_postfix(verdict=bracket.verdicts()[i].value)
+        bar.update(1)
+        if own_bar:
+            bar.set_postfix(verdict=bracket.verdicts()[i].value)
+    if own_bar:
+        bar.close()
     bracket.mark(name)
 
 

@@ -1,4 +1,5 @@
-"""The campaign's per-sample bracket holds tight bounds without a false inconsistency.
+"""The campaign's per-sample brackets (the verify driver's, one per eps) hold tight bounds
+without a false inconsistency.
 
 A linear classifier's exact linf minimum is attained at a box corner and known in closed form
 (float64). Raising the lower bound to that minimum and offering the minimising corner must give
@@ -15,9 +16,17 @@ import warnings
 import torch
 from torch import nn
 
-from advrobust.core.result import Verdict, decide_verdicts
+from advrobust.core.result import Verdict
 from advrobust.core.spec import Spec
-from advrobust.evaluation.campaign.cascade import _Grid
+from advrobust.core.threat import LpBall
+from advrobust.verify import Bracket, Problem
+from advrobust.verify.grid import carry_up
+
+
+def _grid(model: nn.Module, x: torch.Tensor, spec: Spec, eps: list[float]) -> list[Bracket]:
+    y = spec.C[:, 0].argmax(1)  # the margins' label
+    problem = Problem.of(model, x, y, LpBall("linf", eps[0]), spec)
+    return [Bracket(p) for p in problem.along(eps)]
 
 
 def _linear(seed: int) -> nn.Linear:
@@ -36,7 +45,7 @@ def test_exact_linear_minimum_is_consistent_and_falsified() -> None:
     y = torch.zeros(6, dtype=torch.long)
     spec = Spec.margins(y, 5)
     eps = 0.05
-    grid = _Grid(model, x, spec, "linf", [eps])
+    (bracket,) = _grid(model, x, spec, [eps])
     # Closed form in float64: row k of C W x + C b + d is minimised at x - eps sign(C W).
     w, b = model.weight.detach().double(), model.bias.detach().double()
     cw = torch.einsum("nko,oi->nki", spec.C.double(), w)                  # (N, K, D)
@@ -48,12 +57,12 @@ def test_exact_linear_minimum_is_consistent_and_falsified() -> None:
     idx = torch.arange(6)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        grid.raise_lower(0, idx, lower, "closed-form")
-        grid.offer(0, idx, corner, "corner")
-        verdicts = decide_verdicts(grid.lower[0], grid.values[0])
-    assert grid.lower.dtype == torch.float64 and grid.values.dtype == torch.float64
+        bracket.raise_lower(idx, lower, stage="closed-form")
+        bracket.offer(idx, corner, "corner")
+        verdicts = bracket.verdicts()
+    assert bracket.lower.dtype == torch.float64 and bracket.values.dtype == torch.float64
     # The bound never exceeds the witness's value (to float64 rounding of a 64-term sum).
-    assert bool((grid.lower[0] <= grid.values[0] + 1e-9 * (1 + grid.values[0].abs())).all())
+    assert bool((bracket.lower <= bracket.values + 1e-9 * (1 + bracket.values.abs())).all())
     for i, v in enumerate(verdicts):
         assert (v is Verdict.FALSIFIED) == (float(lower[i].min()) < 0)
     assert any(v is Verdict.FALSIFIED for v in verdicts)
@@ -63,12 +72,14 @@ def test_offered_point_outside_the_ball_is_projected_inside() -> None:
     model = _linear(2)
     x = torch.full((2, 64), 0.5)
     spec = Spec.margins(torch.zeros(2, dtype=torch.long), 5)
-    grid = _Grid(model, x, spec, "linf", [0.01, 0.1])
-    grid.offer(0, torch.arange(2), x + 0.3, "far")  # outside both balls
+    brackets = _grid(model, x, spec, [0.01, 0.1])
+    brackets[0].offer(torch.arange(2), x + 0.3, "far")  # outside both balls
+    carry_up(brackets, 0)  # a point of the eps-0.01 set lies in the eps-0.1 set
     twin = copy.deepcopy(model).double()
-    for e in range(2):
+    for bracket in brackets:
         # Kept only as its projection onto the eps-0.01 set, valued by the float64 model there.
-        assert float((grid.witness[e] - x).abs().max()) <= 0.01
-        logits = twin(grid.witness[e].double())
+        assert float((bracket.witness - x).abs().max()) <= 0.01
+        logits = twin(bracket.witness.double())
         values = torch.einsum("nko,no->nk", spec.C.double(), logits)
-        assert torch.allclose(grid.values[e], values, rtol=1e-12, atol=1e-9)
+        assert torch.allclose(bracket.values, values, rtol=1e-12, atol=1e-9)
+        assert bracket.found_by == ["far", "far"]
