@@ -6,8 +6,11 @@ cached on the problem), a targeted attack on every spec row of what it leaves un
 (:class:`~advrobust.attacks.spec_apgd.SpecAPGD`: one APGD copy per row, random restarts), then
 branch and bound on ReLU splits (:class:`~advrobust.exact.BaB`, linf: the whole per-sample time
 limit, finishing with the MILP on its alpha-CROWN bounds where linear regions keep coming) or
-the MILP (l1) on the rows no earlier stage proved, both starting from CROWN's cached layer
-bounds. ``"ibp"``, ``"crown"``, ``"lp"`` run one relaxation; ``"milp"`` and ``"bab"`` run CROWN
+the MILP (l1, and any norm on graph networks, which BaB does not split: exact on ReLU / Add /
+Sub / Concat graphs, sound LP relaxations of sigmoid / tanh with ``stats["exact"]`` False) on
+the rows no earlier stage proved, both starting from CROWN's cached layer bounds (chains).
+A configured list of stages (:attr:`Policy.stages`) runs through :mod:`advrobust.verify.grid`,
+also over an eps grid (the robustness campaign). ``"ibp"``, ``"crown"``, ``"lp"`` run one relaxation; ``"milp"`` and ``"bab"`` run CROWN
 then that exact method. With a limited :class:`~advrobust.verify.budget.Budget` every stage gets
 a deadline from it, a stage whose measured or predicted cost does not fit is skipped, and where
 the attack is cheap next to the budget it runs first (a quick "sat").
@@ -171,16 +174,15 @@ def _stages(bracket: Bracket, policy: Policy, budget: Budget) -> list[Stage]:
         warnings.warn("verify_dataset: BaB and the MILP handle linf and l1 threats only; the "
                       "auto cascade stops after the attack for l2.", UserWarning, stacklevel=4)
         return stages
-    if method == "auto" and not problem.is_chain:
-        warnings.warn("verify_dataset: BaB and the MILP handle chain networks only; the auto "
-                      "cascade stops after CROWN and the attack for this graph (residual / "
-                      "concat / sigmoid ...) network.", UserWarning, stacklevel=4)
-        return stages
     # linf: beta-CROWN BaB alone, with the whole exact budget (it finishes with the MILP on its
     # alpha-CROWN bounds when linear regions keep coming); mnist_fc at 30 s, BaB alone vs the
-    # old BaB + MILP halves: bench/RESULTS.md, issue 11
-    exact = ("bab",) if method == "auto" and problem.threat.norm is Norm.LINF \
-        else ("milp",) if method == "auto" else (method,)
+    # old BaB + MILP halves: bench/RESULTS.md, issue 11. BaB splits the ReLUs of chains only;
+    # on a graph (residual / concat / sigmoid ...) the MILP runs: exact where every op has an
+    # exact encoding (ReLU, Add, Sub, Concat, affine), else on LP relaxations of the S-shaped
+    # ops, whose bounds are sound but not minima: a proof stays a proof, and what they do not
+    # prove stays UNKNOWN (witnesses only ever count through the gate).
+    exact = ("bab",) if method == "auto" and problem.threat.norm is Norm.LINF and \
+        problem.is_chain else ("milp",) if method == "auto" else (method,)
     for k, name in enumerate(exact):
         stages.append((name, _exact(bracket, policy, name, len(exact) - k, budget)))
     return stages

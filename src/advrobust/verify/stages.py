@@ -179,6 +179,9 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
         bracket.exact_overrun = max(bracket.exact_overrun, spent - seconds)
         bracket.take(idx, result, rows, stage=name)
         details[i] = _row_details(result, rows)
+        if "exact" in result.stats:  # the MILP on LP-relaxed ops: sound bounds, not minima
+            exact = bracket.stats.setdefault("exact", {})
+            exact[name] = exact.get(name, True) and bool(result.stats["exact"])
         bar.update(1)
         if own_bar:
             bar.set_postfix(verdict=bracket.verdicts()[i].value)
