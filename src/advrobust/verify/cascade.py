@@ -9,11 +9,12 @@ limit, finishing with the MILP on its alpha-CROWN bounds where linear regions ke
 the MILP (l1, and any norm on graph networks, which BaB does not split: exact on ReLU / Add /
 Sub / Concat graphs, sound LP relaxations of sigmoid / tanh with ``stats["exact"]`` False) on
 the rows no earlier stage proved, both starting from CROWN's cached layer bounds (chains).
-A configured list of stages (:attr:`Policy.stages`) runs through :mod:`advrobust.verify.grid`,
-also over an eps grid (the robustness campaign). ``"ibp"``, ``"crown"``, ``"lp"`` run one relaxation; ``"milp"`` and ``"bab"`` run CROWN
-then that exact method. With a limited :class:`~advrobust.verify.budget.Budget` every stage gets
-a deadline from it, a stage whose measured or predicted cost does not fit is skipped, and where
-the attack is cheap next to the budget it runs first (a quick "sat").
+``"ibp"``, ``"crown"``, ``"lp"`` run one relaxation; ``"milp"`` and ``"bab"`` run CROWN then
+that exact method. With a limited :class:`~advrobust.verify.budget.Budget` every stage gets a
+deadline from it, a stage whose measured or predicted cost does not fit is skipped, and where
+the attack is cheap next to the budget it runs first (a quick "sat"). A configured list of
+stages (:attr:`Policy.stages`) runs through :mod:`advrobust.verify.grid`, also over an eps grid
+(the robustness campaign).
 
 :func:`advrobust.evaluation.verify.verify_dataset`, :func:`~advrobust.evaluation.verify.
 verify_property` (and so ``advrobust verify`` and ``advrobust vnncomp``) all run this driver.
