@@ -17,6 +17,7 @@ from advrobust.errors import InvalidInputError, InvalidParameterError
 from advrobust.exact import MILP, BaB
 from advrobust.relax import CROWN, IBP
 from advrobust.verify import BoundRecord, Policy, Problem, run
+from advrobust.verify.grid import Step
 
 
 @pytest.fixture(autouse=True)
@@ -80,10 +81,45 @@ def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.Mon
     for i in range(3):
         # only what CROWN left open stays cached (no memory for the rest)
         assert (problem.layer_bounds([i]) is None) == bool(crown[i])
-        (record,) = problem.provenance(i)
+        record, *later = problem.provenance(i)
         assert isinstance(record, BoundRecord)
         assert (record.method, record.stage, record.dtype) == ("crown", "crown", torch.float64)
         assert record.samples == (0, 1, 2) and record.seconds >= 0
+        # BaB writes its root's alpha-CROWN layer bounds back (the MILP has none to add)
+        assert [(r.method, r.stage, r.samples) for r in later] == \
+            ([("alpha-crown", "bab", (i,))] if method == "bab" and i in bracket.stats["bab"]
+             else [])
+
+
+def test_bab_root_bounds_written_back_are_sound_and_tighter() -> None:
+    model, x, y, threat = _undecided_by_crown(4, 0.15)
+    problem = Problem.of(model, x, y, threat)
+    steps = (Step("bound", "crown"), Step("exact", "bab", time_limit=20.0),
+             Step("exact", "milp", time_limit=20.0))
+    bracket = run(problem, Policy(stages=steps))
+    ran = sorted(bracket.stats["bab"])
+    assert ran
+    gen = torch.Generator().manual_seed(0)
+    for i in ran:
+        assert [r.method for r in problem.provenance(i)][:2] == ["crown", "alpha-crown"]
+        cached = problem.layer_bounds([i])
+        assert cached is not None
+        crown = crown_module.crown_layer_bounds(problem.network, x[i:i + 1].double(), threat,
+                                                rounding=True)
+        # (CROWN's own pass on this sample alone may round differently from the batched one)
+        assert all(bool((lo >= c_lo - 1e-9).all()) and bool((hi <= c_hi + 1e-9).all())
+                   for (lo, hi), (c_lo, c_hi) in zip(cached, crown, strict=True))
+        assert any(bool((lo > c_lo + 1e-9).any()) or bool((hi < c_hi - 1e-9).any())
+                   for (lo, hi), (c_lo, c_hi) in zip(cached, crown, strict=True))
+        # sound: every op's input at sampled points of the set lies inside
+        d = 2 * torch.rand(512, *x.shape[1:], generator=gen, dtype=torch.float64) - 1
+        d[:256] = d[:256].sign()  # box corners too
+        x0 = x[i:i + 1].double().expand_as(d)
+        v = threat.project(x0, x0 + threat.eps * d)
+        with torch.no_grad():
+            for op, (lo, hi) in zip(problem.network.ops, cached, strict=False):
+                assert bool((v >= lo - 1e-9).all()) and bool((v <= hi + 1e-9).all())
+                v = op.forward(v)
 
 
 @pytest.mark.parametrize("bounder", [CROWN(), BaB(time_limit=20), MILP(time_limit=20)],

@@ -383,16 +383,17 @@ class BaB(Bounder):
             clean = spec.apply(network.forward(x))
         lower = crown.clone()
         cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
-        samples = []
+        samples, roots = [], {}  # roots: per sample its alpha-CROWN layer bounds (the cache's)
         for s in range(x.shape[0]):
             root = [(lo[s:s + 1], hi[s:s + 1]) for lo, hi in layers]
             samples.append(self._sample(network, x[s:s + 1], threat, spec, s, crown[s],
-                                        clean[s], lower, cand, root))
-        return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples})
+                                        clean[s], lower, cand, root, roots))
+        return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples,
+                                                     "root_bounds": roots})
 
     def _sample(self, network: Network, x0: Tensor, threat: LpBall, spec: Spec, s: int,
-                crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any
-                ) -> list[dict[str, Any]]:
+                crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any,
+                roots: dict[int, Any]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         deadline = start + self.time_limit
         if bool((clean < 0).any()) and self.early_stop:
@@ -407,6 +408,7 @@ class BaB(Bounder):
                             intermediate=self.intermediate, bounds=root,
                             deadline=start + self.time_limit / 3, stop_above=_CLOSE)
         alpha.lower = torch.maximum(alpha.lower, crown[rows].unsqueeze(0))
+        roots[s] = alpha.bounds  # sound on the whole set: later stages may start from them
         search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)
         values, states = search.run(deadline, stop_on_counterexample=self.early_stop)
         seconds = time.perf_counter() - start

@@ -24,6 +24,7 @@ from advrobust.core.progress import progress_bar
 from advrobust.core.result import BoundResult
 from advrobust.verify.bracket import Bracket
 from advrobust.verify.budget import EXACT_SHARE, Budget
+from advrobust.verify.problem import BoundRecord
 
 __all__ = ["attack_stage", "call_bounder", "exact_stage", "relax_stage"]
 
@@ -178,6 +179,7 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
         bracket.exact_seconds[i] = bracket.exact_seconds.get(i, 0.0) + spent
         bracket.exact_overrun = max(bracket.exact_overrun, spent - seconds)
         bracket.take(idx, result, rows, stage=name)
+        _keep_root_bounds(bracket, result, i, name, spent)
         details[i] = _row_details(result, rows)
         if "exact" in result.stats:  # the MILP on LP-relaxed ops: sound bounds, not minima
             exact = bracket.stats.setdefault("exact", {})
@@ -188,6 +190,17 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
     if own_bar:
         bar.close()
     bracket.mark(name)
+
+
+def _keep_root_bounds(bracket: Bracket, result: BoundResult, i: int, name: str,
+                      seconds: float) -> None:
+    """Cache (intersected with the problem's) the layer bounds an exact method optimised at
+    its root (BaB's alpha-CROWN), so that a later stage (the MILP) starts from them."""
+    roots = result.stats.get("root_bounds") or {}
+    if 0 in roots:
+        record = BoundRecord("alpha-crown", name, torch.float64, seconds, (i,))
+        bracket.problem.store_layer_bounds([i], [(lo.to(torch.float64), hi.to(torch.float64))
+                                                 for lo, hi in roots[0]], record)
 
 
 def _row_details(result: BoundResult, rows: Tensor) -> list[dict[str, Any]]:
