@@ -383,7 +383,8 @@ class BaB(Bounder):
             clean = spec.apply(network.forward(x))
         lower = crown.clone()
         cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
-        samples, roots = [], {}  # roots: per sample its alpha-CROWN layer bounds (the cache's)
+        samples = []
+        roots: dict[int, Any] = {}  # per sample its root's alpha-CROWN layer bounds
         for s in range(x.shape[0]):
             root = [(lo[s:s + 1], hi[s:s + 1]) for lo, hi in layers]
             samples.append(self._sample(network, x[s:s + 1], threat, spec, s, crown[s],
