@@ -341,7 +341,9 @@ class BaB(Bounder):
         attack_steps: signed-gradient steps per batch from the box corner of each open row's
             lowest domain (0: only the corners are evaluated).
         domain_bounds: re-bound each domain's intermediate layers above its splits (CROWN with
-            the root's optimised slopes, under the split-clamped bounds below).
+            the root's optimised slopes, under the split-clamped bounds below). Off: on the
+            mnist_fc 256x4 instances it costs 2-2.5x per domain for no better bound
+            (bench/RESULTS.md, issue 11, session 4).
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
