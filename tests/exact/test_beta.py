@@ -193,3 +193,128 @@ def test_batched_pass_matches_the_reference_back_substitution(seed: int) -> None
     want = add_offset(concretize(threat, x.expand(b, -1), a, const, err)[:, 0], d[0][row])
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     assert torch.allclose(coef, a[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def _split_at_a_point(net: Network, root_bounds: list, pre: dict[int, torch.Tensor],
+                      splits: int, seed: int) -> dict[int, torch.Tensor]:
+    """Random splits of root-unstable neurons with the signs they take at sampled point 0."""
+    split = {j: torch.zeros(1, net.ops[j].in_size, dtype=torch.int8) for j in net.relu_indices}
+    unstable = [(j, int(n)) for j in net.relu_indices for n in
+                ((root_bounds[j][0] < 0) & (root_bounds[j][1] > 0))[0].nonzero().flatten()]
+    gen = torch.Generator().manual_seed(seed)
+    for k in torch.randperm(len(unstable), generator=gen)[:splits].tolist():
+        j, n = unstable[k]
+        split[j][0, n] = 1 if float(pre[j][0, n]) >= 0 else -1
+    return split
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 10_000), splits=st.integers(1, 5))
+def test_domain_bounds_are_valid_and_within_the_clamped_root_bounds(seed: int,
+                                                                    splits: int) -> None:
+    net, x, threat, c, d = _setup(seed, (5, 14, 14, 14, 14, 3), 0.2)
+    root = alpha_crown(net, x, threat, c, d, steps=3)
+    pts = _samples(x, threat, 3000, seed + 2)
+    pre = _pre_activations(net, pts)
+    split = _split_at_a_point(net, root.bounds, pre, splits, seed)
+    inside = torch.ones(pts.shape[0], dtype=torch.bool)
+    for j in net.relu_indices:
+        s = split[j][0]
+        inside &= ((pre[j] * s >= 0) | (s == 0)).all(1)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, domain_bounds=True,
+                          inter_alphas=root.inter_alphas)
+    clamped = bounder.clamped(split)
+    tight, empty = bounder.tightened(split)
+    assert not bool(empty[0])  # sampled point 0 lies in the domain
+    for j in net.relu_indices:
+        lo, hi = tight[j][0].flatten(1), tight[j][1].flatten(1)
+        assert bool((lo >= clamped[j][0].flatten(1)).all())
+        assert bool((hi <= clamped[j][1].flatten(1)).all())
+        z = pre[j][inside]
+        assert bool((lo <= z).all()) and bool((z <= hi).all())
+
+
+def test_domain_bounds_stabilise_neurons_above_a_split_and_find_empty_domains() -> None:
+    net, x, threat, c, d = _setup(11, (6, 20, 20, 20, 3), 0.3)
+    root = alpha_crown(net, x, threat, c, d, steps=5)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, domain_bounds=True,
+                          inter_alphas=root.inter_alphas)
+    first = net.relu_indices[0]
+    unstable = ((root.bounds[first][0] < 0) & (root.bounds[first][1] > 0))[0].nonzero()
+    # every first-layer unstable neuron, split both ways: 2u domains of one split each
+    u = unstable.numel()
+    split = {j: torch.zeros(2 * u, net.ops[j].in_size, dtype=torch.int8)
+             for j in net.relu_indices}
+    split[first][torch.arange(u), unstable.flatten()] = -1
+    split[first][torch.arange(u) + u, unstable.flatten()] = 1
+    clamped = bounder.clamped(split)
+    tight, _ = bounder.tightened(split)
+    width = sum(float((clamped[j][1] - clamped[j][0]).sum()) for j in net.relu_indices[1:])
+    narrower = sum(float((tight[j][1] - tight[j][0]).sum()) for j in net.relu_indices[1:])
+    assert narrower < width  # the split layer's neurons are exact above it
+    # a domain asking z >= 0 of a neuron the root proves dead (upper bound < 0) is empty
+    dead = (root.bounds[first][1] <= 0)[0].nonzero()
+    if dead.numel():
+        one = {j: torch.zeros(1, net.ops[j].in_size, dtype=torch.int8) for j in net.relu_indices}
+        one[first][0, dead[0]] = 1
+        assert bool(bounder.tightened(one)[1][0])
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_new_split_multipliers_start_children_at_their_parents_bound(seed: int) -> None:
+    """Where the parent's bound used a neuron's lower line (coefficient > 0 on its output),
+    both children start (no optimisation) at the parent's bound, and stay valid."""
+    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.15)
+    root = alpha_crown(net, x, threat, c, d, steps=5)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, steps=4)
+    relus = net.relu_indices
+    row = torch.arange(c.shape[1])
+    split = {j: torch.zeros(len(row), net.ops[j].in_size, dtype=torch.int8) for j in relus}
+    alpha = {j: root.alphas[j][0].flatten(1) for j in relus}
+    beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
+    parent, _ = bounder.bound(split, alpha, beta, row, steps=3)
+    own = bounder.quick(parent.split, parent.alpha, parent.beta, parent.row)
+    checked = 0
+    pts = _samples(x, threat, 3000, seed + 3)
+    pre = _pre_activations(net, pts)
+    with torch.no_grad():
+        values = net.forward(pts) @ c[0].T + d[0]
+    for neuron in (parent.score > 0).any(0).nonzero().flatten()[:6].tolist():
+        chosen = torch.full((len(parent),), neuron)
+        ok = parent.score[:, neuron] > 0  # unstable in that domain
+        kids = bounder.children(parent, chosen)
+        start = bounder.quick(*kids).reshape(2, -1)
+        positive = ok & (parent.coef[:, neuron] > 0)
+        for side in range(2):
+            # up to the float32 storage of the parent's coefficients and slopes
+            assert bool((start[side][positive] >= own[positive]
+                         - 1e-6 * (1 + own[positive].abs())).all())
+        checked += int(positive.sum())
+        # valid on each child's points
+        j, _, col = next(t for t in bounder.locate(torch.tensor([neuron])) if t[1].numel())
+        for side, sign in ((0, -1), (1, 1)):
+            mine = (pre[j][:, int(col[0])] * sign >= 0)
+            if bool(mine.any()):
+                low = values[mine].amin(0)[parent.row]
+                assert bool((start[side] <= low + 1e-9).all())
+    assert checked > 0
+
+
+@settings(max_examples=2, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.floats(0.1, 0.3))
+def test_bab_with_domain_bounds_agrees_with_milp(seed: int, eps: float) -> None:
+    model = make_mlp(seed, (3, 10, 10, 10, 3))
+    x = torch.rand(2, 3, generator=torch.Generator().manual_seed(seed))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", eps)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    bab = BaB(early_stop=False, time_limit=10, batch_size=8, domain_bounds=True)(
+        model, x, y, threat)
+    for i in range(2):
+        assert bool((bab.lower[i] <= exact.lower[i] + 1e-5).all())
+        m = float(exact.lower[i].min())
+        if m > 1e-3:
+            assert bab.verdict[i] is Verdict.VERIFIED
+        elif m < -1e-3:
+            assert bab.verdict[i] is Verdict.FALSIFIED

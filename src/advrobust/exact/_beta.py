@@ -34,7 +34,7 @@ from advrobust.relax._rounding import (
     relu_gamma,
     relu_magnitude,
 )
-from advrobust.relax.alpha_crown import Adam, check_chain, concretize
+from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains"]
@@ -88,6 +88,8 @@ class Domains:
         lower: (B,) sound lower bounds (float64).
         score: (B, total neurons) branching scores (0: not splittable).
         row: (B,) spec row of each domain.
+        coef: (B, total neurons) coefficients of the best pass on every ReLU's output (they
+            start a new split's multiplier where that reproduces the parent's bound).
     """
 
     split: dict[int, Tensor]
@@ -96,19 +98,21 @@ class Domains:
     lower: Tensor
     score: Tensor
     row: Tensor
+    coef: Tensor
 
     def take(self, idx: Tensor) -> Domains:
         return Domains({i: v[idx] for i, v in self.split.items()},
                        {i: v[idx] for i, v in self.alpha.items()},
                        {i: v[idx] for i, v in self.beta.items()},
-                       self.lower[idx], self.score[idx], self.row[idx])
+                       self.lower[idx], self.score[idx], self.row[idx], self.coef[idx])
 
     def cat(self, other: Domains) -> Domains:
         def join(a: dict[int, Tensor], b: dict[int, Tensor]) -> dict[int, Tensor]:
             return {i: torch.cat([v, b[i]]) for i, v in a.items()}
         return Domains(join(self.split, other.split), join(self.alpha, other.alpha),
                        join(self.beta, other.beta), torch.cat([self.lower, other.lower]),
-                       torch.cat([self.score, other.score]), torch.cat([self.row, other.row]))
+                       torch.cat([self.score, other.score]), torch.cat([self.row, other.row]),
+                       torch.cat([self.coef, other.coef]))
 
     def __len__(self) -> int:
         return int(self.lower.shape[0])
@@ -130,16 +134,25 @@ class BetaBounder:
         c: (R, num_outputs) rows; d: (R,) offsets.
         root: sound bounds of every op's input over the whole set (alpha-CROWN's).
         steps, lr_alpha, lr_beta: Adam steps and learning rates per batch.
+        domain_bounds: re-bound, per domain, the inputs of the ReLUs above its splits (one
+            CROWN pass per layer under the split-clamped bounds below it, intersected with
+            the root's): a split makes later neurons stable, which no multiplier can do.
+        inter_alphas: slopes for those passes (:attr:`AlphaResult.inter_alphas` of the root;
+            layers without any get CROWN's adaptive slopes).
     """
 
     def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
                  root: LayerBounds, *, steps: int = 10, lr_alpha: float = 0.1,
-                 lr_beta: float = 0.05) -> None:
+                 lr_beta: float = 0.05, domain_bounds: bool = False,
+                 inter_alphas: dict[int, tuple[Tensor, dict[int, Tensor]]] | None = None
+                 ) -> None:
         self.net, self.x0, self.threat = network, x0, threat
         self.relus = check_chain(network)
         self.c, self.d = c.to(x0.dtype), d.to(x0.dtype)
         self.root = root
         self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
+        self.domain_bounds = domain_bounds
+        self.inter_alphas = inter_alphas or {}
         self.sizes = [network.ops[j].in_size for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
         self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)
@@ -160,17 +173,85 @@ class BetaBounder:
             out.append((lo_b, hi_b))
         return out
 
+    def tightened(self, split: dict[int, Tensor]) -> tuple[LayerBounds, Tensor]:
+        """The split-clamped root bounds (:meth:`clamped`), with the ReLU inputs above each
+        domain's lowest split re-bounded on the domain (when ``domain_bounds``), and a (B,)
+        mask of domains proved empty (some neuron's bounds crossed: no point satisfies the
+        splits).
+
+        Layer by layer upwards, every neuron unstable in some domain of the batch gets one
+        back-substitution of ``+-z`` through the domain's (already tightened) bounds below it,
+        with the root's optimised slopes of that neuron's rows, and the rounding allowances of
+        :func:`~advrobust.relax.alpha_crown.linear_pass`; the result is intersected with the
+        clamped bounds (both enclose the domain's values), so the splits' clamps stay.
+        """
+        bounds = self.clamped(split)
+        b = next(iter(split.values())).shape[0]
+        empty = torch.zeros(b, dtype=torch.bool)
+        if not self.domain_bounds:
+            return bounds, empty
+        # per domain, the position (in self.relus) of its lowest split
+        has = torch.stack([split[j].any(1) for j in self.relus], 1)  # (B, L)
+        lowest = torch.where(has.any(1), has.to(torch.int8).argmax(1),
+                             torch.full((b,), len(self.relus)))
+        for pos, k in enumerate(self.relus):
+            need = (lowest < pos).nonzero().flatten()
+            if need.numel() == 0:
+                continue
+            lo, hi = bounds[k]
+            lo_f, hi_f = lo.flatten(1), hi.flatten(1)
+            if k in self.inter_alphas:
+                idx, alphas = self.inter_alphas[k]
+            else:
+                idx, alphas = torch.arange(lo_f.shape[1]), {}
+            unstable = ((lo_f[need][:, idx] < 0) & (hi_f[need][:, idx] > 0)).any(0)
+            sel = unstable.nonzero().flatten()
+            if sel.numel() == 0:
+                continue
+            u, m = idx.numel(), sel.numel()
+            keep = torch.cat([sel, sel + u])
+            al = {j: v[:, keep] for j, v in alphas.items()} if alphas else None
+            neurons = idx[sel]
+            rows = lo.new_zeros(2 * m, lo_f.shape[1])
+            ar = torch.arange(m)
+            rows[ar, neurons] = 1.0
+            rows[ar + m, neurons] = -1.0
+            rows = rows.reshape((1, 2 * m) + tuple(lo.shape[1:]))
+            widest = max(v[0][0].numel() for v in bounds[:k])
+            chunk = max(1, (1 << 23) // (2 * m * widest))
+            new_lo, new_hi = lo_f[need][:, neurons], hi_f[need][:, neurons]
+            for start in range(0, need.numel(), chunk):
+                part = need[start:start + chunk]
+                sub = [(v_lo[part], v_hi[part]) for v_lo, v_hi in bounds[:k]]
+                a, const, err = linear_pass(self.net, rows, k, sub, al, mags=self.mags)
+                x0 = self.x0.expand((part.numel(),) + tuple(self.x0.shape[1:]))
+                val = concretize(self.threat, x0, a, const, err).nan_to_num(nan=-math.inf)
+                sl = slice(start, start + part.numel())
+                new_lo[sl] = torch.maximum(new_lo[sl], val[:, :m])
+                new_hi[sl] = torch.minimum(new_hi[sl], -val[:, m:])
+            lo_f, hi_f = lo_f.clone(), hi_f.clone()
+            lo_f[need.unsqueeze(1), neurons.unsqueeze(0)] = new_lo
+            hi_f[need.unsqueeze(1), neurons.unsqueeze(0)] = new_hi
+            bounds[k] = (lo_f.reshape(lo.shape), hi_f.reshape(hi.shape))
+        for j in self.relus:
+            empty |= (bounds[j][0] > bounds[j][1]).flatten(1).any(1)
+        return bounds, empty
+
     def _relus(self, bounds: LayerBounds) -> dict[int, _Relu]:
         return {j: _Relu.of(*bounds[j]) for j in self.relus}
 
     def _pass(self, bounds: LayerBounds, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, record: dict[int, Tensor] | None = None,
-              relus: dict[int, _Relu] | None = None) -> tuple[Tensor, Tensor]:
+              relus: dict[int, _Relu] | None = None, sound: bool = True
+              ) -> tuple[Tensor, Tensor]:
         """Lower bounds (B,) and the input coefficients (B, D) of one pass.
 
         The back-substitution of :func:`~advrobust.relax.alpha_crown.linear_pass` (same
         relaxation, split terms and rounding allowances), with what does not change between
-        optimisation steps (``relus``) computed once per batch.
+        optimisation steps (``relus``) computed once per batch. ``sound=False`` leaves out the
+        layers' rounding allowances (~1e-12 relative in float64; a quarter of a step's time):
+        for the optimisation steps, whose values only pick the parameters; the bound itself
+        always comes from a sound pass.
         """
         relus = self._relus(bounds) if relus is None else relus
         b = row.shape[0]
@@ -184,14 +265,16 @@ class BetaBounder:
                 shape = (b, 1) + tuple(self.root[j][0].shape[1:])
                 if record is not None:
                     record[j] = a
-                err = err + rel.gamma * abs_dot(a, rel.mag)
+                if sound:
+                    err = err + rel.gamma * abs_dot(a, rel.mag)
                 a, c = rel.backward(a, alpha[j].reshape(shape))
                 if bool(split[j].any()):
                     a = a - (beta[j] * split[j].to(beta[j].dtype)).reshape(shape)
-                    err = err + rel.gamma * abs_dot(a, rel.beta_mag)
+                    if sound:
+                        err = err + rel.gamma * abs_dot(a, rel.beta_mag)
             else:
                 assert isinstance(op, AffineOp)
-                if j in self.mags:
+                if sound and j in self.mags:
                     mag = self.mags[j]
                     err = err + op_gamma(op, a.dtype) * abs_dot(a, mag.expand(
                         (b,) + tuple(mag.shape[1:])))
@@ -221,7 +304,7 @@ class BetaBounder:
             best pass (their box minimiser is a counterexample candidate).
         """
         steps = self.steps if steps is None else steps
-        bounds = self.clamped(split)
+        bounds, empty = self.tightened(split)
         relus = self._relus(bounds)
         dtype = self.x0.dtype
         al = {j: alpha[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
@@ -231,14 +314,14 @@ class BetaBounder:
             groups.append((list(be.values()), self.lr_beta))
         opt = Adam(groups)
         b = row.shape[0]
-        best = torch.full((b,), -math.inf, dtype=dtype)
+        best = torch.full((b,), -math.inf, dtype=dtype)  # of the steps' (unsound) values
         best_al = {j: v.detach().clone() for j, v in al.items()}
         best_be = {j: v.detach().clone() for j, v in be.items()}
         for _ in range(steps):
             if time.perf_counter() >= deadline:
                 break
             with torch.enable_grad():
-                lower, _ = self._pass(bounds, split, al, be, row, relus=relus)
+                lower, _ = self._pass(bounds, split, al, be, row, relus=relus, sound=False)
                 with torch.no_grad():
                     self._keep(lower.detach(), best, al, be, best_al, best_be)
                 opt.step(lower.clamp(max=1e8).sum())
@@ -249,20 +332,22 @@ class BetaBounder:
                     v.clamp_(min=0.0)
         record: dict[int, Tensor] = {}
         with torch.no_grad():
-            lower, _ = self._pass(bounds, split, al, be, row, relus=relus)
-            self._keep(lower, best, al, be, best_al, best_be)
-            # one pass with the best parameters: its coefficients give scores and a corner
-            lower, coef = self._pass(bounds, split, best_al, best_be, row, record, relus)
-            best = torch.maximum(best, lower)
+            if steps:
+                lower, _ = self._pass(bounds, split, al, be, row, relus=relus, sound=False)
+                self._keep(lower, best, al, be, best_al, best_be)
+            # one sound pass with the best parameters: the bound, and its coefficients give
+            # scores and a corner
+            best, coef = self._pass(bounds, split, best_al, best_be, row, record, relus)
             if floor is not None:
                 best = torch.maximum(best, floor.to(dtype))
-            best = best.nan_to_num(nan=-math.inf)
+            best = best.nan_to_num(nan=-math.inf).masked_fill(empty, math.inf)
             scores = [babsr_scores(record[j].flatten(2)[:, 0], bounds[j][0].flatten(1),
                                    bounds[j][1].flatten(1), best_al[j].flatten(1))
                       for j in self.relus]
+            lam = torch.cat([record[j].flatten(2)[:, 0] for j in self.relus], dim=1)
         dom = Domains(split, {j: v.to(_STORE) for j, v in best_al.items()},
                       {j: v.to(_STORE) for j, v in best_be.items()}, best,
-                      torch.cat(scores, dim=1).to(_STORE), row)
+                      torch.cat(scores, dim=1).to(_STORE), row, lam.to(_STORE))
         return dom, coef
 
     @staticmethod
@@ -294,13 +379,18 @@ class BetaBounder:
             offset += size
         return out
 
-    def children(self, dom: Domains, neuron: Tensor) -> tuple[dict[int, Tensor],
-                                                              dict[int, Tensor],
-                                                              dict[int, Tensor], Tensor]:
+    def children(self, dom: Domains, neuron: Tensor, *, warm: bool = True
+                 ) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor], Tensor]:
         """Split every domain on its ``neuron`` (flat index): inactive copy, then active copy.
 
-        Returns the children's splits, slopes, multipliers (inherited; 0 for the new split)
-        and rows (2B,).
+        Returns the children's splits, slopes, multipliers and rows (2B,). The multipliers
+        are inherited; the new split's starts where it reproduces the parent's relaxation of
+        the neuron when the parent's bound used its lower line (coefficient ``lam > 0`` on
+        ``relu(z)``, slope ``alpha``): ``lam * alpha`` on the inactive side, ``lam * (1 -
+        alpha)`` on the active side, so those children start at their parent's bound; 0
+        otherwise, and everywhere without ``warm`` (filtered smart branching scores the
+        candidates by what the split alone gives: with the warm start both children of every
+        such candidate would tie at the parent's bound).
         """
         b = len(dom)
         split = {j: v.repeat(2, 1) for j, v in dom.split.items()}
@@ -309,8 +399,10 @@ class BetaBounder:
         for j, rows, cols in self.locate(neuron):
             split[j][rows, cols] = -1
             split[j][rows + b, cols] = 1
-            beta[j][rows, cols] = 0.0
-            beta[j][rows + b, cols] = 0.0
+            lam = dom.coef[rows, neuron[rows]].clamp_min(0).to(beta[j].dtype) * warm
+            slope = dom.alpha[j][rows, cols].clamp(0, 1).to(beta[j].dtype)
+            beta[j][rows, cols] = lam * slope
+            beta[j][rows + b, cols] = lam * (1 - slope)
         return split, alpha, beta, dom.row.repeat(2)
 
     def choose(self, dom: Domains, k: int) -> Tensor:
@@ -323,7 +415,7 @@ class BetaBounder:
         values, cand = dom.score.topk(k, dim=1)  # (B, k)
         b = len(dom)
         rep = dom.take(torch.arange(b).repeat(k))
-        split, alpha, beta, row = self.children(rep, cand.T.reshape(-1))
+        split, alpha, beta, row = self.children(rep, cand.T.reshape(-1), warm=False)
         low = self.quick(split, alpha, beta, row).reshape(2, k, b)
         worse = low.amin(0).T  # (B, k)
         worse = worse.masked_fill(values <= 0, -math.inf)

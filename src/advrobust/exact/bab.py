@@ -88,7 +88,8 @@ class _RowSearch:
         self.relus = network.relu_indices
         self.root = root
         self.bounder = BetaBounder(network, x0, threat, self.c, self.d, root.bounds,
-                                   steps=bab.beta_steps)
+                                   steps=bab.beta_steps, domain_bounds=bab.domain_bounds,
+                                   inter_alphas=root.inter_alphas)
         self.rows = [_Row() for _ in range(self.c.shape[0])]
         self.leaves = 0
         # Seconds to bound one sub-domain, measured as the search goes: on large (convolutional)
@@ -152,7 +153,9 @@ class _RowSearch:
     def solve_leaf(self, dom: _Domains, time_limit: float) -> float:
         """Exact minimum of a linear region (one domain without unstable neurons) by LP."""
         r = int(dom.row[0])
-        bounds = self.bounder.clamped(dom.split)
+        bounds, empty = self.bounder.tightened(dom.split)
+        if bool(empty.any()):
+            return math.inf
         enc = encode_sample(self.net, bounds, 0, integer=False, threat=self.threat, x0=self.x0)
         sol = HighsSolver(enc.program, time_limit=max(time_limit, 1e-3)).minimize(
             row_cost(enc, self.c[r]), float(self.d[r]))
@@ -337,13 +340,17 @@ class BaB(Bounder):
             candidates), or an int ``k`` (FSB over the top ``k``).
         attack_steps: signed-gradient steps per batch from the box corner of each open row's
             lowest domain (0: only the corners are evaluated).
+        domain_bounds: re-bound each domain's intermediate layers above its splits (CROWN with
+            the root's optimised slopes, under the split-clamped bounds below). Off: on the
+            mnist_fc 256x4 instances it costs 2-2.5x per domain for no better bound
+            (bench/RESULTS.md, issue 11, session 4).
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
                  max_domains: int = 50_000, max_leaves: int = 8,
                  early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
                  beta_steps: int = 5, branching: str | int = "fsb",
-                 attack_steps: int = 10) -> None:
+                 attack_steps: int = 10, domain_bounds: bool = False) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
@@ -354,6 +361,7 @@ class BaB(Bounder):
         self.intermediate = check_bool(intermediate, "intermediate", "BaB")
         self.beta_steps = check_int(beta_steps, "beta_steps", "BaB", low=0)
         self.attack_steps = check_int(attack_steps, "attack_steps", "BaB", low=0)
+        self.domain_bounds = check_bool(domain_bounds, "domain_bounds", "BaB")
         if branching not in ("babsr", "fsb") and not (
                 isinstance(branching, int) and not isinstance(branching, bool) and branching >= 1):
             raise InvalidParameterError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -166,6 +166,10 @@ class AlphaResult:
         alphas: per ReLU index, the final rows' slopes (N, R, *shape) at each row's best step.
         steps: optimisation steps run.
         seconds: time spent.
+        inter_alphas: per optimised ReLU input ``k``: the flat indices of its neurons unstable at
+            the start and the slopes of the ReLUs below ``k`` of their bound rows, per ReLU
+            index (N, 2u, *shape), lower-bound rows first (any slopes give sound bounds: e.g.
+            for re-bounding layer ``k`` on a sub-domain).
     """
 
     bounds: LayerBounds
@@ -173,6 +177,7 @@ class AlphaResult:
     alphas: dict[int, Tensor]
     steps: int
     seconds: float
+    inter_alphas: dict[int, tuple[Tensor, dict[int, Tensor]]] = field(default_factory=dict)
 
 
 def _rows(lo: Tensor) -> tuple[Tensor, Tensor]:
@@ -272,7 +277,10 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
                 lo, hi = sound_interval(op, *best[i])
                 best[i + 1] = (torch.maximum(best[i + 1][0], lo),
                                torch.minimum(best[i + 1][1], hi))
-    return AlphaResult(best, best_lower, best_alpha, done, time.perf_counter() - start)
+    inter_alphas = {k: (idx, {j: v.detach() for j, v in al.items()})
+                    for k, (idx, _, al) in inter.items()}
+    return AlphaResult(best, best_lower, best_alpha, done, time.perf_counter() - start,
+                       inter_alphas)
 
 
 def _bounds_pass(network: Network, x0: Tensor, threat: LpBall, best: LayerBounds,
