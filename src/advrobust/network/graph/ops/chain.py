@@ -58,10 +58,7 @@ class AffineAdapter(GraphOp):
         return self.op.interval(*bounds[0])
 
     def magnitude(self, *bounds: Bound) -> Tensor | None:
-        lo, hi = bounds[0]
-        out = self.op.abs_linear(torch.maximum(lo.abs(), hi.abs()))
-        b = self.op.bias()
-        return out if b is None else out + b.abs().to(out)
+        return self.op.magnitude(*bounds[0])
 
     def backward(self, a: Tensor, *bounds: Bound, slopes: Tensor | None = None
                  ) -> tuple[list[Tensor | None], Tensor]:
