@@ -16,8 +16,8 @@ standard layers with fixed weights: ``P`` (features -> 2 * features, rows ``a - 
 ``max = relu(a - b) + relu(b) - relu(-b)`` and ``min = relu(b) - relu(-b) - relu(b - a)``
 (exactly the pair op above). Its own ``forward`` computes the same values directly (4x cheaper
 than the two fixed matrices) and runs the layers when torch.fx traces it. The Lipschitz bounds
-(:mod:`advrobust.relax._opnorm`) recognise an unmodified block and count it 1 instead of the
-product ``||Q|| ||P||``.
+(:mod:`advrobust.relax._opnorm`) read its ``lipschitz_block`` hook and count an unmodified block
+1 instead of the product ``||Q|| ||P||``.
 """
 
 from __future__ import annotations
@@ -100,6 +100,12 @@ class MinMax(nn.Sequential):
         return all(isinstance(w, Tensor) and w.shape == want.shape
                    and bool((w.detach().cpu() == want.to(w.dtype)).all())
                    for w, want in zip(weights, (p, q), strict=True))
+
+    def lipschitz_block(self) -> tuple[nn.Module, nn.Module] | None:
+        """The hook the Lipschitz bounds read (:func:`advrobust.relax._opnorm.minmax_blocks`):
+        the first and last layers (``P``, ``Q``) while the block is the exact pair sort, which
+        is 1-Lipschitz in every lp norm; None once its weights were changed."""
+        return (self[0], self[2]) if self.is_exact() else None
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing():

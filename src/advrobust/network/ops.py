@@ -8,6 +8,12 @@ Every op maps a batch ``(N, *in_shape)`` to ``(N, *out_shape)`` and offers four 
   ``a`` (N, K, *out_shape) through the map: ``<a, W z + b> = <backward(a), z> + bias_term(a)``;
 - ``linear_map()`` — the dense matrix and bias, which LP / MILP encodings turn into rows.
 
+Each op also carries its own numerical facts, so that no algorithm asks an op's type: the
+products its rounded values sum (``terms``) and their magnitudes (``magnitude``) for the rounding
+allowances (:mod:`advrobust.relax._rounding`), whether it is ``exact`` in floating point, a
+certified bound on its operator norm (``operator_norm``, for the Lipschitz bounds) and the
+backward step of a Jacobian interval (``jacobian_backward``, for local Lipschitz bounds).
+
 Ops are stateless: bounds are passed in and returned. They hold references to the live modules
 (never detached copies), and batch-norm layers are folded at call time, so every bound pass is
 differentiable w.r.t. the network's parameters.
@@ -22,6 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from advrobust.core.threat import Norm
+from advrobust.errors import UnsupportedLayerError
+from advrobust.network._opnorm import INFLATE, conv_norm, matrix_norm
 
 if TYPE_CHECKING:
     from advrobust.network.graph.base import GraphOp
@@ -56,6 +66,13 @@ def bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
 class Op:
     """A node of the IR: shapes (without the batch dimension) and a name for messages."""
 
+    #: True if the op's outputs are exact in floating point (a reshape, ReLU): interval bounds
+    #: through it need no rounding allowance.
+    exact: bool = False
+    #: True for the elementwise activation (ReLU); the ops after the last one fold into spec
+    #: rows.
+    nonlinear: bool = False
+
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], name: str) -> None:
         self.in_shape = tuple(in_shape)
         self.out_shape = tuple(out_shape)
@@ -78,6 +95,39 @@ class Op:
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         """Elementwise output bounds from elementwise input bounds."""
         raise NotImplementedError(f"{type(self).__name__} does not implement interval()")
+
+    @property
+    def terms(self) -> int:
+        """Products summed per rounded value of the op in any pass (an upper bound; 0 when
+        nothing is rounded): the forward dot products sum the fan-in, back-substitution's
+        transposed products the fan-out (at most ``out_size``), the bias term ``<a, b>``
+        ``out_size`` products."""
+        return max(1, self.out_size)
+
+    def magnitude(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """Magnitudes of the terms of the op's outputs over the input box ``[lo, hi]``
+        (N, *out_shape): ``max(|lo|, |hi|)`` for an elementwise op."""
+        return torch.maximum(lo.abs(), hi.abs())
+
+    def operator_norm(self, norm: Norm) -> float:
+        """A certified upper bound on ``||op||_{p->p}`` (its linear part; biases cancel).
+
+        Raises:
+            UnsupportedLayerError: the op has no such bound.
+        """
+        raise UnsupportedLayerError(
+            f"{type(self).__name__} ({self.name}): no operator-norm bound for this op kind.")
+
+    def jacobian_backward(self, mid: Tensor, rad: Tensor, lo: Tensor, hi: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        """Carry elementwise gradient bounds ``mid +- rad`` (N, K, *out_shape) of rows w.r.t.
+        the op's output back to its input, over inputs in ``[lo, hi]`` (N, *in_shape).
+
+        Raises:
+            UnsupportedLayerError: the op has no Jacobian bound.
+        """
+        raise UnsupportedLayerError(
+            f"{type(self).__name__} ({self.name}): no Jacobian bound for this op kind.")
 
     def to_graph_op(self) -> GraphOp:
         """The registered graph op that carries this op (every bound pass, interval pass and
@@ -121,6 +171,26 @@ class AffineOp(Op):
     def fan_in(self) -> int:
         """Products summed per output value of the forward map."""
         return self.in_size
+
+    def magnitude(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """``|W| max(|lo|, |hi|) + |b|`` (N, *out_shape)."""
+        out = self.abs_linear(torch.maximum(lo.abs(), hi.abs()))
+        b = self.bias()
+        return out if b is None else out + b.abs().to(out)
+
+    def abs_backward(self, rad: Tensor) -> Tensor:
+        """``rad |W|``: (N, K, *out_shape) -> (N, K, *in_shape); here the transpose of
+        :meth:`abs_linear` by autograd (exact), subclasses give cheaper forms."""
+        n, k = rad.shape[:2]
+        with torch.enable_grad():
+            z = rad.new_zeros((n * k,) + self.in_shape, requires_grad=True)
+            (back,) = torch.autograd.grad(self.abs_linear(z), z,
+                                          rad.reshape((n * k,) + self.out_shape))
+        return back.reshape((n, k) + self.in_shape)
+
+    def jacobian_backward(self, mid: Tensor, rad: Tensor, lo: Tensor, hi: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        return self.backward(mid), self.abs_backward(rad)
 
     def to_graph_op(self) -> GraphOp:
         from advrobust.network.graph.ops.chain import AffineAdapter
@@ -175,6 +245,21 @@ class AffineOp(Op):
 
 class FlattenOp(AffineOp):
     """``nn.Flatten`` (from dim 1): a reshape."""
+
+    exact = True
+
+    @property
+    def terms(self) -> int:
+        return 0
+
+    def magnitude(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.maximum(lo.abs(), hi.abs())
+
+    def abs_backward(self, rad: Tensor) -> Tensor:
+        return self.backward(rad)
+
+    def operator_norm(self, norm: Norm) -> float:
+        return 1.0
 
     def linear(self, x: Tensor) -> Tensor:
         return x.reshape((x.shape[0],) + self.out_shape)
@@ -238,6 +323,16 @@ class LinearOp(AffineOp):
         w, b = self.weight_bias()
         return w[part], None if b is None else b[part]
 
+    @property
+    def terms(self) -> int:
+        return max(self.in_size, self.out_size)
+
+    def abs_backward(self, rad: Tensor) -> Tensor:
+        return rad.matmul(self.weight_bias()[0].abs())
+
+    def operator_norm(self, norm: Norm) -> float:
+        return matrix_norm(self.weight_bias()[0].detach().double(), norm) * (1 + INFLATE)
+
     def _dtype(self) -> torch.dtype:
         return self.module.weight.dtype
 
@@ -257,6 +352,13 @@ class _ConvLike(AffineOp):
     @property
     def fan_in(self) -> int:
         return int(self.kernel()[0].numel())
+
+    @property
+    def terms(self) -> int:
+        return max(int(self.kernel()[0].numel()), self.out_size)
+
+    def operator_norm(self, norm: Norm) -> float:
+        return conv_norm(self, norm) * (1 + INFLATE)
 
     def linear(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.kernel(), None, self.stride, self.padding, self.dilation,
@@ -391,6 +493,12 @@ class ChannelAffineOp(AffineOp):
     @property
     def fan_in(self) -> int:
         return 1
+
+    def abs_backward(self, rad: Tensor) -> Tensor:
+        return rad * self.scale_shift()[0].abs()
+
+    def operator_norm(self, norm: Norm) -> float:
+        return float(self.scale_shift()[0].detach().double().abs().amax()) * (1 + INFLATE)
 
     def linear(self, x: Tensor) -> Tensor:
         return x * self.scale_shift()[0]

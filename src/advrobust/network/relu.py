@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from advrobust.core.threat import Norm
 from advrobust.network.ops import Op
 
 if TYPE_CHECKING:
@@ -32,7 +33,10 @@ class ReluRelaxation:
 
 
 class ReLUOp(Op):
-    """Elementwise ``max(z, 0)``."""
+    """Elementwise ``max(z, 0)``: exact in floating point, 1-Lipschitz in every lp norm."""
+
+    exact = True
+    nonlinear = True
 
     def __init__(self, shape: tuple[int, ...], name: str) -> None:
         super().__init__(shape, shape, name)
@@ -42,6 +46,19 @@ class ReLUOp(Op):
 
     def interval(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         return lo.clamp_min(0), hi.clamp_min(0)
+
+    def operator_norm(self, norm: Norm) -> float:
+        return 1.0
+
+    def jacobian_backward(self, mid: Tensor, rad: Tensor, lo: Tensor, hi: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+        """The derivative is 1 (active), 0 (inactive) or anything in [0, 1] (unstable)."""
+        lo, hi = lo.unsqueeze(1), hi.unsqueeze(1)
+        on = lo >= 0
+        unstable = (lo < 0) & (hi > 0)
+        g_lo = torch.where(unstable, (mid - rad).clamp(max=0), (mid - rad) * on)
+        g_hi = torch.where(unstable, (mid + rad).clamp(min=0), (mid + rad) * on)
+        return (g_hi + g_lo) / 2, (g_hi - g_lo) / 2
 
     def to_graph_op(self) -> GraphOp:
         from advrobust.network.graph.ops.chain import ReLUAdapter

@@ -21,7 +21,9 @@ with q the dual norm of p. The per-op norms here are upper bounds (never estimat
 
 A :class:`~advrobust.models.minmax.MinMax` block (fixed ``P``, ReLU, fixed ``Q`` in the IR)
 sorts feature pairs: it is 1-Lipschitz in every lp norm, so an unmodified block counts 1
-(:func:`minmax_blocks`), not ``||Q|| ||P||`` (2 sqrt(2) in l2).
+(:func:`minmax_blocks`), not ``||Q|| ||P||`` (2 sqrt(2) in l2). The block declares itself
+through its ``lipschitz_block()`` hook (any module may), so this module imports no model.
+The per-op bounds are the ops' own ``operator_norm`` methods.
 
 Everything is computed in float64 on detached copies of the live parameters.
 """
@@ -31,31 +33,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advrobust.core.threat import Norm
-from advrobust.errors import UnsupportedLayerError
-from advrobust.models.minmax import MinMax
+from advrobust.network._opnorm import DENSE_LIMIT, INFLATE
+from advrobust.network._opnorm import conv_l2 as _conv_l2  # noqa: F401  (tests, bench)
 from advrobust.network.ir import Network
-from advrobust.network.ops import (
-    AffineOp,
-    ChannelAffineOp,
-    FlattenOp,
-    LinearOp,
-    Op,
-    _ConvLike,
-)
-from advrobust.network.relu import ReLUOp
+from advrobust.network.ops import AffineOp, Op
 
-__all__ = ["INFLATE", "dual_norm", "minmax_blocks", "network_prefix_norm", "network_split",
-           "op_norm", "power_iteration", "prefix_norm", "split_last"]
-
-#: Relative inflation of every float64 norm: covers the rounding of the float64 computations.
-INFLATE = 1e-9
-
-#: Convolutions whose dense matrix has at most this many entries (80 MB in float64) also get
-#: the SVD of that matrix; the smaller of the two bounds is used.
-DENSE_LIMIT = 10_000_000
+__all__ = ["DENSE_LIMIT", "INFLATE", "dual_norm", "minmax_blocks", "network_prefix_norm",
+           "network_split", "op_norm", "power_iteration", "prefix_norm", "split_last"]
 
 
 def dual_norm(a: Tensor, norm: Norm) -> Tensor:
@@ -69,109 +56,67 @@ def dual_norm(a: Tensor, norm: Norm) -> Tensor:
     return flat.abs().amax(-1)
 
 
-def _dense_kernel(op: _ConvLike) -> Tensor:
-    """The full (C_out, C_in, kh', kw') kernel in float64: groups as zero blocks, dilation as
-    zero taps."""
-    k = op.kernel().detach().double()
-    c_out, c_in_g, kh, kw = k.shape
-    groups = op.groups
-    dh, dw = op.dilation
-    full = k.new_zeros(c_out, c_in_g * groups, dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    per = c_out // groups
-    for g in range(groups):
-        full[g * per:(g + 1) * per, g * c_in_g:(g + 1) * c_in_g, ::dh, ::dw] = k[g * per:
-                                                                              (g + 1) * per]
-    return full
-
-
-def _conv_l2(op: _ConvLike) -> float:
-    k = _dense_kernel(op)
-    c_out, c_in = k.shape[:2]
-    sh, sw = op.stride
-    # a circular grid where the zero-padded map is a submatrix, rounded up to whole strides
-    grid = [op.in_shape[1 + d] + 2 * op.padding[d] + k.shape[2 + d] for d in range(2)]
-    grid = [-(-g // s) * s for g, s in zip(grid, (sh, sw), strict=True)]
-    mh, mw = grid[0] // sh, grid[1] // sw
-    spectrum = torch.fft.fft2(k, s=grid)  # (C_out, C_in, S_h, S_w)
-    # Keeping every stride-th output of a circular convolution folds the sh * sw frequencies
-    # j + a * (S / s) onto frequency j: per folded frequency the unitary map is
-    # [K(f_1) ... K(f_{sh sw})] / sqrt(sh sw), a (C_out, sh sw C_in) matrix.
-    mats = spectrum.reshape(c_out, c_in, sh, mh, sw, mw).permute(3, 5, 0, 2, 4, 1)
-    mats = mats.reshape(mh, mw, c_out, sh * sw * c_in)
-    return float(torch.linalg.matrix_norm(mats, ord=2).amax()) / math.sqrt(sh * sw)
-
-
 def op_norm(op: Op, norm: Norm) -> float:
-    """A certified upper bound on ``||op||_{p->p}`` of one op (its linear part; biases cancel).
+    """A certified upper bound on ``||op||_{p->p}`` of one op (its linear part; biases cancel):
+    the op's own ``operator_norm`` (see :mod:`advrobust.network._opnorm`).
 
     Raises:
         UnsupportedLayerError: an op of a kind the bound does not know.
     """
-    if isinstance(op, (FlattenOp, ReLUOp)):
-        return 1.0
-    if isinstance(op, ChannelAffineOp):
-        value = float(op.scale_shift()[0].detach().double().abs().amax())
-    elif isinstance(op, LinearOp):
-        w = op.weight_bias()[0].detach().double()
-        if norm is Norm.LINF:
-            value = float(w.abs().sum(1).amax())
-        elif norm is Norm.L1:
-            value = float(w.abs().sum(0).amax())
-        else:
-            value = float(torch.linalg.matrix_norm(w, ord=2))
-    elif isinstance(op, _ConvLike):
-        k = op.kernel().detach().double().abs()
-        if norm is Norm.LINF:  # every output sums at most its whole kernel slice
-            value = float(k.flatten(1).sum(1).amax())
-        elif norm is Norm.L1:  # an input touches each tap at most once per output channel
-            value = float(k.sum((0, 2, 3)).amax())
-        else:
-            value = _conv_l2(op)
-            if op.in_size * op.out_size <= DENSE_LIMIT:  # small: the exact norm may be tighter
-                w = op.linear_map()[0].detach().double()
-                value = min(value, float(torch.linalg.matrix_norm(w, ord=2)))
-    else:
-        raise UnsupportedLayerError(
-            f"{type(op).__name__} ({op.name}): no operator-norm bound for this op kind.")
-    return value * (1 + INFLATE)
+    return op.operator_norm(norm)
 
 
 def split_last(network_ops: list[Op]) -> int:
     """Index after the last ReLU: the ops from there on are affine and fold into the spec."""
-    idx = [i for i, op in enumerate(network_ops) if isinstance(op, ReLUOp)]
+    idx = [i for i, op in enumerate(network_ops) if op.nonlinear]
     return idx[-1] + 1 if idx else 0
 
 
-def minmax_blocks(network: Network) -> dict[int, int]:
-    """Start -> end (exclusive) op index of every MinMax block of ``network`` that is intact.
+def _declared_spans(module: nn.Module) -> dict[int, nn.Module]:
+    """``id(first layer) -> last layer`` of every span a submodule declares 1-Lipschitz in
+    every lp norm through its ``lipschitz_block()`` hook (None: not now, e.g. changed
+    weights)."""
+    spans: dict[int, nn.Module] = {}
+    for m in module.modules():
+        hook = getattr(m, "lipschitz_block", None)
+        span = hook() if callable(hook) else None
+        if span is not None:
+            spans[id(span[0])] = span[1]
+    return spans
 
-    A block is the three ops ``P``, ReLU, ``Q`` built from the layers of one
-    :class:`~advrobust.models.minmax.MinMax` of ``network.module`` (matched by identity, with no
-    batch norm folded in) whose fixed weights are still the canonical ones; anything else is
-    left to the per-op bounds (sound, only looser).
+
+def minmax_blocks(network: Network) -> dict[int, int]:
+    """Start -> end (exclusive) op index of every declared 1-Lipschitz block of ``network``.
+
+    A module declares a block through a ``lipschitz_block()`` method returning the first and
+    last of its layers when the span between them is 1-Lipschitz in every lp norm, else None
+    (:class:`~advrobust.models.minmax.MinMax`: ``P`` and ``Q`` of an unmodified pair sort).
+    The block is the ops from the one built from the first layer to the one built from the
+    last (matched by identity, with no batch norm folded into either); anything else is left
+    to the per-op bounds (sound, only looser).
     """
     if network.module is None:
         return {}
-    firsts = {id(m[0]): m for m in network.module.modules() if isinstance(m, MinMax)}
+    spans = _declared_spans(network.module)
     ops, blocks = network.ops, {}
-    for i, op in enumerate(ops[:-2]):
-        block = firsts.get(id(getattr(op, "module", None)))
-        if block is None or getattr(op, "bn", None) is not None:
+    for i, op in enumerate(ops):
+        last = spans.get(id(getattr(op, "module", None)))
+        if last is None or getattr(op, "bn", None) is not None:
             continue
-        last = ops[i + 2]
-        if isinstance(ops[i + 1], ReLUOp) and getattr(last, "module", None) is block[2] \
-                and getattr(last, "bn", None) is None and block.is_exact():
-            blocks[i] = i + 3
+        for j in range(i + 1, len(ops)):
+            if getattr(ops[j], "module", None) is last:
+                if getattr(ops[j], "bn", None) is None:
+                    blocks[i] = j + 1
+                break
     return blocks
 
 
 def network_split(network: Network, blocks: dict[int, int] | None = None) -> int:
-    """Index after the last nonlinearity (a ReLU or a MinMax block): the ops from there on are
-    affine and fold into the spec rows."""
+    """Index after the last nonlinearity (a ReLU or a declared block): the ops from there on
+    are affine and fold into the spec rows."""
     blocks = minmax_blocks(network) if blocks is None else blocks
     inner = {j for start, end in blocks.items() for j in range(start, end)}
-    ends = [i + 1 for i, op in enumerate(network.ops)
-            if isinstance(op, ReLUOp) and i not in inner]
+    ends = [i + 1 for i, op in enumerate(network.ops) if op.nonlinear and i not in inner]
     return max(ends + list(blocks.values()) + [0])
 
 

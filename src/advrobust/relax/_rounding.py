@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advrobust.network.ops import AffineOp, FlattenOp, LinearOp, Op, _ConvLike
-from advrobust.network.relu import ReLUOp
+from advrobust.network.ops import Op
 
 __all__ = ["SAFETY", "abs_dot", "add_offset", "input_gamma", "magnitude", "op_gamma",
            "relu_gamma", "relu_magnitude", "sound_interval", "unit_roundoff"]
@@ -36,27 +35,13 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
 
 
-def _terms(op: Op) -> int:
-    """Products summed per rounded value of ``op`` in any pass (an upper bound).
-
-    The forward dot products sum the fan-in; back-substitution's transposed products sum the
-    fan-out (at most ``out_size`` for a dense layer, at most the kernel's size for a
-    convolution); the bias term ``<a, b>`` sums ``out_size`` products.
-    """
-    if isinstance(op, FlattenOp):
-        return 0
-    if isinstance(op, LinearOp):
-        return max(op.in_size, op.out_size)
-    if isinstance(op, _ConvLike):
-        return max(int(op.kernel()[0].numel()), op.out_size)
-    return max(1, op.out_size)
-
-
 def op_gamma(op: Op, dtype: torch.dtype) -> float:
-    """Relative allowance of one affine op's output (0 for a reshape)."""
-    if isinstance(op, FlattenOp):
+    """Relative allowance of one op's output (0 for a reshape): from the products its rounded
+    values sum (``op.terms``, see :attr:`~advrobust.network.ops.Op.terms`)."""
+    terms = op.terms
+    if terms == 0:
         return 0.0
-    return SAFETY * unit_roundoff(dtype) * (_terms(op) + 4)
+    return SAFETY * unit_roundoff(dtype) * (terms + 4)
 
 
 def relu_gamma(dtype: torch.dtype, size: int) -> float:
@@ -73,22 +58,15 @@ def relu_magnitude(lo: Tensor, hi: Tensor) -> Tensor:
 
 
 def magnitude(op: Op, lo: Tensor, hi: Tensor) -> Tensor:
-    """Magnitude of the terms of ``op``'s outputs over the input box ``[lo, hi]``.
-
-    Affine: ``|W| s + |b|`` with ``s = max(|lo|, |hi|)`` (N, *out_shape); other ops: ``s``.
-    """
-    s = torch.maximum(lo.abs(), hi.abs())
-    if not isinstance(op, AffineOp) or isinstance(op, FlattenOp):
-        return s
-    out = op.abs_linear(s)
-    b = op.bias()
-    return out if b is None else out + b.abs().to(out)
+    """Magnitude of the terms of ``op``'s outputs over the input box ``[lo, hi]``
+    (``op.magnitude``: ``|W| s + |b|`` for an affine op, ``s = max(|lo|, |hi|)`` else)."""
+    return op.magnitude(lo, hi)
 
 
 def sound_interval(op: Op, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """``op.interval(lo, hi)`` widened by its rounding allowance."""
     new_lo, new_hi = op.interval(lo, hi)
-    if isinstance(op, (ReLUOp, FlattenOp)):  # exact in floating point
+    if op.exact:  # exact in floating point (ReLU, a reshape)
         return new_lo, new_hi
     slack = op_gamma(op, new_lo.dtype) * magnitude(op, lo, hi)
     return new_lo - slack, new_hi + slack

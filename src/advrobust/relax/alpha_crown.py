@@ -8,10 +8,13 @@ the intermediate (pre-activation) bounds are optimised too, separate per interme
 bound (each of the ``2 u_k`` rows ``+-z_k`` of layer ``k`` has its own slopes of the layers
 below): a tighter layer ``k`` tightens the relaxation of every layer above it.
 
-Every step's bounds are sound (float64 with the rounding allowances of
-:mod:`advrobust.relax._rounding`, as in :mod:`advrobust.relax.crown`); the result keeps the best
-bound of every neuron and row over the steps (an intersection of sound bounds). The engine
-works on chains of affine and ReLU ops (``network.ops``) and refuses anything else.
+The engine runs over the op registry's graph pass (:func:`~advrobust.relax.dag.graph_backward`):
+any graph of registered ops (chains, residual additions, concatenations). Every op with
+optimisable slopes (``init_slopes``: ReLU, and LeakyReLU's lower line in [slope, 1]) gets them;
+the other nonlinear ops (sigmoid, tanh, max pooling) keep their fixed relaxations inside the
+optimisation, and the nodes they read still get optimised bounds. Every step's bounds are sound
+(float64 with every op's rounding allowance, as in :mod:`advrobust.relax.crown`); the result
+keeps the best bound of every neuron and row over the steps (an intersection of sound bounds).
 
 The same back-substitution with Lagrange multipliers ``beta`` on split constraints is the
 bound of beta-CROWN (:mod:`advrobust.exact._beta`).
@@ -29,19 +32,18 @@ from torch import Tensor
 
 from advrobust.core.threat import LpBall
 from advrobust.errors import UnsupportedLayerError
+from advrobust.network.graph import Graph
+from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp
-from advrobust.network.relu import ReLUOp
-from advrobust.relax._rounding import (
-    abs_dot,
-    input_gamma,
-    magnitude,
-    op_gamma,
-    relu_gamma,
-    relu_magnitude,
-    sound_interval,
-)
+from advrobust.relax._rounding import abs_dot, input_gamma
 from advrobust.relax.crown import crown_layer_bounds
+from advrobust.relax.dag import (
+    Allowance,
+    GraphBounds,
+    graph_backward,
+    graph_crown_bounds,
+    refine_mask,
+)
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["Adam", "AlphaResult", "alpha_crown", "check_chain", "concretize", "linear_pass"]
@@ -87,18 +89,24 @@ class Adam:
 
 
 def check_chain(network: Network) -> list[int]:
-    """The ReLU positions of a chain of affine and ReLU ops; a clear error for anything else."""
-    ops = getattr(network, "ops", None)
-    if not isinstance(ops, list):
+    """The ReLU positions of a chain network whose ops branch-and-bound can split (every
+    nonlinear graph op ``branchable``); a clear error naming anything else."""
+    if not isinstance(network, Network):  # the IR's shape, not an op type
         raise UnsupportedLayerError(
-            f"alpha/beta-CROWN works on chain networks (a list of ops); got "
-            f"{type(network).__name__} without one.")
-    for op in ops:
-        if not isinstance(op, (AffineOp, ReLUOp)):
+            f"alpha/beta-CROWN branch-and-bound works on chain networks (a list of ops); got "
+            f"{type(network).__name__}.")
+    try:
+        graph_ops = network.graph_ops
+    except NotImplementedError as exc:  # an op without a registered graph op
+        raise UnsupportedLayerError(
+            f"alpha/beta-CROWN supports chains of registered affine and ReLU ops only: "
+            f"{exc}.") from exc
+    for op, gop in zip(network.ops, graph_ops, strict=True):
+        if gop.nonlinear and not gop.branchable:
             raise UnsupportedLayerError(
-                f"alpha/beta-CROWN supports chains of affine and ReLU ops only; op {op!r} is "
+                f"alpha/beta-CROWN branch-and-bound splits ReLU phases only; op {op!r} is "
                 f"a {type(op).__name__}.")
-    return [i for i, op in enumerate(ops) if isinstance(op, ReLUOp)]
+    return [i for i, op in enumerate(graph_ops) if op.nonlinear]
 
 
 def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
@@ -108,9 +116,11 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
                 mags: Mapping[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Back-substitute ``a`` (N, K, *shape of op ``stop``'s input) to the network input.
 
-    ``betas[j]`` (broadcastable to (N, K, *shape_j)) are signed Lagrange multipliers of split
-    constraints on the input ``z_j`` of ReLU ``j``: ``beta * s`` with ``s = +1`` for a split
-    ``z_j >= 0`` and ``-1`` for ``z_j <= 0``, ``beta >= 0``; the term ``-beta s z_j`` is
+    The graph pass (:func:`~advrobust.relax.dag.graph_backward`) over the chain's graph ops
+    with rounding allowances: op ``j`` is node ``j + 1``, so every mapping below is keyed by op
+    index. ``betas[j]`` (broadcastable to (N, K, *shape_j)) are signed Lagrange multipliers of
+    split constraints on the input ``z_j`` of ReLU ``j``: ``beta * s`` with ``s = +1`` for a
+    split ``z_j >= 0`` and ``-1`` for ``z_j <= 0``, ``beta >= 0``; the term ``-beta s z_j`` is
     non-positive on the split domain, so the result still lower-bounds ``<a, z_stop>`` there.
     ``record``, when given, receives the coefficients on every ReLU's output (for branching).
     ``mags`` may hold precomputed term magnitudes of affine ops (1 or N, *out_shape), from any
@@ -120,31 +130,22 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         ``(a_in, const, err)``: ``<a, z_stop> >= <a_in, x> + const - err`` over the box of
         ``bounds[0]`` (and the split domain), ``err`` (N, K) the rounding allowance.
     """
-    const = a.new_zeros(a.shape[:2])
-    err = a.new_zeros(a.shape[:2])
-    for j in reversed(range(stop)):
-        op = network.ops[j]
-        lo, hi = bounds[j]
-        if isinstance(op, ReLUOp):
-            if record is not None:
-                record[j] = a
-            err = err + relu_gamma(a.dtype, lo[0].numel()) * abs_dot(a, relu_magnitude(lo, hi))
-            a, c = op.backward(a, lo, hi, None if alphas is None else alphas.get(j))
-            if betas is not None and j in betas:
-                a = a - betas[j]
-                err = err + relu_gamma(a.dtype, lo[0].numel()) * abs_dot(
-                    a, torch.maximum(lo.abs(), hi.abs()))
-        else:
-            assert isinstance(op, AffineOp)
-            if op_gamma(op, a.dtype) > 0:
-                mag = mags[j] if mags is not None and j in mags else magnitude(op, lo, hi)
-                if mag.shape[0] != a.shape[0]:
-                    mag = mag.expand((a.shape[0],) + tuple(mag.shape[1:]))
-                err = err + op_gamma(op, a.dtype) * abs_dot(a, mag)
-            c = op.bias_term(a)
-            a = op.backward(a)
-        const = const + c
-    return a, const, err
+    ops = network.graph_ops
+    allowances: dict[int, Allowance] = {} if mags is None else {
+        j + 1: (ops[j].rounding_gamma(a.dtype), m) for j, m in mags.items()}
+    seen: dict[int, Tensor] | None = None if record is None else {}
+    a_in, const, err = graph_backward(
+        network.graph, stop, a, bounds, slopes=_by_node(alphas), rounding=True,
+        allowances=allowances, betas=_by_node(betas), record=seen)
+    if record is not None and seen is not None:
+        record.update({i - 1: v for i, v in seen.items()})
+    assert err is not None
+    return a_in, const, err
+
+
+def _by_node(values: Mapping[int, Tensor] | None) -> dict[int, Tensor] | None:
+    """A mapping keyed by op index, keyed by node index (op ``j`` is node ``j + 1``)."""
+    return None if values is None else {j + 1: v for j, v in values.items()}
 
 
 def concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor, err: Tensor) -> Tensor:
@@ -161,9 +162,11 @@ class AlphaResult:
     """What :func:`alpha_crown` found.
 
     Attributes:
-        bounds: sound bounds of every op's input and of the output (N, *shape) each.
+        bounds: sound bounds of every node's output (N, *shape) each: for a chain network
+            the input of every op and the output (``bounds[j]`` is op ``j``'s input).
         lower: (N, R) sound lower bounds of the rows ``C f + d``.
-        alphas: per ReLU index, the final rows' slopes (N, R, *shape) at each row's best step.
+        alphas: per op index (node index - 1) of an op with optimisable slopes (ReLU,
+            LeakyReLU), the final rows' slopes (N, R, *shape) at each row's best step.
         steps: optimisation steps run.
         seconds: time spent.
         inter_alphas: per optimised ReLU input ``k``: the flat indices of its neurons unstable at
@@ -180,41 +183,98 @@ class AlphaResult:
     inter_alphas: dict[int, tuple[Tensor, dict[int, Tensor]]] = field(default_factory=dict)
 
 
-def _rows(lo: Tensor) -> tuple[Tensor, Tensor]:
-    """Flat indices of neurons unstable in some sample, and the +-unit coefficient rows on them
-    (1, 2u, *shape)."""
-    lo_f = lo.flatten(1)
-    idx = (lo_f < 0).any(0).nonzero().flatten()
+def _rows(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat indices of neurons ``mask``ed in some sample, and the +-unit coefficient rows on
+    them (1, 2u, *shape)."""
+    mask_f = mask.flatten(1)
+    idx = mask_f.any(0).nonzero().flatten()
     k = idx.numel()
-    rows = lo.new_zeros(2 * k, lo_f.shape[1])
-    ar = torch.arange(k, device=lo.device)
+    rows = torch.zeros(2 * k, mask_f.shape[1], dtype=torch.float64, device=mask.device)
+    ar = torch.arange(k, device=mask.device)
     rows[ar, idx] = 1.0
     rows[ar + k, idx] = -1.0
-    return idx, rows.reshape((1, 2 * k) + tuple(lo.shape[1:]))
+    return idx, rows.reshape((1, 2 * k) + tuple(mask.shape[1:]))
 
 
-def _init_alpha(lo: Tensor, hi: Tensor, rows: int) -> Tensor:
-    """CROWN's adaptive slopes (1 where ``hi > -lo``), one copy per row: (N, rows, *shape)."""
-    init = (hi > -lo).to(lo.dtype).unsqueeze(1)
-    return init.expand((-1, rows) + tuple(lo.shape[1:])).clone()
+def _ancestors(graph: Graph, index: int) -> set[int]:
+    """Node ``index`` and every node it reads, directly or not."""
+    seen, todo = set(), [index]
+    while todo:
+        i = todo.pop()
+        if i not in seen:
+            seen.add(i)
+            todo.extend(graph.nodes[i].inputs)
+    return seen
 
 
-def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor | None = None,
-                *, steps: int = 20, lr: float = 0.1, intermediate: bool = True,
-                bounds: LayerBounds | None = None, deadline: float = math.inf,
-                stop_above: float = math.inf) -> AlphaResult:
+class _Slopes:
+    """The optimisable slopes of a graph: which nodes have them, and fresh copies."""
+
+    def __init__(self, graph: Graph, best: GraphBounds) -> None:
+        self.graph = graph
+        self.nodes = [i for i, node in enumerate(graph.nodes) if node.op is not None
+                      and len(node.inputs) == 1
+                      and node.op.init_slopes(*best[node.inputs[0]], 1) is not None]
+
+    def init(self, best: GraphBounds, rows: int, nodes: list[int]) -> dict[int, Tensor]:
+        out = {}
+        for i in nodes:
+            op = self.graph.nodes[i].op
+            assert op is not None
+            init = op.init_slopes(*best[self.graph.nodes[i].inputs[0]], rows)
+            assert init is not None
+            out[i] = init.requires_grad_(True)
+        return out
+
+    def clamp(self, slopes: Mapping[int, Tensor], best: GraphBounds) -> None:
+        for i, v in slopes.items():
+            op = self.graph.nodes[i].op
+            assert op is not None
+            op.clamp_slopes(v, *best[self.graph.nodes[i].inputs[0]])
+
+
+def _targets(graph: Graph, best: GraphBounds, sloped: list[int], intermediate: bool
+             ) -> dict[int, tuple[Tensor, Tensor, list[int]]]:
+    """The nodes whose bounds are optimised: every node a nonlinear op reads that has a node
+    with slopes among its ancestors (the first ReLU's input depends on no relaxation), with
+    the neurons its consumers' relaxations depend on and those slope nodes."""
+    out: dict[int, tuple[Tensor, Tensor, list[int]]] = {}
+    if not intermediate:
+        return out
+    for t in range(1, len(graph.nodes)):
+        if not graph.needs_bounds(t):
+            continue
+        above = _ancestors(graph, t)
+        mine = [j for j in sloped if j in above]
+        mask = refine_mask(graph, t, *best[t])
+        if not mine or mask is None:
+            continue
+        idx, rows = _rows(mask)
+        if idx.numel():
+            out[t] = (idx, rows, mine)
+    return out
+
+
+def alpha_crown(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                d: Tensor | None = None, *, steps: int = 20, lr: float = 0.1,
+                intermediate: bool = True, bounds: LayerBounds | None = None,
+                deadline: float = math.inf, stop_above: float = math.inf) -> AlphaResult:
     """alpha-CROWN lower bounds of ``C f + d`` (and optimised intermediate bounds).
 
+    Works on any network graph of registered ops (chains, residual additions,
+    concatenations): every op with optimisable slopes (``init_slopes``: ReLU, LeakyReLU) gets
+    them, the other nonlinear ops (sigmoid, tanh, max pooling) keep their fixed relaxations.
+
     Args:
-        network: a chain IR (float64 for the verifiers).
+        network: a chain :class:`Network` or a :class:`Graph` (float64 for the verifiers).
         x0: (N, *input_shape) centres.
         threat: the set.
         c: (N, R, num_outputs) rows; d: optional (N, R) offsets.
         steps: Adam steps on the slopes.
         lr: Adam's learning rate.
-        intermediate: optimise the bounds of every ReLU input that has a ReLU below it too
-            (each with its own slopes); otherwise only the final rows' slopes.
-        bounds: starting layer bounds (default: CROWN's, with rounding allowances).
+        intermediate: optimise the bounds of every nonlinear op's input that has an op with
+            slopes below it too (each with its own slopes); otherwise only the final rows'.
+        bounds: starting node bounds (default: CROWN's, with rounding allowances).
         deadline: ``time.perf_counter()`` value at which the optimisation stops early.
         stop_above: stop once every row's bound exceeds this (e.g. the verification
             tolerance: nothing left to prove).
@@ -223,35 +283,36 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
         :class:`AlphaResult`; every bound in it is sound in floating point.
     """
     start = time.perf_counter()
-    relus = check_chain(network)
+    graph = as_graph(network)
     c = c.to(x0.dtype)
     d = x0.new_zeros(c.shape[:2]) if d is None else d.to(x0.dtype)
     with torch.no_grad():
         if bounds is None:
-            bounds = crown_layer_bounds(network, x0, threat, rounding=True)
+            bounds = (graph_crown_bounds(graph, x0, threat, rounding=True)
+                      if isinstance(network, Graph) else
+                      crown_layer_bounds(network, x0, threat, rounding=True))
         best = [(lo.detach().clone(), hi.detach().clone()) for lo, hi in bounds]
-    n_out = len(network.ops)
-    final = {j: _init_alpha(*best[j], c.shape[1]).requires_grad_(True) for j in relus}
-    # intermediate targets: every ReLU with another ReLU below it (the first is CROWN-exact
-    # enough: its bound depends on no relaxation)
-    inter: dict[int, tuple[Tensor, Tensor, dict[int, Tensor]]] = {}
-    if intermediate:
-        for k in relus[1:]:
-            idx, rows = _rows(best[k][0].masked_fill(best[k][1] <= 0, 0.0))
-            if idx.numel():
-                inter[k] = (idx, rows, {j: _init_alpha(*best[j], rows.shape[1])
-                                        .requires_grad_(True) for j in relus if j < k})
+    slopes = _Slopes(graph, best)
+    final = slopes.init(best, c.shape[1], slopes.nodes)
+    inter = {t: (idx, rows.to(x0.dtype), slopes.init(best, rows.shape[1], mine))
+             for t, (idx, rows, mine) in _targets(graph, best, slopes.nodes,
+                                                  intermediate).items()}
     params = list(final.values()) + [v for _, _, al in inter.values() for v in al.values()]
     opt = Adam([(params, lr)], decay=0.98)
     steps = steps if params else 0
     best_lower = torch.full(c.shape[:2], -math.inf, dtype=x0.dtype, device=x0.device)
     best_alpha = {j: v.detach().clone() for j, v in final.items()}
+    a_out = c.reshape(c.shape[:2] + graph.output_shape)
     done = 0
     for step in range(steps + 1):
         last = step == steps or time.perf_counter() >= deadline
         with torch.enable_grad() if not last else torch.no_grad():
-            cur, inter_objective = _bounds_pass(network, x0, threat, best, inter)
-            a, const, err = linear_pass(network, c, n_out, cur, final)
+            # every node's rounding terms, once per pass (they depend on its inputs' bounds)
+            allowances: dict[int, Allowance] = {}
+            cur, inter_objective = _bounds_pass(graph, x0, threat, best, inter, allowances)
+            a, const, err = graph_backward(graph, graph.output, a_out, cur, slopes=final,
+                                           rounding=True, allowances=allowances)
+            assert err is not None
             lower = concretize(threat, x0, a, const + d, err)
             lower = lower - 4 * torch.finfo(x0.dtype).eps * (lower.abs() + d.abs()).detach()
         with torch.no_grad():
@@ -268,34 +329,39 @@ def alpha_crown(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tens
         # each intermediate row has its own slopes: the sum optimises every row's own bound
         opt.step(lower.sum() + inter_objective)
         with torch.no_grad():
-            for v in params:
-                v.clamp_(0.0, 1.0)
+            slopes.clamp(final, best)
+            for _, _, al in inter.values():
+                slopes.clamp(al, best)
         done += 1
-    with torch.no_grad():  # the outputs of the ReLUs and affine ops from the tightened inputs
-        for i, op in enumerate(network.ops):
-            if i + 1 not in relus:
-                lo, hi = sound_interval(op, *best[i])
-                best[i + 1] = (torch.maximum(best[i + 1][0], lo),
-                               torch.minimum(best[i + 1][1], hi))
-    inter_alphas = {k: (idx, {j: v.detach() for j, v in al.items()})
+    with torch.no_grad():  # the nodes no relaxation reads, from the tightened inputs
+        for i, node in enumerate(graph.nodes):
+            if node.op is not None and not graph.needs_bounds(i):
+                lo, hi = node.op.sound_interval(*(best[j] for j in node.inputs))
+                best[i] = (torch.maximum(best[i][0], lo), torch.minimum(best[i][1], hi))
+    # slopes keyed like ``alphas``: by op index (node index - 1)
+    inter_alphas = {k: (idx, {j - 1: v.detach() for j, v in al.items()})
                     for k, (idx, _, al) in inter.items()}
-    return AlphaResult(best, best_lower, best_alpha, done, time.perf_counter() - start,
-                       inter_alphas)
+    return AlphaResult(best, best_lower, {j - 1: v for j, v in best_alpha.items()}, done,
+                       time.perf_counter() - start, inter_alphas)
 
 
-def _bounds_pass(network: Network, x0: Tensor, threat: LpBall, best: LayerBounds,
-                 inter: Mapping[int, tuple[Tensor, Tensor, dict[int, Tensor]]]
-                 ) -> tuple[LayerBounds, Tensor]:
-    """One pass of layer bounds: the optimised rows of each target ReLU's input, intersected
-    with the best bounds so far; other ops' inputs from sound intervals (intersected too).
+def _bounds_pass(graph: Graph, x0: Tensor, threat: LpBall, best: GraphBounds,
+                 inter: Mapping[int, tuple[Tensor, Tensor, dict[int, Tensor]]],
+                 allowances: dict[int, Allowance]) -> tuple[GraphBounds, Tensor]:
+    """One pass of node bounds: sound intervals from the nodes' inputs, intersected with the
+    best bounds so far, then the optimised rows of each target node (intersected too).
     Also returns the sum of the optimised rows' bounds (what their slopes maximise)."""
-    cur: LayerBounds = [best[0]]
+    cur: GraphBounds = [best[0]]
     objective = x0.new_zeros(())
-    for i, op in enumerate(network.ops):
-        lo, hi = cur[i]
+    for i, node in enumerate(graph.nodes[1:], start=1):
+        assert node.op is not None
+        nxt_lo, nxt_hi = node.op.sound_interval(*(cur[j] for j in node.inputs))
+        lo, hi = torch.maximum(nxt_lo, best[i][0]), torch.minimum(nxt_hi, best[i][1])
         if i in inter:
             idx, rows, al = inter[i]
-            a, const, err = linear_pass(network, rows.to(x0.dtype), i, cur, al)
+            a, const, err = graph_backward(graph, i, rows, cur, slopes=al, rounding=True,
+                                           allowances=allowances)
+            assert err is not None
             val = concretize(threat, x0, a, const, err)
             objective = objective + val.sum()
             k = idx.numel()
@@ -305,7 +371,5 @@ def _bounds_pass(network: Network, x0: Tensor, threat: LpBall, best: LayerBounds
             lo_f = lo_f.index_copy(1, idx, new_lo)
             hi_f = hi_f.index_copy(1, idx, new_hi)
             lo, hi = lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
-            cur[i] = (lo, hi)
-        nxt_lo, nxt_hi = sound_interval(op, lo, hi)
-        cur.append((torch.maximum(nxt_lo, best[i + 1][0]), torch.minimum(nxt_hi, best[i + 1][1])))
+        cur.append((lo, hi))
     return cur, objective

@@ -150,13 +150,15 @@ class Bounder(Configurable, abc.ABC):
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
                  spec: Spec | None = None, *,
-                 layer_bounds: LayerBounds | None = None) -> BoundResult:
+                 layer_bounds: LayerBounds | None = None,
+                 gate: WitnessGate | None = None) -> BoundResult:
         """Same as :meth:`bound`."""
-        return self.bound(model, x, y, threat, spec, layer_bounds=layer_bounds)
+        return self.bound(model, x, y, threat, spec, layer_bounds=layer_bounds, gate=gate)
 
     def bound(self, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
               spec: Spec | None = None, *,
-              layer_bounds: LayerBounds | None = None) -> BoundResult:
+              layer_bounds: LayerBounds | None = None,
+              gate: WitnessGate | None = None) -> BoundResult:
         """Bound every spec row of every sample over the threat set.
 
         Args:
@@ -174,10 +176,15 @@ class Bounder(Configurable, abc.ABC):
                 (what :func:`~advrobust.relax.crown.crown_layer_bounds` returns), for
                 bounders with :attr:`reuses_layer_bounds`: they start from these instead of
                 recomputing them (:class:`advrobust.verify.Problem` caches them).
+            gate: the witness gate of ``model`` (:class:`~advrobust.relax.witness.WitnessGate`,
+                e.g. a :class:`~advrobust.verify.Problem`'s): its float64 copy of the model (and
+                the IR built from it, once) is what the bound passes run on and what candidates
+                are re-evaluated through, instead of a new copy per call. Default: a new gate.
 
         Returns:
             :class:`BoundResult` with lower bounds, upper bounds from concrete points of the set
-            re-evaluated through ``model``, verdicts and stats.
+            re-evaluated through ``model``, verdicts and stats (``"witness_values"``: the
+            float64 spec values (N, K) at ``witness``, from the gate).
 
         Raises:
             InvalidInputError: malformed x, y, or spec rows of the wrong width.
@@ -195,8 +202,13 @@ class Bounder(Configurable, abc.ABC):
             x = x.detach()
             with torch.no_grad():
                 _check_ir(network, model, x, clean)
-            gate = WitnessGate(model)
-            network = verifiable_ir(gate.model, tuple(x.shape[1:]), name, graph_ok)
+            if gate is None:
+                gate = WitnessGate(model)
+            elif not isinstance(gate, WitnessGate):
+                raise InvalidParameterError(
+                    f"{name}: 'gate' must be a WitnessGate of the model or None; got "
+                    f"{type(gate).__name__}.")
+            network = gate.ir(tuple(x.shape[1:]), name, graph_ok)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
             if layer_bounds is not None and (isinstance(network, Graph)
                                              or not self.reuses_layer_bounds):
@@ -216,6 +228,7 @@ class Bounder(Configurable, abc.ABC):
             upper, witness, values = self._evaluate(gate, x, threat, spec64, out.candidates)
         verdict = decide_verdicts(lower, values, upper=upper, who=name)
         stats = dict(out.stats)
+        stats["witness_values"] = values
         stats["seconds"] = time.perf_counter() - start
         return BoundResult(lower=lower, upper=upper, verdict=verdict, witness=witness,
                            method=name, stats=stats)

@@ -58,12 +58,19 @@ def graph_interval_bounds(graph: Graph, lower: Tensor, upper: Tensor, *,
 
 def graph_backward(graph: Graph, start: int, a: Tensor, bounds: GraphBounds, *,
                    slopes: Mapping[int, Tensor] | None = None, rounding: bool = False,
-                   allowances: dict[int, Allowance] | None = None
+                   allowances: dict[int, Allowance] | None = None,
+                   betas: Mapping[int, Tensor] | None = None,
+                   record: dict[int, Tensor] | None = None
                    ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Carry coefficients ``a`` (N or 1, K, *shape of node ``start``) back to the input.
 
     ``allowances`` memoises every node op's ``rounding_terms`` (its ``(gamma, magnitude)``)
     across calls on the same ``bounds`` (the intermediate-bound passes make many).
+    ``betas[i]`` (broadcastable to (N, K, *input shape of node ``i``), single-input nodes) are
+    signed Lagrange multipliers ``beta * s`` of split constraints ``s z >= 0`` on node ``i``'s
+    input ``z`` (beta-CROWN): the term ``-beta s z`` is non-positive on the split domain, so
+    the result still lower-bounds ``<a, node_start>`` there. ``record``, when given, receives
+    the coefficients on the output of every nonlinear node passed (for branching scores).
 
     Returns:
         ``(a_in, const, err)`` with ``<a, node_start> >= <a_in, x> + const - err`` on the box
@@ -94,8 +101,13 @@ def graph_backward(graph: Graph, start: int, a: Tensor, bounds: GraphBounds, *,
                     allowances[i] = parts
             if parts is not None:
                 charge(parts[0] * abs_dot(ai, parts[1]))
+        if record is not None and node.op.nonlinear:
+            record[i] = ai
         outs, c = node.op.backward(ai, *ins, slopes=None if slopes is None else slopes.get(i))
         const = const + c
+        if betas is not None and i in betas:
+            outs, e = _split_terms(outs, betas[i], ins[0], rounding)
+            charge(e)
         for j, aj in zip(node.inputs, outs, strict=True):
             if aj is None:
                 continue
@@ -112,6 +124,18 @@ def graph_backward(graph: Graph, start: int, a: Tensor, bounds: GraphBounds, *,
     if rounding and err is None:
         err = a.new_zeros(a.shape[:2])
     return a_in, const, err
+
+
+def _split_terms(outs: list[Tensor | None], beta: Tensor, bound: tuple[Tensor, Tensor],
+                 rounding: bool) -> tuple[list[Tensor | None], Tensor | None]:
+    """``a - beta`` on a node's one input, with the subtraction's rounding allowance."""
+    a = outs[0]
+    assert a is not None and len(outs) == 1, "split terms need a single-input node"
+    a = a - beta
+    if not rounding:
+        return [a], None
+    lo, hi = bound
+    return [a], gamma_of(lo[0].numel() + 4, a.dtype) * abs_dot(a, _mag(bound))
 
 
 def _concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor,

@@ -31,8 +31,6 @@ from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.network.ir import Network, from_module
-from advrobust.network.ops import AffineOp, ChannelAffineOp, FlattenOp, LinearOp
-from advrobust.network.relu import ReLUOp
 from advrobust.relax._opnorm import INFLATE, dual_norm, network_prefix_norm, network_split
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds
@@ -71,9 +69,8 @@ def _fold_tail(network: Network, c: Tensor) -> tuple[Tensor, int]:
     """Spec rows carried back through the affine ops after the last nonlinearity (exact)."""
     start = network_split(network)
     a = c.double()
-    for op in reversed(network.ops[start:]):
-        assert isinstance(op, AffineOp)
-        a = op.backward(a)
+    for op in reversed(network.ops[start:]):  # affine: no activation after ``start``
+        a = op.backward(a)  # type: ignore[attr-defined]
     return a, start
 
 
@@ -85,41 +82,16 @@ def lipschitz_constants(network: Network, c: Tensor, norm: Norm) -> Tensor:
         return dual_norm(a, norm) * head * (1 + INFLATE)
 
 
-def _abs_backward(op: AffineOp, rad: Tensor) -> Tensor:
-    """``rad |W|``: (N, K, *out_shape) -> (N, K, *in_shape)."""
-    if isinstance(op, LinearOp):
-        return rad.matmul(op.weight_bias()[0].abs())
-    if isinstance(op, FlattenOp):
-        return op.backward(rad)
-    if isinstance(op, ChannelAffineOp):
-        return rad * op.scale_shift()[0].abs()
-    n, k = rad.shape[:2]  # any other affine op: the transpose of |W| by autograd (exact)
-    with torch.enable_grad():
-        z = rad.new_zeros((n * k,) + op.in_shape, requires_grad=True)
-        (back,) = torch.autograd.grad(op.abs_linear(z), z,
-                                      rad.reshape((n * k,) + op.out_shape))
-    return back.reshape((n, k) + op.in_shape)
-
-
 def jacobian_bound(network: Network, bounds: list[tuple[Tensor, Tensor]], c: Tensor
                    ) -> tuple[Tensor, Tensor]:
     """Elementwise bounds ``mid +- rad`` (N, K, *input_shape) of the gradient of each row of
-    ``c`` w.r.t. the input, over all inputs whose pre-activations lie in ``bounds``."""
+    ``c`` w.r.t. the input, over all inputs whose pre-activations lie in ``bounds`` (every
+    op's ``jacobian_backward``)."""
     mid = c.double()
     rad = torch.zeros_like(mid)
     for i in reversed(range(len(network.ops))):
-        op = network.ops[i]
-        if isinstance(op, ReLUOp):
-            lo, hi = (b.double().unsqueeze(1) for b in bounds[i])
-            on = lo >= 0
-            unstable = (lo < 0) & (hi > 0)
-            g_lo = torch.where(unstable, (mid - rad).clamp(max=0), (mid - rad) * on)
-            g_hi = torch.where(unstable, (mid + rad).clamp(min=0), (mid + rad) * on)
-            mid, rad = (g_hi + g_lo) / 2, (g_hi - g_lo) / 2
-        else:
-            assert isinstance(op, AffineOp)
-            rad = _abs_backward(op, rad)
-            mid = op.backward(mid)
+        lo, hi = (b.double() for b in bounds[i])
+        mid, rad = network.ops[i].jacobian_backward(mid, rad, lo, hi)
     return mid, rad
 
 

@@ -9,6 +9,7 @@ gives it a negative spec value (zero tolerance too). Anything else is discarded 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,28 @@ class WitnessGate:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = float64_copy(model)
+        self._irs: dict[tuple[int, ...], Any] = {}
+
+    def ir(self, input_shape: tuple[int, ...], who: str = "verify", graph_ok: bool = True
+           ) -> Any:
+        """The float64 IR of the copy (built once per input shape): the chain
+        :class:`~advrobust.network.ir.Network` or the :class:`~advrobust.network.graph.Graph`
+        every bound pass of a gated call runs on.
+
+        Raises:
+            UnsupportedLayerError: a graph for a caller that handles chains only
+                (``graph_ok=False``; the error names the node).
+        """
+        from advrobust.network.graph import Graph
+        from advrobust.relax.base import verifiable_ir
+
+        shape = tuple(int(s) for s in input_shape)
+        if shape not in self._irs:
+            self._irs[shape] = verifiable_ir(self.model, shape, who, True)
+        network = self._irs[shape]
+        if isinstance(network, Graph) and not graph_ok:
+            network.require_chain(who)
+        return network
 
     def __call__(self, x0: Tensor, points: Tensor, threat: LpBall, spec: Spec
                  ) -> tuple[Tensor, Tensor]:

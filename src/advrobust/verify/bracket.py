@@ -107,11 +107,20 @@ class Bracket:
                 self.lowers[i][stage] = max(best, float(full[j].amin()))
 
     def take(self, idx: Tensor, result: BoundResult, rows: Tensor | None = None,
-             stage: str | None = None) -> None:
+             stage: str | None = None, *, gated: bool = False) -> None:
         """Merge a bounder's result on samples ``idx`` (rows ``rows`` of one sample), crediting
-        ``stage`` with its bounds and witnesses."""
+        ``stage`` with its bounds and witnesses.
+
+        ``gated``: the bounder ran with this problem's gate, so its witness values (every row,
+        ``stats["witness_values"]``) came through it already and are not evaluated again."""
         self.raise_lower(idx, result.lower, rows, stage)
-        if result.witness is not None:
+        if result.witness is None:
+            return
+        values = result.stats.get("witness_values")
+        if gated and rows is None and isinstance(values, Tensor) \
+                and values.shape == self.values[idx].shape:
+            self.accept(idx, result.witness.detach(), values.to(self.values), stage)
+        else:
             self.offer(idx, result.witness.detach(), stage)
 
     def charge(self, idx: Tensor, stage: str, seconds: float) -> None:

@@ -188,10 +188,8 @@ class Problem:
     @property
     def network(self) -> Network | Graph:
         """The float64 IR every bound pass of this problem runs on."""
-        if "network" not in self._ir:
-            from advrobust.relax.base import verifiable_ir
-
-            self._ir["network"] = verifiable_ir(self.gate.model, self.input_shape, "verify", True)
+        if "network" not in self._ir:  # the gate's IR: bounders called with the gate share it
+            self._ir["network"] = self.gate.ir(self.input_shape, "verify", True)
         return self._ir["network"]
 
     @property

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from advrobust.core.progress import progress_bar
 from advrobust.core.result import BoundResult
+from advrobust.relax.base import Bounder
 from advrobust.verify.bracket import Bracket
 from advrobust.verify.budget import EXACT_SHARE, Budget
 from advrobust.verify.problem import BoundRecord
@@ -40,12 +41,14 @@ def call_bounder(bracket: Bracket, bounder: Any, idx: Tensor, stage: str, *,
     no earlier stage did; else the bounder makes its own)."""
     p = bracket.problem
     args = (p.model, p.x[idx], p.y[idx], p.threat, p.spec_of(idx, rows))
+    # the problem's float64 copy and witness gate, instead of one more per call
+    shared: dict[str, Any] = {"gate": p.gate} if isinstance(bounder, Bounder) else {}
     if _reuses(bounder):
         layers = p.ensure_layer_bounds(idx, stage) if compute else p.layer_bounds(idx)
         if layers is not None:
-            result: BoundResult = bounder(*args, layer_bounds=layers)
+            result: BoundResult = bounder(*args, layer_bounds=layers, **shared)
             return result
-    return bounder(*args)  # type: ignore[no-any-return]
+    return bounder(*args, **shared)  # type: ignore[no-any-return]
 
 
 def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
@@ -66,7 +69,7 @@ def relax_stage(bracket: Bracket, bounder: Any, name: str, budget: Budget, *,
         t0 = time.perf_counter()
         result = call_bounder(bracket, bounder, idx, name, compute=True)
         bracket.charge(idx, name, time.perf_counter() - t0)
-        bracket.take(idx, result, stage=name)
+        bracket.take(idx, result, stage=name, gated=isinstance(bounder, Bounder))
         open_ = bracket.undecided()
         bracket.problem.forget([int(i) for i in idx if not (keep_bounds and open_[int(i)])])
         done += len(idx)

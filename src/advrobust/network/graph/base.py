@@ -95,6 +95,8 @@ class GraphOp:
     #: True if :meth:`encode` with ``integer=True`` is exact (a MILP of the op, not a
     #: relaxation): every linear op, and the piecewise-linear ops that encode their phases.
     milp_exact: bool = True
+    #: True if branch-and-bound may split the op's input into its linear phases (ReLU).
+    branchable: bool = False
 
     def __init__(self, in_shapes: Sequence[tuple[int, ...]], out_shape: tuple[int, ...],
                  name: str) -> None:
@@ -149,8 +151,12 @@ class GraphOp:
 
         Drivers that back-substitute many row blocks through the same bounds cache this."""
         mag = self.magnitude(*bounds)
+        return None if mag is None else (self.rounding_gamma(dtype), mag)
+
+    def rounding_gamma(self, dtype: torch.dtype) -> float:
+        """The ``gamma`` of :meth:`rounding_terms` (a caller may hold the magnitude already)."""
         # a backward step also sums its constant's dot product over the op's outputs
-        return None if mag is None else (gamma_of(max(self.terms, self.out_size), dtype), mag)
+        return gamma_of(max(self.terms, self.out_size), dtype)
 
     def rounding(self, a: Tensor, *bounds: Bound) -> Tensor | None:
         """(N, K) allowance of one :meth:`backward` step with coefficients ``a``."""

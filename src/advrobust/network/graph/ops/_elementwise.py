@@ -52,9 +52,12 @@ class LineRelaxedOp(GraphOp):
         s = torch.maximum(lo.abs(), hi.abs())
         kl, bl, ku, bu = self.lines(lo, hi, None)
         mag = torch.maximum(kl.abs() * s + bl.abs(), ku.abs() * s + bu.abs()) + s
-        gamma = self.gamma_lines(dtype)
+        gamma = self.rounding_gamma(dtype)
         # the smallest normal per coefficient: a nonzero allowance even where mag is 0
         return gamma, mag + torch.finfo(dtype).tiny / gamma
+
+    def rounding_gamma(self, dtype: torch.dtype) -> float:
+        return self.gamma_lines(dtype)
 
     def gamma_lines(self, dtype: torch.dtype) -> float:
         """Relative allowance of one line evaluation."""

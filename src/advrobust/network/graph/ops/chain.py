@@ -58,10 +58,7 @@ class AffineAdapter(GraphOp):
         return self.op.interval(*bounds[0])
 
     def magnitude(self, *bounds: Bound) -> Tensor | None:
-        lo, hi = bounds[0]
-        out = self.op.abs_linear(torch.maximum(lo.abs(), hi.abs()))
-        b = self.op.bias()
-        return out if b is None else out + b.abs().to(out)
+        return self.op.magnitude(*bounds[0])
 
     def backward(self, a: Tensor, *bounds: Bound, slopes: Tensor | None = None
                  ) -> tuple[list[Tensor | None], Tensor]:
@@ -88,6 +85,7 @@ class ReLUAdapter(GraphOp):
     MILP encoding (big-M with one binary per unstable neuron) is exact."""
 
     nonlinear = True
+    branchable = True
 
     def __init__(self, op: ReLUOp) -> None:
         super().__init__([op.in_shape], op.out_shape, op.name)
@@ -109,8 +107,11 @@ class ReLUAdapter(GraphOp):
         unstable = (lo < 0) & (hi > 0)
         # stable neurons: slopes exactly 0 or 1, intercepts 0 (no rounding)
         mag = torch.where(unstable, torch.maximum(lo.abs(), hi.abs()), torch.zeros_like(lo))
+        return self.rounding_gamma(dtype), mag
+
+    def rounding_gamma(self, dtype: torch.dtype) -> float:
         # slopes, products and the intercepts' dot product (a sum over the layer's neurons)
-        return SAFETY * (torch.finfo(dtype).eps / 2) * (lo[0].numel() + 8), mag
+        return SAFETY * (torch.finfo(dtype).eps / 2) * (self.out_size + 8)
 
     def refine_mask(self, lo: Tensor, hi: Tensor) -> Tensor | None:
         return (lo < 0) & (hi > 0)
