@@ -74,13 +74,13 @@ def _cli(*args: str, check: bool = True) -> tuple[float, str]:
     return time.perf_counter() - t0, done.stdout
 
 
-def _campaign(config: Path, db: Path, *extra: str, profile: bool = False
-              ) -> tuple[float, float]:
+def _campaign(config: Path, db: Path, *extra: str, profile: bool = False,
+              src: Path = SRC) -> tuple[float, float]:
     """Wall and CPU seconds of the CLI process and every process it started, Ray's included
     (exact: see ``proctree``). ``profile``: print CPU s per component and the driver's Ray
     timeline (debug log of the Ray backend) on stderr."""
     db.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)]),
            "OMP_NUM_THREADS": "1"}
     args = ["campaign", "run", str(config), "--store", str(db), "--no-progress", *extra]
     cmd = [sys.executable, "-c", PROFILED, *args] if profile else \
@@ -184,6 +184,9 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="per run, on stderr: CPU s per process role (driver, Ray's GCS, "
                         "raylet, agents, actors) and the Ray backend's timeline")
+    p.add_argument("--compare-src", type=Path, default=None,
+                   help="also run the Ray backend from this other source tree (e.g. an older "
+                        "commit's src/, from `git archive`), interleaved with the others")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "campaign.toml"
@@ -199,12 +202,15 @@ def main() -> None:
     runs = {"serial": (), "pool2": ("--workers", "2"),
             "ray2": ("--backend", "ray", "--workers", "2")}
     runs = {name: extra for name, extra in runs.items() if name.rstrip("2") not in skip}
+    if args.compare_src is not None:
+        runs["ray2-other-src"] = runs.get("ray2", ("--backend", "ray", "--workers", "2"))
     walls: dict[str, list[float]] = {name: [] for name in runs}
     cpus: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):  # backends interleaved: a load change hits them alike
         for name, extra in runs.items():
+            src = args.compare_src.resolve() if name.endswith("other-src") else SRC
             wall, cpu = _campaign(config, args.out / f"{name}.db", *extra,
-                                  profile=args.profile)
+                                  profile=args.profile, src=src)
             walls[name].append(wall)
             cpus[name].append(cpu)
     times = {name: (statistics.median(walls[name]), statistics.median(cpus[name]))

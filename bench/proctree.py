@@ -32,8 +32,6 @@ ROLES = (  # (substring of the command line, role); first match wins
     ("dashboard/dashboard.py", "dashboard head"),
     ("default_worker.py", "ray worker / actor"),
     ("ray::", "ray worker / actor"),
-    ("/gcs_server ", "gcs_server"),
-    ("/raylet ", "raylet"),
 )
 
 
@@ -89,6 +87,9 @@ def _role(pid: int) -> str:
         line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return "gone"
+    exe = line.split(" ")[0].rsplit("/", 1)[-1]
+    if exe in ("gcs_server", "raylet"):  # (their flags name the other components)
+        return exe
     for needle, role in ROLES:
         if needle in line:
             return role

@@ -10,7 +10,8 @@ The child (``python -m advrobust._rayhead NUM_CPUS LOG_MONITOR``, in a session o
 that a terminal's Ctrl-C reaches the driver alone) starts the head through Ray's node API
 without the autoscaler monitor, the dashboard's API server and (unless the actors' output is
 forwarded to the driver) the log monitor, and with no idle workers started ahead of the actors
-(~0.7 CPU-s each of these Python processes would cost). It prints the cluster's address, then
+(~0.7 CPU-s each of these Python processes would cost), and with one CPU per actor, so that
+the raylet's worker prestart starts the actors' Python workers as the raylet comes up. It prints the cluster's address, then
 holds the cluster until its standard input closes: when the driver is done, or when the driver
 dies (a crash or SIGKILL closes the pipe too), so the cluster never outlives its campaign.
 Where the node API does not fit the installed Ray, the child exits without an address and the
@@ -29,12 +30,23 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Head", "prestart", "take"]
+__all__ = ["Head", "head_cpus", "prestart", "take"]
 
-#: Raylet settings of a local cluster: no idle Python workers started ahead of the actors
-#: (Ray starts one per CPU by default; the campaign's driver takes one CPU's share).
+#: Raylet settings of a local cluster whose CPUs are not known ahead (``ray.init`` fallback,
+#: one actor per machine CPU): no idle Python workers started ahead of the actors (Ray starts
+#: one per CPU, and the campaign's driver takes one CPU's share).
 LEAN_SYSTEM_CONFIG = {"prestart_worker_first_driver": False, "enable_worker_prestart": False}
 OBJECT_STORE_BYTES = 128 * 1024 ** 2
+
+
+def head_cpus(workers: int) -> int | None:
+    """The local cluster's CPUs for a campaign of ``workers`` (the driver and ``workers - 1``
+    actors): one per actor, so that the raylet's worker prestart (one idle Python worker per
+    cluster CPU, started with the raylet) starts exactly the actors' processes; None (every
+    CPU of the machine, no prestart) for ``workers <= 0``."""
+    if workers <= 0:
+        return None
+    return max(1, workers - 1)
 
 
 class Head:
@@ -100,9 +112,13 @@ def _serve(num_cpus: int, log_monitor: bool) -> int:
     from ray._private.node import Node
     from ray._private.parameter import RayParams
 
+    # with the CPUs given (one per actor), the raylet starts one Python worker per CPU as it
+    # comes up (Ray's worker, ~0.6 CPU-s), while the driver still imports torch: the actors
+    # then start in those instead of waiting for new ones
+    config = {**LEAN_SYSTEM_CONFIG, "enable_worker_prestart": bool(num_cpus)}
     fields: dict[str, Any] = {
         "num_cpus": num_cpus or None, "include_dashboard": False, "no_monitor": True,
-        "include_log_monitor": log_monitor, "_system_config": dict(LEAN_SYSTEM_CONFIG),
+        "include_log_monitor": log_monitor, "_system_config": config,
         "object_store_memory": OBJECT_STORE_BYTES}
     class LeanNode(Node):  # type: ignore[misc]
         def start_api_server(self, **_: Any) -> None:

@@ -72,12 +72,21 @@ class _Worker:
         self.config, self.fn = config, fn
         stage_progress("line" if progress else "off")
         context(config)
+        self.cpu = {"start-up": time.process_time(), "tasks": 0.0}
 
     def ready(self) -> bool:
         return True
 
     def run(self, task: Task) -> Any:
-        return self.fn(self.config, task)
+        begin = time.process_time()
+        try:
+            return self.fn(self.config, task)
+        finally:
+            self.cpu["tasks"] += time.process_time() - begin
+
+    def stats(self) -> dict[str, float]:
+        """CPU seconds of this actor's process: until its context was loaded, and in tasks."""
+        return {**self.cpu, "total": time.process_time()}
 
 
 class RayBackend:
@@ -143,7 +152,8 @@ class RayBackend:
         if not address and not (ray is not None and ray.is_initialized()):
             # a local cluster: its head comes up in a child process while the driver works
             # (the CLI starts it even before importing torch; see advrobust._rayhead)
-            self.head = _rayhead.take(workers if workers > 0 else None, progress)
+            self.head = _rayhead.take(_rayhead.head_cpus(workers) if self.driver_share
+                                      else (workers if workers > 0 else None), progress)
         # Ray and the actors start now, beside the driver's own work (sanity checks, tasks)
         self.watcher = threading.Thread(target=self._watch, name="campaign-ray", daemon=True)
         self.watcher.start()
@@ -177,6 +187,9 @@ class RayBackend:
         logger.debug("close after %.2f s; the driver ran %d task(s) (%.2f CPU-s in its task "
                      "thread; runner thread %.2f CPU-s)", time.perf_counter() - self.t0,
                      self.local_tasks, self.cpu["driver tasks"], time.thread_time())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("driver threads (CPU-s): %s; process %.2f", _thread_cpu(),
+                         time.process_time())
         self.helping = False
         with self.wake:
             self.closing = True
@@ -185,14 +198,26 @@ class RayBackend:
             self.watcher.join()
         if not self.local_busy:  # no task of the driver's died: the journal has done its job
             _write_journal(self.journal, [])
+        if logger.isEnabledFor(logging.DEBUG) and self.actors and not self.ready_refs:
+            try:
+                stats = self.ray.get([a.stats.remote() for a in self.actors], timeout=10)
+                logger.debug("actors (CPU-s): %s", "; ".join(
+                    ", ".join(f"{k} {v:.2f}" for k, v in st.items()) for st in stats))
+            except Exception as exc:  # a debug aid only
+                logger.debug("actor stats: %s", exc)
+        c0 = time.process_time()
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors, self.running = [], {}
+        c1 = time.process_time()
         if self.started:
             self.ray.shutdown()
+        c2 = time.process_time()
         if self.head is not None:
             self.head.stop()
             self.head = None
+        logger.debug("closed: kill %.2f, shutdown %.2f, head %.2f CPU-s; process %.2f CPU-s",
+                     c1 - c0, c2 - c1, time.process_time() - c2, time.process_time())
 
     # -- internals ----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -329,6 +354,20 @@ class _quiet_thread_warning(logging.Filter):
 
     def __exit__(self, *exc: Any) -> None:
         logging.getLogger("ray._private.worker").removeFilter(self)
+
+
+def _thread_cpu() -> str:
+    """CPU seconds of this process's threads by name (Linux; for the debug log)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), collections.Counter[str]()
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return ", ".join(f"{n} {c:.2f}" for n, c in out.most_common())
 
 
 def _key(task: Task) -> str:
