@@ -36,6 +36,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -205,19 +206,19 @@ class RayBackend:
                     ", ".join(f"{k} {v:.2f}" for k, v in st.items()) for st in stats))
             except Exception as exc:  # a debug aid only
                 logger.debug("actor stats: %s", exc)
-        c0 = time.process_time()
+        w0 = time.perf_counter()
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors, self.running = [], {}
-        c1 = time.process_time()
+        w1 = time.perf_counter()
         if self.started:
             self.ray.shutdown()
-        c2 = time.process_time()
+        w2 = time.perf_counter()
         if self.head is not None:
-            self.head.stop()
+            self.head.stop(wait=False)
             self.head = None
-        logger.debug("closed: kill %.2f, shutdown %.2f, head %.2f CPU-s; process %.2f CPU-s",
-                     c1 - c0, c2 - c1, time.process_time() - c2, time.process_time())
+        logger.debug("closed (wall s): kill %.2f, shutdown %.2f, head %.2f", w1 - w0, w2 - w1,
+                     time.perf_counter() - w2)
 
     # -- internals ----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -227,8 +228,9 @@ class RayBackend:
         except BaseException as exc:  # Ray did not start: the driver runs every task
             self.failure = exc if self.driver_share else AdvRobustError(
                 f"Ray could not start ({type(exc).__name__}: {exc}).")
-            logger.warning("Ray could not start (%s: %s)%s", type(exc).__name__, exc,
-                           "; the driver runs every task" if self.driver_share else "")
+            if self.driver_share:
+                warnings.warn(f"Ray could not start ({type(exc).__name__}: {exc}); the driver "
+                              "runs every task", RuntimeWarning, stacklevel=1)
             if not self.driver_share:
                 self.helping = False
             return
