@@ -9,10 +9,11 @@ and loads models and data; the driver then only connects (``ray.init(address=...
 The child (``python -m advrobust._rayhead NUM_CPUS LOG_MONITOR``, in a session of its own so
 that a terminal's Ctrl-C reaches the driver alone) starts the head through Ray's node API
 without the autoscaler monitor, the dashboard's API server and (unless the actors' output is
-forwarded to the driver) the log monitor, and with no idle workers started ahead of the actors
-(~0.7 CPU-s each of these Python processes would cost), and with one CPU per actor, so that
-the raylet's worker prestart starts the actors' Python workers as the raylet comes up. It prints the cluster's address, then
-holds the cluster until its standard input closes: when the driver is done, or when the driver
+forwarded to the driver) the log monitor (~0.7 CPU-s each of these Python processes would
+cost), and with one CPU per actor, so that the raylet's worker prestart starts exactly the
+actors' Python workers as the raylet comes up, while the driver still imports torch. It prints
+the cluster's address, then holds the cluster until its standard input closes: when the driver
+is done, or when the driver
 dies (a crash or SIGKILL closes the pipe too), so the cluster never outlives its campaign.
 Where the node API does not fit the installed Ray, the child exits without an address and the
 driver falls back to ``ray.init``.

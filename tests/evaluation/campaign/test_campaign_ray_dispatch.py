@@ -164,7 +164,7 @@ def test_ray_that_cannot_start(folder: Path, monkeypatch: pytest.MonkeyPatch) ->
         backend.close()
     # a local cluster that does not start: the driver runs every task (with a warning)
     monkeypatch.setattr(_rayhead, "take", lambda *a: types.SimpleNamespace(
-        address=lambda: None, stop=lambda: None))
+        address=lambda: None, stop=lambda wait=True: None))
     with pytest.warns(RuntimeWarning, match="the driver runs every task"):
         backend = RayBackend(config, slow_tag, workers=2, address=None)
         try:

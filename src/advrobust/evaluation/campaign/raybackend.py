@@ -280,8 +280,10 @@ class RayBackend:
             count -= 1
         else:
             self.driver_share = False
-        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0,
-                           enable_task_events=False)(_Worker)
+        # no task events (the state API's per-task records): nothing here reads them
+        options: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": 0,
+                                   "enable_task_events": False}
+        actor = ray.remote(**options)(_Worker)
         self.actors = [actor.remote(self.config, self.fn, self.progress) for _ in range(count)]
         self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         self.capacity = 4 * count + 2
@@ -360,7 +362,7 @@ class _quiet_thread_warning(logging.Filter):
 
 def _thread_cpu() -> str:
     """CPU seconds of this process's threads by name (Linux; for the debug log)."""
-    tick, out = os.sysconf("SC_CLK_TCK"), collections.Counter[str]()
+    tick, out = os.sysconf("SC_CLK_TCK"), collections.defaultdict[str, float](float)
     for stat in Path("/proc/self/task").glob("*/stat"):
         try:
             text = stat.read_text()
@@ -369,7 +371,7 @@ def _thread_cpu() -> str:
         name = text[text.index("(") + 1:text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
         out[name] += (int(fields[11]) + int(fields[12])) / tick
-    return ", ".join(f"{n} {c:.2f}" for n, c in out.most_common())
+    return ", ".join(f"{n} {c:.2f}" for n, c in sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _key(task: Task) -> str:
