@@ -128,7 +128,8 @@ def _python_workers(root: int) -> list[int]:
             line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if _alive(pid) and ("default_worker" in line or
+        exe = line.split("\0")[0].rsplit("/", 1)[-1]  # (the raylet's flags name the worker)
+        if _alive(pid) and ((exe.startswith("python") and "default_worker" in line) or
                             (line.startswith("ray::") and "Agent" not in line)):
             found.append(pid)
     return found
