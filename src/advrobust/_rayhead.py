@@ -76,7 +76,7 @@ class Head:
             return self._address
 
     def stop(self, wait: bool = True) -> None:
-        """Stop the cluster (closes the child's input; it kills the cluster's processes and
+        """Stop the cluster (closes the child's input; it stops the cluster's processes and
         exits). ``wait=False``: return at once, the child is reaped by a thread (a finished
         campaign need not wait the second or more that the processes take to go)."""
         if self.proc.stdin and not self.proc.stdin.closed:
@@ -143,10 +143,9 @@ def _serve(num_cpus: int, log_monitor: bool) -> int:
         print(node.address, flush=True)
         sys.stdin.read()  # until the driver closes the pipe or dies
     finally:
-        # at once (SIGKILL; the raylet's children, its agents and workers, die with it by
-        # Ray's kernel fate-sharing): the campaign's results are in the driver's store, and
-        # Ray's graceful stop (SIGTERM, then a wait per process) took 1-4 s of wall time
-        node.kill_all_processes(check_alive=False, allow_graceful=False)
+        # Ray's graceful stop (SIGTERM, then a wait per process: 1-4 s of wall time under
+        # load); the driver does not wait for it (Head.stop(wait=False))
+        node.kill_all_processes(check_alive=False, allow_graceful=True)
     return 0
 
 
