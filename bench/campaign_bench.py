@@ -31,7 +31,15 @@ import sys
 import time
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import proctree
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[0] / "src"
+# the CLI with the Ray backend's debug log (its timeline) on stderr
+PROFILED = ("import logging, sys; logging.basicConfig(level=logging.WARNING, "
+            "format='%(relativeCreated)7.0f ms %(name)s: %(message)s'); "
+            "logging.getLogger('advrobust.evaluation.campaign.raybackend').setLevel("
+            "logging.DEBUG); from advrobust.cli import main; sys.exit(main(sys.argv[1:]))")
 CONFIG = """
 seed = 0
 batch_size = {batch}
@@ -66,47 +74,31 @@ def _cli(*args: str, check: bool = True) -> tuple[float, str]:
     return time.perf_counter() - t0, done.stdout
 
 
-def _tree_cpu(root: int, seen: dict[int, float]) -> None:
-    """Record the CPU seconds (user + system) of ``root`` and its descendants (Linux /proc)."""
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    family, grew = {root}, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in family} - family
-        family |= new
-        grew = bool(new)
-    for pid in family & cpu.keys():
-        seen[pid] = max(seen.get(pid, 0.0), cpu[pid])
-
-
-def _campaign(config: Path, db: Path, *extra: str) -> tuple[float, float]:
-    """Wall and CPU seconds (the CLI process and every process it started, Ray's included)."""
+def _campaign(config: Path, db: Path, *extra: str, profile: bool = False,
+              src: Path = SRC) -> tuple[float, float]:
+    """Wall and CPU seconds of the CLI process and every process it started, Ray's included
+    (exact: see ``proctree``). ``profile``: print CPU s per component and the driver's Ray
+    timeline (debug log of the Ray backend) on stderr."""
     db.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "advrobust", "campaign", "run", str(config),
-                             "--store", str(db), "--no-progress", *extra], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    seen: dict[int, float] = {}
-    while proc.poll() is None:
-        if Path("/proc").is_dir():
-            _tree_cpu(proc.pid, seen)
-        time.sleep(0.2)
-    wall = time.perf_counter() - t0
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise SystemExit(err)
-    return wall, sum(seen.values())
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)]),
+           "OMP_NUM_THREADS": "1"}
+    args = ["campaign", "run", str(config), "--store", str(db), "--no-progress", *extra]
+    cmd = [sys.executable, "-c", PROFILED, *args] if profile else \
+        [sys.executable, "-m", "advrobust", *args]
+    wall, cpu, tree, done = proctree.run(cmd, env)
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    if profile:
+        print(f"--- {' '.join(extra) or 'serial'}: {wall:.1f} s wall, {cpu:.1f} CPU s (exact)",
+              file=sys.stderr)
+        if tree is not None:
+            for role, (c, n, s) in sorted(tree.by_role().items(), key=lambda kv: -kv[1][0]):
+                print(f"  {role:<22} {c:6.2f} CPU s  {n:2d} process(es), first started "
+                      f"+{s:.2f} s", file=sys.stderr)
+        for line in done.stderr.splitlines():
+            if "raybackend" in line:
+                print("  " + line, file=sys.stderr)
+    return wall, cpu
 
 
 def _store_stats(db: Path) -> dict[str, object]:
@@ -189,6 +181,12 @@ def main() -> None:
     p.add_argument("--skip", default="", help="comma list of: serial, pool, ray, shell")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the backends this many times, interleaved; medians reported")
+    p.add_argument("--profile", action="store_true",
+                   help="per run, on stderr: CPU s per process role (driver, Ray's GCS, "
+                        "raylet, agents, actors) and the Ray backend's timeline")
+    p.add_argument("--compare-src", type=Path, default=None,
+                   help="also run the Ray backend from this other source tree (e.g. an older "
+                        "commit's src/, from `git archive`), interleaved with the others")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "campaign.toml"
@@ -204,11 +202,15 @@ def main() -> None:
     runs = {"serial": (), "pool2": ("--workers", "2"),
             "ray2": ("--backend", "ray", "--workers", "2")}
     runs = {name: extra for name, extra in runs.items() if name.rstrip("2") not in skip}
+    if args.compare_src is not None:
+        runs["ray2-other-src"] = runs.get("ray2", ("--backend", "ray", "--workers", "2"))
     walls: dict[str, list[float]] = {name: [] for name in runs}
     cpus: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):  # backends interleaved: a load change hits them alike
         for name, extra in runs.items():
-            wall, cpu = _campaign(config, args.out / f"{name}.db", *extra)
+            src = args.compare_src.resolve() if name.endswith("other-src") else SRC
+            wall, cpu = _campaign(config, args.out / f"{name}.db", *extra,
+                                  profile=args.profile, src=src)
             walls[name].append(wall)
             cpus[name].append(cpu)
     times = {name: (statistics.median(walls[name]), statistics.median(cpus[name]))

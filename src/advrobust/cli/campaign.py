@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
 
         # the local cluster comes up on the idle cores while this process imports torch
         # (first thing: even advrobust.core imports torch)
-        _rayhead.prestart(workers or None, not args.no_progress)
+        _rayhead.prestart(_rayhead.head_cpus(workers), not args.no_progress)
     from advrobust.core._validation import check_int
     from advrobust.evaluation.campaign import load_config, run_campaign
 

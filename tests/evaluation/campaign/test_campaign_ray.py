@@ -120,6 +120,21 @@ def _family(root: int) -> set[int]:
     return family - {root}
 
 
+def _python_workers(root: int) -> list[int]:
+    """Ray's Python worker processes under ``root`` (not its agents)."""
+    found = []
+    for pid in _family(root):
+        try:
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        exe = line.split("\0")[0].rsplit("/", 1)[-1]  # (the raylet's flags name the worker)
+        if _alive(pid) and ((exe.startswith("python") and "default_worker" in line) or
+                            (line.startswith("ray::") and "Agent" not in line)):
+            found.append(pid)
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -143,6 +158,12 @@ def test_local_head_is_lean_and_ends_with_its_pipe() -> None:
         assert any("raylet" in c for c in lines) and any("gcs_server" in c for c in lines)
         # lean: neither the autoscaler monitor nor the log monitor
         assert not any("monitor.py" in c for c in lines)
+        # the raylet prestarts one Python worker per cluster CPU (here: the one actor's)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _python_workers(head.proc.pid):
+            time.sleep(0.2)
+        time.sleep(1.0)  # and no second one
+        assert len(_python_workers(head.proc.pid)) == 1
     finally:
         head.stop()  # what the driver's exit (or death) does too: the pipe closes
     assert head.proc.returncode == 0

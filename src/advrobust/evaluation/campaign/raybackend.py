@@ -36,6 +36,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,6 @@ from advrobust.evaluation.campaign.config import CampaignConfig
 __all__ = ["RayBackend", "init_options"]
 
 logger = logging.getLogger(__name__)
-
-_POLL = 0.02  # seconds between looks at the driver's own results while waiting on Ray
-
 
 def init_options(workers: int, address: str | None, progress: bool = False
                  ) -> dict[str, Any]:
@@ -75,16 +73,30 @@ class _Worker:
         self.config, self.fn = config, fn
         stage_progress("line" if progress else "off")
         context(config)
+        self.cpu = {"start-up": time.process_time(), "tasks": 0.0}
 
     def ready(self) -> bool:
         return True
 
     def run(self, task: Task) -> Any:
-        return self.fn(self.config, task)
+        begin = time.process_time()
+        try:
+            return self.fn(self.config, task)
+        finally:
+            self.cpu["tasks"] += time.process_time() - begin
+
+    def stats(self) -> dict[str, float]:
+        """CPU seconds of this actor's process: until its context was loaded, and in tasks."""
+        return {**self.cpu, "total": time.process_time()}
 
 
 class RayBackend:
     """Ray actors on a local cluster (``num_cpus=workers``) or on the one at ``address``.
+
+    Three threads in the driver: the runner's (it only hands tasks over and takes finished
+    ones from one queue, blocking), the driver's task thread (:meth:`_help`) and Ray's
+    (:meth:`_watch`: it starts Ray and the actors, then blocks in ``ray.wait`` and hands an
+    actor its next task the moment it returns one). Nothing polls while there is work.
 
     Args:
         config: the campaign.
@@ -107,14 +119,18 @@ class RayBackend:
         self.capacity = 4 * max(1, workers) + 2
         self.waiting: collections.deque[Task] = collections.deque()
         self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)  # a task was submitted, or closing
+        self.closing = False
         self.started = False
         self.actors: list[Any] = []
         self.ready_refs: dict[Any, int] = {}   # ping -> actor, until the actor is up
         self.idle: list[int] = []              # actors that are up and have no task
         self.running: dict[Any, tuple[Task, int]] = {}
-        self.local_done: queue.Queue[tuple[Task, Any]] = queue.Queue()
+        self.done: queue.Queue[tuple[Task, Any]] = queue.Queue()  # both threads feed it
         self.local_busy = 0
+        self.failure: BaseException | None = None  # Ray could not start (raised by next_done)
         self.helper: threading.Thread | None = None
+        self.watcher: threading.Thread | None = None
         self.helping = driver_helps
         # on a local cluster the driver is one of the ``workers``: it keeps running tasks
         # and Ray starts one actor fewer (each actor pays Ray's worker, torch and the
@@ -122,6 +138,7 @@ class RayBackend:
         self.driver_share = driver_helps and not address
         self.head: _rayhead.Head | None = None
         self.local_tasks = 0
+        self.cpu = {"driver tasks": 0.0}
         self.t0 = time.perf_counter()
         if driver_helps:  # from now on: the first tasks need not wait for Ray at all
             self.helper = threading.Thread(target=self._help, name="campaign-driver-task",
@@ -136,17 +153,22 @@ class RayBackend:
         if not address and not (ray is not None and ray.is_initialized()):
             # a local cluster: its head comes up in a child process while the driver works
             # (the CLI starts it even before importing torch; see advrobust._rayhead)
-            self.head = _rayhead.take(workers if workers > 0 else None, progress)
+            self.head = _rayhead.take(_rayhead.head_cpus(workers) if self.driver_share
+                                      else (workers if workers > 0 else None), progress)
+        # Ray and the actors start now, beside the driver's own work (sanity checks, tasks)
+        self.watcher = threading.Thread(target=self._watch, name="campaign-ray", daemon=True)
+        self.watcher.start()
 
     # -- the runner's interface ---------------------------------------------------------------
     def submit(self, task: Task) -> None:
-        with self.lock:
+        with self.wake:
             self.waiting.append(task)
+            self.wake.notify_all()
 
     def in_flight(self) -> int:
         with self.lock:
             return len(self.waiting) + len(self.running) + self.local_busy + \
-                self.local_done.qsize()
+                self.done.qsize()
 
     def drop_queued(self) -> None:
         """Forget tasks not yet handed out (on Ctrl-C); running ones finish."""
@@ -154,46 +176,90 @@ class RayBackend:
             self.waiting.clear()
 
     def next_done(self) -> tuple[Task, Any]:
-        if not self.actors:
-            self._start()
-        while True:
+        while True:  # short waits: a Python signal handler (Ctrl-C) runs between two
             try:
-                return self.local_done.get_nowait()
+                return self.done.get(timeout=0.5)
             except queue.Empty:
                 pass
+            if self.failure is not None and not self.helping:
+                raise self.failure  # Ray did not start and the driver is not working
+
+    def close(self) -> None:
+        logger.debug("close after %.2f s; the driver ran %d task(s) (%.2f CPU-s in its task "
+                     "thread; runner thread %.2f CPU-s)", time.perf_counter() - self.t0,
+                     self.local_tasks, self.cpu["driver tasks"], time.thread_time())
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("driver threads (CPU-s): %s; process %.2f", _thread_cpu(),
+                         time.process_time())
+        self.helping = False
+        with self.wake:
+            self.closing = True
+            self.wake.notify_all()
+        if self.watcher is not None:
+            self.watcher.join()
+        if not self.local_busy:  # no task of the driver's died: the journal has done its job
+            _write_journal(self.journal, [])
+        if logger.isEnabledFor(logging.DEBUG) and self.actors and not self.ready_refs:
+            try:
+                stats = self.ray.get([a.stats.remote() for a in self.actors], timeout=10)
+                logger.debug("actors (CPU-s): %s", "; ".join(
+                    ", ".join(f"{k} {v:.2f}" for k, v in st.items()) for st in stats))
+            except Exception as exc:  # a debug aid only
+                logger.debug("actor stats: %s", exc)
+        w0 = time.perf_counter()
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors, self.running = [], {}
+        w1 = time.perf_counter()
+        if self.started:
+            self.ray.shutdown()
+        w2 = time.perf_counter()
+        if self.head is not None:
+            self.head.stop(wait=False)
+            self.head = None
+        logger.debug("closed (wall s): kill %.2f, shutdown %.2f, head %.2f", w1 - w0, w2 - w1,
+                     time.perf_counter() - w2)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Ray's thread: start Ray and the actors, then feed them until the backend closes."""
+        try:
+            self._start()
+        except BaseException as exc:  # Ray did not start: the driver runs every task
+            self.failure = exc if self.driver_share else AdvRobustError(
+                f"Ray could not start ({type(exc).__name__}: {exc}).")
+            if self.driver_share:
+                warnings.warn(f"Ray could not start ({type(exc).__name__}: {exc}); the driver "
+                              "runs every task", RuntimeWarning, stacklevel=1)
+            if not self.driver_share:
+                self.helping = False
+            return
+        while not self.closing:
             self._promote()
             self._dispatch()
             refs = list(self.running) + list(self.ready_refs)
             if not refs:
-                return self.local_done.get()  # only the driver's thread has work
-            # poll fast while the driver's thread works or actors start, else block (briefly:
-            # a Python signal handler, Ctrl-C, runs between two waits)
-            busy = self.local_busy or self.ready_refs or not self.local_done.empty()
-            ready, _ = self.ray.wait(refs, num_returns=1, timeout=_POLL if busy else 0.5)
+                with self.wake:  # every actor idle and nothing to hand out: wait for a task
+                    if not self.closing and not self.waiting:
+                        self.wake.wait(0.5)
+                continue
+            # blocks without the GIL; short while an actor is idle and waits for a task
+            timeout = 0.02 if self.idle else 0.5
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=timeout)
             for ref in ready:
                 if ref in self.ready_refs:
                     continue  # _promote takes it on the next pass
-                task, actor = self.running.pop(ref)
+                task, actor = self.running[ref]
                 self.idle.append(actor)
+                self._dispatch()  # its next task first, then the result
                 try:
-                    return task, self.ray.get(ref)
+                    outcome = self.ray.get(ref)
                 except Exception as exc:  # RayTaskError, ActorDiedError: the driver retries
-                    return task, exc
+                    outcome = exc
+                with self.lock:  # in one step: in_flight never misses it
+                    del self.running[ref]
+                    self.done.put((task, outcome))
 
-    def close(self) -> None:
-        self.helping = False
-        if not self.local_busy:  # no task of the driver's died: the journal has done its job
-            _write_journal(self.journal, [])
-        for actor in self.actors:
-            self.ray.kill(actor)
-        self.actors, self.running = [], {}
-        if self.started:
-            self.ray.shutdown()
-        if self.head is not None:
-            self.head.stop()
-            self.head = None
-
-    # -- internals ----------------------------------------------------------------------------
     def _start(self) -> None:
         """Start Ray (in this thread) and the actors; the driver's thread already runs."""
         import ray
@@ -201,10 +267,10 @@ class RayBackend:
         self.ray = ray
         if not ray.is_initialized():
             address = self.head.address() if self.head is not None else None
-            if address is None:  # no head child (a Ray its node API does not fit): plain
-                ray.init(**init_options(self.workers, self.address, self.progress))
-            else:
-                ray.init(**init_options(self.workers, address, self.progress))
+            logger.debug("head address after %.2f s", time.perf_counter() - self.t0)
+            kwargs = init_options(self.workers, address or self.address, self.progress)
+            with _quiet_thread_warning():
+                ray.init(**kwargs)
             self.started = True
             logger.debug("ray.init: %.2f s", time.perf_counter() - self.t0)
         count = self.workers
@@ -214,10 +280,14 @@ class RayBackend:
             count -= 1
         else:
             self.driver_share = False
-        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_Worker)
+        # no task events (the state API's per-task records): nothing here reads them
+        options: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": 0,
+                                   "enable_task_events": False}
+        actor = ray.remote(**options)(_Worker)
         self.actors = [actor.remote(self.config, self.fn, self.progress) for _ in range(count)]
         self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         self.capacity = 4 * count + 2
+        logger.debug("%d actor(s) requested after %.2f s", count, time.perf_counter() - self.t0)
 
     def _promote(self) -> None:
         """Actors whose context is loaded join the idle list; when all are, the driver stops."""
@@ -238,15 +308,16 @@ class RayBackend:
 
     def _dispatch(self) -> None:
         while self.idle:
-            with self.lock:
+            with self.lock:  # in one step: in_flight never misses the task
                 if not self.waiting:
                     return
                 task = self.waiting.popleft()
-            actor = self.idle.pop()
-            self.running[self.actors[actor].run.remote(task)] = (task, actor)
+                actor = self.idle.pop()
+                self.running[self.actors[actor].run.remote(task)] = (task, actor)
 
     def _help(self) -> None:
-        """The driver's thread: run waiting tasks until every actor is up.
+        """The driver's thread: run waiting tasks until every actor is up (on a local
+        cluster: until the end).
 
         A task that kills its process must not kill every resume of the campaign: the task
         the driver runs is noted in ``journal`` first and struck off when it returns, and the
@@ -254,24 +325,53 @@ class RayBackend:
         to the actors, whose deaths Ray contains."""
         died = set(_read_journal(self.journal))
         while self.helping:
-            with self.lock:
+            with self.wake:
                 task = next((t for t in self.waiting if _key(t) not in died), None)
-                if task is not None:
-                    self.waiting.remove(task)
-                    self.local_busy += 1
-            if task is None:
-                threading.Event().wait(_POLL)
-                continue
+                if task is None:
+                    self.wake.wait(0.5)
+                    continue
+                self.waiting.remove(task)
+                self.local_busy += 1
             _write_journal(self.journal, sorted(died | {_key(task)}))
+            begin = time.thread_time()
             try:
                 outcome: Any = self.fn(self.config, task)
             except Exception as exc:  # a task's failure is data for the driver
                 outcome = exc
+            self.cpu["driver tasks"] += time.thread_time() - begin
             _write_journal(self.journal, sorted(died))
             with self.lock:
                 self.local_busy -= 1
                 self.local_tasks += 1
-                self.local_done.put((task, outcome))
+                self.done.put((task, outcome))
+
+
+class _quiet_thread_warning(logging.Filter):
+    """Context: hide Ray's warning that ``ray.init`` outside the main thread sets no SIGTERM
+    handler (the driver's Ctrl-C / SIGTERM handling is the runner's, not Ray's)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler" not in record.getMessage()
+
+    def __enter__(self) -> None:
+        logging.getLogger("ray._private.worker").addFilter(self)
+
+    def __exit__(self, *exc: Any) -> None:
+        logging.getLogger("ray._private.worker").removeFilter(self)
+
+
+def _thread_cpu() -> str:
+    """CPU seconds of this process's threads by name (Linux; for the debug log)."""
+    tick, out = os.sysconf("SC_CLK_TCK"), collections.defaultdict[str, float](float)
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return ", ".join(f"{n} {c:.2f}" for n, c in sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _key(task: Task) -> str:
