@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from advrobust.core.threat import Norm
 from advrobust.errors import UnsupportedLayerError
+from advrobust.network._convt import conv_transpose
 from advrobust.network._opnorm import INFLATE, conv_norm, matrix_norm
 
 if TYPE_CHECKING:
@@ -378,8 +379,8 @@ class _ConvLike(AffineOp):
             full = ((self.out_shape[1 + dim] - 1) * self.stride[dim] - 2 * self.padding[dim]
                     + self.dilation[dim] * (w.shape[2 + dim] - 1) + 1)
             out_pad.append(self.in_shape[1 + dim] - full)
-        back = F.conv_transpose2d(flat, w, None, self.stride, self.padding, tuple(out_pad),
-                                  self.groups, self.dilation)
+        back = conv_transpose(flat, w, self.stride, self.padding, tuple(out_pad), self.groups,
+                              self.dilation)
         return back.reshape((n, k) + self.in_shape)
 
     def bias_term(self, a: Tensor) -> Tensor:

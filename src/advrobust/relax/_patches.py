@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from advrobust.network._convt import conv_transpose
 from advrobust.network.ops import AvgPoolOp, ChannelAffineOp, Op, _ConvLike
 from advrobust.network.relu import ReLUOp
 
@@ -161,7 +162,7 @@ class Patches:
         if isinstance(op, AvgPoolOp) and op.tiles():
             back = op.tile_back(flat)
         else:
-            back = F.conv_transpose2d(flat, w, None, op.stride, 0, 0, op.groups, op.dilation)
+            back = conv_transpose(flat, w, op.stride, (0, 0), (0, 0), op.groups, op.dilation)
         _, stride, padding = conv_window(op, self.kernel, self.stride, self.padding)
         out = Patches(back.reshape((b, q) + tuple(back.shape[1:])), self.rows, self.cols,
                       self.grid, stride, padding, op.in_shape)
