@@ -62,32 +62,49 @@ def cached_certify(path: Path, x: torch.Tensor, y: torch.Tensor,
 
 
 def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> dict[str, Any]:
-    """One worker: CERTIFY its images with its own noise stream (seed + worker index)."""
+    """One worker: CERTIFY its images with its own noise stream (seed + worker index).
+
+    With ``--partial DIR --resume`` a worker first takes the certificates its cut-short
+    predecessor left in DIR and certifies only the rest, continuing the saved noise stream
+    (files written before the stream was saved continue with seed + 1000 + worker instead).
+    """
+    from dataclasses import asdict
+
     from advrobust.models import load_checkpoint
-    from advrobust.smoothing import Smoothed
+    from advrobust.smoothing import Smoothed, SmoothingCertificate
 
     path, x, args, worker = job
     torch.set_num_threads(args.threads)
     smoothed = Smoothed(load_checkpoint(path).model, args.sigma)
     gen = torch.Generator().manual_seed(args.seed + worker)
-    parts = []
+    parts: list[Any] = []
+    first, cpu_before = 0, 0.0
+    saved_file = None if args.partial is None else args.partial / f"{Path(path).stem}-w{worker}.pt"
+    if args.resume and saved_file is not None and saved_file.is_file():
+        saved = torch.load(saved_file, weights_only=True)
+        if "cert" in saved:
+            gen.set_state(saved["generator"])
+            cpu_before = float(saved["cpu"])
+            saved = saved["cert"]
+        else:  # written before the noise stream was saved
+            gen = torch.Generator().manual_seed(args.seed + 1000 + worker)
+        parts.append(SmoothingCertificate(**saved))
+        first = len(parts[0].prediction)
+        print(f"  {Path(path).name} [worker {worker}]: resumed after {first} images", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(x), args.chunk):
+    for start in range(first, len(x), args.chunk):
         parts.append(smoothed.certify(x[start:start + args.chunk], n0=args.n0, n=args.n,
                                       alpha=args.alpha, batch_size=args.batch_size,
                                       generator=gen))
         done = min(start + args.chunk, len(x))
-        if args.partial is not None:  # keep finished chunks if the run is cut short
-            from dataclasses import asdict
-
-            from advrobust.smoothing import SmoothingCertificate
-
-            args.partial.mkdir(parents=True, exist_ok=True)
-            torch.save(asdict(SmoothingCertificate.concat(parts)),
-                       args.partial / f"{Path(path).stem}-w{worker}.pt")
+        if saved_file is not None:  # keep finished chunks if the run is cut short
+            saved_file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"cert": asdict(SmoothingCertificate.concat(parts)),
+                        "generator": gen.get_state(),
+                        "cpu": cpu_before + time.process_time() - cpu}, saved_file)
         print(f"  {Path(path).name} [worker {worker}]: {done}/{len(x)} images, "
-              f"{(time.perf_counter() - wall) / done:.2f} s/image wall", flush=True)
-    return {"parts": parts, "cpu": time.process_time() - cpu}
+              f"{(time.perf_counter() - wall) / (done - first):.2f} s/image wall", flush=True)
+    return {"parts": parts, "cpu": cpu_before + time.process_time() - cpu}
 
 
 def certify_model(path: Path, x: torch.Tensor, y: torch.Tensor,
@@ -181,6 +198,8 @@ def main() -> None:
     parser.add_argument("--partial", type=Path, default=None, metavar="DIR",
                         help="after every chunk, save each worker's certificates so far to "
                              "DIR/<checkpoint>-w<worker>.pt (kept if the run is cut short)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --partial: continue from the certificates saved there")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "smoothing.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -157,6 +157,10 @@ def register(sub: Any) -> None:
     p.add_argument("--shift", type=int, default=0, metavar="PIXELS",
                    help="data augmentation: move every training image by a random offset of "
                         "up to PIXELS in each direction, zeros filled in (default: 0, none)")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (decay per step, "
+                        "in [0, 1), e.g. 0.999) and write it as the checkpoint's weights "
+                        "(default: none, the last iterate)")
     _add_defense_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_json_arg(p)
@@ -317,7 +321,7 @@ def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, A
                   batch_size=args.batch_size, momentum=args.momentum,
                   weight_decay=args.weight_decay, lr_drop_epochs=drops, seed=args.seed,
                   objective=objective, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-                  shift=args.shift,
+                  shift=args.shift, ema=args.ema,
                   progress=not args.no_progress and not args.json, checkpoint_path=args.out,
                   arch=args.model, arch_kwargs=kwargs,
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),

@@ -22,6 +22,7 @@ from advrobust.core.modes import model_device
 from advrobust.core.progress import progress_bar
 from advrobust.errors import InvalidParameterError, TrainingDivergedError
 from advrobust.training._data import as_tensors, check_model_fits, error_rate
+from advrobust.training.ema import WeightEMA, check_ema_decay
 from advrobust.training.history import EpochStats, History
 from advrobust.training.objective import Objective
 from advrobust.training.objectives import Standard
@@ -46,7 +47,7 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
         checkpoint_path: str | os.PathLike[str] | None = None, arch: str | None = None,
         arch_kwargs: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
         on_epoch_end: Callable[[EpochStats], None] | None = None,
-        resume: Mapping[str, Any] | None = None) -> History:
+        resume: Mapping[str, Any] | None = None, ema: float | None = None) -> History:
     """Train ``model`` in place with SGD on ``objective``; evaluate on ``test`` every epoch.
 
     The course's recipe is the default (plain SGD, lr 0.1, batches of 100, cross-entropy);
@@ -98,6 +99,12 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
             optimizer state, learning-rate schedule and random streams, so an interrupted run
             resumed this way ends with the weights an uninterrupted run would have. The
             hyper-parameters must be the ones it was written with.
+        ema: If given, keep an exponential moving average of the weights with this decay per
+            step, in [0, 1) (see :class:`~advrobust.training.ema.WeightEMA`; 0.999 averages
+            over roughly the last 1,000 steps). The per-epoch test error is that of the
+            average, every checkpoint's weights are the average (the last iterate, needed to
+            resume, is its ``training_state["weights"]``), and ``model`` holds the average at
+            the end. None (default): no averaging.
 
     Returns:
         The per-epoch :class:`History`.
@@ -112,7 +119,7 @@ def fit(model: nn.Module, train: Any, *, test: Any = None, objective: Objective 
             epoch), also written to ``checkpoint_path`` if given.
     """
     plan = _Plan.make(epochs, lr, batch_size, momentum, weight_decay, lr_drop_epochs,
-                      lr_drop_factor, seed, progress, optimizer, lr_schedule, shift)
+                      lr_drop_factor, seed, progress, optimizer, lr_schedule, shift, ema)
     objective = _check_objective(objective)
     if not any(p.requires_grad for p in model.parameters()):
         raise InvalidParameterError("fit needs a model with trainable parameters; this one has "
@@ -169,11 +176,13 @@ class _Plan:
     optimizer: str = "sgd"
     lr_schedule: str = "step"
     shift: int = 0
+    ema: float | None = None
 
     @classmethod
     def make(cls, epochs: int, lr: float, batch_size: int, momentum: float, weight_decay: float,
              lr_drop_epochs: Any, lr_drop_factor: float, seed: int, progress: bool,
-             optimizer: str = "sgd", lr_schedule: str = "step", shift: int = 0) -> _Plan:
+             optimizer: str = "sgd", lr_schedule: str = "step", shift: int = 0,
+             ema: float | None = None) -> _Plan:
         epochs = check_int(epochs, "epochs", "fit", low=1)
         optimizer = check_choice(optimizer, "optimizer", "fit", ("sgd", "adam"))
         lr_schedule = check_choice(lr_schedule, "lr_schedule", "fit", ("step", "cyclic"))
@@ -196,7 +205,7 @@ class _Plan:
             seed=check_int(seed, "seed", "fit", low=0),
             progress=check_bool(progress, "progress", "fit"),
             optimizer=optimizer, lr_schedule=lr_schedule,
-            shift=check_int(shift, "shift", "fit", low=0))
+            shift=check_int(shift, "shift", "fit", low=0), ema=check_ema_decay(ema))
 
     def rate(self, epoch: int, fraction: float) -> float:
         """The learning rate at ``epoch`` (0-based) after ``fraction`` of its batches."""
@@ -242,6 +251,7 @@ def _check_resume(resume: Mapping[str, Any] | None, plan: _Plan) -> Mapping[str,
             f"by fit (keys {list(keys)}). Got {type(resume).__name__} instead.")
     saved, now = dict(resume["plan"]), plan.as_dict()
     saved.setdefault("shift", 0)  # written before the option existed
+    saved.setdefault("ema", None)
     differ = [f"{k}: {saved.get(k)!r} then, {v!r} now" for k, v in now.items()
               if saved.get(k) != v]
     if differ:
@@ -263,11 +273,14 @@ def _objective_rngs(objective: Objective) -> dict[str, Any]:
 
 def _training_state(epoch: int, plan: _Plan, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, objective: Objective,
-                    history: History) -> dict[str, Any]:
-    return {"epoch": epoch, "plan": plan.as_dict(), "optimizer": optimizer.state_dict(),
-            "shuffle_rng": generator.get_state(),
-            "objective_rngs": {k: v.get_state() for k, v in _objective_rngs(objective).items()},
-            "history": history.to_dict()}
+                    history: History, weights: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    state = {"epoch": epoch, "plan": plan.as_dict(), "optimizer": optimizer.state_dict(),
+             "shuffle_rng": generator.get_state(),
+             "objective_rngs": {k: v.get_state() for k, v in _objective_rngs(objective).items()},
+             "history": history.to_dict()}
+    if weights is not None:  # the last iterate, when the checkpoint's weights are an EMA
+        state["weights"] = weights
+    return state
 
 
 def _restore(resume: Mapping[str, Any], optimizer: torch.optim.Optimizer,
@@ -288,8 +301,12 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
     optimizer = plan.optimizer_for(model)
     generator = torch.Generator().manual_seed(plan.seed)
     history, first = History(), 0
+    ema = None if plan.ema is None else WeightEMA(model, plan.ema)
     if resume is not None:
         first, history = _restore(resume, optimizer, generator, objective)
+        if ema is not None:  # the checkpoint's weights are the average; its state the iterate
+            ema.load(model.state_dict())
+            model.load_state_dict(resume["weights"])
     for epoch in range(first, plan.epochs):
         start = time.perf_counter()
         rate = plan.rate(epoch, 0.0)
@@ -298,7 +315,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
                            disable=not plan.progress, leave=True)
         try:
             loss, err = _train_epoch(model, x, y, objective, optimizer, generator, plan, epoch,
-                                     device, bar)
+                                     device, bar, ema)
         except _Diverged as div:
             bar.close()
             if save is not None:
@@ -309,6 +326,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
                 + ("" if save is None else ", also written to the checkpoint")
                 + f". Try a smaller learning rate (lr was "
                 f"{optimizer.param_groups[0]['lr']:g}).") from None
+        weights = None if ema is None else _swap_in(model, ema)  # model: the average
         test_err = None if test is None else error_rate(model, *test, device, plan.batch_size)
         stats = EpochStats(epoch + 1, rate, loss, err, test_err, time.perf_counter() - start)
         history.epochs.append(stats)
@@ -317,10 +335,21 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, test: tuple[Tensor, Tensor] | N
         logger.info("epoch %d/%d: %s", epoch + 1, plan.epochs, _summary(stats))
         if save is not None:
             save(history, state=_training_state(epoch + 1, plan, optimizer, generator,
-                                                objective, history))
+                                                objective, history, weights))
+        if weights is not None:
+            model.load_state_dict(weights)
         if on_epoch_end is not None:
             on_epoch_end(stats)
+    if ema is not None:
+        model.load_state_dict(ema.shadow)
     return history
+
+
+def _swap_in(model: nn.Module, ema: WeightEMA) -> dict[str, Tensor]:
+    """Load the average into ``model``; return the model's own weights (the last iterate)."""
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.shadow)
+    return own
 
 
 def _summary(stats: EpochStats) -> str:
@@ -331,7 +360,8 @@ def _summary(stats: EpochStats) -> str:
 
 def _train_epoch(model: nn.Module, x: Tensor, y: Tensor, objective: Objective,
                  optimizer: torch.optim.Optimizer, generator: torch.Generator, plan: _Plan,
-                 epoch: int, device: torch.device, bar: Any) -> tuple[float, float]:
+                 epoch: int, device: torch.device, bar: Any,
+                 ema: WeightEMA | None = None) -> tuple[float, float]:
     """One pass over shuffled batches; returns (mean loss, train error)."""
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     order = torch.randperm(len(y), generator=generator)
@@ -357,6 +387,8 @@ def _train_epoch(model: nn.Module, x: Tensor, y: Tensor, objective: Objective,
             if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
                 model.load_state_dict(snapshot)
                 raise _Diverged(b + 1, value, "the weights from the start of this epoch")
+            if ema is not None:
+                ema.update(model)
             total_loss += value * len(yb)
             wrong += last.wrong(model, xb, yb)
             seen += len(yb)
