@@ -11,9 +11,9 @@ copy of the chain-only engine, and the gain over CROWN on random DAG networks.
 
 Run (from the repo root; the baseline is main before the change)::
 
-    git show 807e9be:src/advrobust/relax/alpha_crown.py > /tmp/alpha_crown_old.py
+    git show 807e9be:src/advrobust/relax/alpha_crown.py > runs/alpha_crown_old.py
     nice -n 10 env PYTHONPATH=$PWD/src OMP_NUM_THREADS=1 python bench/alpha_crown_graph.py \\
-        --baseline /tmp/alpha_crown_old.py
+        --baseline runs/alpha_crown_old.py
 """
 
 from __future__ import annotations

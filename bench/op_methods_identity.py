@@ -5,10 +5,10 @@ bounds, global / local Lipschitz constants, MinMax blocks and an alpha-CROWN bou
 (Normalize, Conv+BN, AvgPool, grouped strided conv, unfolded BN) and a MinMax MLP; run it on two
 source trees and compare::
 
-    git archive 807e9be src | tar -x -C /tmp/old
-    nice -n 10 env PYTHONPATH=/tmp/old/src python bench/op_methods_identity.py /tmp/old.pt
-    nice -n 10 env PYTHONPATH=$PWD/src python bench/op_methods_identity.py /tmp/new.pt
-    python bench/op_methods_identity.py --compare /tmp/old.pt /tmp/new.pt
+    git archive 807e9be src | tar -x -C runs/old
+    nice -n 10 env PYTHONPATH=runs/old/src python bench/op_methods_identity.py runs/old.pt
+    nice -n 10 env PYTHONPATH=$PWD/src python bench/op_methods_identity.py runs/new.pt
+    python bench/op_methods_identity.py --compare runs/old.pt runs/new.pt
 """
 
 import sys
