@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from _tiny_nets import relu_mlp
 from advrobust.core.result import VERIFY_TOLERANCE, AttackResult, Verdict
 from advrobust.core.spec import Spec, margin
 from advrobust.core.threat import LpBall
@@ -22,25 +22,11 @@ from advrobust.errors import InvalidInputError, InvalidParameterError
 from advrobust.evaluation.verify import METHODS, verify_dataset, verify_property
 from advrobust.network.vnnlib import parse_vnnlib
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine extra threads only oversubscribe it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int, d: int = 6, h: int = 8, k: int = 3) -> nn.Sequential:
-    gen = torch.Generator().manual_seed(seed)
-    layers = [nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k)]
-    with torch.no_grad():
-        for layer in layers:
-            if isinstance(layer, nn.Linear):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
-                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.5)
-    return nn.Sequential(*layers).eval()
+    return relu_mlp(seed, d, h, k)
 
 
 def _batch(seed: int, n: int = 12, d: int = 6) -> torch.Tensor:

@@ -4,7 +4,6 @@ point runs it, and it keeps to its budget."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 import advrobust.verify.cascade as cascade_module
+from _tiny_nets import relu_mlp
 from advrobust.core.result import Verdict
 from advrobust.core.threat import LpBall
 from advrobust.evaluation.verify import verify_dataset, verify_property
@@ -20,24 +20,11 @@ from advrobust.network.vnnlib import parse_vnnlib
 from advrobust.relax import CROWN, IBP, LPRelaxation
 from advrobust.verify import Bracket, Budget, Policy, Problem, run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int, d: int = 5, h: int = 10, k: int = 3) -> nn.Sequential:
-    gen = torch.Generator().manual_seed(seed)
-    layers = [nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k)]
-    with torch.no_grad():
-        for layer in layers:
-            if isinstance(layer, nn.Linear):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
-                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.5)
-    return nn.Sequential(*layers).eval()
+    return relu_mlp(seed, d, h, k)
 
 
 def _case(seed: int, eps: float = 0.3) -> tuple[nn.Module, torch.Tensor, torch.Tensor, LpBall]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from torch import nn
 
 import advrobust.exact.bab as bab_module
 import advrobust.relax.crown as crown_module
+from _tiny_nets import relu_mlp
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError, InvalidParameterError
@@ -19,24 +20,11 @@ from advrobust.relax import CROWN, IBP
 from advrobust.verify import BoundRecord, Policy, Problem, run
 from advrobust.verify.grid import Step
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int, d: int = 5, h: int = 10, k: int = 3) -> nn.Sequential:
-    gen = torch.Generator().manual_seed(seed)
-    layers = [nn.Linear(d, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, k)]
-    with torch.no_grad():
-        for layer in layers:
-            if isinstance(layer, nn.Linear):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen))
-                layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.5)
-    return nn.Sequential(*layers).eval()
+    return relu_mlp(seed, d, h, k)
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, calls: list[str],
