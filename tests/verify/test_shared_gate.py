@@ -73,3 +73,10 @@ def test_a_relaxation_run_copies_the_model_once_and_evaluates_once(
     reference = CROWN()(model, x, y, ball)
     assert torch.equal(bracket.lower, reference.lower)
     assert torch.equal(bracket.upper, reference.upper)
+
+
+def test_a_gate_of_another_model_is_refused() -> None:
+    model, x, y, ball = _setup(0)
+    other, _, _, _ = _setup(1)  # same shapes, other weights: its bounds would be another net's
+    with pytest.raises(InvalidParameterError, match="not a WitnessGate of this model"):
+        CROWN()(model, x, y, ball, gate=WitnessGate(other))

@@ -141,6 +141,18 @@ def _check_ir(network: Network | Graph, model: nn.Module, x: Tensor, clean: Tens
             "nn.Sequential models and modules torch.fx traces into registered ops.")
 
 
+def _check_gate(gate: WitnessGate, x: Tensor, clean: Tensor, who: str) -> None:
+    """Refuse a caller's gate that is not this model's: bounds and witness values would
+    belong to another network (one float64 forward of the clean batch)."""
+    with torch.no_grad():
+        out = gate.model(x.to(BOUND_DTYPE))
+    tol = 1e-4 * (1 + clean.abs().amax())
+    if out.shape != clean.shape or bool(((out - clean.to(out)).abs() > tol).any()):
+        raise InvalidParameterError(
+            f"{who}: 'gate' is not a WitnessGate of this model (its outputs at x differ from "
+            "the model's); pass the gate built from this model, or none.")
+
+
 class Bounder(Configurable, abc.ABC):
     """Base class of every verifier: ``bounder(model, x, y, threat, spec=None) -> BoundResult``."""
 
@@ -208,6 +220,8 @@ class Bounder(Configurable, abc.ABC):
                 raise InvalidParameterError(
                     f"{name}: 'gate' must be a WitnessGate of the model or None; got "
                     f"{type(gate).__name__}.")
+            else:
+                _check_gate(gate, x, clean, name)
             network = gate.ir(tuple(x.shape[1:]), name, graph_ok)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
             if layer_bounds is not None and (isinstance(network, Graph)
