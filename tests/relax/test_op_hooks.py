@@ -20,7 +20,8 @@ from advrobust.relax._rounding import op_gamma, sound_interval
 from advrobust.relax.ibp import interval_layer_bounds
 from advrobust.relax.lipschitz import jacobian_bound, lipschitz_constants
 
-MODULES = ("lipschitz.py", "_opnorm.py", "_rounding.py", "alpha_crown.py")
+MODULES = ("lipschitz.py", "_opnorm.py", "_rounding.py", "alpha_crown.py", "_patch_crown.py",
+           "_patches.py")
 
 
 @pytest.mark.parametrize("name", MODULES)

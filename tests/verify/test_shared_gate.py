@@ -1,5 +1,6 @@
-"""Bounders take the problem's witness gate: one float64 copy of the model per run, and the
-bounder's witness is not evaluated a second time by the bracket; results are unchanged."""
+"""Bounders take the problem's witness gate: one float64 copy of the model (and one IR of it)
+per run, and the bounder's witness is not evaluated a second time by the bracket; results are
+unchanged."""
 
 from __future__ import annotations
 
@@ -80,3 +81,23 @@ def test_a_gate_of_another_model_is_refused() -> None:
     other, _, _, _ = _setup(1)  # same shapes, other weights: its bounds would be another net's
     with pytest.raises(InvalidParameterError, match="not a WitnessGate of this model"):
         CROWN()(model, x, y, ball, gate=WitnessGate(other))
+
+
+def test_a_bound_call_builds_the_network_ir_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.relax.base as base
+
+    model, x, y, ball = _setup(2)
+    builds: list[int] = []
+    real = base.verifiable_ir
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        builds.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base, "verifiable_ir", counting)
+    CROWN()(model, x, y, ball)
+    assert len(builds) == 1  # the gate's IR is the one the bound pass runs on
+    gate = WitnessGate(model)
+    CROWN()(model, x, y, ball, gate=gate)
+    IBP()(model, x, y, ball, gate=gate)
+    assert len(builds) == 2  # one more for the new gate, shared by both calls

@@ -25,7 +25,6 @@ from torch import Tensor
 from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
 from advrobust.network.ir import Network
-from advrobust.network.ops import AffineOp
 from advrobust.relax._rounding import (
     abs_dot,
     add_offset,
@@ -148,6 +147,7 @@ class BetaBounder:
                  ) -> None:
         self.net, self.x0, self.threat = network, x0, threat
         self.relus = check_chain(network)
+        self.graph_ops = network.graph_ops  # the registered ops (the linear steps of a pass)
         self.c, self.d = c.to(x0.dtype), d.to(x0.dtype)
         self.root = root
         self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
@@ -272,14 +272,14 @@ class BetaBounder:
                     a = a - (beta[j] * split[j].to(beta[j].dtype)).reshape(shape)
                     if sound:
                         err = err + rel.gamma * abs_dot(a, rel.beta_mag)
-            else:
-                assert isinstance(op, AffineOp)
+            else:  # a linear op (check_chain: every nonlinear op is a ReLU of `relus`)
                 if sound and j in self.mags:
                     mag = self.mags[j]
                     err = err + op_gamma(op, a.dtype) * abs_dot(a, mag.expand(
                         (b,) + tuple(mag.shape[1:])))
-                c = op.bias_term(a)
-                a = op.backward(a)
+                (back,), c = self.graph_ops[j].backward(a)
+                assert back is not None
+                a = back
             const = const + c
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
         value = concretize(self.threat, x0, a, const, err)[:, 0]

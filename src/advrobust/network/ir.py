@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from advrobust.errors import InvalidInputError, UnsupportedLayerError
 from advrobust.network.ops import (
-    AffineOp,
     AvgPoolOp,
     ChannelAffineOp,
     ConvOp,
@@ -186,9 +185,7 @@ def _convert(path: str, layer: nn.Module, shape: tuple[int, ...], prev: Op | Non
         if layer.running_mean is None or layer.running_var is None:
             raise _unsupported(path, layer, "batch-norm without running statistics")
         _check_channels(layer, path, shape, layer.num_features)
-        if isinstance(prev, (LinearOp, ConvOp)) and prev.bn is None:
-            prev.bn = layer
-            prev.name = f"{prev.name}+{path}"
+        if prev is not None and prev.fold_batchnorm(layer, path):
             return None
         return ChannelAffineOp(_bn_params(layer), shape, path)
     if kind == "Normalize" and isinstance(getattr(layer, "mean", None), Tensor) \
@@ -227,7 +224,3 @@ def from_module(model: nn.Module, input_shape: Sequence[int]) -> Network:
             f"The network must end in flat outputs (classes,); its output shape is {shape}.")
     return Network(ops, tuple(int(s) for s in input_shape), module=model)
 
-
-def affine_ops(network: Network) -> list[AffineOp]:
-    """The affine ops of ``network`` (helper for tests and encodings)."""
-    return [op for op in network.ops if isinstance(op, AffineOp)]

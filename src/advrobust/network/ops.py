@@ -22,6 +22,7 @@ differentiable w.r.t. the network's parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,6 +51,19 @@ __all__ = [
 ]
 
 
+#: A window's ``(size, stride, padding)``, each (rows, columns).
+Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def _fold(op: LinearOp | ConvOp, bn: nn.Module, name: str) -> bool:
+    """Fold ``bn`` (called ``name``) into a linear or convolutional op that has none yet."""
+    if op.bn is not None:
+        return False
+    op.bn = bn
+    op.name = f"{op.name}+{name}"
+    return True
+
+
 def bn_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
     """Per-channel ``(scale, shift)`` of an eval-mode batch-norm: ``bn(x) = scale * x + shift``."""
     var = bn.running_var  # type: ignore[union-attr]
@@ -73,6 +87,10 @@ class Op:
     #: True for the elementwise activation (ReLU); the ops after the last one fold into spec
     #: rows.
     nonlinear: bool = False
+    #: True if the op's linear relaxation has its slopes in [0, 1], so coefficients never grow
+    #: in magnitude through a backward step (ReLU): the patch pass charges the rounding
+    #: allowance of the affine op before it at this op.
+    bounded_slopes: bool = False
 
     def __init__(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...], name: str) -> None:
         self.in_shape = tuple(in_shape)
@@ -135,6 +153,62 @@ class Op:
         LP / MILP encoding of a :class:`~advrobust.network.ir.Network` goes through it)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement to_graph_op()")
 
+    # --- receptive-field windows (CROWN's patch pass, :mod:`advrobust.relax._patch_crown`)
+
+    @property
+    def patchable(self) -> bool:
+        """True if CROWN's patch pass can carry coefficients back through the op as
+        receptive-field windows: an affine op then gives :meth:`patch_window`,
+        :meth:`window_backward` and :meth:`channel_bias`, a nonlinear one
+        :meth:`patch_relaxation`."""
+        return False
+
+    def patch_window(self, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int]) -> Window | None:
+        """Window size, stride and padding on the op's input of a window ``kernel`` at
+        ``stride`` / ``padding`` on its output, or None if windows pass unchanged (an
+        elementwise op)."""
+        return None
+
+    def window_backward(self, flat: Tensor) -> Tensor:
+        """``a W`` on windows: coefficients (M, C_out, kh, kw) on windows of the output ->
+        (M, C_in, kh', kw') on the windows :meth:`patch_window` gives (not yet masked)."""
+        raise NotImplementedError(f"{type(self).__name__} does not act on patches")
+
+    def channel_bias(self) -> Tensor | None:
+        """The bias as one constant per output channel (C_out,), or None (no bias)."""
+        return None
+
+    def patch_relaxation(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """A nonlinear op's CROWN relaxation ``low z <= op(z) <= up z + up_b`` for input
+        bounds (N, C, H, W): ``(low, up - low, up_b)``, each (N, C, H, W)."""
+        raise NotImplementedError(f"{type(self).__name__} does not act on patches")
+
+    # --- Lipschitz training (:class:`~advrobust.training.gloro.GloRo`)
+
+    def l2_estimate(self, v: Tensor | None, init: Callable[[tuple[int, ...]], Tensor],
+                    iterations: int) -> tuple[Tensor | None, Tensor | None]:
+        """A differentiable estimate of ``||op||_{2->2}`` for Lipschitz-margin training, and
+        the power-iteration vector to keep for the next call.
+
+        Args:
+            v: the vector kept from the last call, or None.
+            init: ``init(shape)`` draws a starting vector (1, *shape) (called only if needed).
+            iterations: power iterations from ``v``.
+
+        Returns:
+            ``(estimate, vector)``; estimate None: the op counts 1 (ReLU, a reshape);
+            vector None: none to keep.
+        """
+        raise UnsupportedLayerError(
+            f"{type(self).__name__} ({self.name}): no l2 norm estimate for this op kind.")
+
+    def fold_batchnorm(self, bn: nn.Module, name: str) -> bool:
+        """Fold an eval-mode batch-norm ``bn`` (called ``name``) that follows the op into it
+        (applied at call time, from the live buffers); False if the op cannot take one (the
+        batch-norm then stays an op of its own)."""
+        return False
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}: {self.in_shape} -> {self.out_shape})"
 
@@ -192,6 +266,20 @@ class AffineOp(Op):
     def jacobian_backward(self, mid: Tensor, rad: Tensor, lo: Tensor, hi: Tensor
                           ) -> tuple[Tensor, Tensor]:
         return self.backward(mid), self.abs_backward(rad)
+
+    def l2_estimate(self, v: Tensor | None, init: Callable[[tuple[int, ...]], Tensor],
+                    iterations: int) -> tuple[Tensor | None, Tensor | None]:
+        """Power iteration on ``W^T W`` from ``v`` (no gradient), then ``||W v||``, which is
+        differentiable w.r.t. the parameters with ``v`` fixed (spectral normalisation,
+        Miyato et al. 2018)."""
+        if v is None:
+            v = init(self.in_shape).to(self._device())
+        with torch.no_grad():
+            for _ in range(iterations):
+                v = v / v.norm().clamp_min(1e-12)
+                v = self.backward(self.linear(v).unsqueeze(0))[0]
+            v = v / v.norm().clamp_min(1e-12)
+        return self.linear(v).norm(), v
 
     def to_graph_op(self) -> GraphOp:
         from advrobust.network.graph.ops.chain import AffineAdapter
@@ -262,6 +350,10 @@ class FlattenOp(AffineOp):
     def operator_norm(self, norm: Norm) -> float:
         return 1.0
 
+    def l2_estimate(self, v: Tensor | None, init: Callable[[tuple[int, ...]], Tensor],
+                    iterations: int) -> tuple[Tensor | None, Tensor | None]:
+        return None, None
+
     def linear(self, x: Tensor) -> Tensor:
         return x.reshape((x.shape[0],) + self.out_shape)
 
@@ -295,6 +387,9 @@ class LinearOp(AffineOp):
         super().__init__(in_shape, (module.out_features,), name)
         self.module = module
         self.bn = bn
+
+    def fold_batchnorm(self, bn: nn.Module, name: str) -> bool:
+        return _fold(self, bn, name)
 
     def weight_bias(self) -> tuple[Tensor, Tensor | None]:
         """The effective (folded) weight (out, in) and bias (out,), from the live modules."""
@@ -361,6 +456,27 @@ class _ConvLike(AffineOp):
     def operator_norm(self, norm: Norm) -> float:
         return conv_norm(self, norm) * (1 + INFLATE)
 
+    @property
+    def patchable(self) -> bool:
+        return len(self.in_shape) == 3
+
+    def patch_window(self, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int]) -> Window | None:
+        k = self.kernel().shape[2:]
+        size = tuple((kernel[d] - 1) * self.stride[d] + self.dilation[d] * (k[d] - 1) + 1
+                     for d in range(2))
+        new_stride = tuple(stride[d] * self.stride[d] for d in range(2))
+        new_pad = tuple(padding[d] * self.stride[d] + self.padding[d] for d in range(2))
+        return size, new_stride, new_pad  # type: ignore[return-value]
+
+    def window_backward(self, flat: Tensor) -> Tensor:
+        return conv_transpose(flat, self.kernel().to(flat), self.stride, (0, 0), (0, 0),
+                              self.groups, self.dilation)
+
+    def channel_bias(self) -> Tensor | None:
+        b = self.bias()
+        return None if b is None else b.reshape(-1)
+
     def linear(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.kernel(), None, self.stride, self.padding, self.dilation,
                         self.groups)
@@ -408,6 +524,9 @@ class ConvOp(_ConvLike):
         self.padding = module.padding  # type: ignore[assignment]
         self.dilation = module.dilation  # type: ignore[assignment]
         self.groups = module.groups
+
+    def fold_batchnorm(self, bn: nn.Module, name: str) -> bool:
+        return _fold(self, bn, name)
 
     def kernel(self) -> Tensor:
         w = self.module.weight
@@ -463,6 +582,9 @@ class AvgPoolOp(_ConvLike):
         up = (flat * (1.0 / (kh * kw))).reshape(m, c, h, 1, w, 1)  # scale before the copy
         return up.expand(-1, -1, -1, kh, -1, kw).reshape(m, c, h * kh, w * kw)
 
+    def window_backward(self, flat: Tensor) -> Tensor:
+        return self.tile_back(flat) if self.tiles() else super().window_backward(flat)
+
     def backward(self, a: Tensor) -> Tensor:
         if not self.tiles():
             return super().backward(a)
@@ -500,6 +622,20 @@ class ChannelAffineOp(AffineOp):
 
     def operator_norm(self, norm: Norm) -> float:
         return float(self.scale_shift()[0].detach().double().abs().amax()) * (1 + INFLATE)
+
+    def l2_estimate(self, v: Tensor | None, init: Callable[[tuple[int, ...]], Tensor],
+                    iterations: int) -> tuple[Tensor | None, Tensor | None]:
+        return self.scale_shift()[0].abs().amax(), None
+
+    @property
+    def patchable(self) -> bool:
+        return len(self.in_shape) == 3
+
+    def window_backward(self, flat: Tensor) -> Tensor:
+        return flat * self.scale_shift()[0].reshape(1, -1, 1, 1).to(flat)
+
+    def channel_bias(self) -> Tensor | None:
+        return self.scale_shift()[1].reshape(-1)
 
     def linear(self, x: Tensor) -> Tensor:
         return x * self.scale_shift()[0]

@@ -9,6 +9,7 @@ exactly the triangle, so the LP and the MILP differ only in integrality.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,9 +38,22 @@ class ReLUOp(Op):
 
     exact = True
     nonlinear = True
+    bounded_slopes = True
 
     def __init__(self, shape: tuple[int, ...], name: str) -> None:
         super().__init__(shape, shape, name)
+
+    @property
+    def patchable(self) -> bool:
+        return len(self.in_shape) == 3
+
+    def patch_relaxation(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        rel = self.relaxation(lo, hi)
+        return rel.low, rel.up - rel.low, rel.up_b
+
+    def l2_estimate(self, v: Tensor | None, init: Callable[[tuple[int, ...]], Tensor],
+                    iterations: int) -> tuple[Tensor | None, Tensor | None]:
+        return None, None  # 1-Lipschitz
 
     def forward(self, x: Tensor) -> Tensor:
         return x.clamp_min(0)

@@ -2,10 +2,12 @@
 
 The driver of :class:`~advrobust.relax._patches.Patches` for :func:`advrobust.relax.crown._refine`
 (Xu et al. 2020, "Automatic perturbation analysis for scalable certified robustness and beyond"):
-the unit rows of a layer's neurons are carried back through convolutions, ReLU relaxations,
-per-channel affine maps and average pooling as receptive-field windows, with the same relaxations
-and rounding allowances as the dense back-substitution, until a window would cover a whole layer
-or an op (Flatten, Linear) needs dense rows; ``dense`` then finishes the pass.
+the unit rows of a layer's neurons are carried back as receptive-field windows through every op
+that declares itself :attr:`~advrobust.network.ops.Op.patchable` (convolutions, average pooling,
+per-channel affine maps: ``patch_window`` / ``window_backward`` / ``channel_bias``; ReLU:
+``patch_relaxation``), with the same relaxations and rounding allowances as the dense
+back-substitution, until a window would cover a whole layer or an op (Flatten, Linear) needs
+dense rows; ``dense`` then finishes the pass. No op type is asked.
 """
 
 from __future__ import annotations
@@ -18,16 +20,8 @@ from torch import Tensor
 
 from advrobust.core.threat import LpBall, Norm
 from advrobust.network.ir import Network
-from advrobust.network.ops import ChannelAffineOp, _ConvLike
-from advrobust.network.relu import ReLUOp
-from advrobust.relax._patches import Patches, _rowdot, conv_window, patch_capable
-from advrobust.relax._rounding import (
-    input_gamma,
-    magnitude,
-    op_gamma,
-    relu_gamma,
-    relu_magnitude,
-)
+from advrobust.relax._patches import Patches, _rowdot
+from advrobust.relax._rounding import input_gamma, magnitude, op_gamma
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["DenseTail", "patch_elements", "patch_pass"]
@@ -42,22 +36,23 @@ def patch_elements(network: Network, index: int, n: int) -> int | None:
     """Values per query of the largest coefficient tensor of the patch pass for op ``index``'s
     input (B * window, or B * dense row after a switch), or None if patches do not apply."""
     shape = network.ops[index].in_shape
-    if index == 0 or len(shape) != 3 or not patch_capable(network.ops[index - 1]):
+    if index == 0 or len(shape) != 3 or not network.ops[index - 1].patchable:
         return None
     kernel, stride, padding = (1, 1), (1, 1), (0, 0)
     batch, worst = 1, shape[0]
     for j in reversed(range(index)):
         op = network.ops[j]
-        if isinstance(op, ReLUOp):
+        if op.nonlinear:  # its relaxation differs per sample
             batch = n
             worst = max(worst, batch * op.in_shape[0] * kernel[0] * kernel[1])
-        if isinstance(op, _ConvLike):
-            kernel, stride, padding = conv_window(op, kernel, stride, padding)
+        window = op.patch_window(kernel, stride, padding) if op.patchable else None
+        if window is not None:
+            kernel, stride, padding = window
             dense = kernel[0] * kernel[1] >= op.in_shape[1] * op.in_shape[2]
             if not dense:
                 worst = max(worst, batch * op.in_shape[0] * kernel[0] * kernel[1])
         else:
-            dense = not patch_capable(op)
+            dense = not op.patchable
         if dense:
             sizes = [network.input_shape] + [o.out_shape for o in network.ops[:j + 1]]
             return max(worst, batch * max(math.prod(s) for s in sizes))
@@ -66,10 +61,11 @@ def patch_elements(network: Network, index: int, n: int) -> int | None:
 
 def _layer_tensor(network: Network, j: int, kind: str, bounds: LayerBounds,
                   mags: dict[int, Tensor], threat: LpBall, x0: Tensor) -> Tensor:
-    """A per-layer tensor (N, *shape) the patch pass reads windows of: the ReLU relaxation of
-    op ``j`` (``low``, ``diff`` = up - low, ``up_b``), the magnitudes of op ``j``'s rounding
-    allowance times its gamma (``relu_mag``, ``op_mag``; ``relu_op_mag``: ReLU ``j`` plus the
-    affine op ``j - 1`` before it), or (j = -1) the input box (``mid``, ``rad``, ``mag``)."""
+    """A per-layer tensor (N, *shape) the patch pass reads windows of: the relaxation of the
+    nonlinear op ``j`` (``low``, ``diff`` = up - low, ``up_b``), the magnitudes of op ``j``'s
+    rounding allowance times its gamma (``act_mag``, ``op_mag``; ``act_op_mag``: the
+    nonlinear op ``j`` plus the affine op ``j - 1`` before it), or (j = -1) the input box
+    (``mid``, ``rad``, ``mag``)."""
     if j < 0:
         low, up = threat.input_bounds(x0)
         return {"mid": lambda: (up + low) / 2, "rad": lambda: (up - low) / 2,
@@ -77,13 +73,14 @@ def _layer_tensor(network: Network, j: int, kind: str, bounds: LayerBounds,
     dtype = bounds[j][0].dtype
     if kind == "op_mag":
         return op_gamma(network.ops[j], dtype) * mags[j]
-    if kind in ("relu_mag", "relu_op_mag"):
-        out = relu_gamma(dtype, bounds[j][0][0].numel()) * relu_magnitude(*bounds[j])
-        if kind == "relu_op_mag":
+    if kind in ("act_mag", "act_op_mag"):
+        parts = network.graph_ops[j].rounding_terms(dtype, bounds[j])
+        out = torch.zeros_like(bounds[j][0]) if parts is None else parts[0] * parts[1]
+        if kind == "act_op_mag":
             out = out + op_gamma(network.ops[j - 1], dtype) * mags[j - 1]
         return out
-    rel = ReLUOp.relaxation(*bounds[j])
-    return {"low": rel.low, "diff": rel.up - rel.low, "up_b": rel.up_b}[kind]
+    low, diff, up_b = network.ops[j].patch_relaxation(*bounds[j])
+    return {"low": low, "diff": diff, "up_b": up_b}[kind]
 
 
 def patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, index: int,
@@ -109,37 +106,30 @@ def patch_pass(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds
 
     for j in reversed(range(index)):
         op = network.ops[j]
-        grow = isinstance(op, _ConvLike) and math.prod(conv_window(
-            op, p.kernel, p.stride, p.padding)[0]) >= op.in_shape[1] * op.in_shape[2]
-        if grow or not patch_capable(op):
+        window = op.patch_window(p.kernel, p.stride, p.padding) if op.patchable else None
+        grow = window is not None and math.prod(window[0]) >= op.in_shape[1] * op.in_shape[2]
+        if grow or not op.patchable:
             return dense(p.to_dense(), j + 1, const, err).reshape(out_shape)
-        if isinstance(op, ReLUOp):
+        if op.nonlinear:
             if rounding:
-                # The relaxation's slopes lie in [0, 1], so |coefficients| only shrink through
-                # it: the allowance of the affine op before the ReLU is charged here, on the
-                # same windows, with one product instead of two (slightly larger, still sound).
                 prev = network.ops[j - 1] if j > 0 else None
-                kind = "relu_mag"
-                if isinstance(prev, (_ConvLike, ChannelAffineOp)) and op_gamma(prev, lo.dtype):
+                kind = "act_mag"
+                if op.bounded_slopes and prev is not None and prev.patchable \
+                        and not prev.nonlinear and op_gamma(prev, lo.dtype):
+                    # Slopes in [0, 1]: |coefficients| only shrink through the relaxation, so
+                    # the allowance of the affine op before it is charged here, on the same
+                    # windows, with one product instead of two (slightly larger, still sound).
                     if j - 1 not in mags:
                         mags[j - 1] = magnitude(prev, *bounds[j - 1])
-                    kind, charged = "relu_op_mag", j - 1
+                    kind, charged = "act_op_mag", j - 1
                 err = err + p.dot(take(j, kind), absolute=True)
             p, c = p.through_relu(take(j, "low"), take(j, "diff"), take(j, "up_b"))
         else:
-            assert isinstance(op, (_ConvLike, ChannelAffineOp))
             if rounding and op_gamma(op, lo.dtype) > 0 and charged != j:
                 if j not in mags:
                     mags[j] = magnitude(op, *bounds[j])
                 err = err + p.dot(take(j, "op_mag"), absolute=True)
-            if isinstance(op, ChannelAffineOp):
-                scale, shift = op.scale_shift()
-                c = p.channel_dot(shift)
-                p = p.with_pt(p.pt * scale.reshape(1, 1, -1, 1, 1).to(p.pt))
-            else:
-                b = op.bias()
-                c = const.new_zeros(1) if b is None else p.channel_dot(b)
-                p = p.through_conv(op)
+            p, c = p.through(op)
         const = const + c
     if threat.norm is not Norm.LINF:
         return dense(p.to_dense(), 0, const, err).reshape(out_shape)

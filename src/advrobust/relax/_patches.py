@@ -20,30 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advrobust.network._convt import conv_transpose
-from advrobust.network.ops import AvgPoolOp, ChannelAffineOp, Op, _ConvLike
-from advrobust.network.relu import ReLUOp
+from advrobust.network.ops import Op
 
 __all__ = ["Patches", "conv_window", "patch_capable"]
 
 
 def patch_capable(op: Op) -> bool:
-    """True if coefficients can be carried back through ``op`` as patches."""
-    if isinstance(op, ReLUOp):
-        return len(op.in_shape) == 3
-    return isinstance(op, (_ConvLike, ChannelAffineOp)) and len(op.in_shape) == 3
+    """True if coefficients can be carried back through ``op`` as patches (its
+    :attr:`~advrobust.network.ops.Op.patchable`)."""
+    return op.patchable
 
 
-def conv_window(op: _ConvLike, kernel: tuple[int, int], stride: tuple[int, int],
+def conv_window(op: Op, kernel: tuple[int, int], stride: tuple[int, int],
                 padding: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int],
                                                    tuple[int, int]]:
-    """Window size, stride and padding on ``op``'s input of a window on its output."""
-    k = op.kernel().shape[2:]
-    size = tuple((kernel[d] - 1) * op.stride[d] + op.dilation[d] * (k[d] - 1) + 1
-                 for d in range(2))
-    new_stride = tuple(stride[d] * op.stride[d] for d in range(2))
-    new_pad = tuple(padding[d] * op.stride[d] + op.padding[d] for d in range(2))
-    return size, new_stride, new_pad  # type: ignore[return-value]
+    """Window size, stride and padding on ``op``'s input of a window on its output (its
+    :meth:`~advrobust.network.ops.Op.patch_window`; an elementwise op keeps the window)."""
+    window = op.patch_window(kernel, stride, padding)
+    return (kernel, stride, padding) if window is None else window
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -154,16 +148,25 @@ class Patches:
         return Patches(pt, self.rows, self.cols, self.grid, self.stride, self.padding,
                        self.shape)
 
-    def through_conv(self, op: _ConvLike) -> Patches:
-        """Coefficients on ``op``'s input of these on its output (``a W``), masked."""
+    def through(self, op: Op) -> tuple[Patches, Tensor]:
+        """Coefficients on an affine ``op``'s input of these on its output and the constant
+        ``<pt_q, b>`` (B or 1, Q) of its bias (see :meth:`through_conv`)."""
+        b = op.channel_bias()
+        const = self.pt.new_zeros(1) if b is None else self.channel_dot(b)
+        return self.through_conv(op), const
+
+    def through_conv(self, op: Op) -> Patches:
+        """Coefficients on an affine ``op``'s input of these on its output (``a W``), masked:
+        the op's :meth:`~advrobust.network.ops.Op.window_backward` on the windows its
+        :meth:`~advrobust.network.ops.Op.patch_window` gives (the same windows for an
+        elementwise op)."""
         b, q = self.pt.shape[:2]
-        w = op.kernel().to(self.pt)
         flat = self.pt.reshape((b * q,) + tuple(self.pt.shape[2:]))
-        if isinstance(op, AvgPoolOp) and op.tiles():
-            back = op.tile_back(flat)
-        else:
-            back = conv_transpose(flat, w, op.stride, (0, 0), (0, 0), op.groups, op.dilation)
-        _, stride, padding = conv_window(op, self.kernel, self.stride, self.padding)
+        back = op.window_backward(flat)
+        window = op.patch_window(self.kernel, self.stride, self.padding)
+        if window is None:  # elementwise: the windows and their masks stay
+            return self.with_pt(back.reshape(self.pt.shape))
+        _, stride, padding = window
         out = Patches(back.reshape((b, q) + tuple(back.shape[1:])), self.rows, self.cols,
                       self.grid, stride, padding, op.in_shape)
         pt6 = out.pt.view((b, out.group, out.rows.numel()) + tuple(back.shape[1:]))
@@ -171,8 +174,9 @@ class Patches:
         return out
 
     def through_relu(self, low: Tensor, diff: Tensor, up_b: Tensor) -> tuple[Patches, Tensor]:
-        """Lower relaxation step of a ReLU (see :meth:`ReLUOp.backward`): the windows
-        (N, L, C * kh * kw) of the lower slopes, of ``up - low`` and of the upper intercepts."""
+        """Lower relaxation step of a nonlinear op (``low z <= op(z) <= up z + up_b``, see
+        :meth:`~advrobust.network.ops.Op.patch_relaxation`): the windows (N, L, C * kh * kw)
+        of the lower slopes, of ``up - low`` and of the upper intercepts."""
         pt = self.grouped()
         neg = pt.clamp(max=0)
         out = (pt * low.unsqueeze(1)).addcmul_(neg, diff.unsqueeze(1))

@@ -134,7 +134,7 @@ def _check_ir(network: Network | Graph, model: nn.Module, x: Tensor, clean: Tens
         return  # nothing to check, and a forward pass saved
     out = network.forward(x)
     tol = 1e-4 * (1 + clean.abs().amax())
-    if out.shape != clean.shape or bool(((out - clean).abs() > tol).any()):
+    if out.shape != clean.shape or bool(((out - clean.to(out)).abs() > tol).any()):
         raise UnsupportedLayerError(
             f"{type(model).__name__}: the verifier's IR of the model does not reproduce its "
             "outputs (a custom forward of a Sequential, a hook?); the verifier handles plain "
@@ -210,10 +210,7 @@ class Bounder(Configurable, abc.ABC):
             clean = check_batch(model, x, y, threat, who=name)
             spec = _check_spec(spec, y, clean)
             graph_ok = type(self)._bound_graph is not Bounder._bound_graph
-            network = verifiable_ir(model, tuple(x.shape[1:]), name, graph_ok)
             x = x.detach()
-            with torch.no_grad():
-                _check_ir(network, model, x, clean)
             if gate is None:
                 gate = WitnessGate(model)
             elif not isinstance(gate, WitnessGate):
@@ -222,7 +219,10 @@ class Bounder(Configurable, abc.ABC):
                     f"{type(gate).__name__}.")
             else:
                 _check_gate(gate, x, clean, name)
+            # the one IR of the call: the gate's (built once per gate and input shape)
             network = gate.ir(tuple(x.shape[1:]), name, graph_ok)
+            with torch.no_grad():
+                _check_ir(network, model, x.to(BOUND_DTYPE), clean)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
             if layer_bounds is not None and (isinstance(network, Graph)
                                              or not self.reuses_layer_bounds):

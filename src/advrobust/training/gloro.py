@@ -34,8 +34,7 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
 from advrobust.network.ir import Network, from_module
-from advrobust.network.ops import AffineOp, ChannelAffineOp, FlattenOp, Op
-from advrobust.network.relu import ReLUOp
+from advrobust.network.ops import Op
 from advrobust.relax._opnorm import network_split, network_units
 from advrobust.training.objective import Objective
 from advrobust.training.ramps import EpsSchedule
@@ -108,36 +107,34 @@ class GloRo(Objective):
             self._vectors = {}
         return cached[2]
 
-    def _sigma(self, index: int, op: Op) -> Tensor:
-        """Differentiable power-iteration estimate of ``||op||_2``."""
-        if isinstance(op, ChannelAffineOp):
-            return op.scale_shift()[0].abs().amax()
-        assert isinstance(op, AffineOp)
-        v = self._vectors.get(index)
-        if v is None:
+    def _sigma(self, index: int, op: Op) -> Tensor | None:
+        """Differentiable power-iteration estimate of ``||op||_2`` (the op's
+        :meth:`~advrobust.network.ops.Op.l2_estimate`; None: the op counts 1)."""
+
+        def init(shape: tuple[int, ...]) -> Tensor:
             gen = torch.Generator().manual_seed(self.seed if self.seed is not None
                                                 else int(torch.randint(0, 2**62, (1,))))
-            v = torch.randn((1,) + op.in_shape, generator=gen).to(op._device())
-        with torch.no_grad():
-            for _ in range(self.iterations):
-                v = v / v.norm().clamp_min(1e-12)
-                v = op.backward(op.linear(v).unsqueeze(0))[0]
-            v = v / v.norm().clamp_min(1e-12)
-        self._vectors[index] = v
-        return op.linear(v).norm()
+            return torch.randn((1,) + shape, generator=gen)
+
+        sigma, v = op.l2_estimate(self._vectors.get(index), init, self.iterations)
+        if v is not None:
+            self._vectors[index] = v
+        return sigma
 
     def lipschitz(self, network: Network, c: Tensor) -> Tensor:
         """Estimated l2 Lipschitz constants (N, K) of the rows ``c`` (N, K, num_outputs);
         ReLUs and MinMax blocks count 1."""
         start = network_split(network)
         a = c
-        for op in reversed(network.ops[start:]):
-            assert isinstance(op, AffineOp)
-            a = op.backward(a)
+        for op in reversed(network.graph_ops[start:]):  # linear: fold into the rows
+            (back,), _ = op.backward(a)
+            assert back is not None
+            a = back
         consts = a.flatten(2).norm(dim=-1)
         for i, unit in network_units(network, start):
-            if unit is not None and not isinstance(unit, (ReLUOp, FlattenOp)):
-                consts = consts * self._sigma(i, unit)
+            sigma = None if unit is None else self._sigma(i, unit)
+            if sigma is not None:
+                consts = consts * sigma
         return consts
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, progress: float) -> Tensor:

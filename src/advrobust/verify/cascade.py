@@ -232,12 +232,11 @@ def _crown_seconds(bracket: Bracket) -> float:
     the relaxations. Measured on a batch of forward passes of the IR.
     """
     from advrobust.network.ir import Network
-    from advrobust.network.relu import ReLUOp
 
     problem = bracket.problem
     network = problem.structure
     if isinstance(network, Network):
-        rows = sum(op.in_size for op in network.ops if isinstance(op, ReLUOp))
+        rows = sum(op.in_size for op in network.ops if op.nonlinear)
     else:  # every node that feeds a nonlinear op is refined
         rows = sum(math.prod(n.shape) for i, n in enumerate(network.nodes)
                    if network.needs_bounds(i))
