@@ -22,7 +22,7 @@ from torch import Tensor
 from advrobust.core.threat import Norm
 
 if TYPE_CHECKING:
-    from advrobust.network.ops import _ConvLike
+    from advrobust.network.ops.conv import _ConvLike
 
 __all__ = ["DENSE_LIMIT", "INFLATE", "conv_l2", "conv_norm", "dense_kernel", "matrix_norm"]
 
