@@ -168,3 +168,6 @@ def test_a_registered_toy_op_runs_through_every_algorithm(registered: None, fact
         assert isinstance(ir, Network)
         gloro[key] = objective.lipschitz(ir, c.float())
     torch.testing.assert_close(gloro["toy"], gloro["ref"], rtol=1e-5, atol=0)
+    losses = [GloRo(threat=LpBall("l2", 0.5), seed=0)(copy.deepcopy(m).float(), x.float(), y, 1.0)
+              for m in (model, reference)]  # end to end: the objective builds the IR itself
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)

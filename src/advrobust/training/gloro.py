@@ -33,9 +33,10 @@ from advrobust.core._validation import check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
-from advrobust.network.ir import Network, from_module
+from advrobust.network.ir import Network
 from advrobust.network.ops import Op
 from advrobust.relax._opnorm import network_split, network_units
+from advrobust.relax.base import verifiable_ir
 from advrobust.training.objective import Objective
 from advrobust.training.ramps import EpsSchedule
 
@@ -103,7 +104,10 @@ class GloRo(Objective):
     def _ir(self, model: nn.Module, shape: tuple[int, ...]) -> Network:
         cached = self._network
         if cached is None or cached[0] != id(model) or cached[1] != shape:
-            self._network = cached = (id(model), shape, from_module(model, shape))
+            # a Sequential, or any module fx traces into a chain of registered ops
+            network = verifiable_ir(model, shape, "GloRo", graph_ok=False)
+            assert isinstance(network, Network)
+            self._network = cached = (id(model), shape, network)
             self._vectors = {}
         return cached[2]
 
