@@ -21,6 +21,7 @@ __all__ = ["Op", "Window"]
 #: A window's ``(size, stride, padding)``, each (rows, columns).
 Window = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
+
 class Op:
     """A node of the IR: shapes (without the batch dimension) and a name for messages."""
 
