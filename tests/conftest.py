@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,15 @@ if os.environ.get("ADVROBUST_TEST_DETERMINISTIC", "") not in ("", "0"):
     torch.use_deterministic_algorithms(True)
 if os.environ.get("ADVROBUST_TEST_THREADS"):
     torch.set_num_threads(int(os.environ["ADVROBUST_TEST_THREADS"]))
+
+# A suite started as a background job of a non-interactive shell (`pytest ... &` in a script,
+# nohup) inherits SIGINT *ignored*, and so would every CLI process a test starts: the Ctrl-C
+# tests (test_cli_sigint, the campaign kill / seed-store tests) then see exit status 0 instead
+# of 130, the SIGINT never delivered. The CLI rightly keeps an inherited "ignore" (that is what
+# a shell's background job asks for); the suite restores Python's default handler instead, so
+# that its children start with SIGINT at its default disposition.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def shared_data_dir() -> Path:

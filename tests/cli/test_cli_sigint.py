@@ -83,3 +83,12 @@ def _check(command: str, code: int, out: str, err: str, folder: Path) -> None:
         report = json.loads(out)
         assert report["interrupted"] == f"the first {done} of 450 samples"
         assert report.get("n", done) == done
+
+
+def test_cli_processes_of_the_suite_receive_sigint() -> None:
+    """The commands the Ctrl-C tests start must not inherit an ignored SIGINT (a suite run as
+    a background job of a script does: tests/conftest.py restores the default handler)."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "True"

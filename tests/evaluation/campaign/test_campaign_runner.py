@@ -155,7 +155,7 @@ def test_ray_missing_names_the_extra(folder: Path, monkeypatch: pytest.MonkeyPat
 
 
 FORK_CHECK = """
-import json, os, sys
+import gc, json, os, sys
 from advrobust.evaluation.campaign import load_config
 from advrobust.evaluation.campaign import workers
 from advrobust.evaluation.campaign.runner import plan
@@ -164,21 +164,25 @@ import test_campaign_runner as here
 config = load_config(sys.argv[1])
 workers.warm_up(config)
 pool = workers.make_backend("pool", config, 2, fn=here.loaded_in_worker)
+frozen = gc.get_freeze_count()  # the driver's GC unfrozen again once the workers forked
 try:
     for task in plan(config):
         pool.submit(task)
     outcomes = [pool.next_done()[1] for _ in plan(config)]
 finally:
     pool.close()
-print(json.dumps({"driver": os.getpid(), "outcomes": outcomes}))
+print(json.dumps({"driver": os.getpid(), "outcomes": outcomes, "frozen": frozen}))
 """
 
 
-def loaded_in_worker(config: CampaignConfig, task: Task) -> tuple[int, bool]:
-    """Which process ran the task, and whether it had the campaign loaded before it."""
+def loaded_in_worker(config: CampaignConfig, task: Task) -> tuple[int, bool, int]:
+    """Which process ran the task, whether it had the campaign loaded before it, and how many
+    of the driver's objects its GC leaves alone (frozen before the fork)."""
+    import gc
+
     from advrobust.evaluation.campaign import workers
 
-    return os.getpid(), config.identity() in workers._CONTEXTS
+    return os.getpid(), config.identity() in workers._CONTEXTS, gc.get_freeze_count()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux")
@@ -199,6 +203,9 @@ def test_pool_workers_are_forked_from_the_loaded_driver(folder: Path) -> None:
                           env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    # workers, not the driver, and each had models and data before its first task
+    # workers, not the driver, and each had models and data before its first task, with the
+    # driver's objects (torch's modules, the data) frozen out of its GC: no copy-on-write
     assert len(out["outcomes"]) == 2
-    assert all(pid != out["driver"] and loaded for pid, loaded in out["outcomes"])
+    assert all(pid != out["driver"] and loaded and frozen > 10_000
+               for pid, loaded, frozen in out["outcomes"])
+    assert out["frozen"] == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import gc
 import multiprocessing
 import signal
 import sys
@@ -200,10 +201,17 @@ class _Pool:
         self.pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
-        pool = cf.ProcessPoolExecutor(self.workers, initializer=_init_worker,
-                                      initargs=(self.progress,),
-                                      mp_context=_mp_context(self.config))
-        pool.submit(_noop)  # start the workers now, before the driver starts any thread
+        mp_context = _mp_context(self.config)
+        forked = mp_context.get_start_method() == "fork"
+        if forked:  # the driver's objects (torch's modules, the data) stay out of the
+            gc.freeze()  # workers' collections: no copy-on-write of their pages for the GC
+        try:
+            pool = cf.ProcessPoolExecutor(self.workers, initializer=_init_worker,
+                                          initargs=(self.progress,), mp_context=mp_context)
+            pool.submit(_noop)  # start the workers now, before the driver starts any thread
+        finally:
+            if forked:
+                gc.unfreeze()  # the driver collects as before; the workers keep theirs frozen
         return pool
 
     def submit(self, task: Task) -> None:
