@@ -19,6 +19,16 @@ CPU (process) seconds per image are both reported: on a shared machine the wall 
 measures the other users. ``--workers 2`` certifies two halves of the images in two processes
 (one per core; CPU seconds summed). ``--partial DIR`` saves each worker's finished chunks after
 every chunk, so a run cut short (load, time-out) still leaves its certificates.
+
+``--holdout H`` certifies the last H *training* images instead of the test images, for choosing
+among candidate recipes without looking at the test set; every checkpoint must have been
+trained on at most the first len(train) - H training images (``advrobust train --n``), which
+is checked against the checkpoint's ``n_train``:
+
+    advrobust train --model lenet-wide --data mnist --data-dir ../shared/data/mnist \
+        --n 23345 --defense consistency --sigma 0.5 --lam 10 ... --out runs/cand.pt
+    PYTHONPATH=src python bench/smoothing.py --model cand=runs/cand.pt --holdout 1000 \
+        --images 1000 --n 2000
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ def cached_certify(path: Path, x: torch.Tensor, y: torch.Tensor,
 
     key = (f"{path.stem}-{args.images}-{args.sigma}-{args.n0}-{args.n}-{args.alpha}-"
            f"{args.seed}-{args.batch_size}" + (f"-w{args.workers}" if args.workers > 1 else "")
-           + ".pt")
+           + (f"-holdout{args.holdout}" if args.holdout else "") + ".pt")
     cache = REPO / "runs" / "smoothing-cache" / key
     if cache.is_file():
         saved = torch.load(cache, weights_only=True)
@@ -169,7 +179,8 @@ def plot(results: dict[str, dict[str, Any]], y: torch.Tensor, out: Path,
                 drawstyle="steps-post")
     ax.axvline(r_max, color="grey", linestyle=":", label=f"largest certifiable ({r_max:.2f})")
     ax.set(xlabel="l2 radius", ylabel="certified accuracy", ylim=(0, 1.02))
-    ax.set_title(f"MNIST, {len(y)} test images, sigma={args.sigma:g}, n={args.n}, "
+    images = f"{len(y)} held-out training" if args.holdout else f"{len(y)} test"
+    ax.set_title(f"MNIST, {images} images, sigma={args.sigma:g}, n={args.n}, "
                  f"alpha={args.alpha:g}", fontsize=8)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
@@ -177,6 +188,40 @@ def plot(results: dict[str, dict[str, Any]], y: torch.Tensor, out: Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
+
+
+def _images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first --images test images, or of the last --holdout training images."""
+    from advrobust.data import load_dataset
+
+    if args.holdout < 0:
+        raise SystemExit(f"--holdout must be >= 0. Got {args.holdout}.")
+    if not args.holdout:
+        test = load_dataset("mnist", split="test", root=args.data_dir)
+        return test.x[:args.images], test.y[:args.images]
+    train = load_dataset("mnist", split="train", root=args.data_dir)
+    if not 0 < args.holdout < len(train.y):
+        raise SystemExit(f"--holdout must be below the {len(train.y)} training images. "
+                         f"Got {args.holdout}.")
+    if args.images > args.holdout:
+        raise SystemExit(f"--images ({args.images}) must be at most --holdout "
+                         f"({args.holdout}).")
+    start = len(train.y) - args.holdout
+    return train.x[start:start + args.images], train.y[start:start + args.images]
+
+
+def _check_not_trained_on(path: Path, args: argparse.Namespace) -> None:
+    """With --holdout, refuse a checkpoint trained on any of the held-out images."""
+    if not args.holdout:
+        return
+    from advrobust.data import load_dataset
+    from advrobust.models import load_checkpoint
+
+    kept = len(load_dataset("mnist", split="train", root=args.data_dir).y) - args.holdout
+    trained_on = load_checkpoint(path).metadata.get("n_train")
+    if not isinstance(trained_on, int) or trained_on > kept:
+        raise SystemExit(f"--holdout {args.holdout}: {path} was trained on {trained_on!r} "
+                         f"training images, not on the first {kept} only.")
 
 
 def main() -> None:
@@ -200,23 +245,25 @@ def main() -> None:
                              "DIR/<checkpoint>-w<worker>.pt (kept if the run is cut short)")
     parser.add_argument("--resume", action="store_true",
                         help="with --partial: continue from the certificates saved there")
+    parser.add_argument("--holdout", type=int, default=0, metavar="H",
+                        help="certify the first --images of the last H training images "
+                             "(never trained on) instead of the test images")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "smoothing.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import scipy.stats  # noqa: F401  (imported before the clock starts)
 
-    from advrobust.data import load_dataset
-
-    test = load_dataset("mnist", split="test", root=args.data_dir)
-    x, y = test.x[:args.images], test.y[:args.images]
+    x, y = _images(args)
     load_start = os.getloadavg()[0]
     print(f"load average at start {load_start:.1f}", flush=True)
     results = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
+        _check_not_trained_on(Path(path), args)
         results[name] = cached_certify(Path(path), x, y, args)
     print(table(results))
-    print(f"{args.images} images, sigma={args.sigma}, n0={args.n0}, n={args.n}, "
+    split = f"held-out training images (last {args.holdout})" if args.holdout else "test images"
+    print(f"{args.images} {split}, sigma={args.sigma}, n0={args.n0}, n={args.n}, "
           f"alpha={args.alpha}, {args.threads} thread(s); load average {load_start:.1f} at "
           f"start, {os.getloadavg()[0]:.1f} at end")
     if args.plot is not None:

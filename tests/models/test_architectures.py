@@ -53,6 +53,10 @@ def test_layer_widths_follow_the_course() -> None:
     assert [m.out_channels for m in wide if isinstance(m, nn.Conv2d)] == [16, 32]
     assert [m.out_features for m in wide if isinstance(m, nn.Linear)] == [128, 10]
     assert wide[7].in_features == 32 * 4 * 4
+    large = build_model("lenet-large", (1, 28, 28))
+    assert [m.out_channels for m in large if isinstance(m, nn.Conv2d)] == [32, 64]
+    assert [m.out_features for m in large if isinstance(m, nn.Linear)] == [256, 10]
+    assert large[7].in_features == 64 * 4 * 4
 
 
 @settings(max_examples=15, deadline=None)
