@@ -222,3 +222,32 @@ def test_auto_on_a_relu_dag_runs_bab_from_the_cached_crown_bounds() -> None:
     milp = MILP(time_limit=20)(model, x, y, threat)
     assert bracket.verdicts() == milp.verdict
     assert "bab" in bracket.stage_seconds and "milp" not in bracket.stage_seconds
+
+
+def test_a_linear_region_of_a_graph_is_solved_exactly_by_lp() -> None:
+    # Split every unstable ReLU of a DAG to its sign at the clean input: a linear region that
+    # holds the clean input. Its LP minimum lies between the domain's beta-CROWN bound and the
+    # value at the clean input, and the LP's point is offered as a candidate.
+    from advrobust.exact.bab import _RowSearch
+
+    graph, x, threat, c, d, root = _graph_setup(4)
+    search = _RowSearch(graph, x, threat, c[0], d[0], BaB(time_limit=10), root)  # type: ignore[arg-type]
+    bounder = search.bounder
+    values = [x]
+    with torch.no_grad():
+        for node in graph.nodes[1:]:  # type: ignore[attr-defined]
+            values.append(node.op.forward(*(values[j] for j in node.inputs)))
+    split, alpha, beta = {}, {}, {}
+    for j in bounder.relus:
+        lo, hi = (v.flatten(1) for v in root.bounds[bounder.src[j]])
+        z = values[bounder.src[j]].flatten(1)
+        unstable = (lo < 0) & (hi > 0)
+        split[j] = torch.where(unstable, torch.where(z >= 0, 1, -1), 0).to(torch.int8)
+        alpha[j] = root.alphas[j][0, :1].flatten(1)
+        beta[j] = torch.zeros_like(alpha[j])
+    dom = search.bound(split, alpha, beta, torch.tensor([0]))
+    assert float(dom.score.amax()) <= 0  # no unstable neuron left: a leaf
+    exact = search.solve_leaf(dom, 10.0)
+    clean = float(values[graph.output] @ c[0, 0] + d[0, 0])  # type: ignore[attr-defined]
+    assert float(dom.lower[0]) - 1e-9 <= exact <= clean + 1e-7
+    assert search.leaves == 1 and search.rows[0].best_value <= clean + 1e-9

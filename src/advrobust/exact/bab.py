@@ -149,7 +149,8 @@ class _RowSearch:
             state.best_value, state.best_point = value, point.detach().clone()
 
     def _value(self, r: int, point: Tensor) -> float:
-        return float((self.net.forward(point) * self.c[r]).sum() + self.d[r])
+        with torch.no_grad():
+            return float((self.net.forward(point) * self.c[r]).sum() + self.d[r])
 
     # ------------------------------------------------------------------ leaves
     def solve_leaf(self, dom: _Domains, time_limit: float) -> float:
