@@ -118,10 +118,13 @@ def _graph_setup(seed: int) -> tuple[object, Tensor, LpBall, Tensor, Tensor, obj
     return graph, x, threat, c, d, root
 
 
-@pytest.mark.parametrize("seed", [3, 8])
-def test_graph_domain_bounds_hold_at_sampled_points_of_the_domain(seed: int) -> None:
+@pytest.mark.parametrize("seed,tighten", [(3, False), (8, False), (8, True)])
+def test_graph_domain_bounds_hold_at_sampled_points_of_the_domain(seed: int,
+                                                                   tighten: bool) -> None:
+    # (tighten: the ReLU inputs above each domain's splits re-bounded on the domain)
     graph, x, threat, c, d, root = _graph_setup(seed)
-    bounder = BetaBounder(graph, x, threat, c[0], d[0], root.bounds, steps=8)  # type: ignore[arg-type]
+    bounder = BetaBounder(graph, x, threat, c[0], d[0], root.bounds, steps=8,  # type: ignore[arg-type]
+                          domain_bounds=tighten, inter_alphas=root.inter_alphas)
     keys = bounder.relus
     gen = torch.Generator().manual_seed(seed)
     # every domain splits two unstable neurons of different ReLU nodes, both sides
@@ -141,6 +144,7 @@ def test_graph_domain_bounds_hold_at_sampled_points_of_the_domain(seed: int) -> 
     with torch.no_grad():
         dom, _ = bounder.bound(split, alpha, beta, row)
     quick = bounder.quick(split, alpha, beta, row)  # beta = 0: alpha-CROWN on the domain
+    tight, empty = bounder.tightened(split)
     assert bool((dom.lower >= quick - 1e-9).all())
     # the values of the network at points of the box, with every ReLU input node's value
     pts = x + threat.eps * (torch.rand(20000, 5, generator=gen, dtype=torch.float64) * 2 - 1)
@@ -159,6 +163,10 @@ def test_graph_domain_bounds_hold_at_sampled_points_of_the_domain(seed: int) -> 
         if bool(inside.any()):
             v = out[inside] @ c[0, int(row[i])] + d[0, int(row[i])]
             assert float(dom.lower[i]) <= float(v.min()) + 1e-9
+            for j in keys:  # the domain's node bounds enclose its points
+                z = values[bounder.src[j]][inside].flatten(1)
+                lo, hi = (v.flatten(1)[i] for v in tight[bounder.src[j]])
+                assert bool((z >= lo - 1e-9).all() and (z <= hi + 1e-9).all())
 
 
 def test_the_graph_pass_is_the_chain_pass_on_a_chain() -> None:
