@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.02])
     parser.add_argument("--time", type=float, default=30.0, help="exact seconds per image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", type=int, default=0, help="correctly classified images "
+                        "skipped before the ones verified")
     args = parser.parse_args()
     model = small_resnet(args.seed)
     t0 = time.process_time()
@@ -74,7 +76,7 @@ def main() -> None:
     acc = float((pred == test.y[:2000]).float().mean())
     print(f"trained: last loss {loss:.3f}, test accuracy (first 2000) {acc:.4f}, "
           f"{time.process_time() - t0:.0f} CPU s")
-    keep = (pred == test.y[:2000]).nonzero().flatten()[:args.images]
+    keep = (pred == test.y[:2000]).nonzero().flatten()[args.skip:args.skip + args.images]
     x, y = test.x[keep], test.y[keep]
     real = Problem.branchable
     print("| eps | run | verified | falsified | unknown | exact stage | wall s | CPU s |")
@@ -99,7 +101,8 @@ def main() -> None:
                 t[4] += time.process_time() - c0
                 stage[run] = next((s for s in ("bab", "milp") if s in rep.stage_seconds), "-")
                 print(f"  eps {eps} image {i} {run}: {rep.verdict[0].value} by "
-                      f"{rep.decided_by[0] or '-'}, stages "
+                      f"{rep.decided_by[0] or '-'}, worst row lower bound "
+                      f"{float(rep.lower.min()):+.4f}, stages "
                       + ", ".join(f"{k} {v:.1f}s" for k, v in rep.stage_seconds.items()),
                       flush=True)
         Problem.branchable = real  # type: ignore[method-assign]
