@@ -184,8 +184,9 @@ class Bounder(Configurable, abc.ABC):
             threat: the set ``S(x)``.
             spec: rows ``C f + d`` to bound (default: margins ``e_y - e_t``, t != y).
             layer_bounds: sound bounds ``(lo, hi)`` (N, *shape) of every op's input and of the
-                output of the chain network, computed with rounding allowances in float64
-                (what :func:`~advrobust.relax.crown.crown_layer_bounds` returns), for
+                output of the chain network (of every node's output on a graph), computed with
+                rounding allowances in float64 (what :func:`~advrobust.relax.crown.
+                crown_layer_bounds` / :func:`~advrobust.relax.dag.graph_crown_bounds` return), for
                 bounders with :attr:`reuses_layer_bounds`: they start from these instead of
                 recomputing them (:class:`advrobust.verify.Problem` caches them).
             gate: the witness gate of ``model`` (:class:`~advrobust.relax.witness.WitnessGate`,

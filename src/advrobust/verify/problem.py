@@ -194,7 +194,7 @@ class Problem:
 
     @property
     def is_chain(self) -> bool:
-        """True if the exact methods (BaB, MILP) can read the network (a chain of ops)."""
+        """True if the network is a chain of ops (graphs: see :attr:`branchable`)."""
         from advrobust.network.ir import Network
 
         return isinstance(self.structure, Network)
