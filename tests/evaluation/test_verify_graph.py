@@ -35,7 +35,7 @@ def _lowest_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: L
         return torch.minimum(best, margin(model(adv), y))
 
 
-def test_auto_cascade_finishes_a_residual_relu_network_with_the_exact_milp() -> None:
+def test_auto_cascade_finishes_a_residual_relu_network_with_bab() -> None:
     model = RandomDag(0, width=6, blocks=3, acts=(nn.ReLU,)).eval()  # sub, add, sub blocks
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(10, 5, generator=gen)
@@ -45,10 +45,11 @@ def test_auto_cascade_finishes_a_residual_relu_network_with_the_exact_milp() -> 
         warnings.simplefilter("error")  # no "stops after the attack", no relaxed op
         report = verify_dataset(model, x, y, threat, method="auto", time_limit=20,
                                 progress=False)
-    assert report.stats["exact"] == {"milp": True}
-    # complete on this net: every sample decided, the MILP deciding what CROWN and PGD left
+    # BaB splits the ReLUs of the residual graph (the MILP ran here before graphbab)
+    assert "bab" in report.stage_seconds and "milp" not in report.stage_seconds
+    # complete on this net: every sample decided, BaB deciding what CROWN and PGD left
     assert report.unknown == 0
-    assert "milp" in report.decided_by
+    assert "bab" in report.decided_by
     lowest = _lowest_margin(model, x, y, threat, gen)
     for i, v in enumerate(report.verdict):
         if v is Verdict.VERIFIED:  # never refuted by brute force or a stronger attack
@@ -58,10 +59,12 @@ def test_auto_cascade_finishes_a_residual_relu_network_with_the_exact_milp() -> 
             assert bool(threat.contains(x[i:i + 1], w).all())
             with torch.no_grad():
                 assert float(margin(model(w), y[i:i + 1])) < 0
-    decided_by_milp = [i for i, d in enumerate(report.decided_by) if d == "milp"]
-    # what the MILP proved, CROWN alone did not
+    decided_by_bab = [i for i, d in enumerate(report.decided_by) if d == "bab"]
+    # what BaB proved, CROWN alone did not; the MILP agrees
     crown = verify_dataset(model, x, y, threat, method="crown")
-    assert any(crown.verdict[i] is Verdict.UNKNOWN for i in decided_by_milp)
+    assert any(crown.verdict[i] is Verdict.UNKNOWN for i in decided_by_bab)
+    milp = verify_dataset(model, x, y, threat, method="milp", time_limit=20, progress=False)
+    assert milp.verdict == report.verdict
 
 
 def test_auto_cascade_on_a_sigmoid_graph_proves_soundly_and_says_not_exact() -> None:

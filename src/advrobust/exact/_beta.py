@@ -11,127 +11,53 @@ constraints act on every layer, not only on the split neuron's relaxation. ``bet
 exactly alpha-CROWN on the split domain; the best step is kept, so the optimised bound is never
 below the starting one. Domains are bounded in batches: one row of the spec, one set of slopes
 and multipliers per domain; children inherit their parent's (warm start).
+
+Chains and graphs (residual additions, concatenations, ...) whose only nonlinear nodes are ReLUs
+share the code: a ReLU is keyed by its node index - 1 (a chain's op position), its split
+constraints act on its input node's bounds. On a chain the pass runs with the batch's ReLU
+relaxations precomputed once per batch; on a graph it is the graph pass
+(:func:`~advrobust.relax.dag.graph_backward`, with split multipliers and recorded coefficients)
+with every node's rounding terms taken once from the root's bounds (they enclose every
+domain's, and the terms grow with the bounds).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
+from advrobust.exact._domains import _STORE, Domains, _Relu
+from advrobust.network.graph import Graph
+from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
 from advrobust.relax._rounding import (
     abs_dot,
     add_offset,
     magnitude,
     op_gamma,
-    relu_gamma,
-    relu_magnitude,
 )
-from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
+from advrobust.relax.alpha_crown import Adam, check_branchable, concretize, linear_pass
+from advrobust.relax.dag import Allowance, graph_backward
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains"]
-
-#: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
-_STORE = torch.float32
-
-
-@dataclass
-class _Relu:
-    """What a batch's ReLU relaxations share over every optimisation step (they depend on the
-    domains' bounds only, not on the slopes): masks, upper line, rounding magnitudes, all
-    (B, 1, *shape) so that they broadcast against coefficients (B, K, *shape)."""
-
-    unstable: Tensor
-    active: Tensor
-    up: Tensor
-    up_b: Tensor  # (B, n, 1): one intercept per neuron, for one matmul per pass
-    mag: Tensor  # (B, *shape): relu_magnitude
-    beta_mag: Tensor  # (B, *shape): max(|lo|, |hi|), the split terms' magnitude
-    gamma: float
-
-    @classmethod
-    def of(cls, lo: Tensor, hi: Tensor) -> _Relu:
-        unstable = (lo < 0) & (hi > 0)
-        active = (lo >= 0).to(lo.dtype)
-        lo_c, hi_c = lo.clamp(max=0), hi.clamp(min=0)
-        denom = torch.where(unstable, hi_c - lo_c, torch.ones_like(hi_c))
-        up = torch.where(unstable, hi_c / denom, active)
-        up_b = torch.where(unstable, -up * lo_c, torch.zeros_like(lo))
-        return cls(unstable.unsqueeze(1), active.unsqueeze(1), up.unsqueeze(1),
-                   up_b.flatten(1).unsqueeze(2), relu_magnitude(lo, hi),
-                   torch.maximum(lo.abs(), hi.abs()), relu_gamma(lo.dtype, lo[0].numel()))
-
-    def backward(self, a: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
-        """``ReLUOp.backward`` with the shared parts precomputed: ``(a', const)``."""
-        low = torch.where(self.unstable, alpha.clamp(0, 1), self.active)
-        neg = a.clamp(max=0)
-        out = torch.addcmul(a * low, neg, self.up - low)
-        return out, torch.matmul(neg.flatten(2), self.up_b).squeeze(-1)
-
-
-@dataclass
-class Domains:
-    """A batch of B domains of one sample.
-
-    Attributes:
-        split: per ReLU index, (B, n) int8: +1 active split, -1 inactive split, 0 free.
-        alpha: per ReLU index, (B, n) lower slopes (warm start of the children).
-        beta: per ReLU index, (B, n) multipliers >= 0 of the split constraints.
-        lower: (B,) sound lower bounds (float64).
-        score: (B, total neurons) branching scores (0: not splittable).
-        row: (B,) spec row of each domain.
-        coef: (B, total neurons) coefficients of the best pass on every ReLU's output (they
-            start a new split's multiplier where that reproduces the parent's bound).
-    """
-
-    split: dict[int, Tensor]
-    alpha: dict[int, Tensor]
-    beta: dict[int, Tensor]
-    lower: Tensor
-    score: Tensor
-    row: Tensor
-    coef: Tensor
-
-    def take(self, idx: Tensor) -> Domains:
-        return Domains({i: v[idx] for i, v in self.split.items()},
-                       {i: v[idx] for i, v in self.alpha.items()},
-                       {i: v[idx] for i, v in self.beta.items()},
-                       self.lower[idx], self.score[idx], self.row[idx], self.coef[idx])
-
-    def cat(self, other: Domains) -> Domains:
-        def join(a: dict[int, Tensor], b: dict[int, Tensor]) -> dict[int, Tensor]:
-            return {i: torch.cat([v, b[i]]) for i, v in a.items()}
-        return Domains(join(self.split, other.split), join(self.alpha, other.alpha),
-                       join(self.beta, other.beta), torch.cat([self.lower, other.lower]),
-                       torch.cat([self.score, other.score]), torch.cat([self.row, other.row]),
-                       torch.cat([self.coef, other.coef]))
-
-    def __len__(self) -> int:
-        return int(self.lower.shape[0])
-
-    def bytes_per_domain(self) -> int:
-        """Memory one domain holds (for sizing the open list)."""
-        per = sum(v[0].numel() * (v.element_size() + 2 * _STORE.itemsize)
-                  for v in self.split.values())
-        return per + 2 * self.score.shape[1] * self.score.element_size() + 16
 
 
 class BetaBounder:
     """Optimised (alpha, beta) bounds of domains of one sample's spec rows.
 
     Args:
-        network: a chain IR (float64).
+        network: a chain IR or a graph whose nonlinear nodes are all ReLUs (float64).
         x0: (1, *input_shape) centre.
         threat: the set.
         c: (R, num_outputs) rows; d: (R,) offsets.
-        root: sound bounds of every op's input over the whole set (alpha-CROWN's).
+        root: sound bounds of every node's output over the whole set (alpha-CROWN's; on a
+            chain, of every op's input).
         steps, lr_alpha, lr_beta: Adam steps and learning rates per batch.
         domain_bounds: re-bound, per domain, the inputs of the ReLUs above its splits (one
             CROWN pass per layer under the split-clamped bounds below it, intersected with
@@ -140,23 +66,39 @@ class BetaBounder:
             layers without any get CROWN's adaptive slopes).
     """
 
-    def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
+    def __init__(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
                  root: LayerBounds, *, steps: int = 10, lr_alpha: float = 0.1,
                  lr_beta: float = 0.05, domain_bounds: bool = False,
                  inter_alphas: dict[int, tuple[Tensor, dict[int, Tensor]]] | None = None
                  ) -> None:
         self.net, self.x0, self.threat = network, x0, threat
-        self.relus = check_chain(network)
-        self.graph_ops = network.graph_ops  # the registered ops (the linear steps of a pass)
+        self.graph, self.chain = as_graph(network), isinstance(network, Network)
+        self.relus = check_branchable(network)
+        # the registered ops (the linear steps of a chain pass)
+        self.graph_ops = network.graph_ops if isinstance(network, Network) else []
+        # the node whose output each ReLU reads (its splits clamp that node's bounds)
+        self.src = {j: self.graph.nodes[j + 1].inputs[0] for j in self.relus}
+        self.readers: dict[int, list[int]] = {}
+        for j in self.relus:
+            self.readers.setdefault(self.src[j], []).append(j)
         self.c, self.d = c.to(x0.dtype), d.to(x0.dtype)
         self.root = root
         self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
         self.domain_bounds = domain_bounds
         self.inter_alphas = inter_alphas or {}
-        self.sizes = [network.ops[j].in_size for j in self.relus]
+        self.sizes = [root[self.src[j]][0][0].numel() for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
         self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)
-                     if i not in self.relus and op_gamma(op, x0.dtype) > 0}
+                     if i not in self.relus and op_gamma(op, x0.dtype) > 0} \
+            if isinstance(network, Network) else {}
+        # graphs: every node's rounding terms over the root's bounds (sound in every domain)
+        self.allow: dict[int, Allowance] = {} if self.chain else {
+            i: self._terms(i, root) for i in range(1, len(self.graph.nodes))}
+
+    def _terms(self, i: int, bounds: LayerBounds) -> Allowance:
+        op = self.graph.nodes[i].op
+        assert op is not None
+        return op.rounding_terms(self.x0.dtype, *(bounds[j] for j in self.graph.nodes[i].inputs))
 
     # ------------------------------------------------------------------ bounds
     def clamped(self, split: dict[int, Tensor]) -> LayerBounds:
@@ -166,8 +108,8 @@ class BetaBounder:
         for i, (lo, hi) in enumerate(self.root):
             lo_b = lo.expand((b,) + tuple(lo.shape[1:]))
             hi_b = hi.expand((b,) + tuple(hi.shape[1:]))
-            if i in split:
-                s = split[i].reshape(lo_b.shape)
+            for j in self.readers.get(i, ()):
+                s = split[j].reshape(lo_b.shape)
                 lo_b = torch.where(s > 0, lo_b.clamp_min(0), lo_b)
                 hi_b = torch.where(s < 0, hi_b.clamp_max(0), hi_b)
             out.append((lo_b, hi_b))
@@ -194,10 +136,11 @@ class BetaBounder:
         has = torch.stack([split[j].any(1) for j in self.relus], 1)  # (B, L)
         lowest = torch.where(has.any(1), has.to(torch.int8).argmax(1),
                              torch.full((b,), len(self.relus)))
-        for pos, k in enumerate(self.relus):
+        for pos, key in enumerate(self.relus):  # in topological order
             need = (lowest < pos).nonzero().flatten()
             if need.numel() == 0:
                 continue
+            k = self.src[key]
             lo, hi = bounds[k]
             lo_f, hi_f = lo.flatten(1), hi.flatten(1)
             if k in self.inter_alphas:
@@ -223,7 +166,7 @@ class BetaBounder:
             for start in range(0, need.numel(), chunk):
                 part = need[start:start + chunk]
                 sub = [(v_lo[part], v_hi[part]) for v_lo, v_hi in bounds[:k]]
-                a, const, err = linear_pass(self.net, rows, k, sub, al, mags=self.mags)
+                a, const, err = self._back(rows, k, sub, al)
                 x0 = self.x0.expand((part.numel(),) + tuple(self.x0.shape[1:]))
                 val = concretize(self.threat, x0, a, const, err).nan_to_num(nan=-math.inf)
                 sl = slice(start, start + part.numel())
@@ -234,10 +177,30 @@ class BetaBounder:
             hi_f[need.unsqueeze(1), neurons.unsqueeze(0)] = new_hi
             bounds[k] = (lo_f.reshape(lo.shape), hi_f.reshape(hi.shape))
         for j in self.relus:
-            empty |= (bounds[j][0] > bounds[j][1]).flatten(1).any(1)
+            lo, hi = bounds[self.src[j]]
+            empty |= (lo > hi).flatten(1).any(1)
         return bounds, empty
 
+    def _back(self, a: Tensor, stop: int, bounds: LayerBounds,
+              alphas: dict[int, Tensor] | None, betas: dict[int, Tensor] | None = None,
+              record: dict[int, Tensor] | None = None, sound: bool = True
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """Back-substitute ``a`` from node ``stop`` (mappings keyed by ReLU key): the chain's
+        :func:`~advrobust.relax.alpha_crown.linear_pass`, or the graph pass with the root's
+        rounding terms (without them, and without any allowance, unless ``sound``)."""
+        if self.chain:
+            return linear_pass(self.net, a, stop, bounds, alphas, betas, record, self.mags)
+        seen: dict[int, Tensor] | None = None if record is None else {}
+        a_in, const, err = graph_backward(
+            self.graph, stop, a, bounds, slopes=_by_node(alphas), rounding=sound,
+            allowances=dict(self.allow), betas=_by_node(betas), record=seen)
+        if record is not None and seen is not None:
+            record.update({i - 1: v for i, v in seen.items()})
+        return a_in, const, a.new_zeros(a.shape[:2]) if err is None else err
+
     def _relus(self, bounds: LayerBounds) -> dict[int, _Relu]:
+        if not self.chain:
+            return {}
         return {j: _Relu.of(*bounds[j]) for j in self.relus}
 
     def _pass(self, bounds: LayerBounds, split: dict[int, Tensor], alpha: dict[int, Tensor],
@@ -253,8 +216,10 @@ class BetaBounder:
         for the optimisation steps, whose values only pick the parameters; the bound itself
         always comes from a sound pass.
         """
-        relus = self._relus(bounds) if relus is None else relus
         b = row.shape[0]
+        if not isinstance(self.net, Network):
+            return self._graph_pass(bounds, split, alpha, beta, row, record, sound)
+        relus = self._relus(bounds) if relus is None else relus
         a = self.c[row].unsqueeze(1)
         const = a.new_zeros(a.shape[:2])
         err = a.new_zeros(a.shape[:2])
@@ -284,6 +249,23 @@ class BetaBounder:
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
         value = concretize(self.threat, x0, a, const, err)[:, 0]
         return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
+
+    def _graph_pass(self, bounds: LayerBounds, split: dict[int, Tensor],
+                    alpha: dict[int, Tensor], beta: dict[int, Tensor], row: Tensor,
+                    record: dict[int, Tensor] | None, sound: bool) -> tuple[Tensor, Tensor]:
+        """:meth:`_pass` on a graph: the graph pass with the domains' slopes and signed
+        multipliers (B, 1, *shape) on every ReLU."""
+        b = row.shape[0]
+        shape = {j: (b, 1) + tuple(self.root[self.src[j]][0].shape[1:]) for j in self.relus}
+        alphas = {j: alpha[j].reshape(shape[j]) for j in self.relus}
+        betas = {j: (beta[j] * split[j].to(beta[j].dtype)).reshape(shape[j])
+                 for j in self.relus if bool(split[j].any())}
+        a = self.c[row].reshape((b, 1) + tuple(self.graph.output_shape))
+        a_in, const, err = self._back(a, self.graph.output, bounds, alphas, betas, record,
+                                      sound)
+        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
+        value = concretize(self.threat, x0, a_in, const, err)[:, 0]
+        return add_offset(value, self.d[row]), a_in.flatten(2)[:, 0]
 
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
@@ -338,11 +320,15 @@ class BetaBounder:
             # one sound pass with the best parameters: the bound, and its coefficients give
             # scores and a corner
             best, coef = self._pass(bounds, split, best_al, best_be, row, record, relus)
+            for j in self.relus:  # a ReLU no path to the output passes: coefficients 0
+                if j not in record:
+                    record[j] = coef.new_zeros((b, 1, self.sizes[self.relus.index(j)]))
             if floor is not None:
                 best = torch.maximum(best, floor.to(dtype))
             best = best.nan_to_num(nan=-math.inf).masked_fill(empty, math.inf)
-            scores = [babsr_scores(record[j].flatten(2)[:, 0], bounds[j][0].flatten(1),
-                                   bounds[j][1].flatten(1), best_al[j].flatten(1))
+            scores = [babsr_scores(record[j].flatten(2)[:, 0],
+                                   bounds[self.src[j]][0].flatten(1),
+                                   bounds[self.src[j]][1].flatten(1), best_al[j].flatten(1))
                       for j in self.relus]
             lam = torch.cat([record[j].flatten(2)[:, 0] for j in self.relus], dim=1)
         dom = Domains(split, {j: v.to(_STORE) for j, v in best_al.items()},
@@ -421,3 +407,8 @@ class BetaBounder:
         worse = worse.masked_fill(values <= 0, -math.inf)
         pick = worse.argmax(1)
         return cand[torch.arange(b), pick]
+
+
+def _by_node(values: dict[int, Tensor] | None) -> dict[int, Tensor] | None:
+    """A mapping keyed by ReLU key, keyed by node index (key + 1)."""
+    return None if values is None else {j + 1: v for j, v in values.items()}

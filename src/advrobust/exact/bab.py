@@ -39,11 +39,13 @@ from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
 from advrobust.exact._beta import BetaBounder
 from advrobust.exact._beta import Domains as _Domains
+from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.relax._encoding import encode_sample, row_cost
-from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_chain
+from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_branchable
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
+from advrobust.relax.dag import graph_crown_bounds
 from advrobust.relax.ibp import LayerBounds
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
@@ -78,18 +80,18 @@ class _RowSearch:
     search stops).
     """
 
-    def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
-                 bab: BaB, root: AlphaResult) -> None:
+    def __init__(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                 d: Tensor, bab: BaB, root: AlphaResult) -> None:
         self.net, self.x0, self.threat = network, x0, threat
         self.c, self.d = c.reshape(-1, c.shape[-1]).to(x0.dtype), d.reshape(-1).to(x0.dtype)
         self.batch_size, self.max_domains = bab.batch_size, bab.max_domains
         self.max_leaves, self.fsb_k = bab.max_leaves, bab._fsb_k
         self.attack_steps = bab.attack_steps
-        self.relus = network.relu_indices
         self.root = root
         self.bounder = BetaBounder(network, x0, threat, self.c, self.d, root.bounds,
                                    steps=bab.beta_steps, domain_bounds=bab.domain_bounds,
                                    inter_alphas=root.inter_alphas)
+        self.relus = self.bounder.relus
         self.rows = [_Row() for _ in range(self.c.shape[0])]
         self.leaves = 0
         # Seconds to bound one sub-domain, measured as the search goes: on large (convolutional)
@@ -147,7 +149,8 @@ class _RowSearch:
             state.best_value, state.best_point = value, point.detach().clone()
 
     def _value(self, r: int, point: Tensor) -> float:
-        return float((self.net.forward(point) * self.c[r]).sum() + self.d[r])
+        with torch.no_grad():
+            return float((self.net.forward(point) * self.c[r]).sum() + self.d[r])
 
     # ------------------------------------------------------------------ leaves
     def solve_leaf(self, dom: _Domains, time_limit: float) -> float:
@@ -177,8 +180,8 @@ class _RowSearch:
         n_rows = self.c.shape[0]
         start = time.perf_counter()
         row = torch.arange(n_rows, device=self.x0.device)
-        split = {j: torch.zeros((n_rows, self.net.ops[j].in_size), dtype=torch.int8)
-                 for j in self.relus}
+        split = {j: torch.zeros((n_rows, size), dtype=torch.int8)
+                 for j, size in zip(self.relus, self.bounder.sizes, strict=True)}
         alpha = {j: self.root.alphas[j][0].flatten(1) for j in self.relus}
         beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
         open_ = self.bound(split, alpha, beta, row, floor=self.root.lower[0], steps=0)
@@ -314,7 +317,11 @@ class _RowSearch:
 
 
 class BaB(Bounder):
-    """Complete verifier: beta-CROWN branch and bound on ReLU splits (chain networks).
+    """Complete verifier: beta-CROWN branch and bound on ReLU splits.
+
+    Runs on chains and on graphs (residual additions, concatenations, reshapes, convolutions,
+    batch norm, average pooling) whose only nonlinear nodes are ReLUs; any other nonlinear node
+    (sigmoid, tanh, max pooling, LeakyReLU) is refused with an UnsupportedLayerError naming it.
 
     Each spec row not already proved at the root (alpha-CROWN) is searched until its sign is
     decided (all sub-domains bounded above the tolerance: proved; a point of the set below
@@ -375,17 +382,24 @@ class BaB(Bounder):
     def _fsb_k(self) -> int:
         return {"babsr": 1, "fsb": 3}.get(self.branching, self.branching)  # type: ignore[arg-type]
 
-    def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec, *,
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec, *,
+                     layer_bounds: LayerBounds | None = None) -> Bounds:
+        return self._bound(graph, x, threat, spec, layer_bounds=layer_bounds)
+
+    def _bound(self, network: Network | Graph, x: Tensor,  # type: ignore[override]
+               threat: LpBall, spec: Spec, *,
                layer_bounds: LayerBounds | None = None) -> Bounds:
         if threat.norm is not Norm.LINF:
             raise InvalidThreatModelError(
                 f"BaB supports the norm 'linf' only. Got {threat.norm.value!r} instead; use "
                 "MILP for l1 and CROWN for l2.")
-        check_chain(network)
+        check_branchable(network)
         with torch.no_grad():
             # one CROWN pass (or the caller's): the start of every sample's alpha-CROWN root
-            layers = layer_bounds if layer_bounds is not None else \
-                crown_layer_bounds(network, x, threat, rounding=True)
+            layers = layer_bounds if layer_bounds is not None else (
+                graph_crown_bounds(network, x, threat, rounding=True)
+                if isinstance(network, Graph) else
+                crown_layer_bounds(network, x, threat, rounding=True))
             crown = crown_lower(network, x, threat, spec.C, spec.d, bounds=layers,
                                 rounding=True)
             clean = spec.apply(network.forward(x))
@@ -400,7 +414,7 @@ class BaB(Bounder):
         return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples,
                                                      "root_bounds": roots})
 
-    def _sample(self, network: Network, x0: Tensor, threat: LpBall, spec: Spec, s: int,
+    def _sample(self, network: Network | Graph, x0: Tensor, threat: LpBall, spec: Spec, s: int,
                 crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any,
                 roots: dict[int, Any]) -> list[dict[str, Any]]:
         start = time.perf_counter()

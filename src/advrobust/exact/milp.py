@@ -134,9 +134,10 @@ class MILP(Bounder):
         bounds, crown = root_bounds(network, x, threat, spec, layer_bounds=layer_bounds)
         return self._run(network.graph, bounds, crown, x, threat, spec)
 
-    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec, *,
+                     layer_bounds: LayerBounds | None = None) -> Bounds:
         check_linear_norm(threat, "MILP")
-        bounds, crown = root_bounds(graph, x, threat, spec)
+        bounds, crown = root_bounds(graph, x, threat, spec, layer_bounds=layer_bounds)
         return self._run(graph, bounds, crown, x, threat, spec)
 
     def _run(self, network: Graph, bounds: LayerBounds, crown: Tensor, x: Tensor,

@@ -33,6 +33,7 @@ from torch import Tensor
 from advrobust.core.threat import LpBall
 from advrobust.errors import UnsupportedLayerError
 from advrobust.network.graph import Graph
+from advrobust.network.graph.base import GraphOp
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
 from advrobust.relax._rounding import abs_dot, input_gamma
@@ -46,7 +47,8 @@ from advrobust.relax.dag import (
 )
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["Adam", "AlphaResult", "alpha_crown", "check_chain", "concretize", "linear_pass"]
+__all__ = ["Adam", "AlphaResult", "alpha_crown", "check_branchable", "check_chain", "concretize",
+           "linear_pass"]
 
 
 class Adam:
@@ -109,7 +111,29 @@ def check_chain(network: Network) -> list[int]:
     return [i for i, op in enumerate(graph_ops) if op.nonlinear]
 
 
-def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
+def check_branchable(network: Network | Graph) -> list[int]:
+    """The ReLUs branch-and-bound can split, keyed by node index - 1 (a chain's op positions,
+    :func:`check_chain`; on a graph the same key, so slopes from :func:`alpha_crown` line up);
+    an UnsupportedLayerError naming any other nonlinear node (sigmoid, tanh, max pooling,
+    LeakyReLU) or a nonlinear node with several inputs."""
+    if not isinstance(network, Graph):
+        return check_chain(network)
+    keys = []
+    for i, node in enumerate(network.nodes[1:], start=1):
+        op = node.op
+        assert op is not None
+        if not op.nonlinear:
+            continue
+        if not op.branchable or len(node.inputs) != 1:
+            raise UnsupportedLayerError(
+                f"BaB (beta-CROWN branch and bound) splits ReLU phases only; node {node.name} "
+                f"is a {type(op).__name__} (inputs {list(node.inputs)}). Use the MILP (LP "
+                "relaxations of such nodes) or CROWN for this network.")
+        keys.append(i - 1)
+    return keys
+
+
+def linear_pass(network: Network | Graph, a: Tensor, stop: int, bounds: LayerBounds,
                 alphas: Mapping[int, Tensor] | None = None,
                 betas: Mapping[int, Tensor] | None = None,
                 record: dict[int, Tensor] | None = None,
@@ -117,9 +141,10 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
     """Back-substitute ``a`` (N, K, *shape of op ``stop``'s input) to the network input.
 
     The graph pass (:func:`~advrobust.relax.dag.graph_backward`) over the chain's graph ops
-    with rounding allowances: op ``j`` is node ``j + 1``, so every mapping below is keyed by op
-    index. ``betas[j]`` (broadcastable to (N, K, *shape_j)) are signed Lagrange multipliers of
-    split constraints on the input ``z_j`` of ReLU ``j``: ``beta * s`` with ``s = +1`` for a
+    (or a :class:`Graph`'s nodes; ``stop`` is a node index) with rounding allowances: op ``j``
+    is node ``j + 1``, so every mapping below is keyed by op index (node index - 1).
+    ``betas[j]`` (broadcastable to (N, K, *shape_j)) are signed Lagrange multipliers of split
+    constraints on the input ``z_j`` of ReLU ``j``: ``beta * s`` with ``s = +1`` for a
     split ``z_j >= 0`` and ``-1`` for ``z_j <= 0``, ``beta >= 0``; the term ``-beta s z_j`` is
     non-positive on the split domain, so the result still lower-bounds ``<a, z_stop>`` there.
     ``record``, when given, receives the coefficients on every ReLU's output (for branching).
@@ -130,17 +155,23 @@ def linear_pass(network: Network, a: Tensor, stop: int, bounds: LayerBounds,
         ``(a_in, const, err)``: ``<a, z_stop> >= <a_in, x> + const - err`` over the box of
         ``bounds[0]`` (and the split domain), ``err`` (N, K) the rounding allowance.
     """
-    ops = network.graph_ops
+    graph = as_graph(network)
     allowances: dict[int, Allowance] = {} if mags is None else {
-        j + 1: (ops[j].rounding_gamma(a.dtype), m) for j, m in mags.items()}
+        j + 1: (_op(graph, j + 1).rounding_gamma(a.dtype), m) for j, m in mags.items()}
     seen: dict[int, Tensor] | None = None if record is None else {}
     a_in, const, err = graph_backward(
-        network.graph, stop, a, bounds, slopes=_by_node(alphas), rounding=True,
+        graph, stop, a, bounds, slopes=_by_node(alphas), rounding=True,
         allowances=allowances, betas=_by_node(betas), record=seen)
     if record is not None and seen is not None:
         record.update({i - 1: v for i, v in seen.items()})
     assert err is not None
     return a_in, const, err
+
+
+def _op(graph: Graph, i: int) -> GraphOp:
+    op = graph.nodes[i].op
+    assert op is not None
+    return op
 
 
 def _by_node(values: Mapping[int, Tensor] | None) -> dict[int, Tensor] | None:

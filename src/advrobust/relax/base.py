@@ -184,8 +184,9 @@ class Bounder(Configurable, abc.ABC):
             threat: the set ``S(x)``.
             spec: rows ``C f + d`` to bound (default: margins ``e_y - e_t``, t != y).
             layer_bounds: sound bounds ``(lo, hi)`` (N, *shape) of every op's input and of the
-                output of the chain network, computed with rounding allowances in float64
-                (what :func:`~advrobust.relax.crown.crown_layer_bounds` returns), for
+                output of the chain network (of every node's output on a graph), computed with
+                rounding allowances in float64 (what :func:`~advrobust.relax.crown.
+                crown_layer_bounds` / :func:`~advrobust.relax.dag.graph_crown_bounds` return), for
                 bounders with :attr:`reuses_layer_bounds`: they start from these instead of
                 recomputing them (:class:`advrobust.verify.Problem` caches them).
             gate: the witness gate of ``model`` (:class:`~advrobust.relax.witness.WitnessGate`,
@@ -224,13 +225,18 @@ class Bounder(Configurable, abc.ABC):
             with torch.no_grad():
                 _check_ir(network, model, x.to(BOUND_DTYPE), clean)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
-            if layer_bounds is not None and (isinstance(network, Graph)
-                                             or not self.reuses_layer_bounds):
+            if layer_bounds is not None and not self.reuses_layer_bounds:
                 raise InvalidParameterError(
                     f"{name} takes no 'layer_bounds' for this network (only CROWN, BaB and the "
-                    "MILP on chain networks start from precomputed bounds); got them.")
+                    "MILP start from precomputed bounds); got them.")
             if isinstance(network, Graph):
-                out = self._bound_graph(network, x.to(BOUND_DTYPE), threat, spec64)
+                layers = None if layer_bounds is None else \
+                    self._check_layer_bounds(layer_bounds, network, x)
+                if layers is not None and self._holds_clean(layers, network, x, name):
+                    out = self._bound_graph(network, x.to(BOUND_DTYPE), threat, spec64,
+                                            layer_bounds=layers)  # type: ignore[call-arg]
+                else:
+                    out = self._bound_graph(network, x.to(BOUND_DTYPE), threat, spec64)
             elif layer_bounds is not None and self._holds_clean(
                     layers := self._check_layer_bounds(layer_bounds, network, x), network, x,
                     name):
@@ -248,13 +254,19 @@ class Bounder(Configurable, abc.ABC):
                            method=name, stats=stats)
 
     @staticmethod
-    def _check_layer_bounds(bounds: LayerBounds, network: Network, x: Tensor) -> LayerBounds:
+    def _check_layer_bounds(bounds: LayerBounds, network: Network | Graph, x: Tensor
+                            ) -> LayerBounds:
         """``bounds`` in the bound dtype, or an error naming what does not fit the network."""
-        shapes = [network.input_shape] + [tuple(op.out_shape) for op in network.ops]
+        if isinstance(network, Graph):
+            shapes = [tuple(node.shape) for node in network.nodes]
+            what = "the output of every node"
+        else:
+            shapes = [network.input_shape] + [tuple(op.out_shape) for op in network.ops]
+            what = "the input of every op and the output"
         if len(bounds) != len(shapes):
             raise InvalidInputError(
-                f"'layer_bounds' must hold {len(shapes)} (lo, hi) pairs (the input of every op "
-                f"and the output); got {len(bounds)}.")
+                f"'layer_bounds' must hold {len(shapes)} (lo, hi) pairs ({what}); got "
+                f"{len(bounds)}.")
         out = []
         for k, ((lo, hi), shape) in enumerate(zip(bounds, shapes, strict=True)):
             want = (x.shape[0],) + tuple(shape)
@@ -266,11 +278,24 @@ class Bounder(Configurable, abc.ABC):
         return out
 
     @staticmethod
-    def _holds_clean(bounds: LayerBounds, network: Network, x: Tensor, name: str) -> bool:
+    def _holds_clean(bounds: LayerBounds, network: Network | Graph, x: Tensor, name: str
+                     ) -> bool:
         """True if the clean inputs' values at every op lie inside ``bounds`` (a bound that
         excludes a point of the set is wrong); else a warning, and the caller's bounds are not
         used."""
         with torch.no_grad():
+            if isinstance(network, Graph):
+                values = [x.to(BOUND_DTYPE)]
+                for node in network.nodes[1:]:
+                    assert node.op is not None
+                    values.append(node.op.forward(*(values[j] for j in node.inputs)))
+                outside = [k for k, (v, (lo, hi)) in enumerate(zip(values, bounds, strict=True))
+                           if bool(((v < lo) | (v > hi)).any())]
+                if outside:
+                    warnings.warn(f"{name}: the given layer_bounds exclude the clean input at "
+                                  f"node {outside[0]} (wrong bounds); they are ignored and "
+                                  "recomputed.", RuntimeWarning, stacklevel=4)
+                return not outside
             value = x.to(BOUND_DTYPE)
             for k, (lo, hi) in enumerate(bounds):
                 if bool(((value < lo) | (value > hi)).any()):

@@ -356,11 +356,13 @@ class CROWN(Bounder):
                                           rounding=True))
         return Bounds(_optimize_alphas(network, x, threat, spec, bounds, self.steps, self.lr))
 
-    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec) -> Bounds:
+    def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec, *,
+                     layer_bounds: LayerBounds | None = None) -> Bounds:
         from advrobust.relax.dag import graph_crown_bounds, graph_crown_lower, optimize_slopes
 
         with torch.no_grad():
-            bounds = graph_crown_bounds(graph, x, threat, rounding=True)
+            bounds = layer_bounds if layer_bounds is not None else \
+                graph_crown_bounds(graph, x, threat, rounding=True)
             if not self.alpha:
                 return Bounds(graph_crown_lower(graph, x, threat, spec.C, spec.d,
                                                 bounds=bounds, rounding=True))

@@ -4,11 +4,12 @@ of the wall-clock budget.
 ``method="auto"`` is the cascade: CROWN on every sample (cheap, batched; its layer bounds are
 cached on the problem), a targeted attack on every spec row of what it leaves undecided
 (:class:`~advrobust.attacks.spec_apgd.SpecAPGD`: one APGD copy per row, random restarts), then
-branch and bound on ReLU splits (:class:`~advrobust.exact.BaB`, linf: the whole per-sample time
-limit, finishing with the MILP on its alpha-CROWN bounds where linear regions keep coming) or
-the MILP (l1, and any norm on graph networks, which BaB does not split: exact on ReLU / Add /
-Sub / Concat graphs, sound LP relaxations of sigmoid / tanh with ``stats["exact"]`` False) on
-the rows no earlier stage proved, both starting from CROWN's cached layer bounds (chains).
+branch and bound on ReLU splits (:class:`~advrobust.exact.BaB`, linf, on chains and on graphs
+whose only nonlinear nodes are ReLUs: the whole per-sample time limit, finishing with the
+MILP on its alpha-CROWN bounds where linear regions keep coming) or the MILP (l1, and graphs
+with other nonlinear nodes, which BaB does not split: sound LP relaxations of sigmoid / tanh /
+max pooling with ``stats["exact"]`` False) on the rows no earlier stage proved, both starting
+from CROWN's cached layer (node) bounds.
 ``"ibp"``, ``"crown"``, ``"lp"`` run one relaxation; ``"milp"`` and ``"bab"`` run CROWN then
 that exact method. With a limited :class:`~advrobust.verify.budget.Budget` every stage gets a
 deadline from it, a stage whose measured or predicted cost does not fit is skipped, and where
@@ -177,13 +178,13 @@ def _stages(bracket: Bracket, policy: Policy, budget: Budget) -> list[Stage]:
         return stages
     # linf: beta-CROWN BaB alone, with the whole exact budget (it finishes with the MILP on its
     # alpha-CROWN bounds when linear regions keep coming); mnist_fc at 30 s, BaB alone vs the
-    # old BaB + MILP halves: bench/RESULTS.md, issue 11. BaB splits the ReLUs of chains only;
-    # on a graph (residual / concat / sigmoid ...) the MILP runs: exact where every op has an
-    # exact encoding (ReLU, Add, Sub, Concat, affine), else on LP relaxations of the S-shaped
-    # ops, whose bounds are sound but not minima: a proof stays a proof, and what they do not
-    # prove stays UNKNOWN (witnesses only ever count through the gate).
+    # old BaB + MILP halves: bench/RESULTS.md, issue 11. BaB splits ReLUs, on chains and on
+    # graphs (residual / concat); where another nonlinear node (sigmoid, tanh, max pooling,
+    # LeakyReLU) is in the graph the MILP runs, on LP relaxations of those nodes, whose bounds
+    # are sound but not minima: a proof stays a proof, and what they do not prove stays
+    # UNKNOWN (witnesses only ever count through the gate).
     exact = ("bab",) if method == "auto" and problem.threat.norm is Norm.LINF and \
-        problem.is_chain else ("milp",) if method == "auto" else (method,)
+        problem.branchable else ("milp",) if method == "auto" else (method,)
     for k, name in enumerate(exact):
         stages.append((name, _exact(bracket, policy, name, len(exact) - k, budget)))
     return stages

@@ -194,10 +194,23 @@ class Problem:
 
     @property
     def is_chain(self) -> bool:
-        """True if the exact methods (BaB, MILP) can read the network (a chain of ops)."""
+        """True if the network is a chain of ops (graphs: see :attr:`branchable`)."""
         from advrobust.network.ir import Network
 
         return isinstance(self.structure, Network)
+
+    @property
+    def branchable(self) -> bool:
+        """True if branch and bound can split every nonlinear node of the network (a chain,
+        or a graph whose only nonlinear nodes are ReLUs)."""
+        from advrobust.errors import UnsupportedLayerError
+        from advrobust.relax.alpha_crown import check_branchable
+
+        try:
+            check_branchable(self.structure)
+        except UnsupportedLayerError:
+            return False
+        return True
 
     def along(self, radii: Sequence[float]) -> list[Problem]:
         """The same samples and spec on the balls of the same norm and box with radii ``radii``
@@ -232,8 +245,8 @@ class Problem:
 
     # ------------------------------------------------------------------ cached bounds
     def layer_bounds(self, idx: Sequence[int] | Tensor) -> LayerBounds | None:
-        """Cached float64 bounds of every op's input for samples ``idx`` (stacked, batch
-        first), or None if some sample has none."""
+        """Cached float64 bounds of every op's input (of every node's output on a graph) for
+        samples ``idx`` (stacked, batch first), or None if some sample has none."""
         ids = [int(i) for i in idx]
         if not ids or any(i not in self._layers for i in ids):
             return None
@@ -275,21 +288,22 @@ class Problem:
             self._layers.pop(int(i), None)
 
     def ensure_layer_bounds(self, idx: Tensor, stage: str) -> LayerBounds | None:
-        """The CROWN layer bounds of samples ``idx``, computed (once, in one batch) for those
-        not cached; None for a graph network (its bounders keep their own passes)."""
+        """The CROWN layer bounds of samples ``idx`` (per node on a graph), computed (once, in
+        one batch) for those not cached."""
         from advrobust.network.ir import Network
         from advrobust.relax.crown import crown_layer_bounds
+        from advrobust.relax.dag import graph_crown_bounds
 
         network = self.network
-        if not isinstance(network, Network):
-            return None
         missing = [int(i) for i in idx if int(i) not in self._layers]
         if missing:
             t0 = time.perf_counter()
             rows = torch.tensor(missing, device=self.x.device)
             x64 = self.x[rows].to(torch.float64)
             with torch.no_grad():
-                bounds = crown_layer_bounds(network, x64, self.threat, rounding=True)
+                bounds = crown_layer_bounds(network, x64, self.threat, rounding=True) \
+                    if isinstance(network, Network) else \
+                    graph_crown_bounds(network, x64, self.threat, rounding=True)
             record = BoundRecord("crown", stage, torch.float64, time.perf_counter() - t0,
                                  tuple(missing))
             self.store_layer_bounds(missing, bounds, record)
