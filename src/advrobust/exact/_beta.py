@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ from advrobust.relax._rounding import (
 from advrobust.relax.alpha_crown import Adam, check_chain, concretize, linear_pass
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["BetaBounder", "Domains"]
+__all__ = ["BetaBounder", "Domains", "OptState"]
 
 #: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
 _STORE = torch.float32
@@ -78,6 +79,70 @@ class _Relu:
 
 
 @dataclass
+class OptState:
+    """Per-domain Adam state (Kingma & Ba 2015) of the slopes and multipliers, so that a
+    child continues its parent's optimisation instead of restarting it: first and second
+    moments per parameter, the domain's step count ``t`` (B,) for the slopes' bias
+    correction, and per multiplier its own count (a new split's multiplier starts fresh
+    moments while the domain's other parameters keep theirs)."""
+
+    m_alpha: dict[int, Tensor]
+    v_alpha: dict[int, Tensor]
+    m_beta: dict[int, Tensor]
+    v_beta: dict[int, Tensor]
+    t_beta: dict[int, Tensor]
+    t: Tensor
+
+    @classmethod
+    def zeros(cls, like: dict[int, Tensor]) -> OptState:
+        def fresh() -> dict[int, Tensor]:
+            return {j: torch.zeros(v.shape, dtype=_STORE) for j, v in like.items()}
+        b = next(iter(like.values())).shape[0]
+        return cls(fresh(), fresh(), fresh(), fresh(), fresh(), torch.zeros(b, dtype=_STORE))
+
+    def _parts(self) -> list[dict[int, Tensor]]:
+        return [self.m_alpha, self.v_alpha, self.m_beta, self.v_beta, self.t_beta]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> OptState:
+        m_a, v_a, m_b, v_b, t_b = ({j: fn(v) for j, v in d.items()} for d in self._parts())
+        return OptState(m_a, v_a, m_b, v_b, t_b, fn(self.t))
+
+    def cat(self, other: OptState) -> OptState:
+        m_a, v_a, m_b, v_b, t_b = ({j: torch.cat([v, o[j]]) for j, v in d.items()}
+                                   for d, o in zip(self._parts(), other._parts(), strict=True))
+        return OptState(m_a, v_a, m_b, v_b, t_b, torch.cat([self.t, other.t]))
+
+    def step(self, params: dict[int, Tensor], grads: dict[int, Tensor | None], lr: float,
+             kind: str, *, decay: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+             eps: float = 1e-8) -> None:
+        """One ascent step per domain on ``params`` (``kind``: ``"alpha"``, bias-corrected
+        by the domain's count ``t``, or ``"beta"``, by each multiplier's ``t_beta``); the
+        caller advances the counts first; the rate is ``lr * decay ** (t - 1)``, by the
+        domain's count."""
+        b1, b2 = betas
+        if decay != 1.0:
+            lr_t: float | Tensor = lr * decay ** (self.t - 1).clamp_min(0).unsqueeze(1)
+        else:
+            lr_t = lr
+        m_all, v_all = (self.m_alpha, self.v_alpha) if kind == "alpha" else \
+            (self.m_beta, self.v_beta)
+        for j, p in params.items():
+            g = grads[j]
+            if g is None:
+                continue
+            m, v = m_all[j], v_all[j]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            if kind == "alpha":
+                t = self.t.unsqueeze(1)
+            else:
+                t = self.t_beta[j]
+            m_hat = m / (1 - b1 ** t).clamp_min(1 - b1)
+            v_hat = v / (1 - b2 ** t).clamp_min(1 - b2)
+            p.add_(lr_t * m_hat / (v_hat.sqrt() + eps))
+
+
+@dataclass
 class Domains:
     """A batch of B domains of one sample.
 
@@ -90,6 +155,7 @@ class Domains:
         row: (B,) spec row of each domain.
         coef: (B, total neurons) coefficients of the best pass on every ReLU's output (they
             start a new split's multiplier where that reproduces the parent's bound).
+        state: the domains' Adam state (None: each batch starts a fresh one).
     """
 
     split: dict[int, Tensor]
@@ -99,12 +165,14 @@ class Domains:
     score: Tensor
     row: Tensor
     coef: Tensor
+    state: OptState | None = None
 
     def take(self, idx: Tensor) -> Domains:
         return Domains({i: v[idx] for i, v in self.split.items()},
                        {i: v[idx] for i, v in self.alpha.items()},
                        {i: v[idx] for i, v in self.beta.items()},
-                       self.lower[idx], self.score[idx], self.row[idx], self.coef[idx])
+                       self.lower[idx], self.score[idx], self.row[idx], self.coef[idx],
+                       None if self.state is None else self.state.map(lambda v: v[idx]))
 
     def cat(self, other: Domains) -> Domains:
         def join(a: dict[int, Tensor], b: dict[int, Tensor]) -> dict[int, Tensor]:
@@ -112,14 +180,17 @@ class Domains:
         return Domains(join(self.split, other.split), join(self.alpha, other.alpha),
                        join(self.beta, other.beta), torch.cat([self.lower, other.lower]),
                        torch.cat([self.score, other.score]), torch.cat([self.row, other.row]),
-                       torch.cat([self.coef, other.coef]))
+                       torch.cat([self.coef, other.coef]),
+                       None if self.state is None or other.state is None
+                       else self.state.cat(other.state))
 
     def __len__(self) -> int:
         return int(self.lower.shape[0])
 
     def bytes_per_domain(self) -> int:
         """Memory one domain holds (for sizing the open list)."""
-        per = sum(v[0].numel() * (v.element_size() + 2 * _STORE.itemsize)
+        tensors = 2 if self.state is None else 7  # slopes, multipliers (+ moments, counts)
+        per = sum(v[0].numel() * (v.element_size() + tensors * _STORE.itemsize)
                   for v in self.split.values())
         return per + 2 * self.score.shape[1] * self.score.element_size() + 16
 
@@ -137,13 +208,18 @@ class BetaBounder:
         domain_bounds: re-bound, per domain, the inputs of the ReLUs above its splits (one
             CROWN pass per layer under the split-clamped bounds below it, intersected with
             the root's): a split makes later neurons stable, which no multiplier can do.
+        keep_state: keep each domain's Adam state (:class:`OptState`) and continue it in its
+            children; off: every batch starts a fresh optimiser.
+        lr_decay: with ``keep_state``, both rates times ``lr_decay ** (t - 1)`` at a domain's
+            step ``t`` (counted over its generations).
         inter_alphas: slopes for those passes (:attr:`AlphaResult.inter_alphas` of the root;
             layers without any get CROWN's adaptive slopes).
     """
 
     def __init__(self, network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
                  root: LayerBounds, *, steps: int = 10, lr_alpha: float = 0.1,
-                 lr_beta: float = 0.05, domain_bounds: bool = False,
+                 lr_beta: float = 0.05, domain_bounds: bool = False, keep_state: bool = True,
+                 lr_decay: float = 1.0,
                  inter_alphas: dict[int, tuple[Tensor, dict[int, Tensor]]] | None = None
                  ) -> None:
         self.net, self.x0, self.threat = network, x0, threat
@@ -152,6 +228,7 @@ class BetaBounder:
         self.root = root
         self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
         self.domain_bounds = domain_bounds
+        self.keep_state, self.lr_decay = keep_state, lr_decay
         self.inter_alphas = inter_alphas or {}
         self.sizes = [network.ops[j].in_size for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
@@ -287,8 +364,8 @@ class BetaBounder:
 
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
-              steps: int | None = None, deadline: float = math.inf
-              ) -> tuple[Domains, Tensor]:
+              steps: int | None = None, deadline: float = math.inf,
+              state: OptState | None = None) -> tuple[Domains, Tensor]:
         """Optimise slopes and multipliers of B domains; the best sound bound of each.
 
         Args:
@@ -298,6 +375,8 @@ class BetaBounder:
             steps: Adam steps (default: the bounder's).
             deadline: ``time.perf_counter()`` value after which no further step starts (the
                 bounds so far are sound).
+            state: the domains' Adam state (their parents', :meth:`child_state`); None: fresh.
+                Used and returned when the bounder keeps states (``keep_state``).
 
         Returns:
             The bounded domains (with branching scores), and (B, D) input coefficients of the
@@ -313,6 +392,11 @@ class BetaBounder:
         if any(bool(split[j].any()) for j in self.relus):
             groups.append((list(be.values()), self.lr_beta))
         opt = Adam(groups)
+        st = None
+        if self.keep_state:
+            st = (state if state is not None else OptState.zeros(alpha)).map(
+                lambda v: v.to(dtype).clone())
+            live = {j: (split[j] != 0).to(dtype) for j in self.relus}
         b = row.shape[0]
         best = torch.full((b,), -math.inf, dtype=dtype)  # of the steps' (unsound) values
         best_al = {j: v.detach().clone() for j, v in al.items()}
@@ -324,7 +408,11 @@ class BetaBounder:
                 lower, _ = self._pass(bounds, split, al, be, row, relus=relus, sound=False)
                 with torch.no_grad():
                     self._keep(lower.detach(), best, al, be, best_al, best_be)
-                opt.step(lower.clamp(max=1e8).sum())
+                if st is None:
+                    opt.step(lower.clamp(max=1e8).sum())
+                else:
+                    self._state_step(st, lower.clamp(max=1e8).sum(), al, be, live,
+                                     len(groups) > 1)
             with torch.no_grad():
                 for v in al.values():
                     v.clamp_(0.0, 1.0)
@@ -347,8 +435,26 @@ class BetaBounder:
             lam = torch.cat([record[j].flatten(2)[:, 0] for j in self.relus], dim=1)
         dom = Domains(split, {j: v.to(_STORE) for j, v in best_al.items()},
                       {j: v.to(_STORE) for j, v in best_be.items()}, best,
-                      torch.cat(scores, dim=1).to(_STORE), row, lam.to(_STORE))
+                      torch.cat(scores, dim=1).to(_STORE), row, lam.to(_STORE),
+                      None if st is None else st.map(lambda v: v.to(_STORE)))
         return dom, coef
+
+    def _state_step(self, st: OptState, objective: Tensor, al: dict[int, Tensor],
+                    be: dict[int, Tensor], live: dict[int, Tensor], with_beta: bool) -> None:
+        """One Adam step of every domain from its own state (the domains' bounds are
+        separate terms of ``objective``, so its gradient is each domain's own)."""
+        params = list(al.values()) + (list(be.values()) if with_beta else [])
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        n = len(al)
+        with torch.no_grad():
+            st.t.add_(1)
+            st.step(al, dict(zip(al, grads[:n], strict=True)), self.lr_alpha, "alpha",
+                    decay=self.lr_decay)
+            if with_beta:
+                for j in self.relus:
+                    st.t_beta[j].add_(live[j])
+                st.step(be, dict(zip(be, grads[n:], strict=True)), self.lr_beta, "beta",
+                        decay=self.lr_decay)
 
     @staticmethod
     def _keep(lower: Tensor, best: Tensor, al: dict[int, Tensor], be: dict[int, Tensor],
@@ -370,6 +476,15 @@ class BetaBounder:
             return self._pass(bounds, split, al, be, row)[0].nan_to_num(nan=-math.inf)
 
     # ------------------------------------------------------------------ splits
+    def child_state(self, dom: Domains, neuron: Tensor) -> OptState | None:
+        """The Adam state of :meth:`children`'s children (inactive copies, then active
+        copies): each continues its parent's. The new split's multiplier starts with fresh
+        moments and count: an unsplit neuron's multiplier has no gradient (its term is
+        ``beta * 0``) and its count advances only while split, so they are still 0."""
+        if dom.state is None:
+            return None
+        return dom.state.map(lambda v: v.repeat((2,) + (1,) * (v.dim() - 1)))
+
     def locate(self, flat: Tensor) -> list[tuple[int, Tensor, Tensor]]:
         """(ReLU index, positions in ``flat``, neuron within the layer) per layer."""
         out, offset = [], 0
