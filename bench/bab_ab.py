@@ -49,14 +49,19 @@ def main() -> None:
                         "by time.process_time): A/B under a shared machine's varying load")
     parser.add_argument("--lr", nargs=2, type=float, default=None, metavar=("ALPHA", "BETA"),
                         help="Adam rates of the domains' slopes and multipliers")
+    parser.add_argument("--bounder", default=None, metavar="JSON",
+                        help="further BetaBounder keyword arguments, e.g. '{\"lr_decay\": 0.98}'")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    extra = json.loads(args.bounder) if args.bounder else {}
     if args.lr is not None:
+        extra.update(lr_alpha=args.lr[0], lr_beta=args.lr[1])
+    if extra:
         base = bab_module.BetaBounder
 
         class Rates(base):  # type: ignore[misc,valid-type]
             def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
-                super().__init__(*a, **k, lr_alpha=args.lr[0], lr_beta=args.lr[1])
+                super().__init__(*a, **k, **extra)
 
         bab_module.BetaBounder = Rates  # type: ignore[misc]
     if args.cpu_clock:

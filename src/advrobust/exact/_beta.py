@@ -31,7 +31,7 @@ from torch import Tensor
 
 from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
-from advrobust.exact._domains import _STORE, Domains, _Relu
+from advrobust.exact._domains import _STORE, Domains, OptState, _Relu
 from advrobust.network.graph import Graph
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
@@ -45,7 +45,7 @@ from advrobust.relax.alpha_crown import Adam, check_branchable, concretize, line
 from advrobust.relax.dag import Allowance, graph_backward
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["BetaBounder", "Domains"]
+__all__ = ["BetaBounder", "Domains", "OptState"]
 
 
 class BetaBounder:
@@ -62,13 +62,18 @@ class BetaBounder:
         domain_bounds: re-bound, per domain, the inputs of the ReLUs above its splits (one
             CROWN pass per layer under the split-clamped bounds below it, intersected with
             the root's): a split makes later neurons stable, which no multiplier can do.
+        keep_state: keep each domain's Adam state (:class:`OptState`) and continue it in its
+            children; off: every batch starts a fresh optimiser.
+        lr_decay: with ``keep_state``, both rates times ``lr_decay ** (t - 1)`` at a domain's
+            step ``t`` (counted over its generations).
         inter_alphas: slopes for those passes (:attr:`AlphaResult.inter_alphas` of the root;
             layers without any get CROWN's adaptive slopes).
     """
 
     def __init__(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
                  root: LayerBounds, *, steps: int = 10, lr_alpha: float = 0.1,
-                 lr_beta: float = 0.05, domain_bounds: bool = False,
+                 lr_beta: float = 0.05, domain_bounds: bool = False, keep_state: bool = True,
+                 lr_decay: float = 1.0,
                  inter_alphas: dict[int, tuple[Tensor, dict[int, Tensor]]] | None = None
                  ) -> None:
         self.net, self.x0, self.threat = network, x0, threat
@@ -85,6 +90,7 @@ class BetaBounder:
         self.root = root
         self.steps, self.lr_alpha, self.lr_beta = steps, lr_alpha, lr_beta
         self.domain_bounds = domain_bounds
+        self.keep_state, self.lr_decay = keep_state, lr_decay
         self.inter_alphas = inter_alphas or {}
         self.sizes = [root[self.src[j]][0][0].numel() for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
@@ -269,8 +275,8 @@ class BetaBounder:
 
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
-              steps: int | None = None, deadline: float = math.inf
-              ) -> tuple[Domains, Tensor]:
+              steps: int | None = None, deadline: float = math.inf,
+              state: OptState | None = None) -> tuple[Domains, Tensor]:
         """Optimise slopes and multipliers of B domains; the best sound bound of each.
 
         Args:
@@ -280,6 +286,8 @@ class BetaBounder:
             steps: Adam steps (default: the bounder's).
             deadline: ``time.perf_counter()`` value after which no further step starts (the
                 bounds so far are sound).
+            state: the domains' Adam state (their parents', :meth:`child_state`); None: fresh.
+                Used and returned when the bounder keeps states (``keep_state``).
 
         Returns:
             The bounded domains (with branching scores), and (B, D) input coefficients of the
@@ -295,6 +303,11 @@ class BetaBounder:
         if any(bool(split[j].any()) for j in self.relus):
             groups.append((list(be.values()), self.lr_beta))
         opt = Adam(groups)
+        st = None
+        if self.keep_state:
+            st = (state if state is not None else OptState.zeros(alpha)).map(
+                lambda v: v.to(dtype).clone())
+            live = {j: (split[j] != 0).to(dtype) for j in self.relus}
         b = row.shape[0]
         best = torch.full((b,), -math.inf, dtype=dtype)  # of the steps' (unsound) values
         best_al = {j: v.detach().clone() for j, v in al.items()}
@@ -306,7 +319,11 @@ class BetaBounder:
                 lower, _ = self._pass(bounds, split, al, be, row, relus=relus, sound=False)
                 with torch.no_grad():
                     self._keep(lower.detach(), best, al, be, best_al, best_be)
-                opt.step(lower.clamp(max=1e8).sum())
+                if st is None:
+                    opt.step(lower.clamp(max=1e8).sum())
+                else:
+                    self._state_step(st, lower.clamp(max=1e8).sum(), al, be, live,
+                                     len(groups) > 1)
             with torch.no_grad():
                 for v in al.values():
                     v.clamp_(0.0, 1.0)
@@ -333,8 +350,26 @@ class BetaBounder:
             lam = torch.cat([record[j].flatten(2)[:, 0] for j in self.relus], dim=1)
         dom = Domains(split, {j: v.to(_STORE) for j, v in best_al.items()},
                       {j: v.to(_STORE) for j, v in best_be.items()}, best,
-                      torch.cat(scores, dim=1).to(_STORE), row, lam.to(_STORE))
+                      torch.cat(scores, dim=1).to(_STORE), row, lam.to(_STORE),
+                      None if st is None else st.map(lambda v: v.to(_STORE)))
         return dom, coef
+
+    def _state_step(self, st: OptState, objective: Tensor, al: dict[int, Tensor],
+                    be: dict[int, Tensor], live: dict[int, Tensor], with_beta: bool) -> None:
+        """One Adam step of every domain from its own state (the domains' bounds are
+        separate terms of ``objective``, so its gradient is each domain's own)."""
+        params = list(al.values()) + (list(be.values()) if with_beta else [])
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        n = len(al)
+        with torch.no_grad():
+            st.t.add_(1)
+            st.step(al, dict(zip(al, grads[:n], strict=True)), self.lr_alpha, "alpha",
+                    decay=self.lr_decay)
+            if with_beta:
+                for j in self.relus:
+                    st.t_beta[j].add_(live[j])
+                st.step(be, dict(zip(be, grads[n:], strict=True)), self.lr_beta, "beta",
+                        decay=self.lr_decay)
 
     @staticmethod
     def _keep(lower: Tensor, best: Tensor, al: dict[int, Tensor], be: dict[int, Tensor],
@@ -356,6 +391,15 @@ class BetaBounder:
             return self._pass(bounds, split, al, be, row)[0].nan_to_num(nan=-math.inf)
 
     # ------------------------------------------------------------------ splits
+    def child_state(self, dom: Domains, neuron: Tensor) -> OptState | None:
+        """The Adam state of :meth:`children`'s children (inactive copies, then active
+        copies): each continues its parent's. The new split's multiplier starts with fresh
+        moments and count: an unsplit neuron's multiplier has no gradient (its term is
+        ``beta * 0``) and its count advances only while split, so they are still 0."""
+        if dom.state is None:
+            return None
+        return dom.state.map(lambda v: v.repeat((2,) + (1,) * (v.dim() - 1)))
+
     def locate(self, flat: Tensor) -> list[tuple[int, Tensor, Tensor]]:
         """(ReLU index, positions in ``flat``, neuron within the layer) per layer."""
         out, offset = [], 0

@@ -4,6 +4,7 @@ shares over its optimisation steps."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from advrobust.relax._rounding import relu_gamma, relu_magnitude
 
-__all__ = ["Domains"]
+__all__ = ["Domains", "OptState"]
 
 #: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
 _STORE = torch.float32
@@ -52,6 +53,70 @@ class _Relu:
 
 
 @dataclass
+class OptState:
+    """Per-domain Adam state (Kingma & Ba 2015) of the slopes and multipliers, so that a
+    child continues its parent's optimisation instead of restarting it: first and second
+    moments per parameter, the domain's step count ``t`` (B,) for the slopes' bias
+    correction, and per multiplier its own count (a new split's multiplier starts fresh
+    moments while the domain's other parameters keep theirs)."""
+
+    m_alpha: dict[int, Tensor]
+    v_alpha: dict[int, Tensor]
+    m_beta: dict[int, Tensor]
+    v_beta: dict[int, Tensor]
+    t_beta: dict[int, Tensor]
+    t: Tensor
+
+    @classmethod
+    def zeros(cls, like: dict[int, Tensor]) -> OptState:
+        def fresh() -> dict[int, Tensor]:
+            return {j: torch.zeros(v.shape, dtype=_STORE) for j, v in like.items()}
+        b = next(iter(like.values())).shape[0]
+        return cls(fresh(), fresh(), fresh(), fresh(), fresh(), torch.zeros(b, dtype=_STORE))
+
+    def _parts(self) -> list[dict[int, Tensor]]:
+        return [self.m_alpha, self.v_alpha, self.m_beta, self.v_beta, self.t_beta]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> OptState:
+        m_a, v_a, m_b, v_b, t_b = ({j: fn(v) for j, v in d.items()} for d in self._parts())
+        return OptState(m_a, v_a, m_b, v_b, t_b, fn(self.t))
+
+    def cat(self, other: OptState) -> OptState:
+        m_a, v_a, m_b, v_b, t_b = ({j: torch.cat([v, o[j]]) for j, v in d.items()}
+                                   for d, o in zip(self._parts(), other._parts(), strict=True))
+        return OptState(m_a, v_a, m_b, v_b, t_b, torch.cat([self.t, other.t]))
+
+    def step(self, params: dict[int, Tensor], grads: dict[int, Tensor | None], lr: float,
+             kind: str, *, decay: float = 1.0, betas: tuple[float, float] = (0.9, 0.999),
+             eps: float = 1e-8) -> None:
+        """One ascent step per domain on ``params`` (``kind``: ``"alpha"``, bias-corrected
+        by the domain's count ``t``, or ``"beta"``, by each multiplier's ``t_beta``); the
+        caller advances the counts first; the rate is ``lr * decay ** (t - 1)``, by the
+        domain's count."""
+        b1, b2 = betas
+        if decay != 1.0:
+            lr_t: float | Tensor = lr * decay ** (self.t - 1).clamp_min(0).unsqueeze(1)
+        else:
+            lr_t = lr
+        m_all, v_all = (self.m_alpha, self.v_alpha) if kind == "alpha" else \
+            (self.m_beta, self.v_beta)
+        for j, p in params.items():
+            g = grads[j]
+            if g is None:
+                continue
+            m, v = m_all[j], v_all[j]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            if kind == "alpha":
+                t = self.t.unsqueeze(1)
+            else:
+                t = self.t_beta[j]
+            m_hat = m / (1 - b1 ** t).clamp_min(1 - b1)
+            v_hat = v / (1 - b2 ** t).clamp_min(1 - b2)
+            p.add_(lr_t * m_hat / (v_hat.sqrt() + eps))
+
+
+@dataclass
 class Domains:
     """A batch of B domains of one sample.
 
@@ -65,6 +130,7 @@ class Domains:
         row: (B,) spec row of each domain.
         coef: (B, total neurons) coefficients of the best pass on every ReLU's output (they
             start a new split's multiplier where that reproduces the parent's bound).
+        state: the domains' Adam state (None: each batch starts a fresh one).
     """
 
     split: dict[int, Tensor]
@@ -74,12 +140,14 @@ class Domains:
     score: Tensor
     row: Tensor
     coef: Tensor
+    state: OptState | None = None
 
     def take(self, idx: Tensor) -> Domains:
         return Domains({i: v[idx] for i, v in self.split.items()},
                        {i: v[idx] for i, v in self.alpha.items()},
                        {i: v[idx] for i, v in self.beta.items()},
-                       self.lower[idx], self.score[idx], self.row[idx], self.coef[idx])
+                       self.lower[idx], self.score[idx], self.row[idx], self.coef[idx],
+                       None if self.state is None else self.state.map(lambda v: v[idx]))
 
     def cat(self, other: Domains) -> Domains:
         def join(a: dict[int, Tensor], b: dict[int, Tensor]) -> dict[int, Tensor]:
@@ -87,13 +155,16 @@ class Domains:
         return Domains(join(self.split, other.split), join(self.alpha, other.alpha),
                        join(self.beta, other.beta), torch.cat([self.lower, other.lower]),
                        torch.cat([self.score, other.score]), torch.cat([self.row, other.row]),
-                       torch.cat([self.coef, other.coef]))
+                       torch.cat([self.coef, other.coef]),
+                       None if self.state is None or other.state is None
+                       else self.state.cat(other.state))
 
     def __len__(self) -> int:
         return int(self.lower.shape[0])
 
     def bytes_per_domain(self) -> int:
         """Memory one domain holds (for sizing the open list)."""
-        per = sum(v[0].numel() * (v.element_size() + 2 * _STORE.itemsize)
+        tensors = 2 if self.state is None else 7  # slopes, multipliers (+ moments, counts)
+        per = sum(v[0].numel() * (v.element_size() + tensors * _STORE.itemsize)
                   for v in self.split.values())
         return per + 2 * self.score.shape[1] * self.score.element_size() + 16

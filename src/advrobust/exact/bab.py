@@ -39,6 +39,7 @@ from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError
 from advrobust.exact._beta import BetaBounder
 from advrobust.exact._beta import Domains as _Domains
+from advrobust.exact._beta import OptState as _OptState
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.relax._encoding import encode_sample, row_cost
@@ -90,6 +91,7 @@ class _RowSearch:
         self.root = root
         self.bounder = BetaBounder(network, x0, threat, self.c, self.d, root.bounds,
                                    steps=bab.beta_steps, domain_bounds=bab.domain_bounds,
+                                   keep_state=bab.keep_state,
                                    inter_alphas=root.inter_alphas)
         self.relus = self.bounder.relus
         self.rows = [_Row() for _ in range(self.c.shape[0])]
@@ -102,9 +104,10 @@ class _RowSearch:
     # ------------------------------------------------------------------ bounding
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
-              steps: int | None = None, deadline: float = math.inf) -> _Domains:
+              steps: int | None = None, deadline: float = math.inf,
+              state: _OptState | None = None) -> _Domains:
         """Optimised bounds and branching scores of B domains; their corners are offered."""
-        dom, coef = self.bounder.bound(split, alpha, beta, row, floor, steps, deadline)
+        dom, coef = self.bounder.bound(split, alpha, beta, row, floor, steps, deadline, state)
         self._offer_corners(coef, row)
         return dom
 
@@ -308,7 +311,9 @@ class _RowSearch:
         start = time.perf_counter()
         neuron = self.bounder.choose(parents, self.fsb_k)
         split, alpha, beta, row = self.bounder.children(parents, neuron)
+        state = self.bounder.child_state(parents, neuron)
         children = self.bound(split, alpha, beta, row, floor=parents.lower.repeat(2),
+                              state=state,
                               deadline=deadline)
         self.seconds_per_domain = (time.perf_counter() - start) / len(children)
         for r, count_r in zip(*children.row.unique(return_counts=True), strict=True):
@@ -351,13 +356,17 @@ class BaB(Bounder):
             the root's optimised slopes, under the split-clamped bounds below). Off: on the
             mnist_fc 256x4 instances it costs 2-2.5x per domain for no better bound
             (bench/RESULTS.md, issue 11, session 4).
+        keep_state: each domain keeps its Adam state (moments and step counts of its slopes
+            and multipliers) and its children continue it, instead of a fresh optimiser per
+            batch (bench/RESULTS.md, issue 11, developer babadam).
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
                  max_domains: int = 50_000, max_leaves: int = 8,
                  early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
                  beta_steps: int = 5, branching: str | int = "fsb",
-                 attack_steps: int = 10, domain_bounds: bool = False) -> None:
+                 attack_steps: int = 10, domain_bounds: bool = False,
+                 keep_state: bool = True) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
@@ -369,6 +378,7 @@ class BaB(Bounder):
         self.beta_steps = check_int(beta_steps, "beta_steps", "BaB", low=0)
         self.attack_steps = check_int(attack_steps, "attack_steps", "BaB", low=0)
         self.domain_bounds = check_bool(domain_bounds, "domain_bounds", "BaB")
+        self.keep_state = check_bool(keep_state, "keep_state", "BaB")
         if branching not in ("babsr", "fsb") and not (
                 isinstance(branching, int) and not isinstance(branching, bool) and branching >= 1):
             raise InvalidParameterError(
