@@ -8,8 +8,8 @@ Lipschitz constants (power iteration, seeded) on a conv net (Normalize, Conv + B
 strided conv, unfolded BN) and a MinMax MLP; ``--compare`` checks them bitwise and prints the
 times. Run by hand, alternating the trees (the machine is shared: CPU seconds)::
 
-    git archive 9354a81 src | tar -x -C /tmp/before
-    OMP_NUM_THREADS=1 nice -n 10 env PYTHONPATH=/tmp/before/src \\
+    git archive 9354a81 src | tar -x -C ../before
+    OMP_NUM_THREADS=1 nice -n 10 env PYTHONPATH=../before/src \\
         python bench/registry_identity.py --shared ../shared/data --out runs/before1.pt
     OMP_NUM_THREADS=1 nice -n 10 env PYTHONPATH=$PWD/src \\
         python bench/registry_identity.py --shared ../shared/data --out runs/after1.pt

@@ -5,7 +5,7 @@ more steps stays valid and never below where its parent's optimisation left off.
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tests.exact.test_beta import _pre_activations, _samples, _setup
 
@@ -78,7 +78,9 @@ def test_children_continue_their_parents_optimiser_state(seed: int) -> None:
         grand = bounder.child_state(out, again)
         assert grand is not None
         assert torch.equal(grand.v_beta[j], out.state.v_beta[j].repeat(2, 1))
-    assert checked > 0
+    # the bound comparison needs a neuron whose parent bound used its lower line (hypothesis
+    # draws another network when none of the first 4 has one)
+    assume(checked > 0)
 
 
 def test_without_kept_state_domains_carry_none() -> None:
