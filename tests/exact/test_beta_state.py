@@ -28,7 +28,9 @@ def test_children_continue_their_parents_optimiser_state(seed: int) -> None:
     parent, _ = bounder.bound(split, alpha, beta, row, steps=k)
     assert parent.state is not None
     assert bool((parent.state.t == k).all())
-    assert any(bool(v.abs().gt(0).any()) for v in parent.state.m_alpha.values())
+    # a network whose slopes get no gradient (every unstable neuron's bound on its upper line)
+    # has no moments to inherit: hypothesis draws another
+    assume(any(bool(v.abs().gt(0).any()) for v in parent.state.m_alpha.values()))
     pts = _samples(x, threat, 3000, seed + 7)
     pre = _pre_activations(net, pts)
     with torch.no_grad():
