@@ -19,6 +19,8 @@ CPU (process) seconds per image are both reported: on a shared machine the wall 
 measures the other users. ``--workers 2`` certifies two halves of the images in two processes
 (one per core; CPU seconds summed). ``--partial DIR`` saves each worker's finished chunks after
 every chunk, so a run cut short (load, time-out) still leaves its certificates.
+``--model NAME=a.pt+b.pt+c.pt`` certifies the soft-voting ensemble of the checkpoints
+(``advrobust.models.Ensemble``).
 
 ``--holdout H`` certifies the last H *training* images instead of the test images, for choosing
 among candidate recipes without looking at the test set; every checkpoint must have been
@@ -56,7 +58,7 @@ def cached_certify(path: Path, x: torch.Tensor, y: torch.Tensor,
 
     from advrobust.smoothing import SmoothingCertificate
 
-    key = (f"{path.stem}-{args.images}-{args.sigma}-{args.n0}-{args.n}-{args.alpha}-"
+    key = (f"{_stem(path)}-{args.images}-{args.sigma}-{args.n0}-{args.n}-{args.alpha}-"
            f"{args.seed}-{args.batch_size}" + (f"-w{args.workers}" if args.workers > 1 else "")
            + (f"-holdout{args.holdout}" if args.holdout else "") + ".pt")
     cache = REPO / "runs" / "smoothing-cache" / key
@@ -71,6 +73,19 @@ def cached_certify(path: Path, x: torch.Tensor, y: torch.Tensor,
     return res
 
 
+def _stem(path: Path | str) -> str:
+    """File-name stem of a checkpoint, or ``a+b+c`` for an ensemble ``a.pt+b.pt+c.pt``."""
+    return "+".join(Path(p).stem for p in str(path).split("+"))
+
+
+def _model(path: Path | str) -> torch.nn.Module:
+    """The checkpoint's model, or the soft-voting ``Ensemble`` of ``a.pt+b.pt+...``."""
+    from advrobust.models import Ensemble, load_checkpoint
+
+    models = [load_checkpoint(p).model for p in str(path).split("+")]
+    return models[0] if len(models) == 1 else Ensemble(models)
+
+
 def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> dict[str, Any]:
     """One worker: CERTIFY its images with its own noise stream (seed + worker index).
 
@@ -80,16 +95,15 @@ def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> di
     """
     from dataclasses import asdict
 
-    from advrobust.models import load_checkpoint
     from advrobust.smoothing import Smoothed, SmoothingCertificate
 
     path, x, args, worker = job
     torch.set_num_threads(args.threads)
-    smoothed = Smoothed(load_checkpoint(path).model, args.sigma)
+    smoothed = Smoothed(_model(path), args.sigma)
     gen = torch.Generator().manual_seed(args.seed + worker)
     parts: list[Any] = []
     first, cpu_before = 0, 0.0
-    saved_file = None if args.partial is None else args.partial / f"{Path(path).stem}-w{worker}.pt"
+    saved_file = None if args.partial is None else args.partial / f"{_stem(path)}-w{worker}.pt"
     if args.resume and saved_file is not None and saved_file.is_file():
         saved = torch.load(saved_file, weights_only=True)
         if "cert" in saved:
@@ -218,15 +232,17 @@ def _check_not_trained_on(path: Path, args: argparse.Namespace) -> None:
     from advrobust.models import load_checkpoint
 
     kept = len(load_dataset("mnist", split="train", root=args.data_dir).y) - args.holdout
-    trained_on = load_checkpoint(path).metadata.get("n_train")
-    if not isinstance(trained_on, int) or trained_on > kept:
-        raise SystemExit(f"--holdout {args.holdout}: {path} was trained on {trained_on!r} "
-                         f"training images, not on the first {kept} only.")
+    for member in str(path).split("+"):
+        trained_on = load_checkpoint(member).metadata.get("n_train")
+        if not isinstance(trained_on, int) or trained_on > kept:
+            raise SystemExit(f"--holdout {args.holdout}: {member} was trained on "
+                             f"{trained_on!r} training images, not on the first {kept} only.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=CKPT")
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=CKPT",
+                        help="a checkpoint, or CKPT+CKPT+... for their soft-voting ensemble")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_MNIST)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--sigma", type=float, default=0.5)

@@ -96,3 +96,19 @@ def test_small_n_and_sigma_mismatch_warn(checkpoint: Path,
     text = " ".join(str(w.message) for w in record)
     assert "smallest n that could is 7" in text and "trained with noise sigma=0.25" in text
     assert "12 of 12" in capsys.readouterr().out
+
+
+def test_several_models_smooth_their_ensemble(checkpoint: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Two --model checkpoints smooth their soft-voting ensemble; with the same checkpoint twice
+    it votes like the one model, so every certificate is the same (same noise seed)."""
+    argv = ["smooth", "certify", *BASE, "--n", "200", "--n0", "20", "--json"]
+    assert main([*argv, "--model", str(checkpoint)]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--model", str(checkpoint), str(checkpoint)]) == 0
+    pair = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--model", str(checkpoint), "--model", str(checkpoint)]) == 0
+    repeated = json.loads(capsys.readouterr().out)
+    assert "ensemble of 2 models" in pair["data"] and "ensemble" not in single["data"]
+    assert pair["samples"] == single["samples"] == repeated["samples"]
+    assert pair["certified_accuracy"] == single["certified_accuracy"]

@@ -16,7 +16,6 @@ from typing import Any
 
 from advrobust.cli._common import (
     add_json_arg,
-    add_model_arg,
     check_model_data,
     check_plot_path,
     emit,
@@ -33,6 +32,7 @@ EXAMPLE = """examples:
   advrobust smooth certify --model lenet_s05.pt --data mnist --data-dir ../shared/data/mnist \\
       --sigma 0.5 --n 10000 --alpha 0.001 --n0 100 --images 500 --plot certified.png
   advrobust smooth predict --model lenet_s05.pt --data mnist --sigma 0.5 --n 1000 --alpha 0.001
+  advrobust smooth certify --model seed0.pt seed1.pt seed2.pt --data mnist --sigma 0.5   # ensemble
 
 A certificate says: with probability >= 1 - alpha over the noise, the smoothed classifier
 g(x) = argmax_c P(f(x + N(0, sigma^2 I)) = c) keeps its class on the l2 ball of the radius
@@ -70,7 +70,10 @@ def register(sub: Any) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    add_model_arg(p)
+    p.add_argument("--model", type=Path, required=True, nargs="+", action="extend",
+                   metavar="CKPT",
+                   help="checkpoint file written by 'advrobust train'; several (--model A B, or "
+                        "--model A --model B) smooth their soft-voting ensemble")
     p.add_argument("--data", default="mnist", help="dataset name: digits, mnist or cifar10 "
                                                    "(default: mnist)")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -103,35 +106,40 @@ def _radii(text: str) -> list[float]:
     return radii
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    """The checkpoint and the first ``--images`` inputs / labels, and a description."""
+def _load(args: argparse.Namespace) -> tuple[list[Any], Any, Any, str]:
+    """The checkpoints and the first ``--images`` inputs / labels, and a description."""
     from advrobust.data import load_dataset
 
     if args.images < 1:
         raise InvalidParameterError(f"--images must be an int >= 1. Got {args.images} instead.")
-    ckpt = load_model(args.model)
+    ckpts = [load_model(path) for path in args.model]
     data = load_dataset(args.data, split=args.split, root=args.data_dir)
-    check_model_data(ckpt, data)
+    for ckpt in ckpts:
+        check_model_data(ckpt, data)
     if args.images > len(data):
         raise InvalidInputError(
             f"--images must be at most the {len(data)} images of the {args.data} {args.split} "
             f"split. Got {args.images} instead.")
-    return ckpt, data.x[:args.images], data.y[:args.images], \
-        f"{data.name} {args.split}, {args.images} images"
+    what = f"{data.name} {args.split}, {args.images} images"
+    if len(ckpts) > 1:
+        what += f", ensemble of {len(ckpts)} models"
+    return ckpts, data.x[:args.images], data.y[:args.images], what
 
 
-def _smoothed(args: argparse.Namespace, ckpt: Any) -> Any:
-    """``Smoothed`` of the checkpoint's model (validates --sigma); warns when the checkpoint
-    records a different training sigma."""
+def _smoothed(args: argparse.Namespace, ckpts: list[Any]) -> Any:
+    """``Smoothed`` of the checkpoint's model, or of the soft-voting ensemble of several
+    (validates --sigma); warns when a checkpoint records a different training sigma."""
+    from advrobust.models import Ensemble
     from advrobust.smoothing import Smoothed
 
-    smoothed = Smoothed(ckpt.model, args.sigma)
-    trained = (ckpt.metadata.get("defense") or {}).get("params", {}).get("sigma")
-    if trained is not None and float(trained) != args.sigma:
-        warnings.warn(f"the model was trained with noise sigma={trained} but --sigma is "
-                      f"{args.sigma}: certified radii are usually best at the training sigma.",
-                      UserWarning, stacklevel=2)
-    return smoothed
+    for path, ckpt in zip(args.model, ckpts, strict=True):
+        trained = (ckpt.metadata.get("defense") or {}).get("params", {}).get("sigma")
+        if trained is not None and float(trained) != args.sigma:
+            warnings.warn(f"{path} was trained with noise sigma={trained} but --sigma is "
+                          f"{args.sigma}: certified radii are usually best at the training "
+                          "sigma.", UserWarning, stacklevel=2)
+    model = ckpts[0].model if len(ckpts) == 1 else Ensemble([c.model for c in ckpts])
+    return Smoothed(model, args.sigma)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,8 +154,8 @@ def _certify(args: argparse.Namespace) -> int:
 
     radii = _radii(args.radii)
     check_plot_path(args.plot, "--plot")  # before the (long) certification, not after it
-    ckpt, x, y, what = _load(args)
-    smoothed = _smoothed(args, ckpt)
+    ckpts, x, y, what = _load(args)
+    smoothed = _smoothed(args, ckpts)
     start = time.perf_counter()
     cert = smoothed.certify(x, n0=args.n0, n=args.n, alpha=args.alpha,
                             batch_size=args.batch_size,
@@ -183,8 +191,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     from advrobust.smoothing import CERTIFIES
 
-    ckpt, x, y, what = _load(args)
-    smoothed = _smoothed(args, ckpt)
+    ckpts, x, y, what = _load(args)
+    smoothed = _smoothed(args, ckpts)
     start = time.perf_counter()
     pred = smoothed.predict(
         x, n=args.n, alpha=args.alpha, batch_size=args.batch_size,

@@ -2,7 +2,7 @@
 
 ``build_model("cnn", (1, 28, 28))`` builds one of :data:`MODELS`; ``save_checkpoint`` /
 ``load_checkpoint`` store weights with how to rebuild the model, loaded with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``; ``Ensemble([m1, m2])`` soft-votes several models as one.
 """
 
 from advrobust.models.architectures import MODELS, build_model, check_input_shape
@@ -15,12 +15,14 @@ from advrobust.models.checkpoint import (
     save_checkpoint,
     to_primitive,
 )
+from advrobust.models.ensemble import Ensemble
 from advrobust.models.minmax import MinMax
 from advrobust.models.normalize import Normalize
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "Ensemble",
     "MODELS",
     "LoadedCheckpoint",
     "MinMax",
