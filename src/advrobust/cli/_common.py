@@ -142,6 +142,25 @@ def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> Non
                         help="checkpoint file written by 'advrobust train'")
 
 
+def add_memory_arg(parser: argparse.ArgumentParser) -> None:
+    """``--memory-limit SIZE``: the working memory the bound computations may take."""
+    parser.add_argument("--memory-limit", default=None, metavar="SIZE",
+                        help="working memory of the bound computations, e.g. 8G or 512M "
+                             "(default: $ADVROBUST_MEMORY_LIMIT, else half the available "
+                             "memory); what does not fit is done more cheaply or skipped with "
+                             "a warning, never killed by the OS")
+
+
+def apply_memory_arg(args: argparse.Namespace) -> None:
+    """Validate ``--memory-limit`` and make it this process's default limit."""
+    import os
+
+    from advrobust.core.memory import ENV, parse_size
+
+    if getattr(args, "memory_limit", None) is not None:
+        os.environ[ENV] = str(parse_size(args.memory_limit, "--memory-limit"))
+
+
 def load_model(path: Path) -> Any:
     """Load a checkpoint safely (``weights_only=True``); returns the loaded checkpoint."""
     from advrobust.models import load_checkpoint

@@ -11,6 +11,8 @@ from typing import Any
 from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
+    add_memory_arg,
+    apply_memory_arg,
     check_output,
     emit,
     forecast,
@@ -69,6 +71,7 @@ def register(sub: Any) -> None:
                    help="exact-method / LP seconds per sample; with --vnnlib, wall-clock "
                         "seconds for the whole property, every stage included (default: 60)")
     p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
+    add_memory_arg(p)
     p.add_argument("--batch-size", type=int, default=100,
                    help="samples per bound / attack call (default: 100)")
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of the attack's random starts")
@@ -270,6 +273,7 @@ def _check_property_sizes(args: argparse.Namespace, model: Any, prop: Any,
 
 def run(args: argparse.Namespace) -> int:
     """Verify a dataset (counts and certified accuracy) or one VNNLIB property."""
+    apply_memory_arg(args)
     if args.vnnlib is not None and args.save is not None:
         raise InvalidParameterError("--save applies to a data set run; with --vnnlib use "
                                     "--counterexample FILE. Got both --vnnlib and --save.")

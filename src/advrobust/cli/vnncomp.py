@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from advrobust.cli._common import add_json_arg, emit
+from advrobust.cli._common import add_json_arg, add_memory_arg, apply_memory_arg, emit
 from advrobust.errors import AdvRobustError, InvalidParameterError, MissingFileError
 
 __all__ = ["register", "run"]
@@ -54,6 +54,7 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch and solver threads (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
+    add_memory_arg(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -77,6 +78,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Decide one instance (result file) or a whole benchmark (results CSV)."""
+    apply_memory_arg(args)
     import torch
 
     start = time.perf_counter()

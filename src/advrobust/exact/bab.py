@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +34,18 @@ import torch
 from torch import Tensor
 
 from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core.memory import default_memory_limit, parse_size
 from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
-from advrobust.errors import InvalidParameterError, InvalidThreatModelError
+from advrobust.errors import InvalidParameterError, InvalidThreatModelError, MemoryLimitError
 from advrobust.exact._beta import BetaBounder
 from advrobust.exact._beta import Domains as _Domains
 from advrobust.exact._beta import OptState as _OptState
 from advrobust.network.graph import Graph
+from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
+from advrobust.relax._alpha_budget import workset_bytes
 from advrobust.relax._encoding import encode_sample, row_cost
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_branchable
 from advrobust.relax.base import Bounder, Bounds
@@ -86,6 +90,7 @@ class _RowSearch:
         self.net, self.x0, self.threat = network, x0, threat
         self.c, self.d = c.reshape(-1, c.shape[-1]).to(x0.dtype), d.reshape(-1).to(x0.dtype)
         self.batch_size, self.max_domains = bab.batch_size, bab.max_domains
+        self.batch_size = min(self.batch_size, _memory_batch(network, root, bab.memory_limit))
         self.max_leaves, self.fsb_k = bab.max_leaves, bab._fsb_k
         self.attack_steps = bab.attack_steps
         self.root = root
@@ -321,6 +326,18 @@ class _RowSearch:
         return children.cat(open_.take(rest))
 
 
+def _memory_batch(network: Network | Graph, root: AlphaResult, limit: int | None) -> int:
+    """Parents per batch whose children (two each, one row, slopes and split multipliers on
+    every ReLU) fit the memory limit."""
+    graph = as_graph(network)
+    sloped = [i for i, node in enumerate(graph.nodes) if node.op is not None
+              and len(node.inputs) == 1 and node.op.init_slopes(
+                  *root.bounds[node.inputs[0]], 1) is not None]
+    child = 2 * workset_bytes(graph, root.bounds, sloped, set(range(len(graph.nodes))), 1)
+    budget = default_memory_limit() if limit is None else limit
+    return max(1, budget // max(1, 2 * child))
+
+
 class BaB(Bounder):
     """Complete verifier: beta-CROWN branch and bound on ReLU splits.
 
@@ -359,6 +376,12 @@ class BaB(Bounder):
         keep_state: each domain keeps its Adam state (moments and step counts of its slopes
             and multipliers) and its children continue it, instead of a fresh optimiser per
             batch (bench/RESULTS.md, issue 11, developer babadam).
+        memory_limit: bytes (or a size such as ``"8G"``) the root's alpha-CROWN and each
+            batch of domains may take, estimated before allocating (default: half the
+            available memory, :func:`~advrobust.core.memory.default_memory_limit`). What does
+            not fit is done more cheaply (fewer optimised intermediate nodes, smaller
+            batches); a sample whose root alone does not fit keeps its CROWN bounds, with a
+            warning — never an out-of-memory kill.
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
@@ -366,7 +389,7 @@ class BaB(Bounder):
                  early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
                  beta_steps: int = 5, branching: str | int = "fsb",
                  attack_steps: int = 10, domain_bounds: bool = False,
-                 keep_state: bool = True) -> None:
+                 keep_state: bool = True, memory_limit: int | str | None = None) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
@@ -379,6 +402,8 @@ class BaB(Bounder):
         self.attack_steps = check_int(attack_steps, "attack_steps", "BaB", low=0)
         self.domain_bounds = check_bool(domain_bounds, "domain_bounds", "BaB")
         self.keep_state = check_bool(keep_state, "keep_state", "BaB")
+        self.memory_limit = None if memory_limit is None else parse_size(
+            memory_limit, "BaB memory_limit")
         if branching not in ("babsr", "fsb") and not (
                 isinstance(branching, int) and not isinstance(branching, bool) and branching >= 1):
             raise InvalidParameterError(
@@ -437,9 +462,15 @@ class BaB(Bounder):
         rows = torch.tensor(todo, device=x0.device)
         c, d = spec.C[s, rows].unsqueeze(0), spec.d[s, rows].unsqueeze(0)
         # the root: alpha-CROWN (at most a third of the time), its bounds hold in every domain
-        alpha = alpha_crown(network, x0, threat, c, d, steps=self.alpha_steps,
-                            intermediate=self.intermediate, bounds=root,
-                            deadline=start + self.time_limit / 3, stop_above=_CLOSE)
+        try:
+            alpha = alpha_crown(network, x0, threat, c, d, steps=self.alpha_steps,
+                                intermediate=self.intermediate, bounds=root,
+                                deadline=start + self.time_limit / 3, stop_above=_CLOSE,
+                                memory_limit=self.memory_limit)
+        except MemoryLimitError as err:
+            warnings.warn(f"BaB: sample {s} keeps its CROWN bounds: {err}", UserWarning,
+                          stacklevel=2)
+            return []
         alpha.lower = torch.maximum(alpha.lower, crown[rows].unsqueeze(0))
         roots[s] = alpha.bounds  # sound on the whole set: later stages may start from them
         search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)

@@ -36,6 +36,7 @@ from advrobust.network.graph import Graph
 from advrobust.network.graph.base import GraphOp
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
+from advrobust.relax._alpha_budget import ancestors, fit_budget
 from advrobust.relax._rounding import abs_dot, input_gamma
 from advrobust.relax.crown import crown_layer_bounds
 from advrobust.relax.dag import (
@@ -227,17 +228,6 @@ def _rows(mask: Tensor) -> tuple[Tensor, Tensor]:
     return idx, rows.reshape((1, 2 * k) + tuple(mask.shape[1:]))
 
 
-def _ancestors(graph: Graph, index: int) -> set[int]:
-    """Node ``index`` and every node it reads, directly or not."""
-    seen, todo = set(), [index]
-    while todo:
-        i = todo.pop()
-        if i not in seen:
-            seen.add(i)
-            todo.extend(graph.nodes[i].inputs)
-    return seen
-
-
 class _Slopes:
     """The optimisable slopes of a graph: which nodes have them, and fresh copies."""
 
@@ -275,7 +265,7 @@ def _targets(graph: Graph, best: GraphBounds, sloped: list[int], intermediate: b
     for t in range(1, len(graph.nodes)):
         if not graph.needs_bounds(t):
             continue
-        above = _ancestors(graph, t)
+        above = ancestors(graph, t)
         mine = [j for j in sloped if j in above]
         mask = refine_mask(graph, t, *best[t])
         if not mine or mask is None:
@@ -289,7 +279,8 @@ def _targets(graph: Graph, best: GraphBounds, sloped: list[int], intermediate: b
 def alpha_crown(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                 d: Tensor | None = None, *, steps: int = 20, lr: float = 0.1,
                 intermediate: bool = True, bounds: LayerBounds | None = None,
-                deadline: float = math.inf, stop_above: float = math.inf) -> AlphaResult:
+                deadline: float = math.inf, stop_above: float = math.inf,
+                memory_limit: int | None = None) -> AlphaResult:
     """alpha-CROWN lower bounds of ``C f + d`` (and optimised intermediate bounds).
 
     Works on any network graph of registered ops (chains, residual additions,
@@ -309,6 +300,12 @@ def alpha_crown(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
         deadline: ``time.perf_counter()`` value at which the optimisation stops early.
         stop_above: stop once every row's bound exceeds this (e.g. the verification
             tolerance: nothing left to prove).
+        memory_limit: bytes the optimisation may take (estimated before allocating; default
+            :func:`~advrobust.core.memory.default_memory_limit`): intermediate nodes that do
+            not fit keep their starting bounds, with a warning.
+
+    Raises:
+        MemoryLimitError: the final rows' slopes alone do not fit ``memory_limit``.
 
     Returns:
         :class:`AlphaResult`; every bound in it is sound in floating point.
@@ -325,9 +322,10 @@ def alpha_crown(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
         best = [(lo.detach().clone(), hi.detach().clone()) for lo, hi in bounds]
     slopes = _Slopes(graph, best)
     final = slopes.init(best, c.shape[1], slopes.nodes)
+    targets = fit_budget(graph, best, slopes.nodes, c.shape[1],
+                          _targets(graph, best, slopes.nodes, intermediate), memory_limit)
     inter = {t: (idx, rows.to(x0.dtype), slopes.init(best, rows.shape[1], mine))
-             for t, (idx, rows, mine) in _targets(graph, best, slopes.nodes,
-                                                  intermediate).items()}
+             for t, (idx, rows, mine) in targets.items()}
     params = list(final.values()) + [v for _, _, al in inter.values() for v in al.values()]
     opt = Adam([(params, lr)], decay=0.98)
     steps = steps if params else 0
