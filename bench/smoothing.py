@@ -114,7 +114,7 @@ def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> di
             gen = torch.Generator().manual_seed(args.seed + 1000 + worker)
         parts.append(SmoothingCertificate(**saved))
         first = len(parts[0].prediction)
-        print(f"  {Path(path).name} [worker {worker}]: resumed after {first} images", flush=True)
+        print(f"  {_stem(path)} [worker {worker}]: resumed after {first} images", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
     for start in range(first, len(x), args.chunk):
         parts.append(smoothed.certify(x[start:start + args.chunk], n0=args.n0, n=args.n,
@@ -126,7 +126,7 @@ def _certify_slice(job: tuple[str, torch.Tensor, argparse.Namespace, int]) -> di
             torch.save({"cert": asdict(SmoothingCertificate.concat(parts)),
                         "generator": gen.get_state(),
                         "cpu": cpu_before + time.process_time() - cpu}, saved_file)
-        print(f"  {Path(path).name} [worker {worker}]: {done}/{len(x)} images, "
+        print(f"  {_stem(path)} [worker {worker}]: {done}/{len(x)} images, "
               f"{(time.perf_counter() - wall) / (done - first):.2f} s/image wall", flush=True)
     return {"parts": parts, "cpu": cpu_before + time.process_time() - cpu}
 

@@ -43,7 +43,10 @@ def test_identical_members_smooth_like_the_single_model() -> None:
 
 
 def test_members_are_submodules() -> None:
-    ens = Ensemble([nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5)), _linear(0)])
+    members = [nn.Sequential(nn.Linear(5, 4), nn.Dropout(0.5)).eval(), _linear(0).eval()]
+    assert not Ensemble(members).training  # takes the members' mode
+    ens = Ensemble(members).train()
+    assert all(m.training for m in ens.modules())
     ens.eval()
     assert len(ens) == 2 and all(not m.training for m in ens.modules())
     assert sum(p.numel() for p in ens.parameters()) == 2 * (5 * 4 + 4)

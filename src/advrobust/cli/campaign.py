@@ -17,13 +17,17 @@ EXAMPLE = """examples:
   advrobust campaign run campaign.toml --store results.db --workers 2
   advrobust campaign run campaign.toml --store results.db --backend ray --workers 4
   advrobust campaign run campaign.toml --store results.db --backend ray --address HOST:6379
+  advrobust campaign workers --address HOST:6379 --stop
   advrobust campaign status results.db
   advrobust campaign export results.db --csv units.csv --json summary.json
   advrobust report results.db --out report.html
 
 The config (TOML) names models, data, threats (norm + eps grid), attacks, certificates and
 time limits; see 'Robustness campaigns' in the README. Running again on the same store resumes:
-finished units are skipped. A store written by another config is refused.
+finished units are skipped. A store written by another config is refused. On a joined Ray
+cluster (--address) the actors are named and stay up after the campaign, so the next campaign
+starts without their start-up (python, torch, the library, models and data);
+'advrobust campaign workers --address ADDR --stop' stops them.
 """
 
 
@@ -47,9 +51,16 @@ def register(sub: Any) -> None:
     r.add_argument("--backend", choices=("serial", "pool", "ray"), default=None,
                    help="where tasks run (default: pool when --workers > 1, else serial)")
     r.add_argument("--address", default=None,
-                   help="with --backend ray: the cluster to join (default: a local one)")
+                   help="with --backend ray: the cluster to join (default: a local one); its "
+                        "actors stay up for the next campaign (see 'campaign workers')")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_json_arg(r)
+    w = actions.add_parser("workers", help="stop the warm Ray actors campaigns left on a "
+                                           "cluster")
+    w.add_argument("--address", default=None,
+                   help="the Ray cluster (default: the running local one, 'auto')")
+    w.add_argument("--stop", action="store_true", required=True,
+                   help="stop every advrobust-worker-N actor of the cluster")
     s = actions.add_parser("status", help="progress and verdict counts of a store")
     s.add_argument("store", type=Path, metavar="DB")
     add_json_arg(s)
@@ -151,4 +162,18 @@ def _export(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch to the ``run``, ``status`` or ``export`` action."""
-    return {"run": _run, "status": _status, "export": _export}[args.action](args)
+    return {"run": _run, "status": _status, "export": _export,
+            "workers": _workers}[args.action](args)
+
+
+def _workers(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from advrobust.errors import AdvRobustError
+
+    if importlib.util.find_spec("ray") is None:
+        raise AdvRobustError("'campaign workers' needs Ray: pip install 'advrobust[ray]'.")
+    from advrobust.evaluation.campaign.raybackend import stop_warm_actors
+
+    print(f"stopped {stop_warm_actors(args.address)} warm actor(s)")
+    return 0

@@ -43,6 +43,7 @@ class Ensemble(nn.Module):
                 f"Ensemble: every member must be a torch.nn.Module. Members {bad} are "
                 f"{[type(members[i]).__name__ for i in bad]} instead.")
         self.members = nn.ModuleList(members)
+        self.training = any(m.training for m in members)  # the members' mode, not a new one
 
     def __len__(self) -> int:
         return len(self.members)

@@ -60,6 +60,11 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
         driver = subprocess.run([sys.executable, "-c", DRIVER, str(config_file),
                                  str(folder / "ray.db"), address, "tagged", "0"], env=env,
                                 text=True, capture_output=True, timeout=240)
+        os.rename(folder / "ran", folder / "ran1")
+        # the next campaign on this cluster finds the same (named, detached) actors up
+        again = subprocess.run([sys.executable, "-c", DRIVER, str(config_file),
+                                str(folder / "ray2.db"), address, "tagged", "0"], env=env,
+                               text=True, capture_output=True, timeout=240)
         alive = head.poll() is None
     finally:
         if head.stdin:
@@ -71,10 +76,18 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
     assert not out["still_connected"]  # the backend left the cluster it joined
     assert alive and head.returncode == 0  # ... and did not stop it
     assert _verdicts(folder / "ray.db") == _verdicts(folder / "serial.db")
-    ran = [name.split("-") for name in os.listdir(folder / "ran")]
+    ran = [name.split("-") for name in os.listdir(folder / "ran1")]
     assert sorted(int(c) for c, _ in ran) == list(range(8))  # each task ran exactly once
     assert any(pid != str(out["pid"]) for _, pid in ran)     # the cluster's actors did work
     # (workers=0: one actor per CPU of the cluster, here the head's 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    out2 = json.loads(again.stdout.strip().splitlines()[-1])
+    assert out2["errors"] == 0 and out2["written"] == 64
+    assert _verdicts(folder / "ray2.db") == _verdicts(folder / "serial.db")
+    actors1 = {pid for _, pid in ran} - {str(out["pid"])}
+    ran2 = [name.split("-") for name in os.listdir(folder / "ran")]
+    actors2 = {pid for _, pid in ran2} - {str(out2["pid"])}
+    assert actors2 and actors2 <= actors1  # the warm actors of the first campaign did it
 
 
 @pytest.mark.slow

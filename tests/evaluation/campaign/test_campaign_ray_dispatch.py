@@ -45,6 +45,7 @@ class FakeRay(types.ModuleType):
         self.pools: list[cf.ThreadPoolExecutor] = []
         self.options: list[dict[str, Any]] = []
         self.killed = 0
+        self.named: dict[str, _Handle] = {}  # detached actors by name (they outlive a driver)
 
     def is_initialized(self) -> bool:
         return self.initialized
@@ -70,8 +71,21 @@ class FakeRay(types.ModuleType):
                 box: dict[str, Any] = {}
                 pool.submit(lambda: box.setdefault("obj", cls(*args))).result()
                 return _Handle(box["obj"], pool)
-            return types.SimpleNamespace(remote=create)
+
+            def named(name: str, get_if_exists: bool = False, **_: Any) -> Any:
+                def make(*args: Any) -> _Handle:
+                    if name in self.named:
+                        if get_if_exists:
+                            return self.named[name]
+                        raise ValueError(f"actor name {name!r} is taken")
+                    self.named[name] = create(*args)
+                    return self.named[name]
+                return types.SimpleNamespace(remote=make)
+            return types.SimpleNamespace(remote=create, options=named)
         return wrap
+
+    def put(self, value: Any) -> Any:
+        return value
 
     def wait(self, refs: list[cf.Future[Any]], num_returns: int = 1,
              timeout: float | None = None) -> tuple[list[Any], list[Any]]:
@@ -87,8 +101,9 @@ class FakeRay(types.ModuleType):
             return [r.result(timeout) for r in ref]
         return ref.result(timeout)
 
-    def kill(self, actor: Any) -> None:
+    def kill(self, actor: Any, no_restart: bool = False) -> None:
         self.killed += 1
+        self.named = {k: v for k, v in self.named.items() if v is not actor}
 
 
 def slow_tag(config: Any, task: Any) -> tuple[int, int]:
@@ -147,6 +162,42 @@ def test_joined_cluster_gets_all_workers_as_actors(folder: Path, fake_ray: FakeR
         backend.close()
     assert len(results) == 8 and len(fake_ray.pools) == 2  # one actor per cluster CPU
     assert not fake_ray.initialized  # the backend disconnected from the cluster it joined
+
+
+def test_joined_cluster_keeps_its_actors_warm_for_the_next_campaign(folder: Path,
+                                                                   fake_ray: FakeRay) -> None:
+    """A second campaign on the same cluster reuses the named actors (no new start-up) and
+    each of its tasks runs in its own campaign; an actor with other code is replaced."""
+    first = load_config(write_config(folder / "a", n=16, batch_size=2))
+    second = load_config(write_config(folder / "b", n=12, batch_size=2))
+    runs = []
+    for config in (first, second):
+        fake_ray.initialized = False
+        backend = RayBackend(config, slow_tag, workers=0, address="10.0.0.1:6379",
+                             driver_helps=False)
+        try:
+            runs.append(_drain(backend, plan(config)))
+        finally:
+            backend.close()
+        assert backend.job is not None and fake_ray.killed == 0
+    assert backend.reused == 2  # the second campaign found both actors up
+    assert len(fake_ray.pools) == 2 and sorted(fake_ray.named) == [
+        "advrobust-worker-0", "advrobust-worker-1"]
+    assert [sorted(t.chunk for t, _ in r) for r in runs] == [list(range(8)), list(range(6))]
+    actor = fake_ray.named["advrobust-worker-0"]._obj
+    assert actor.config.identity() == second.identity() and actor.loads == 2
+    # other code in the actors (a library upgrade): replaced, with a warning naming it
+    for handle in fake_ray.named.values():
+        handle._obj.hello = lambda: {"identity": ("advrobust", "0.0.old"), "loads": 2}
+    fake_ray.initialized = False
+    with pytest.warns(RuntimeWarning, match="replaced by a new one"):
+        backend = RayBackend(second, slow_tag, workers=0, address="10.0.0.1:6379",
+                             driver_helps=False)
+        try:
+            assert len(_drain(backend, plan(second))) == 6
+        finally:
+            backend.close()
+    assert len(fake_ray.pools) == 4 and fake_ray.killed == 2 and backend.reused == 0
 
 
 def test_ray_that_cannot_start(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

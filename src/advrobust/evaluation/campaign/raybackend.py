@@ -63,17 +63,52 @@ def init_options(workers: int, address: str | None, progress: bool = False
             "_system_config": dict(_rayhead.LEAN_SYSTEM_CONFIG), **common}
 
 
-class _Worker:
-    """Actor body: loads the campaign's context once, then runs tasks with ``fn``."""
+#: Namespace and name prefix of the reusable ("warm") actors on a joined cluster.
+WARM_NAMESPACE = "advrobust"
+WARM_PREFIX = "advrobust-worker-"
 
-    def __init__(self, config: CampaignConfig, fn: Any, progress: bool) -> None:
+
+def _identity() -> tuple[str, ...]:
+    """What an actor's code must match to be reused: the library (version and location),
+    torch and Python."""
+    import torch
+
+    import advrobust
+
+    return (advrobust.__version__, str(Path(advrobust.__file__).resolve().parent),
+            str(torch.__version__), sys.version.split()[0])
+
+
+class _Worker:
+    """Actor body: loads a campaign's context once, then runs tasks with ``fn``.
+
+    On a local cluster an actor serves one campaign (its context given at creation). On a
+    joined cluster actors are named and detached and serve campaign after campaign: each task
+    comes with its campaign (one object in Ray's store), and the context is (re)loaded when the
+    campaign changes or the actor was restarted after a crash."""
+
+    def __init__(self, config: CampaignConfig | None = None, fn: Any = None,
+                 progress: bool = False) -> None:
+        self.config: CampaignConfig | None = None
+        self.fn: Any = None
+        self.progress, self.loads = progress, 0
+        if config is not None:
+            self.load(config, fn, progress)
+        self.cpu = {"start-up": time.process_time(), "tasks": 0.0}
+
+    def load(self, config: CampaignConfig, fn: Any, progress: bool) -> bool:
         from advrobust.evaluation.campaign.cascade import stage_progress
         from advrobust.evaluation.campaign.workers import context
 
-        self.config, self.fn = config, fn
+        self.config, self.fn, self.progress = config, fn, progress
         stage_progress("line" if progress else "off")
         context(config)
-        self.cpu = {"start-up": time.process_time(), "tasks": 0.0}
+        self.loads += 1
+        return True
+
+    def hello(self) -> dict[str, Any]:
+        """This actor's code (:func:`_identity`) and how many campaigns it has loaded."""
+        return {"identity": _identity(), "loads": self.loads}
 
     def ready(self) -> bool:
         return True
@@ -84,6 +119,15 @@ class _Worker:
             return self.fn(self.config, task)
         finally:
             self.cpu["tasks"] += time.process_time() - begin
+
+    def run_in(self, job: tuple[CampaignConfig, Any, bool], task: Task) -> Any:
+        """``run`` within campaign ``job`` = (config, fn, progress), loaded first if it is not
+        the one this actor holds."""
+        config, fn, progress = job
+        if (self.config is None or self.fn is not fn or progress != self.progress
+                or self.config.identity() != config.identity()):
+            self.load(config, fn, progress)
+        return self.run(task)
 
     def stats(self) -> dict[str, float]:
         """CPU seconds of this actor's process: until its context was loaded, and in tasks."""
@@ -123,6 +167,8 @@ class RayBackend:
         self.closing = False
         self.started = False
         self.actors: list[Any] = []
+        self.job: Any = None  # a joined cluster's campaign in Ray's store (warm actors)
+        self.reused = 0       # warm actors found running (the rest were started)
         self.ready_refs: dict[Any, int] = {}   # ping -> actor, until the actor is up
         self.idle: list[int] = []              # actors that are up and have no task
         self.running: dict[Any, tuple[Task, int]] = {}
@@ -207,7 +253,7 @@ class RayBackend:
             except Exception as exc:  # a debug aid only
                 logger.debug("actor stats: %s", exc)
         w0 = time.perf_counter()
-        for actor in self.actors:
+        for actor in self.actors if self.job is None else []:  # warm actors stay for the next
             self.ray.kill(actor)
         self.actors, self.running = [], {}
         w1 = time.perf_counter()
@@ -284,10 +330,45 @@ class RayBackend:
         options: dict[str, Any] = {"num_cpus": 1, "max_restarts": -1, "max_task_retries": 0,
                                    "enable_task_events": False}
         actor = ray.remote(**options)(_Worker)
-        self.actors = [actor.remote(self.config, self.fn, self.progress) for _ in range(count)]
-        self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
+        if self.address:  # a joined cluster: named actors, kept warm for the next campaign
+            self.actors = self._warm_actors(actor, count)
+            self.job = ray.put((self.config, self.fn, self.progress))
+            self.ready_refs = {a.load.remote(self.config, self.fn, self.progress): i
+                               for i, a in enumerate(self.actors)}
+        else:
+            self.actors = [actor.remote(self.config, self.fn, self.progress)
+                           for _ in range(count)]
+            self.ready_refs = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         self.capacity = 4 * count + 2
         logger.debug("%d actor(s) requested after %.2f s", count, time.perf_counter() - self.t0)
+
+    def _warm_actors(self, actor: Any, count: int) -> list[Any]:
+        """Actors ``advrobust-worker-0..count-1`` of the joined cluster: the running ones if
+        their code matches this driver's (library, torch, Python), else started (an actor
+        with other code is replaced, with a warning naming the difference)."""
+        ray, mine = self.ray, _identity()
+
+        def named(i: int, reuse: bool = True) -> Any:
+            return actor.options(name=f"{WARM_PREFIX}{i}", namespace=WARM_NAMESPACE,
+                                 lifetime="detached", get_if_exists=reuse).remote()
+
+        handles = [named(i) for i in range(count)]
+        hello = ray.get([h.hello.remote() for h in handles], timeout=600)
+        self.reused = sum(h["loads"] > 0 and tuple(h["identity"]) == mine for h in hello)
+        for i, ident in enumerate(h["identity"] for h in hello):
+            if tuple(ident) == mine:
+                continue
+            warnings.warn(f"Ray actor {WARM_PREFIX}{i} runs {tuple(ident)}, this driver "
+                          f"{mine}: replaced by a new one", RuntimeWarning, stacklevel=2)
+            ray.kill(handles[i], no_restart=True)
+            for _ in range(100):  # the name is free once the cluster has seen the kill
+                try:
+                    handles[i] = named(i, reuse=False)
+                    break
+                except ValueError:
+                    time.sleep(0.1)
+        logger.debug("warm actors: %d reused, %d started", self.reused, count - self.reused)
+        return handles
 
     def _promote(self) -> None:
         """Actors whose context is loaded join the idle list; when all are, the driver stops."""
@@ -313,7 +394,10 @@ class RayBackend:
                     return
                 task = self.waiting.popleft()
                 actor = self.idle.pop()
-                self.running[self.actors[actor].run.remote(task)] = (task, actor)
+                handle = self.actors[actor]
+                ref = (handle.run_in.remote(self.job, task) if self.job is not None else
+                       handle.run.remote(task))
+                self.running[ref] = (task, actor)
 
     def _help(self) -> None:
         """The driver's thread: run waiting tasks until every actor is up (on a local
@@ -372,6 +456,26 @@ def _thread_cpu() -> str:
         fields = text.rsplit(")", 1)[1].split()
         out[name] += (int(fields[11]) + int(fields[12])) / tick
     return ", ".join(f"{n} {c:.2f}" for n, c in sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def stop_warm_actors(address: str | None) -> int:
+    """Stop the warm actors of the cluster at ``address`` (``advrobust campaign workers
+    --stop``); returns how many were stopped."""
+    import ray
+
+    ray.init(**init_options(0, address or "auto"))
+    try:
+        stopped = 0
+        for i in range(1024):
+            try:
+                handle = ray.get_actor(f"{WARM_PREFIX}{i}", namespace=WARM_NAMESPACE)
+            except ValueError:
+                break
+            ray.kill(handle, no_restart=True)
+            stopped += 1
+        return stopped
+    finally:
+        ray.shutdown()
 
 
 def _key(task: Task) -> str:
