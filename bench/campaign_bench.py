@@ -101,6 +101,31 @@ def _campaign(config: Path, db: Path, *extra: str, profile: bool = False,
     return wall, cpu
 
 
+class _WarmCluster:
+    """A local Ray cluster of 2 CPUs started with ``ray start`` (the library importable by its
+    workers), and one untimed campaign against it so that its named actors are up."""
+
+    def __init__(self, config: Path, out: Path) -> None:
+        # 'ray start' enables token authentication: its drivers (the timed campaigns) must
+        # send the token it writes to ~/.ray/auth_token
+        os.environ["RAY_AUTH_MODE"] = "token"
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]),
+                    "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        ray = [sys.executable, "-m", "ray.scripts.scripts"]
+        subprocess.run([*ray, "stop", "--force"], env=self.env, capture_output=True)
+        subprocess.run([*ray, "start", "--head", "--num-cpus", "2", "--port", "6390",
+                        "--include-dashboard=false", "--disable-usage-stats"],
+                       env=self.env, check=True, capture_output=True)
+        self.address, self.ray = "127.0.0.1:6390", ray
+        wall, _ = _campaign(config, out / "raywarm-warmup.db", "--backend", "ray",
+                            "--address", self.address)
+        print(f"warm cluster up; first campaign (actors started) {wall:.1f} s wall",
+              file=sys.stderr)
+
+    def stop(self) -> None:
+        subprocess.run([*self.ray, "stop", "--force"], env=self.env, capture_output=True)
+
+
 def _train(model: Path, data_dir: Path) -> None:
     """The bench's model when ``--model`` does not exist yet: the IBP-trained ``small`` CNN
     (clean test accuracy ~0.89; ~10-60 CPU s), so that one command re-measures from scratch."""
@@ -197,6 +222,11 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="per run, on stderr: CPU s per process role (driver, Ray's GCS, "
                         "raylet, agents, actors) and the Ray backend's timeline")
+    p.add_argument("--warm-cluster", action="store_true",
+                   help="also run the Ray backend against a running local cluster (started "
+                        "here with 'ray start --head --num-cpus 2', warmed by one untimed "
+                        "campaign, stopped at the end): its actors are reused (row 'raywarm'; "
+                        "CPU s exclude the cluster's processes, which the CLI did not start)")
     p.add_argument("--compare-src", type=Path, default=None,
                    help="also run the Ray backend from this other source tree (e.g. an older "
                         "commit's src/, from `git archive`), interleaved with the others")
@@ -219,6 +249,9 @@ def main() -> None:
     runs = {name: extra for name, extra in runs.items() if name.rstrip("2") not in skip}
     if args.compare_src is not None:
         runs["ray2-other-src"] = runs.get("ray2", ("--backend", "ray", "--workers", "2"))
+    cluster = _WarmCluster(config, args.out) if args.warm_cluster else None
+    if cluster is not None:
+        runs["raywarm"] = ("--backend", "ray", "--address", cluster.address)
     walls: dict[str, list[float]] = {name: [] for name in runs}
     cpus: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):  # backends interleaved: a load change hits them alike
@@ -228,6 +261,8 @@ def main() -> None:
                                   profile=args.profile, src=src)
             walls[name].append(wall)
             cpus[name].append(cpu)
+    if cluster is not None:
+        cluster.stop()
     times = {name: (statistics.median(walls[name]), statistics.median(cpus[name]))
              for name in runs}
     for name in runs:
