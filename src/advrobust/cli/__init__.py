@@ -112,6 +112,9 @@ def _main(words: list[str]) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    from advrobust._malloc import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor: page faults were half the CPU of some commands
     formatwarning = warnings.formatwarning
     # Library warnings read as one line each ("advrobust attack: warning: ..."), without the
     # file, line number and source line of the library code that raised them.
