@@ -89,6 +89,9 @@ class _Worker:
 
     def __init__(self, config: CampaignConfig | None = None, fn: Any = None,
                  progress: bool = False) -> None:
+        from advrobust._malloc import keep_freed_memory
+
+        keep_freed_memory()  # as the CLI's driver (and the pool's forked workers) do
         self.config: CampaignConfig | None = None
         self.fn: Any = None
         self.progress, self.loads = progress, 0
