@@ -15,7 +15,7 @@ from advrobust.core.memory import default_memory_limit, parse_size
 from advrobust.errors import InvalidParameterError, MemoryLimitError
 from advrobust.exact import BaB
 from advrobust.network import build_graph
-from advrobust.relax._alpha_budget import workset_bytes
+from advrobust.relax._alpha_budget import sloped_nodes, workset_bytes
 from advrobust.relax.alpha_crown import alpha_crown
 from advrobust.relax.dag import graph_crown_bounds
 
@@ -34,9 +34,8 @@ def _setup(seed: int = 3):
 
 
 def _final_bytes(graph, bounds, rows: int) -> int:
-    sloped = [i for i, n in enumerate(graph.nodes) if n.op is not None and len(n.inputs) == 1
-              and n.op.init_slopes(*bounds[n.inputs[0]], 1) is not None]
-    return workset_bytes(graph, bounds, sloped, set(range(len(graph.nodes))), rows)
+    return workset_bytes(graph, bounds, sloped_nodes(graph, bounds),
+                         set(range(len(graph.nodes))), rows)
 
 
 def test_intermediate_nodes_that_do_not_fit_keep_their_bounds() -> None:

@@ -45,7 +45,7 @@ from advrobust.exact._beta import OptState as _OptState
 from advrobust.network.graph import Graph
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
-from advrobust.relax._alpha_budget import workset_bytes
+from advrobust.relax._alpha_budget import sloped_nodes, workset_bytes
 from advrobust.relax._encoding import encode_sample, row_cost
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_branchable
 from advrobust.relax.base import Bounder, Bounds
@@ -330,10 +330,8 @@ def _memory_batch(network: Network | Graph, root: AlphaResult, limit: int | None
     """Parents per batch whose children (two each, one row, slopes and split multipliers on
     every ReLU) fit the memory limit."""
     graph = as_graph(network)
-    sloped = [i for i, node in enumerate(graph.nodes) if node.op is not None
-              and len(node.inputs) == 1 and node.op.init_slopes(
-                  *root.bounds[node.inputs[0]], 1) is not None]
-    child = 2 * workset_bytes(graph, root.bounds, sloped, set(range(len(graph.nodes))), 1)
+    child = 2 * workset_bytes(graph, root.bounds, sloped_nodes(graph, root.bounds),
+                              set(range(len(graph.nodes))), 1)
     budget = default_memory_limit() if limit is None else limit
     return max(1, budget // max(1, 2 * child))
 

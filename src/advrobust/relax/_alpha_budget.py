@@ -17,7 +17,14 @@ from advrobust.errors import MemoryLimitError
 from advrobust.network.graph import Graph
 from advrobust.relax.dag import GraphBounds
 
-__all__ = ["ancestors", "fit_budget", "workset_bytes"]
+__all__ = ["ancestors", "fit_budget", "sloped_nodes", "workset_bytes"]
+
+
+def sloped_nodes(graph: Graph, best: GraphBounds) -> list[int]:
+    """The nodes whose op has optimisable slopes (ReLU, LeakyReLU: ``init_slopes``)."""
+    return [i for i, node in enumerate(graph.nodes) if node.op is not None
+            and len(node.inputs) == 1
+            and node.op.init_slopes(*best[node.inputs[0]], 1) is not None]
 
 
 def ancestors(graph: Graph, index: int) -> set[int]:
@@ -64,7 +71,7 @@ def fit_budget(graph: Graph, best: GraphBounds, sloped: list[int], rows: int,
 
 
 def workset_bytes(graph: Graph, best: GraphBounds, sloped: list[int], nodes: set[int],
-             rows: int) -> int:
+                  rows: int) -> int:
     """Estimated bytes of optimising ``rows`` rows' slopes: each slope tensor with its
     gradient and Adam's two moments, and the coefficients autograd keeps at every node of the
     backward pass (about three node-sized tensors per row)."""

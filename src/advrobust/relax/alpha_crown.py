@@ -36,7 +36,7 @@ from advrobust.network.graph import Graph
 from advrobust.network.graph.base import GraphOp
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
-from advrobust.relax._alpha_budget import ancestors, fit_budget
+from advrobust.relax._alpha_budget import ancestors, fit_budget, sloped_nodes
 from advrobust.relax._rounding import abs_dot, input_gamma
 from advrobust.relax.crown import crown_layer_bounds
 from advrobust.relax.dag import (
@@ -233,9 +233,7 @@ class _Slopes:
 
     def __init__(self, graph: Graph, best: GraphBounds) -> None:
         self.graph = graph
-        self.nodes = [i for i, node in enumerate(graph.nodes) if node.op is not None
-                      and len(node.inputs) == 1
-                      and node.op.init_slopes(*best[node.inputs[0]], 1) is not None]
+        self.nodes = sloped_nodes(graph, best)
 
     def init(self, best: GraphBounds, rows: int, nodes: list[int]) -> dict[int, Tensor]:
         out = {}
