@@ -22,7 +22,7 @@ from _campaign_fixtures import write_config
 from advrobust import _rayhead
 from advrobust.errors import AdvRobustError
 from advrobust.evaluation.campaign import load_config
-from advrobust.evaluation.campaign.raybackend import RayBackend
+from advrobust.evaluation.campaign.raybackend import RayBackend, stop_warm_actors
 from advrobust.evaluation.campaign.runner import plan
 
 
@@ -86,6 +86,11 @@ class FakeRay(types.ModuleType):
 
     def put(self, value: Any) -> Any:
         return value
+
+    def get_actor(self, name: str, namespace: str | None = None) -> Any:
+        if name not in self.named:
+            raise ValueError(f"no actor named {name!r}")
+        return self.named[name]
 
     def wait(self, refs: list[cf.Future[Any]], num_returns: int = 1,
              timeout: float | None = None) -> tuple[list[Any], list[Any]]:
@@ -198,6 +203,9 @@ def test_joined_cluster_keeps_its_actors_warm_for_the_next_campaign(folder: Path
         finally:
             backend.close()
     assert len(fake_ray.pools) == 4 and fake_ray.killed == 2 and backend.reused == 0
+    # 'advrobust campaign workers --stop': every warm actor of the cluster goes
+    assert stop_warm_actors("10.0.0.1:6379") == 2 and not fake_ray.named
+    assert stop_warm_actors("10.0.0.1:6379") == 0
 
 
 def test_ray_that_cannot_start(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,7 +94,7 @@ class _Worker:
         keep_freed_memory()  # as the CLI's driver (and the pool's forked workers) do
         self.config: CampaignConfig | None = None
         self.fn: Any = None
-        self.progress, self.loads = progress, 0
+        self.progress, self.loads, self.key = progress, 0, ""
         if config is not None:
             self.load(config, fn, progress)
         self.cpu = {"start-up": time.process_time(), "tasks": 0.0}
@@ -104,6 +104,7 @@ class _Worker:
         from advrobust.evaluation.campaign.workers import context
 
         self.config, self.fn, self.progress = config, fn, progress
+        self.key = config.identity()
         stage_progress("line" if progress else "off")
         context(config)
         self.loads += 1
@@ -128,7 +129,7 @@ class _Worker:
         the one this actor holds."""
         config, fn, progress = job
         if (self.config is None or self.fn is not fn or progress != self.progress
-                or self.config.identity() != config.identity()):
+                or self.key != config.identity()):
             self.load(config, fn, progress)
         return self.run(task)
 
