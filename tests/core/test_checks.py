@@ -34,3 +34,9 @@ def test_a_well_shaped_batch_returns_the_clean_outputs() -> None:
     net, x = _net(), torch.rand(3, 4)
     out = check_batch(net, x, torch.zeros(3, dtype=torch.long), LpBall("linf", 0.1))
     assert torch.equal(out, net(x).detach())
+
+
+def test_the_shape_error_is_still_the_runtime_error_torch_raised() -> None:
+    net = _net()
+    with pytest.raises(RuntimeError, match="cannot take 'x'"):
+        check_batch(net, torch.rand(2, 5), torch.zeros(2, dtype=torch.long), LpBall("linf", 0.1))

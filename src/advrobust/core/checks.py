@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from advrobust.core.modes import model_device
 from advrobust.core.threat import LpBall
-from advrobust.errors import InvalidInputError
+from advrobust.errors import InvalidInputError, ModelInputError
 
 __all__ = ["check_batch", "check_generator", "check_labels", "looks_like_probabilities",
            "warn_if_probabilities"]
@@ -66,7 +66,7 @@ def _clean_forward(model: nn.Module, x: Tensor) -> Tensor:
         with torch.no_grad():
             out: Tensor = model(x)
     except RuntimeError as exc:
-        raise InvalidInputError(
+        raise ModelInputError(
             f"The model cannot take 'x' of shape {tuple(x.shape)} (a batch of inputs shaped "
             f"{tuple(x.shape[1:])}): {str(exc).splitlines()[0]}. Pass inputs of the shape the "
             "model was built for.") from exc
