@@ -12,7 +12,7 @@ from advrobust.cli import COMMANDS, build_parser
 
 def _example(command: str) -> str:
     module = importlib.import_module(f"advrobust.cli.{command}")
-    return str(getattr(module, "EXAMPLE", None) or getattr(module, "_EXAMPLE"))
+    return str(getattr(module, "EXAMPLE", None) or module._EXAMPLE)
 
 
 def _commands(text: str) -> list[str]:
