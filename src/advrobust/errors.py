@@ -16,6 +16,7 @@ __all__ = [
     "InvalidParameterError",
     "InvalidThreatModelError",
     "MemoryLimitError",
+    "ModelInputError",
     "NotFittedError",
     "SolverUnavailableError",
     "TrainingDivergedError",
@@ -37,6 +38,11 @@ class InvalidThreatModelError(InvalidParameterError):
 
 class InvalidInputError(AdvRobustError, ValueError):
     """Data handed to a method (x, y, targets, model outputs) is malformed."""
+
+
+class ModelInputError(InvalidInputError, RuntimeError):
+    """The model's forward failed on the inputs (e.g. a wrong shape); also the RuntimeError
+    torch raised, so ``except RuntimeError`` keeps working."""
 
 
 class UnsupportedLayerError(AdvRobustError, NotImplementedError):

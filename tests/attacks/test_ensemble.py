@@ -94,3 +94,24 @@ def test_bad_members_raise(tiny_mlp: nn.Module) -> None:
     x, y = batch_for(tiny_mlp)
     with pytest.raises(InvalidThreatModelError, match="apgd-ce"):
         Ensemble([PGD(steps=2), APGD()])(tiny_mlp, x, y, LpBall("l1", 1.0))
+
+
+def test_strongest_runs_on_a_non_image_model_with_a_residual_add() -> None:
+    """Tabular inputs (N, D) and a custom module: the whole cascade (Square included) runs."""
+
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.a(x))
+            return self.c(h + torch.relu(self.b(h)))
+
+    torch.manual_seed(0)
+    model = Res().eval()
+    x, y = batch_for(model, n=6, shape=(4,))
+    threat = LpBall("linf", 0.3)
+    res = strongest(threat)(model, x, y, threat, generator=torch.Generator().manual_seed(0))
+    assert res.x_adv.shape == x.shape
+    assert float((res.x_adv - x).abs().max()) <= 0.3 + 1e-6

@@ -50,12 +50,15 @@ def test_contract(tiny_mlp: nn.Module, norm: str, eps: float) -> None:
                  target=(y + 1) % 3)
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 8), (64,)])
 @pytest.mark.parametrize("norm,eps", [("linf", 0.15), ("l2", 1.5)])
-def test_breaks_an_easy_linear_model_within_budget(norm: str, eps: float) -> None:
+def test_breaks_an_easy_linear_model_within_budget(norm: str, eps: float,
+                                                   shape: tuple[int, ...]) -> None:
     """On an affine model whose closed-form optimum is clearly adversarial, random search
-    succeeds on every such sample, using no gradient and at most ``queries`` queries each."""
+    succeeds on every such sample, using no gradient and at most ``queries`` queries each;
+    also on inputs that are not images (flat features, searched as a 1 x D strip)."""
     model = _linear()
-    x, y = batch_for(model, n=32, shape=(1, 8, 8), seed=1)
+    x, y = batch_for(model, n=32, shape=shape, seed=1)
     threat = LpBall(norm, eps)
     budget = 400
     res = Square(queries=budget)(_GradFree(model).eval(), x, y, threat,
@@ -101,9 +104,9 @@ def test_bad_input_and_parameters(tiny_mlp: nn.Module) -> None:
         with pytest.raises(InvalidParameterError, match="parameter of Square"):
             Square(**kwargs)
     flat = nn.Linear(16, 3).eval()
-    x = torch.rand(4, 16)
-    with pytest.raises(InvalidInputError, match=r"\(N, C, H, W\)"):
-        Square(queries=5)(flat, x, flat(x).argmax(1), LpBall("linf", 0.1))
+    x = torch.rand(16)
+    with pytest.raises(InvalidInputError, match=r"\(N, ...\)"):
+        Square(queries=5)(flat, x, flat(x).argmax(), LpBall("linf", 0.1))
     x, y = batch_for(tiny_mlp)
     with pytest.raises(InvalidThreatModelError):
         Square()(tiny_mlp, x, y, LpBall("l1", 1.0))

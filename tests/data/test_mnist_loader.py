@@ -84,6 +84,7 @@ def test_missing_files_name_each_file_and_folder(tmp_path: Path, write_mnist: Wr
     assert f"{tmp_path}: missing t10k-labels-idx1-ubyte[.gz] (and no mnist.npz)" in msg
     assert "t10k-images-idx3-ubyte[.gz]," not in msg
     assert f"{tmp_path / 'mnist'}: no such folder" in msg and "download_mnist" in msg
+    assert "--data-dir" in msg  # the command-line user's way to pass root
     with pytest.raises(DatasetNotFoundError, match="missing train-images-idx3-ubyte.*, train-lab"):
         load_dataset("mnist", "train", root=tmp_path)
 

@@ -98,6 +98,8 @@ def test_single_constraint_becomes_a_one_row_spec() -> None:
     ("(assert (<= X_0 1)", "unbalanced"),
     ("(define-fun f () Real 1)", "unsupported command"),
     ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= Z_0 1))", "unknown symbol"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= X_0 1))(assert (>= X_0 0))"
+     "(assert (>= X_9 0))(assert (>= Y_0 0))", "X_9 is used but only X_0..X_0 are declared"),
 ])
 def test_unsupported_or_malformed_text_raises(text: str, match: str) -> None:
     with pytest.raises(VnnlibError, match=match):

@@ -72,7 +72,8 @@ class Square(Attack):
     """Square Attack (Andriushchenko et al. 2020), score-based black-box, linf and l2.
 
     Only forward passes are used (``info["black_box"] = True``). Samples stop querying once
-    broken. Images must be shaped (N, C, H, W).
+    broken. Images are shaped (N, C, H, W); other inputs (N, ...) are searched as a 1 x D
+    strip of their flattened features (windows of single features).
 
     Args:
         queries: query budget per sample and restart, the initial query included (5000 in
@@ -96,10 +97,22 @@ class Square(Attack):
 
     def _run(self, oracle: Oracle, x: Tensor, y: Tensor, threat: LpBall, target: Tensor | None,
              generator: torch.Generator | None, clean_logits: Tensor) -> AttackOutput:
-        if x.dim() != 4:
+        if x.dim() < 2:
             raise InvalidInputError(
-                f"Square needs images shaped (N, C, H, W). Got x of shape {tuple(x.shape)}.")
+                f"Square needs a batch shaped (N, ...). Got x of shape {tuple(x.shape)}.")
         check_query_outputs(clean_logits, "Square")
+        if x.dim() != 4:  # not images: search on the flattened features as a 1 x D strip
+            shape = x.shape
+            strip = self._run_images(_Reshaped(oracle, shape), x.reshape(shape[0], 1, 1, -1), y,
+                                     threat, target, generator, clean_logits)
+            return AttackOutput(strip.x_adv.reshape(shape), exhausted=strip.exhausted,
+                                info=strip.info)
+        return self._run_images(oracle, x, y, threat, target, generator, clean_logits)
+
+    def _run_images(self, oracle: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
+                    threat: LpBall, target: Tensor | None, generator: torch.Generator | None,
+                    clean_logits: Tensor) -> AttackOutput:
+        """The attack on images (N, C, H, W)."""
 
         labels = y if target is None else target
         sign = 1.0 if target is None else -1.0
@@ -122,7 +135,7 @@ class Square(Attack):
         return AttackOutput(best, exhausted=best_score >= 0,
                             info={"queries_per_sample": spent, "black_box": True})
 
-    def _search(self, oracle: Oracle, x: Tensor, labels: Tensor,
+    def _search(self, oracle: Callable[[Tensor], Tensor], x: Tensor, labels: Tensor,
                 score: Callable[[Tensor, Tensor], Tensor], threat: LpBall,
                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
         """One random search on the sub-batch ``x``; returns (points, scores, queries used).
@@ -207,6 +220,16 @@ class Square(Attack):
         delta[w2] = 0.0
         delta[w1] = new
         return threat.project(x, x + _unit(delta) * threat.eps)
+
+
+class _Reshaped:
+    """``oracle`` on inputs given in another shape of the same size (the strip view)."""
+
+    def __init__(self, oracle: Oracle, shape: torch.Size) -> None:
+        self.oracle, self.shape = oracle, shape
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.oracle(z.reshape((-1,) + tuple(self.shape[1:])))
 
 
 def _unit(delta: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ __all__ = ["register", "run"]
 
 EXAMPLE = """examples:
   advrobust train --model mlp2 --data digits --epochs 30 --batch-size 50 --out mlp2_digits.pt
-  advrobust train --model mlp2 --data digits --epochs 30 --batch-size 50 --out mlp2_digits.pt \
+  advrobust train --model mlp2 --data digits --epochs 30 --batch-size 50 --out mlp2_digits.pt \\
       --resume mlp2_digits.pt           # after Ctrl-C: continue from the last finished epoch
   advrobust train --model cnn --data mnist --data-dir ../shared/data/mnist --epochs 10 \\
       --out cnn_mnist.pt                 # course recipe: SGD lr 0.1, batch 100, lr/10 at epoch 6

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from advrobust.core.modes import model_device
 from advrobust.core.threat import LpBall
-from advrobust.errors import InvalidInputError
+from advrobust.errors import InvalidInputError, ModelInputError
 
 __all__ = ["check_batch", "check_generator", "check_labels", "looks_like_probabilities",
            "warn_if_probabilities"]
@@ -60,6 +60,19 @@ def check_generator(generator: object, who: str) -> None:
             f"torch.Generator().manual_seed(SEED) for a seeded run.")
 
 
+def _clean_forward(model: nn.Module, x: Tensor) -> Tensor:
+    """The model's outputs on ``x`` (no grad); a model that cannot take ``x`` says so by shape."""
+    try:
+        with torch.no_grad():
+            out: Tensor = model(x)
+    except RuntimeError as exc:
+        raise ModelInputError(
+            f"The model cannot take 'x' of shape {tuple(x.shape)} (a batch of inputs shaped "
+            f"{tuple(x.shape[1:])}): {str(exc).splitlines()[0]}. Pass inputs of the shape the "
+            "model was built for.") from exc
+    return out
+
+
 def check_batch(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
                 target: Tensor | None = None, who: str = "attack") -> Tensor:
     """Validate a batch and return the model's clean outputs (one forward, no grad).
@@ -88,8 +101,7 @@ def check_batch(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
         raise InvalidInputError(
             f"'x' has dtype {x.dtype} but the model's weights are {weights}: convert the inputs "
             f"with x.to({weights}) (advrobust never converts your model or your data).")
-    with torch.no_grad():
-        out = model(x)
+    out = _clean_forward(model, x)
     if torch.is_tensor(out) and out.is_floating_point() and not bool(out.isfinite().all()):
         rows = (~out.isfinite()).any(dim=-1).nonzero().flatten()[:10].tolist() \
             if out.dim() >= 1 else []

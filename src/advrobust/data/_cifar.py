@@ -110,8 +110,8 @@ def load_cifar10(split: str, root: str | os.PathLike[str] | None) -> Dataset:
             "pickle batches." if csv_seen else "")
     raise DatasetNotFoundError(
         f"CIFAR-10 {split} split not found. Looked in:\n" + "\n".join(report) + note
-        + f"\nPass root=<folder holding {BATCH_DIR}> or set $ADVROBUST_DATA (files go in "
-        f"$ADVROBUST_DATA/cifar10).")
+        + f"\nPass root=<folder holding {BATCH_DIR}> (--data-dir on the command line) or set "
+        "$ADVROBUST_DATA (files go in $ADVROBUST_DATA/cifar10).")
 
 
 def _from_batches(split: str, paths: list[Path]) -> Dataset:

@@ -71,8 +71,9 @@ def load_mnist(split: str, root: str | os.PathLike[str] | None) -> Dataset:
         report.append(f"  {folder}: missing {', '.join(missing)} (and no {NPZ_NAME})")
     raise DatasetNotFoundError(
         f"MNIST {split} split not found. Looked for {image_stem}[.gz] with {label_stem}[.gz], or "
-        f"{NPZ_NAME}, in:\n" + "\n".join(report) + "\nPass root=<folder>, set $ADVROBUST_DATA, or "
-        "fetch the files with advrobust.data.download_mnist(<folder>).")
+        f"{NPZ_NAME}, in:\n" + "\n".join(report) + "\nPass root=<folder> (--data-dir DIR on the "
+        "command line), set $ADVROBUST_DATA, or fetch the files with "
+        "advrobust.data.download_mnist(<folder>).")
 
 
 def _from_idx(split: str, image_path: Path, label_path: Path) -> Dataset:

@@ -217,6 +217,9 @@ class _Reader:
         for kind, n in (("X", d), ("Y", k)):
             if n == 0 or self.declared[kind] != set(range(n)):
                 raise VnnlibError(f"{kind} variables must be declared as {kind}_0..{kind}_{{n-1}}")
+        extra = sorted(i for i in self.bounds if i >= d)
+        if extra:
+            raise VnnlibError(f"X_{extra[0]} is used but only X_0..X_{d - 1} are declared")
         box = torch.tensor([self.bounds.get(i, [-math.inf, math.inf]) for i in range(d)],
                            dtype=torch.float64)
         unbounded = (~torch.isfinite(box)).any(dim=1) | (box[:, 0] > box[:, 1])
