@@ -156,6 +156,8 @@ def test_unknown_defense_lists_the_valid_ones(tmp_path: Path,
     (["--defense", "pgd", "--eps", "0.1", "--ramp", "1.5"], "ramp"),
     (["--defense", "ibp", "--eps", "-0.1"], "eps"),
     (["--defense", "pgd", "--eps", "0.1", "--norm", "l7"], "l7"),
+    (["--defense", "noise", "--sigma", "0"], "needs --sigma > 0"),
+    (["--defense", "consistency", "--sigma", "0"], "needs --sigma > 0"),
 ])
 def test_bad_defense_values_fail_before_training(flags: list[str], match: str,
                                                  tmp_path: Path) -> None:

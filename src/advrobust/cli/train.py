@@ -213,6 +213,10 @@ def _objective(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise InvalidParameterError(
             f"--defense {args.defense} needs {', '.join(missing)}.")
     params = dict(given)
+    if params.get("sigma") == 0:  # the objectives allow it (the clean loss); a user means noise
+        raise InvalidParameterError(
+            f"--defense {args.defense} needs --sigma > 0 (with 0 no noise is added: that is "
+            "plain training, --defense none). Got --sigma 0 instead.")
     if "seed" in accepted:
         params["seed"] = args.seed
     return build_objective(args.defense, **params), params
