@@ -15,11 +15,12 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
-
-import torch
+from typing import IO, TYPE_CHECKING, Any
 
 from advrobust.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SampleWriter", "add_save_args", "keep_finished", "open_writer"]
 
@@ -37,6 +38,8 @@ def add_save_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _plain(value: Any) -> Any:
+    import torch
+
     if torch.is_tensor(value):
         value = value.item() if value.numel() == 1 else value.tolist()
     if hasattr(value, "value") and isinstance(value.value, str):
@@ -104,6 +107,7 @@ class SampleWriter:
     def close(self) -> str:
         """Close the rows file, write the witnesses; return a sentence saying what was saved."""
         import numpy as np
+        import torch
 
         from advrobust.core._atomic import atomic_write
 

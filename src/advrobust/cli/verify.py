@@ -40,10 +40,13 @@ With --vnnlib the answer follows VNN-COMP: unsat = verified, sat = counterexampl
 """
 
 
+#: ``advrobust.verify.METHODS``, spelled out so that ``verify --help`` does not import torch
+#: (tests/cli/test_verify_help.py keeps the two equal).
+METHODS = ("auto", "ibp", "crown", "lp", "milp", "bab")
+
+
 def register(sub: Any) -> None:
     """Add the ``verify`` command."""
-    from advrobust.evaluation.verify import METHODS
-
     p = sub.add_parser(
         "verify", help="prove robustness (or find counterexamples) with bounds, attacks, MILP",
         description="Certify a classifier sample by sample: verified (a sound lower bound on "
