@@ -109,10 +109,14 @@ def _floats(text: str) -> list[float]:
             f"expected a float or comma-separated floats, got {text!r}") from None
 
 
+#: ``advrobust.models.MODELS``' names, spelled out so that ``train --help`` does not import
+#: torch (tests/cli/test_verify_help.py keeps the two equal).
+MODELS = ("mlp2", "mlp4", "small", "cnn", "lenet", "lenet-wide", "lenet-large", "resnet8",
+          "minmax-mlp", "minmax-mlp-wide", "minmax-2c2f")
+
+
 def register(sub: Any) -> None:
     """Add the ``train`` command."""
-    from advrobust.models import MODELS
-
     p = sub.add_parser(
         "train", help="train a reference model and save a checkpoint",
         description="Train one of the reference architectures with SGD on cross-entropy (the "
@@ -167,9 +171,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _add_defense_args(p: argparse.ArgumentParser) -> None:
-    from advrobust.training.defenses import DEFENSES
+#: ``advrobust.training.defenses.DEFENSES``' names, spelled out for the same reason.
+DEFENSES = ("standard", "pgd", "fgsm", "trades", "tv", "tv-lip", "ibp", "crown-ibp", "noise",
+            "gaussian", "consistency", "smoothadv", "dict-adv", "dict-noise", "gloro")
 
+
+def _add_defense_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("defense", "training objective and its parameters (see the table "
                                         "below)")
     g.add_argument("--defense", default="standard", choices=DEFENSES, metavar="NAME",
