@@ -68,8 +68,8 @@ def _clean_forward(model: nn.Module, x: Tensor) -> Tensor:
     except RuntimeError as exc:
         raise ModelInputError(
             f"The model cannot take 'x' of shape {tuple(x.shape)} (a batch of inputs shaped "
-            f"{tuple(x.shape[1:])}): {str(exc).splitlines()[0]}. Pass inputs of the shape the "
-            "model was built for.") from exc
+            f"{tuple(x.shape[1:])}); its forward raised: {str(exc).splitlines()[0]}. If that "
+            "is not the input shape the model was built for, pass inputs of that shape.") from exc
     return out
 
 
