@@ -35,6 +35,28 @@ import ray
 print(json.dumps({"errors": run.errors, "written": run.written, "pid": os.getpid(),
                   "still_connected": ray.is_initialized()}))
 """
+ACTORS = """
+import json, sys, ray
+from advrobust.evaluation.campaign import raybackend as rb
+ray.init(**rb.init_options(0, sys.argv[1]))
+pids = []
+for i in range(64):
+    try:
+        actor = ray.get_actor(f"{rb.WARM_PREFIX}{i}", namespace=rb.WARM_NAMESPACE)
+    except ValueError:
+        break
+    pids.append(ray.get(actor.hello.remote(), timeout=120)["pid"])
+ray.shutdown()
+print(json.dumps(pids))
+"""
+
+
+def _actor_pids(address: str, env: dict[str, str]) -> set[str]:
+    """Process ids of the named (warm) actors running on the cluster at ``address``."""
+    done = subprocess.run([sys.executable, "-c", ACTORS, address], env=env, text=True,
+                          capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {str(pid) for pid in json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def _verdicts(db: Path) -> dict[tuple, tuple]:
@@ -61,10 +83,12 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
                                  str(folder / "ray.db"), address, "tagged", "0"], env=env,
                                 text=True, capture_output=True, timeout=240)
         os.rename(folder / "ran", folder / "ran1")
+        warm1 = _actor_pids(address, env)
         # the next campaign on this cluster finds the same (named, detached) actors up
         again = subprocess.run([sys.executable, "-c", DRIVER, str(config_file),
                                 str(folder / "ray2.db"), address, "tagged", "0"], env=env,
                                text=True, capture_output=True, timeout=240)
+        warm2 = _actor_pids(address, env)
         alive = head.poll() is None
     finally:
         if head.stdin:
@@ -84,10 +108,13 @@ def test_ray_joins_a_running_cluster_by_address(folder: Path) -> None:
     out2 = json.loads(again.stdout.strip().splitlines()[-1])
     assert out2["errors"] == 0 and out2["written"] == 64
     assert _verdicts(folder / "ray2.db") == _verdicts(folder / "serial.db")
+    # (which actor takes which task is up to timing: a fast one may take them all)
     actors1 = {pid for _, pid in ran} - {str(out["pid"])}
     ran2 = [name.split("-") for name in os.listdir(folder / "ran")]
     actors2 = {pid for _, pid in ran2} - {str(out2["pid"])}
-    assert actors2 and actors2 <= actors1  # the warm actors of the first campaign did it
+    assert len(warm1) == 2 and actors1 <= warm1  # the named actors did the first campaign
+    assert warm2 == warm1                        # ... stayed up, were not replaced
+    assert actors2 and actors2 <= warm1          # ... and did the second
 
 
 @pytest.mark.slow

@@ -111,8 +111,9 @@ class _Worker:
         return True
 
     def hello(self) -> dict[str, Any]:
-        """This actor's code (:func:`_identity`) and how many campaigns it has loaded."""
-        return {"identity": _identity(), "loads": self.loads}
+        """This actor's code (:func:`_identity`), how many campaigns it has loaded and its
+        process id."""
+        return {"identity": _identity(), "loads": self.loads, "pid": os.getpid()}
 
     def ready(self) -> bool:
         return True
