@@ -37,18 +37,56 @@ def attack_classes() -> dict[str, type]:
     return registered()
 
 
+#: Every attack of :func:`advrobust.attacks.attack_classes`: its norms and its parameters
+#: with their defaults (the composites: how the command line configures them), spelled out so
+#: that ``attack --help`` does not import torch (tests/cli/test_cli_help_no_torch.py keeps this
+#: equal to :func:`describe_attacks`).
+ATTACKS: dict[str, tuple[str, str]] = {
+    "apgd": ("l2,linf", "loss='ce' steps=100 restarts=1 rho=0.75 random_start=True"),
+    "apgd-t": ("l2,linf", "steps=100 n_target_classes=9 restarts=1 rho=0.75 random_start=True"),
+    "boundary": ("l2", "steps=5000 spherical_step=0.01 source_step=0.01 init='uniform'"),
+    "cw": ("l2,linf", "norm='l2' confidence=0.0 steps=100 lr=0.1 binary_search_steps=5 "
+                      "initial_const=0.1 abort_early=True"),
+    "deepfool": ("l2,linf", "norm='l2' overshoot=0.02 steps=50 candidates=10"),
+    "dictionary": ("l1,l2,linf", "dictionary=<required> method='sparse' steps=20 step_size=1.0 "
+                                 "lambda1=None lambda2=None loss=None kappa=None delta=0.5 "
+                                 "beta=0.0001 dataset=None"),
+    "ensemble": ("l1,l2,linf", COMPOSITES["ensemble"]),
+    "fab-t": ("l2,linf", "steps=100 n_target_classes=9 restarts=1 alpha_max=0.1 eta=1.05 "
+                         "beta=0.9"),
+    "fgsm": ("l1,l2,linf", "loss='ce' targeted_loss='target-vs-true' l1_sparsity=0.0"),
+    "hopskipjump": ("l2", "steps=40 init_num_evals=100 max_num_evals=10000 gamma=1.0"),
+    "jsma": ("l1,l2,linf", "theta=1.0 gamma=0.1"),
+    "lbfgs": ("l2,linf", "c_init=0.01 search_steps=5 max_iter=100"),
+    "onepixel": ("l1,l2,linf", "pixels=1 popsize=400 iterations=100"),
+    "pgd": ("l1,l2,linf", "steps=40 step_size=None restarts=1 random_start=True loss='ce' "
+                          "targeted_loss='target-vs-true' l1_sparsity=0.01"),
+    "square": ("l2,linf", "queries=5000 p_init=0.8 restarts=1"),
+    "strongest": ("l2,linf", "steps=100 n_target_classes=9 queries=5000 fab=False"),
+    "transfer": ("l1,l2,linf", COMPOSITES["transfer"]),
+    "universal": ("l1,l2,linf", "method='deepfool' max_passes=5 target_fooling_rate=0.8 "
+                                "overshoot=0.02 deepfool_steps=50 batch_size=1 step_size=None "
+                                "penalty=0.1"),
+    "universal-apply": ("l1,l2,linf", "perturbation=<required>"),
+}
+
+
+def describe_attacks() -> dict[str, tuple[str, str]]:
+    """:data:`ATTACKS` as the registered classes describe themselves (imports torch)."""
+    described = {}
+    for name, cls in attack_classes().items():
+        norms = ",".join(sorted(n.value for n in cls.norms))  # type: ignore[attr-defined]
+        params = " ".join(f"{p.name}={_default_text(p)}" for p in _parameters(cls).values())
+        described[name] = (norms, COMPOSITES.get(name) or params or "(no parameters)")
+    return described
+
+
 def attack_help() -> str:
     """The ``--help`` table: every attack, its norms and its parameters with their defaults."""
     lines = ["attacks (NAME [norms]: parameters and defaults; set any of them with --param "
              "NAME=VALUE,", "steps / step_size / restarts also with --steps, --step-size, "
              "--restarts; an attack's own 'norm' follows --norm):"]
-    for name, cls in attack_classes().items():
-        norms = ",".join(sorted(n.value for n in cls.norms))  # type: ignore[attr-defined]
-        if name in COMPOSITES:
-            described = COMPOSITES[name]
-        else:
-            described = " ".join(f"{p.name}={_default_text(p)}"
-                                 for p in _parameters(cls).values()) or "(no parameters)"
+    for name, (norms, described) in ATTACKS.items():
         lines.append(textwrap.fill(f"{name:<16}[{norms}] {described}", width=98,
                                    initial_indent="  ", subsequent_indent=" " * 20,
                                    break_on_hyphens=False))

@@ -25,19 +25,9 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from advrobust.cli._attack_build import attack_classes, attack_help, build_attack
-from advrobust.cli._attack_report import (
-    describe_params,
-    plot_examples,
-    report_rows,
-    result_flags,
-    sanity_report,
-    save_examples,
-)
 from advrobust.cli._common import (
     add_data_args,
     add_json_arg,
@@ -57,6 +47,9 @@ from advrobust.cli._common import (
 )
 from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, keep_finished, open_writer
 from advrobust.errors import DatasetNotFoundError, InvalidParameterError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["attack_classes", "build_attack", "register", "run"]
 
@@ -160,7 +153,17 @@ def _select(x: torch.Tensor, y: torch.Tensor, target: int | None, num_classes: i
 
 def run(args: argparse.Namespace) -> int:
     """Run the ``attack`` command; returns the exit status."""
+    import torch
+
     from advrobust.attacks import UniversalPerturbation
+    from advrobust.cli._attack_report import (
+        describe_params,
+        plot_examples,
+        report_rows,
+        result_flags,
+        sanity_report,
+        save_examples,
+    )
     from advrobust.evaluation import evaluate_attack, predict, summarize_attack
 
     _check_composite_flags(args)
@@ -310,6 +313,9 @@ def _write_rows(writer: SampleWriter, model: torch.nn.Module, x: torch.Tensor,
 def _keep_finished(args: argparse.Namespace, writer: SampleWriter | None, batches: list[Any],
                    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """On Ctrl-C: write what the finished batches found and say so in one line; 130."""
+    import torch
+
+    from advrobust.cli._attack_report import save_examples
     from advrobust.evaluation import predict
 
     done = sum(int(b.success.shape[0]) for b in batches)

@@ -6,12 +6,12 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from advrobust.cli._common import add_json_arg, emit, seed_arg
-from advrobust.core._validation import check_int
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["register", "run"]
 
@@ -78,8 +78,11 @@ def _model(args: argparse.Namespace, train: Any, test: Any) -> tuple[torch.nn.Mo
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; prints a table (or JSON) of clean / PGD / certified accuracy per eps."""
+    import torch
+
     from advrobust import LpBall
     from advrobust.attacks import PGD
+    from advrobust.core._validation import check_int
     from advrobust.data import load_dataset
     from advrobust.relax import CROWN
 

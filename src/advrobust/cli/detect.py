@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from advrobust.cli._common import (
     add_data_args,
@@ -26,8 +24,10 @@ from advrobust.cli._common import (
     seed_arg,
 )
 from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, keep_finished, open_writer
-from advrobust.core._validation import check_int
 from advrobust.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ATTACKS", "register", "run"]
 
@@ -138,6 +138,9 @@ COLUMNS = ("index", "label", "prediction", "clean_score", "clean_flagged", "atta
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit status."""
+    import torch
+
+    from advrobust.core._validation import check_int
     from advrobust.detection import GradientNormDetector
 
     _parse_attacks(args.attacks)
@@ -180,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, detector: Any, model: Any, data: Any,
               attacks: dict[str, Any], threats: dict[str, Any],
               on_batch: Callable[[Any], None]) -> Any:
+    import torch
+
     from advrobust.detection import evaluate_detector
 
     gen = torch.Generator().manual_seed(args.seed)

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from advrobust.cli._common import (
     OutputLock,
     add_data_args,
@@ -35,6 +33,10 @@ from advrobust.cli._common import (
 from advrobust.errors import InvalidParameterError
 
 __all__ = ["register", "run"]
+
+#: ``advrobust.attacks.dictionary.AdversarialLoss`` values, spelled out so that ``dictionary
+#: --help`` does not import torch (tests/cli/test_cli_help_no_torch.py keeps the two equal).
+LOSSES = ("ce", "margin")
 
 EXAMPLE = """examples:
   advrobust dictionary learn --model runs/cnn.pt --data mnist --split train --n 1000 \\
@@ -77,7 +79,7 @@ def _register_learn(actions: Any) -> None:
     p.add_argument("--atoms", type=int, default=10, help="number of atoms M (default: 10)")
     p.add_argument("--lambda1", type=float, default=0.1, help="l1 weight (default: 0.1)")
     p.add_argument("--lambda2", type=float, default=0.001, help="energy weight (default: 0.001)")
-    p.add_argument("--loss", default="margin", choices=("ce", "margin"),
+    p.add_argument("--loss", default="margin", choices=LOSSES,
                    help="adversarial loss: margin (C&W, default) or ce")
     p.add_argument("--kappa", type=float, default=1.0, help="margin-loss confidence (default: 1)")
     p.add_argument("--target", default=None,
@@ -136,6 +138,8 @@ def _learner(args: argparse.Namespace) -> Any:
 
 
 def _target(raw: str | None, n: int) -> Any:
+    import torch
+
     if raw is None or raw == "second":
         return raw
     try:
@@ -146,6 +150,8 @@ def _target(raw: str | None, n: int) -> Any:
 
 
 def _learn(args: argparse.Namespace) -> int:
+    import torch
+
     from advrobust.attacks.dictionary import evaluate_dictionary, save_dictionary
     from advrobust.cli._common import check_model_data, load_model
 
