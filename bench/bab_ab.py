@@ -70,11 +70,10 @@ def main() -> None:
         step = bab_module._RowSearch._step
 
         def traced(self, open_, deadline):  # type: ignore[no-untyped-def]
-            out = step(self, open_, deadline)
+            step(self, open_, deadline)
             total = sum(r.domains for r in self.rows)
-            worst = float(out.lower.min()) if len(out) else float("inf")
-            print(f"    domains {total} open {len(out)} worst {worst:+.4f}", flush=True)
-            return out
+            worst = float(open_.view.lower.min()) if len(open_) else float("inf")
+            print(f"    domains {total} open {len(open_)} worst {worst:+.4f}", flush=True)
 
         bab_module._RowSearch._step = traced  # type: ignore[method-assign]
     for item in args.instances:

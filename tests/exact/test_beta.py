@@ -106,10 +106,13 @@ def test_beta_bound_dominates_alpha_on_split_domains_and_is_valid(seed: int, spl
         row = torch.tensor([r])
         alpha = {j: root.alphas[j][0, r:r + 1].flatten(1) for j in relus}
         beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
+        fast, bounder.fast = bounder.fast, None  # the sound float64 one-pass bound
         start = float(bounder.quick(split, alpha, beta, row)[0])  # alpha-CROWN on the domain
+        bounder.fast = fast
         dom, _ = bounder.bound(split, alpha, beta, row)
         got = float(dom.lower[0])
-        assert got >= start - 1e-12 * (1 + abs(start))  # beta = 0 is its first step
+        # beta = 0 is its first step; the steps' values (float32 on a chain) pick the best
+        assert got >= start - 1e-5 * (1 + abs(start))
         assert got <= float(values[:, r].min())  # valid on the split domain
 
 

@@ -8,9 +8,11 @@ of the root, so they stay valid), with the split constraints in the Lagrangian: 
 ``-beta s z`` (``s = +1`` active, ``-1`` inactive, ``beta >= 0``) is non-positive on the domain,
 so any ``beta`` gives a sound bound, and optimising it (with the slopes ``alpha``) lets the
 constraints act on every layer, not only on the split neuron's relaxation. ``beta = 0`` is
-exactly alpha-CROWN on the split domain; the best step is kept, so the optimised bound is never
-below the starting one. Domains are bounded in batches: one row of the spec, one set of slopes
-and multipliers per domain; children inherit their parent's (warm start).
+exactly alpha-CROWN on the split domain; the best step is kept, so the optimised bound is not
+below the starting one (up to the rounding of the steps' values: on a chain they run in float32,
+see :class:`_Fast`; the one sound pass that gives the bound is float64). Domains are bounded in
+batches: one row of the spec, one set of slopes and multipliers per domain; children inherit
+their parent's (warm start).
 
 Chains and graphs (residual additions, concatenations, ...) whose only nonlinear nodes are ReLUs
 share the code: a ReLU is keyed by its node index - 1 (a chain's op position), its split
@@ -23,8 +25,10 @@ domain's, and the terms grow with the bounds).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -46,6 +50,35 @@ from advrobust.relax.dag import Allowance, graph_backward
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains", "OptState"]
+
+
+@dataclass(frozen=True)
+class _Fast:
+    """A float32 copy of a float64 chain, for the optimisation steps and the branching
+    heuristic's one-pass scores: their values only choose slopes, multipliers and split
+    neurons, never a bound (every bound comes from a sound float64 pass), and float32 halves
+    the cost of their matrix products."""
+
+    graph_ops: list
+    c: Tensor
+
+    @classmethod
+    def of(cls, network: Network, c: Tensor) -> _Fast | None:
+        """The float32 twin of ``network`` (its modules copied and cast), or None when it has
+        no module, is not float64, or some op does not compute in float32 then."""
+        if network.module is None or c.dtype != torch.float64:
+            return None
+        twin = copy.deepcopy(network)
+        twin.module.float()  # type: ignore[union-attr]
+        twin._graph = None  # rebuilt over the copied ops
+        with torch.no_grad():
+            probe: Tensor | None = torch.zeros((1, 1) + tuple(network.output_shape))
+            for op in reversed(twin.graph_ops):
+                if not op.nonlinear and probe is not None:
+                    (probe,), _ = op.backward(probe)
+                    if probe is None or probe.dtype != torch.float32:
+                        return None
+        return cls(twin.graph_ops, c.float())
 
 
 class BetaBounder:
@@ -92,6 +125,7 @@ class BetaBounder:
         self.domain_bounds = domain_bounds
         self.keep_state, self.lr_decay = keep_state, lr_decay
         self.inter_alphas = inter_alphas or {}
+        self.fast = _Fast.of(network, self.c) if isinstance(network, Network) else None
         self.sizes = [root[self.src[j]][0][0].numel() for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
         self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)
@@ -211,7 +245,7 @@ class BetaBounder:
 
     def _pass(self, bounds: LayerBounds, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, record: dict[int, Tensor] | None = None,
-              relus: dict[int, _Relu] | None = None, sound: bool = True
+              relus: dict[int, _Relu] | None = None, sound: bool = True, fast: bool = False
               ) -> tuple[Tensor, Tensor]:
         """Lower bounds (B,) and the input coefficients (B, D) of one pass.
 
@@ -220,13 +254,17 @@ class BetaBounder:
         optimisation steps (``relus``) computed once per batch. ``sound=False`` leaves out the
         layers' rounding allowances (~1e-12 relative in float64; a quarter of a step's time):
         for the optimisation steps, whose values only pick the parameters; the bound itself
-        always comes from a sound pass.
+        always comes from a sound pass. ``fast`` (not sound; needs :attr:`fast`): the
+        back-substitution in float32 (``bounds``, ``relus``, ``alpha`` and ``beta`` float32
+        too), concretised in float64.
         """
         b = row.shape[0]
         if not isinstance(self.net, Network):
             return self._graph_pass(bounds, split, alpha, beta, row, record, sound)
+        assert not (fast and (sound or self.fast is None))
         relus = self._relus(bounds) if relus is None else relus
-        a = self.c[row].unsqueeze(1)
+        ops = self.fast.graph_ops if fast and self.fast is not None else self.graph_ops
+        a = (self.fast.c if fast and self.fast is not None else self.c)[row].unsqueeze(1)
         const = a.new_zeros(a.shape[:2])
         err = a.new_zeros(a.shape[:2])
         for j in reversed(range(len(self.net.ops))):
@@ -248,11 +286,13 @@ class BetaBounder:
                     mag = self.mags[j]
                     err = err + op_gamma(op, a.dtype) * abs_dot(a, mag.expand(
                         (b,) + tuple(mag.shape[1:])))
-                (back,), c = self.graph_ops[j].backward(a)
+                (back,), c = ops[j].backward(a)
                 assert back is not None
                 a = back
             const = const + c
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
+        if fast:
+            a, const, err = a.to(x0.dtype), const.to(x0.dtype), err.to(x0.dtype)
         value = concretize(self.threat, x0, a, const, err)[:, 0]
         return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
 
@@ -297,8 +337,15 @@ class BetaBounder:
         bounds, empty = self.tightened(split)
         relus = self._relus(bounds)
         dtype = self.x0.dtype
-        al = {j: alpha[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
-        be = {j: beta[j].to(dtype).clone().requires_grad_(True) for j in self.relus}
+        # the steps' passes: float32 on a chain that has a float32 twin (they only choose)
+        fast = self.fast is not None and steps > 0
+        o_bounds, o_relus, o_dtype = bounds, relus, dtype
+        if fast:
+            o_dtype = torch.float32
+            o_bounds = [(lo.to(o_dtype), hi.to(o_dtype)) for lo, hi in bounds]
+            o_relus = self._relus(o_bounds)
+        al = {j: alpha[j].to(o_dtype).clone().requires_grad_(True) for j in self.relus}
+        be = {j: beta[j].to(o_dtype).clone().requires_grad_(True) for j in self.relus}
         groups = [(list(al.values()), self.lr_alpha)]
         if any(bool(split[j].any()) for j in self.relus):
             groups.append((list(be.values()), self.lr_beta))
@@ -306,8 +353,8 @@ class BetaBounder:
         st = None
         if self.keep_state:
             st = (state if state is not None else OptState.zeros(alpha)).map(
-                lambda v: v.to(dtype).clone())
-            live = {j: (split[j] != 0).to(dtype) for j in self.relus}
+                lambda v: v.to(o_dtype).clone())
+            live = {j: (split[j] != 0).to(o_dtype) for j in self.relus}
         b = row.shape[0]
         best = torch.full((b,), -math.inf, dtype=dtype)  # of the steps' (unsound) values
         best_al = {j: v.detach().clone() for j, v in al.items()}
@@ -316,7 +363,8 @@ class BetaBounder:
             if time.perf_counter() >= deadline:
                 break
             with torch.enable_grad():
-                lower, _ = self._pass(bounds, split, al, be, row, relus=relus, sound=False)
+                lower, _ = self._pass(o_bounds, split, al, be, row, relus=o_relus,
+                                      sound=False, fast=fast)
                 with torch.no_grad():
                     self._keep(lower.detach(), best, al, be, best_al, best_be)
                 if st is None:
@@ -332,10 +380,13 @@ class BetaBounder:
         record: dict[int, Tensor] = {}
         with torch.no_grad():
             if steps:
-                lower, _ = self._pass(bounds, split, al, be, row, relus=relus, sound=False)
+                lower, _ = self._pass(o_bounds, split, al, be, row, relus=o_relus,
+                                      sound=False, fast=fast)
                 self._keep(lower, best, al, be, best_al, best_be)
-            # one sound pass with the best parameters: the bound, and its coefficients give
-            # scores and a corner
+            # one sound pass (float64) with the best parameters: the bound, and its
+            # coefficients give scores and a corner
+            best_al = {j: v.to(dtype) for j, v in best_al.items()}
+            best_be = {j: v.to(dtype) for j, v in best_be.items()}
             best, coef = self._pass(bounds, split, best_al, best_be, row, record, relus)
             for j in self.relus:  # a ReLU no path to the output passes: coefficients 0
                 if j not in record:
@@ -383,12 +434,22 @@ class BetaBounder:
 
     def quick(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor) -> Tensor:
-        """One pass, no optimisation: (B,) sound bounds (for filtered smart branching)."""
+        """One pass, no optimisation: (B,) bounds that only rank split candidates (filtered
+        smart branching): float32 without allowances on a chain with a float32 twin, else
+        sound."""
         with torch.no_grad():
             bounds = self.clamped(split)
-            al = {j: v.to(self.x0.dtype) for j, v in alpha.items()}
-            be = {j: v.to(self.x0.dtype) for j, v in beta.items()}
-            return self._pass(bounds, split, al, be, row)[0].nan_to_num(nan=-math.inf)
+            if self.fast is not None:
+                f32 = torch.float32
+                low = [(lo.to(f32), hi.to(f32)) for lo, hi in bounds]
+                al = {j: v.to(f32) for j, v in alpha.items()}
+                be = {j: v.to(f32) for j, v in beta.items()}
+                value = self._pass(low, split, al, be, row, sound=False, fast=True)[0]
+            else:
+                al = {j: v.to(self.x0.dtype) for j, v in alpha.items()}
+                be = {j: v.to(self.x0.dtype) for j, v in beta.items()}
+                value = self._pass(bounds, split, al, be, row)[0]
+            return value.nan_to_num(nan=-math.inf)
 
     # ------------------------------------------------------------------ splits
     def child_state(self, dom: Domains, neuron: Tensor) -> OptState | None:

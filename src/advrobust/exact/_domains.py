@@ -12,7 +12,7 @@ from torch import Tensor
 
 from advrobust.relax._rounding import relu_gamma, relu_magnitude
 
-__all__ = ["Domains", "OptState"]
+__all__ = ["Domains", "OpenList", "OptState"]
 
 #: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
 _STORE = torch.float32
@@ -162,9 +162,89 @@ class Domains:
     def __len__(self) -> int:
         return int(self.lower.shape[0])
 
+    def tensors(self) -> list[Tensor]:
+        """Every per-domain tensor (first dimension B), in a fixed order (see :meth:`rebuilt`)."""
+        out = [*self.split.values(), *self.alpha.values(), *self.beta.values(), self.lower,
+               self.score, self.row, self.coef]
+        if self.state is not None:
+            out += [v for part in self.state._parts() for v in part.values()] + [self.state.t]
+        return out
+
+    def rebuilt(self, tensors: list[Tensor]) -> Domains:
+        """Domains of the same layout as this one over ``tensors`` (ordered as :meth:`tensors`)."""
+        it = iter(tensors)
+
+        def same(d: dict[int, Tensor]) -> dict[int, Tensor]:
+            return {j: next(it) for j in d}
+        split, alpha, beta = same(self.split), same(self.alpha), same(self.beta)
+        lower, score, row, coef = next(it), next(it), next(it), next(it)
+        state = None
+        if self.state is not None:
+            m_a, v_a, m_b, v_b, t_b = (same(d) for d in self.state._parts())
+            state = OptState(m_a, v_a, m_b, v_b, t_b, next(it))
+        return Domains(split, alpha, beta, lower, score, row, coef, state)
+
     def bytes_per_domain(self) -> int:
         """Memory one domain holds (for sizing the open list)."""
         tensors = 2 if self.state is None else 7  # slopes, multipliers (+ moments, counts)
         per = sum(v[0].numel() * (v.element_size() + tensors * _STORE.itemsize)
                   for v in self.split.values())
         return per + 2 * self.score.shape[1] * self.score.element_size() + 16
+
+
+class OpenList:
+    """The open domains of one search, in storage that grows by doubling: splitting, adding
+    children and dropping closed domains write only the domains concerned (a list rebuilt with
+    :meth:`Domains.take` and :meth:`Domains.cat` copies every open domain at every batch, a
+    quarter of a long search's time). The open domains are the first ``len`` of the storage;
+    a dropped domain's slot takes one from the end (their order is not kept)."""
+
+    def __init__(self, dom: Domains) -> None:
+        self._buf, self._n = dom, len(dom)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def view(self) -> Domains:
+        """The open domains (views of the storage: valid until the next change)."""
+        return self._buf.rebuilt([t[:self._n] for t in self._buf.tensors()])
+
+    def take(self, idx: Tensor) -> Domains:
+        """Copies of the open domains ``idx``."""
+        return self.view.take(idx)
+
+    def drop(self, idx: Tensor) -> None:
+        """Remove the open domains ``idx`` (distinct positions below ``len``)."""
+        k = int(idx.numel())
+        if k == 0:
+            return
+        n = self._n - k
+        gone = torch.zeros(self._n, dtype=torch.bool)
+        gone[idx] = True
+        assert int(gone.sum()) == k, "OpenList.drop: repeated positions"
+        holes = gone[:n].nonzero().flatten()
+        movers = (~gone[n:]).nonzero().flatten() + n
+        assert holes.numel() == movers.numel()
+        if holes.numel():
+            for t in self._buf.tensors():
+                t[holes] = t[movers]
+        self._n = n
+
+    def add(self, dom: Domains) -> None:
+        """Append the domains ``dom`` (of this list's layout)."""
+        k = len(dom)
+        if k == 0:
+            return
+        tensors = self._buf.tensors()
+        if self._n + k > tensors[0].shape[0]:
+            cap = max(2 * tensors[0].shape[0], self._n + k)
+            grown = []
+            for t in tensors:
+                g = t.new_empty((cap,) + tuple(t.shape[1:]))
+                g[:self._n] = t[:self._n]
+                grown.append(g)
+            self._buf, tensors = self._buf.rebuilt(grown), grown
+        for t, new in zip(tensors, dom.tensors(), strict=True):
+            t[self._n:self._n + k] = new
+        self._n += k

@@ -42,6 +42,7 @@ from advrobust.errors import InvalidParameterError, InvalidThreatModelError, Mem
 from advrobust.exact._beta import BetaBounder
 from advrobust.exact._beta import Domains as _Domains
 from advrobust.exact._beta import OptState as _OptState
+from advrobust.exact._domains import OpenList
 from advrobust.network.graph import Graph
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
@@ -192,7 +193,8 @@ class _RowSearch:
                  for j, size in zip(self.relus, self.bounder.sizes, strict=True)}
         alpha = {j: self.root.alphas[j][0].flatten(1) for j in self.relus}
         beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
-        open_ = self.bound(split, alpha, beta, row, floor=self.root.lower[0], steps=0)
+        first = self.bound(split, alpha, beta, row, floor=self.root.lower[0], steps=0)
+        open_ = OpenList(first)
         # a first guess until a batch is measured: one optimisation step (forward and
         # backward) costs about three passes like this one
         self.seconds_per_domain = (time.perf_counter() - start) / n_rows * (
@@ -200,10 +202,10 @@ class _RowSearch:
         for state in self.rows:
             state.domains = 1
         # the open list is sized to memory too: slopes, multipliers and scores per domain
-        limit = min(self.max_domains, _MEMORY_BYTES // max(1, open_.bytes_per_domain()))
+        limit = min(self.max_domains, _MEMORY_BYTES // max(1, first.bytes_per_domain()))
         status = ""
         while True:
-            open_ = self._close(open_)
+            self._close(open_)
             if stop_on_counterexample and any(r.best_value < 0 for r in self.rows):
                 status = "stopped"
                 break
@@ -218,8 +220,8 @@ class _RowSearch:
             if self.leaves > self.max_leaves:
                 status = "milp"  # linear regions keep coming: finish with the MILP
                 break
-            open_ = self._step(open_, deadline)
-        return self._finish(open_, status, deadline), self.rows
+            self._step(open_, deadline)
+        return self._finish(open_.view, status, deadline), self.rows
 
     def _finish(self, open_: _Domains, status: str, deadline: float) -> Tensor:
         """Per-row lower bounds and statuses once the loop stops with ``status``."""
@@ -259,16 +261,17 @@ class _RowSearch:
             return -math.inf
         return sol.bound
 
-    def _close(self, dom: _Domains) -> _Domains:
+    def _close(self, open_: OpenList) -> None:
         """Drop proved domains and those of falsified rows, keeping their bounds' minimum
         (the union of a row's domains covers the set, so that minimum stays a lower bound)."""
+        dom = open_.view
         broken = torch.tensor([state.best_value < 0 for state in self.rows],
                               device=dom.row.device)
         done = (dom.lower > _CLOSE) | broken[dom.row]
         for r in dom.row[done].unique().tolist():
             mine = done & (dom.row == r)
             self.rows[r].closed = min(self.rows[r].closed, float(dom.lower[mine].min()))
-        return dom.take((~done).nonzero().flatten())
+        open_.drop(done.nonzero().flatten())
 
     def _affordable(self, deadline: float) -> int:
         """How many parents can still be split (two children each) before ``deadline``."""
@@ -296,23 +299,25 @@ class _RowSearch:
             chosen[first.nonzero().flatten()[:count]] = True
         return order[chosen], order[~chosen]
 
-    def _step(self, open_: _Domains, deadline: float) -> _Domains:
-        leaf = open_.score.amax(1) <= 0
+    def _step(self, open_: OpenList, deadline: float) -> None:
+        view = open_.view
+        leaf = view.score.amax(1) <= 0
         if bool(leaf.any()):
             solved = torch.zeros_like(leaf)
             for k in leaf.nonzero().flatten().tolist():
                 if time.perf_counter() >= deadline:
                     break
                 # a linear region is settled by its exact minimum, whatever its sign
-                value = self.solve_leaf(open_.take(torch.tensor([k])),
+                value = self.solve_leaf(view.take(torch.tensor([k])),
                                         deadline - time.perf_counter())
-                r = int(open_.row[k])
+                r = int(view.row[k])
                 self.rows[r].closed = min(self.rows[r].closed, value)
                 solved[k] = True
-            return open_.take((~solved).nonzero().flatten())
+            open_.drop(solved.nonzero().flatten())
+            return
         count = max(1, min(self.batch_size, self._affordable(deadline)))
-        pick, rest = self._pick(open_, count)
-        parents = open_.take(pick)
+        pick, _ = self._pick(view, count)
+        parents = view.take(pick)
         start = time.perf_counter()
         neuron = self.bounder.choose(parents, self.fsb_k)
         split, alpha, beta, row = self.bounder.children(parents, neuron)
@@ -323,7 +328,8 @@ class _RowSearch:
         self.seconds_per_domain = (time.perf_counter() - start) / len(children)
         for r, count_r in zip(*children.row.unique(return_counts=True), strict=True):
             self.rows[int(r)].domains += int(count_r)
-        return children.cat(open_.take(rest))
+        open_.drop(pick)
+        open_.add(children)
 
 
 def _memory_batch(network: Network | Graph, root: AlphaResult, limit: int | None) -> int:
