@@ -66,9 +66,12 @@ def _bview(v: Tensor, like: Tensor) -> Tensor:
 
 
 def _rows_dot(a: Tensor, v: Tensor) -> Tensor:
-    """``<a[n, k], v[n]>`` for a (N or 1, K, D) and v (N, D) -> (N, K), without (N, K, D)."""
+    """``<a[n, k], v[n]>`` for a (N or 1, K, D) and v (N or 1, D) -> (N, K), without
+    (N, K, D)."""
     if a.shape[0] == 1 and v.shape[0] != 1:
         return v.matmul(a[0].transpose(0, 1))
+    if v.shape[0] == 1 and a.shape[0] != 1:
+        return a.matmul(v[0])
     return torch.bmm(a, v.unsqueeze(2)).squeeze(2)
 
 
@@ -276,6 +279,8 @@ class LpBall:
             (N, K). For linf this is exact over the clipped box. For l2 / l1 it is the larger of
             the ball's dual-norm bound ``<a, x0> - eps * ||a||_q`` and the box bound.
         """
+        if x0.shape[0] > 1 and x0.stride(0) == 0:  # one centre, expanded: bound it once
+            x0 = x0[:1]
         n = x0.shape[0]
         lower, upper = self.input_bounds(x0)
         lf, uf = lower.reshape(n, -1), upper.reshape(n, -1)

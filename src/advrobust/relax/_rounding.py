@@ -73,11 +73,13 @@ def sound_interval(op: Op, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def abs_dot(a: Tensor, m: Tensor) -> Tensor:
-    """``<|a_k|, m>`` per row: a (N or 1, K, *shape), m (N, *shape) -> (N, K)."""
+    """``<|a_k|, m>`` per row: a (N or 1, K, *shape), m (N or 1, *shape) -> (N, K)."""
     af = a.detach().abs().flatten(2)
     mf = m.detach().flatten(1).to(af)
     if af.shape[0] == 1 and mf.shape[0] != 1:
         return mf.matmul(af[0].transpose(0, 1))
+    if mf.shape[0] == 1 and af.shape[0] != 1:
+        return af.matmul(mf[0])
     return torch.bmm(af, mf.unsqueeze(2)).squeeze(2)
 
 
