@@ -48,9 +48,9 @@ def _exact(args: argparse.Namespace, model: Any, x: Any, y: Any, correct: Any
                 else:  # the budget is spent: nothing is known beyond the trivial bracket
                     lower[s], upper[s] = 0.0, math.inf
                     cut.append(s)
-            bar.update(1)
             if cut:
-                bar.set_postfix_str(f"{len(cut)} cut by the time limit")
+                bar.set_postfix_str(f"{len(cut)} cut by the time limit", refresh=False)
+            bar.update(1)
     return lower, upper, cut
 
 

@@ -198,7 +198,7 @@ def _per_sample(method: Bounder, network: Network, x: Tensor, spec: Spec, threat
             calls += used
             if stopped:
                 cut.append(s)
-            bar.update(1)
             if cut:
-                bar.set_postfix_str(f"{len(cut)} cut by the time limit")
+                bar.set_postfix_str(f"{len(cut)} cut by the time limit", refresh=False)
+            bar.update(1)
     return radius, upper, calls, cut
