@@ -103,3 +103,21 @@ def test_resume_with_other_flags_is_refused(tmp_path: Path,
     capsys.readouterr()
     assert _train(out, "--epochs", "1", "--resume", str(out), "--seed", "3") == 2
     assert "seed" in capsys.readouterr().err
+
+
+def test_missing_resume_is_reported_before_existing_out(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, missing = tmp_path / "m.pt", tmp_path / "missing.pt"
+    out.write_bytes(b"precious")
+    assert _train(out, "--epochs", "50", "--resume", str(missing)) == 2  # up front
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"advrobust train: error: --resume {str(missing)!r} does not exist")
+    assert f"Also, --out {str(out)!r} exists already" in err and "\n" not in err
+    assert out.read_bytes() == b"precious"
+    # alone (no --out in the way), and --resume naming the missing --out itself
+    assert _train(tmp_path / "new.pt", "--epochs", "50", "--resume", str(missing)) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "does not exist" in err and "Also" not in err
+    assert _train(missing, "--epochs", "50", "--resume", str(missing)) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Also" not in err and not missing.exists()

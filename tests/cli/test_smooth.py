@@ -79,6 +79,12 @@ def test_predict_counts_right_wrong_and_abstained(checkpoint: Path,
     (["--alpha", "1"], "'alpha' parameter of Smoothed.certify"),
     (["--images", "0"], "--images must be an int >= 1"),
     (["--radii", "0,x"], "--radii must be comma-separated numbers"),
+    # a leading minus: argparse alone said "argument --radii: expected one argument"
+    (["--radii", "-1,0.5"], "--radii must be numbers >= 0 (a radius is a distance). Got -1 in "
+                            "--radii '-1,0.5'"),
+    (["--radii=-1,0.5"], "Got -1 in --radii '-1,0.5'"),
+    (["--radii", "-.5,1"], "Got -0.5 in --radii '-.5,1'"),
+    (["--radii", "0,-0.25"], "Got -0.25 in --radii '0,-0.25'"),
 ])
 def test_bad_flags_are_named(checkpoint: Path, flags: list[str], match: str,
                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,3 +118,12 @@ def test_several_models_smooth_their_ensemble(checkpoint: Path,
     assert "ensemble of 2 models" in pair["data"] and "ensemble" not in single["data"]
     assert pair["samples"] == single["samples"] == repeated["samples"]
     assert pair["certified_accuracy"] == single["certified_accuracy"]
+
+
+def test_join_number_lists_touches_only_list_options() -> None:
+    from advrobust.cli._common import join_number_lists
+
+    assert join_number_lists(["smooth", "certify", "--radii", "-1,0.5", "--n", "-3"]) == \
+        ["smooth", "certify", "--radii=-1,0.5", "--n", "-3"]
+    assert join_number_lists(["--radii", "--json"]) == ["--radii", "--json"]
+    assert join_number_lists(["--", "--radii", "-1"]) == ["--", "--radii", "-1"]

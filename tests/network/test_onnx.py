@@ -4,6 +4,7 @@ and the real VNN-COMP mnist_fc networks against their published MNIST accuracy."
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +133,32 @@ def test_unsupported_op_names_the_node(tmp_path: Path) -> None:
     nodes = [helper.make_node("Flatten", ["x"], ["f"]),
              helper.make_node("Softplus", ["f"], ["y"], name="squash")]
     path = _save(tmp_path, nodes, {}, [1, 4], [1, 4])
-    with pytest.raises(UnsupportedLayerError, match=r"'squash' \(Softplus\)"):
+    with pytest.raises(UnsupportedLayerError,
+                       match=r"ONNX node 'squash' \(Softplus, graph.node\[1\], output 'y'\)"):
         load_onnx(path)
+
+
+def test_unnamed_nodes_are_named_by_position_op_and_outputs(tmp_path: Path) -> None:
+    """``node.name == ""`` is legal ONNX (exporters often leave it so): the errors of both
+    importers still say which node, never ``ONNX node ''``."""
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Relu", ["f"], ["r"]),
+             helper.make_node("Softplus", ["r"], ["y"])]
+    assert all(n.name == "" for n in nodes)
+    path = _save(tmp_path, nodes, {}, [1, 4], [1, 4])
+    with pytest.raises(UnsupportedLayerError) as err:
+        load_onnx(path)  # the chain importer hands over to the graph importer, which refuses
+    assert "ONNX node graph.node[2] (Softplus, unnamed, output 'y'): this op is not " \
+        "supported" in str(err.value)
+    assert "''" not in str(err.value)
+    # the chain importer's own errors name the node the same way
+    from advrobust.network._onnx_ops import ChainBuilder
+    from advrobust.network.onnx import describe_node
+
+    flat = helper.make_node("Flatten", ["x"], ["f"], axis=2)
+    with pytest.raises(UnsupportedLayerError, match=re.escape(
+            "net.onnx: ONNX node graph.node[0] (Flatten, unnamed, output 'f'): only axis=1")):
+        ChainBuilder("x", (2, 2), {}, "net.onnx").add("Flatten", describe_node(flat, 0),
+                                                      ["x"], ["f"], {"axis": 2})
 
 
 def test_sigmoid_and_branching_graphs_go_to_the_graph_importer(tmp_path: Path) -> None:

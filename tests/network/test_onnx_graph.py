@@ -86,3 +86,19 @@ def test_an_unsupported_node_is_named(tmp_path: Path) -> None:
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), str(path))
     with pytest.raises(UnsupportedLayerError, match="the_softplus.*Softplus.*Supported"):
         load_onnx_graph(path)
+
+
+def test_an_unnamed_node_is_identified(tmp_path: Path) -> None:
+    """An empty node name (legal ONNX): the error gives position, op type and outputs."""
+    h = onnx.helper
+    nodes = [h.make_node("Relu", ["x"], ["r"]),
+             h.make_node("MaxPool", ["r"], ["p", "idx"], kernel_shape=[2, 2])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                               [1, 1, 4, 4])],
+                         [h.make_tensor_value_info("p", onnx.TensorProto.FLOAT, [1, 1, 2, 2])])
+    path = tmp_path / "pool.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), str(path))
+    with pytest.raises(UnsupportedLayerError) as err:
+        load_onnx_graph(path)
+    assert "ONNX node graph.node[1] (MaxPool, unnamed, outputs ['p', 'idx']): ceil_mode and " \
+        "the Indices output are not supported" in str(err.value)

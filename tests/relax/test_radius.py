@@ -3,6 +3,10 @@ ordering global <= local <= CROWN <= exact on tiny random nets."""
 
 from __future__ import annotations
 
+import math
+import time
+from typing import Any
+
 import pytest
 import torch
 
@@ -79,6 +83,55 @@ def test_misclassified_gets_zero(mlp_factory) -> None:
         assert bool((certified_radius(method, model, x, wrong, "l2").radius == 0).all())
 
 
+class _SlowCROWN(CROWN):
+    """CROWN that takes at least 50 ms per bound call (a clock the test can count on)."""
+
+    def _bound(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.05)
+        return super()._bound(*args, **kwargs)
+
+
+def test_time_limit_cuts_to_a_sound_bracket(mlp_factory) -> None:
+    model = mlp_factory(1, (4, 10, 10, 3))
+    x, y = _batch(model, 2, 4, 1)
+    full = certified_radius(CROWN(), model, x, y, "linf", rtol=1e-3)
+    assert full.stats["cut"] == [] and full.stats["calls"] > 20
+    # 0.5 s for both samples: at most ~5 bound calls each, the bracket needs more than 10
+    res = certified_radius(_SlowCROWN(), model, x, y, "linf", rtol=1e-3, time_limit=0.5)
+    assert res.stats["cut"] == [0, 1]
+    assert res.stats["seconds"] < 1.5  # the full search takes over 2 x 10 x 50 ms
+    for s in range(2):
+        r, u = float(res.radius[s]), float(res.upper[s])
+        assert r <= float(full.radius[s]) * (1 + 1e-9)  # never a larger radius than the search
+        assert u >= float(full.radius[s])  # ... and the bracket holds the full search's radius
+        assert u == math.inf or u - r > 1e-3 * u  # the open bracket reached, not a made-up one
+        if r > 0:
+            xs, ys = x[s:s + 1], y[s:s + 1]
+            assert CROWN()(model, xs, ys, LpBall("linf", r)).verdict[0].value == "verified"
+
+
+def test_time_limit_spent_leaves_trivial_bracket(mlp_factory) -> None:
+    model = mlp_factory(1, (4, 10, 10, 3))
+    x, y = _batch(model, 3, 4, 1)
+    res = certified_radius(CROWN(), model, x, y, "l2", time_limit=1e-9)
+    assert res.stats["cut"] == [0, 1, 2] and res.stats["calls"] == 0
+    assert bool((res.radius == 0).all()) and bool((res.upper == math.inf).all())
+    roomy = certified_radius(CROWN(), model, x, y, "l2", time_limit=math.inf)
+    assert roomy.stats["cut"] == []
+    assert torch.equal(roomy.radius, certified_radius(CROWN(), model, x, y, "l2").radius)
+
+
+def test_progress_bar_one_step_per_sample(mlp_factory, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    model = mlp_factory(1, (4, 10, 3))
+    x, y = _batch(model, 3, 4, 1)
+    monkeypatch.setenv("ADVROBUST_PROGRESS_INTERVAL", "0")  # a status line on every sample
+    certified_radius(IBP(), model, x, y, "linf", progress=True)
+    assert "radius (IBP): 3/3 sample" in capsys.readouterr().err
+    certified_radius(IBP(), model, x, y, "linf")
+    assert capsys.readouterr().err == ""
+
+
 def test_bad_input(mlp_factory) -> None:
     model = mlp_factory(0, (4, 10, 3))
     x, y = _batch(model, 2, 4, 0)
@@ -90,3 +143,5 @@ def test_bad_input(mlp_factory) -> None:
         certified_radius(CROWN(), model, x, y, "l2", steps=0)
     with pytest.raises(InvalidParameterError, match="max_radius"):
         certified_radius(CROWN(), model, x, y, "l2", max_radius=-1.0)
+    with pytest.raises(InvalidParameterError, match="time_limit"):
+        certified_radius(CROWN(), model, x, y, "l2", time_limit=0.0)

@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(words: list[str]) -> int:
+    from advrobust.cli._common import join_number_lists
+
+    words = join_number_lists(words)  # "--radii -1,0.5" is a (bad) value, not an option
     command = _command_of(words)
     try:
         parser = build_parser(command, lazy=command is None)

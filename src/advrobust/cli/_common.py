@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +33,28 @@ __all__ = [
     "load_data",
     "load_model",
     "check_model_data",
+    "join_number_lists",
 ]
+
+#: Options whose value is a comma-separated list of numbers. argparse reads a value such as
+#: ``-1,0.5`` (a leading minus, yet not one plain negative number) as an option and says only
+#: "expected one argument"; :func:`join_number_lists` hands it to the option instead, whose own
+#: check then names the option and the bad number.
+NUMBER_LIST_OPTIONS = ("--radii",)
+_SIGNED_NUMBER = re.compile(r"-\s*(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def join_number_lists(words: Sequence[str]) -> list[str]:
+    """``--radii -1,0.5`` -> ``--radii=-1,0.5`` (the options of :data:`NUMBER_LIST_OPTIONS`
+    followed by a word that starts with a minus sign and a number); other words unchanged."""
+    out: list[str] = []
+    for i, word in enumerate(words):
+        if i and words[i - 1] in NUMBER_LIST_OPTIONS and "--" not in words[:i] \
+                and _SIGNED_NUMBER.match(word):
+            out[-1] = f"{out[-1]}={word}"
+        else:
+            out.append(word)
+    return out
 
 
 def add_data_args(parser: argparse.ArgumentParser, default: str = "digits",

@@ -101,8 +101,11 @@ def _radii(text: str) -> list[float]:
     except ValueError:
         raise InvalidParameterError(
             f"--radii must be comma-separated numbers >= 0. Got {text!r} instead.") from None
-    if any(not r >= 0 for r in radii):
-        raise InvalidParameterError(f"--radii must be numbers >= 0. Got {text!r} instead.")
+    bad = [r for r in radii if not r >= 0]
+    if bad:
+        raise InvalidParameterError(
+            f"--radii must be numbers >= 0 (a radius is a distance). Got {bad[0]:g} in "
+            f"--radii {text!r} instead.")
     return radii
 
 

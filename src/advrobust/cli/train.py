@@ -272,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
     objective, defense_params = _objective(args)
     threat = _report_threat(args)
     resuming = args.resume is not None and args.resume.resolve() == args.out.resolve()
+    _check_resume(args, resuming)  # before --out: a missing --resume is the first thing to fix
     check_output(args.out, "--out", force=args.force or resuming)
     with OutputLock(args.out, "--out"):
         if not (args.force or resuming):
@@ -284,6 +285,20 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\nadvrobust train: the checkpoint of the last finished epoch is in "
                       f"{args.out}; continue with --resume {args.out}", file=sys.stderr)
             raise
+
+
+def _check_resume(args: argparse.Namespace, resuming: bool) -> None:
+    """Refuse a --resume file that is not there, up front; names an existing --out too (the
+    next refusal the user would meet) so that both are fixed in one go."""
+    if args.resume is None or args.resume.is_file():
+        return
+    reason = "is a directory" if args.resume.is_dir() else "does not exist"
+    message = (f"--resume {str(args.resume)!r} {reason}: there is no checkpoint to continue "
+               "from (drop --resume to train from scratch).")
+    if not (args.force or resuming) and args.out.exists():
+        message += (f" Also, --out {str(args.out)!r} exists already: pass --force to "
+                    "overwrite it, or --resume it to continue its training.")
+    raise InvalidParameterError(message)
 
 
 def _resumed(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[Any, Any]:

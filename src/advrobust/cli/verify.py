@@ -72,7 +72,9 @@ def register(sub: Any) -> None:
                    help="verification method (default: auto)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="exact-method / LP seconds per sample; with --vnnlib, wall-clock "
-                        "seconds for the whole property, every stage included (default: 60)")
+                        "seconds for the whole property, every stage included; with --radius, "
+                        "wall-clock seconds for all the samples together, shared among them "
+                        "(samples it cuts keep a sound bracket of their radius) (default: 60)")
     p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
     add_memory_arg(p)
     p.add_argument("--batch-size", type=int, default=100,

@@ -53,7 +53,8 @@ class ChainBuilder:
     # ------------------------------------------------------------------ walking
     def add(self, op: str, node: str, inputs: list[str], outputs: list[str],
             attrs: dict[str, Any]) -> None:
-        """Convert one node; raise UnsupportedLayerError naming it if it cannot be."""
+        """Convert one node (``node``: how errors name it, see ``network.onnx.describe_node``);
+        raise UnsupportedLayerError naming it if it cannot be."""
         self._node, self._op = node, op
         if op == "Constant":
             self.constants[outputs[0]] = self._constant_value(attrs)
@@ -85,7 +86,7 @@ class ChainBuilder:
 
     # ------------------------------------------------------------------ helpers
     def _fail(self, why: str) -> NoReturn:
-        raise UnsupportedLayerError(f"{self.source}: ONNX node {self._node!r} ({self._op}): {why}.")
+        raise UnsupportedLayerError(f"{self.source}: {self._node}: {why}.")
 
     def _const(self, name: str, what: str) -> Tensor:
         if name not in self.constants:

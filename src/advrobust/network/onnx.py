@@ -63,6 +63,17 @@ class OnnxNetwork:
         return int(np.prod(self.input_shape))
 
 
+def describe_node(node: Any, index: int) -> str:
+    """How errors name ``graph.node[index]``: by its name when it has one (the name is optional
+    in ONNX: exporters often leave it empty), always with its op type, its position and its
+    outputs, so that an unnamed node is found too."""
+    outputs = list(node.output)
+    out = f"output {outputs[0]!r}" if len(outputs) == 1 else f"outputs {outputs}"
+    if node.name:
+        return f"ONNX node {node.name!r} ({node.op_type}, graph.node[{index}], {out})"
+    return f"ONNX node graph.node[{index}] ({node.op_type}, unnamed, {out})"
+
+
 def _import_onnx_package() -> Any:
     try:
         import onnx
@@ -147,7 +158,7 @@ def import_onnx(path: str | Path) -> OnnxNetwork:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             attrs = {k: _to_tensor(onnx, v) if isinstance(v, onnx.TensorProto) else v
                      for k, v in attrs.items()}
-            builder.add(node.op_type, node.name or f"#{index}", list(node.input),
+            builder.add(node.op_type, describe_node(node, index), list(node.input),
                         list(node.output), attrs)
         model = builder.finish([o.name for o in proto.graph.output])
     except UnsupportedLayerError:

@@ -119,6 +119,7 @@ class _Importer:
             raise UnsupportedLayerError(f"{source}: the graph must have one output; it has "
                                         f"{outputs}.")
         self.module = OnnxGraphModule(name, outputs[0], shape)
+        self.where = ""  # the node being added, as errors name it
         self.alias: dict[str, str] = {}
         for t in proto.graph.initializer:
             arr = onnx.numpy_helper.to_array(t).copy()
@@ -130,8 +131,7 @@ class _Importer:
 
     def fail(self, node: Any, why: str) -> UnsupportedLayerError:
         return UnsupportedLayerError(
-            f"{self.source}: ONNX node {node.name!r} ({node.op_type}): {why}. Supported ONNX "
-            f"ops: {', '.join(SUPPORTED)}.")
+            f"{self.source}: {self.where}: {why}. Supported ONNX ops: {', '.join(SUPPORTED)}.")
 
     def const(self, node: Any, name: str, what: str) -> Tensor:
         name = self.alias.get(name, name)
@@ -153,7 +153,11 @@ class _Importer:
             return
         self.module.steps.append((kind, ins, out, attrs))
 
-    def add(self, node: Any) -> None:
+    def add(self, node: Any, index: int) -> None:
+        """Import ``graph.node[index]``."""
+        from advrobust.network.onnx import describe_node
+
+        self.where = describe_node(node, index)
         op, attrs = node.op_type, _attrs(self.onnx, node)
         handler = getattr(self, f"_{op}", None)
         if op in ("Identity", "Dropout"):
@@ -319,8 +323,8 @@ def load_onnx_graph(path: str | Path) -> OnnxGraphModule:
 
     proto = _read_model(Path(path))
     importer = _Importer(_import_onnx_package(), proto, str(path))
-    for node in proto.graph.node:
-        importer.add(node)
+    for index, node in enumerate(proto.graph.node):
+        importer.add(node, index)
     module = importer.module
     module.output_name = importer.alias.get(module.output_name, module.output_name)
     return module.double().eval()
