@@ -13,6 +13,7 @@ spec), without the cascade's CROWN / attack stages. Run by hand, one torch threa
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import time
@@ -49,6 +50,10 @@ def main() -> None:
                         "by time.process_time): A/B under a shared machine's varying load")
     parser.add_argument("--lr", nargs=2, type=float, default=None, metavar=("ALPHA", "BETA"),
                         help="Adam rates of the domains' slopes and multipliers")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="float32: the whole search on a float32 copy of the network, "
+                             "with float32's rounding allowances (the cost comparison of "
+                             "issue 10: the default keeps every bound in float64)")
     parser.add_argument("--bounder", default=None, metavar="JSON",
                         help="further BetaBounder keyword arguments, e.g. '{\"lr_decay\": 0.98}'")
     args = parser.parse_args()
@@ -86,8 +91,14 @@ def main() -> None:
             assert isinstance(network, Network)
             bab = BaB(time_limit=args.time, **json.loads(setting))
             t0, c0 = time.monotonic(), _cpu()
-            spec = Spec(problem.spec.C.double(), problem.spec.d.double())
-            out = bab._bound(network, problem.x.to(torch.float64), problem.threat, spec)
+            dtype = getattr(torch, args.dtype)
+            if dtype != torch.float64:
+                network = copy.deepcopy(network)
+                assert network.module is not None
+                network.module.to(dtype)
+                network._graph = None
+            spec = Spec(problem.spec.C.to(dtype), problem.spec.d.to(dtype))
+            out = bab._bound(network, problem.x.to(dtype), problem.threat, spec)
             wall, cpu = time.monotonic() - t0, _cpu() - c0
             logs = out.stats["samples"][0]
             domains = sum(r["domains"] for r in logs)

@@ -191,16 +191,18 @@ def test_the_graph_pass_is_the_chain_pass_on_a_chain() -> None:
     beta = {j: torch.rand(b, n, generator=gen, dtype=torch.float64)
             for j, n in zip(keys, chain.sizes, strict=True)}
     row = torch.arange(b) % 2
-    assert chain.fast is not None  # a float64 chain ranks split candidates in float32
-    fast = chain.quick(split, alpha, beta, row)
-    chain.fast = None  # now the sound float64 pass, as on the graph
+    # a float64 network ranks split candidates on its float32 copy
+    assert chain.fast is not None and graph.fast is not None
+    fast, fast_g = chain.quick(split, alpha, beta, row), graph.quick(split, alpha, beta, row)
+    chain.fast = graph.fast = None  # now the sound float64 passes
     a, b_ = chain.quick(split, alpha, beta, row), graph.quick(split, alpha, beta, row)
     finite = a.isfinite()
     assert torch.equal(finite, b_.isfinite())
     # the same relaxation; only the rounding allowances differ (root's vs the domain's)
     assert torch.allclose(a[finite], b_[finite], atol=1e-9, rtol=1e-9)
-    # the float32 ranking pass is the same relaxation, to float32's precision
+    # the float32 ranking passes are the same relaxation, to float32's precision
     assert torch.allclose(fast[finite], a[finite], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fast_g[finite], a[finite], atol=1e-4, rtol=1e-4)
 
 
 def test_other_nonlinear_nodes_are_refused_by_name_and_the_cascade_falls_back() -> None:

@@ -54,31 +54,50 @@ __all__ = ["BetaBounder", "Domains", "OptState"]
 
 @dataclass(frozen=True)
 class _Fast:
-    """A float32 copy of a float64 chain, for the optimisation steps and the branching
+    """A float32 copy of a float64 network, for the optimisation steps and the branching
     heuristic's one-pass scores: their values only choose slopes, multipliers and split
     neurons, never a bound (every bound comes from a sound float64 pass), and float32 halves
-    the cost of their matrix products."""
+    the cost of their matrix products and convolutions.
+
+    Attributes:
+        graph_ops: a chain's ops (empty for a graph).
+        graph: a graph's copy (None for a chain).
+        c: the spec rows in float32.
+    """
 
     graph_ops: list
+    graph: Graph | None
     c: Tensor
 
     @classmethod
-    def of(cls, network: Network, c: Tensor) -> _Fast | None:
-        """The float32 twin of ``network`` (its modules copied and cast), or None when it has
+    def of(cls, network: Network | Graph, c: Tensor, root: LayerBounds) -> _Fast | None:
+        """The float32 twin of ``network`` (its module copied and cast), or None when it has
         no module, is not float64, or some op does not compute in float32 then."""
         if network.module is None or c.dtype != torch.float64:
             return None
         twin = copy.deepcopy(network)
         twin.module.float()  # type: ignore[union-attr]
-        twin._graph = None  # rebuilt over the copied ops
         with torch.no_grad():
-            probe: Tensor | None = torch.zeros((1, 1) + tuple(network.output_shape))
-            for op in reversed(twin.graph_ops):
-                if not op.nonlinear and probe is not None:
-                    (probe,), _ = op.backward(probe)
-                    if probe is None or probe.dtype != torch.float32:
-                        return None
-        return cls(twin.graph_ops, c.float())
+            if isinstance(twin, Network):
+                twin._graph = None  # rebuilt over the copied ops
+                probe: Tensor | None = torch.zeros((1, 1) + tuple(network.output_shape))
+                for op in reversed(twin.graph_ops):
+                    if not op.nonlinear and probe is not None:
+                        (probe,), _ = op.backward(probe)
+                        if probe is None or probe.dtype != torch.float32:
+                            return None
+                return cls(twin.graph_ops, None, c.float())
+            # a graph: one float32 pass over the root's bounds must stay float32 throughout
+            # (an op holding a float64 constant of its own would promote it)
+            low = [(lo.float(), hi.float()) for lo, hi in root]
+            a = torch.zeros((1, 1) + tuple(twin.output_shape))
+            try:
+                a_in, const, _ = graph_backward(twin, twin.output, a, low)
+            except (RuntimeError, TypeError):  # an op that cannot mix dtypes: stay in float64
+                return None
+            if a_in.dtype != torch.float32 or const.dtype != torch.float32:
+                return None
+            return cls([], twin, c.float())
 
 
 class BetaBounder:
@@ -125,7 +144,7 @@ class BetaBounder:
         self.domain_bounds = domain_bounds
         self.keep_state, self.lr_decay = keep_state, lr_decay
         self.inter_alphas = inter_alphas or {}
-        self.fast = _Fast.of(network, self.c) if isinstance(network, Network) else None
+        self.fast = _Fast.of(network, self.c, root)
         self.sizes = [root[self.src[j]][0][0].numel() for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
         self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)
@@ -223,8 +242,8 @@ class BetaBounder:
 
     def _back(self, a: Tensor, stop: int, bounds: LayerBounds,
               alphas: dict[int, Tensor] | None, betas: dict[int, Tensor] | None = None,
-              record: dict[int, Tensor] | None = None, sound: bool = True
-              ) -> tuple[Tensor, Tensor, Tensor]:
+              record: dict[int, Tensor] | None = None, sound: bool = True,
+              graph: Graph | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Back-substitute ``a`` from node ``stop`` (mappings keyed by ReLU key): the chain's
         :func:`~advrobust.relax.alpha_crown.linear_pass`, or the graph pass with the root's
         rounding terms (without them, and without any allowance, unless ``sound``)."""
@@ -232,8 +251,8 @@ class BetaBounder:
             return linear_pass(self.net, a, stop, bounds, alphas, betas, record, self.mags)
         seen: dict[int, Tensor] | None = None if record is None else {}
         a_in, const, err = graph_backward(
-            self.graph, stop, a, bounds, slopes=_by_node(alphas), rounding=sound,
-            allowances=dict(self.allow), betas=_by_node(betas), record=seen)
+            self.graph if graph is None else graph, stop, a, bounds, slopes=_by_node(alphas),
+            rounding=sound, allowances=dict(self.allow), betas=_by_node(betas), record=seen)
         if record is not None and seen is not None:
             record.update({i - 1: v for i, v in seen.items()})
         return a_in, const, a.new_zeros(a.shape[:2]) if err is None else err
@@ -259,9 +278,9 @@ class BetaBounder:
         too), concretised in float64.
         """
         b = row.shape[0]
-        if not isinstance(self.net, Network):
-            return self._graph_pass(bounds, split, alpha, beta, row, record, sound)
         assert not (fast and (sound or self.fast is None))
+        if not isinstance(self.net, Network):
+            return self._graph_pass(bounds, split, alpha, beta, row, record, sound, fast)
         relus = self._relus(bounds) if relus is None else relus
         ops = self.fast.graph_ops if fast and self.fast is not None else self.graph_ops
         a = (self.fast.c if fast and self.fast is not None else self.c)[row].unsqueeze(1)
@@ -298,18 +317,23 @@ class BetaBounder:
 
     def _graph_pass(self, bounds: LayerBounds, split: dict[int, Tensor],
                     alpha: dict[int, Tensor], beta: dict[int, Tensor], row: Tensor,
-                    record: dict[int, Tensor] | None, sound: bool) -> tuple[Tensor, Tensor]:
+                    record: dict[int, Tensor] | None, sound: bool, fast: bool = False
+                    ) -> tuple[Tensor, Tensor]:
         """:meth:`_pass` on a graph: the graph pass with the domains' slopes and signed
-        multipliers (B, 1, *shape) on every ReLU."""
+        multipliers (B, 1, *shape) on every ReLU (``fast``: on the float32 copy)."""
         b = row.shape[0]
         shape = {j: (b, 1) + tuple(self.root[self.src[j]][0].shape[1:]) for j in self.relus}
         alphas = {j: alpha[j].reshape(shape[j]) for j in self.relus}
         betas = {j: (beta[j] * split[j].to(beta[j].dtype)).reshape(shape[j])
                  for j in self.relus if bool(split[j].any())}
-        a = self.c[row].reshape((b, 1) + tuple(self.graph.output_shape))
+        graph = self.fast.graph if fast and self.fast is not None else None
+        c = self.fast.c if fast and self.fast is not None else self.c
+        a = c[row].reshape((b, 1) + tuple(self.graph.output_shape))
         a_in, const, err = self._back(a, self.graph.output, bounds, alphas, betas, record,
-                                      sound)
+                                      sound, graph)
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
+        if fast:
+            a_in, const, err = a_in.to(x0.dtype), const.to(x0.dtype), err.to(x0.dtype)
         value = concretize(self.threat, x0, a_in, const, err)[:, 0]
         return add_offset(value, self.d[row]), a_in.flatten(2)[:, 0]
 
