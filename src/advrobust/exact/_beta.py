@@ -9,10 +9,10 @@ of the root, so they stay valid), with the split constraints in the Lagrangian: 
 so any ``beta`` gives a sound bound, and optimising it (with the slopes ``alpha``) lets the
 constraints act on every layer, not only on the split neuron's relaxation. ``beta = 0`` is
 exactly alpha-CROWN on the split domain; the best step is kept, so the optimised bound is not
-below the starting one (up to the rounding of the steps' values: on a chain they run in float32,
-see :class:`_Fast`; the one sound pass that gives the bound is float64). Domains are bounded in
-batches: one row of the spec, one set of slopes and multipliers per domain; children inherit
-their parent's (warm start).
+below the starting one (up to the rounding of the steps' values: they run on a float32 copy of
+the network, :class:`~advrobust.exact._twin.Float32Twin`; the one sound pass that gives the
+bound is float64). Domains are bounded in batches: one row of the spec, one set of slopes and
+multipliers per domain; children inherit their parent's (warm start).
 
 Chains and graphs (residual additions, concatenations, ...) whose only nonlinear nodes are ReLUs
 share the code: a ReLU is keyed by its node index - 1 (a chain's op position), its split
@@ -25,10 +25,8 @@ domain's, and the terms grow with the bounds).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -36,6 +34,7 @@ from torch import Tensor
 from advrobust.core.threat import LpBall
 from advrobust.exact._branching import babsr_scores
 from advrobust.exact._domains import _STORE, Domains, OptState, _Relu
+from advrobust.exact._twin import Float32Twin
 from advrobust.network.graph import Graph
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
@@ -50,54 +49,6 @@ from advrobust.relax.dag import Allowance, graph_backward
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains", "OptState"]
-
-
-@dataclass(frozen=True)
-class _Fast:
-    """A float32 copy of a float64 network, for the optimisation steps and the branching
-    heuristic's one-pass scores: their values only choose slopes, multipliers and split
-    neurons, never a bound (every bound comes from a sound float64 pass), and float32 halves
-    the cost of their matrix products and convolutions.
-
-    Attributes:
-        graph_ops: a chain's ops (empty for a graph).
-        graph: a graph's copy (None for a chain).
-        c: the spec rows in float32.
-    """
-
-    graph_ops: list
-    graph: Graph | None
-    c: Tensor
-
-    @classmethod
-    def of(cls, network: Network | Graph, c: Tensor, root: LayerBounds) -> _Fast | None:
-        """The float32 twin of ``network`` (its module copied and cast), or None when it has
-        no module, is not float64, or some op does not compute in float32 then."""
-        if network.module is None or c.dtype != torch.float64:
-            return None
-        twin = copy.deepcopy(network)
-        twin.module.float()  # type: ignore[union-attr]
-        with torch.no_grad():
-            if isinstance(twin, Network):
-                twin._graph = None  # rebuilt over the copied ops
-                probe: Tensor | None = torch.zeros((1, 1) + tuple(network.output_shape))
-                for op in reversed(twin.graph_ops):
-                    if not op.nonlinear and probe is not None:
-                        (probe,), _ = op.backward(probe)
-                        if probe is None or probe.dtype != torch.float32:
-                            return None
-                return cls(twin.graph_ops, None, c.float())
-            # a graph: one float32 pass over the root's bounds must stay float32 throughout
-            # (an op holding a float64 constant of its own would promote it)
-            low = [(lo.float(), hi.float()) for lo, hi in root]
-            a = torch.zeros((1, 1) + tuple(twin.output_shape))
-            try:
-                a_in, const, _ = graph_backward(twin, twin.output, a, low)
-            except (RuntimeError, TypeError):  # an op that cannot mix dtypes: stay in float64
-                return None
-            if a_in.dtype != torch.float32 or const.dtype != torch.float32:
-                return None
-            return cls([], twin, c.float())
 
 
 class BetaBounder:
@@ -144,7 +95,7 @@ class BetaBounder:
         self.domain_bounds = domain_bounds
         self.keep_state, self.lr_decay = keep_state, lr_decay
         self.inter_alphas = inter_alphas or {}
-        self.fast = _Fast.of(network, self.c, root)
+        self.fast = Float32Twin.of(network, self.c, root)
         self.sizes = [root[self.src[j]][0][0].numel() for j in self.relus]
         # term magnitudes of the affine ops over the root's bounds (they hold in every domain)
         self.mags = {i: magnitude(op, *root[i]) for i, op in enumerate(network.ops)

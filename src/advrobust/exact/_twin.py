@@ -1,0 +1,68 @@
+"""A float32 copy of a float64 network for the parts of branch and bound whose values only
+choose: beta-CROWN's optimisation steps (slopes and split multipliers) and filtered smart
+branching's one-pass ranking of split candidates. Every bound still comes from one float64
+pass with rounding allowances (:mod:`advrobust.exact._beta`); float32 halves the cost of the
+steps' matrix products and convolutions."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from advrobust.network.graph import Graph
+from advrobust.network.ir import Network
+from advrobust.relax.dag import graph_backward
+from advrobust.relax.ibp import LayerBounds
+
+__all__ = ["Float32Twin"]
+
+
+@dataclass(frozen=True)
+class Float32Twin:
+    """A float32 copy of a float64 network, for the optimisation steps and the branching
+    heuristic's one-pass scores: their values only choose slopes, multipliers and split
+    neurons, never a bound (every bound comes from a sound float64 pass), and float32 halves
+    the cost of their matrix products and convolutions.
+
+    Attributes:
+        graph_ops: a chain's ops (empty for a graph).
+        graph: a graph's copy (None for a chain).
+        c: the spec rows in float32.
+    """
+
+    graph_ops: list
+    graph: Graph | None
+    c: Tensor
+
+    @classmethod
+    def of(cls, network: Network | Graph, c: Tensor, root: LayerBounds) -> Float32Twin | None:
+        """The float32 twin of ``network`` (its module copied and cast), or None when it has
+        no module, is not float64, or some op does not compute in float32 then."""
+        if network.module is None or c.dtype != torch.float64:
+            return None
+        twin = copy.deepcopy(network)
+        twin.module.float()  # type: ignore[union-attr]
+        with torch.no_grad():
+            if isinstance(twin, Network):
+                twin._graph = None  # rebuilt over the copied ops
+                probe: Tensor | None = torch.zeros((1, 1) + tuple(network.output_shape))
+                for op in reversed(twin.graph_ops):
+                    if not op.nonlinear and probe is not None:
+                        (probe,), _ = op.backward(probe)
+                        if probe is None or probe.dtype != torch.float32:
+                            return None
+                return cls(twin.graph_ops, None, c.float())
+            # a graph: one float32 pass over the root's bounds must stay float32 throughout
+            # (an op holding a float64 constant of its own would promote it)
+            low = [(lo.float(), hi.float()) for lo, hi in root]
+            a = torch.zeros((1, 1) + tuple(twin.output_shape))
+            try:
+                a_in, const, _ = graph_backward(twin, twin.output, a, low)
+            except (RuntimeError, TypeError):  # an op that cannot mix dtypes: stay in float64
+                return None
+            if a_in.dtype != torch.float32 or const.dtype != torch.float32:
+                return None
+            return cls([], twin, c.float())
