@@ -61,8 +61,6 @@ __all__ = ["BaB"]
 #: A domain is closed once its bound exceeds this (twice the verdict tolerance, so the proved
 #: lower bound always clears the tolerance itself).
 _CLOSE = 2 * VERIFY_TOLERANCE
-#: Memory the open domains of one search may hold (slopes, multipliers, splits, scores).
-_MEMORY_BYTES = 1 << 30
 
 
 @dataclass
@@ -91,6 +89,7 @@ class _RowSearch:
         self.net, self.x0, self.threat = network, x0, threat
         self.c, self.d = c.reshape(-1, c.shape[-1]).to(x0.dtype), d.reshape(-1).to(x0.dtype)
         self.batch_size, self.max_domains = bab.batch_size, bab.max_domains
+        self.memory_limit = bab.memory_limit
         self.batch_size = min(self.batch_size, _memory_batch(network, root, bab.memory_limit))
         self.max_leaves, self.fsb_k = bab.max_leaves, bab._fsb_k
         self.attack_steps = bab.attack_steps
@@ -201,9 +200,8 @@ class _RowSearch:
             3 * self.bounder.steps + 1)
         for state in self.rows:
             state.domains = 1
-        # the open list is sized to memory too: slopes, multipliers and scores per domain
-        limit = min(self.max_domains, _MEMORY_BYTES // max(1, first.bytes_per_domain()))
-        status = ""
+        limit = self._open_limit(first)
+        status, draining = "", False
         while True:
             self._close(open_)
             if stop_on_counterexample and any(r.best_value < 0 for r in self.rows):
@@ -220,7 +218,10 @@ class _RowSearch:
             if self.leaves > self.max_leaves:
                 status = "milp"  # linear regions keep coming: finish with the MILP
                 break
-            self._step(open_, deadline)
+            # near the limit, split the domains closest to a proof (their children close and
+            # free their slots) until the list is back under three quarters of it
+            draining = len(open_) > 0.9 * limit or (draining and len(open_) > 0.75 * limit)
+            self._step(open_, deadline, draining)
         return self._finish(open_.view, status, deadline), self.rows
 
     def _finish(self, open_: _Domains, status: str, deadline: float) -> Tensor:
@@ -282,10 +283,23 @@ class _RowSearch:
             return self.batch_size
         return min(self.batch_size, int(left / (2 * self.seconds_per_domain)))
 
-    def _pick(self, open_: _Domains, count: int) -> tuple[Tensor, Tensor]:
+    def _open_limit(self, first: _Domains) -> int:
+        """Open domains the search may hold: ``max_domains``, and what half the memory limit
+        holds (slopes, multipliers, Adam moments, scores per domain; the batches take the
+        other half)."""
+        budget = self.memory_limit if self.memory_limit is not None else default_memory_limit()
+        fits = max(1, (budget // 2) // max(1, first.bytes_per_domain()))
+        return fits if self.max_domains is None else min(self.max_domains, fits)
+
+    def _pick(self, open_: _Domains, count: int, drain: bool = False
+              ) -> tuple[Tensor, Tensor]:
         """``count`` domains to split, and the rest: every open row's lowest domains, an equal
         share each (an easy row closes in a few splits even while another one stalls), then
-        the lowest of any row up to ``count``."""
+        the lowest of any row up to ``count``; ``drain``: the highest domains (the closest to
+        a proof: their children free the list's memory)."""
+        if drain:
+            order = open_.lower.argsort(descending=True)
+            return order[:count], order[count:]
         order = open_.lower.argsort()
         onehot = torch.nn.functional.one_hot(open_.row[order], self.c.shape[0])
         rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position within its own row
@@ -299,7 +313,7 @@ class _RowSearch:
             chosen[first.nonzero().flatten()[:count]] = True
         return order[chosen], order[~chosen]
 
-    def _step(self, open_: OpenList, deadline: float) -> None:
+    def _step(self, open_: OpenList, deadline: float, drain: bool = False) -> None:
         view = open_.view
         leaf = view.score.amax(1) <= 0
         if bool(leaf.any()):
@@ -316,7 +330,7 @@ class _RowSearch:
             open_.drop(solved.nonzero().flatten())
             return
         count = max(1, min(self.batch_size, self._affordable(deadline)))
-        pick, _ = self._pick(view, count)
+        pick, _ = self._pick(view, count, drain)
         parents = view.take(pick)
         start = time.perf_counter()
         neuron = self.bounder.choose(parents, self.fsb_k)
@@ -359,8 +373,9 @@ class BaB(Bounder):
         time_limit: seconds per sample (all its rows together, the root's alpha-CROWN
             included).
         batch_size: parent domains split per step (their children bounded in one batch).
-        max_domains: open sub-domains kept before the search gives up (memory guard; also
-            capped so that they hold at most 1 GiB).
+        max_domains: open sub-domains kept before the search gives up (None, default: as
+            many as half of ``memory_limit`` holds). Near the limit the search splits the
+            domains closest to a proof first, so that their children close and free memory.
         max_leaves: linear regions solved by LP before the row is handed to the big-M MILP
             (on the root's alpha-CROWN bounds) for the rest of the time.
         early_stop: stop a sample at its first row with a counterexample.
@@ -389,7 +404,7 @@ class BaB(Bounder):
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
-                 max_domains: int = 50_000, max_leaves: int = 8,
+                 max_domains: int | None = None, max_leaves: int = 8,
                  early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
                  beta_steps: int = 5, branching: str | int = "fsb",
                  attack_steps: int = 10, domain_bounds: bool = False,
@@ -397,7 +412,8 @@ class BaB(Bounder):
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
-        self.max_domains = check_int(max_domains, "max_domains", "BaB", low=1)
+        self.max_domains = None if max_domains is None else check_int(
+            max_domains, "max_domains", "BaB", low=1)
         self.max_leaves = check_int(max_leaves, "max_leaves", "BaB", low=0)
         self.early_stop = check_bool(early_stop, "early_stop", "BaB")
         self.alpha_steps = check_int(alpha_steps, "alpha_steps", "BaB", low=0)
