@@ -141,7 +141,9 @@ class MinimalDistortion(Configurable):
         threads: HiGHS threads.
         max_eps: search radius (None: the whole input box); a smaller radius gives tighter
             big-M constants and faster solves.
-        tol: l2 only: absolute bracket width at which the cutting-plane loop stops.
+        tol: absolute bracket width at which the l2 cutting-plane loop stops; in every norm a
+            sample cut by the time limit whose bracket (warm start included) is this narrow is
+            reported "optimal".
         solver: l2 only: "highs" (cutting planes, no extra dependency) or "scip" (the MIQP;
             needs ``pip install 'advrobust[scip]'``).
     """
