@@ -102,6 +102,10 @@ def test_exact_radius_time_limit_bounds_the_whole_call(
         assert 0 <= low <= up
         if not correct[i]:
             assert low == 0 and up == 0
+            assert (out["lower_by"][i], out["upper_by"][i]) == ("none", "clean")
+        else:  # cut, yet as good as the cheap methods: a certified radius, an attack's point
+            assert low > 0 and out["lower_by"][i] in ("crown", "lipschitz", "exact")
+            assert math.isfinite(up) and out["upper_by"][i] in ("attack", "exact")
 
 
 def test_radius_shows_progress_per_sample(checkpoint: tuple[Path, nn.Module],

@@ -74,7 +74,9 @@ def register(sub: Any) -> None:
                    help="exact-method / LP seconds per sample; with --vnnlib, wall-clock "
                         "seconds for the whole property, every stage included; with --radius, "
                         "wall-clock seconds for all the samples together, shared among them "
-                        "(samples it cuts keep a sound bracket of their radius) (default: 60)")
+                        "(samples it cuts keep a sound bracket of their radius; with --radius "
+                        "exact at least CROWN's from below and an attack's from above, which "
+                        "take the first 15%%) (default: 60)")
     p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
     add_memory_arg(p)
     p.add_argument("--batch-size", type=int, default=100,

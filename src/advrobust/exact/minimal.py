@@ -40,6 +40,16 @@ from advrobust.solvers.program import SolveStatus
 __all__ = ["DistortionResult", "MinimalDistortion"]
 
 
+def _lower_by(lower: float, known: float) -> str:
+    """Which part proved the final lower end: the warm start, the solver, or neither."""
+    return "none" if lower <= 0 else ("known" if known >= lower else "exact")
+
+
+def _upper_by(distance: float, incumbent: float) -> str:
+    return "none" if math.isinf(distance) else ("incumbent" if incumbent <= distance
+                                                else "exact")
+
+
 def _exact_ir(model: nn.Module, shape: tuple[int, ...]) -> Network | Graph:
     """The chain IR, or the graph IR when every op has an exact MILP encoding (residual adds,
     concatenations, ReLU ...): a relaxed op would make the solver's point a non-adversarial
@@ -66,6 +76,32 @@ def _crown(network: Network | Graph, x: Tensor, threat: LpBall, spec: Spec
         bounds = crown_layer_bounds(network, x, threat, rounding=True)
     return bounds, crown_lower(network, x, threat, spec.C, spec.d, bounds=bounds,
                                rounding=True)
+
+
+def checked_incumbents(model: nn.Module, incumbent: Tensor, x: Tensor, spec: Spec,
+                       norm: Norm, lo: float, hi: float) -> list[tuple[float, Tensor | None]]:
+    """``(distance, point)`` per sample for the candidate points that are real adversarial
+    examples: inside ``[lo, hi]``, finite, and some spec row below 0 through ``model`` itself;
+    ``(inf, None)`` for the others.
+
+    Raises:
+        InvalidParameterError: ``incumbent`` not a tensor shaped like ``x``.
+    """
+    if not torch.is_tensor(incumbent) or incumbent.shape != x.shape:
+        got = tuple(incumbent.shape) if torch.is_tensor(incumbent) \
+            else type(incumbent).__name__
+        raise InvalidParameterError(
+            "The 'incumbent' parameter of MinimalDistortion must be a tensor shaped like "
+            f"x {tuple(x.shape)}, one candidate point per sample. Got {got} instead.")
+    point = incumbent.detach().to(x)
+    flat = point.reshape(x.shape[0], -1)
+    inside = (flat >= lo).all(1) & (flat <= hi).all(1) & flat.isfinite().all(1)
+    with torch.no_grad():
+        adversarial = (spec.apply(model(point.nan_to_num())) < 0).any(1)
+    dist = (point.double() - x.double()).reshape(x.shape[0], -1).norm(
+        p={Norm.LINF: math.inf, Norm.L2: 2, Norm.L1: 1}[norm], dim=1)
+    return [(float(dist[s]), point[s]) if bool(inside[s] & adversarial[s])
+            else (math.inf, None) for s in range(x.shape[0])]
 
 
 @dataclass(frozen=True)
@@ -105,7 +141,9 @@ class MinimalDistortion(Configurable):
         threads: HiGHS threads.
         max_eps: search radius (None: the whole input box); a smaller radius gives tighter
             big-M constants and faster solves.
-        tol: l2 only: absolute bracket width at which the cutting-plane loop stops.
+        tol: absolute bracket width at which the l2 cutting-plane loop stops; in every norm a
+            sample cut by the time limit whose bracket (warm start included) is this narrow is
+            reported "optimal".
         solver: l2 only: "highs" (cutting planes, no extra dependency) or "scip" (the MIQP;
             needs ``pip install 'advrobust[scip]'``).
     """
@@ -130,7 +168,8 @@ class MinimalDistortion(Configurable):
             import_scip()  # fail now, naming the extra, rather than after the bound passes
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, *, lo: float = 0.0,
-                 hi: float = 1.0, spec: Spec | None = None) -> DistortionResult:
+                 hi: float = 1.0, spec: Spec | None = None, known_lower: Tensor | None = None,
+                 incumbent: Tensor | None = None) -> DistortionResult:
         """Find the closest adversarial example of every sample.
 
         Args:
@@ -140,9 +179,20 @@ class MinimalDistortion(Configurable):
             x: (N, ...) clean inputs in ``[lo, hi]``; y: (N,) labels.
             lo, hi: the finite input box.
             spec: rows whose violation counts as adversarial (default: margins).
+            known_lower: (N,) a warm start from below: proven lower bounds on ``d*`` (e.g. the
+                radii of :func:`~advrobust.relax.certified_radius` in the same norm). The
+                result's ``lower`` is at least this, and a search stops once its bracket
+                closes against it. Not checked: an unsound value gives an unsound bracket.
+            incumbent: (N, ...) a warm start from above: candidate adversarial points (e.g. an
+                attack's ``x_adv``). A point counts only where it lies in ``[lo, hi]`` and the
+                model itself puts some spec row below 0 there; its distance is then the first
+                upper bound, and the search covers only the ball of that radius (tighter MILP
+                bounds). The others are ignored.
 
         Returns:
-            :class:`DistortionResult`.
+            :class:`DistortionResult`; ``stats["lower_by"]`` and ``stats["upper_by"]`` say per
+            sample which part gave each end of the bracket: ``"known"`` (``known_lower``),
+            ``"incumbent"``, ``"exact"`` (the solver), or ``"none"`` (0, inf).
         """
         radius = self.max_eps if self.max_eps is not None else hi - lo
         threat = LpBall(Norm.LINF, radius, lo, hi)
@@ -150,37 +200,85 @@ class MinimalDistortion(Configurable):
         with eval_mode(model, who="MinimalDistortion"):
             clean = check_batch(model, x, y, threat, who="MinimalDistortion")
             spec = _check_spec(spec, y, clean)
+            floor = self._known_lower(known_lower, x)
+            start = [(math.inf, None)] * x.shape[0] if incumbent is None else \
+                checked_incumbents(model, incumbent, x, spec, norm, lo, hi)
             # bounds in float64, from a copy of the model, with rounding allowances
             network = _exact_ir(float64_copy(model), tuple(x.shape[1:]))
             x = x.detach()
             x64, spec64 = x.double(), Spec(spec.C.double(), spec.d.double())
-            with torch.no_grad():
-                bounds, crown = _crown(network, x64, threat, spec64)
-            if norm is Norm.L2:
-                runs = [self._solve_l2(model, network, bounds, s, x, spec64, crown[s], lo, hi)
-                        for s in range(x.shape[0])]
-            else:
-                runs = [self._solve(network, bounds, s, x, spec64, crown[s], norm)
-                        for s in range(x.shape[0])]
+            shared: tuple[LayerBounds, Tensor] | None = None
+            runs = []
+            for s in range(x.shape[0]):
+                one = Spec(spec64.C[s:s + 1], spec64.d[s:s + 1])
+                dist, point = start[s]
+                if math.isfinite(dist) and (self.max_eps is None or dist * (1 + 1e-6) < radius):
+                    # only a point closer than the incumbent matters: search its norm ball
+                    ball = LpBall(norm, dist * (1 + 1e-6), lo, hi)
+                    with torch.no_grad():
+                        bounds, crown = _crown(network, x64[s:s + 1], ball, one)
+                    reach = ball.eps
+                else:
+                    if shared is None:
+                        with torch.no_grad():
+                            shared = _crown(network, x64, threat, spec64)
+                    bounds = [(a[s:s + 1], b[s:s + 1]) for a, b in shared[0]]
+                    crown = shared[1][s:s + 1]
+                    reach = math.inf if self.max_eps is None else self.max_eps
+                if norm is Norm.L2:
+                    runs.append(self._solve_l2(model, network, bounds, x[s:s + 1], one,
+                                               crown[0], lo, hi, reach,
+                                               (float(floor[s]), dist, point)))
+                else:
+                    runs.append(self._solve(network, bounds, x[s:s + 1], one, crown[0], norm,
+                                            reach, (float(floor[s]), dist, point)))
             x_adv = torch.stack([r[2].to(x) for r in runs])
             with torch.no_grad():
                 margin = spec.apply(model(x_adv)).amin(dim=1)
+        status = tuple("optimal" if r[3] == "time_limit" and r[0] - r[1] <= self.tol else r[3]
+                       for r in runs)
         return DistortionResult(
             distance=torch.tensor([r[0] for r in runs], dtype=torch.float64),
             lower=torch.tensor([r[1] for r in runs], dtype=torch.float64),
-            x_adv=x_adv, margin=margin, status=tuple(r[3] for r in runs),
-            stats={"rows": [r[4] for r in runs]})
+            x_adv=x_adv, margin=margin, status=status,
+            stats={"rows": [r[4] for r in runs],
+                   "lower_by": tuple(_lower_by(r[1], float(f)) for r, f in zip(runs, floor,
+                                                                              strict=True)),
+                   "upper_by": tuple(_upper_by(r[0], d) for r, (d, _) in zip(runs, start,
+                                                                            strict=True))})
 
-    def _solve(self, network: Network | Graph, bounds: LayerBounds, s: int, x: Tensor, spec: Spec,
-               crown: Tensor, norm: Norm) -> tuple[float, float, Tensor, str, list[Any]]:
+    @staticmethod
+    def _known_lower(known: Tensor | None, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if known is None:
+            return torch.zeros(n, dtype=torch.float64)
+        if not torch.is_tensor(known) or tuple(known.shape) != (n,):
+            got = tuple(known.shape) if torch.is_tensor(known) else type(known).__name__
+            raise InvalidParameterError(
+                "The 'known_lower' parameter of MinimalDistortion must be a tensor of shape "
+                f"({n},), one lower bound per sample. Got {got} instead.")
+        known = known.detach().cpu().double()
+        if not bool((known >= 0).all()) or bool(known.isnan().any()):
+            raise InvalidParameterError(
+                "The 'known_lower' parameter of MinimalDistortion holds lower bounds on "
+                f"distances, so values >= 0. Got {known.tolist()} instead.")
+        return known
+
+    def _solve(self, network: Network | Graph, bounds: LayerBounds, x: Tensor, spec: Spec,
+               crown: Tensor, norm: Norm, reach: float,
+               start_bracket: tuple[float, float, Tensor | None]
+               ) -> tuple[float, float, Tensor, str, list[Any]]:
+        """One sample (``x`` (1, ...), ``bounds`` of it alone) searched within ``reach``."""
         start = time.perf_counter()
-        x0 = x[s]
-        enc = encode_sample(network, bounds, s, integer=True)
+        x0 = x[0]
+        enc = encode_sample(network, bounds, 0, integer=True)
         cost = self._distance(enc, x0, norm)
-        c = spec.C[s].detach().cpu().double().numpy()
+        c = spec.C[0].detach().cpu().double().numpy()
         rows = enc.program.add_rows(c, enc.outputs, -np.inf, np.inf)
-        d = spec.d[s].detach().cpu().double().numpy()
-        best, best_x, lower, status, log = math.inf, x0, math.inf, "robust", []
+        d = spec.d[0].detach().cpu().double().numpy()
+        floor, best, point = start_bracket
+        best_x = x0 if point is None else point
+        lower, status, log = math.inf, "robust", list[Any]()
         for j in np.argsort(crown.cpu().numpy()).tolist():
             if float(crown[j]) > 0:
                 continue  # no point of the search box violates this row
@@ -201,22 +299,22 @@ class MinimalDistortion(Configurable):
                 status = "time_limit"
             elif sol.status is SolveStatus.ERROR:
                 status = "error"
-        lower = min(lower, best, math.inf if self.max_eps is None else self.max_eps)
+        lower = min(max(lower, floor), best, reach)
         if math.isfinite(best) and status == "robust":
             status = "optimal"
         return best, lower, best_x, status, log
 
-    def _solve_l2(self, model: nn.Module, network: Network | Graph, bounds: LayerBounds, s: int,
-                  x: Tensor, spec: Spec, crown: Tensor, lo: float, hi: float
+    def _solve_l2(self, model: nn.Module, network: Network | Graph, bounds: LayerBounds,
+                  x: Tensor, spec: Spec, crown: Tensor, lo: float, hi: float, reach: float,
+                  start_bracket: tuple[float, float, Tensor | None]
                   ) -> tuple[float, float, Tensor, str, list[Any]]:
         from advrobust.exact.minimal_l2 import solve_sample_l2
 
-        enc = encode_sample(network, bounds, s, integer=True)
+        enc = encode_sample(network, bounds, 0, integer=True)
         best, lower, best_x, status, log = solve_sample_l2(
-            model, enc, x[s], spec.C[s], spec.d[s], crown, lo, hi, self.time_limit,
-            self.threads, self.tol, self.solver)
-        return best, min(lower, math.inf if self.max_eps is None else self.max_eps), best_x, \
-            status, log
+            model, enc, x[0], spec.C[0], spec.d[0], crown, lo, hi, self.time_limit,
+            self.threads, self.tol, self.solver, start_bracket)
+        return best, min(max(lower, start_bracket[0]), best, reach), best_x, status, log
 
     def _distance(self, enc: Encoding, x0: Tensor, norm: Norm) -> np.ndarray:
         """Add the distance variables; return the objective vector."""

@@ -76,20 +76,30 @@ class KelleyL2:
         self.enc.program.add_rows(block, cols, -(u @ self.x0), np.inf)
 
     def run(self, row: tuple[np.ndarray, float, float],
-            check: Callable[[np.ndarray], tuple[float, np.ndarray] | None]
+            check: Callable[[np.ndarray], tuple[float, np.ndarray] | None],
+            start_bracket: tuple[float, float] = (0.0, math.inf)
             ) -> tuple[float, float, np.ndarray | None, str, list[dict[str, Any]]]:
         """Solve; ``check(x)`` returns (distance, point) of a model-checked adversarial point.
 
+        ``start_bracket``: ``(floor, incumbent)``, a proven lower bound on this row's distance
+        and the distance of a model-checked point found before (another row's, a warm start);
+        the loop stops as soon as the row cannot beat the incumbent by more than ``tol``.
+
         Returns:
-            ``(lower, upper, x_best, status, log)``.
+            ``(lower, upper, x_best, status, log)``; ``x_best`` is None unless this row found
+            a point closer than the incumbent.
         """
         start = time.perf_counter()
         rows, lo_b, hi_b = row
         cost = np.zeros(self.enc.program.num_vars)
         cost[self.t] = 1.0
-        lower, upper, best = 0.0, math.inf, None
+        (lower, upper), best = start_bracket, None
+        if math.isfinite(upper):  # only a closer point matters: prune the rest of the search
+            self.enc.program.add_rows(np.ones((1, 1)), self.t, -np.inf, upper)
         log: list[dict[str, Any]] = []
         while True:
+            if upper - lower <= self.tol:  # closed by the start bracket or the last solve
+                return lower, upper, best, "optimal", log
             left = self.time_limit - (time.perf_counter() - start)
             if left <= 0:
                 return lower, upper, best, "time_limit", log
@@ -109,7 +119,7 @@ class KelleyL2:
             if found is not None and found[0] < upper:
                 upper, best = found
             if upper - lower <= self.tol:
-                return lower, upper, best, "optimal", log
+                continue
             z = x - self.x0
             norm = float(np.linalg.norm(z))
             if norm - sol.objective <= 1e-9 * max(1.0, norm):
@@ -121,18 +131,24 @@ class KelleyL2:
 
 def solve_sample_l2(model: Any, enc: Encoding, x0: Tensor, spec_c: Tensor, spec_d: Tensor,
                     crown: Tensor, lo: float, hi: float, time_limit: float, threads: int,
-                    tol: float, solver: str = "highs"
+                    tol: float, solver: str = "highs",
+                    start_bracket: tuple[float, float, Tensor | None] = (0.0, math.inf, None)
                     ) -> tuple[float, float, Tensor, str, list[Any]]:
     """Minimal l2 distortion of one sample over every spec row (the rows CROWN proves over the
     search box are skipped): outer-approximation cuts with HiGHS, or the MIQP with SCIP
-    (``solver="scip"``). Returns ``(distance, lower, x_adv, status, log)``."""
+    (``solver="scip"``). ``start_bracket``: ``(floor, distance, point)``, a proven lower bound
+    on the distortion and a model-checked adversarial point with its distance (None, inf: no
+    point): every row starts from that bracket and stops once it cannot beat the best point
+    by more than ``tol``. Returns ``(distance, lower, x_adv, status, log)``."""
     start = time.perf_counter()
+    floor = start_bracket[0]
     c = spec_c.detach().cpu().double().numpy()
     d = spec_d.detach().cpu().double().numpy()
     switch = enc.program.add_rows(c, enc.outputs, -np.inf, np.inf)
     x0_np = x0.detach().cpu().double().numpy().ravel()
     kelley = KelleyL2(enc, x0_np, time_limit, threads, tol) if solver == "highs" else None
-    best, best_x, lower, status, log = math.inf, x0, math.inf, "robust", []
+    best, best_x = start_bracket[1], x0 if start_bracket[2] is None else start_bracket[2]
+    lower, status, log = math.inf, "robust", list[Any]()
 
     for j in np.argsort(crown.cpu().numpy()).tolist():
         if float(crown[j]) > 0:
@@ -156,11 +172,12 @@ def solve_sample_l2(model: Any, enc: Encoding, x0: Tensor, spec_c: Tensor, spec_
         if kelley is None:
             low, up, point, row_status = _scip_row(enc, x0_np, c[j], -float(d[j]), left,
                                                    threads, check)
+            low = max(low, floor)
             row_log: list[dict[str, Any]] = []
         else:
             kelley.time_limit = left
             low, up, point, row_status, row_log = kelley.run(
-                (switch[j:j + 1], -math.inf, -float(d[j])), check)
+                (switch[j:j + 1], -math.inf, -float(d[j])), check, (floor, best))
         log.append({"row": j, "status": row_status, "lower": low, "upper": up,
                     "iterations": row_log})
         lower = min(lower, low)
