@@ -229,3 +229,27 @@ def test_l1_projection_of_far_points_stays_in_the_ball_in_float32() -> None:
         delta = _project_l1_ball(x - x0, 2.0)
         worst = max(worst, float(delta.abs().sum(dim=1).max()))
     assert worst <= 2.0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_concretize_on_an_expanded_centre_equals_the_full_batch(norm: str, shared: bool) -> None:
+    # branch and bound hands one centre expanded to its B domains: bounded once, same values
+    from advrobust.relax._rounding import abs_dot
+    from advrobust.relax.alpha_crown import concretize
+
+    gen = torch.Generator().manual_seed(4)
+    threat = LpBall(norm, 0.2, lo=0.0, hi=1.0)
+    x = torch.rand(1, 6, generator=gen, dtype=torch.float64).expand(5, 6)
+    a = torch.randn(1 if shared else 5, 3, 6, generator=gen, dtype=torch.float64)
+    const = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    err = torch.rand(5, 3, generator=gen, dtype=torch.float64)
+    got = threat.concretize_lower(a, x)
+    want = threat.concretize_lower(a, x.contiguous())
+    assert got.shape == (5, 3)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(concretize(threat, x, a, const, err),
+                               concretize(threat, x.contiguous(), a, const, err))
+    m = torch.rand(1, 6, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(abs_dot(a, m), abs_dot(a, m.expand(5, 6).contiguous())
+                               if shared is False else abs_dot(a, m))

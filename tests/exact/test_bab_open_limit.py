@@ -41,3 +41,30 @@ def test_a_small_open_list_limit_drains_and_stays_sound(monkeypatch: pytest.Monk
             assert float(exact.lower[i].min()) > 0
         if small.verdict[i] is Verdict.FALSIFIED:
             assert float(exact.lower[i].min()) < 0
+
+
+def test_a_network_that_cannot_be_copied_keeps_the_float64_search(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from advrobust.exact import _twin
+    from advrobust.exact._beta import BetaBounder
+
+    model = make_mlp(3, (10, 16, 16, 4))
+    x = torch.rand(4, 10, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.06)
+    with_twin = BaB(time_limit=20)(model, x, y, threat)
+    made: list[object] = []
+    init = BetaBounder.__init__
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        init(self, *args, **kwargs)
+        made.append(self.fast)
+
+    def broken(cls, *args):  # type: ignore[no-untyped-def]
+        raise TypeError("cannot pickle this module")  # as copy.deepcopy says of some modules
+
+    monkeypatch.setattr(BetaBounder, "__init__", spy)
+    monkeypatch.setattr(_twin.Float32Twin, "_make", classmethod(broken))
+    without = BaB(time_limit=20)(model, x, y, threat)
+    assert made and all(f is None for f in made)  # no twin, no crash
+    assert without.verdict == with_twin.verdict

@@ -279,16 +279,17 @@ class LpBall:
             (N, K). For linf this is exact over the clipped box. For l2 / l1 it is the larger of
             the ball's dual-norm bound ``<a, x0> - eps * ||a||_q`` and the box bound.
         """
-        if x0.shape[0] > 1 and x0.stride(0) == 0:  # one centre, expanded: bound it once
+        rows = x0.shape[0]
+        if rows > 1 and x0.stride(0) == 0:  # one centre, expanded: bound it once
             x0 = x0[:1]
         n = x0.shape[0]
         lower, upper = self.input_bounds(x0)
         lf, uf = lower.reshape(n, -1), upper.reshape(n, -1)
         mid, rad = (uf + lf) / 2, (uf - lf) / 2
         box = _rows_dot(a, mid) - _rows_dot(a.abs(), rad)
-        if self.norm is Norm.LINF:
-            return box
-        q = self.norm.dual
-        dual = a.abs().amax(-1) if q is Norm.LINF else a.norm(p=q.p, dim=-1)
-        ball = _rows_dot(a, x0.reshape(n, -1)) - self.eps * dual
-        return torch.maximum(box, ball)
+        if self.norm is not Norm.LINF:
+            q = self.norm.dual
+            dual = a.abs().amax(-1) if q is Norm.LINF else a.norm(p=q.p, dim=-1)
+            ball = _rows_dot(a, x0.reshape(n, -1)) - self.eps * dual
+            box = torch.maximum(box, ball)
+        return box.expand(rows, -1) if box.shape[0] == 1 < rows else box

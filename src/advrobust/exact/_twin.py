@@ -7,6 +7,7 @@ steps' matrix products and convolutions."""
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from advrobust.relax.dag import graph_backward
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["Float32Twin"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,16 @@ class Float32Twin:
         no module, is not float64, or some op does not compute in float32 then."""
         if network.module is None or c.dtype != torch.float64:
             return None
+        try:
+            return cls._make(network, c, root)
+        except Exception as exc:  # noqa: BLE001 - a copy that fails keeps the float64 search
+            logger.debug("no float32 twin (%s: %s); the search stays in float64",
+                         type(exc).__name__, exc)
+            return None
+
+    @classmethod
+    def _make(cls, network: Network | Graph, c: Tensor, root: LayerBounds
+              ) -> Float32Twin | None:
         twin = copy.deepcopy(network)
         twin.module.float()  # type: ignore[union-attr]
         with torch.no_grad():
@@ -59,10 +72,7 @@ class Float32Twin:
             # (an op holding a float64 constant of its own would promote it)
             low = [(lo.float(), hi.float()) for lo, hi in root]
             a = torch.zeros((1, 1) + tuple(twin.output_shape))
-            try:
-                a_in, const, _ = graph_backward(twin, twin.output, a, low)
-            except (RuntimeError, TypeError):  # an op that cannot mix dtypes: stay in float64
-                return None
+            a_in, const, _ = graph_backward(twin, twin.output, a, low)
             if a_in.dtype != torch.float32 or const.dtype != torch.float32:
                 return None
             return cls([], twin, c.float())

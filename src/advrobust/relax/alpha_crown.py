@@ -182,9 +182,9 @@ def _by_node(values: Mapping[int, Tensor] | None) -> dict[int, Tensor] | None:
 
 def concretize(threat: LpBall, x0: Tensor, a: Tensor, const: Tensor, err: Tensor) -> Tensor:
     """Sound ``min <a, x> + const`` over the set, less ``err`` and this sum's own allowance."""
+    value = threat.concretize_lower(a.flatten(2), x0) + const
     if x0.shape[0] > 1 and x0.stride(0) == 0:  # one centre, expanded (BaB's domains)
         x0 = x0[:1]
-    value = threat.concretize_lower(a.flatten(2), x0) + const
     lo, hi = threat.input_bounds(x0)
     mag = torch.maximum(lo.abs(), hi.abs()) + threat.eps
     size = a[0, 0].numel()
