@@ -134,3 +134,15 @@ def test_exact_stage_skips_rows_an_earlier_stage_proved() -> None:
     assert bool((state.lower[0, :2] == 1.0).all())  # earlier proofs kept
     full = MILP(time_limit=30, early_stop=False, skip_verified=False)(model, x, y, threat)
     assert torch.allclose(state.lower[0, 2:], full.lower[0, 2:], atol=1e-4)
+
+
+def test_the_guards_are_seconds_not_a_share_of_long_limits() -> None:
+    # the overruns they absorb are a stage's last step; a 5 % guard and a 10 % exact-stage
+    # margin left ~44 s of a 300 s VNN-COMP limit idle
+    from advrobust.verify.budget import Budget, exact_share
+
+    for limit, most in ((1.5, 0.375), (30.0, 2.0), (300.0, 3.5), (3600.0, 3.5)):
+        guard = limit - Budget.of(limit).left()
+        assert 0 < guard <= most + 0.05
+    assert exact_share(8.0) == pytest.approx(7.2)  # short limits: a tenth kept back, as measured
+    assert exact_share(300.0) == pytest.approx(297.0)  # long ones: at most 3 s

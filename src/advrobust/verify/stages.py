@@ -24,7 +24,7 @@ from advrobust.core.progress import progress_bar
 from advrobust.core.result import BoundResult
 from advrobust.relax.base import Bounder
 from advrobust.verify.bracket import Bracket
-from advrobust.verify.budget import EXACT_SHARE, Budget
+from advrobust.verify.budget import Budget, exact_share
 from advrobust.verify.problem import BoundRecord
 
 __all__ = ["attack_stage", "call_bounder", "exact_stage", "relax_stage"]
@@ -149,8 +149,9 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
         left = budget.left() / stages_left
         if left != math.inf:  # the method's own bound pass and set-up (MILP: the encoding)
             # run before its clock starts: measured on mnist_fc 256x2, ~1 s over an 8 s limit
-            # under load (bench/RESULTS.md, issue 11), so a tenth of the time is kept back
-            left = EXACT_SHARE * left - 2 * bracket.bound_seconds - bracket.exact_overrun
+            # under load (bench/RESULTS.md, issue 11), so a tenth of the time (at most 3 s)
+            # is kept back
+            left = exact_share(left) - 2 * bracket.bound_seconds - bracket.exact_overrun
         return max(0.0, min(own, left))
 
     first = seconds_for(int(todo[0])) if todo.numel() else 0.0
