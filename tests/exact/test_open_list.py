@@ -37,12 +37,14 @@ def _ids(dom: Domains) -> list[int]:
 @settings(max_examples=60, deadline=None)
 @given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.integers(0, 2 ** 16)),
                     min_size=1, max_size=25),
-       start=st.integers(1, 6), with_state=st.booleans())
+       start=st.integers(1, 6), with_state=st.booleans(),
+       most=st.one_of(st.none(), st.integers(1, 60)))
 def test_open_list_keeps_exactly_the_domains_of_a_plain_list(
-        ops: list[tuple[bool, int, int]], start: int, with_state: bool) -> None:
+        ops: list[tuple[bool, int, int]], start: int, with_state: bool, most: int | None
+) -> None:
     reference = list(range(start))
-    open_ = OpenList(_domains(reference, with_state))
-    fresh = start
+    open_ = OpenList(_domains(reference, with_state), most=most)
+    fresh, peak = start, start
     for add, k, seed in ops:
         if add:
             new = list(range(fresh, fresh + k))
@@ -60,3 +62,6 @@ def test_open_list_keeps_exactly_the_domains_of_a_plain_list(
             reference = [i for i in reference if i not in set(gone)]
         assert len(open_) == len(reference)
         assert sorted(_ids(open_.view)) == sorted(reference)
+        peak = max(peak, len(open_))
+        storage = open_._buf.lower.shape[0]  # grows past ``most`` only as far as it must
+        assert most is None or storage <= max(most, peak)

@@ -197,10 +197,12 @@ class OpenList:
     children and dropping closed domains write only the domains concerned (a list rebuilt with
     :meth:`Domains.take` and :meth:`Domains.cat` copies every open domain at every batch, a
     quarter of a long search's time). The open domains are the first ``len`` of the storage;
-    a dropped domain's slot takes one from the end (their order is not kept)."""
+    a dropped domain's slot takes one from the end (their order is not kept). ``most``: the
+    storage doubles up to this many domains only (the memory the search may use)."""
 
-    def __init__(self, dom: Domains) -> None:
+    def __init__(self, dom: Domains, most: int | None = None) -> None:
         self._buf, self._n = dom, len(dom)
+        self._most = most  # the storage never grows past this many domains unless it must
 
     def __len__(self) -> int:
         return self._n
@@ -239,6 +241,8 @@ class OpenList:
         tensors = self._buf.tensors()
         if self._n + k > tensors[0].shape[0]:
             cap = max(2 * tensors[0].shape[0], self._n + k)
+            if self._most is not None:
+                cap = max(min(cap, self._most), self._n + k)
             grown = []
             for t in tensors:
                 g = t.new_empty((cap,) + tuple(t.shape[1:]))

@@ -193,14 +193,15 @@ class _RowSearch:
         alpha = {j: self.root.alphas[j][0].flatten(1) for j in self.relus}
         beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
         first = self.bound(split, alpha, beta, row, floor=self.root.lower[0], steps=0)
-        open_ = OpenList(first)
+        limit = self._open_limit(first)
+        # storage for the limit and one batch's children above it (the loop stops past it)
+        open_ = OpenList(first, most=limit + 2 * self.batch_size)
         # a first guess until a batch is measured: one optimisation step (forward and
         # backward) costs about three passes like this one
         self.seconds_per_domain = (time.perf_counter() - start) / n_rows * (
             3 * self.bounder.steps + 1)
         for state in self.rows:
             state.domains = 1
-        limit = self._open_limit(first)
         status, draining = "", False
         while True:
             self._close(open_)
