@@ -65,6 +65,25 @@ def test_a_network_that_cannot_be_copied_keeps_the_float64_search(
 
     monkeypatch.setattr(BetaBounder, "__init__", spy)
     monkeypatch.setattr(_twin.Float32Twin, "_make", classmethod(broken))
+    monkeypatch.setattr(_twin, "_COPIES", _twin.weakref.WeakKeyDictionary())
     without = BaB(time_limit=20)(model, x, y, threat)
     assert made and all(f is None for f in made)  # no twin, no crash
     assert without.verdict == with_twin.verdict
+
+
+def test_the_float32_copy_is_made_once_per_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advrobust.exact import _twin
+
+    made: list[object] = []
+    make = _twin.Float32Twin._make.__func__  # type: ignore[attr-defined]
+
+    def counted(cls, network, root):  # type: ignore[no-untyped-def]
+        made.append(network)
+        return make(cls, network, root)
+
+    monkeypatch.setattr(_twin.Float32Twin, "_make", classmethod(counted))
+    model = make_mlp(3, (10, 16, 16, 4))
+    x = torch.rand(4, 10, generator=torch.Generator().manual_seed(3))
+    out = BaB(time_limit=20, early_stop=False)(model, x, model(x).argmax(1), LpBall("linf", 0.08))
+    assert len(out.verdict) == 4
+    assert len(made) == 1  # the four samples' searches share one copy

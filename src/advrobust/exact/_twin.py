@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -42,20 +43,25 @@ class Float32Twin:
 
     @classmethod
     def of(cls, network: Network | Graph, c: Tensor, root: LayerBounds) -> Float32Twin | None:
-        """The float32 twin of ``network`` (its module copied and cast), or None when it has
-        no module, is not float64, or some op does not compute in float32 then."""
+        """The float32 twin of ``network`` (its module copied and cast once per network: the
+        samples of one call share it), or None when it has no module, is not float64, or some
+        op does not compute in float32 then."""
         if network.module is None or c.dtype != torch.float64:
             return None
-        try:
-            return cls._make(network, c, root)
-        except Exception as exc:  # noqa: BLE001 - a copy that fails keeps the float64 search
-            logger.debug("no float32 twin (%s: %s); the search stays in float64",
-                         type(exc).__name__, exc)
-            return None
+        if network not in _COPIES:
+            try:
+                _COPIES[network] = cls._make(network, root)
+            except Exception as exc:  # noqa: BLE001 - a copy that fails keeps float64
+                logger.debug("no float32 twin (%s: %s); the search stays in float64",
+                             type(exc).__name__, exc)
+                _COPIES[network] = None
+        parts = _COPIES[network]
+        return None if parts is None else cls(parts[0], parts[1], c.float())
 
     @classmethod
-    def _make(cls, network: Network | Graph, c: Tensor, root: LayerBounds
-              ) -> Float32Twin | None:
+    def _make(cls, network: Network | Graph, root: LayerBounds
+              ) -> tuple[list, Graph | None] | None:
+        """(a chain's ops, None) or ([], a graph) of the float32 copy; None if it promotes."""
         twin = copy.deepcopy(network)
         twin.module.float()  # type: ignore[union-attr]
         with torch.no_grad():
@@ -67,7 +73,7 @@ class Float32Twin:
                         (probe,), _ = op.backward(probe)
                         if probe is None or probe.dtype != torch.float32:
                             return None
-                return cls(twin.graph_ops, None, c.float())
+                return twin.graph_ops, None
             # a graph: one float32 pass over the root's bounds must stay float32 throughout
             # (an op holding a float64 constant of its own would promote it)
             low = [(lo.float(), hi.float()) for lo, hi in root]
@@ -75,4 +81,9 @@ class Float32Twin:
             a_in, const, _ = graph_backward(twin, twin.output, a, low)
             if a_in.dtype != torch.float32 or const.dtype != torch.float32:
                 return None
-            return cls([], twin, c.float())
+            return [], twin
+
+
+#: The float32 copy of each float64 network (None: it has none), while the network lives.
+_COPIES: weakref.WeakKeyDictionary[object, tuple[list, Graph | None] | None] = \
+    weakref.WeakKeyDictionary()
