@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from advrobust.core.spec import Spec
-from advrobust.exact import bab as bab_module
+from advrobust.exact import _search as search_module
 from advrobust.exact.bab import BaB
 from advrobust.network.ir import Network
 from advrobust.network.onnx import import_onnx
@@ -62,25 +62,25 @@ def main() -> None:
     if args.lr is not None:
         extra.update(lr_alpha=args.lr[0], lr_beta=args.lr[1])
     if extra:
-        base = bab_module.BetaBounder
+        base = search_module.BetaBounder
 
         class Rates(base):  # type: ignore[misc,valid-type]
             def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
                 super().__init__(*a, **k, **extra)
 
-        bab_module.BetaBounder = Rates  # type: ignore[misc]
+        search_module.BetaBounder = Rates  # type: ignore[misc]
     if args.cpu_clock:
         time.perf_counter = time.process_time  # type: ignore[assignment]
     if args.trace:
-        step = bab_module._RowSearch._step
+        step = search_module.RowSearch._step
 
-        def traced(self, open_, deadline):  # type: ignore[no-untyped-def]
-            step(self, open_, deadline)
+        def traced(self, open_, deadline, drain=False):  # type: ignore[no-untyped-def]
+            step(self, open_, deadline, drain)
             total = sum(r.domains for r in self.rows)
             worst = float(open_.view.lower.min()) if len(open_) else float("inf")
             print(f"    domains {total} open {len(open_)} worst {worst:+.4f}", flush=True)
 
-        bab_module._RowSearch._step = traced  # type: ignore[method-assign]
+        search_module.RowSearch._step = traced  # type: ignore[method-assign]
     for item in args.instances:
         net_name, prop_name = item.split(":")
         net = import_onnx(args.root / "onnx" / f"mnist-net_{net_name}.onnx")

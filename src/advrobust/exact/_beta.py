@@ -14,13 +14,10 @@ the network, :class:`~advrobust.exact._twin.Float32Twin`; the one sound pass tha
 bound is float64). Domains are bounded in batches: one row of the spec, one set of slopes and
 multipliers per domain; children inherit their parent's (warm start).
 
-Chains and graphs (residual additions, concatenations, ...) whose only nonlinear nodes are ReLUs
-share the code: a ReLU is keyed by its node index - 1 (a chain's op position), its split
-constraints act on its input node's bounds. On a chain the pass runs with the batch's ReLU
-relaxations precomputed once per batch; on a graph it is the graph pass
-(:func:`~advrobust.relax.dag.graph_backward`, with split multipliers and recorded coefficients)
-with every node's rounding terms taken once from the root's bounds (they enclose every
-domain's, and the terms grow with the bounds).
+The passes (chains and graphs, the split-clamped and re-bounded domain bounds) are
+:class:`~advrobust.exact._beta_pass.BetaPasses`; the split side (children, their warm start, the
+choice of the neuron) is :class:`~advrobust.exact._branching.Branching`. This module holds the
+bounder itself: its set-up and the optimisation of a batch's slopes and multipliers.
 """
 
 from __future__ import annotations
@@ -32,26 +29,21 @@ import torch
 from torch import Tensor
 
 from advrobust.core.threat import LpBall
-from advrobust.exact._branching import babsr_scores
+from advrobust.exact._branching import Branching, babsr_scores
 from advrobust.exact._domains import _STORE, Domains, OptState, _Relu
 from advrobust.exact._twin import Float32Twin
 from advrobust.network.graph import Graph
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
-from advrobust.relax._rounding import (
-    abs_dot,
-    add_offset,
-    magnitude,
-    op_gamma,
-)
-from advrobust.relax.alpha_crown import Adam, check_branchable, concretize, linear_pass
-from advrobust.relax.dag import Allowance, graph_backward
+from advrobust.relax._rounding import magnitude, op_gamma
+from advrobust.relax.alpha_crown import Adam, check_branchable
+from advrobust.relax.dag import Allowance
 from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BetaBounder", "Domains", "OptState"]
 
 
-class BetaBounder:
+class BetaBounder(Branching):
     """Optimised (alpha, beta) bounds of domains of one sample's spec rows.
 
     Args:
@@ -105,189 +97,6 @@ class BetaBounder:
         self.allow: dict[int, Allowance] = {} if self.chain else {
             i: self._terms(i, root) for i in range(1, len(self.graph.nodes))}
 
-    def _terms(self, i: int, bounds: LayerBounds) -> Allowance:
-        op = self.graph.nodes[i].op
-        assert op is not None
-        return op.rounding_terms(self.x0.dtype, *(bounds[j] for j in self.graph.nodes[i].inputs))
-
-    # ------------------------------------------------------------------ bounds
-    def clamped(self, split: dict[int, Tensor]) -> LayerBounds:
-        """Root bounds (B, ...) with every split neuron's bound set to 0 on its side."""
-        b = next(iter(split.values())).shape[0]
-        out: LayerBounds = []
-        for i, (lo, hi) in enumerate(self.root):
-            lo_b = lo.expand((b,) + tuple(lo.shape[1:]))
-            hi_b = hi.expand((b,) + tuple(hi.shape[1:]))
-            for j in self.readers.get(i, ()):
-                s = split[j].reshape(lo_b.shape)
-                lo_b = torch.where(s > 0, lo_b.clamp_min(0), lo_b)
-                hi_b = torch.where(s < 0, hi_b.clamp_max(0), hi_b)
-            out.append((lo_b, hi_b))
-        return out
-
-    def tightened(self, split: dict[int, Tensor]) -> tuple[LayerBounds, Tensor]:
-        """The split-clamped root bounds (:meth:`clamped`), with the ReLU inputs above each
-        domain's lowest split re-bounded on the domain (when ``domain_bounds``), and a (B,)
-        mask of domains proved empty (some neuron's bounds crossed: no point satisfies the
-        splits).
-
-        Layer by layer upwards, every neuron unstable in some domain of the batch gets one
-        back-substitution of ``+-z`` through the domain's (already tightened) bounds below it,
-        with the root's optimised slopes of that neuron's rows, and the rounding allowances of
-        :func:`~advrobust.relax.alpha_crown.linear_pass`; the result is intersected with the
-        clamped bounds (both enclose the domain's values), so the splits' clamps stay.
-        """
-        bounds = self.clamped(split)
-        b = next(iter(split.values())).shape[0]
-        empty = torch.zeros(b, dtype=torch.bool)
-        if not self.domain_bounds:
-            return bounds, empty
-        # per domain, the position (in self.relus) of its lowest split
-        has = torch.stack([split[j].any(1) for j in self.relus], 1)  # (B, L)
-        lowest = torch.where(has.any(1), has.to(torch.int8).argmax(1),
-                             torch.full((b,), len(self.relus)))
-        for pos, key in enumerate(self.relus):  # in topological order
-            need = (lowest < pos).nonzero().flatten()
-            if need.numel() == 0:
-                continue
-            k = self.src[key]
-            lo, hi = bounds[k]
-            lo_f, hi_f = lo.flatten(1), hi.flatten(1)
-            if k in self.inter_alphas:
-                idx, alphas = self.inter_alphas[k]
-            else:
-                idx, alphas = torch.arange(lo_f.shape[1]), {}
-            unstable = ((lo_f[need][:, idx] < 0) & (hi_f[need][:, idx] > 0)).any(0)
-            sel = unstable.nonzero().flatten()
-            if sel.numel() == 0:
-                continue
-            u, m = idx.numel(), sel.numel()
-            keep = torch.cat([sel, sel + u])
-            al = {j: v[:, keep] for j, v in alphas.items()} if alphas else None
-            neurons = idx[sel]
-            rows = lo.new_zeros(2 * m, lo_f.shape[1])
-            ar = torch.arange(m)
-            rows[ar, neurons] = 1.0
-            rows[ar + m, neurons] = -1.0
-            rows = rows.reshape((1, 2 * m) + tuple(lo.shape[1:]))
-            widest = max(v[0][0].numel() for v in bounds[:k])
-            chunk = max(1, (1 << 23) // (2 * m * widest))
-            new_lo, new_hi = lo_f[need][:, neurons], hi_f[need][:, neurons]
-            for start in range(0, need.numel(), chunk):
-                part = need[start:start + chunk]
-                sub = [(v_lo[part], v_hi[part]) for v_lo, v_hi in bounds[:k]]
-                a, const, err = self._back(rows, k, sub, al)
-                x0 = self.x0.expand((part.numel(),) + tuple(self.x0.shape[1:]))
-                val = concretize(self.threat, x0, a, const, err).nan_to_num(nan=-math.inf)
-                sl = slice(start, start + part.numel())
-                new_lo[sl] = torch.maximum(new_lo[sl], val[:, :m])
-                new_hi[sl] = torch.minimum(new_hi[sl], -val[:, m:])
-            lo_f, hi_f = lo_f.clone(), hi_f.clone()
-            lo_f[need.unsqueeze(1), neurons.unsqueeze(0)] = new_lo
-            hi_f[need.unsqueeze(1), neurons.unsqueeze(0)] = new_hi
-            bounds[k] = (lo_f.reshape(lo.shape), hi_f.reshape(hi.shape))
-        for j in self.relus:
-            lo, hi = bounds[self.src[j]]
-            empty |= (lo > hi).flatten(1).any(1)
-        return bounds, empty
-
-    def _back(self, a: Tensor, stop: int, bounds: LayerBounds,
-              alphas: dict[int, Tensor] | None, betas: dict[int, Tensor] | None = None,
-              record: dict[int, Tensor] | None = None, sound: bool = True,
-              graph: Graph | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Back-substitute ``a`` from node ``stop`` (mappings keyed by ReLU key): the chain's
-        :func:`~advrobust.relax.alpha_crown.linear_pass`, or the graph pass with the root's
-        rounding terms (without them, and without any allowance, unless ``sound``)."""
-        if self.chain:
-            return linear_pass(self.net, a, stop, bounds, alphas, betas, record, self.mags)
-        seen: dict[int, Tensor] | None = None if record is None else {}
-        a_in, const, err = graph_backward(
-            self.graph if graph is None else graph, stop, a, bounds, slopes=_by_node(alphas),
-            rounding=sound, allowances=dict(self.allow), betas=_by_node(betas), record=seen)
-        if record is not None and seen is not None:
-            record.update({i - 1: v for i, v in seen.items()})
-        return a_in, const, a.new_zeros(a.shape[:2]) if err is None else err
-
-    def _relus(self, bounds: LayerBounds) -> dict[int, _Relu]:
-        if not self.chain:
-            return {}
-        return {j: _Relu.of(*bounds[j]) for j in self.relus}
-
-    def _pass(self, bounds: LayerBounds, split: dict[int, Tensor], alpha: dict[int, Tensor],
-              beta: dict[int, Tensor], row: Tensor, record: dict[int, Tensor] | None = None,
-              relus: dict[int, _Relu] | None = None, sound: bool = True, fast: bool = False
-              ) -> tuple[Tensor, Tensor]:
-        """Lower bounds (B,) and the input coefficients (B, D) of one pass.
-
-        The back-substitution of :func:`~advrobust.relax.alpha_crown.linear_pass` (same
-        relaxation, split terms and rounding allowances), with what does not change between
-        optimisation steps (``relus``) computed once per batch. ``sound=False`` leaves out the
-        layers' rounding allowances (~1e-12 relative in float64; a quarter of a step's time):
-        for the optimisation steps, whose values only pick the parameters; the bound itself
-        always comes from a sound pass. ``fast`` (not sound; needs :attr:`fast`): the
-        back-substitution in float32 (``bounds``, ``relus``, ``alpha`` and ``beta`` float32
-        too), concretised in float64.
-        """
-        b = row.shape[0]
-        assert not (fast and (sound or self.fast is None))
-        if not isinstance(self.net, Network):
-            return self._graph_pass(bounds, split, alpha, beta, row, record, sound, fast)
-        relus = self._relus(bounds) if relus is None else relus
-        ops = self.fast.graph_ops if fast and self.fast is not None else self.graph_ops
-        a = (self.fast.c if fast and self.fast is not None else self.c)[row].unsqueeze(1)
-        const = a.new_zeros(a.shape[:2])
-        err = a.new_zeros(a.shape[:2])
-        for j in reversed(range(len(self.net.ops))):
-            op = self.net.ops[j]
-            if j in relus:
-                rel = relus[j]
-                shape = (b, 1) + tuple(self.root[j][0].shape[1:])
-                if record is not None:
-                    record[j] = a
-                if sound:
-                    err = err + rel.gamma * abs_dot(a, rel.mag)
-                a, c = rel.backward(a, alpha[j].reshape(shape))
-                if bool(split[j].any()):
-                    a = a - (beta[j] * split[j].to(beta[j].dtype)).reshape(shape)
-                    if sound:
-                        err = err + rel.gamma * abs_dot(a, rel.beta_mag)
-            else:  # a linear op (check_chain: every nonlinear op is a ReLU of `relus`)
-                if sound and j in self.mags:
-                    mag = self.mags[j]
-                    err = err + op_gamma(op, a.dtype) * abs_dot(a, mag.expand(
-                        (b,) + tuple(mag.shape[1:])))
-                (back,), c = ops[j].backward(a)
-                assert back is not None
-                a = back
-            const = const + c
-        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        if fast:
-            a, const, err = a.to(x0.dtype), const.to(x0.dtype), err.to(x0.dtype)
-        value = concretize(self.threat, x0, a, const, err)[:, 0]
-        return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
-
-    def _graph_pass(self, bounds: LayerBounds, split: dict[int, Tensor],
-                    alpha: dict[int, Tensor], beta: dict[int, Tensor], row: Tensor,
-                    record: dict[int, Tensor] | None, sound: bool, fast: bool = False
-                    ) -> tuple[Tensor, Tensor]:
-        """:meth:`_pass` on a graph: the graph pass with the domains' slopes and signed
-        multipliers (B, 1, *shape) on every ReLU (``fast``: on the float32 copy)."""
-        b = row.shape[0]
-        shape = {j: (b, 1) + tuple(self.root[self.src[j]][0].shape[1:]) for j in self.relus}
-        alphas = {j: alpha[j].reshape(shape[j]) for j in self.relus}
-        betas = {j: (beta[j] * split[j].to(beta[j].dtype)).reshape(shape[j])
-                 for j in self.relus if bool(split[j].any())}
-        graph = self.fast.graph if fast and self.fast is not None else None
-        c = self.fast.c if fast and self.fast is not None else self.c
-        a = c[row].reshape((b, 1) + tuple(self.graph.output_shape))
-        a_in, const, err = self._back(a, self.graph.output, bounds, alphas, betas, record,
-                                      sound, graph)
-        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        if fast:
-            a_in, const, err = a_in.to(x0.dtype), const.to(x0.dtype), err.to(x0.dtype)
-        value = concretize(self.threat, x0, a_in, const, err)[:, 0]
-        return add_offset(value, self.d[row]), a_in.flatten(2)[:, 0]
-
     def bound(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
               beta: dict[int, Tensor], row: Tensor, floor: Tensor | None = None,
               steps: int | None = None, deadline: float = math.inf,
@@ -311,27 +120,40 @@ class BetaBounder:
         steps = self.steps if steps is None else steps
         bounds, empty = self.tightened(split)
         relus = self._relus(bounds)
-        dtype = self.x0.dtype
+        best_al, best_be, st = self._optimise(bounds, relus, split, alpha, beta, row, steps,
+                                              deadline, state)
+        return self._settle(bounds, relus, empty, split, best_al, best_be, row, floor, st)
+
+    def _step_bounds(self, bounds: LayerBounds, relus: dict[int, _Relu], fast: bool
+                     ) -> tuple[LayerBounds, dict[int, _Relu], torch.dtype]:
+        """Bounds, ReLU relaxations and dtype of the steps' passes (``fast``: float32)."""
+        if not fast:
+            return bounds, relus, self.x0.dtype
+        o_dtype = torch.float32
+        o_bounds = [(lo.to(o_dtype), hi.to(o_dtype)) for lo, hi in bounds]
+        return o_bounds, self._relus(o_bounds), o_dtype
+
+    def _optimise(self, bounds: LayerBounds, relus: dict[int, _Relu], split: dict[int, Tensor],
+                  alpha: dict[int, Tensor], beta: dict[int, Tensor], row: Tensor, steps: int,
+                  deadline: float, state: OptState | None
+                  ) -> tuple[dict[int, Tensor], dict[int, Tensor], OptState | None]:
+        """:meth:`bound`'s Adam steps: the best slopes and multipliers of every domain by the
+        steps' (unsound) values, and the domains' Adam state (``keep_state``; else None)."""
         # the steps' passes: float32 on a chain that has a float32 twin (they only choose)
         fast = self.fast is not None and steps > 0
-        o_bounds, o_relus, o_dtype = bounds, relus, dtype
-        if fast:
-            o_dtype = torch.float32
-            o_bounds = [(lo.to(o_dtype), hi.to(o_dtype)) for lo, hi in bounds]
-            o_relus = self._relus(o_bounds)
+        o_bounds, o_relus, o_dtype = self._step_bounds(bounds, relus, fast)
         al = {j: alpha[j].to(o_dtype).clone().requires_grad_(True) for j in self.relus}
         be = {j: beta[j].to(o_dtype).clone().requires_grad_(True) for j in self.relus}
         groups = [(list(al.values()), self.lr_alpha)]
         if any(bool(split[j].any()) for j in self.relus):
             groups.append((list(be.values()), self.lr_beta))
         opt = Adam(groups)
-        st = None
+        st, live = None, {}
         if self.keep_state:
             st = (state if state is not None else OptState.zeros(alpha)).map(
                 lambda v: v.to(o_dtype).clone())
             live = {j: (split[j] != 0).to(o_dtype) for j in self.relus}
-        b = row.shape[0]
-        best = torch.full((b,), -math.inf, dtype=dtype)  # of the steps' (unsound) values
+        best = torch.full((row.shape[0],), -math.inf, dtype=self.x0.dtype)  # steps' values
         best_al = {j: v.detach().clone() for j, v in al.items()}
         best_be = {j: v.detach().clone() for j, v in be.items()}
         for _ in range(steps):
@@ -352,14 +174,23 @@ class BetaBounder:
                     v.clamp_(0.0, 1.0)
                 for v in be.values():
                     v.clamp_(min=0.0)
-        record: dict[int, Tensor] = {}
-        with torch.no_grad():
-            if steps:
+        if steps:
+            with torch.no_grad():
                 lower, _ = self._pass(o_bounds, split, al, be, row, relus=o_relus,
                                       sound=False, fast=fast)
                 self._keep(lower, best, al, be, best_al, best_be)
-            # one sound pass (float64) with the best parameters: the bound, and its
-            # coefficients give scores and a corner
+        return best_al, best_be, st
+
+    def _settle(self, bounds: LayerBounds, relus: dict[int, _Relu], empty: Tensor,
+                split: dict[int, Tensor], best_al: dict[int, Tensor], best_be: dict[int, Tensor],
+                row: Tensor, floor: Tensor | None, st: OptState | None
+                ) -> tuple[Domains, Tensor]:
+        """:meth:`bound`'s result: one sound pass (float64) with the best parameters gives
+        the bound, and its coefficients the branching scores and a corner."""
+        dtype = self.x0.dtype
+        b = row.shape[0]
+        record: dict[int, Tensor] = {}
+        with torch.no_grad():
             best_al = {j: v.to(dtype) for j, v in best_al.items()}
             best_be = {j: v.to(dtype) for j, v in best_be.items()}
             best, coef = self._pass(bounds, split, best_al, best_be, row, record, relus)
@@ -406,89 +237,3 @@ class BetaBounder:
             m = better.reshape((-1,) + (1,) * (al[j].dim() - 1))
             best_al[j].copy_(torch.where(m, al[j].detach(), best_al[j]))
             best_be[j].copy_(torch.where(m, be[j].detach(), best_be[j]))
-
-    def quick(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
-              beta: dict[int, Tensor], row: Tensor) -> Tensor:
-        """One pass, no optimisation: (B,) bounds that only rank split candidates (filtered
-        smart branching): float32 without allowances on a chain with a float32 twin, else
-        sound."""
-        with torch.no_grad():
-            bounds = self.clamped(split)
-            if self.fast is not None:
-                f32 = torch.float32
-                low = [(lo.to(f32), hi.to(f32)) for lo, hi in bounds]
-                al = {j: v.to(f32) for j, v in alpha.items()}
-                be = {j: v.to(f32) for j, v in beta.items()}
-                value = self._pass(low, split, al, be, row, sound=False, fast=True)[0]
-            else:
-                al = {j: v.to(self.x0.dtype) for j, v in alpha.items()}
-                be = {j: v.to(self.x0.dtype) for j, v in beta.items()}
-                value = self._pass(bounds, split, al, be, row)[0]
-            return value.nan_to_num(nan=-math.inf)
-
-    # ------------------------------------------------------------------ splits
-    def child_state(self, dom: Domains, neuron: Tensor) -> OptState | None:
-        """The Adam state of :meth:`children`'s children (inactive copies, then active
-        copies): each continues its parent's. The new split's multiplier starts with fresh
-        moments and count: an unsplit neuron's multiplier has no gradient (its term is
-        ``beta * 0``) and its count advances only while split, so they are still 0."""
-        if dom.state is None:
-            return None
-        return dom.state.map(lambda v: v.repeat((2,) + (1,) * (v.dim() - 1)))
-
-    def locate(self, flat: Tensor) -> list[tuple[int, Tensor, Tensor]]:
-        """(ReLU index, positions in ``flat``, neuron within the layer) per layer."""
-        out, offset = [], 0
-        for j, size in zip(self.relus, self.sizes, strict=True):
-            rows = ((flat >= offset) & (flat < offset + size)).nonzero().flatten()
-            out.append((j, rows, flat[rows] - offset))
-            offset += size
-        return out
-
-    def children(self, dom: Domains, neuron: Tensor, *, warm: bool = True
-                 ) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor], Tensor]:
-        """Split every domain on its ``neuron`` (flat index): inactive copy, then active copy.
-
-        Returns the children's splits, slopes, multipliers and rows (2B,). The multipliers
-        are inherited; the new split's starts where it reproduces the parent's relaxation of
-        the neuron when the parent's bound used its lower line (coefficient ``lam > 0`` on
-        ``relu(z)``, slope ``alpha``): ``lam * alpha`` on the inactive side, ``lam * (1 -
-        alpha)`` on the active side, so those children start at their parent's bound; 0
-        otherwise, and everywhere without ``warm`` (filtered smart branching scores the
-        candidates by what the split alone gives: with the warm start both children of every
-        such candidate would tie at the parent's bound).
-        """
-        b = len(dom)
-        split = {j: v.repeat(2, 1) for j, v in dom.split.items()}
-        alpha = {j: v.repeat(2, 1) for j, v in dom.alpha.items()}
-        beta = {j: v.repeat(2, 1) for j, v in dom.beta.items()}
-        for j, rows, cols in self.locate(neuron):
-            split[j][rows, cols] = -1
-            split[j][rows + b, cols] = 1
-            lam = dom.coef[rows, neuron[rows]].clamp_min(0).to(beta[j].dtype) * warm
-            slope = dom.alpha[j][rows, cols].clamp(0, 1).to(beta[j].dtype)
-            beta[j][rows, cols] = lam * slope
-            beta[j][rows + b, cols] = lam * (1 - slope)
-        return split, alpha, beta, dom.row.repeat(2)
-
-    def choose(self, dom: Domains, k: int) -> Tensor:
-        """The neuron to split in every domain: BaBSR's best, or (``k > 1``) the best of its
-        top ``k`` by the worse child's one-pass bound (filtered smart branching)."""
-        best = dom.score.argmax(1)
-        if k <= 1 or len(dom) == 0:
-            return best
-        k = min(k, dom.score.shape[1])
-        values, cand = dom.score.topk(k, dim=1)  # (B, k)
-        b = len(dom)
-        rep = dom.take(torch.arange(b).repeat(k))
-        split, alpha, beta, row = self.children(rep, cand.T.reshape(-1), warm=False)
-        low = self.quick(split, alpha, beta, row).reshape(2, k, b)
-        worse = low.amin(0).T  # (B, k)
-        worse = worse.masked_fill(values <= 0, -math.inf)
-        pick = worse.argmax(1)
-        return cand[torch.arange(b), pick]
-
-
-def _by_node(values: dict[int, Tensor] | None) -> dict[int, Tensor] | None:
-    """A mapping keyed by ReLU key, keyed by node index (key + 1)."""
-    return None if values is None else {j + 1: v for j, v in values.items()}

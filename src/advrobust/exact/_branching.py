@@ -11,14 +11,22 @@ verification via Lagrangian decomposition"; the FSB of beta-CROWN's implementati
 ``k`` best BaBSR candidates of each domain, bounds both children of each candidate with one
 cheap pass (the parent's slopes and multipliers, no optimisation), and splits the candidate
 whose worse child is best.
+
+:class:`Branching` is the split side of :class:`~advrobust.exact._beta.BetaBounder`: the
+children of a batch of domains, their warm start, and the choice of the neuron to split.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["babsr_scores"]
+from advrobust.exact._beta_pass import BetaPasses
+from advrobust.exact._domains import Domains, OptState
+
+__all__ = ["Branching", "babsr_scores"]
 
 
 def babsr_scores(coef: Tensor, lo: Tensor, hi: Tensor, alpha: Tensor) -> Tensor:
@@ -39,3 +47,87 @@ def babsr_scores(coef: Tensor, lo: Tensor, hi: Tensor, alpha: Tensor) -> Tensor:
     score = neg * intercept + pos * gap + 1e-9 * width
     return torch.where(unstable, score, torch.zeros_like(score))
 
+
+class Branching(BetaPasses):
+    """Splitting domains: the branching half of :class:`~advrobust.exact._beta.BetaBounder`
+    (a mixin over its passes)."""
+
+    def quick(self, split: dict[int, Tensor], alpha: dict[int, Tensor],
+              beta: dict[int, Tensor], row: Tensor) -> Tensor:
+        """One pass, no optimisation: (B,) bounds that only rank split candidates (filtered
+        smart branching): float32 without allowances on a chain with a float32 twin, else
+        sound."""
+        with torch.no_grad():
+            bounds = self.clamped(split)
+            if self.fast is not None:
+                f32 = torch.float32
+                low = [(lo.to(f32), hi.to(f32)) for lo, hi in bounds]
+                al = {j: v.to(f32) for j, v in alpha.items()}
+                be = {j: v.to(f32) for j, v in beta.items()}
+                value = self._pass(low, split, al, be, row, sound=False, fast=True)[0]
+            else:
+                al = {j: v.to(self.x0.dtype) for j, v in alpha.items()}
+                be = {j: v.to(self.x0.dtype) for j, v in beta.items()}
+                value = self._pass(bounds, split, al, be, row)[0]
+            return value.nan_to_num(nan=-math.inf)
+
+    def child_state(self, dom: Domains, neuron: Tensor) -> OptState | None:
+        """The Adam state of :meth:`children`'s children (inactive copies, then active
+        copies): each continues its parent's. The new split's multiplier starts with fresh
+        moments and count: an unsplit neuron's multiplier has no gradient (its term is
+        ``beta * 0``) and its count advances only while split, so they are still 0."""
+        if dom.state is None:
+            return None
+        return dom.state.map(lambda v: v.repeat((2,) + (1,) * (v.dim() - 1)))
+
+    def locate(self, flat: Tensor) -> list[tuple[int, Tensor, Tensor]]:
+        """(ReLU index, positions in ``flat``, neuron within the layer) per layer."""
+        out, offset = [], 0
+        for j, size in zip(self.relus, self.sizes, strict=True):
+            rows = ((flat >= offset) & (flat < offset + size)).nonzero().flatten()
+            out.append((j, rows, flat[rows] - offset))
+            offset += size
+        return out
+
+    def children(self, dom: Domains, neuron: Tensor, *, warm: bool = True
+                 ) -> tuple[dict[int, Tensor], dict[int, Tensor], dict[int, Tensor], Tensor]:
+        """Split every domain on its ``neuron`` (flat index): inactive copy, then active copy.
+
+        Returns the children's splits, slopes, multipliers and rows (2B,). The multipliers
+        are inherited; the new split's starts where it reproduces the parent's relaxation of
+        the neuron when the parent's bound used its lower line (coefficient ``lam > 0`` on
+        ``relu(z)``, slope ``alpha``): ``lam * alpha`` on the inactive side, ``lam * (1 -
+        alpha)`` on the active side, so those children start at their parent's bound; 0
+        otherwise, and everywhere without ``warm`` (filtered smart branching scores the
+        candidates by what the split alone gives: with the warm start both children of every
+        such candidate would tie at the parent's bound).
+        """
+        b = len(dom)
+        split = {j: v.repeat(2, 1) for j, v in dom.split.items()}
+        alpha = {j: v.repeat(2, 1) for j, v in dom.alpha.items()}
+        beta = {j: v.repeat(2, 1) for j, v in dom.beta.items()}
+        for j, rows, cols in self.locate(neuron):
+            split[j][rows, cols] = -1
+            split[j][rows + b, cols] = 1
+            lam = dom.coef[rows, neuron[rows]].clamp_min(0).to(beta[j].dtype) * warm
+            slope = dom.alpha[j][rows, cols].clamp(0, 1).to(beta[j].dtype)
+            beta[j][rows, cols] = lam * slope
+            beta[j][rows + b, cols] = lam * (1 - slope)
+        return split, alpha, beta, dom.row.repeat(2)
+
+    def choose(self, dom: Domains, k: int) -> Tensor:
+        """The neuron to split in every domain: BaBSR's best, or (``k > 1``) the best of its
+        top ``k`` by the worse child's one-pass bound (filtered smart branching)."""
+        best = dom.score.argmax(1)
+        if k <= 1 or len(dom) == 0:
+            return best
+        k = min(k, dom.score.shape[1])
+        values, cand = dom.score.topk(k, dim=1)  # (B, k)
+        b = len(dom)
+        rep = dom.take(torch.arange(b).repeat(k))
+        split, alpha, beta, row = self.children(rep, cand.T.reshape(-1), warm=False)
+        low = self.quick(split, alpha, beta, row).reshape(2, k, b)
+        worse = low.amin(0).T  # (B, k)
+        worse = worse.masked_fill(values <= 0, -math.inf)
+        pick = worse.argmax(1)
+        return cand[torch.arange(b), pick]

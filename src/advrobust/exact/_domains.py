@@ -10,9 +10,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.relax._rounding import relu_gamma, relu_magnitude
 
 __all__ = ["Domains", "OpenList", "OptState"]
+
+#: A domain is closed once its bound exceeds this (twice the verdict tolerance, so the proved
+#: lower bound always clears the tolerance itself).
+_CLOSE = 2 * VERIFY_TOLERANCE
 
 #: Storage dtype of slopes and multipliers (any value is sound: float32 halves the memory).
 _STORE = torch.float32

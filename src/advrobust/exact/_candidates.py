@@ -1,0 +1,143 @@
+"""Counterexample candidates and exact solves of the row search (:mod:`advrobust.exact._search`).
+
+Every bounded domain's linear bound has a minimiser over the box (a corner for linf): those of
+each row's lowest domain are evaluated through the network, and a few signed-gradient steps
+start from them. A domain without unstable neurons (a linear region) is solved exactly by LP;
+a row whose linear regions keep coming is finished by the big-M MILP on the root's bounds.
+Every solver point is a candidate too: the lowest value of a row is its upper bound (negative:
+falsified, with the point as the witness).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from advrobust.core.threat import LpBall
+from advrobust.exact._beta import BetaBounder
+from advrobust.exact._beta import Domains as _Domains
+from advrobust.exact._domains import _CLOSE
+from advrobust.network.graph import Graph
+from advrobust.network.ir import Network
+from advrobust.relax._encoding import encode_sample, row_cost
+from advrobust.relax.alpha_crown import AlphaResult
+from advrobust.solvers.highs import HighsSolver
+from advrobust.solvers.program import SolveStatus
+
+__all__ = ["Candidates", "Row"]
+
+
+@dataclass
+class Row:
+    """Search state of one spec row."""
+
+    best_value: float = math.inf
+    best_point: Tensor | None = None
+    closed: float = math.inf  # min bound over closed domains
+    domains: int = 0
+    status: str = "verified"
+    log: dict[str, Any] = field(default_factory=dict)
+
+
+class Candidates:
+    """The point side of :class:`~advrobust.exact._search.RowSearch` (a mixin: the search's
+    constructor sets the attributes below)."""
+
+    net: Network | Graph
+    x0: Tensor
+    threat: LpBall
+    c: Tensor
+    d: Tensor
+    rows: list[Row]
+    attack_steps: int
+    leaves: int
+    bounder: BetaBounder
+    root: AlphaResult
+
+    def _offer_corners(self, a: Tensor, row: Tensor) -> None:
+        """Evaluate the box corners minimising the domains' linear bounds, on their rows."""
+        b = row.shape[0]
+        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
+        low, up = self.threat.input_bounds(x0)
+        pts = torch.where(a.reshape(low.shape) >= 0, low, up)
+        with torch.no_grad():
+            values = (self.net.forward(pts) * self.c[row]).sum(1) + self.d[row]
+        starts, rows = [], []
+        for r in row.unique().tolist():
+            mine = (row == r).nonzero().flatten()
+            k = mine[values[mine].argmin()]
+            self.offer(r, float(values[k]), pts[k])
+            if self.rows[r].best_value >= 0:
+                starts.append(pts[k])
+                rows.append(r)
+        if starts and self.attack_steps:
+            self._descend(torch.stack(starts), torch.tensor(rows), low[:1], up[:1])
+
+    def _descend(self, x: Tensor, rows: Tensor, low: Tensor, up: Tensor) -> None:
+        """A few signed-gradient steps on each row's value from the corner of its lowest
+        domain (PGD inside the box; a promising domain's corner is often near a violation)."""
+        step = (up - low) / 4
+        for _ in range(self.attack_steps):
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                value = (self.net.forward(x) * self.c[rows]).sum(1) + self.d[rows]
+                (grad,) = torch.autograd.grad(value.sum(), x)
+            x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), low), up)
+            step = step * 0.7
+        with torch.no_grad():
+            value = (self.net.forward(x) * self.c[rows]).sum(1) + self.d[rows]
+        for k, r in enumerate(rows.tolist()):
+            self.offer(r, float(value[k]), x[k])
+
+    def offer(self, r: int, value: float, point: Tensor) -> None:
+        state = self.rows[r]
+        if value < state.best_value:
+            state.best_value, state.best_point = value, point.detach().clone()
+
+    def _value(self, r: int, point: Tensor) -> float:
+        with torch.no_grad():
+            return float((self.net.forward(point) * self.c[r]).sum() + self.d[r])
+
+    def solve_leaf(self, dom: _Domains, time_limit: float) -> float:
+        """Exact minimum of a linear region (one domain without unstable neurons) by LP."""
+        r = int(dom.row[0])
+        bounds, empty = self.bounder.tightened(dom.split)
+        if bool(empty.any()):
+            return math.inf
+        enc = encode_sample(self.net, bounds, 0, integer=False, threat=self.threat, x0=self.x0)
+        sol = HighsSolver(enc.program, time_limit=max(time_limit, 1e-3)).minimize(
+            row_cost(enc, self.c[r]), float(self.d[r]))
+        self.leaves += 1
+        if sol.status is SolveStatus.INFEASIBLE:
+            # a split domain may be empty: its exact (phase-fixed) encoding proves it vacuous
+            return math.inf
+        if sol.x is not None:
+            point = torch.as_tensor(sol.x[enc.inputs]).to(self.x0).reshape(self.x0.shape)
+            point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
+            self.offer(r, self._value(r, point), point[0])
+        if sol.status is SolveStatus.OPTIMAL:
+            return max(float(dom.lower[0]), sol.bound)
+        return float(dom.lower[0])
+
+    def finish_with_milp(self, r: int, deadline: float) -> float:
+        """Decide row ``r`` with the big-M MILP on the root bounds (a sound global bound)."""
+        bounds = self.root.bounds
+        enc = encode_sample(self.net, bounds, 0, integer=True, threat=self.threat, x0=self.x0)
+        sol = HighsSolver(enc.program, time_limit=max(deadline - time.perf_counter(), 1e-3)
+                          ).minimize(row_cost(enc, self.c[r]), float(self.d[r]),
+                                     stop_below=-1e-6, stop_above=_CLOSE)
+        self.rows[r].log["milp"] = sol.backend_status
+        if sol.x is not None:
+            point = torch.as_tensor(sol.x[enc.inputs]).to(self.x0).reshape(self.x0.shape)
+            point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
+            self.offer(r, self._value(r, point), point[0])
+        if sol.status is SolveStatus.INFEASIBLE:
+            # the root program holds the clean input: "infeasible" is numerical trouble
+            self.rows[r].log["milp"] = "infeasible root (numerical trouble): not a proof"
+            return -math.inf
+        return sol.bound
