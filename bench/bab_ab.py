@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--set", nargs=2, action="append", metavar=("NAME", "JSON"),
                         required=True, help="a named setting: BaB keyword arguments as JSON")
     parser.add_argument("--instances", nargs="+", required=True,
-                        help="NET:PROP, e.g. 256x4:prop_0_0.05 (vnnlib/ of the 2022 edition)")
+                        help="NET:PROP, e.g. 256x4:prop_0_0.05 (vnnlib/ of the 2022 edition) or "
+                             "256x2:vnnlib_2021/prop_1_0.03")
     parser.add_argument("--trace", action="store_true",
                         help="print (domains, worst open bound) after every batch")
     parser.add_argument("--cpu-clock", action="store_true",
@@ -84,7 +85,8 @@ def main() -> None:
     for item in args.instances:
         net_name, prop_name = item.split(":")
         net = import_onnx(args.root / "onnx" / f"mnist-net_{net_name}.onnx")
-        prop = load_vnnlib(args.root / "vnnlib" / f"{prop_name}.vnnlib")
+        folder = "" if "/" in prop_name else "vnnlib/"  # e.g. vnnlib_2021/prop_1_0.03
+        prop = load_vnnlib(args.root / f"{folder}{prop_name}.vnnlib")
         for name, setting in args.set:
             problem = Problem.from_property(net.model, prop, net.input_shape, who="bench")
             network = problem.network

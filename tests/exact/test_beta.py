@@ -328,3 +328,33 @@ def test_bab_with_domain_bounds_agrees_with_milp(seed: int, eps: float) -> None:
             assert bab.verdict[i] is Verdict.VERIFIED
         elif m < -1e-3:
             assert bab.verdict[i] is Verdict.FALSIFIED
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_more_fsb_candidates_never_pick_a_split_worse_by_the_ranking_pass(seed: int) -> None:
+    """Filtered smart branching keeps the top-k BaBSR candidates with the best worse child
+    (one pass each): the top-k sets are nested, so the worse child of its pick can only rise
+    with k (the default is 20), and k = 1 is BaBSR's own pick."""
+    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.2)
+    root = alpha_crown(net, x, threat, c, d, steps=3)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, steps=2)
+    relus = net.relu_indices
+    row = torch.arange(c.shape[1])
+    split = {j: torch.zeros(len(row), net.ops[j].in_size, dtype=torch.int8) for j in relus}
+    alpha = {j: root.alphas[j][0].flatten(1) for j in relus}
+    beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
+    parent, _ = bounder.bound(split, alpha, beta, row, steps=2)
+    assume(bool((parent.score > 0).any()))
+
+    def worse_child(neuron: torch.Tensor) -> torch.Tensor:
+        kids = bounder.children(parent, neuron, warm=False)
+        return bounder.quick(*kids).reshape(2, -1).amin(0)
+
+    assert torch.equal(bounder.choose(parent, 1), parent.score.argmax(1))
+    previous = worse_child(bounder.choose(parent, 1))
+    for k in (3, 20):
+        now = worse_child(bounder.choose(parent, k))
+        # the ranking pass is float32: a near-tie may round either way
+        assert bool((now >= previous - 1e-5 * (1 + previous.abs())).all())
+        previous = now

@@ -50,7 +50,7 @@ def _certified(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
     start = time.perf_counter()
     with eval_mode(model, who="robustness_report"):
         problem = Problem.of(model, x, y, threat, who="robustness_report")
-        problem.structure  # noqa: B018  (an unsupported layer is noted even if no stage runs)
+        problem.network  # noqa: B018  (an unsupported layer is noted even if no stage runs)
         bracket = cascade.run(problem, Policy(method=cascade.CERTIFY, batch_size=batch_size))
     verified = torch.tensor([v is Verdict.VERIFIED for v in bracket.verdicts()],
                             dtype=torch.bool)

@@ -54,6 +54,9 @@ from advrobust.relax.ibp import LayerBounds
 
 __all__ = ["BaB"]
 
+#: Candidates of ``branching="fsb"`` (see :class:`BaB`).
+_FSB_K = 20
+
 
 class BaB(Bounder):
     """Complete verifier: beta-CROWN branch and bound on ReLU splits.
@@ -83,8 +86,13 @@ class BaB(Bounder):
         beta_steps: Adam steps on slopes and multipliers per batch of domains (5: on the
             mnist_fc 256x2 instances BaB decides, 25-30 % less time than 10 for ~15 % more
             domains; bench/RESULTS.md, issue 11).
-        branching: ``"babsr"`` or ``"fsb"`` (filtered smart branching over the top 3 BaBSR
-            candidates), or an int ``k`` (FSB over the top ``k``).
+        branching: ``"babsr"`` or ``"fsb"`` (filtered smart branching: the best of the top 20
+            BaBSR candidates by one bound pass each), or an int ``k`` (FSB over the top
+            ``k``). 20 rather than 3: a quarter to a half of the domains per second, but splits
+            good enough to decide what 3 never did in the same time (VNN-COMP 2021 256x2
+            ``prop_1/3_0.03``, all of the ``small`` MNIST benchmark); on near-closed rows
+            the volume of 3 can win (2022 256x4 ``prop_3_0.05``). bench/RESULTS.md, issue 11,
+            session 8.
         attack_steps: signed-gradient steps per batch from the box corner of each open row's
             lowest domain (0: only the corners are evaluated).
         domain_bounds: re-bound each domain's intermediate layers above its splits (CROWN with
@@ -134,7 +142,7 @@ class BaB(Bounder):
 
     @property
     def _fsb_k(self) -> int:
-        return {"babsr": 1, "fsb": 3}.get(self.branching, self.branching)  # type: ignore[arg-type]
+        return {"babsr": 1, "fsb": _FSB_K}.get(self.branching, self.branching)  # type: ignore[arg-type]
 
     def _bound_graph(self, graph: Graph, x: Tensor, threat: LpBall, spec: Spec, *,
                      layer_bounds: LayerBounds | None = None) -> Bounds:

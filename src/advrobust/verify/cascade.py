@@ -230,12 +230,13 @@ def _crown_seconds(bracket: Bracket) -> float:
 
     CROWN back-substitutes one row per unstable-capable neuron (and per spec row) through the
     layers below it, each about the cost of a forward pass of one sample; twice that covers
-    the relaxations. Measured on a batch of forward passes of the IR.
+    the relaxations. Measured on a batch of forward passes of the caller's model (its own
+    dtype; the rows are counted on the float64 IR the passes run on).
     """
     from advrobust.network.ir import Network
 
     problem = bracket.problem
-    network = problem.structure
+    network = problem.network
     if isinstance(network, Network):
         rows = sum(op.in_size for op in network.ops if op.nonlinear)
     else:  # every node that feeds a nonlinear op is refined
@@ -246,7 +247,7 @@ def _crown_seconds(bracket: Bracket) -> float:
     x = problem.x[:1].expand((batch,) + problem.input_shape)
     t0 = time.perf_counter()
     with torch.no_grad():
-        network.forward(x)
+        problem.model(x)
     return 2 * (time.perf_counter() - t0) * rows / batch * problem.num_samples
 
 

@@ -177,15 +177,6 @@ class Problem:
         return tuple(self.x.shape[1:])
 
     @property
-    def structure(self) -> Network | Graph:
-        """The IR of the caller's model (its own dtype): the layers, and a cost to time."""
-        if "structure" not in self._ir:
-            from advrobust.relax.base import verifiable_ir
-
-            self._ir["structure"] = verifiable_ir(self.model, self.input_shape, "verify", True)
-        return self._ir["structure"]
-
-    @property
     def network(self) -> Network | Graph:
         """The float64 IR every bound pass of this problem runs on."""
         if "network" not in self._ir:  # the gate's IR: bounders called with the gate share it
@@ -197,7 +188,7 @@ class Problem:
         """True if the network is a chain of ops (graphs: see :attr:`branchable`)."""
         from advrobust.network.ir import Network
 
-        return isinstance(self.structure, Network)
+        return isinstance(self.network, Network)
 
     @property
     def branchable(self) -> bool:
@@ -207,7 +198,7 @@ class Problem:
         from advrobust.relax.alpha_crown import check_branchable
 
         try:
-            check_branchable(self.structure)
+            check_branchable(self.network)
         except UnsupportedLayerError:
             return False
         return True
