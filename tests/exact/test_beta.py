@@ -358,3 +358,31 @@ def test_more_fsb_candidates_never_pick_a_split_worse_by_the_ranking_pass(seed: 
         # the ranking pass is float32: a near-tie may round either way
         assert bool((now >= previous - 1e-5 * (1 + previous.abs())).all())
         previous = now
+
+
+@settings(max_examples=3, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_the_ranking_pass_matches_bounding_each_child_from_its_own_bounds(seed: int) -> None:
+    """Filtered smart branching's children take their parent's ReLU relaxations with the split
+    neuron fixed; that is the relaxation of each child's own split-clamped bounds."""
+    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.2)
+    root = alpha_crown(net, x, threat, c, d, steps=3)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, steps=2)
+    assert bounder.fast is not None  # a chain: the float32 path is the one under test
+    relus = net.relu_indices
+    row = torch.arange(c.shape[1])
+    split = {j: torch.zeros(len(row), net.ops[j].in_size, dtype=torch.int8) for j in relus}
+    alpha = {j: root.alphas[j][0].flatten(1) for j in relus}
+    beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
+    parent, _ = bounder.bound(split, alpha, beta, row, steps=2)
+    first = bounder.children(parent, parent.score.argmax(1))  # one split deep
+    parent, _ = bounder.bound(*first, steps=2)
+    k = 4
+    scores, cand = parent.score.topk(k, dim=1)
+    assume(bool((scores > 0).any()))
+    got = bounder.ranking(parent, cand)
+    for i in range(k):
+        kids = bounder.children(parent, cand[:, i], warm=False)
+        want = bounder.quick(*kids).reshape(2, -1)
+        real = scores[:, i] > 0  # an unstable neuron (stable ones are never picked)
+        assert torch.allclose(got[:, i][:, real], want[:, real], rtol=1e-5, atol=1e-5)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from advrobust.exact._beta_pass import BetaPasses
-from advrobust.exact._domains import Domains, OptState
+from advrobust.exact._domains import Domains, OptState, _Relu
 
 __all__ = ["Branching", "babsr_scores"]
 
@@ -124,10 +124,54 @@ class Branching(BetaPasses):
         k = min(k, dom.score.shape[1])
         values, cand = dom.score.topk(k, dim=1)  # (B, k)
         b = len(dom)
-        rep = dom.take(torch.arange(b).repeat(k))
-        split, alpha, beta, row = self.children(rep, cand.T.reshape(-1), warm=False)
-        low = self.quick(split, alpha, beta, row).reshape(2, k, b)
-        worse = low.amin(0).T  # (B, k)
+        worse = self.ranking(dom, cand).amin(0).T  # (B, k)
         worse = worse.masked_fill(values <= 0, -math.inf)
         pick = worse.argmax(1)
         return cand[torch.arange(b), pick]
+
+    def ranking(self, dom: Domains, cand: Tensor) -> Tensor:
+        """(2, k, B) one-pass bounds of the inactive / active child of each domain's ``k``
+        candidates ``cand`` (B, k): :meth:`quick` on :meth:`children`, with (float32 twin of a
+        chain) the children's ReLU relaxations taken from their parent's, the split neuron's
+        fixed, instead of recomputed from each child's bounds."""
+        b, k = cand.shape
+        idx = torch.arange(b).repeat(k)
+        rep = Domains({j: v[idx] for j, v in dom.split.items()},
+                      {j: v[idx] for j, v in dom.alpha.items()},
+                      {j: v[idx] for j, v in dom.beta.items()},
+                      dom.lower[idx], dom.score[:0], dom.row[idx], dom.coef[idx])
+        neuron = cand.T.reshape(-1)
+        split, alpha, beta, row = self.children(rep, neuron, warm=False)
+        if self.fast is None or not self.chain:
+            return self.quick(split, alpha, beta, row).reshape(2, k, b)
+        with torch.no_grad():
+            relus = self._child_relus(dom, idx.repeat(2), neuron)
+            f32 = torch.float32
+            al = {j: v.to(f32) for j, v in alpha.items()}
+            be = {j: v.to(f32) for j, v in beta.items()}
+            value = self._pass([], split, al, be, row, relus=relus, sound=False, fast=True)[0]
+        return value.nan_to_num(nan=-math.inf).reshape(2, k, b)
+
+    def _child_relus(self, dom: Domains, parent: Tensor, neuron: Tensor) -> dict[int, _Relu]:
+        """The float32 ReLU relaxations of the children (inactive copies, then active copies,
+        child ``i`` of parent ``parent[i]``, split on ``neuron``), as the optimisation-free
+        pass uses them (masks, upper lines; no rounding magnitudes)."""
+        f32 = torch.float32
+        low = [(lo.to(f32), hi.to(f32)) for lo, hi in self.clamped(dom.split)]
+        half, n2 = neuron.shape[0], parent.shape[0]
+        where = {j: (rows, cols) for j, rows, cols in self.locate(neuron)}
+        out = {}
+        for j in self.relus:
+            rel = _Relu.of(*low[j])
+            unstable, active = rel.unstable[parent], rel.active[parent]
+            up, up_b = rel.up[parent], rel.up_b[parent]
+            out[j] = _Relu(unstable, active, up, up_b, up_b[:0], up_b[:0], 0.0)
+            rows, cols = where[j]
+            flat = [t.view(n2, -1) for t in (unstable, active, up, up_b)]
+            for side in (0, 1):  # the split neuron: 0 (inactive) or the identity (active)
+                r = rows + side * half
+                flat[0][r, cols] = False
+                flat[1][r, cols] = float(side)
+                flat[2][r, cols] = float(side)
+                flat[3][r, cols] = 0.0
+        return out
