@@ -28,6 +28,9 @@ from advrobust.exact._domains import Domains, OptState, _Relu
 
 __all__ = ["Branching", "babsr_scores"]
 
+#: Candidates ranked per pass by filtered smart branching.
+_CHUNK = 5
+
 
 def babsr_scores(coef: Tensor, lo: Tensor, hi: Tensor, alpha: Tensor) -> Tensor:
     """Scores (B, n) of the neurons of one ReLU layer; 0 on stable (and split) neurons.
@@ -124,7 +127,10 @@ class Branching(BetaPasses):
         k = min(k, dom.score.shape[1])
         values, cand = dom.score.topk(k, dim=1)  # (B, k)
         b = len(dom)
-        worse = self.ranking(dom, cand).amin(0).T  # (B, k)
+        # in chunks of candidates: at most 2 x _CHUNK children per domain at a time (the
+        # batch was sized by memory for 2; a ranking pass keeps no autograd graph)
+        worse = torch.cat([self.ranking(dom, cand[:, i:i + _CHUNK]).amin(0)
+                           for i in range(0, k, _CHUNK)]).T  # (B, k)
         worse = worse.masked_fill(values <= 0, -math.inf)
         pick = worse.argmax(1)
         return cand[torch.arange(b), pick]
