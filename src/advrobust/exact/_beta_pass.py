@@ -26,6 +26,7 @@ from advrobust.exact._domains import _Relu
 from advrobust.exact._twin import Float32Twin
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
+from advrobust.relax._alpha_parts import by_node
 from advrobust.relax._rounding import abs_dot, add_offset, op_gamma
 from advrobust.relax.alpha_crown import concretize, linear_pass
 from advrobust.relax.dag import Allowance, graph_backward
@@ -158,8 +159,8 @@ class BetaPasses:
             return linear_pass(self.net, a, stop, bounds, alphas, betas, record, self.mags)
         seen: dict[int, Tensor] | None = None if record is None else {}
         a_in, const, err = graph_backward(
-            self.graph if graph is None else graph, stop, a, bounds, slopes=_by_node(alphas),
-            rounding=sound, allowances=dict(self.allow), betas=_by_node(betas), record=seen)
+            self.graph if graph is None else graph, stop, a, bounds, slopes=by_node(alphas),
+            rounding=sound, allowances=dict(self.allow), betas=by_node(betas), record=seen)
         if record is not None and seen is not None:
             record.update({i - 1: v for i, v in seen.items()})
         return a_in, const, a.new_zeros(a.shape[:2]) if err is None else err
@@ -244,7 +245,3 @@ class BetaPasses:
         value = concretize(self.threat, x0, a_in, const, err)[:, 0]
         return add_offset(value, self.d[row]), a_in.flatten(2)[:, 0]
 
-
-def _by_node(values: dict[int, Tensor] | None) -> dict[int, Tensor] | None:
-    """A mapping keyed by ReLU key, keyed by node index (key + 1)."""
-    return None if values is None else {j + 1: v for j, v in values.items()}

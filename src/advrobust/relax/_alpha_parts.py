@@ -24,8 +24,8 @@ from advrobust.relax._rounding import abs_dot, input_gamma
 from advrobust.relax.dag import Allowance, GraphBounds, graph_backward, refine_mask
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["Adam", "Slopes", "bound_targets", "check_branchable", "check_chain", "concretize",
-           "linear_pass"]
+__all__ = ["Adam", "Slopes", "bound_targets", "by_node", "check_branchable", "check_chain",
+           "concretize", "linear_pass"]
 
 
 class Adam:
@@ -137,8 +137,8 @@ def linear_pass(network: Network | Graph, a: Tensor, stop: int, bounds: LayerBou
         j + 1: (_op(graph, j + 1).rounding_gamma(a.dtype), m) for j, m in mags.items()}
     seen: dict[int, Tensor] | None = None if record is None else {}
     a_in, const, err = graph_backward(
-        graph, stop, a, bounds, slopes=_by_node(alphas), rounding=True,
-        allowances=allowances, betas=_by_node(betas), record=seen)
+        graph, stop, a, bounds, slopes=by_node(alphas), rounding=True,
+        allowances=allowances, betas=by_node(betas), record=seen)
     if record is not None and seen is not None:
         record.update({i - 1: v for i, v in seen.items()})
     assert err is not None
@@ -151,7 +151,7 @@ def _op(graph: Graph, i: int) -> GraphOp:
     return op
 
 
-def _by_node(values: Mapping[int, Tensor] | None) -> dict[int, Tensor] | None:
+def by_node(values: Mapping[int, Tensor] | None) -> dict[int, Tensor] | None:
     """A mapping keyed by op index, keyed by node index (op ``j`` is node ``j + 1``)."""
     return None if values is None else {j + 1: v for j, v in values.items()}
 
