@@ -13,6 +13,7 @@ from advrobust.core import VERIFY_TOLERANCE, LpBall, Spec, Verdict
 from advrobust.errors import InvalidParameterError, UnsupportedLayerError
 from advrobust.exact import MILP, BaB
 from advrobust.exact._beta import BetaBounder
+from advrobust.exact._domains import Domains
 from advrobust.network.ir import Network, from_module
 from advrobust.network.ops import Op
 from advrobust.relax.alpha_crown import alpha_crown, check_chain
@@ -330,21 +331,26 @@ def test_bab_with_domain_bounds_agrees_with_milp(seed: int, eps: float) -> None:
             assert bab.verdict[i] is Verdict.FALSIFIED
 
 
+def _root_domains(seed: int) -> tuple[BetaBounder, Domains]:
+    """A bounder on a small deep MLP and its root domains (one per spec row), bounded."""
+    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.2)
+    root = alpha_crown(net, x, threat, c, d, steps=3)
+    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, steps=2)
+    row = torch.arange(c.shape[1])
+    split = {j: torch.zeros(len(row), net.ops[j].in_size, dtype=torch.int8)
+             for j in net.relu_indices}
+    alpha = {j: root.alphas[j][0].flatten(1) for j in net.relu_indices}
+    beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
+    return bounder, bounder.bound(split, alpha, beta, row, steps=2)[0]
+
+
 @settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_more_fsb_candidates_never_pick_a_split_worse_by_the_ranking_pass(seed: int) -> None:
     """Filtered smart branching keeps the top-k BaBSR candidates with the best worse child
     (one pass each): the top-k sets are nested, so the worse child of its pick can only rise
     with k (the default is 20), and k = 1 is BaBSR's own pick."""
-    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.2)
-    root = alpha_crown(net, x, threat, c, d, steps=3)
-    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, steps=2)
-    relus = net.relu_indices
-    row = torch.arange(c.shape[1])
-    split = {j: torch.zeros(len(row), net.ops[j].in_size, dtype=torch.int8) for j in relus}
-    alpha = {j: root.alphas[j][0].flatten(1) for j in relus}
-    beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
-    parent, _ = bounder.bound(split, alpha, beta, row, steps=2)
+    bounder, parent = _root_domains(seed)
     assume(bool((parent.score > 0).any()))
 
     def worse_child(neuron: torch.Tensor) -> torch.Tensor:
@@ -365,16 +371,8 @@ def test_more_fsb_candidates_never_pick_a_split_worse_by_the_ranking_pass(seed: 
 def test_the_ranking_pass_matches_bounding_each_child_from_its_own_bounds(seed: int) -> None:
     """Filtered smart branching's children take their parent's ReLU relaxations with the split
     neuron fixed; that is the relaxation of each child's own split-clamped bounds."""
-    net, x, threat, c, d = _setup(seed, (5, 12, 12, 12, 3), 0.2)
-    root = alpha_crown(net, x, threat, c, d, steps=3)
-    bounder = BetaBounder(net, x, threat, c[0], d[0], root.bounds, steps=2)
+    bounder, parent = _root_domains(seed)
     assert bounder.fast is not None  # a chain: the float32 path is the one under test
-    relus = net.relu_indices
-    row = torch.arange(c.shape[1])
-    split = {j: torch.zeros(len(row), net.ops[j].in_size, dtype=torch.int8) for j in relus}
-    alpha = {j: root.alphas[j][0].flatten(1) for j in relus}
-    beta = {j: torch.zeros_like(v) for j, v in alpha.items()}
-    parent, _ = bounder.bound(split, alpha, beta, row, steps=2)
     first = bounder.children(parent, parent.score.argmax(1))  # one split deep
     parent, _ = bounder.bound(*first, steps=2)
     k = 4
