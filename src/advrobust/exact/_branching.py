@@ -129,46 +129,50 @@ class Branching(BetaPasses):
         b = len(dom)
         # in chunks of candidates: at most 2 x _CHUNK children per domain at a time (the
         # batch was sized by memory for 2; a ranking pass keeps no autograd graph)
-        worse = torch.cat([self.ranking(dom, cand[:, i:i + _CHUNK]).amin(0)
+        parents = self._parent_relus(dom)
+        worse = torch.cat([self.ranking(dom, cand[:, i:i + _CHUNK], parents).amin(0)
                            for i in range(0, k, _CHUNK)]).T  # (B, k)
         worse = worse.masked_fill(values <= 0, -math.inf)
         pick = worse.argmax(1)
         return cand[torch.arange(b), pick]
 
-    def ranking(self, dom: Domains, cand: Tensor) -> Tensor:
+    def ranking(self, dom: Domains, cand: Tensor,
+                parents: dict[int, _Relu] | None = None) -> Tensor:
         """(2, k, B) one-pass bounds of the inactive / active child of each domain's ``k``
         candidates ``cand`` (B, k): :meth:`quick` on :meth:`children`, with (float32 twin of a
-        chain) the children's ReLU relaxations taken from their parent's, the split neuron's
-        fixed, instead of recomputed from each child's bounds."""
+        chain) the children's ReLU relaxations taken from their parent's (``parents``, from
+        :meth:`_parent_relus`, built here if not given), the split neuron's fixed, instead of
+        recomputed from each child's bounds."""
         b, k = cand.shape
         idx = torch.arange(b).repeat(k)
-        rep = Domains({j: v[idx] for j, v in dom.split.items()},
-                      {j: v[idx] for j, v in dom.alpha.items()},
-                      {j: v[idx] for j, v in dom.beta.items()},
-                      dom.lower[idx], dom.score[:0], dom.row[idx], dom.coef[idx])
         neuron = cand.T.reshape(-1)
-        split, alpha, beta, row = self.children(rep, neuron, warm=False)
+        split, alpha, beta, row = self.children(dom.take(idx, state=False), neuron, warm=False)
         if self.fast is None or not self.chain:
             return self.quick(split, alpha, beta, row).reshape(2, k, b)
         with torch.no_grad():
-            relus = self._child_relus(dom, idx.repeat(2), neuron)
+            parents = self._parent_relus(dom) if parents is None else parents
+            relus = self._child_relus(parents, idx.repeat(2), neuron)
             f32 = torch.float32
             al = {j: v.to(f32) for j, v in alpha.items()}
             be = {j: v.to(f32) for j, v in beta.items()}
             value = self._pass([], split, al, be, row, relus=relus, sound=False, fast=True)[0]
         return value.nan_to_num(nan=-math.inf).reshape(2, k, b)
 
-    def _child_relus(self, dom: Domains, parent: Tensor, neuron: Tensor) -> dict[int, _Relu]:
+    def _parent_relus(self, dom: Domains) -> dict[int, _Relu]:
+        """The float32 ReLU relaxations of the domains' split-clamped bounds (chains only)."""
+        f32 = torch.float32
+        low = [(lo.to(f32), hi.to(f32)) for lo, hi in self.clamped(dom.split)]
+        return {j: _Relu.of(*low[j]) for j in self.relus}
+
+    def _child_relus(self, parents: dict[int, _Relu], parent: Tensor, neuron: Tensor
+                     ) -> dict[int, _Relu]:
         """The float32 ReLU relaxations of the children (inactive copies, then active copies,
         child ``i`` of parent ``parent[i]``, split on ``neuron``), as the optimisation-free
         pass uses them (masks, upper lines; no rounding magnitudes)."""
-        f32 = torch.float32
-        low = [(lo.to(f32), hi.to(f32)) for lo, hi in self.clamped(dom.split)]
         half, n2 = neuron.shape[0], parent.shape[0]
         where = {j: (rows, cols) for j, rows, cols in self.locate(neuron)}
         out = {}
-        for j in self.relus:
-            rel = _Relu.of(*low[j])
+        for j, rel in parents.items():
             unstable, active = rel.unstable[parent], rel.active[parent]
             up, up_b = rel.up[parent], rel.up_b[parent]
             out[j] = _Relu(unstable, active, up, up_b, up_b[:0], up_b[:0], 0.0)

@@ -147,12 +147,14 @@ class Domains:
     coef: Tensor
     state: OptState | None = None
 
-    def take(self, idx: Tensor) -> Domains:
+    def take(self, idx: Tensor, state: bool = True) -> Domains:
+        """The domains ``idx`` (without their Adam state unless ``state``)."""
         return Domains({i: v[idx] for i, v in self.split.items()},
                        {i: v[idx] for i, v in self.alpha.items()},
                        {i: v[idx] for i, v in self.beta.items()},
                        self.lower[idx], self.score[idx], self.row[idx], self.coef[idx],
-                       None if self.state is None else self.state.map(lambda v: v[idx]))
+                       None if self.state is None or not state
+                       else self.state.map(lambda v: v[idx]))
 
     def cat(self, other: Domains) -> Domains:
         def join(a: dict[int, Tensor], b: dict[int, Tensor]) -> dict[int, Tensor]:
