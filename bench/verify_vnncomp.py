@@ -7,6 +7,10 @@ Run by hand (one torch thread; the whole 90 instances at 30 s take up to 45 min)
     python bench/verify_vnncomp.py --root ../shared/data/vnncomp/mnist_fc --timeout 30 \\
         [--instances instances.csv] [--network 256x2] [--limit 10] [--out results.csv]
 
+``--jobs N`` runs N instances at once, one process each (a many-core machine: each process
+then has one torch thread and ``$ADVROBUST_MEMORY_LIMIT``, e.g. ``5G``, of working memory;
+the per-instance times are wall clock under that load).
+
 ``--instances`` is relative to ``--root`` (default ``instances.csv``: the 2022 edition, 30
 properties per network; ``instances_2021.csv`` for 2021). ``--timeout`` overrides the CSV's own
 timeouts (120 s for 256x2, 300 s otherwise) and bounds each whole instance, loading included.
@@ -16,13 +20,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from advrobust.evaluation.vnncomp import Instance, load_instances, load_known_answers, run_instance
+
+
+def _run(job: tuple[Instance, float | None, int]) -> tuple[str, str, float]:
+    """One instance: its result, the stage that decided it, wall-clock seconds."""
+    inst, timeout, threads = job
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    res = run_instance(inst, timeout=timeout, threads=threads)
+    return res.result, res.details.get("decided_by") or "-", time.perf_counter() - t0
 
 
 def main() -> None:
@@ -36,6 +51,7 @@ def main() -> None:
                         help="only these properties (e.g. vnnlib/prop_6_0.03.vnnlib)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="per-instance CSV")
+    parser.add_argument("--jobs", type=int, default=1, help="instances run at once")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     instances = [i for i in load_instances(args.root / args.instances)
@@ -50,26 +66,28 @@ def main() -> None:
     answers = load_known_answers(args.root / "known_answers.csv")
     table: dict[str, dict[str, float]] = {}
     lines = []
-    for net, insts in per_net.items():
+    todo = [inst for insts in per_net.values() for inst in insts]
+    job = [(inst, args.timeout, args.threads) for inst in todo]
+    if args.jobs > 1:
+        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        runs = pool.map(_run, job)
+    else:
+        runs = map(_run, job)
+    for inst, (result, decided_by, seconds) in zip(todo, runs, strict=True):
+        net = inst.onnx.stem
         row = table.setdefault(net, dict.fromkeys(
             ("sat", "unsat", "unknown", "wrong", "seconds", "solved seconds"), 0.0))
-        for inst in insts:
-            t0 = time.perf_counter()
-            res = run_instance(inst, timeout=args.timeout, threads=args.threads)
-            seconds = time.perf_counter() - t0
-            truth = answers.get((str(inst.onnx.resolve()), str(inst.vnnlib.resolve())), "")
-            wrong = res.result in ("sat", "unsat") and truth in ("sat", "unsat") \
-                and res.result != truth
-            key = res.result if res.result in ("sat", "unsat") else "unknown"
-            row[key] += 1
-            row["wrong"] += wrong
-            row["seconds"] += seconds
-            if key != "unknown":
-                row["solved seconds"] += seconds
-            lines.append((net, inst.vnnlib.name, truth, res.result, f"{seconds:.1f}",
-                          res.details.get("decided_by") or "-"))
-            print(f"{net} {inst.vnnlib.name}: {res.result} (truth {truth or '?'}) "
-                  f"{seconds:.1f} s{'  WRONG' if wrong else ''}", flush=True)
+        truth = answers.get((str(inst.onnx.resolve()), str(inst.vnnlib.resolve())), "")
+        wrong = result in ("sat", "unsat") and truth in ("sat", "unsat") and result != truth
+        key = result if result in ("sat", "unsat") else "unknown"
+        row[key] += 1
+        row["wrong"] += wrong
+        row["seconds"] += seconds
+        if key != "unknown":
+            row["solved seconds"] += seconds
+        lines.append((net, inst.vnnlib.name, truth, result, f"{seconds:.1f}", decided_by))
+        print(f"{net} {inst.vnnlib.name}: {result} (truth {truth or '?'}) "
+              f"{seconds:.1f} s{'  WRONG' if wrong else ''}", flush=True)
     if args.out is not None:
         with open(args.out, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

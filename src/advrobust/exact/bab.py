@@ -29,6 +29,7 @@ is :mod:`advrobust.exact._search`, its counterexample candidates and LP / MILP s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any
@@ -44,9 +45,10 @@ from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError, MemoryLimitError
 from advrobust.exact._domains import _CLOSE
 from advrobust.exact._search import RowSearch as _RowSearch
+from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
-from advrobust.relax.alpha_crown import alpha_crown, check_branchable
+from advrobust.relax.alpha_crown import AlphaResult, alpha_crown, check_branchable
 from advrobust.relax.base import Bounder, Bounds
 from advrobust.relax.crown import crown_layer_bounds, crown_lower
 from advrobust.relax.dag import graph_crown_bounds
@@ -56,6 +58,10 @@ __all__ = ["BaB"]
 
 #: Candidates of ``branching="fsb"`` (see :class:`BaB`).
 _FSB_K = 20
+
+#: Share of the time left after the root that the search has before refinement is tried
+#: (see :class:`BaB` ``refine``).
+_PROBE = 0.2
 
 
 class BaB(Bounder):
@@ -102,6 +108,12 @@ class BaB(Bounder):
         keep_state: each domain keeps its Adam state (moments and step counts of its slopes
             and multipliers) and its children continue it, instead of a fresh optimiser per
             batch (bench/RESULTS.md, issue 11, developer babadam).
+        refine: on chains with two ReLU layers or more, when the search has not decided every
+            row in a fifth of the time, this share of the time left goes to tightening the
+            intermediate bounds by branch and bound on the neurons themselves, layer by layer
+            (:mod:`advrobust.exact.refine`), and the open rows are searched again from the
+            refined root for the rest (0: off). On VNN-COMP mnist_fc 256x4 / 256x6 the root's
+            rows go from -10 / -330 to -1.7 / -6 (bench/RESULTS.md, issue 11, session 9).
         memory_limit: bytes (or a size such as ``"8G"``) the root's alpha-CROWN and each
             batch of domains may take, estimated before allocating (default: half the
             available memory, :func:`~advrobust.core.memory.default_memory_limit`). What does
@@ -115,7 +127,8 @@ class BaB(Bounder):
                  early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
                  beta_steps: int = 5, branching: str | int = "fsb",
                  attack_steps: int = 10, domain_bounds: bool = False,
-                 keep_state: bool = True, memory_limit: int | str | None = None) -> None:
+                 keep_state: bool = True, refine: float = 0.5,
+                 memory_limit: int | str | None = None) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
@@ -129,6 +142,7 @@ class BaB(Bounder):
         self.attack_steps = check_int(attack_steps, "attack_steps", "BaB", low=0)
         self.domain_bounds = check_bool(domain_bounds, "domain_bounds", "BaB")
         self.keep_state = check_bool(keep_state, "keep_state", "BaB")
+        self.refine = check_float(refine, "refine", "BaB", low=0.0, high=1.0)
         self.memory_limit = None if memory_limit is None else parse_size(
             memory_limit, "BaB memory_limit")
         if branching not in ("babsr", "fsb") and not (
@@ -168,17 +182,54 @@ class BaB(Bounder):
         lower = crown.clone()
         cand = x.unsqueeze(1).repeat_interleave(spec.num_rows, 1).clone()
         samples = []
-        roots: dict[int, Any] = {}  # per sample its root's alpha-CROWN layer bounds
+        # per sample: its root's layer bounds (alpha-CROWN's, refined or not), its refinement
+        roots: dict[str, dict[int, Any]] = {"root_bounds": {}, "refinements": {}}
         for s in range(x.shape[0]):
             root = [(lo[s:s + 1], hi[s:s + 1]) for lo, hi in layers]
             samples.append(self._sample(network, x[s:s + 1], threat, spec, s, crown[s],
                                         clean[s], lower, cand, root, roots))
         return Bounds(lower, candidates=cand, stats={"crown": crown, "samples": samples,
-                                                     "root_bounds": roots})
+                                                     **roots})
+
+    def _search(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                d: Tensor, alpha: AlphaResult, deadline: float
+                ) -> tuple[Tensor, list[Any], int, Refinement | None]:
+        """Search the rows from the root ``alpha``; where refinement may help, search first for
+        ``_PROBE`` of the time only, then refine the rows left open and search them again from
+        the refined root. Returns per row its sound lower bound and search state, the linear
+        regions solved, and the refinement (None if none ran)."""
+        can_refine = self.refine > 0 and bool(refinable(network))
+        now = time.perf_counter()
+        probe = now + _PROBE * (deadline - now) if can_refine else deadline
+        search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)
+        values, states = search.run(probe, stop_on_counterexample=self.early_stop)
+        leaves = search.leaves
+        broken = any(r.best_value < 0 for r in states)
+        todo = [r for r, v in enumerate(values.tolist()) if v <= _CLOSE
+                and states[r].best_value >= 0]
+        if not can_refine or not todo or (broken and self.early_stop) or \
+                deadline - time.perf_counter() < 1.0:
+            return values, states, leaves, None
+        sub = torch.tensor(todo)
+        assert isinstance(network, Network)  # refinable
+        now = time.perf_counter()
+        refined = refine_bounds(network, x0, threat, c[:, sub], d[:, sub],
+                                dataclasses.replace(alpha, lower=alpha.lower[:, sub]), self,
+                                deadline=now + self.refine * (deadline - now),
+                                alpha_steps=self.alpha_steps)
+        if not refined.layers:  # nothing refined: search every row again from the root
+            refined.alpha, sub = alpha, torch.arange(c.shape[1])
+        again = _RowSearch(network, x0, threat, c[0, sub], d[0, sub], self, refined.alpha)
+        more, rows = again.run(deadline, stop_on_counterexample=self.early_stop)
+        for k, r in enumerate(sub.tolist()):
+            values[r] = max(float(values[r]), float(more[k]))
+            rows[k].domains += states[r].domains
+            states[r] = rows[k]
+        return values, states, leaves + again.leaves, refined if refined.layers else None
 
     def _sample(self, network: Network | Graph, x0: Tensor, threat: LpBall, spec: Spec, s: int,
                 crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any,
-                roots: dict[int, Any]) -> list[dict[str, Any]]:
+                roots: dict[str, dict[int, Any]]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         deadline = start + self.time_limit
         if bool((clean < 0).any()) and self.early_stop:
@@ -199,9 +250,13 @@ class BaB(Bounder):
                           stacklevel=2)
             return []
         alpha.lower = torch.maximum(alpha.lower, crown[rows].unsqueeze(0))
-        roots[s] = alpha.bounds  # sound on the whole set: later stages may start from them
-        search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)
-        values, states = search.run(deadline, stop_on_counterexample=self.early_stop)
+        # sound on the whole set: later stages may start from them
+        roots["root_bounds"][s] = alpha.bounds
+        values, states, leaves, refined = self._search(network, x0, threat, c, d, alpha,
+                                                       deadline)
+        if refined is not None:
+            roots["refinements"][s] = refined
+            roots["root_bounds"][s] = refined.alpha.bounds
         seconds = time.perf_counter() - start
         log = []
         for j, value, row, root_lower in zip(todo, values.tolist(), states,
@@ -210,6 +265,8 @@ class BaB(Bounder):
             if row.best_point is not None:
                 cand[s, j] = row.best_point.reshape(cand.shape[2:]).to(cand)
             log.append({"row": j, "status": row.status, **row.log, "domains": row.domains,
-                        "leaves": search.leaves, "alpha": root_lower, "lower": value,
-                        "best": row.best_value, "seconds": seconds})
+                        "leaves": leaves, "alpha": root_lower, "lower": value,
+                        "best": row.best_value, "seconds": seconds,
+                        "refined_nodes": 0 if refined is None else len(refined.layers),
+                        "refine_seconds": 0.0 if refined is None else refined.seconds})
         return log

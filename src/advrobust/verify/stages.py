@@ -199,10 +199,12 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
 def _keep_root_bounds(bracket: Bracket, result: BoundResult, i: int, name: str,
                       seconds: float) -> None:
     """Cache (intersected with the problem's) the layer bounds an exact method optimised at
-    its root (BaB's alpha-CROWN), so that a later stage (the MILP) starts from them."""
+    its root (BaB's alpha-CROWN, after its refinement if any), so that a later stage (the
+    MILP) starts from them."""
     roots = result.stats.get("root_bounds") or {}
     if 0 in roots:
-        record = BoundRecord("alpha-crown", name, torch.float64, seconds, (i,))
+        method = "bab-refine" if 0 in (result.stats.get("refinements") or {}) else "alpha-crown"
+        record = BoundRecord(method, name, torch.float64, seconds, (i,))
         bracket.problem.store_layer_bounds([i], [(lo.to(torch.float64), hi.to(torch.float64))
                                                  for lo, hi in roots[0]], record)
 

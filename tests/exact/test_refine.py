@@ -1,0 +1,142 @@
+"""Refinement of intermediate bounds by branch and bound on the neurons (exact/refine.py): the
+refined bounds stay inside the starting ones, contain every reachable value (sampled points and
+the exact MILP extremes of each neuron), are tighter where alpha-CROWN is loose, and an internal
+inconsistency keeps the old bounds with a warning."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from tests.exact.conftest import make_mlp
+
+from advrobust.core import LpBall, Spec, Verdict
+from advrobust.errors import InvalidParameterError
+from advrobust.exact import MILP, BaB
+from advrobust.exact import bab as bab_module
+from advrobust.exact import refine as refine_module
+from advrobust.exact.refine import refinable, refine_bounds
+from advrobust.network.graph.graph import as_graph
+from advrobust.network.ir import Network, from_module
+from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
+from advrobust.relax.crown import crown_layer_bounds
+
+
+def _setup(seed: int, eps: float) -> tuple[Network, torch.Tensor, LpBall, Spec, AlphaResult]:
+    model = make_mlp(seed, (6, 24, 24, 24, 3), torch.float64)
+    network = from_module(model, (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    threat = LpBall("linf", eps)
+    y = int(model(x0).argmax(1))
+    c = torch.zeros(1, 2, 3, dtype=torch.float64)
+    for r, t in enumerate(j for j in range(3) if j != y):
+        c[0, r, y], c[0, r, t] = 1.0, -1.0
+    spec = Spec(c, torch.zeros(1, 2, dtype=torch.float64))
+    bounds = crown_layer_bounds(network, x0, threat, rounding=True)
+    root = alpha_crown(network, x0, threat, spec.C, spec.d, steps=10, bounds=bounds)
+    return network, x0, threat, spec, root
+
+
+def _refine(network: Network, x0: torch.Tensor, threat: LpBall, spec: Spec,
+            root: AlphaResult, seconds: float = 4.0) -> refine_module.Refinement:
+    return refine_bounds(network, x0, threat, spec.C, spec.d, root, BaB(),
+                         deadline=time.perf_counter() + seconds, alpha_steps=10)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_refined_bounds_are_sound_and_inside_the_start(seed: int) -> None:
+    network, x0, threat, spec, root = _setup(seed, 0.15)
+    refined = _refine(network, x0, threat, spec, root)
+    assert refined.layers, "nothing was refined: the test needs unstable deeper neurons"
+    lo_in, hi_in = threat.input_bounds(x0)
+    gen = torch.Generator().manual_seed(seed + 10)
+    pts = lo_in + (hi_in - lo_in) * torch.rand(20000, 6, generator=gen, dtype=torch.float64)
+    pts = torch.cat([pts, torch.where(torch.rand(4000, 6, generator=gen) < 0.5, lo_in, hi_in)])
+    z = pts
+    for k, op in enumerate(network.ops):
+        lo, hi = refined.alpha.bounds[k]
+        lo0, hi0 = root.bounds[k]
+        assert bool((lo >= lo0).all()) and bool((hi <= hi0).all())  # never looser
+        assert bool((z >= lo - 1e-9).all()) and bool((z <= hi + 1e-9).all())  # sound
+        z = op.forward(z)
+    # the property's rows: refinement's alpha-CROWN bound is a lower bound at every point
+    values = spec.apply(network.forward(pts))
+    assert bool((refined.alpha.lower[0] <= values.min(0).values + 1e-9).all())
+
+
+def test_refined_bounds_bracket_the_exact_extremes_and_tighten() -> None:
+    network, x0, threat, spec, root = _setup(0, 0.15)
+    refined = _refine(network, x0, threat, spec, root, seconds=6.0)
+    k = refinable(network)[0]
+    lo0, hi0 = (b.reshape(-1) for b in root.bounds[k])
+    lo, hi = (b.reshape(-1) for b in refined.alpha.bounds[k])
+    unstable = ((lo0 < 0) & (hi0 > 0)).nonzero().flatten()[:6]
+    assert unstable.numel() >= 3
+    cut = Network(network.ops[:k], network.input_shape, network.module)
+    rows = torch.zeros(1, 2 * unstable.numel(), lo.numel(), dtype=torch.float64)
+    for r, i in enumerate(unstable.tolist()):
+        rows[0, 2 * r, i], rows[0, 2 * r + 1, i] = 1.0, -1.0
+    exact = MILP(time_limit=30, early_stop=False, skip_verified=False)._bound(
+        cut, x0, threat, Spec(rows, torch.zeros(rows.shape[:2], dtype=torch.float64)))
+    low, high = exact.lower[0, 0::2], -exact.lower[0, 1::2]  # the solver's (gap) bounds
+    # the values the solver's points reach: the refined bounds must contain them
+    reached = cut.forward(exact.candidates[0]).reshape(rows.shape[1], -1)
+    reach_lo = reached[0::2].gather(1, unstable.unsqueeze(1)).squeeze(1)
+    reach_hi = reached[1::2].gather(1, unstable.unsqueeze(1)).squeeze(1)
+    assert bool((reach_lo <= low + 1e-3).all()) and bool((reach_hi >= high - 1e-3).all())
+    assert bool((lo[unstable] <= reach_lo + 1e-9).all())
+    assert bool((hi[unstable] >= reach_hi - 1e-9).all())
+    # where alpha-CROWN left a gap to the exact extremes, refinement closes a good part of it
+    gap = (low - lo0[unstable]) + (hi0[unstable] - high)
+    closed = (lo[unstable] - lo0[unstable]) + (hi0[unstable] - hi[unstable])
+    assert float(gap.sum()) > 0.05
+    assert float(closed.sum()) >= 0.3 * float(gap.sum())
+
+
+def test_an_inconsistent_search_keeps_the_old_bounds_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    network, x0, threat, spec, root = _setup(0, 0.15)
+    real = BaB._bound
+
+    def wrong(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(self, *args, **kwargs)
+        out.lower = out.lower + 100.0  # a "proof" far above what points of the set reach
+        return out
+
+    monkeypatch.setattr(BaB, "_bound", wrong)
+    with pytest.warns(RuntimeWarning, match="internal check failed"):
+        refined = _refine(network, x0, threat, spec, root, seconds=2.0)
+    assert not refined.layers
+    for (lo, hi), (lo0, hi0) in zip(refined.alpha.bounds, root.bounds, strict=True):
+        assert torch.equal(lo, lo0) and torch.equal(hi, hi0)
+
+
+def test_bab_with_refinement_agrees_with_the_milp(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_mlp(5, (8, 20, 20, 20, 4))
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    # no probing search: every sample with an open row goes through refinement
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    out = BaB(time_limit=10, refine=0.7)(model, x, y, threat)
+    assert out.stats["refinements"], "no sample was refined: the test needs open rows"
+    for s, refined in out.stats["refinements"].items():
+        assert refined.layers and out.stats["root_bounds"][s] is refined.alpha.bounds
+    assert bool((out.lower <= exact.lower + 1e-5).all())
+    for i in range(5):
+        if out.verdict[i] is Verdict.VERIFIED:
+            assert exact.verdict[i] is Verdict.VERIFIED
+        if out.verdict[i] is Verdict.FALSIFIED:
+            assert exact.verdict[i] is Verdict.FALSIFIED
+
+
+def test_graphs_and_single_relu_layers_are_not_refined_and_bad_shares_raise() -> None:
+    deep = from_module(make_mlp(0, (6, 8, 8, 3)), (6,))
+    assert refinable(deep) == deep.relu_indices[1:] and len(refinable(deep)) == 1
+    assert refinable(from_module(make_mlp(0, (6, 8, 3)), (6,))) == []
+    assert refinable(as_graph(deep)) == []
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(InvalidParameterError, match="refine"):
+            BaB(refine=bad)
