@@ -30,6 +30,7 @@ is :mod:`advrobust.exact._search`, its counterexample candidates and LP / MILP s
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from typing import Any
@@ -59,9 +60,12 @@ __all__ = ["BaB"]
 #: Candidates of ``branching="fsb"`` (see :class:`BaB`).
 _FSB_K = 20
 
-#: Share of the time left after the root that the search has before refinement is tried
-#: (see :class:`BaB` ``refine``).
+#: Share of the time left that a search has before refinement is tried (see :class:`BaB`
+#: ``refine``).
 _PROBE = 0.2
+
+#: Most refinement rounds per sample (see :meth:`BaB._search`).
+_ROUNDS = 3
 
 
 class BaB(Bounder):
@@ -109,11 +113,12 @@ class BaB(Bounder):
             and multipliers) and its children continue it, instead of a fresh optimiser per
             batch (bench/RESULTS.md, issue 11, developer babadam).
         refine: on chains with two ReLU layers or more, when the search has not decided every
-            row in a fifth of the time, this share of the time left goes to tightening the
-            intermediate bounds by branch and bound on the neurons themselves, layer by layer
-            (:mod:`advrobust.exact.refine`), and the open rows are searched again from the
-            refined root for the rest (0: off). On VNN-COMP mnist_fc 256x4 / 256x6 the root's
-            rows go from -10 / -330 to -1.7 / -6 (bench/RESULTS.md, issue 11, session 9).
+            row in a fifth of the time left, this share of the time left goes to tightening
+            the intermediate bounds by branch and bound on the neurons themselves, layer by
+            layer (:mod:`advrobust.exact.refine`), and the open rows are searched again from
+            the refined root; up to three rounds, while a round closes at least a tenth of the
+            worst row's gap (0: off). On VNN-COMP mnist_fc 256x4 / 256x6 the root's rows go
+            from -10 / -330 to -1.7 / -6 in one round (bench/RESULTS.md, issue 11, session 9).
         memory_limit: bytes (or a size such as ``"8G"``) the root's alpha-CROWN and each
             batch of domains may take, estimated before allocating (default: half the
             available memory, :func:`~advrobust.core.memory.default_memory_limit`). What does
@@ -194,38 +199,55 @@ class BaB(Bounder):
     def _search(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                 d: Tensor, alpha: AlphaResult, deadline: float
                 ) -> tuple[Tensor, list[Any], int, Refinement | None]:
-        """Search the rows from the root ``alpha``; where refinement may help, search first for
-        ``_PROBE`` of the time only, then refine the rows left open and search them again from
-        the refined root. Returns per row its sound lower bound and search state, the linear
-        regions solved, and the refinement (None if none ran)."""
-        can_refine = self.refine > 0 and bool(refinable(network))
-        now = time.perf_counter()
-        probe = now + _PROBE * (deadline - now) if can_refine else deadline
-        search = _RowSearch(network, x0, threat, c[0], d[0], self, alpha)
-        values, states = search.run(probe, stop_on_counterexample=self.early_stop)
-        leaves = search.leaves
-        broken = any(r.best_value < 0 for r in states)
-        todo = [r for r, v in enumerate(values.tolist()) if v <= _CLOSE
-                and states[r].best_value >= 0]
-        if not can_refine or not todo or (broken and self.early_stop) or \
-                deadline - time.perf_counter() < 1.0:
-            return values, states, leaves, None
-        sub = torch.tensor(todo)
+        """Search the rows from the root ``alpha``. Where refinement may help, in rounds: search
+        for ``_PROBE`` of the time left, refine the rows left open, search them again from the
+        refined root, ...; the last search runs to the deadline (after ``_ROUNDS`` refinements,
+        or one that gained too little). Returns per row its sound lower bound and search state,
+        the linear regions solved, and the refinements (None if none ran)."""
+        rows = torch.arange(c.shape[1])
+        values = torch.full((c.shape[1],), -math.inf, dtype=torch.float64)
+        states: list[Any] = [None] * c.shape[1]
+        leaves, done = 0, Refinement(alpha)
+        more = self.refine > 0 and bool(refinable(network))
+        for n in range(_ROUNDS + 1):
+            more = more and n < _ROUNDS
+            now = time.perf_counter()
+            search = _RowSearch(network, x0, threat, c[0, rows], d[0, rows], self, done.alpha)
+            found, found_states = search.run(
+                now + _PROBE * (deadline - now) if more else deadline,
+                stop_on_counterexample=self.early_stop)
+            leaves += search.leaves
+            for k, r in enumerate(rows.tolist()):
+                values[r] = max(float(values[r]), float(found[k]))
+                found_states[k].domains += 0 if states[r] is None else states[r].domains
+                states[r] = found_states[k]
+            todo = [r for r in rows.tolist() if values[r] <= _CLOSE and states[r].best_value >= 0]
+            broken = any(st.best_value < 0 for st in states)
+            if not more or not todo or (broken and self.early_stop) or \
+                    deadline - time.perf_counter() < 1.0:
+                break
+            rows, more = self._refine(network, x0, threat, c, d, rows, todo, done, deadline)
+        return values, states, leaves, done if done.layers else None
+
+    def _refine(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                d: Tensor, rows: Tensor, todo: list[int], done: Refinement,
+                deadline: float) -> tuple[Tensor, bool]:
+        """Refine the root of the open rows ``todo`` (of ``rows``, those of ``done.alpha``) for
+        ``refine`` of the time left; ``done`` accumulates it. Returns the rows of the new root
+        and whether another round is worth it (this one gained at least a tenth of the gap)."""
         assert isinstance(network, Network)  # refinable
+        at = torch.tensor([rows.tolist().index(r) for r in todo])
+        root = dataclasses.replace(done.alpha, lower=done.alpha.lower[:, at])
         now = time.perf_counter()
-        refined = refine_bounds(network, x0, threat, c[:, sub], d[:, sub],
-                                dataclasses.replace(alpha, lower=alpha.lower[:, sub]), self,
-                                deadline=now + self.refine * (deadline - now),
-                                alpha_steps=self.alpha_steps)
-        if not refined.layers:  # nothing refined: search every row again from the root
-            refined.alpha, sub = alpha, torch.arange(c.shape[1])
-        again = _RowSearch(network, x0, threat, c[0, sub], d[0, sub], self, refined.alpha)
-        more, rows = again.run(deadline, stop_on_counterexample=self.early_stop)
-        for k, r in enumerate(sub.tolist()):
-            values[r] = max(float(values[r]), float(more[k]))
-            rows[k].domains += states[r].domains
-            states[r] = rows[k]
-        return values, states, leaves + again.leaves, refined if refined.layers else None
+        new = refine_bounds(network, x0, threat, c[:, todo], d[:, todo], root, self,
+                            deadline=now + self.refine * (deadline - now),
+                            alpha_steps=self.alpha_steps)
+        if not new.layers:  # nothing refined: search the same rows again, to the deadline
+            return rows, False
+        before, after = float(root.lower.min()), float(new.alpha.lower.min())
+        done.alpha, done.seconds = new.alpha, done.seconds + new.seconds
+        done.layers += new.layers
+        return torch.tensor(todo), after - before >= 0.1 * max(_CLOSE - before, 0.0)
 
     def _sample(self, network: Network | Graph, x0: Tensor, threat: LpBall, spec: Spec, s: int,
                 crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any,
