@@ -140,3 +140,24 @@ def test_graphs_and_single_relu_layers_are_not_refined_and_bad_shares_raise() ->
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(InvalidParameterError, match="refine"):
             BaB(refine=bad)
+
+
+def test_rounds_refine_only_the_rows_left_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_mlp(5, (8, 20, 20, 20, 4))
+    x = torch.rand(3, 8, generator=torch.Generator().manual_seed(5))
+    calls: list[int] = []
+    real = bab_module.refine_bounds
+
+    def spy(network, x0, threat, c, d, root, bab, **kwargs):  # type: ignore[no-untyped-def]
+        assert root.lower.shape == c.shape[:2]  # the root's rows are the rows refined
+        calls.append(c.shape[1])
+        return real(network, x0, threat, c, d, root, bab, **kwargs)
+
+    monkeypatch.setattr(bab_module, "refine_bounds", spy)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_ROUNDS", 2)
+    out = BaB(time_limit=6, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
+    assert calls, "nothing was refined: the test needs open rows"
+    assert len(calls) <= 2 * 3  # at most two rounds per sample
+    for log in out.stats["samples"]:
+        assert all(0 <= r["refined_nodes"] <= 2 * 2 for r in log)  # 2 ReLU nodes, 2 rounds

@@ -94,3 +94,12 @@ def test_crown_lower_gradient_matches_finite_differences(intermediate: str) -> N
         down = value().item()
         w[i, j] += h
     assert (up - down) / (2 * h) == pytest.approx(float(w.grad[i, j]), abs=1e-4)
+
+
+def test_crown_lower_of_no_rows_is_empty_on_chains_and_graphs() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x0 = torch.rand(2, 3, generator=torch.Generator().manual_seed(0))
+    none = torch.zeros(2, 0, 2)
+    for net in (from_module(model, (3,)), from_module(model, (3,)).graph):
+        out = crown_lower(net, x0, LpBall("linf", 0.1), none, torch.zeros(2, 0))
+        assert out.shape == (2, 0)

@@ -109,10 +109,6 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     """
     from advrobust.exact.bab import BaB
 
-    inner = BaB(time_limit=1.0, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
-                early_stop=False, alpha_steps=bab.alpha_steps, beta_steps=bab.beta_steps,
-                branching=bab.branching, attack_steps=bab.attack_steps,
-                memory_limit=bab.memory_limit, refine=0.0)
     began_all = time.perf_counter()
     result = Refinement(root)
     nodes = refinable(network)
@@ -123,7 +119,13 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
         left = stop - time.perf_counter()
         if left <= 0:
             break
-        inner.time_limit = left / (len(nodes) - n)
+        # the neurons' searches: the caller's settings, no early stop, no refinement of their own
+        inner = BaB(time_limit=left / (len(nodes) - n), batch_size=bab.batch_size,
+                    max_leaves=bab.max_leaves, early_stop=False, alpha_steps=bab.alpha_steps,
+                    intermediate=bab.intermediate, beta_steps=bab.beta_steps,
+                    branching=bab.branching, attack_steps=bab.attack_steps,
+                    domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
+                    memory_limit=bab.memory_limit)
         began = time.perf_counter()
         log = _refine_node(network, x0, threat, bounds, k, inner)
         if log is not None:

@@ -260,6 +260,8 @@ def crown_lower(network: Network | Graph | nn.Module, x0: Tensor, threat: LpBall
         (N, K) lower bounds.
     """
     net = as_ir(network, x0.shape[1:])
+    if c.shape[1] == 0:  # no rows: nothing to bound
+        return x0.new_zeros((x0.shape[0], 0))
     if isinstance(net, Graph):  # the IR's shape, not an op type: DAGs take the graph pass
         from advrobust.relax.dag import graph_crown_lower
 
