@@ -159,5 +159,11 @@ def test_rounds_refine_only_the_rows_left_open(monkeypatch: pytest.MonkeyPatch) 
     out = BaB(time_limit=6, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
     assert calls, "nothing was refined: the test needs open rows"
     assert len(calls) <= 2 * 3  # at most two rounds per sample
-    for log in out.stats["samples"]:
-        assert all(0 <= r["refined_nodes"] <= 2 * 2 for r in log)  # 2 ReLU nodes, 2 rounds
+    refined = out.stats["refinements"]
+    for s, log in enumerate(out.stats["samples"]):
+        passes = len(refined[s].layers) if s in refined else 0
+        assert all(r["refine_passes"] == passes for r in log)
+        # every pass was over a refinable node, and the samples refined are those with calls
+        assert s not in refined or {p["node"] for p in refined[s].layers} <= set(
+            refine_module.refinable(from_module(model, (8,))))
+    assert len(refined) <= len(calls)

@@ -289,6 +289,6 @@ class BaB(Bounder):
             log.append({"row": j, "status": row.status, **row.log, "domains": row.domains,
                         "leaves": leaves, "alpha": root_lower, "lower": value,
                         "best": row.best_value, "seconds": seconds,
-                        "refined_nodes": 0 if refined is None else len(refined.layers),
+                        "refine_passes": 0 if refined is None else len(refined.layers),
                         "refine_seconds": 0.0 if refined is None else refined.seconds})
         return log

@@ -12,8 +12,10 @@ network cut at its layer. Layer by layer, from the input:
 1. an attack (signed gradient from random points of the set, every unstable neuron pushed up
    and down at once) finds values ``a_lo <= z_i <= a_hi`` that points of the set reach;
 2. thresholds between those and the current bounds, ``t_lo = a_lo - margin (a_lo - lo)``
-   (and the mirror image above), become spec rows ``z_i - t_lo >= 0`` and ``t_hi - z_i >= 0``
-   of the cut network, all searched together by BaB for the layer's share of the time;
+   (and the mirror image above; margin 0.3), become spec rows ``z_i - t_lo >= 0`` and
+   ``t_hi - z_i >= 0`` of the cut network, all searched together by BaB; passes repeat on the
+   layer with thresholds from the new bounds while a pass proves at least half of its rows and
+   the layer's share of the time lasts;
 3. each row's result is a sound lower bound ``L`` of its value, proved or not (the lowest open
    domain), so ``z_i >= t_lo + L`` and ``z_i <= t_hi - L'``, rounded outwards; the root bounds
    of the cut network's alpha-CROWN tighten the layers below too;
@@ -58,7 +60,7 @@ __all__ = ["Refinement", "refine_bounds"]
 #: Cut networks by network and node (see :func:`_cut`).
 _CUTS: weakref.WeakKeyDictionary[Network, dict[int, Network]] = weakref.WeakKeyDictionary()
 
-#: Where the thresholds sit between the attack's value (0) and the current bound (1).
+#: Where a pass puts the thresholds between the attack's value (0) and the current bound (1).
 _MARGIN = 0.3
 
 #: Signed-gradient steps of the attack that places the thresholds.
@@ -72,8 +74,8 @@ class Refinement:
     Attributes:
         alpha: alpha-CROWN on the whole network under the refined bounds (its ``bounds`` are
             the refined node bounds, sound on the whole set).
-        layers: per refined node: its index, unstable neurons before and after, mean width of
-            their bounds before and after, rows proved, seconds.
+        layers: per pass over a node: its index, unstable neurons before and after, mean
+            width of their bounds before and after, rows proved, rows, seconds.
         seconds: the whole refinement, the closing alpha-CROWN included.
     """
 
@@ -107,8 +109,6 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     Returns:
         :class:`Refinement`; its ``alpha`` is ``root`` when nothing was refined.
     """
-    from advrobust.exact.bab import BaB
-
     began_all = time.perf_counter()
     result = Refinement(root)
     nodes = refinable(network)
@@ -119,18 +119,8 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
         left = stop - time.perf_counter()
         if left <= 0:
             break
-        # the neurons' searches: the caller's settings, no early stop, no refinement of their own
-        inner = BaB(time_limit=left / (len(nodes) - n), batch_size=bab.batch_size,
-                    max_leaves=bab.max_leaves, early_stop=False, alpha_steps=bab.alpha_steps,
-                    intermediate=bab.intermediate, beta_steps=bab.beta_steps,
-                    branching=bab.branching, attack_steps=bab.attack_steps,
-                    domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
-                    memory_limit=bab.memory_limit)
-        began = time.perf_counter()
-        log = _refine_node(network, x0, threat, bounds, k, inner)
-        if log is not None:
-            log["seconds"] = time.perf_counter() - began
-            result.layers.append(log)
+        _refine_layer(network, x0, threat, bounds, k, bab,
+                      time.perf_counter() + left / (len(nodes) - n), result)
     if result.layers:
         alpha = alpha_crown(network, x0, threat, c, d, steps=alpha_steps, bounds=bounds,
                             deadline=deadline, stop_above=_CLOSE,
@@ -139,6 +129,31 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
         result.alpha = alpha
     result.seconds = time.perf_counter() - began_all
     return result
+
+
+def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
+                  bab: BaB, until: float, result: Refinement) -> None:
+    """Passes over node ``k`` until ``until``: each moves the thresholds ``_MARGIN`` of the way
+    from the bound to the attack's value; a pass that proves fewer than half of its rows
+    (the bound is near what the search can show) ends the layer."""
+    from advrobust.exact.bab import BaB
+
+    while (left := until - time.perf_counter()) > 0:
+        # the neurons' searches: the caller's settings, no early stop, no refinement of their own
+        inner = BaB(time_limit=left, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
+                    early_stop=False, alpha_steps=bab.alpha_steps,
+                    intermediate=bab.intermediate, beta_steps=bab.beta_steps,
+                    branching=bab.branching, attack_steps=bab.attack_steps,
+                    domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
+                    memory_limit=bab.memory_limit)
+        began = time.perf_counter()
+        log = _refine_node(network, x0, threat, bounds, k, inner)
+        if log is None:
+            return
+        log["seconds"] = time.perf_counter() - began
+        result.layers.append(log)
+        if log["proved"] < log["rows"] / 2:
+            return
 
 
 def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
