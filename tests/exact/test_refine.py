@@ -94,14 +94,16 @@ def test_refined_bounds_bracket_the_exact_extremes_and_tighten() -> None:
     assert float(closed.sum()) >= 0.3 * float(gap.sum())
 
 
+@pytest.mark.parametrize("bad", [100.0, float("nan")])
 def test_an_inconsistent_search_keeps_the_old_bounds_with_a_warning(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, bad: float) -> None:
     network, x0, threat, spec, root = _setup(0, 0.15)
     real = BaB._bound
 
     def wrong(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         out = real(self, *args, **kwargs)
-        out.lower = out.lower + 100.0  # a "proof" far above what points of the set reach
+        # a "proof" far above what points of the set reach, or not a number at all
+        out.lower = out.lower + bad
         return out
 
     monkeypatch.setattr(BaB, "_bound", wrong)
@@ -137,6 +139,8 @@ def test_graphs_and_single_relu_layers_are_not_refined_and_bad_shares_raise() ->
     assert refinable(deep) == deep.relu_indices[1:] and len(refinable(deep)) == 1
     assert refinable(from_module(make_mlp(0, (6, 8, 3)), (6,))) == []
     assert refinable(as_graph(deep)) == []
+    wide = from_module(make_mlp(0, (6, 8, 1100, 3)), (6,))  # a layer over _MAX_NEURONS
+    assert refinable(wide) == []
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(InvalidParameterError, match="refine"):
             BaB(refine=bad)

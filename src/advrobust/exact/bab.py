@@ -115,10 +115,11 @@ class BaB(Bounder):
         refine: on chains with two ReLU layers or more, when the search has not decided every
             row in a fifth of the time left, this share of the time left goes to tightening
             the intermediate bounds by branch and bound on the neurons themselves, layer by
-            layer (:mod:`advrobust.exact.refine`), and the open rows are searched again from
-            the refined root; up to three rounds, while a round closes at least a tenth of the
-            worst row's gap (0: off). On VNN-COMP mnist_fc 256x4 / 256x6 the root's rows go
-            from -10 / -330 to -1.7 / -6 in one round (bench/RESULTS.md, issue 11, session 9).
+            layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and the open
+            rows are searched again from the refined root; up to three rounds, while a round
+            closes at least a tenth of the worst row's gap (0: off). On VNN-COMP mnist_fc
+            256x4 / 256x6 the root's rows go from -10 / -330 to -1.7 / -6 in one round
+            (bench/RESULTS.md, issue 11, session 9).
         memory_limit: bytes (or a size such as ``"8G"``) the root's alpha-CROWN and each
             batch of domains may take, estimated before allocating (default: half the
             available memory, :func:`~advrobust.core.memory.default_memory_limit`). What does

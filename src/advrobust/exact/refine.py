@@ -63,6 +63,9 @@ _CUTS: weakref.WeakKeyDictionary[Network, dict[int, Network]] = weakref.WeakKeyD
 #: Where a pass puts the thresholds between the attack's value (0) and the current bound (1).
 _MARGIN = 0.3
 
+#: Largest layer (neurons) that is refined (see :func:`refinable`).
+_MAX_NEURONS = 1024
+
 #: Signed-gradient steps of the attack that places the thresholds.
 _ATTACK_STEPS = 40
 
@@ -86,8 +89,13 @@ class Refinement:
 
 def refinable(network: Any) -> list[int]:
     """Indices of the ReLU input nodes worth refining: every ReLU of a chain but the first
-    (whose input is an affine image of the box: its interval bounds are already exact)."""
-    return network.relu_indices[1:] if isinstance(network, Network) else []
+    (whose input is an affine image of the box: its interval bounds are already exact), of at
+    most ``_MAX_NEURONS`` neurons (a convolution's feature map would make thousands of rows,
+    attack points and back-substituted coefficients: not refined)."""
+    if not isinstance(network, Network):
+        return []
+    return [k for k in network.relu_indices[1:]
+            if math.prod(network.ops[k].in_shape) <= _MAX_NEURONS]
 
 
 def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
@@ -205,14 +213,18 @@ def _cut(network: Network, k: int) -> Network:
 def _rebound(cut: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int) -> None:
     """Intersect node ``k``'s bounds with CROWN's under the (refined) bounds below it, in place:
     the neurons that refinement below made stable are not searched."""
-    n = bounds[k][0].numel()
-    eye = torch.eye(n, dtype=x0.dtype)
-    rows = torch.cat([eye, -eye]).unsqueeze(0)
+    lo, hi = (b.reshape(-1).clone() for b in bounds[k])
+    idx = ((lo < 0) & (hi > 0)).nonzero().flatten()  # the stable ones stay stable
+    m = idx.numel()
+    if m == 0:
+        return
+    rows = torch.zeros(1, 2 * m, lo.numel(), dtype=x0.dtype)
+    rows[0, torch.arange(m), idx] = 1.0
+    rows[0, m + torch.arange(m), idx] = -1.0
     with torch.no_grad():
         low = crown_lower(cut, x0, threat, rows, bounds=bounds[:k + 1], rounding=True)[0]
-    lo, hi = bounds[k]
-    bounds[k] = (torch.maximum(lo, low[:n].reshape(lo.shape)),
-                 torch.minimum(hi, -low[n:].reshape(hi.shape)))
+    lo[idx], hi[idx] = torch.maximum(lo[idx], low[:m]), torch.minimum(hi[idx], -low[m:])
+    bounds[k] = (lo.reshape(bounds[k][0].shape), hi.reshape(bounds[k][1].shape))
 
 
 def _tighten_below(bounds: LayerBounds, cut_bounds: LayerBounds | None, k: int) -> None:
@@ -228,9 +240,11 @@ def _tighten_below(bounds: LayerBounds, cut_bounds: LayerBounds | None, k: int) 
 def _consistent(new_lo: Tensor, new_hi: Tensor, reach_lo: Tensor, reach_hi: Tensor,
                 k: int) -> bool:
     """The refined bounds contain every value a point of the set reached (float64 evaluations,
-    so a slack of 1e-9 relative), else the refinement is wrong somewhere: warn, keep nothing."""
+    so a slack of 1e-9 relative) and are numbers, else the refinement is wrong somewhere:
+    warn, keep nothing."""
     slack = 1e-9 * (1.0 + torch.maximum(reach_lo.abs(), reach_hi.abs()))
-    bad = (new_lo > reach_lo + slack) | (new_hi < reach_hi - slack) | (new_lo > new_hi)
+    bad = (new_lo > reach_lo + slack) | (new_hi < reach_hi - slack) | (new_lo > new_hi) \
+        | new_lo.isnan() | new_hi.isnan()
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         warnings.warn(
