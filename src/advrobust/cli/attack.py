@@ -24,6 +24,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,8 @@ from advrobust.cli._save import SUFFIXES, SampleWriter, add_save_args, keep_fini
 from advrobust.errors import DatasetNotFoundError, InvalidParameterError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 __all__ = ["attack_classes", "build_attack", "register", "run"]
@@ -82,6 +85,19 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arg(p)
     add_data_args(p, default="mnist")
+    _add_attack_args(p)
+    _add_composite_args(p)
+    _add_run_args(p)
+    _add_output_args(p)
+    add_progress_args(p)
+    add_save_args(p, "index, label, prediction, adversarial prediction, success, margin, norm, "
+                     "exhausted, method, seconds")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _add_attack_args(p: argparse.ArgumentParser) -> None:
+    """The attack, its threat ball and its parameters."""
     p.add_argument("--attack", default="pgd", help="attack name, listed below (default: pgd)")
     p.add_argument("--norm", default="linf", help="threat norm: linf, l2 or l1 (default: linf)")
     p.add_argument("--eps", type=float, required=True, help="radius of the threat ball")
@@ -93,12 +109,20 @@ def register(sub: Any) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="any other constructor parameter of the attack (repeatable); "
                         "MEMBER.NAME=VALUE for an ensemble member")
+
+
+def _add_composite_args(p: argparse.ArgumentParser) -> None:
+    """The attacks built from other attacks: ensemble members, transfer surrogate."""
     p.add_argument("--members", default=None, metavar="NAME,NAME,...",
                    help="attacks of --attack ensemble, run as a cascade in this order")
     p.add_argument("--source-model", type=Path, default=None, metavar="CKPT",
                    help="surrogate checkpoint of --attack transfer")
     p.add_argument("--source-attack", default="pgd", metavar="NAME",
                    help="attack run on the surrogate by --attack transfer (default: pgd)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Target, seed, batching and the input box."""
     p.add_argument("--target", type=int, default=None, metavar="CLASS",
                    help="targeted attack towards CLASS (samples of that class are skipped)")
     p.add_argument("--seed", type=seed_arg, default=0,
@@ -107,6 +131,10 @@ def register(sub: Any) -> None:
     p.add_argument("--lo", type=float, default=None, help="lower end of the input box (0)")
     p.add_argument("--hi", type=float, default=None, help="upper end of the input box (1)")
     p.add_argument("--unbounded", action="store_true", help="no input box (lo=-inf, hi=inf)")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """Example, plot and universal-perturbation files."""
     p.add_argument("--save-examples", type=Path, default=None, metavar="FILE.npz",
                    help="write x, x_adv, y and clean / adversarial predictions to FILE.npz")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
@@ -118,11 +146,6 @@ def register(sub: Any) -> None:
     p.add_argument("--heldout-n", type=int, default=500, metavar="N",
                    help="--attack universal: fooling rate also measured on the first N images "
                         "of the other split (0: none; default: 500)")
-    add_progress_args(p)
-    add_save_args(p, "index, label, prediction, adversarial prediction, success, margin, norm, "
-                     "exhausted, method, seconds")
-    add_json_arg(p)
-    p.set_defaults(func=run)
 
 
 def _threat(args: argparse.Namespace) -> Any:
@@ -151,26 +174,58 @@ def _select(x: torch.Tensor, y: torch.Tensor, target: int | None, num_classes: i
     return x[keep], y[keep], int((~keep).sum())
 
 
+@dataclass(frozen=True)
+class _Samples:
+    """The attacked samples: inputs ``x`` (N, ...), labels ``y`` (N,), their positions in the
+    dataset ``index`` (N,), and how many samples of the ``--target`` class were ``skipped``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    skipped: int
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the ``attack`` command; returns the exit status."""
     import torch
 
     from advrobust.attacks import UniversalPerturbation
-    from advrobust.cli._attack_report import (
-        describe_params,
-        plot_examples,
-        report_rows,
-        result_flags,
-        sanity_report,
-        save_examples,
-    )
-    from advrobust.evaluation import evaluate_attack, predict, summarize_attack
+    from advrobust.cli._attack_report import report_rows
+    from advrobust.evaluation import evaluate_attack
 
     _check_composite_flags(args)
     attack = build_attack(args.attack, args)
     threat = _threat(args)
     universal = isinstance(attack, UniversalPerturbation)
     _check_universal_flags(args, universal)
+    _check_outputs(args)
+    checkpoint = load_model(args.model)
+    model = checkpoint.model
+    samples = _samples(args, checkpoint)
+    generator = torch.Generator().manual_seed(args.seed)
+    attack, params, extra, fit_seconds = _prepare_attack(args, attack, universal, model,
+                                                         samples, threat, generator)
+    writer = open_writer(args.save, COLUMNS, args.force)
+    batches: list[Any] = []
+    on_batch = _batch_callback(args, writer, batches, model, samples)
+    try:
+        result = evaluate_attack(model, attack, (samples.x, samples.y), threat,
+                                 batch_size=args.batch_size, target=args.target,
+                                 generator=generator, progress=progress_enabled(args),
+                                 on_batch=on_batch)
+    except KeyboardInterrupt:
+        return _keep_finished(args, writer, batches, model, samples.x, samples.y)
+    if writer is not None:
+        print(f"advrobust attack: saved {writer.close()}", file=sys.stderr)
+    payload = _payload(args, checkpoint, samples, threat, result, params, extra, fit_seconds)
+    _save_examples_and_plot(args, payload, model, samples, result.result, universal)
+    title = f"{args.attack} on {args.model} ({threat})"
+    emit(args, payload, rows=report_rows(payload), title=title)
+    return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--batch-size and the output files, checked before the model and data are loaded."""
     if args.batch_size < 1:
         raise InvalidParameterError(f"--batch-size must be >= 1. Got {args.batch_size}.")
     check_plot_path(args.plot, "--plot")
@@ -178,62 +233,99 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.save_perturbation, "--save-perturbation", suffixes=(".npz",))
     if args.save is not None:
         check_output(args.save, "--save", force=args.force, suffixes=SUFFIXES)
-    checkpoint = load_model(args.model)
-    model = checkpoint.model
+
+
+def _samples(args: argparse.Namespace, checkpoint: Any) -> _Samples:
+    """The selected images of ``--data`` (checked against the checkpoint), less those of the
+    ``--target`` class."""
+    import torch
+
     data = load_data(args)
     check_model_data(checkpoint, data)
     with torch.no_grad():
-        num_classes = int(model(data.x[:1]).shape[1])
+        num_classes = int(checkpoint.model(data.x[:1]).shape[1])
     index = torch.arange(len(data.y))
     if args.target is not None:
         index = index[data.y != args.target]
     x, y, skipped = _select(data.x, data.y, args.target, num_classes)
-    generator = torch.Generator().manual_seed(args.seed)
-    params, extra, fit_seconds = describe_params(attack), {}, 0.0
+    return _Samples(x, y, index, skipped)
+
+
+def _prepare_attack(args: argparse.Namespace, attack: Any, universal: bool,
+                    model: torch.nn.Module, samples: _Samples, threat: Any,
+                    generator: torch.Generator
+                    ) -> tuple[Any, dict[str, Any], dict[str, Any], float]:
+    """The attack to evaluate, its parameters for the report, extra report entries and the
+    seconds spent fitting it (a universal perturbation is fitted once on all the selected
+    images, then applied like any attack)."""
+    from advrobust.cli._attack_report import describe_params
+
+    params, extra, fit_seconds = describe_params(attack), dict[str, Any](), 0.0
     if args.attack == "transfer":
         params["source_model"] = str(args.source_model)
-    if universal:  # fit once on all the selected images, then apply it like any attack
+    if universal:
         start = time.perf_counter()
-        attack, extra["universal"] = _fit_universal(args, attack, model, x, y, threat, generator)
+        attack, extra["universal"] = _fit_universal(args, attack, model, samples.x, samples.y,
+                                                    threat, generator)
         fit_seconds = time.perf_counter() - start
-    writer = open_writer(args.save, COLUMNS, args.force)
-    batches: list[Any] = []
-    ahead = forecast(args, len(y))
+    return attack, params, extra, fit_seconds
+
+
+def _batch_callback(args: argparse.Namespace, writer: SampleWriter | None, batches: list[Any],
+                    model: torch.nn.Module, samples: _Samples
+                    ) -> Callable[[int, Any, float], None]:
+    """The ``on_batch`` of :func:`~advrobust.evaluation.evaluate_attack`: keeps each finished
+    batch in ``batches``, writes its rows to ``writer`` and advances the forecast."""
+    ahead = forecast(args, len(samples.y))
 
     def on_batch(start: int, res: Any, seconds: float) -> None:
         with held_interrupt():  # the batch is kept whole or not at all
             batches.append(res)
             if writer is not None:
-                _write_rows(writer, model, x, y, index, start, res, seconds, args.attack)
+                _write_rows(writer, model, samples.x, samples.y, samples.index, start, res,
+                            seconds, args.attack)
         ahead.update(start + int(res.success.shape[0]))
 
-    try:
-        result = evaluate_attack(model, attack, (x, y), threat, batch_size=args.batch_size,
-                                 target=args.target, generator=generator,
-                                 progress=progress_enabled(args), on_batch=on_batch)
-    except KeyboardInterrupt:
-        return _keep_finished(args, writer, batches, model, x, y)
-    if writer is not None:
-        print(f"advrobust attack: saved {writer.close()}", file=sys.stderr)
+    return on_batch
+
+
+def _payload(args: argparse.Namespace, checkpoint: Any, samples: _Samples, threat: Any,
+             result: Any, params: dict[str, Any], extra: dict[str, Any], fit_seconds: float
+             ) -> dict[str, Any]:
+    """The report: metrics, settings, result flags and sanity checks."""
+    from advrobust.cli._attack_report import result_flags, sanity_report
+    from advrobust.evaluation import summarize_attack
+
+    model, x, y = checkpoint.model, samples.x, samples.y
     summary = summarize_attack(model, x, y, result.result)
-    payload = {**summary, "seconds": fit_seconds + result.seconds, "attack": args.attack,
-               "attack_params": params, "threat": str(threat),
-               "norm": threat.norm.value, "eps": threat.eps, "lo": threat.lo, "hi": threat.hi,
-               "model": str(args.model), "arch": checkpoint.arch, "data": args.data,
-               "split": args.split, "target": args.target, "skipped": skipped, "seed": args.seed,
-               **extra, **result_flags(result.result),
-               "sanity": sanity_report(model, x, y, args.attack, result.result, threat)}
-    if args.save_examples is not None or (args.plot is not None and not universal):
-        clean_pred, adv_pred = predict(model, x), predict(model, result.result.x_adv)
-        if args.save_examples is not None:
-            save_examples(args.save_examples, x, result.result.x_adv, y, clean_pred, adv_pred)
-            payload["examples"] = str(args.save_examples)
-        if args.plot is not None and not universal:
-            plot_examples(args.plot, x, result.result.x_adv, y, clean_pred, adv_pred)
-            payload["plot"] = str(args.plot)
-    title = f"{args.attack} on {args.model} ({threat})"
-    emit(args, payload, rows=report_rows(payload), title=title)
-    return 0
+    return {**summary, "seconds": fit_seconds + result.seconds, "attack": args.attack,
+            "attack_params": params, "threat": str(threat),
+            "norm": threat.norm.value, "eps": threat.eps, "lo": threat.lo, "hi": threat.hi,
+            "model": str(args.model), "arch": checkpoint.arch, "data": args.data,
+            "split": args.split, "target": args.target, "skipped": samples.skipped,
+            "seed": args.seed, **extra, **result_flags(result.result),
+            "sanity": sanity_report(model, x, y, args.attack, result.result, threat)}
+
+
+def _save_examples_and_plot(args: argparse.Namespace, payload: dict[str, Any],
+                            model: torch.nn.Module, samples: _Samples, adv: Any,
+                            universal: bool) -> None:
+    """Write --save-examples and --plot (universal: drawn by its fit) and name them in
+    ``payload``."""
+    from advrobust.cli._attack_report import plot_examples, save_examples
+    from advrobust.evaluation import predict
+
+    plot = args.plot is not None and not universal
+    if args.save_examples is None and not plot:
+        return
+    x, y = samples.x, samples.y
+    clean_pred, adv_pred = predict(model, x), predict(model, adv.x_adv)
+    if args.save_examples is not None:
+        save_examples(args.save_examples, x, adv.x_adv, y, clean_pred, adv_pred)
+        payload["examples"] = str(args.save_examples)
+    if plot:
+        plot_examples(args.plot, x, adv.x_adv, y, clean_pred, adv_pred)
+        payload["plot"] = str(args.plot)
 
 
 def _check_composite_flags(args: argparse.Namespace) -> None:

@@ -131,6 +131,17 @@ def register(sub: Any) -> None:
     add_data_args(p, split="train")
     p.add_argument("--test-n", type=int, default=None,
                    help="evaluate on only the first N test samples (default: all)")
+    _add_checkpoint_args(p)
+    _add_optimizer_args(p)
+    _add_model_args(p)
+    _add_defense_args(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """The checkpoint to write, and the one to resume from."""
     p.add_argument("--out", type=Path, required=True,
                    help="checkpoint file to write (after every epoch; refused if it exists, "
                         "unless --force or --resume names it)")
@@ -139,6 +150,10 @@ def register(sub: Any) -> None:
                    help="continue an interrupted run from its last per-epoch checkpoint "
                         "(optimizer, schedule and random streams included); give the same "
                         "flags as the interrupted command")
+
+
+def _add_optimizer_args(p: argparse.ArgumentParser) -> None:
+    """Epochs, batch size, optimizer and learning-rate schedule."""
     p.add_argument("--epochs", type=int, default=10, help="passes over the data (default: 10)")
     p.add_argument("--lr", type=float, default=0.1,
                    help="learning rate (default: 0.1; the peak rate with --lr-schedule cyclic)")
@@ -153,6 +168,10 @@ def register(sub: Any) -> None:
     p.add_argument("--lr-drop", type=int, nargs="*", default=None, metavar="EPOCH",
                    help="epoch counts after which the lr is divided by 10 (default: half the "
                         "epochs for cnn, none otherwise; give no value for no drop)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """Input normalization, seed, augmentation and weight averaging."""
     p.add_argument("--normalize", nargs=2, type=_floats, default=None, metavar=("MEAN", "STD"),
                    help="put a per-channel Normalize layer first, e.g. 0.1307 0.3081 "
                         "(comma-separated for several channels)")
@@ -165,10 +184,6 @@ def register(sub: Any) -> None:
                    help="keep an exponential moving average of the weights (decay per step, "
                         "in [0, 1), e.g. 0.999) and write it as the checkpoint's weights "
                         "(default: none, the last iterate)")
-    _add_defense_args(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    add_json_arg(p)
-    p.set_defaults(func=run)
 
 
 #: ``advrobust.training.defenses.DEFENSES``' names, spelled out for the same reason.
@@ -323,24 +338,13 @@ def _resumed(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[Any, Any
 def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, Any],
            threat: Any) -> int:
     from advrobust.cli._common import load_data
-    from advrobust.models import build_model
-    from advrobust.training import course_schedule, fit
+    from advrobust.training import fit
 
     train, test = load_data(args, announce=False), _test_data(args)
     kwargs = {"input_shape": list(train.input_shape), "num_classes": train.num_classes,
               "normalize": args.normalize}
-    state = None
-    if args.resume is not None:
-        model, state = _resumed(args, kwargs)
-    else:
-        model = build_model(args.model, seed=args.seed, **kwargs)
-    drops = course_schedule(args.model, max(args.epochs, 1))["lr_drop_epochs"] \
-        if args.lr_drop is None else tuple(args.lr_drop)
-    if args.lr_schedule == "cyclic":
-        if args.lr_drop:
-            raise InvalidParameterError(
-                "--lr-drop cannot be combined with --lr-schedule cyclic.")
-        drops = ()
+    model, state = _initial_model(args, kwargs)
+    drops = _lr_drops(args)
     defense = {"name": args.defense, "params": defense_params}
     start = time.perf_counter()
     history = fit(model, train, test=test, epochs=args.epochs, lr=args.lr,
@@ -353,15 +357,54 @@ def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, A
                   metadata={"data_provenance": str(getattr(train, "provenance", "")),
                             "n_test": len(test.y), "defense": defense}, resume=state)
     seconds = time.perf_counter() - start
-    chance = 1.0 / train.num_classes
-    if history.test_accuracy is not None and history.test_accuracy < 1.5 * chance:
+    _warn_at_chance(args, history.test_accuracy, train.num_classes)
+    report = _report(args, threat, model, test)
+    payload, rows = _summary(args, train, test, defense, history, seconds, report)
+    emit(args, payload, rows, title="advrobust train")
+    return 0
+
+
+def _initial_model(args: argparse.Namespace, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The model to train and the training state to resume (None: a fresh run)."""
+    from advrobust.models import build_model
+
+    if args.resume is not None:
+        return _resumed(args, kwargs)
+    return build_model(args.model, seed=args.seed, **kwargs), None
+
+
+def _lr_drops(args: argparse.Namespace) -> tuple[int, ...]:
+    """The epochs after which the step schedule divides the lr by 10 (none when cyclic)."""
+    from advrobust.training import course_schedule
+
+    drops = course_schedule(args.model, max(args.epochs, 1))["lr_drop_epochs"] \
+        if args.lr_drop is None else tuple(args.lr_drop)
+    if args.lr_schedule == "cyclic":
+        if args.lr_drop:
+            raise InvalidParameterError(
+                "--lr-drop cannot be combined with --lr-schedule cyclic.")
+        drops = ()
+    return drops
+
+
+def _warn_at_chance(args: argparse.Namespace, accuracy: float | None,
+                    num_classes: int) -> None:
+    """Warn where the clean test accuracy is no better than guessing."""
+    chance = 1.0 / num_classes
+    if accuracy is not None and accuracy < 1.5 * chance:
         import warnings
 
-        warnings.warn(f"the clean test accuracy {history.test_accuracy:.3f} is at chance level "
-                      f"({chance:.3f} for {train.num_classes} classes): the model learned "
+        warnings.warn(f"the clean test accuracy {accuracy:.3f} is at chance level "
+                      f"({chance:.3f} for {num_classes} classes): the model learned "
                       f"nothing useful. Try a smaller --lr (got {args.lr:g}) or more --epochs "
-                      f"(got {args.epochs}).", UserWarning, stacklevel=2)
-    report = _report(args, threat, model, test)
+                      f"(got {args.epochs}).", UserWarning,
+                      stacklevel=3)  # _train's stacklevel 2, one frame deeper
+
+
+def _summary(args: argparse.Namespace, train: Any, test: Any, defense: dict[str, Any],
+             history: Any, seconds: float, report: Any
+             ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    """The JSON payload and the table rows of the finished run."""
     payload = {"checkpoint": str(args.out), "arch": args.model, "dataset": args.data,
                "n_train": len(train.y), "n_test": len(test.y), "epochs": args.epochs,
                "defense": defense, "clean_accuracy": history.test_accuracy,
@@ -371,8 +414,7 @@ def _train(args: argparse.Namespace, objective: Any, defense_params: dict[str, A
             ("defense", _describe(defense)), ("epochs", args.epochs),
             ("clean test accuracy", history.test_accuracy),
             ("training time (s)", round(seconds, 1))] + report_rows(report)
-    emit(args, payload, rows, title="advrobust train")
-    return 0
+    return payload, rows
 
 
 def _describe(defense: dict[str, Any]) -> str:

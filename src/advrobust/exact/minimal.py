@@ -39,6 +39,9 @@ from advrobust.solvers.program import SolveStatus
 
 __all__ = ["DistortionResult", "MinimalDistortion"]
 
+#: One sample's search: ``(distance, lower, x_adv, status, per-row log)``.
+_Run = tuple[float, float, Tensor, str, list[Any]]
+
 
 def _lower_by(lower: float, known: float) -> str:
     """Which part proved the final lower end: the warm start, the solver, or neither."""
@@ -201,40 +204,64 @@ class MinimalDistortion(Configurable):
             clean = check_batch(model, x, y, threat, who="MinimalDistortion")
             spec = _check_spec(spec, y, clean)
             floor = self._known_lower(known_lower, x)
-            start = [(math.inf, None)] * x.shape[0] if incumbent is None else \
-                checked_incumbents(model, incumbent, x, spec, norm, lo, hi)
+            start: list[tuple[float, Tensor | None]] = [(math.inf, None)] * x.shape[0]
+            if incumbent is not None:
+                start = checked_incumbents(model, incumbent, x, spec, norm, lo, hi)
             # bounds in float64, from a copy of the model, with rounding allowances
             network = _exact_ir(float64_copy(model), tuple(x.shape[1:]))
             x = x.detach()
-            x64, spec64 = x.double(), Spec(spec.C.double(), spec.d.double())
-            shared: tuple[LayerBounds, Tensor] | None = None
-            runs = []
-            for s in range(x.shape[0]):
-                one = Spec(spec64.C[s:s + 1], spec64.d[s:s + 1])
-                dist, point = start[s]
-                if math.isfinite(dist) and (self.max_eps is None or dist * (1 + 1e-6) < radius):
-                    # only a point closer than the incumbent matters: search its norm ball
-                    ball = LpBall(norm, dist * (1 + 1e-6), lo, hi)
-                    with torch.no_grad():
-                        bounds, crown = _crown(network, x64[s:s + 1], ball, one)
-                    reach = ball.eps
-                else:
-                    if shared is None:
-                        with torch.no_grad():
-                            shared = _crown(network, x64, threat, spec64)
-                    bounds = [(a[s:s + 1], b[s:s + 1]) for a, b in shared[0]]
-                    crown = shared[1][s:s + 1]
-                    reach = math.inf if self.max_eps is None else self.max_eps
-                if norm is Norm.L2:
-                    runs.append(self._solve_l2(model, network, bounds, x[s:s + 1], one,
-                                               crown[0], lo, hi, reach,
-                                               (float(floor[s]), dist, point)))
-                else:
-                    runs.append(self._solve(network, bounds, x[s:s + 1], one, crown[0], norm,
-                                            reach, (float(floor[s]), dist, point)))
+            runs = self._solve_all(model, network, x, spec, threat, norm, floor, start)
             x_adv = torch.stack([r[2].to(x) for r in runs])
             with torch.no_grad():
                 margin = spec.apply(model(x_adv)).amin(dim=1)
+        return self._result(runs, x_adv, margin, floor, start)
+
+    def _solve_all(self, model: nn.Module, network: Network | Graph, x: Tensor, spec: Spec,
+                   threat: LpBall, norm: Norm, floor: Tensor,
+                   start: list[tuple[float, Tensor | None]]) -> list[_Run]:
+        """Search every sample in turn: within the ball of its incumbent where it has one
+        inside the search radius, else in the search box ``threat`` (bounds shared by all)."""
+        x64, spec64 = x.double(), Spec(spec.C.double(), spec.d.double())
+        shared: tuple[LayerBounds, Tensor] | None = None
+        runs = []
+        for s in range(x.shape[0]):
+            one = Spec(spec64.C[s:s + 1], spec64.d[s:s + 1])
+            dist, point = start[s]
+            ball = self._incumbent_ball(dist, norm, threat)
+            if ball is not None:
+                with torch.no_grad():
+                    bounds, crown = _crown(network, x64[s:s + 1], ball, one)
+                reach = ball.eps
+            else:
+                if shared is None:
+                    with torch.no_grad():
+                        shared = _crown(network, x64, threat, spec64)
+                bounds = [(a[s:s + 1], b[s:s + 1]) for a, b in shared[0]]
+                crown = shared[1][s:s + 1]
+                reach = math.inf if self.max_eps is None else self.max_eps
+            runs.append(self._solve_sample(model, network, bounds, x[s:s + 1], one, crown[0],
+                                           norm, threat, reach, (float(floor[s]), dist, point)))
+        return runs
+
+    def _incumbent_ball(self, dist: float, norm: Norm, threat: LpBall) -> LpBall | None:
+        """The ``norm`` ball of an incumbent at distance ``dist`` (widened by 1e-6 relative),
+        where finite and inside the search radius: only a point closer than it matters."""
+        if math.isfinite(dist) and (self.max_eps is None or dist * (1 + 1e-6) < threat.eps):
+            return LpBall(norm, dist * (1 + 1e-6), threat.lo, threat.hi)
+        return None
+
+    def _solve_sample(self, model: nn.Module, network: Network | Graph, bounds: LayerBounds,
+                      x: Tensor, spec: Spec, crown: Tensor, norm: Norm, threat: LpBall,
+                      reach: float, start_bracket: tuple[float, float, Tensor | None]) -> _Run:
+        """One sample by the method of its norm (l2: cutting planes or SCIP; else one MILP)."""
+        if norm is Norm.L2:
+            return self._solve_l2(model, network, bounds, x, spec, crown, threat.lo, threat.hi,
+                                  reach, start_bracket)
+        return self._solve(network, bounds, x, spec, crown, norm, reach, start_bracket)
+
+    def _result(self, runs: list[_Run], x_adv: Tensor, margin: Tensor, floor: Tensor,
+                start: list[tuple[float, Tensor | None]]) -> DistortionResult:
+        """The runs gathered, a time-limited bracket within ``tol`` counted as optimal."""
         status = tuple("optimal" if r[3] == "time_limit" and r[0] - r[1] <= self.tol else r[3]
                        for r in runs)
         return DistortionResult(

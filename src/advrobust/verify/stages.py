@@ -140,8 +140,34 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
     skipped with a warning where one bound pass costs more than the time it would get (the
     samples stay UNKNOWN); an exact method asked for by name always runs.
     """
-    x = bracket.problem.x
-    todo = bracket.undecided().nonzero().flatten().to(x.device)
+    todo = bracket.undecided().nonzero().flatten().to(bracket.problem.x.device)
+    seconds_for = _time_share(bracket, budget, time_limit, stages_left, own_limit)
+    first = seconds_for(int(todo[0])) if todo.numel() else 0.0
+    if optional and todo.numel() and bracket.bound_seconds > first:
+        _skip_stage(bracket, name, int(todo.numel()), first)
+        return
+    details = bracket.stats.setdefault(name, {})
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(total=todo.numel(), desc=name, disable=not progress, leave=False)
+    for i in todo.tolist():
+        seconds = seconds_for(i)
+        if seconds <= 0 or (optional and bracket.bound_seconds > seconds):
+            details[i] = [{"status": "skipped (time limit)"}]
+            bar.update(1)
+            continue
+        _exact_sample(bracket, make, name, i, seconds, details)
+        bar.update(1)
+        if own_bar:
+            bar.set_postfix(verdict=bracket.verdicts()[i].value)
+    if own_bar:
+        bar.close()
+    bracket.mark(name)
+
+
+def _time_share(bracket: Bracket, budget: Budget, time_limit: float, stages_left: int,
+                own_limit: bool) -> Callable[[int], float]:
+    """The seconds an exact stage gets on sample ``i`` (the shares of :func:`exact_stage`)."""
 
     def seconds_for(i: int) -> float:
         own = time_limit if own_limit else \
@@ -154,46 +180,38 @@ def exact_stage(bracket: Bracket, make: Callable[[float], Any], name: str, budge
             left = exact_share(left) - 2 * bracket.bound_seconds - bracket.exact_overrun
         return max(0.0, min(own, left))
 
-    first = seconds_for(int(todo[0])) if todo.numel() else 0.0
-    if optional and todo.numel() and bracket.bound_seconds > first:
-        warnings.warn(
-            f"verify_dataset: {name} skipped on {todo.numel()} undecided samples: one bound pass "
-            f"takes {bracket.bound_seconds:.1f} s per sample on this network, more than the "
-            f"{first:.3g} s it would get. Raise the time limit to run it.", UserWarning,
-            stacklevel=5)
-        bracket.skip(name, "bound pass over its time")
-        bracket.mark(name)
-        return
-    details = bracket.stats.setdefault(name, {})
-    own_bar = bar is None
-    if own_bar:
-        bar = progress_bar(total=todo.numel(), desc=name, disable=not progress, leave=False)
-    for i in todo.tolist():
-        seconds = seconds_for(i)
-        if seconds <= 0 or (optional and bracket.bound_seconds > seconds):
-            details[i] = [{"status": "skipped (time limit)"}]
-            bar.update(1)
-            continue
-        idx = torch.tensor([i], device=x.device)
-        rows = bracket.open_rows(i)
-        t0 = time.perf_counter()
-        result = call_bounder(bracket, make(seconds), idx, name, rows=rows)
-        spent = time.perf_counter() - t0
-        bracket.charge(idx, name, spent)
-        bracket.exact_seconds[i] = bracket.exact_seconds.get(i, 0.0) + spent
-        bracket.exact_overrun = max(bracket.exact_overrun, spent - seconds)
-        bracket.take(idx, result, rows, stage=name)
-        _keep_root_bounds(bracket, result, i, name, spent)
-        details[i] = _row_details(result, rows)
-        if "exact" in result.stats:  # the MILP on LP-relaxed ops: sound bounds, not minima
-            exact = bracket.stats.setdefault("exact", {})
-            exact[name] = exact.get(name, True) and bool(result.stats["exact"])
-        bar.update(1)
-        if own_bar:
-            bar.set_postfix(verdict=bracket.verdicts()[i].value)
-    if own_bar:
-        bar.close()
+    return seconds_for
+
+
+def _skip_stage(bracket: Bracket, name: str, undecided: int, first: float) -> None:
+    """Skip an optional exact stage whose bound pass takes longer than its time, saying so."""
+    warnings.warn(
+        f"verify_dataset: {name} skipped on {undecided} undecided samples: one bound pass "
+        f"takes {bracket.bound_seconds:.1f} s per sample on this network, more than the "
+        f"{first:.3g} s it would get. Raise the time limit to run it.", UserWarning,
+        stacklevel=6)  # exact_stage's stacklevel 5, one frame deeper
+    bracket.skip(name, "bound pass over its time")
     bracket.mark(name)
+
+
+def _exact_sample(bracket: Bracket, make: Callable[[float], Any], name: str, i: int,
+                  seconds: float, details: dict[Any, Any]) -> None:
+    """Run the method ``make(seconds)`` on the open rows of sample ``i``; take its result,
+    charge its time and log its rows in ``details``."""
+    idx = torch.tensor([i], device=bracket.problem.x.device)
+    rows = bracket.open_rows(i)
+    t0 = time.perf_counter()
+    result = call_bounder(bracket, make(seconds), idx, name, rows=rows)
+    spent = time.perf_counter() - t0
+    bracket.charge(idx, name, spent)
+    bracket.exact_seconds[i] = bracket.exact_seconds.get(i, 0.0) + spent
+    bracket.exact_overrun = max(bracket.exact_overrun, spent - seconds)
+    bracket.take(idx, result, rows, stage=name)
+    _keep_root_bounds(bracket, result, i, name, spent)
+    details[i] = _row_details(result, rows)
+    if "exact" in result.stats:  # the MILP on LP-relaxed ops: sound bounds, not minima
+        exact = bracket.stats.setdefault("exact", {})
+        exact[name] = exact.get(name, True) and bool(result.stats["exact"])
 
 
 def _keep_root_bounds(bracket: Bracket, result: BoundResult, i: int, name: str,
