@@ -16,6 +16,7 @@ from advrobust.errors import InvalidParameterError
 from advrobust.exact import MILP, BaB
 from advrobust.exact import bab as bab_module
 from advrobust.exact import refine as refine_module
+from advrobust.exact._candidates import Row, decide_by_milp
 from advrobust.exact.refine import refinable, refine_bounds
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network, from_module
@@ -171,3 +172,71 @@ def test_rounds_refine_only_the_rows_left_open(monkeypatch: pytest.MonkeyPatch) 
         assert s not in refined or {p["node"] for p in refined[s].layers} <= set(
             refine_module.refinable(from_module(model, (8,))))
     assert len(refined) <= len(calls)
+
+
+@pytest.mark.parametrize(("seed", "eps"), [(0, 0.15), (1, 0.15), (2, 0.3)])
+def test_the_milp_try_decides_rows_as_the_exact_milp_does(seed: int, eps: float) -> None:
+    network, x0, threat, spec, root = _setup(seed, eps)
+    exact = MILP(early_stop=False, skip_verified=False)._bound(
+        network, x0, threat, spec, layer_bounds=root.bounds)
+    states = [Row() for _ in range(spec.num_rows)]
+    order = list(range(spec.num_rows))
+    tried = decide_by_milp(network, x0, threat, spec.C[0], spec.d[0], root.bounds, order,
+                           states, time.perf_counter() + 60)
+    assert list(tried) == order  # each row decided: none ends the try
+    lo_in, hi_in = threat.input_bounds(x0)
+    for r, bound in tried.items():
+        minimum = float(exact.lower[0, r])
+        assert bound <= minimum + 1e-6  # a lower bound of the exact minimum
+        if minimum > 1e-3:
+            assert bound > 0.0 and states[r].best_value >= minimum - 1e-6
+        if minimum < -1e-3:  # a counterexample, re-evaluated through the network
+            point = states[r].best_point
+            assert point is not None and states[r].best_value < 0
+            assert bool((point >= lo_in[0]).all()) and bool((point <= hi_in[0]).all())
+            with torch.no_grad():
+                value = float(spec.apply(network.forward(point.unsqueeze(0)))[0, r])
+            assert value == pytest.approx(states[r].best_value, abs=1e-12)
+    # no time left: nothing is tried
+    assert decide_by_milp(network, x0, threat, spec.C[0], spec.d[0], root.bounds, order,
+                          [Row() for _ in order], time.perf_counter() - 1.0) == {}
+
+
+def test_bab_tries_the_milp_on_refined_bounds_and_agrees(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_mlp(5, (8, 20, 20, 20, 4))
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    calls: list[list[int]] = []
+    real = bab_module.decide_by_milp
+
+    def spy(network, x0, threat, c, d, bounds, order, states, until):  # type: ignore[no-untyped-def]
+        calls.append(list(order))
+        return real(network, x0, threat, c, d, bounds, order, states, until)
+
+    def unrefined(network, x0, threat, c, d, root, bab, **kwargs):  # type: ignore[no-untyped-def]
+        # a "refinement" that keeps the root: the rows open at the root go to the MILP
+        return refine_module.Refinement(root, layers=[{"node": 0}])
+
+    monkeypatch.setattr(bab_module, "decide_by_milp", spy)
+    monkeypatch.setattr(bab_module, "refine_bounds", unrefined)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    out = BaB(time_limit=10, refine=0.5, milp=0.9)(model, x, y, threat)
+    assert any(calls), "the MILP was never tried: the test needs rows open at the root"
+    assert bool((out.lower <= exact.lower + 1e-5).all())
+    tried = 0
+    for i in range(5):
+        assert out.verdict[i] in (exact.verdict[i], Verdict.UNKNOWN)
+        for row in out.stats["samples"][i]:
+            if "milp" in row:
+                tried += 1
+                if row["status"] == "verified":
+                    assert row["lower"] > 0
+                    assert float(exact.lower[i, row["row"]]) >= row["lower"] - 1e-6
+    assert tried >= 1  # the rows it tried log the MILP's status
+    assert sum(v is e for v, e in zip(out.verdict, exact.verdict, strict=True)) == 5
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InvalidParameterError, match="milp"):
+            BaB(milp=bad)

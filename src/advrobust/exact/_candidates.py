@@ -29,7 +29,11 @@ from advrobust.relax.alpha_crown import AlphaResult
 from advrobust.solvers.highs import HighsSolver
 from advrobust.solvers.program import SolveStatus
 
-__all__ = ["Candidates", "Row"]
+__all__ = ["Candidates", "Row", "decide_by_milp"]
+
+#: HiGHS options of the MILP tries: its feasibility jump runs before the root node without
+#: checking the time limit (see :func:`advrobust.verify.cascade.make_bounder`).
+_MILP_OPTIONS = {"mip_heuristic_run_feasibility_jump": False}
 
 
 @dataclass
@@ -141,3 +145,35 @@ class Candidates:
             self.rows[r].log["milp"] = "infeasible root (numerical trouble): not a proof"
             return -math.inf
         return sol.bound
+
+
+def decide_by_milp(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
+                   bounds: Any, order: list[int], states: list[Row], until: float
+                   ) -> dict[int, float]:
+    """Try to decide the rows ``order`` (of ``c`` (R, outputs), ``d`` (R,); closest to a proof
+    first) one after the other with the big-M MILP on ``bounds`` (HiGHS, each solve stopped
+    once the row's sign is decided), until ``until``. A row left undecided ends the try: the
+    rows after it are further from a proof (a falsified row does not). Points the solver
+    finds are offered to the rows' ``states``; an infeasible program (it holds the clean
+    input) is numerical trouble, not a proof. Returns each tried row's sound lower bound
+    (-inf: none)."""
+    enc = encode_sample(network, bounds, 0, integer=True, threat=threat, x0=x0)
+    out: dict[int, float] = {}
+    for r in order:
+        left = until - time.perf_counter()
+        if left <= 0:
+            break
+        sol = HighsSolver(enc.program, time_limit=left, options=_MILP_OPTIONS).minimize(
+            row_cost(enc, c[r]), float(d[r]), stop_below=-1e-6, stop_above=_CLOSE)
+        states[r].log["milp"] = sol.backend_status
+        if sol.x is not None:
+            point = torch.as_tensor(sol.x[enc.inputs]).to(x0).reshape(x0.shape)
+            point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
+            with torch.no_grad():
+                value = float((network.forward(point) * c[r]).sum() + d[r])
+            if value < states[r].best_value:
+                states[r].best_value, states[r].best_point = value, point[0].detach().clone()
+        out[r] = -math.inf if sol.status is SolveStatus.INFEASIBLE else sol.bound
+        if out[r] <= _CLOSE and states[r].best_value >= 0:
+            break
+    return out
