@@ -240,3 +240,19 @@ def test_bab_tries_the_milp_on_refined_bounds_and_agrees(
     for bad in (-0.1, 1.5):
         with pytest.raises(InvalidParameterError, match="milp"):
             BaB(milp=bad)
+
+
+def test_the_search_finishes_a_row_with_the_same_milp() -> None:
+    # BaB's fallback when linear regions keep coming: the MILP on the root's bounds
+    from advrobust.exact._search import RowSearch
+
+    network, x0, threat, spec, root = _setup(1, 0.15)
+    exact = MILP(early_stop=False, skip_verified=False)._bound(
+        network, x0, threat, spec, layer_bounds=root.bounds)
+    search = RowSearch(network, x0, threat, spec.C, spec.d, BaB(), root)
+    for r in range(spec.num_rows):
+        bound = search.finish_with_milp(r, time.perf_counter() + 60)
+        minimum = float(exact.lower[0, r])
+        assert bound <= minimum + 1e-6 and "milp" in search.rows[r].log
+        assert (bound > 0) if minimum > 1e-3 else (search.rows[r].best_value < 0)
+    assert search.finish_with_milp(0, time.perf_counter() - 1.0) == float("-inf")

@@ -130,21 +130,8 @@ class Candidates:
 
     def finish_with_milp(self, r: int, deadline: float) -> float:
         """Decide row ``r`` with the big-M MILP on the root bounds (a sound global bound)."""
-        bounds = self.root.bounds
-        enc = encode_sample(self.net, bounds, 0, integer=True, threat=self.threat, x0=self.x0)
-        sol = HighsSolver(enc.program, time_limit=max(deadline - time.perf_counter(), 1e-3)
-                          ).minimize(row_cost(enc, self.c[r]), float(self.d[r]),
-                                     stop_below=-1e-6, stop_above=_CLOSE)
-        self.rows[r].log["milp"] = sol.backend_status
-        if sol.x is not None:
-            point = torch.as_tensor(sol.x[enc.inputs]).to(self.x0).reshape(self.x0.shape)
-            point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
-            self.offer(r, self._value(r, point), point[0])
-        if sol.status is SolveStatus.INFEASIBLE:
-            # the root program holds the clean input: "infeasible" is numerical trouble
-            self.rows[r].log["milp"] = "infeasible root (numerical trouble): not a proof"
-            return -math.inf
-        return sol.bound
+        return decide_by_milp(self.net, self.x0, self.threat, self.c, self.d, self.root.bounds,
+                              [r], self.rows, deadline).get(r, -math.inf)
 
 
 def decide_by_milp(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
@@ -173,7 +160,11 @@ def decide_by_milp(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tens
                 value = float((network.forward(point) * c[r]).sum() + d[r])
             if value < states[r].best_value:
                 states[r].best_value, states[r].best_point = value, point[0].detach().clone()
-        out[r] = -math.inf if sol.status is SolveStatus.INFEASIBLE else sol.bound
+        out[r] = sol.bound
+        if sol.status is SolveStatus.INFEASIBLE:
+            # the program holds the clean input: "infeasible" is numerical trouble
+            states[r].log["milp"] = "infeasible root (numerical trouble): not a proof"
+            out[r] = -math.inf
         if out[r] <= _CLOSE and states[r].best_value >= 0:
             break
     return out

@@ -260,8 +260,9 @@ class BaB(Bounder):
         to a proof first; returns the rows still open (``done.alpha`` cut to them)."""
         low = done.alpha.lower[0]
         # rows the refined root proves already are left to the search (it closes them at once)
-        order = [r for r, v in zip(rows.tolist(), low.tolist(), strict=True) if v <= _CLOSE]
-        order.sort(key=lambda r: -float(low[rows.tolist().index(r)]))
+        order = [r for _, r in sorted(((v, r) for r, v in zip(rows.tolist(), low.tolist(),
+                                                                strict=True) if v <= _CLOSE),
+                                      reverse=True)]
         now = time.perf_counter()
         tried = decide_by_milp(network, x0, threat, c[0], d[0], done.alpha.bounds, order, states,
                                now + self.milp * (deadline - now))
