@@ -256,3 +256,29 @@ def test_the_search_finishes_a_row_with_the_same_milp() -> None:
         assert bound <= minimum + 1e-6 and "milp" in search.rows[r].log
         assert (bound > 0) if minimum > 1e-3 else (search.rows[r].best_value < 0)
     assert search.finish_with_milp(0, time.perf_counter() - 1.0) == float("-inf")
+
+
+@pytest.mark.parametrize("module", [True, False])
+def test_the_threshold_attack_reports_values_the_network_takes_inside_the_set(
+        module: bool) -> None:
+    """The attack's steps run on the float32 copy when the network has a module (else in
+    float64); what it reports are float64 values at points of the box, inside the exact
+    extremes of each neuron (the exact MILP's)."""
+    network, x0, threat, _, _ = _setup(0, 0.15)
+    k = refinable(network)[0]
+    cut = Network(network.ops[:k], network.input_shape, network.module if module else None)
+    assert (refine_module.float32_chain(cut) is not None) == module
+    idx = torch.arange(6)
+    lo, hi, points = refine_module._attack(cut, x0, threat, idx)
+    lo_in, hi_in = threat.input_bounds(x0)
+    assert points.dtype == torch.float64 and points.shape == (12, 6)
+    assert bool(((points >= lo_in) & (points <= hi_in)).all())
+    z = cut.forward(points)
+    assert torch.equal(lo, z[torch.arange(6), idx]) and torch.equal(hi, z[6 + torch.arange(6), idx])
+    assert bool((lo <= hi).all())
+    rows = torch.zeros(1, 12, z.shape[1], dtype=torch.float64)
+    rows[0, torch.arange(6), idx], rows[0, 6 + torch.arange(6), idx] = 1.0, -1.0
+    exact = MILP(time_limit=30, early_stop=False, skip_verified=False)._bound(
+        cut, x0, threat, Spec(rows, torch.zeros(1, 12, dtype=torch.float64)))
+    assert bool((lo >= exact.lower[0, :6] - 1e-6).all())
+    assert bool((hi <= -exact.lower[0, 6:] + 1e-6).all())

@@ -19,7 +19,7 @@ from advrobust.network.ir import Network
 from advrobust.relax.dag import graph_backward
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["Float32Twin"]
+__all__ = ["Float32Twin", "float32_chain"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +48,7 @@ class Float32Twin:
         op does not compute in float32 then."""
         if network.module is None or c.dtype != torch.float64:
             return None
-        if network not in _COPIES:
-            try:
-                _COPIES[network] = cls._make(network, root)
-            except Exception as exc:  # noqa: BLE001 - a copy that fails keeps float64
-                logger.debug("no float32 twin (%s: %s); the search stays in float64",
-                             type(exc).__name__, exc)
-                _COPIES[network] = None
-        parts = _COPIES[network]
+        parts = _parts(network, root)
         return None if parts is None else cls(parts[0], parts[1], c.float())
 
     @classmethod
@@ -84,6 +77,43 @@ class Float32Twin:
             return [], twin
 
 
+def float32_chain(network: Network) -> list | None:
+    """The float32 copy's ops of a float64 chain (the twin's, made once per network), or None
+    when it has none: for computations whose values only choose, e.g. the points of an attack
+    that are re-evaluated in float64."""
+    if network.module is None:
+        return None
+    parts = _parts(network, [])
+    if parts is None:
+        return None
+    if network not in _FORWARD:  # every op's forward must stay float32 too
+        try:
+            with torch.no_grad():
+                x = torch.zeros((1,) + tuple(network.input_shape))
+                for op in parts[0]:
+                    x = op.forward(x)
+            _FORWARD[network] = x.dtype == torch.float32
+        except Exception as exc:  # noqa: BLE001 - no float32 forward: float64 then
+            logger.debug("no float32 forward (%s: %s)", type(exc).__name__, exc)
+            _FORWARD[network] = False
+    return parts[0] if _FORWARD[network] else None
+
+
+def _parts(network: Network | Graph, root: LayerBounds) -> tuple[list, Graph | None] | None:
+    """The cached (chain ops, graph) of ``network``'s float32 copy, made on first use."""
+    if network not in _COPIES:
+        try:
+            _COPIES[network] = Float32Twin._make(network, root)
+        except Exception as exc:  # noqa: BLE001 - a copy that fails keeps float64
+            logger.debug("no float32 twin (%s: %s); the search stays in float64",
+                         type(exc).__name__, exc)
+            _COPIES[network] = None
+    return _COPIES[network]
+
+
 #: The float32 copy of each float64 network (None: it has none), while the network lives.
 _COPIES: weakref.WeakKeyDictionary[object, tuple[list, Graph | None] | None] = \
     weakref.WeakKeyDictionary()
+
+#: Whether the float32 copy of a chain forwards in float32 (see :func:`float32_chain`).
+_FORWARD: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()

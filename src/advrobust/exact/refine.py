@@ -47,6 +47,7 @@ from torch import Tensor
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.exact._domains import _CLOSE
+from advrobust.exact._twin import float32_chain
 from advrobust.network.ir import Network
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
 from advrobust.relax.crown import crown_lower
@@ -67,7 +68,7 @@ _MARGIN = 0.3
 _MAX_NEURONS = 1024
 
 #: Signed-gradient steps of the attack that places the thresholds.
-_ATTACK_STEPS = 40
+_ATTACK_STEPS = 20
 
 
 @dataclass
@@ -174,7 +175,7 @@ def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBoun
     m = unstable.numel()
     if m == 0:
         return None
-    reach_lo, reach_hi = _attack(cut, x0, threat, unstable)
+    reach_lo, reach_hi, _ = _attack(cut, x0, threat, unstable)
     t_lo = reach_lo - _MARGIN * (reach_lo - lo[unstable])
     t_hi = reach_hi + _MARGIN * (hi[unstable] - reach_hi)
     # a neuron the attack never moved across 0: try to prove it stable (no relaxation at all)
@@ -256,30 +257,48 @@ def _consistent(new_lo: Tensor, new_hi: Tensor, reach_lo: Tensor, reach_hi: Tens
     return True
 
 
-def _attack(cut: Network, x0: Tensor, threat: LpBall, idx: Tensor) -> tuple[Tensor, Tensor]:
+def _attack(cut: Network, x0: Tensor, threat: LpBall, idx: Tensor
+            ) -> tuple[Tensor, Tensor, Tensor]:
     """Lowest and highest values of the neurons ``idx`` of ``cut``'s output reached at points of
-    the set: signed gradient from seeded random points, all neurons and both directions at
-    once, step sizes shrinking from a fifth of the box to a hundredth."""
+    the set, and those points (2m, *input_shape: the lowest, then the highest): signed gradient from seeded random points, all neurons and both directions at
+    once, step sizes shrinking from a fifth of the box to a hundredth. The steps run on the
+    float32 copy of the network when it has one (half the cost; 0.38 s of 1.2 s per layer on
+    256x6 in float64); each row's best point is then evaluated in float64, so what comes back
+    are values points of the set reach, exactly as the network computes them."""
     lo_in, hi_in = threat.input_bounds(x0)
     m = idx.numel()
+    fast = float32_chain(cut)
+    ops = cut.ops if fast is None else fast
+    dtype = x0.dtype if fast is None else torch.float32
+    lo_s, hi_s = lo_in.to(dtype), hi_in.to(dtype)
     gen = torch.Generator().manual_seed(0)
     noise = torch.rand((2 * m,) + tuple(x0.shape[1:]), generator=gen, dtype=x0.dtype)
-    x = (lo_in + (hi_in - lo_in) * noise).requires_grad_(True)
-    sign = torch.cat([x0.new_full((m,), -1.0), x0.new_ones(m)])  # minimise, then maximise
+    x = (lo_in + (hi_in - lo_in) * noise).to(dtype).requires_grad_(True)
+    sign = torch.cat([x0.new_full((m,), -1.0), x0.new_ones(m)]).to(dtype)  # minimise, maximise
     rows = torch.arange(2 * m)
-    best = torch.cat([x0.new_full((m,), math.inf), x0.new_full((m,), -math.inf)])
+    cols = idx.repeat(2)
+    best = torch.full((2 * m,), math.inf, dtype=dtype)  # of sign * z
+    best_x = x.detach().clone()
     for step in range(_ATTACK_STEPS + 1):
-        z = cut.forward(x).reshape(2 * m, -1)[rows, idx.repeat(2)]
+        z = x
+        for op in ops:
+            z = op.forward(z)
+        z = z.reshape(2 * m, -1)[rows, cols] * -sign
         with torch.no_grad():
-            best = torch.cat([torch.minimum(best[:m], z[:m]), torch.maximum(best[m:], z[m:])])
+            better = z < best
+            best = torch.where(better, z, best)
+            best_x[better] = x[better]
         if step == _ATTACK_STEPS:
             break
-        (grad,) = torch.autograd.grad((z * sign).sum(), x)
+        (grad,) = torch.autograd.grad(z.sum(), x)
         size = 0.2 * (0.05 ** (step / (_ATTACK_STEPS - 1)))
         with torch.no_grad():
-            x += size * (hi_in - lo_in) * grad.sign()
-            x.copy_(torch.minimum(torch.maximum(x, lo_in), hi_in))
-    return best[:m].detach(), best[m:].detach()
+            x -= size * (hi_s - lo_s) * grad.sign()
+            x.copy_(torch.minimum(torch.maximum(x, lo_s), hi_s))
+    with torch.no_grad():  # the best points, in float64 inside the box
+        points = torch.minimum(torch.maximum(best_x.to(x0.dtype), lo_in), hi_in)
+        z = cut.forward(points).reshape(2 * m, -1)[rows, cols]
+    return z[:m], z[m:], points
 
 
 def _down(t: Tensor) -> Tensor:
