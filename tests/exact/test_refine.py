@@ -282,3 +282,32 @@ def test_the_threshold_attack_reports_values_the_network_takes_inside_the_set(
         cut, x0, threat, Spec(rows, torch.zeros(1, 12, dtype=torch.float64)))
     assert bool((lo >= exact.lower[0, :6] - 1e-6).all())
     assert bool((hi <= -exact.lower[0, 6:] + 1e-6).all())
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_long_time_limit_does_not_delay_the_first_refinement(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first round spans at most ``_ROUND_SECONDS``: with a 600-s limit the first
+    refinement gets half of that round, not half of the 600 s (the refined root arrived at
+    ~175 s of 300 where a 30-s limit had it at ~15 s)."""
+    model = make_mlp(5, (8, 20, 20, 20, 4))
+    x = torch.rand(3, 8, generator=torch.Generator().manual_seed(5))
+    seen: list[tuple[float, float]] = []
+    start = time.perf_counter()
+
+    def spy(network, x0, threat, c, d, root, bab, *, deadline, **kwargs):  # type: ignore[no-untyped-def]
+        now = time.perf_counter()
+        seen.append((now - start, deadline - now))
+        raise _Stop
+
+    monkeypatch.setattr(bab_module, "refine_bounds", spy)
+    monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 2.0)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)  # refine at once (the search would decide)
+    with pytest.raises(_Stop):
+        BaB(time_limit=600, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
+    (began, length), = seen
+    assert began < 60.0  # after the root alone
+    assert 0.0 < length <= 0.5 * 2.0 + 1e-6  # half of what is left of the 2-s round

@@ -68,6 +68,13 @@ _PROBE = 0.2
 #: Most refinement rounds per sample (see :meth:`BaB._search`).
 _ROUNDS = 3
 
+#: Seconds a first round of probe search, refinement and MILP try may span, and the factor by
+#: which each further round's span grows (see :meth:`BaB._search`): a long time limit does not
+#: delay the first refined root (at 300 s, shares of the whole limit put it at ~175 s, where
+#: a 30-s limit has it at ~15 s), and a round that gains little is followed by a longer one.
+_ROUND_SECONDS = 24.0
+_ROUND_GROWTH = 3.0
+
 #: Most unstable ReLUs (all layers) under the refined bounds for the MILP try (see
 #: :class:`BaB` ``milp``): on VNN-COMP 2022 256x4, 109 were decided in 1.3 s (``prop_10_0.05``),
 #: 150 / 237 stayed open after 60 s (``prop_7_0.05`` / ``prop_6_0.03``).
@@ -119,17 +126,19 @@ class BaB(Bounder):
             and multipliers) and its children continue it, instead of a fresh optimiser per
             batch (bench/RESULTS.md, issue 11, developer babadam).
         refine: on chains with two ReLU layers or more, when the search has not decided every
-            row in a fifth of the time left, this share of the time left goes to tightening
-            the intermediate bounds by branch and bound on the neurons themselves, layer by
-            layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and the open
-            rows are searched again from the refined root; up to three rounds, while a round
-            closes at least a tenth of the worst row's gap (0: off). On VNN-COMP mnist_fc
+            row in a fifth of a round's span (the time left, at most 24 s for the first round,
+            three times more for each next one), this share of the span left goes to
+            tightening the intermediate bounds by branch and bound on the neurons themselves,
+            layer by layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and
+            the open rows are searched again from the refined root; up to three rounds, while a
+            round closes at least a tenth of the worst row's gap or the next round is longer
+            (0: off). On VNN-COMP mnist_fc
             256x4 / 256x6 the root's rows go from -10 / -330 to -1.7 / -6 in one round
             (bench/RESULTS.md, issue 11, session 9).
         milp: after a refinement round that leaves at most 128 unstable ReLUs, this share of
-            the time left goes to the big-M MILP (HiGHS) on the refined bounds, row after row
-            from the one closest to a proof, each solve stopped once the row's sign is
-            decided, until a row stays undecided: with few unstable neurons HiGHS's cuts decide
+            the round's span left goes to the big-M MILP (HiGHS) on the refined bounds, row
+            after row from the one closest to a proof, each solve stopped once the row's sign
+            is decided, until a row stays undecided: with few unstable neurons HiGHS's cuts decide
             a near-closed row in seconds where the search needs minutes (VNN-COMP 2022
             256x4 ``prop_10_0.05``: 1.3 s after 25 s of refinement, against ~150 s of
             search; bench/RESULTS.md, issue 11, session 10). 0: off.
@@ -215,10 +224,12 @@ class BaB(Bounder):
                 d: Tensor, alpha: AlphaResult, deadline: float
                 ) -> tuple[Tensor, list[Any], int, Refinement | None]:
         """Search the rows from the root ``alpha``. Where refinement may help, in rounds: search
-        for ``_PROBE`` of the time left, refine the rows left open, search them again from the
-        refined root, ...; the last search runs to the deadline (after ``_ROUNDS`` refinements,
-        or one that gained too little). Returns per row its sound lower bound and search state,
-        the linear regions solved, and the refinements (None if none ran)."""
+        for ``_PROBE`` of the round's span, refine the rows left open, search them again from
+        the refined root, ...; a round spans the time left, at most ``_ROUND_SECONDS`` times
+        ``_ROUND_GROWTH`` to the round's number; the last search runs to the deadline (after
+        ``_ROUNDS`` refinements, or one that gained too little where the next round would be
+        no longer). Returns per row its sound lower bound and search state, the linear regions
+        solved, and the refinements (None if none ran)."""
         rows = torch.arange(c.shape[1])
         values = torch.full((c.shape[1],), -math.inf, dtype=torch.float64)
         states: list[Any] = [None] * c.shape[1]
@@ -227,9 +238,10 @@ class BaB(Bounder):
         for n in range(_ROUNDS + 1):
             more = more and n < _ROUNDS
             now = time.perf_counter()
+            until = min(deadline, now + _ROUND_SECONDS * _ROUND_GROWTH ** n)  # the round's span
             search = _RowSearch(network, x0, threat, c[0, rows], d[0, rows], self, done.alpha)
             found, found_states = search.run(
-                now + _PROBE * (deadline - now) if more else deadline,
+                now + _PROBE * (until - now) if more else deadline,
                 stop_on_counterexample=self.early_stop)
             leaves += search.leaves
             for k, r in enumerate(rows.tolist()):
@@ -242,11 +254,14 @@ class BaB(Bounder):
                     deadline - time.perf_counter() < 1.0:
                 break
             refined = len(done.layers)
-            rows, more = self._refine(network, x0, threat, c, d, rows, todo, done, deadline)
-            if len(done.layers) > refined and self.milp > 0 and \
+            rows, more = self._refine(network, x0, threat, c, d, rows, todo, done, until)
+            grew = len(done.layers) > refined
+            # a longer round next: worth it even after a small gain
+            more = more or (grew and now + _ROUND_SECONDS * _ROUND_GROWTH ** (n + 1) < deadline)
+            if grew and self.milp > 0 and \
                     _unstable(network, done.alpha.bounds) <= _MILP_UNSTABLE:
                 rows = self._milp_try(network, x0, threat, c, d, rows, done, values, states,
-                                      deadline)
+                                      until)
                 if not rows.numel() or (self.early_stop and any(
                         st.best_value < 0 for st in states)):
                     break
@@ -256,8 +271,9 @@ class BaB(Bounder):
                   d: Tensor, rows: Tensor, done: Refinement, values: Tensor, states: list[Any],
                   deadline: float) -> Tensor:
         """The big-M MILP on the refined bounds (far fewer unstable neurons than the root's)
-        for ``milp`` of the time left, on the open ``rows`` (those of ``done.alpha``), closest
-        to a proof first; returns the rows still open (``done.alpha`` cut to them)."""
+        for ``milp`` of the time left before ``deadline`` (the round's end), on the open
+        ``rows`` (those of ``done.alpha``), closest to a proof first; returns the rows still
+        open (``done.alpha`` cut to them)."""
         low = done.alpha.lower[0]
         # rows the refined root proves already are left to the search (it closes them at once)
         order = [r for _, r in sorted(((v, r) for r, v in zip(rows.tolist(), low.tolist(),
@@ -285,7 +301,8 @@ class BaB(Bounder):
                 d: Tensor, rows: Tensor, todo: list[int], done: Refinement,
                 deadline: float) -> tuple[Tensor, bool]:
         """Refine the root of the open rows ``todo`` (of ``rows``, those of ``done.alpha``) for
-        ``refine`` of the time left; ``done`` accumulates it. Returns the rows of the new root
+        ``refine`` of the time left before ``deadline`` (the round's end); ``done`` accumulates
+        it. Returns the rows of the new root
         and whether another round is worth it (this one gained at least a tenth of the gap)."""
         assert isinstance(network, Network)  # refinable
         at = torch.tensor([rows.tolist().index(r) for r in todo])

@@ -260,11 +260,12 @@ def _consistent(new_lo: Tensor, new_hi: Tensor, reach_lo: Tensor, reach_hi: Tens
 def _attack(cut: Network, x0: Tensor, threat: LpBall, idx: Tensor
             ) -> tuple[Tensor, Tensor, Tensor]:
     """Lowest and highest values of the neurons ``idx`` of ``cut``'s output reached at points of
-    the set, and those points (2m, *input_shape: the lowest, then the highest): signed gradient from seeded random points, all neurons and both directions at
-    once, step sizes shrinking from a fifth of the box to a hundredth. The steps run on the
-    float32 copy of the network when it has one (half the cost; 0.38 s of 1.2 s per layer on
-    256x6 in float64); each row's best point is then evaluated in float64, so what comes back
-    are values points of the set reach, exactly as the network computes them."""
+    the set, and those points (2m, *input_shape: the lowest, then the highest): signed gradient
+    from seeded random points, all neurons and both directions at once, step sizes shrinking
+    from a fifth of the box to a hundredth. The steps run on the float32 copy of the network
+    when it has one (256 neurons of 256x6: 0.96 s in float64 with 40 steps, 0.27 s now); each
+    row's best point is then evaluated in float64, so what comes back are values points of the
+    set reach, exactly as the network computes them."""
     lo_in, hi_in = threat.input_bounds(x0)
     m = idx.numel()
     fast = float32_chain(cut)
