@@ -133,9 +133,9 @@ class BaB(Bounder):
             layer by layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and
             the open rows are searched again from the refined root; up to four rounds, while a
             round closes at least a tenth of the worst row's gap or the next round is longer
-            (0: off). On VNN-COMP mnist_fc
-            256x4 / 256x6 the root's rows go from -10 / -330 to -1.7 / -6 in one round
-            (bench/RESULTS.md, issue 11, session 9).
+            (0: off). On VNN-COMP mnist_fc 256x4 / 256x6 the root's rows go from -10 / -330
+            to -1.7 / -6 in one round (bench/RESULTS.md, issue 11, session 9); at 300 s the
+            rounds decide 2022 at ~15, ~58, ~188 and ~250 s (session 11).
         milp: after a refinement round that leaves at most 128 unstable ReLUs, this share of
             the round's span left goes to the big-M MILP (HiGHS) on the refined bounds, row
             after row from the one closest to a proof, each solve stopped once the row's sign
@@ -303,8 +303,8 @@ class BaB(Bounder):
                 deadline: float) -> tuple[Tensor, bool]:
         """Refine the root of the open rows ``todo`` (of ``rows``, those of ``done.alpha``) for
         ``refine`` of the time left before ``deadline`` (the round's end); ``done`` accumulates
-        it. Returns the rows of the new root
-        and whether another round is worth it (this one gained at least a tenth of the gap)."""
+        it. Returns the rows of the new root and whether another round is worth it (this one
+        gained at least a tenth of the gap)."""
         assert isinstance(network, Network)  # refinable
         at = torch.tensor([rows.tolist().index(r) for r in todo])
         root = dataclasses.replace(done.alpha, lower=done.alpha.lower[:, at])
