@@ -47,6 +47,11 @@ class Row:
     status: str = "verified"
     log: dict[str, Any] = field(default_factory=dict)
 
+    def offer(self, value: float, point: Tensor) -> None:
+        """Keep ``point`` if its (re-evaluated) ``value`` is the row's lowest yet."""
+        if value < self.best_value:
+            self.best_value, self.best_point = value, point.detach().clone()
+
 
 class Candidates:
     """The point side of :class:`~advrobust.exact._search.RowSearch` (a mixin: the search's
@@ -99,9 +104,7 @@ class Candidates:
             self.offer(r, float(value[k]), x[k])
 
     def offer(self, r: int, value: float, point: Tensor) -> None:
-        state = self.rows[r]
-        if value < state.best_value:
-            state.best_value, state.best_point = value, point.detach().clone()
+        self.rows[r].offer(value, point)
 
     def _value(self, r: int, point: Tensor) -> float:
         with torch.no_grad():
@@ -158,8 +161,7 @@ def decide_by_milp(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tens
             point = torch.minimum(torch.maximum(point, bounds[0][0]), bounds[0][1])
             with torch.no_grad():
                 value = float((network.forward(point) * c[r]).sum() + d[r])
-            if value < states[r].best_value:
-                states[r].best_value, states[r].best_point = value, point[0].detach().clone()
+            states[r].offer(value, point[0])
         out[r] = sol.bound
         if sol.status is SolveStatus.INFEASIBLE:
             # the program holds the clean input: "infeasible" is numerical trouble
