@@ -311,3 +311,19 @@ def test_a_long_time_limit_does_not_delay_the_first_refinement(
     (began, length), = seen
     assert began < 60.0  # after the root alone
     assert 0.0 < length <= 0.5 * 2.0 + 1e-6  # half of what is left of the 2-s round
+
+
+def test_a_round_is_never_shorter_than_the_one_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another round starts only if it can span as long as the last one (its span: the time
+    left, at most ``_ROUND_SECONDS`` x ``_ROUND_GROWTH`` to its number): a refinement's gain
+    grows faster than its time, so the seconds of a short last round go to the search."""
+    monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 2.0)
+    monkeypatch.setattr(bab_module, "_ROUND_GROWTH", 3.0)
+    another = bab_module._another_round
+    assert another(0, 2.0, 10.0, 100.0)  # the second round may span 6 s
+    assert another(0, 2.0, 10.0, 12.0)  # 2 s left: as long as the first
+    assert not another(0, 2.0, 10.0, 11.9)  # 1.9 s left: shorter
+    assert another(1, 6.0, 20.0, 26.0) and not another(1, 6.0, 20.0, 25.5)
+    # the growth caps the next round, not the deadline: 18 s at most after a round of 20 s
+    assert not another(1, 20.0, 0.0, 1000.0)
+
