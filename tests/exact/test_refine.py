@@ -327,3 +327,30 @@ def test_a_round_is_never_shorter_than_the_one_before(monkeypatch: pytest.Monkey
     # the growth caps the next round, not the deadline: 18 s at most after a round of 20 s
     assert not another(1, 20.0, 0.0, 1000.0)
 
+
+
+@pytest.mark.parametrize(("widths", "eps", "share"), [((8, 20, 20, 20, 4), 0.1, 0.85),
+                                                       ((8, 40, 40, 4), 0.3, 0.5)])
+def test_the_default_refinement_share_follows_the_refined_layers(
+        monkeypatch: pytest.MonkeyPatch, widths: tuple[int, ...], eps: float,
+        share: float) -> None:
+    """``refine=None``: 0.85 of the round left after the probe where more than one layer is
+    refined (their gains compound), 0.5 where one is (the search after it needs the time)."""
+    model = make_mlp(5, widths)
+    x = torch.rand(3, 8, generator=torch.Generator().manual_seed(5))
+    network = from_module(model, (8,))
+    assert (len(refinable(network)) > 1) == (share > 0.5)
+    seen: list[float] = []
+
+    def spy(network, x0, threat, c, d, root, bab, *, deadline, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(deadline - time.perf_counter())
+        raise _Stop
+
+    monkeypatch.setattr(bab_module, "refine_bounds", spy)
+    monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 4.0)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    with pytest.raises(_Stop):
+        BaB(time_limit=600)(model, x, model(x).argmax(1), LpBall("linf", eps))
+    (length,) = seen
+    # the round's 4 s less what its start took: well above the other share's 4 x 0.5
+    assert 4.0 * (share - 0.25) < length <= 4.0 * share + 1e-6

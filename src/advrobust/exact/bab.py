@@ -65,6 +65,15 @@ _FSB_K = 20
 #: ``refine``).
 _PROBE = 0.2
 
+#: Share of a round's span left after the probe search that the refinement takes (see
+#: :class:`BaB` ``refine``) on chains with more than one refinable layer, and with one: what a
+#: refinement gains grows faster than its time where the layers' gains compound (VNN-COMP 2022
+#: mnist_fc 256x6 ``prop_9_0.03`` at 30 s: the refined root at -28.7 after 8.3 s, -3.6 after
+#: 14 s), while one layer's gain levels off sooner and the search after it needs the time
+#: (2021 256x2 ``prop_1_0.03`` at 120 s: decided in 27 s with 0.5, 34 s or a timeout with 0.85).
+_REFINE_DEEP = 0.85
+_REFINE_ONE = 0.5
+
 #: Most refinement rounds per sample (see :meth:`BaB._search`): at 300 s, VNN-COMP 2022 256x4
 #: ``prop_4_0.05`` is decided by a fourth round (252.5 s; open after three).
 _ROUNDS = 4
@@ -132,11 +141,10 @@ class BaB(Bounder):
             tightening the intermediate bounds by branch and bound on the neurons themselves,
             layer by layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and
             the open rows are searched again from the refined root; up to four rounds, each
-            as long as the one before at least (0: off). 0.85 rather than 0.5: what a
-            refinement gains grows faster than its time (VNN-COMP 2022 mnist_fc 256x6
-            ``prop_9_0.03`` at 30 s: the refined root at -28.7 after 8.3 s, -3.6 after 14 s),
-            and at 30 s 256x4 / 256x6 decide 24 / 16 instances instead of 22 / 16
-            (bench/RESULTS.md, issue 11, session 12).
+            as long as the one before at least (0: off). None (default): 0.85 where more than
+            one layer is refined, 0.5 where one is: the layers' gains compound, and at 30 s
+            VNN-COMP 2022 mnist_fc 256x4 / 256x6 decide 24 / 16 instances with 0.85 where 0.5
+            decided 22 / 16 (bench/RESULTS.md, issue 11, session 12).
         milp: after a refinement round that leaves at most 128 unstable ReLUs, this share of
             the round's span left goes to the big-M MILP (HiGHS) on the refined bounds, row
             after row from the one closest to a proof, each solve stopped once the row's sign
@@ -157,7 +165,7 @@ class BaB(Bounder):
                  early_stop: bool = True, alpha_steps: int = 20, intermediate: bool = True,
                  beta_steps: int = 5, branching: str | int = "fsb",
                  attack_steps: int = 10, domain_bounds: bool = False,
-                 keep_state: bool = True, refine: float = 0.85, milp: float = 0.25,
+                 keep_state: bool = True, refine: float | None = None, milp: float = 0.25,
                  memory_limit: int | str | None = None) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
@@ -172,7 +180,8 @@ class BaB(Bounder):
         self.attack_steps = check_int(attack_steps, "attack_steps", "BaB", low=0)
         self.domain_bounds = check_bool(domain_bounds, "domain_bounds", "BaB")
         self.keep_state = check_bool(keep_state, "keep_state", "BaB")
-        self.refine = check_float(refine, "refine", "BaB", low=0.0, high=1.0)
+        self.refine = None if refine is None else check_float(refine, "refine", "BaB", low=0.0,
+                                                               high=1.0)
         self.milp = check_float(milp, "milp", "BaB", low=0.0, high=1.0)
         self.memory_limit = None if memory_limit is None else parse_size(
             memory_limit, "BaB memory_limit")
@@ -237,7 +246,10 @@ class BaB(Bounder):
         values = torch.full((c.shape[1],), -math.inf, dtype=torch.float64)
         states: list[Any] = [None] * c.shape[1]
         leaves, done = 0, Refinement(alpha)
-        more = self.refine > 0 and bool(refinable(network))
+        layers = refinable(network)
+        share = self.refine if self.refine is not None else \
+            _REFINE_DEEP if len(layers) > 1 else _REFINE_ONE
+        more = share > 0 and bool(layers)
         for n in range(_ROUNDS + 1):
             more = more and n < _ROUNDS
             now = time.perf_counter()
@@ -257,7 +269,7 @@ class BaB(Bounder):
                     deadline - time.perf_counter() < 1.0:
                 break
             refined = len(done.layers)
-            rows = self._refine(network, x0, threat, c, d, rows, todo, done, until)
+            rows = self._refine(network, x0, threat, c, d, rows, todo, done, until, share)
             grew = len(done.layers) > refined
             more = grew and _another_round(n, until - now, time.perf_counter(), deadline)
             if grew and self.milp > 0 and \
@@ -301,16 +313,16 @@ class BaB(Bounder):
 
     def _refine(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                 d: Tensor, rows: Tensor, todo: list[int], done: Refinement,
-                deadline: float) -> Tensor:
+                deadline: float, share: float) -> Tensor:
         """Refine the root of the open rows ``todo`` (of ``rows``, those of ``done.alpha``) for
-        ``refine`` of the time left before ``deadline`` (the round's end); ``done`` accumulates
+        ``share`` of the time left before ``deadline`` (the round's end); ``done`` accumulates
         it. Returns the rows of the new root (``rows`` if nothing was refined)."""
         assert isinstance(network, Network)  # refinable
         at = torch.tensor([rows.tolist().index(r) for r in todo])
         root = dataclasses.replace(done.alpha, lower=done.alpha.lower[:, at])
         now = time.perf_counter()
         new = refine_bounds(network, x0, threat, c[:, todo], d[:, todo], root, self,
-                            deadline=now + self.refine * (deadline - now),
+                            deadline=now + share * (deadline - now),
                             alpha_steps=self.alpha_steps)
         if not new.layers:  # nothing refined: search the same rows again, to the deadline
             return rows
