@@ -74,14 +74,16 @@ _PROBE = 0.2
 _REFINE_DEEP = 0.85
 _REFINE_ONE = 0.5
 
-#: Most refinement rounds per sample (see :meth:`BaB._search`): at 300 s, VNN-COMP 2022 256x4
-#: ``prop_4_0.05`` is decided by a fourth round (252.5 s; open after three).
+#: Most refinement rounds per sample (see :meth:`BaB._search`), a cap for long limits: at 300 s
+#: the rounds span 24, 72 and the ~205 s left (a fourth would be shorter than the third: none);
+#: VNN-COMP 2022 256x4 ``prop_4_0.05``, decided by a fourth round of 0.5-share refinements
+#: (252.5 s, session 11), is decided by the third now (269 s).
 _ROUNDS = 4
 
 #: Seconds a first round of probe search, refinement and MILP try may span, and the factor by
 #: which each further round's span grows (see :meth:`BaB._search`): a long time limit does not
 #: delay the first refined root (at 300 s, shares of the whole limit put it at ~175 s, where
-#: a 30-s limit has it at ~15 s), and a round that gains little is followed by a longer one.
+#: a 30-s limit has it at ~22 s), and each next round is longer (:func:`_another_round`).
 _ROUND_SECONDS = 24.0
 _ROUND_GROWTH = 3.0
 
@@ -143,8 +145,9 @@ class BaB(Bounder):
             the open rows are searched again from the refined root; up to four rounds, each
             as long as the one before at least (0: off). None (default): 0.85 where more than
             one layer is refined, 0.5 where one is: the layers' gains compound, and at 30 s
-            VNN-COMP 2022 mnist_fc 256x4 / 256x6 decide 24 / 16 instances with 0.85 where 0.5
-            decided 22 / 16 (bench/RESULTS.md, issue 11, session 12).
+            VNN-COMP 2022 mnist_fc 256x4 / 256x6 decide 24 / 16 instances with 0.85 (and no
+            round shorter than the one before) where 0.5 decided 22 / 16 (bench/RESULTS.md,
+            issue 11, session 12).
         milp: after a refinement round that leaves at most 128 unstable ReLUs, this share of
             the round's span left goes to the big-M MILP (HiGHS) on the refined bounds, row
             after row from the one closest to a proof, each solve stopped once the row's sign
