@@ -354,3 +354,45 @@ def test_the_default_refinement_share_follows_the_refined_layers(
     (length,) = seen
     # the round's 4 s less what its start took: well above the other share's 4 x 0.5
     assert 4.0 * (share - 0.25) < length <= 4.0 * share + 1e-6
+
+
+@pytest.mark.parametrize("used", [1.0, 0.1])
+@pytest.mark.parametrize("hidden", [3, 4])
+def test_on_deep_chains_the_first_refined_layers_get_the_larger_shares(
+        monkeypatch: pytest.MonkeyPatch, used: float, hidden: int) -> None:
+    """Where more than ``_FRONT_ABOVE`` (3) layers are refined, each one's share of the time is
+    ``_FRONT`` times the next one's (a layer's refined bounds tighten every layer above it, so
+    the first ones' gains compound); with 3 the shares are equal. A layer that ends early
+    leaves its time to the layers after it. Seen on a clock the layers move."""
+    model = make_mlp(3, (6,) + (16,) * (hidden + 1) + (3,), torch.float64)
+    network = from_module(model, (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    threat = LpBall("linf", 0.1)
+    c = torch.zeros(1, 1, 3, dtype=torch.float64)
+    c[0, 0, 0], c[0, 0, 1] = 1.0, -1.0
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    root = alpha_crown(network, x0, threat, c, d, steps=2,
+                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    assert len(refinable(network)) == hidden
+    clock = [100.0]
+    spans: list[float] = []
+
+    def layer(network, x0, threat, bounds, k, bab, until, result):  # type: ignore[no-untyped-def]
+        spans.append(until - clock[0])
+        clock[0] += used * (until - clock[0])
+
+    monkeypatch.setattr(refine_module, "time", type("Clock", (), {
+        "perf_counter": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(refine_module, "_refine_layer", layer)
+    out = refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=130.0 + root.seconds)
+    assert out.alpha is root and not out.layers  # nothing refined: the root comes back
+    assert refine_module._FRONT_ABOVE == 3 and refine_module._FRONT > 1.0
+    front = refine_module._FRONT if hidden > 3 else 1.0
+    assert len(spans) == hidden
+    full = 30.0 / sum(front ** -i for i in range(hidden))
+    if used == 1.0:  # the whole 30 s, each layer's span ``front`` times the next one's
+        assert sum(spans) == pytest.approx(30.0)
+        assert spans == pytest.approx([full / front ** i for i in range(hidden)])
+    else:  # what the first layers leave goes to the later ones
+        assert spans[0] == pytest.approx(full)
+        assert all(b > a / front for a, b in zip(spans, spans[1:], strict=False))
