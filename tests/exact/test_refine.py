@@ -377,7 +377,7 @@ def test_on_deep_chains_the_first_refined_layers_get_the_larger_shares(
     clock = [100.0]
     spans: list[float] = []
 
-    def layer(network, x0, threat, bounds, k, bab, until, result):  # type: ignore[no-untyped-def]
+    def layer(network, x0, threat, bounds, k, bab, until, result, **kw):  # type: ignore[no-untyped-def]
         spans.append(until - clock[0])
         clock[0] += used * (until - clock[0])
 
@@ -396,3 +396,104 @@ def test_on_deep_chains_the_first_refined_layers_get_the_larger_shares(
     else:  # what the first layers leave goes to the later ones
         assert spans[0] == pytest.approx(full)
         assert all(b > a / front for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("hidden", [3, 5])
+def test_an_only_refinement_of_a_deep_chain_leaves_out_its_last_layer_and_the_descents(
+        monkeypatch: pytest.MonkeyPatch, hidden: int) -> None:
+    """``only=True`` (a sample's only refinement) refines every refinable layer but the last on
+    a deep chain (more than ``_FRONT_ABOVE`` refinable layers; the shares of the rest still
+    front-loaded), its searches without descents; on a shallower chain, and with
+    ``only=False``, every layer is refined, with descents."""
+    model = make_mlp(4, (6,) + (16,) * (hidden + 1) + (3,), torch.float64)
+    network = from_module(model, (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    threat = LpBall("linf", 0.1)
+    c = torch.zeros(1, 1, 3, dtype=torch.float64)
+    c[0, 0, 0], c[0, 0, 2] = 1.0, -1.0
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    root = alpha_crown(network, x0, threat, c, d, steps=2,
+                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    nodes = refinable(network)
+    assert len(nodes) == hidden
+    clock = [100.0]
+
+    def run(only: bool) -> tuple[list[int], list[float], set[bool]]:
+        seen: list[int] = []
+        spans: list[float] = []
+        descents: set[bool] = set()
+
+        def layer(network, x0, threat, bounds, k, bab, until, result, descend):  # type: ignore[no-untyped-def]
+            seen.append(k)
+            spans.append(until - clock[0])
+            descents.add(descend)
+            clock[0] = until
+
+        monkeypatch.setattr(refine_module, "_refine_layer", layer)
+        refine_bounds(network, x0, threat, c, d, root, BaB(), only=only,
+                      deadline=clock[0] + 30.0 + root.seconds)
+        return seen, spans, descents
+
+    monkeypatch.setattr(refine_module, "time", type("Clock", (), {
+        "perf_counter": staticmethod(lambda: clock[0])}))
+    assert run(False)[0] == nodes and run(False)[2] == {True}
+    seen, spans, descents = run(True)
+    deep = hidden > refine_module._FRONT_ABOVE
+    assert seen == (nodes[:-1] if deep else nodes)
+    assert descents == {not deep}
+    front = refine_module._FRONT if deep else 1.0
+    assert spans == pytest.approx([spans[0] / front ** i for i in range(len(seen))])
+
+
+@pytest.mark.parametrize("round_seconds", [0.3, 10.0])
+def test_only_a_round_no_other_can_follow_is_an_only_refinement(
+        monkeypatch: pytest.MonkeyPatch, round_seconds: float) -> None:
+    """BaB asks for ``only=True`` when its first round spans the whole time limit (no round
+    after it could be as long), for ``only=False`` in every round when others can follow (a
+    refinement stub that tightens nothing keeps the rows open)."""
+    model = make_mlp(5, (8, 20, 20, 20, 4))
+    x = torch.rand(3, 8, generator=torch.Generator().manual_seed(5))
+    flags: dict[float, list[bool]] = {}
+
+    def stub(network, x0, threat, c, d, root, bab, **kwargs):  # type: ignore[no-untyped-def]
+        flags.setdefault(float(x0.sum()), []).append(kwargs["only"])
+        return refine_module.Refinement(root, layers=[{"node": 0}])
+
+    monkeypatch.setattr(bab_module, "refine_bounds", stub)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_ROUNDS", 3)
+    monkeypatch.setattr(bab_module, "_ROUND_SECONDS", round_seconds)
+    monkeypatch.setattr(bab_module, "_ROUND_GROWTH", 1.0)
+    BaB(time_limit=1.5, refine=0.5, milp=0.0)(model, x, model(x).argmax(1),
+                                               LpBall("linf", 0.1))
+    assert flags, "nothing was refined: the test needs open rows"
+    if round_seconds > 1.5:  # one round spans the whole limit
+        assert all(seq == [True] for seq in flags.values())
+    else:
+        assert any(len(seq) >= 2 for seq in flags.values()), "no second round: needs open rows"
+        assert not any(any(seq) for seq in flags.values())
+
+
+@pytest.mark.parametrize("descend", [True, False])
+def test_without_descents_the_neurons_searches_take_no_gradient_steps(
+        monkeypatch: pytest.MonkeyPatch, descend: bool) -> None:
+    """``_refine_layer(descend=False)``: the searches offer their bounds' box corners but take
+    no signed-gradient steps from them; with ``descend`` they do (the spy sees them)."""
+    from advrobust.exact import _candidates
+
+    network, x0, threat, spec, root = _setup(0, 0.15)
+    calls = [0]
+    real = _candidates.Candidates._descend
+
+    def count(self, *args):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(_candidates.Candidates, "_descend", count)
+    bounds = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
+    result = refine_module.Refinement(root)
+    k = refinable(network)[-1]
+    refine_module._refine_layer(network, x0, threat, bounds, k, BaB(),
+                                time.perf_counter() + 1.5, result, descend=descend)
+    assert result.layers, "nothing was refined: the test needs unstable neurons"
+    assert (calls[0] > 0) == descend

@@ -272,7 +272,9 @@ class BaB(Bounder):
                     deadline - time.perf_counter() < 1.0:
                 break
             refined = len(done.layers)
-            rows = self._refine(network, x0, threat, c, d, rows, todo, done, until, share)
+            # the sample's only refinement: no round after this one could be as long
+            only = n == 0 and not _another_round(n, until - now, until, deadline)
+            rows = self._refine(network, x0, threat, c, d, rows, todo, done, until, share, only)
             grew = len(done.layers) > refined
             more = grew and _another_round(n, until - now, time.perf_counter(), deadline)
             if grew and self.milp > 0 and \
@@ -316,17 +318,18 @@ class BaB(Bounder):
 
     def _refine(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                 d: Tensor, rows: Tensor, todo: list[int], done: Refinement,
-                deadline: float, share: float) -> Tensor:
+                deadline: float, share: float, only: bool = False) -> Tensor:
         """Refine the root of the open rows ``todo`` (of ``rows``, those of ``done.alpha``) for
         ``share`` of the time left before ``deadline`` (the round's end); ``done`` accumulates
-        it. Returns the rows of the new root (``rows`` if nothing was refined)."""
+        it (``only``: the sample's only refinement, :func:`~advrobust.exact.refine.
+        refine_bounds`). Returns the rows of the new root (``rows`` if nothing was refined)."""
         assert isinstance(network, Network)  # refinable
         at = torch.tensor([rows.tolist().index(r) for r in todo])
         root = dataclasses.replace(done.alpha, lower=done.alpha.lower[:, at])
         now = time.perf_counter()
         new = refine_bounds(network, x0, threat, c[:, todo], d[:, todo], root, self,
                             deadline=now + share * (deadline - now),
-                            alpha_steps=self.alpha_steps)
+                            alpha_steps=self.alpha_steps, only=only)
         if not new.layers:  # nothing refined: search the same rows again, to the deadline
             return rows
         done.alpha, done.seconds = new.alpha, done.seconds + new.seconds

@@ -13,10 +13,14 @@ network cut at its layer. Layer by layer, from the input:
    and down at once) finds values ``a_lo <= z_i <= a_hi`` that points of the set reach;
 2. thresholds between those and the current bounds, ``t_lo = a_lo - margin (a_lo - lo)``
    (and the mirror image above; margin 0.3), become spec rows ``z_i - t_lo >= 0`` and
-   ``t_hi - z_i >= 0`` of the cut network, all searched together by BaB; passes repeat on the
-   layer with thresholds from the new bounds while a pass proves at least half of its rows and
-   the layer's share of the time lasts (on chains of more than three refined layers each
-   layer's share is 1.5 times the next one's: the first layers' gains compound);
+   ``t_hi - z_i >= 0`` of the cut network, all searched together by BaB; passes repeat on
+   the layer with thresholds from the new bounds while a pass proves at least half of its
+   rows and the layer's share of the time lasts (on deep chains, more than three refinable
+   layers, each layer's share is 1.5 times the next one's: the first layers' gains compound;
+   and a sample's only refinement, under a short time limit, gives its whole time to the
+   bounds: it leaves out the last ReLU layer, whose bounds enter only the property's
+   relaxation, which the property's search splits anyway, and its searches take no descent
+   steps towards counterexamples);
 3. each row's result is a sound lower bound ``L`` of its value, proved or not (the lowest open
    domain), so ``z_i >= t_lo + L`` and ``z_i <= t_hi - L'``, rounded outwards; the root bounds
    of the cut network's alpha-CROWN tighten the layers below too;
@@ -71,17 +75,18 @@ _MAX_NEURONS = 1024
 #: Signed-gradient steps of the attack that places the thresholds.
 _ATTACK_STEPS = 20
 
-#: Where more than ``_FRONT_ABOVE`` layers are refined, each refined layer's share of the time is
-#: ``_FRONT`` times the next one's (see :func:`_layer_share`; equal shares on shallower chains):
-#: a layer's refined bounds tighten every layer above it, and on deep chains the first ones'
+#: On deep chains, more than ``_FRONT_ABOVE`` refinable layers, each refined layer's share of the
+#: time is ``_FRONT`` times the next one's (see :func:`_layer_share`; equal shares on shallower
+#: chains; there ``refine_bounds(only=True)`` also leaves the last ReLU layer out and the descents
+#: off): a layer's refined bounds tighten every layer above it, and on deep chains the first ones'
 #: gains compound. VNN-COMP 2022 mnist_fc at 30 s (session 13, 12 instances left open by equal
-#: shares): 256x6 (five refined layers) ``prop_9_0.03`` -2.75 with equal shares, -1.76 /
-#: **-0.18** / -0.46 with 1.25 / 1.5 / 2, ``prop_0_0.05`` -0.79 -> decided with 1.25 and 1.5,
-#: not with 2; at 300 s both decided in the first round (21.6 / 23.7 s, were 85 s). On 256x4
-#: (three refined layers) 1.5 moved nothing at 30 s and lost ``prop_4_0.05`` at 300 s (decided
-#: at 269 s with equal shares, twice; -0.12 / -0.13 at the limit with 1.5, twice). Shares that
-#: follow the layers' unstable neurons instead (the later, wider layers get more): -16.4 where
-#: equal shares gave -1.6 (256x6 ``prop_0_0.05``).
+#: shares): 256x6 (five refined layers) ``prop_9_0.03`` -2.75 with equal shares, -1.76 / **-0.18**
+#: / -0.46 with 1.25 / 1.5 / 2, ``prop_0_0.05`` -0.79 -> decided with 1.25 and 1.5, not with 2; at
+#: 300 s both decided in the first round (21.6 / 23.7 s, were 85 s). On 256x4 (three refined
+#: layers) 1.5 moved nothing at 30 s and lost ``prop_4_0.05`` at 300 s (decided at 269 s with equal
+#: shares, twice; -0.12 / -0.13 at the limit with 1.5, twice). Shares that follow the layers'
+#: unstable neurons instead (the later, wider layers get more): -16.4 where equal shares gave -1.6
+#: (256x6 ``prop_0_0.05``).
 _FRONT = 1.5
 _FRONT_ABOVE = 3
 
@@ -116,7 +121,7 @@ def refinable(network: Any) -> list[int]:
 
 def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
                   root: AlphaResult, bab: BaB, *, deadline: float,
-                  alpha_steps: int = 20) -> Refinement:
+                  alpha_steps: int = 20, only: bool = False) -> Refinement:
     """Tighten the intermediate bounds of one sample by branch and bound on its neurons.
 
     Args:
@@ -129,6 +134,19 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
             without early stop).
         deadline: ``time.perf_counter()`` value at which the refinement returns.
         alpha_steps: Adam steps of each alpha-CROWN on the whole network.
+        only: the sample's only refinement (BaB's first round, when no round after it could
+            be as long: a short time limit, e.g. 30 s). On a deep chain (more than
+            ``_FRONT_ABOVE`` refinable layers) it leaves out the last ReLU layer, whose bounds
+            enter only the property's relaxation (which the property's search splits and
+            re-optimises per row anyway), and the neurons' searches take no signed-gradient
+            steps from their domains' corners (their thresholds lie beyond what the layer's
+            attack reached): in one short refinement the layers whose gains compound need
+            every second (VNN-COMP 2022 mnist_fc 256x6 at 30 s: every open row nearer). Not
+            in rounds that others follow: over long passes a descent that breaks a row's
+            threshold ends that row's search and frees its share of the batches, and later
+            rounds gain from the last layer (at 300 s, leaving both out of the first of three
+            rounds lost 256x6 ``prop_11_0.05`` and delayed two others; without descents in
+            every round 256x4 lost ``prop_4_0.05``; bench/RESULTS.md, issue 11, session 14).
 
     Returns:
         :class:`Refinement`; its ``alpha`` is ``root`` when nothing was refined.
@@ -136,6 +154,10 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     began_all = time.perf_counter()
     result = Refinement(root)
     nodes = refinable(network)
+    deep = len(nodes) > _FRONT_ABOVE
+    quick = deep and only
+    if quick:
+        nodes = nodes[:-1]
     bounds = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
     # the closing alpha-CROWN costs about what the root's did
     stop = deadline - root.seconds
@@ -144,8 +166,8 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
         if left <= 0:
             break
         _refine_layer(network, x0, threat, bounds, k, bab,
-                      time.perf_counter() + left * _layer_share(len(nodes) - n, len(nodes)),
-                      result)
+                      time.perf_counter() + left * _layer_share(len(nodes) - n, deep),
+                      result, descend=not quick)
     if result.layers:
         alpha = alpha_crown(network, x0, threat, c, d, steps=alpha_steps, bounds=bounds,
                             deadline=deadline, stop_above=_CLOSE,
@@ -156,20 +178,21 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     return result
 
 
-def _layer_share(count: int, layers: int) -> float:
-    """Share of the time left that the first of ``count`` layers still to refine (of ``layers``
-    refined in all) takes: shares ``1, 1/_FRONT, 1/_FRONT**2, ...`` of the layers in order where
-    more than ``_FRONT_ABOVE`` are refined, equal shares otherwise, normalised (a layer that
-    ends early leaves its time to the ones after it)."""
-    front = _FRONT if layers > _FRONT_ABOVE else 1.0
+def _layer_share(count: int, deep: bool) -> float:
+    """Share of the time left that the first of ``count`` layers still to refine takes: shares
+    ``1, 1/_FRONT, 1/_FRONT**2, ...`` of the layers in order on a ``deep`` chain (more than
+    ``_FRONT_ABOVE`` refinable layers), equal shares otherwise, normalised (a layer that ends
+    early leaves its time to the ones after it)."""
+    front = _FRONT if deep else 1.0
     return 1.0 / sum(front ** -i for i in range(count))
 
 
 def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
-                  bab: BaB, until: float, result: Refinement) -> None:
+                  bab: BaB, until: float, result: Refinement, descend: bool = True) -> None:
     """Passes over node ``k`` until ``until``: each moves the thresholds ``_MARGIN`` of the way
     from the bound to the attack's value; a pass that proves fewer than half of its rows
-    (the bound is near what the search can show) ends the layer."""
+    (the bound is near what the search can show) ends the layer. ``descend``: the searches
+    take ``bab``'s signed-gradient steps from their domains' corners (else the corners only)."""
     from advrobust.exact.bab import BaB
 
     while (left := until - time.perf_counter()) > 0:
@@ -177,7 +200,7 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
         inner = BaB(time_limit=left, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
                     early_stop=False, alpha_steps=bab.alpha_steps,
                     intermediate=bab.intermediate, beta_steps=bab.beta_steps,
-                    branching=bab.branching, attack_steps=bab.attack_steps,
+                    branching=bab.branching, attack_steps=bab.attack_steps if descend else 0,
                     domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
                     memory_limit=bab.memory_limit)
         began = time.perf_counter()
