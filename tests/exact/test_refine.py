@@ -356,6 +356,22 @@ def test_the_default_refinement_share_follows_the_refined_layers(
     assert 4.0 * (share - 0.25) < length <= 4.0 * share + 1e-6
 
 
+def _chain(seed: int, hidden: int, target: int) -> tuple[
+        Network, torch.Tensor, LpBall, torch.Tensor, torch.Tensor, AlphaResult]:
+    """A chain of ``hidden`` refinable layers (16 neurons each), a sample, the row ``f_0 -
+    f_target`` and its alpha-CROWN root (two steps)."""
+    model = make_mlp(seed, (6,) + (16,) * (hidden + 1) + (3,), torch.float64)
+    network = from_module(model, (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    threat = LpBall("linf", 0.1)
+    c = torch.zeros(1, 1, 3, dtype=torch.float64)
+    c[0, 0, 0], c[0, 0, target] = 1.0, -1.0
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    root = alpha_crown(network, x0, threat, c, d, steps=2,
+                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    return network, x0, threat, c, d, root
+
+
 @pytest.mark.parametrize("used", [1.0, 0.1])
 @pytest.mark.parametrize("hidden", [3, 4])
 def test_on_deep_chains_the_first_refined_layers_get_the_larger_shares(
@@ -364,15 +380,7 @@ def test_on_deep_chains_the_first_refined_layers_get_the_larger_shares(
     ``_FRONT`` times the next one's (a layer's refined bounds tighten every layer above it, so
     the first ones' gains compound); with 3 the shares are equal. A layer that ends early
     leaves its time to the layers after it. Seen on a clock the layers move."""
-    model = make_mlp(3, (6,) + (16,) * (hidden + 1) + (3,), torch.float64)
-    network = from_module(model, (6,))
-    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    threat = LpBall("linf", 0.1)
-    c = torch.zeros(1, 1, 3, dtype=torch.float64)
-    c[0, 0, 0], c[0, 0, 1] = 1.0, -1.0
-    d = torch.zeros(1, 1, dtype=torch.float64)
-    root = alpha_crown(network, x0, threat, c, d, steps=2,
-                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    network, x0, threat, c, d, root = _chain(3, hidden, 1)
     assert len(refinable(network)) == hidden
     clock = [100.0]
     spans: list[float] = []
@@ -405,15 +413,7 @@ def test_an_only_refinement_of_a_deep_chain_leaves_out_its_last_layer_and_the_de
     a deep chain (more than ``_FRONT_ABOVE`` refinable layers; the shares of the rest still
     front-loaded), its searches without descents; on a shallower chain, and with
     ``only=False``, every layer is refined, with descents."""
-    model = make_mlp(4, (6,) + (16,) * (hidden + 1) + (3,), torch.float64)
-    network = from_module(model, (6,))
-    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    threat = LpBall("linf", 0.1)
-    c = torch.zeros(1, 1, 3, dtype=torch.float64)
-    c[0, 0, 0], c[0, 0, 2] = 1.0, -1.0
-    d = torch.zeros(1, 1, dtype=torch.float64)
-    root = alpha_crown(network, x0, threat, c, d, steps=2,
-                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    network, x0, threat, c, d, root = _chain(4, hidden, 2)
     nodes = refinable(network)
     assert len(nodes) == hidden
     clock = [100.0]
