@@ -366,21 +366,85 @@ def test_more_fsb_candidates_never_pick_a_split_worse_by_the_ranking_pass(seed: 
         previous = now
 
 
+def _split_once(seed: int) -> tuple[BetaBounder, Domains, torch.Tensor, torch.Tensor]:
+    """:func:`_root_domains` split once on BaBSR's pick and bounded, its candidates ranked
+    by BaBSR (every neuron with a positive score somewhere: all three ReLU layers take
+    part) and those scores."""
+    bounder, parent = _root_domains(seed)
+    parent, _ = bounder.bound(*bounder.children(parent, parent.score.argmax(1)), steps=2)
+    scores, cand = parent.score.topk(int((parent.score > 0).sum(1).max()), dim=1)
+    return bounder, parent, cand, scores
+
+
+def _assert_ranked_like_each_childs_own_bounds(bounder: BetaBounder, parent: Domains,
+                                              cand: torch.Tensor, scores: torch.Tensor,
+                                              got: torch.Tensor) -> None:
+    for i in range(cand.shape[1]):
+        want = bounder.quick(*bounder.children(parent, cand[:, i], warm=False)).reshape(2, -1)
+        real = scores[:, i] > 0  # an unstable neuron (stable ones are never picked)
+        assert torch.allclose(got[:, i][:, real], want[:, real], rtol=1e-5, atol=1e-5)
+
+
 @settings(max_examples=3, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_the_ranking_pass_matches_bounding_each_child_from_its_own_bounds(seed: int) -> None:
     """Filtered smart branching's children take their parent's ReLU relaxations with the split
     neuron fixed; that is the relaxation of each child's own split-clamped bounds."""
-    bounder, parent = _root_domains(seed)
+    bounder, parent, cand, scores = _split_once(seed)
     assert bounder.fast is not None  # a chain: the float32 path is the one under test
-    first = bounder.children(parent, parent.score.argmax(1))  # one split deep
-    parent, _ = bounder.bound(*first, steps=2)
-    k = 4
-    scores, cand = parent.score.topk(k, dim=1)
     assume(bool((scores > 0).any()))
     got = bounder.ranking(parent, cand)
-    for i in range(k):
-        kids = bounder.children(parent, cand[:, i], warm=False)
-        want = bounder.quick(*kids).reshape(2, -1)
-        real = scores[:, i] > 0  # an unstable neuron (stable ones are never picked)
-        assert torch.allclose(got[:, i][:, real], want[:, real], rtol=1e-5, atol=1e-5)
+    _assert_ranked_like_each_childs_own_bounds(bounder, parent, cand, scores, got)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_ranking_from_the_parents_pass_in_parts_matches_each_childs_own_bounds(
+        seed: int) -> None:
+    """With the parents' pass in parts (``_base``) a split's children start their passes
+    below the split's layer: the parent's coefficients there plus the split neuron's changed
+    term through the affine map into its layer. On every layer that gives each child's own
+    one-pass bound, and no child takes a pass from the output."""
+    bounder, parent, cand, scores = _split_once(seed)
+    assume(bool((scores > 0).any()))
+    parents = bounder._parent_relus(parent)
+    base = bounder._base(parent, parents)
+    assert base is not None
+    assert all(bounder._below(p) is not None for p in range(len(bounder.relus)))
+
+    def from_the_output(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a child's pass started at the output")
+
+    bounder._pass = from_the_output  # type: ignore[method-assign]
+    try:
+        got = bounder.ranking(parent, cand, parents, base)
+    finally:
+        del bounder._pass
+    _assert_ranked_like_each_childs_own_bounds(bounder, parent, cand, scores, got)
+
+
+def test_ranking_without_the_maps_into_the_layers_takes_each_childs_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the affine map into a layer is too large to keep, its candidates' children take
+    their own passes from the output: the same values."""
+    import advrobust.exact._branching as branching
+
+    monkeypatch.setattr(branching, "_BELOW_MOST", 0)
+    bounder, parent, cand, scores = _split_once(1)
+    parents = bounder._parent_relus(parent)
+    base = bounder._base(parent, parents)
+    assert all(bounder._below(p) is None for p in range(len(bounder.relus)))
+    calls = []
+    full = bounder._pass
+
+    def counted(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(1)
+        return full(*args, **kwargs)  # type: ignore[arg-type]
+
+    bounder._pass = counted  # type: ignore[method-assign]
+    try:
+        got = bounder.ranking(parent, cand, parents, base)
+    finally:
+        del bounder._pass
+    assert calls
+    _assert_ranked_like_each_childs_own_bounds(bounder, parent, cand, scores, got)

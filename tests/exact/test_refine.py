@@ -258,6 +258,40 @@ def test_the_search_finishes_a_row_with_the_same_milp() -> None:
     assert search.finish_with_milp(0, time.perf_counter() - 1.0) == float("-inf")
 
 
+@pytest.mark.parametrize("twin", [True, False])
+def test_the_descents_offer_points_of_the_set_at_the_networks_own_values(
+        monkeypatch: pytest.MonkeyPatch, twin: bool) -> None:
+    """The search's signed-gradient descents step on the float32 copy of a chain (``twin``)
+    or on the network itself; either way every point they offer lies in the set and carries
+    the value the float64 network computes there."""
+    from advrobust.exact import _candidates
+    from advrobust.exact._search import RowSearch
+
+    network, x0, threat, spec, root = _setup(1, 0.15)
+    copies = []
+    real = _candidates.float32_chain
+
+    def copy(net: Network) -> list | None:
+        copies.append(real(net))
+        return copies[-1] if twin else None
+
+    monkeypatch.setattr(_candidates, "float32_chain", copy)
+    search = RowSearch(network, x0, threat, spec.C, spec.d, BaB(), root)
+    low, up = threat.input_bounds(x0)
+    rows = torch.arange(spec.num_rows)
+    starts = low + (up - low) * torch.rand((spec.num_rows,) + tuple(x0.shape[1:]),
+                                           generator=torch.Generator().manual_seed(0),
+                                           dtype=x0.dtype)
+    search._descend(starts, rows, low, up)
+    assert copies and all(ops is not None for ops in copies)  # a chain with a float32 copy
+    for r, row in enumerate(search.rows):
+        point = row.best_point
+        assert point is not None and point.dtype == x0.dtype
+        assert bool(((point >= low[0]) & (point <= up[0])).all())
+        value = float((network.forward(point[None]) * spec.C[0, r]).sum() + spec.d[0, r])
+        assert row.best_value == pytest.approx(value, rel=1e-12, abs=1e-12)
+
+
 @pytest.mark.parametrize("module", [True, False])
 def test_the_threshold_attack_reports_values_the_network_takes_inside_the_set(
         module: bool) -> None:

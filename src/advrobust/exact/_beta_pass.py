@@ -185,22 +185,48 @@ class BetaPasses:
         back-substitution in float32 (``bounds``, ``relus``, ``alpha`` and ``beta`` float32
         too), concretised in float64.
         """
-        b = row.shape[0]
         assert not (fast and (sound or self.fast is None))
         if not isinstance(self.net, Network):
             return self._graph_pass(bounds, split, alpha, beta, row, record, sound, fast)
+        a, const, err = self._chain_back(bounds, split, alpha, beta, row, record, relus,
+                                         sound, fast)
+        x0 = self.x0.expand((row.shape[0],) + tuple(self.x0.shape[1:]))
+        if fast:
+            a, const, err = a.to(x0.dtype), const.to(x0.dtype), err.to(x0.dtype)
+        value = concretize(self.threat, x0, a, const, err)[:, 0]
+        return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
+
+    def _chain_back(self, bounds: LayerBounds, split: dict[int, Tensor],
+                    alpha: dict[int, Tensor], beta: dict[int, Tensor], row: Tensor,
+                    record: dict[int, Tensor] | None = None,
+                    relus: dict[int, _Relu] | None = None, sound: bool = True,
+                    fast: bool = False, start: tuple[int, Tensor, Tensor] | None = None,
+                    consts: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_pass`'s back-substitution on a chain: the input coefficients
+        (B, 1, *input_shape), the constant and the rounding allowance (B, 1), in float32 when
+        ``fast``. ``record`` / ``consts`` get the coefficient entering each ReLU (B, 1,
+        *shape) and the constant so far; ``start`` (op, coefficients, constant) starts the
+        pass at that op (included) with those, instead of at the output with the spec rows."""
+        assert isinstance(self.net, Network)
+        b = row.shape[0]
         relus = self._relus(bounds) if relus is None else relus
         ops = self.fast.graph_ops if fast and self.fast is not None else self.graph_ops
-        a = (self.fast.c if fast and self.fast is not None else self.c)[row].unsqueeze(1)
-        const = a.new_zeros(a.shape[:2])
+        if start is None:
+            top = len(self.net.ops) - 1
+            a = (self.fast.c if fast and self.fast is not None else self.c)[row].unsqueeze(1)
+            const = a.new_zeros(a.shape[:2])
+        else:
+            top, a, const = start
         err = a.new_zeros(a.shape[:2])
-        for j in reversed(range(len(self.net.ops))):
+        for j in reversed(range(top + 1)):
             op = self.net.ops[j]
             if j in relus:
                 rel = relus[j]
                 shape = (b, 1) + tuple(self.root[j][0].shape[1:])
                 if record is not None:
                     record[j] = a
+                if consts is not None:
+                    consts[j] = const
                 if sound:
                     err = err + rel.gamma * abs_dot(a, rel.mag)
                 a, c = rel.backward(a, alpha[j].reshape(shape))
@@ -217,11 +243,7 @@ class BetaPasses:
                 assert back is not None
                 a = back
             const = const + c
-        x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
-        if fast:
-            a, const, err = a.to(x0.dtype), const.to(x0.dtype), err.to(x0.dtype)
-        value = concretize(self.threat, x0, a, const, err)[:, 0]
-        return add_offset(value, self.d[row]), a.flatten(2)[:, 0]
+        return a, const, err
 
     def _graph_pass(self, bounds: LayerBounds, split: dict[int, Tensor],
                     alpha: dict[int, Tensor], beta: dict[int, Tensor], row: Tensor,

@@ -22,6 +22,7 @@ from advrobust.core.threat import LpBall
 from advrobust.exact._beta import BetaBounder
 from advrobust.exact._beta import Domains as _Domains
 from advrobust.exact._domains import _CLOSE
+from advrobust.exact._twin import float32_chain
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.relax._encoding import encode_sample, row_cost
@@ -89,15 +90,27 @@ class Candidates:
 
     def _descend(self, x: Tensor, rows: Tensor, low: Tensor, up: Tensor) -> None:
         """A few signed-gradient steps on each row's value from the corner of its lowest
-        domain (PGD inside the box; a promising domain's corner is often near a violation)."""
-        step = (up - low) / 4
+        domain (PGD inside the box; a promising domain's corner is often near a violation).
+        The steps run on the float32 copy of a chain when it has one (they only choose the
+        points); the points end in the box and are evaluated in the network's own precision."""
+        fast = float32_chain(self.net) if isinstance(self.net, Network) else None
+        dtype = x.dtype if fast is None else torch.float32
+        lo_s, up_s, c = low.to(dtype), up.to(dtype), self.c[rows].to(dtype)
+        step = (up_s - lo_s) / 4
+        x = x.to(dtype)
         for _ in range(self.attack_steps):
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
-                value = (self.net.forward(x) * self.c[rows]).sum(1) + self.d[rows]
-                (grad,) = torch.autograd.grad(value.sum(), x)
-            x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), low), up)
+                z = x
+                if fast is None:
+                    z = self.net.forward(z)
+                else:
+                    for op in fast:
+                        z = op.forward(z)
+                (grad,) = torch.autograd.grad((z * c).sum(), x)
+            x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), lo_s), up_s)
             step = step * 0.7
+        x = torch.minimum(torch.maximum(x.to(low.dtype), low), up)
         with torch.no_grad():
             value = (self.net.forward(x) * self.c[rows]).sum(1) + self.d[rows]
         for k, r in enumerate(rows.tolist()):

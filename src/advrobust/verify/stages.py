@@ -175,7 +175,7 @@ def _time_share(bracket: Bracket, budget: Budget, time_limit: float, stages_left
         left = budget.left() / stages_left
         if left != math.inf:  # the method's own bound pass and set-up (MILP: the encoding)
             # run before its clock starts: measured on mnist_fc 256x2, ~1 s over an 8 s limit
-            # under load (bench/RESULTS.md, issue 11), so a tenth of the time (at most 3 s)
+            # under load (bench/RESULTS.md, issue 11), so a tenth of the time (at most 1.5 s)
             # is kept back
             left = exact_share(left) - 2 * bracket.bound_seconds - bracket.exact_overrun
         return max(0.0, min(own, left))
