@@ -212,15 +212,16 @@ class Branching(BetaPasses):
     def _below(self, pos: int) -> tuple[Tensor, Tensor] | None:
         """The affine map into the input of the chain's ReLU ``pos`` (of :attr:`relus`) from
         the output of the ReLU below it (from the input for the first), on the float32 twin:
-        ``z = W y + v``, ``W`` (n, m) and ``v`` (n,); None where it has more than
-        ``_BELOW_MOST`` entries. Once per bounder and layer."""
+        ``z = W y + v``, ``W`` (n, m) and ``v`` (n,); None where it (or the identity it is
+        built from) has more than ``_BELOW_MOST`` entries. Once per bounder and layer."""
         maps = self.__dict__.setdefault("_below_maps", {})
         if pos not in maps:
             maps[pos] = None
             j, n = self.relus[pos], self.sizes[pos]
             low = self.relus[pos - 1] if pos else -1
             width = self.x0[0].numel() if pos == 0 else self.sizes[pos - 1]
-            if self.fast is not None and n * width <= _BELOW_MOST:
+            # built from the layer's identity (n x n): both stay within the cap
+            if self.fast is not None and n * max(n, width) <= _BELOW_MOST:
                 with torch.no_grad():
                     a = torch.eye(n).reshape((1, n) + tuple(self.root[j][0].shape[1:]))
                     const = a.new_zeros(1, n)
