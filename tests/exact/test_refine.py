@@ -268,12 +268,21 @@ def test_the_descents_offer_points_of_the_set_at_the_networks_own_values(
     from advrobust.exact._search import RowSearch
 
     network, x0, threat, spec, root = _setup(1, 0.15)
-    copies = []
+    stepped: list[torch.dtype] = []  # what the twin's ops computed in
     real = _candidates.float32_chain
 
+    class Seen:
+        def __init__(self, op: object) -> None:
+            self.op = op
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            stepped.append(z.dtype)
+            return self.op.forward(z)  # type: ignore[attr-defined, no-any-return]
+
     def copy(net: Network) -> list | None:
-        copies.append(real(net))
-        return copies[-1] if twin else None
+        ops = real(net)
+        assert ops is not None  # a chain with a float32 copy
+        return [Seen(op) for op in ops] if twin else None
 
     monkeypatch.setattr(_candidates, "float32_chain", copy)
     search = RowSearch(network, x0, threat, spec.C, spec.d, BaB(), root)
@@ -283,7 +292,7 @@ def test_the_descents_offer_points_of_the_set_at_the_networks_own_values(
                                            generator=torch.Generator().manual_seed(0),
                                            dtype=x0.dtype)
     search._descend(starts, rows, low, up)
-    assert copies and all(ops is not None for ops in copies)  # a chain with a float32 copy
+    assert (stepped and set(stepped) == {torch.float32}) if twin else not stepped
     for r, row in enumerate(search.rows):
         point = row.best_point
         assert point is not None and point.dtype == x0.dtype
