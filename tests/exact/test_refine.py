@@ -5,10 +5,13 @@ inconsistency keeps the old bounds with a warning."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.exact.conftest import make_mlp
 
 from advrobust.core import LpBall, Spec, Verdict
@@ -123,6 +126,7 @@ def test_bab_with_refinement_agrees_with_the_milp(monkeypatch: pytest.MonkeyPatc
     exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
     # no probing search: every sample with an open row goes through refinement
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     out = BaB(time_limit=10, refine=0.7)(model, x, y, threat)
     assert out.stats["refinements"], "no sample was refined: the test needs open rows"
     for s, refined in out.stats["refinements"].items():
@@ -160,6 +164,7 @@ def test_rounds_refine_only_the_rows_left_open(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(bab_module, "refine_bounds", spy)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     monkeypatch.setattr(bab_module, "_ROUNDS", 2)
     out = BaB(time_limit=6, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
     assert calls, "nothing was refined: the test needs open rows"
@@ -223,6 +228,7 @@ def test_bab_tries_the_milp_on_refined_bounds_and_agrees(
     monkeypatch.setattr(bab_module, "decide_by_milp", spy)
     monkeypatch.setattr(bab_module, "refine_bounds", unrefined)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     out = BaB(time_limit=10, refine=0.5, milp=0.9)(model, x, y, threat)
     assert any(calls), "the MILP was never tried: the test needs rows open at the root"
     assert bool((out.lower <= exact.lower + 1e-5).all())
@@ -301,6 +307,59 @@ def test_the_descents_offer_points_of_the_set_at_the_networks_own_values(
         assert row.best_value == pytest.approx(value, rel=1e-12, abs=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([-2.0, 0.0, 0.5, 1.0, math.inf,
+                                                              math.nan])),
+                min_size=1, max_size=30))
+def test_each_rows_lowest_value_is_picked_first_on_ties(pairs: list[tuple[int, float]]) -> None:
+    """Per row present: the position of its lowest value, the first on ties, NaN lowest."""
+    from advrobust.exact._candidates import _lowest_per_row
+
+    row = torch.tensor([r for r, _ in pairs])
+    values = torch.tensor([v for _, v in pairs], dtype=torch.float64)
+    rows, pick = _lowest_per_row(values, row)
+    assert rows.tolist() == sorted({r for r, _ in pairs})
+    for r, k in zip(rows.tolist(), pick.tolist(), strict=True):
+        mine = [i for i, (q, _) in enumerate(pairs) if q == r]
+        key = [-math.inf if math.isnan(pairs[i][1]) else pairs[i][1] for i in mine]
+        assert k == mine[key.index(min(key))]
+
+
+@pytest.mark.parametrize("twin", [True, False])
+def test_each_row_is_offered_its_lowest_corner_at_the_networks_own_value(
+        monkeypatch: pytest.MonkeyPatch, twin: bool) -> None:
+    """The domains' corners: each row gets the corner of its domains where the network is
+    lowest (chosen in float32 with the copy: lowest up to float32 rounding), offered with
+    the float64 network's value there; no other row gets one."""
+    from advrobust.exact import _candidates
+    from advrobust.exact._search import RowSearch
+
+    network, x0, threat, spec, root = _setup(1, 0.15)
+    if not twin:
+        monkeypatch.setattr(_candidates, "float32_chain", lambda net: None)
+    gen = torch.Generator().manual_seed(1)
+    low, up = threat.input_bounds(x0)
+    for row in (torch.tensor([1, 0, 1, 1, 0, 1, 1]), torch.tensor([1, 1, 1])):
+        search = RowSearch(network, x0, threat, spec.C, spec.d, BaB(attack_steps=0), root)
+        coef = torch.randn((row.numel(),) + tuple(x0.shape[1:]), generator=gen,
+                           dtype=x0.dtype)
+        search._offer_corners(coef, row)
+        corners = torch.where(coef >= 0, low, up)
+        values = (network.forward(corners) * spec.C[0, row]).sum(1) + spec.d[0, row]
+        for r, state in enumerate(search.rows):
+            mine = (row == r).nonzero().flatten()
+            if not mine.numel():
+                assert state.best_point is None
+                continue
+            point = state.best_point
+            assert point is not None and point.dtype == x0.dtype
+            assert bool((corners[mine] == point).all(1).any())  # one of the row's own corners
+            value = float((network.forward(point[None]) * spec.C[0, r]).sum() + spec.d[0, r])
+            assert state.best_value == pytest.approx(value, rel=1e-12, abs=1e-12)
+            slack = (1e-4 if twin else 1e-12) * (1 + float(values[mine].abs().max()))
+            assert value <= float(values[mine].min()) + slack
+
+
 @pytest.mark.parametrize("module", [True, False])
 def test_the_threshold_attack_reports_values_the_network_takes_inside_the_set(
         module: bool) -> None:
@@ -349,6 +408,7 @@ def test_a_long_time_limit_does_not_delay_the_first_refinement(
     monkeypatch.setattr(bab_module, "refine_bounds", spy)
     monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 2.0)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)  # refine at once (the search would decide)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     with pytest.raises(_Stop):
         BaB(time_limit=600, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
     (began, length), = seen
@@ -392,6 +452,7 @@ def test_the_default_refinement_share_follows_the_refined_layers(
     monkeypatch.setattr(bab_module, "refine_bounds", spy)
     monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 4.0)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     with pytest.raises(_Stop):
         BaB(time_limit=600)(model, x, model(x).argmax(1), LpBall("linf", eps))
     (length,) = seen
@@ -466,7 +527,10 @@ def test_an_only_refinement_of_a_deep_chain_leaves_out_its_last_layer_and_the_de
         spans: list[float] = []
         descents: set[bool] = set()
 
-        def layer(network, x0, threat, bounds, k, bab, until, result, descend):  # type: ignore[no-untyped-def]
+        def layer(network, x0, threat, bounds, k, bab, until, result, descend,  # type: ignore[no-untyped-def]
+                  weights):
+            # the property's weights go with the last ReLU layer only
+            assert (weights is not None) == (k == network.relu_indices[-1])
             seen.append(k)
             spans.append(until - clock[0])
             descents.add(descend)
@@ -504,6 +568,7 @@ def test_only_a_round_no_other_can_follow_is_an_only_refinement(
 
     monkeypatch.setattr(bab_module, "refine_bounds", stub)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     monkeypatch.setattr(bab_module, "_ROUNDS", 3)
     monkeypatch.setattr(bab_module, "_ROUND_SECONDS", round_seconds)
     monkeypatch.setattr(bab_module, "_ROUND_GROWTH", 1.0)
@@ -515,6 +580,58 @@ def test_only_a_round_no_other_can_follow_is_an_only_refinement(
     else:
         assert any(len(seq) >= 2 for seq in flags.values()), "no second round: needs open rows"
         assert not any(any(seq) for seq in flags.values())
+
+
+@pytest.mark.parametrize(("round_seconds", "refine"), [(10.0, None), (0.3, None), (10.0, 0.5)])
+def test_an_only_round_probes_a_tenth_and_refines_for_most_of_the_rest(
+        monkeypatch: pytest.MonkeyPatch, round_seconds: float, refine: float | None) -> None:
+    """Where no round after the first could be as long (the sample's only refinement), the
+    probe search has ``_PROBE_ONLY`` of the span and the refinement (a chain with more than
+    one refinable layer, default shares) ``_REFINE_DEEP_ONLY`` of the rest; in rounds that
+    others follow ``_PROBE`` and ``_REFINE_DEEP``; a share the caller sets is kept. Seen on a
+    clock that the stub search and refinement move to their deadlines."""
+    from advrobust.exact._candidates import Row
+
+    model = make_mlp(5, (8, 20, 20, 20, 4))
+    x = torch.rand(1, 8, generator=torch.Generator().manual_seed(5))
+    clock = [1000.0]
+    probes: list[float] = []
+    shares: list[float] = []
+
+    class Search:
+        def __init__(self, network, x0, threat, c, d, bab, root):  # type: ignore[no-untyped-def]
+            self.n, self.leaves = c.shape[0], 0
+
+        def run(self, deadline, stop_on_counterexample):  # type: ignore[no-untyped-def]
+            probes.append(deadline - clock[0])
+            clock[0] = deadline
+            return torch.full((self.n,), -1.0, dtype=torch.float64), [Row() for _ in
+                                                                       range(self.n)]
+
+    def stub(network, x0, threat, c, d, root, bab, *, deadline, **kwargs):  # type: ignore[no-untyped-def]
+        shares.append(deadline - clock[0])
+        clock[0] = deadline
+        return refine_module.Refinement(root, layers=[{"node": 0}])
+
+    monkeypatch.setattr(bab_module, "time", type("Clock", (), {
+        "perf_counter": staticmethod(lambda: clock[0])}))
+    monkeypatch.setattr(bab_module, "_RowSearch", Search)
+    monkeypatch.setattr(bab_module, "refine_bounds", stub)
+    monkeypatch.setattr(bab_module, "_ROUND_SECONDS", round_seconds)
+    network = from_module(model, (8,))
+    assert len(refinable(network)) > 1
+    BaB(time_limit=1.5, refine=refine, milp=0.0)(model, x, model(x).argmax(1),
+                                                 LpBall("linf", 0.1))
+    span = min(1.5, round_seconds)
+    only = round_seconds > 1.5
+    probe = bab_module._PROBE_ONLY if only else bab_module._PROBE
+    share = refine if refine is not None else \
+        bab_module._REFINE_DEEP_ONLY if only else bab_module._REFINE_DEEP
+    assert bab_module._PROBE_ONLY < bab_module._PROBE
+    assert bab_module._REFINE_DEEP_ONLY > bab_module._REFINE_DEEP
+    assert probes[0] == pytest.approx(probe * span)
+    assert shares[0] == pytest.approx(share * (1 - probe) * span)
+    assert len(shares) == 1 if only else len(shares) >= 2
 
 
 @pytest.mark.parametrize("descend", [True, False])
@@ -540,3 +657,74 @@ def test_without_descents_the_neurons_searches_take_no_gradient_steps(
                                 time.perf_counter() + 1.5, result, descend=descend)
     assert result.layers, "nothing was refined: the test needs unstable neurons"
     assert (calls[0] > 0) == descend
+
+
+def test_the_last_layers_weights_are_the_rows_through_the_affine_maps_after_it() -> None:
+    """The property's coefficients on the last ReLU's outputs: ``c`` through the affine ops
+    after it, here the last linear layer's weight (and the gradient of ``c . f`` with respect
+    to that ReLU's output)."""
+    network, _, _, c, _, _ = _chain(5, 2, 2)
+    model = network.module
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    got = refine_module._last_layer_weights(network, c[0])
+    assert got is not None and got.shape == (1, last.in_features)
+    assert torch.allclose(got, c[0] @ last.weight, rtol=1e-12, atol=1e-14)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 3), st.integers(0, 2**31 - 1))
+def test_the_costliest_neurons_are_the_top_share_by_their_rows_babsr_score(
+        m: int, rows: int, seed: int) -> None:
+    """``_costliest`` keeps ``ceil(_LAST_SHARE m)`` of the ``m`` unstable neurons (at least
+    one), ascending, and none it leaves out costs any row more than one it keeps (the upper
+    line's intercept times the row's coefficient magnitude)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = m + 5
+    lo = -torch.rand(n, generator=gen, dtype=torch.float64) - 0.01
+    hi = torch.rand(n, generator=gen, dtype=torch.float64) + 0.01
+    unstable = torch.randperm(n, generator=gen)[:m].sort().values
+    weights = torch.randn(rows, n, generator=gen, dtype=torch.float64)
+    kept = refine_module._costliest(weights, lo, hi, unstable)
+    assert kept.numel() == max(1, math.ceil(refine_module._LAST_SHARE * m))
+    assert kept.tolist() == sorted(kept.tolist())
+    assert set(kept.tolist()) <= set(unstable.tolist())
+    cost = (weights.abs() * (-hi * lo / (hi - lo))).amax(0)
+    left = sorted(set(unstable.tolist()) - set(kept.tolist()))
+    if left:
+        assert float(cost[left].max()) <= float(cost[kept].min())
+
+
+def test_a_pass_over_the_last_layer_searches_its_costliest_neurons_and_stays_sound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refining the last ReLU layer searches only the costliest unstable neurons (two rows
+    each), the others keep their bounds, and every refined bound holds at sampled points of
+    the set; the other layers search all their unstable neurons."""
+    network, x0, threat, c, d, root = _chain(2, 2, 1)
+    searched: dict[int, list[int]] = {}
+    real = refine_module._costliest
+
+    def spy(weights, lo, hi, unstable):  # type: ignore[no-untyped-def]
+        kept = real(weights, lo, hi, unstable)
+        searched.setdefault(int(lo.numel()), []).append(kept.numel())
+        return kept
+
+    monkeypatch.setattr(refine_module, "_costliest", spy)
+    before = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
+    out = refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 4)
+    last = network.relu_indices[-1]
+    passes = {int(p["node"]) for p in out.layers}
+    assert last in passes and len(passes) == 2
+    for p in out.layers:
+        share = 1.0 if p["node"] != last else refine_module._LAST_SHARE
+        assert p["searched"] == max(1, math.ceil(share * p["unstable"]))
+        assert p["rows"] == 2 * p["searched"]
+    assert searched  # the last layer went through _costliest
+    lo_in, hi_in = threat.input_bounds(x0)
+    gen = torch.Generator().manual_seed(3)
+    pts = lo_in + (hi_in - lo_in) * torch.rand((4000, 6), generator=gen, dtype=x0.dtype)
+    z = pts
+    for i, op in enumerate(network.ops):
+        lo, hi = out.alpha.bounds[i]
+        assert bool((z >= lo - 1e-9).all() and (z <= hi + 1e-9).all())
+        assert bool((lo >= before[i][0] - 1e-12).all() and (hi <= before[i][1] + 1e-12).all())
+        z = op.forward(z)

@@ -70,23 +70,37 @@ class Candidates:
     root: AlphaResult
 
     def _offer_corners(self, a: Tensor, row: Tensor) -> None:
-        """Evaluate the box corners minimising the domains' linear bounds, on their rows."""
+        """Evaluate the box corners minimising the domains' linear bounds, on their rows: each
+        row's lowest corner (chosen by the float32 copy of a chain when it has one) is
+        evaluated by the network and offered, and the descents start from those."""
         b = row.shape[0]
         x0 = self.x0.expand((b,) + tuple(self.x0.shape[1:]))
         low, up = self.threat.input_bounds(x0)
         pts = torch.where(a.reshape(low.shape) >= 0, low, up)
+        rows, pick = _lowest_per_row(self._rough_values(pts, row), row)
+        pts = pts[pick]
         with torch.no_grad():
-            values = (self.net.forward(pts) * self.c[row]).sum(1) + self.d[row]
-        starts, rows = [], []
-        for r in row.unique().tolist():
-            mine = (row == r).nonzero().flatten()
-            k = mine[values[mine].argmin()]
+            values = (self.net.forward(pts) * self.c[rows]).sum(1) + self.d[rows]
+        starts = []
+        for k, r in enumerate(rows.tolist()):
             self.offer(r, float(values[k]), pts[k])
             if self.rows[r].best_value >= 0:
-                starts.append(pts[k])
-                rows.append(r)
+                starts.append(k)
         if starts and self.attack_steps:
-            self._descend(torch.stack(starts), torch.tensor(rows), low[:1], up[:1])
+            at = torch.tensor(starts)
+            self._descend(pts[at], rows[at], low[:1], up[:1])
+
+    def _rough_values(self, x: Tensor, row: Tensor) -> Tensor:
+        """(B,) the rows' values at the points ``x``, through the float32 copy of a chain
+        when it has one (they only choose which points the network evaluates)."""
+        fast = float32_chain(self.net) if isinstance(self.net, Network) else None
+        with torch.no_grad():
+            if fast is None:
+                return (self.net.forward(x) * self.c[row]).sum(1) + self.d[row]
+            z = x.to(torch.float32)
+            for op in fast:
+                z = op.forward(z)
+            return (z * self.c[row].to(z.dtype)).sum(1) + self.d[row].to(z.dtype)
 
     def _descend(self, x: Tensor, rows: Tensor, low: Tensor, up: Tensor) -> None:
         """A few signed-gradient steps on each row's value from the corner of its lowest
@@ -148,6 +162,18 @@ class Candidates:
         """Decide row ``r`` with the big-M MILP on the root bounds (a sound global bound)."""
         return decide_by_milp(self.net, self.x0, self.threat, self.c, self.d, self.root.bounds,
                               [r], self.rows, deadline).get(r, -math.inf)
+
+
+def _lowest_per_row(values: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows present in ``row`` (B,) (ascending) and, per row, the position of its lowest
+    value among ``values`` (B,) (the first one on ties; NaN counts as lowest)."""
+    rows, inverse = row.unique(return_inverse=True)
+    key = values.nan_to_num(nan=-math.inf)
+    lowest = key.new_full((rows.numel(),), math.inf).scatter_reduce(0, inverse, key, "amin")
+    where = torch.arange(row.numel())
+    at = torch.where(key == lowest[inverse], where, row.numel())
+    pick = torch.full_like(rows, row.numel()).scatter_reduce(0, inverse, at, "amin")
+    return rows, pick
 
 
 def decide_by_milp(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,

@@ -4,6 +4,7 @@ shares over its optimisation steps."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,8 +117,9 @@ class OptState:
                 t = self.t.unsqueeze(1)
             else:
                 t = self.t_beta[j]
-            m_hat = m / (1 - b1 ** t).clamp_min(1 - b1)
-            v_hat = v / (1 - b2 ** t).clamp_min(1 - b2)
+            # b ** t as exp(t log b): a tensor power of a scalar base is ~6x slower on CPU
+            m_hat = m / (1 - torch.exp(t * math.log(b1))).clamp_min(1 - b1)
+            v_hat = v / (1 - torch.exp(t * math.log(b2))).clamp_min(1 - b2)
             p.add_(lr_t * m_hat / (v_hat.sqrt() + eps))
 
 

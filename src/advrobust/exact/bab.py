@@ -62,8 +62,13 @@ __all__ = ["BaB"]
 _FSB_K = 20
 
 #: Share of the time left that a search has before refinement is tried (see :class:`BaB`
-#: ``refine``).
+#: ``refine``), and in a sample's only refinement (a short limit, no round after it could be
+#: as long): VNN-COMP 2022 mnist_fc 256x4 / 256x6 at 30 s decided nothing in the probe but one
+#: counterexample (256x6 ``prop_1_0.05``, at 4.6 s; still found with 0.1) and nothing in the
+#: search after the refinement: every proof there comes from the refined root, which the
+#: refinement's time decides (bench/RESULTS.md, issue 11, session 16).
 _PROBE = 0.2
+_PROBE_ONLY = 0.1
 
 #: Share of a round's span left after the probe search that the refinement takes (see
 #: :class:`BaB` ``refine``) on chains with more than one refinable layer, and with one: what a
@@ -73,6 +78,9 @@ _PROBE = 0.2
 #: (2021 256x2 ``prop_1_0.03`` at 120 s: decided in 27 s with 0.5, 34 s or a timeout with 0.85).
 _REFINE_DEEP = 0.85
 _REFINE_ONE = 0.5
+#: ... and on chains with more than one refinable layer in a sample's only refinement (see
+#: ``_PROBE_ONLY``).
+_REFINE_DEEP_ONLY = 0.95
 
 #: Most refinement rounds per sample (see :meth:`BaB._search`), a cap for long limits: at 300 s
 #: the rounds span 24, 72 and the ~205 s left (a fourth would be shorter than the third: none);
@@ -139,7 +147,8 @@ class BaB(Bounder):
             batch (bench/RESULTS.md, issue 11, developer babadam).
         refine: on chains with two ReLU layers or more, when the search has not decided every
             row in a fifth of a round's span (the time left, at most 24 s for the first round,
-            three times more for each next one), this share of the span left goes to
+            three times more for each next one; a tenth where no round after the first could
+            be as long, e.g. at 30 s), this share of the span left goes to
             tightening the intermediate bounds by branch and bound on the neurons themselves,
             layer by layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and
             the open rows are searched again from the refined root; up to four rounds, each
@@ -147,7 +156,8 @@ class BaB(Bounder):
             one layer is refined, 0.5 where one is: the layers' gains compound, and at 30 s
             VNN-COMP 2022 mnist_fc 256x4 / 256x6 decide 24 / 16 instances with 0.85 (and no
             round shorter than the one before) where 0.5 decided 22 / 16 (bench/RESULTS.md,
-            issue 11, session 12).
+            issue 11, session 12); 0.95 where more than one layer is refined and no round
+            after the first could be as long (session 16).
         milp: after a refinement round that leaves at most 128 unstable ReLUs, this share of
             the round's span left goes to the big-M MILP (HiGHS) on the refined bounds, row
             after row from the one closest to a proof, each solve stopped once the row's sign
@@ -238,7 +248,8 @@ class BaB(Bounder):
                 d: Tensor, alpha: AlphaResult, deadline: float
                 ) -> tuple[Tensor, list[Any], int, Refinement | None]:
         """Search the rows from the root ``alpha``. Where refinement may help, in rounds: search
-        for ``_PROBE`` of the round's span, refine the rows left open, search them again from
+        for ``_PROBE`` of the round's span (``_PROBE_ONLY`` where no round after the first could
+        be as long: the sample's only refinement), refine the rows left open, search them again from
         the refined root, ...; a round spans the time left, at most ``_ROUND_SECONDS`` times
         ``_ROUND_GROWTH`` to the round's number; the last search runs to the deadline (after
         ``_ROUNDS`` refinements, one that refined nothing, or one after which too little time
@@ -257,9 +268,11 @@ class BaB(Bounder):
             more = more and n < _ROUNDS
             now = time.perf_counter()
             until = min(deadline, now + _ROUND_SECONDS * _ROUND_GROWTH ** n)  # the round's span
+            # the sample's only refinement: no round after this one could be as long
+            only = more and n == 0 and not _another_round(n, until - now, until, deadline)
             search = _RowSearch(network, x0, threat, c[0, rows], d[0, rows], self, done.alpha)
             found, found_states = search.run(
-                now + _PROBE * (until - now) if more else deadline,
+                now + (_PROBE_ONLY if only else _PROBE) * (until - now) if more else deadline,
                 stop_on_counterexample=self.early_stop)
             leaves += search.leaves
             for k, r in enumerate(rows.tolist()):
@@ -272,9 +285,9 @@ class BaB(Bounder):
                     deadline - time.perf_counter() < 1.0:
                 break
             refined = len(done.layers)
-            # the sample's only refinement: no round after this one could be as long
-            only = n == 0 and not _another_round(n, until - now, until, deadline)
-            rows = self._refine(network, x0, threat, c, d, rows, todo, done, until, share, only)
+            deep_only = only and self.refine is None and len(layers) > 1
+            rows = self._refine(network, x0, threat, c, d, rows, todo, done, until,
+                                _REFINE_DEEP_ONLY if deep_only else share, only)
             grew = len(done.layers) > refined
             more = grew and _another_round(n, until - now, time.perf_counter(), deadline)
             if grew and self.milp > 0 and \

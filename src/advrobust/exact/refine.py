@@ -90,6 +90,12 @@ _ATTACK_STEPS = 20
 _FRONT = 1.5
 _FRONT_ABOVE = 3
 
+#: Share of the last ReLU layer's unstable neurons that a pass searches (see
+#: :func:`_last_layer_weights`): the property's rows read that layer through the affine map
+#: after it, so a neuron's cost to their bound is known exactly there, and most neurons cost
+#: little.
+_LAST_SHARE = 0.3
+
 
 @dataclass
 class Refinement:
@@ -98,8 +104,9 @@ class Refinement:
     Attributes:
         alpha: alpha-CROWN on the whole network under the refined bounds (its ``bounds`` are
             the refined node bounds, sound on the whole set).
-        layers: per pass over a node: its index, unstable neurons before and after, mean
-            width of their bounds before and after, rows proved, rows, seconds.
+        layers: per pass over a node: its index, unstable neurons before, searched, and
+            after, mean width of the searched neurons' bounds before and after, rows proved,
+            rows, seconds.
         seconds: the whole refinement, the closing alpha-CROWN included.
     """
 
@@ -161,13 +168,15 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     bounds = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
     # the closing alpha-CROWN costs about what the root's did
     stop = deadline - root.seconds
+    last = _last_layer_weights(network, c[0])
     for n, k in enumerate(nodes):
         left = stop - time.perf_counter()
         if left <= 0:
             break
         _refine_layer(network, x0, threat, bounds, k, bab,
                       time.perf_counter() + left * _layer_share(len(nodes) - n, deep),
-                      result, descend=not quick)
+                      result, descend=not quick,
+                      weights=last if k == network.relu_indices[-1] else None)
     if result.layers:
         alpha = alpha_crown(network, x0, threat, c, d, steps=alpha_steps, bounds=bounds,
                             deadline=deadline, stop_above=_CLOSE,
@@ -187,12 +196,32 @@ def _layer_share(count: int, deep: bool) -> float:
     return 1.0 / sum(front ** -i for i in range(count))
 
 
+def _last_layer_weights(network: Network, c: Tensor) -> Tensor | None:
+    """(R, n) the coefficients of the property's rows ``c`` (R, outputs) on the outputs of the
+    chain's last ReLU (exact: the ops after it are affine), None if something else follows."""
+    k = network.relu_indices[-1]
+    shape = tuple(network.ops[k].in_shape)
+    n = math.prod(shape)
+    with torch.no_grad():
+        a = torch.eye(n, dtype=c.dtype).reshape((n,) + shape)
+        zero = a.new_zeros((1,) + shape)
+        for op in network.ops[k + 1:]:
+            if op.nonlinear:
+                return None
+            a, zero = op.forward(a), op.forward(zero)
+    return c @ (a - zero).reshape(n, -1).T
+
+
 def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
-                  bab: BaB, until: float, result: Refinement, descend: bool = True) -> None:
+                  bab: BaB, until: float, result: Refinement, descend: bool = True,
+                  weights: Tensor | None = None) -> None:
     """Passes over node ``k`` until ``until``: each moves the thresholds ``_MARGIN`` of the way
     from the bound to the attack's value; a pass that proves fewer than half of its rows
     (the bound is near what the search can show) ends the layer. ``descend``: the searches
-    take ``bab``'s signed-gradient steps from their domains' corners (else the corners only)."""
+    take ``bab``'s signed-gradient steps from their domains' corners (else the corners only).
+    ``weights`` (R, n): the property's rows read node ``k`` through ReLU and these
+    coefficients only (the last ReLU layer): each pass searches the ``_LAST_SHARE`` of the
+    unstable neurons whose relaxation costs a row most (:func:`_costliest`)."""
     from advrobust.exact.bab import BaB
 
     while (left := until - time.perf_counter()) > 0:
@@ -204,7 +233,7 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
                     domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
                     memory_limit=bab.memory_limit)
         began = time.perf_counter()
-        log = _refine_node(network, x0, threat, bounds, k, inner)
+        log = _refine_node(network, x0, threat, bounds, k, inner, weights)
         if log is None:
             return
         log["seconds"] = time.perf_counter() - began
@@ -214,12 +243,16 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
 
 
 def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
-                 inner: BaB) -> dict[str, Any] | None:
-    """Tighten node ``k``'s bounds (and those below it) in place; None if nothing to do."""
+                 inner: BaB, weights: Tensor | None = None) -> dict[str, Any] | None:
+    """Tighten node ``k``'s bounds (and those below it) in place; None if nothing to do.
+    ``weights``: see :func:`_refine_layer`."""
     cut = _cut(network, k)
     _rebound(cut, x0, threat, bounds, k)
     lo, hi = (b.reshape(-1) for b in bounds[k])
     unstable = ((lo < 0) & (hi > 0)).nonzero().flatten()
+    total = unstable.numel()
+    if weights is not None and total:
+        unstable = _costliest(weights, lo, hi, unstable)
     m = unstable.numel()
     if m == 0:
         return None
@@ -245,9 +278,22 @@ def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBoun
     lo[unstable], hi[unstable] = new_lo, new_hi
     bounds[k] = (torch.maximum(bounds[k][0], lo.reshape(bounds[k][0].shape)),
                  torch.minimum(bounds[k][1], hi.reshape(bounds[k][1].shape)))
-    return {"node": k, "unstable": m, "unstable_after": int(((new_lo < 0) & (new_hi > 0)).sum()),
+    return {"node": k, "unstable": total, "searched": m,
+            "unstable_after": total - m + int(((new_lo < 0) & (new_hi > 0)).sum()),
             "width": before, "width_after": float((new_hi - new_lo).mean()),
             "proved": int((low > _CLOSE).sum()), "rows": 2 * m}
+
+
+def _costliest(weights: Tensor, lo: Tensor, hi: Tensor, unstable: Tensor) -> Tensor:
+    """The ``_LAST_SHARE`` (at least one) of the ``unstable`` neurons (ascending) whose
+    relaxation costs some row most: the upper line's intercept ``-u l / (u - l)`` times the
+    row's coefficient magnitude (BaBSR's score, exact on the last ReLU layer)."""
+    keep = max(1, math.ceil(_LAST_SHARE * unstable.numel()))
+    if keep >= unstable.numel():
+        return unstable
+    l, u = lo[unstable], hi[unstable]
+    cost = (weights[:, unstable].abs() * (-u * l / (u - l))).amax(0)
+    return unstable[cost.topk(keep).indices].sort().values
 
 
 def _cut(network: Network, k: int) -> Network:
