@@ -728,3 +728,21 @@ def test_a_pass_over_the_last_layer_searches_its_costliest_neurons_and_stays_sou
         assert bool((z >= lo - 1e-9).all() and (z <= hi + 1e-9).all())
         assert bool((lo >= before[i][0] - 1e-12).all() and (hi <= before[i][1] + 1e-12).all())
         z = op.forward(z)
+
+
+def test_a_last_layer_refined_alone_searches_all_its_unstable_neurons(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the last ReLU layer is the only refinable one it has the refinement's whole time:
+    no property weights reach it (every unstable neuron is searched), while with other layers
+    before it the weights come with it."""
+    given_: dict[int, list[bool]] = {}
+
+    def layer(network, x0, threat, bounds, k, bab, until, result, descend,  # type: ignore[no-untyped-def]
+              weights):
+        given_.setdefault(len(refinable(network)), []).append(weights is not None)
+
+    monkeypatch.setattr(refine_module, "_refine_layer", layer)
+    for hidden in (1, 2):
+        network, x0, threat, c, d, root = _chain(4, hidden, 2)
+        refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 5)
+    assert given_ == {1: [False], 2: [False, True]}

@@ -90,10 +90,13 @@ _ATTACK_STEPS = 20
 _FRONT = 1.5
 _FRONT_ABOVE = 3
 
-#: Share of the last ReLU layer's unstable neurons that a pass searches (see
-#: :func:`_last_layer_weights`): the property's rows read that layer through the affine map
-#: after it, so a neuron's cost to their bound is known exactly there, and most neurons cost
-#: little.
+#: Share of the last ReLU layer's unstable neurons that a pass searches where other layers are
+#: refined too (see :func:`_last_layer_weights`): the property's rows read that layer through
+#: the affine map after it, so a neuron's cost to their bound is known exactly there, most
+#: neurons cost little, and the layer has a fraction of the time (VNN-COMP 2022 mnist_fc 256x4
+#: at 30 s: every open row nearer). Where it is the only refined layer it has the whole time
+#: and every neuron's bound pays: 2021 256x2 ``prop_1_0.03`` at 120 s is decided in 31 s
+#: searching all, not at all with 30 % (bench/RESULTS.md, issue 11, session 16).
 _LAST_SHARE = 0.3
 
 
@@ -168,7 +171,8 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     bounds = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
     # the closing alpha-CROWN costs about what the root's did
     stop = deadline - root.seconds
-    last = _last_layer_weights(network, c[0])
+    # the costliest neurons only where other layers share the time (see _LAST_SHARE)
+    last = _last_layer_weights(network, c[0]) if len(nodes) > 1 else None
     for n, k in enumerate(nodes):
         left = stop - time.perf_counter()
         if left <= 0:
