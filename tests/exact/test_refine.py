@@ -746,3 +746,19 @@ def test_a_last_layer_refined_alone_searches_all_its_unstable_neurons(
         network, x0, threat, c, d, root = _chain(4, hidden, 2)
         refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 5)
     assert given_ == {1: [False], 2: [False, True]}
+    # a last ReLU layer too wide to refine: its weights are not even built (an identity of
+    # its width squared)
+    monkeypatch.setattr(refine_module, "_MAX_NEURONS", 20)
+    monkeypatch.setattr(refine_module, "_last_layer_weights", lambda *a: pytest.fail("built"))
+    model = make_mlp(4, (6, 16, 16, 16, 40, 3), torch.float64)
+    network = from_module(model, (6,))
+    assert len(refinable(network)) == 2 and network.relu_indices[-1] not in refinable(network)
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    c = torch.zeros(1, 1, 3, dtype=torch.float64)
+    c[0, 0, 0], c[0, 0, 1] = 1.0, -1.0
+    d = torch.zeros(1, 1, dtype=torch.float64)
+    threat = LpBall("linf", 0.1)
+    root = alpha_crown(network, x0, threat, c, d, steps=2,
+                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 5)
+    assert given_[2] == [False, True, False, False]

@@ -171,8 +171,10 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
     bounds = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
     # the closing alpha-CROWN costs about what the root's did
     stop = deadline - root.seconds
-    # the costliest neurons only where other layers share the time (see _LAST_SHARE)
-    last = _last_layer_weights(network, c[0]) if len(nodes) > 1 else None
+    # the costliest neurons only where other layers share the time (see _LAST_SHARE); the
+    # weights' identity is no larger than a refinable layer's square
+    last = _last_layer_weights(network, c[0]) \
+        if len(nodes) > 1 and nodes[-1] == network.relu_indices[-1] else None
     for n, k in enumerate(nodes):
         left = stop - time.perf_counter()
         if left <= 0:
