@@ -22,7 +22,7 @@ from advrobust.core.threat import LpBall
 from advrobust.exact._beta import BetaBounder
 from advrobust.exact._beta import Domains as _Domains
 from advrobust.exact._domains import _CLOSE
-from advrobust.exact._twin import float32_chain
+from advrobust.exact._twin import float32_chain, float32_forward
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
 from advrobust.relax._encoding import encode_sample, row_cost
@@ -97,9 +97,7 @@ class Candidates:
         with torch.no_grad():
             if fast is None:
                 return (self.net.forward(x) * self.c[row]).sum(1) + self.d[row]
-            z = x.to(torch.float32)
-            for op in fast:
-                z = op.forward(z)
+            z = float32_forward(fast, x)
             return (z * self.c[row].to(z.dtype)).sum(1) + self.d[row].to(z.dtype)
 
     def _descend(self, x: Tensor, rows: Tensor, low: Tensor, up: Tensor) -> None:
@@ -115,12 +113,7 @@ class Candidates:
         for _ in range(self.attack_steps):
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
-                z = x
-                if fast is None:
-                    z = self.net.forward(z)
-                else:
-                    for op in fast:
-                        z = op.forward(z)
+                z = self.net.forward(x) if fast is None else float32_forward(fast, x)
                 (grad,) = torch.autograd.grad((z * c).sum(), x)
             x = torch.minimum(torch.maximum(x.detach() - step * grad.sign(), lo_s), up_s)
             step = step * 0.7

@@ -19,7 +19,7 @@ from advrobust.network.ir import Network
 from advrobust.relax.dag import graph_backward
 from advrobust.relax.ibp import LayerBounds
 
-__all__ = ["Float32Twin", "float32_chain"]
+__all__ = ["Float32Twin", "float32_chain", "float32_forward"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,14 @@ def float32_chain(network: Network) -> list | None:
             logger.debug("no float32 forward (%s: %s)", type(exc).__name__, exc)
             _FORWARD[network] = False
     return parts[0] if _FORWARD[network] else None
+
+
+def float32_forward(ops: list, x: Tensor) -> Tensor:
+    """``x`` in float32 through a chain's float32 copy ``ops`` (:func:`float32_chain`)."""
+    z = x.to(torch.float32)
+    for op in ops:
+        z = op.forward(z)
+    return z
 
 
 def _parts(network: Network | Graph, root: LayerBounds) -> tuple[list, Graph | None] | None:

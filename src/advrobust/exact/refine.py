@@ -52,7 +52,7 @@ from torch import Tensor
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.exact._domains import _CLOSE
-from advrobust.exact._twin import float32_chain
+from advrobust.exact._twin import float32_chain, float32_forward
 from advrobust.network.ir import Network
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
 from advrobust.relax.crown import crown_lower
@@ -369,7 +369,6 @@ def _attack(cut: Network, x0: Tensor, threat: LpBall, idx: Tensor
     lo_in, hi_in = threat.input_bounds(x0)
     m = idx.numel()
     fast = float32_chain(cut)
-    ops = cut.ops if fast is None else fast
     dtype = x0.dtype if fast is None else torch.float32
     lo_s, hi_s = lo_in.to(dtype), hi_in.to(dtype)
     gen = torch.Generator().manual_seed(0)
@@ -381,9 +380,7 @@ def _attack(cut: Network, x0: Tensor, threat: LpBall, idx: Tensor
     best = torch.full((2 * m,), math.inf, dtype=dtype)  # of sign * z
     best_x = x.detach().clone()
     for step in range(_ATTACK_STEPS + 1):
-        z = x
-        for op in ops:
-            z = op.forward(z)
+        z = cut.forward(x) if fast is None else float32_forward(fast, x)
         z = z.reshape(2 * m, -1)[rows, cols] * -sign
         with torch.no_grad():
             better = z < best
