@@ -667,7 +667,7 @@ def test_the_last_layers_weights_are_the_rows_through_the_affine_maps_after_it()
     model = network.module
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     got = refine_module._last_layer_weights(network, c[0])
-    assert got is not None and got.shape == (1, last.in_features)
+    assert got.shape == (1, last.in_features)
     assert torch.allclose(got, c[0] @ last.weight, rtol=1e-12, atol=1e-14)
 
 

@@ -202,9 +202,9 @@ def _layer_share(count: int, deep: bool) -> float:
     return 1.0 / sum(front ** -i for i in range(count))
 
 
-def _last_layer_weights(network: Network, c: Tensor) -> Tensor | None:
+def _last_layer_weights(network: Network, c: Tensor) -> Tensor:
     """(R, n) the coefficients of the property's rows ``c`` (R, outputs) on the outputs of the
-    chain's last ReLU (exact: the ops after it are affine), None if something else follows."""
+    chain's last nonlinear op, a ReLU (exact: every op after it is affine)."""
     k = network.relu_indices[-1]
     shape = tuple(network.ops[k].in_shape)
     n = math.prod(shape)
@@ -212,8 +212,6 @@ def _last_layer_weights(network: Network, c: Tensor) -> Tensor | None:
         a = torch.eye(n, dtype=c.dtype).reshape((n,) + shape)
         zero = a.new_zeros((1,) + shape)
         for op in network.ops[k + 1:]:
-            if op.nonlinear:
-                return None
             a, zero = op.forward(a), op.forward(zero)
     return c @ (a - zero).reshape(n, -1).T
 
