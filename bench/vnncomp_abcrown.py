@@ -1,4 +1,5 @@
-"""advrobust against alpha-beta-CROWN on the same VNN-COMP instances, one tool after the other.
+"""advrobust against alpha-beta-CROWN on the same VNN-COMP instances, one tool after the other
+or both at once (``--together``: one thread each on a two-core machine, so both see the same load).
 
 alpha-beta-CROWN is never a dependency: it is built outside the repository (see
 bench/abcrown_build.md) and run through the wrapper ``run_abcrown.sh`` of ``../shared/peers/``,
@@ -7,7 +8,8 @@ Both run under ``nice -n 5`` with one thread. Run by hand from the repository ro
 
     PYTHONPATH=$PWD/src python bench/vnncomp_abcrown.py --root ../shared/data/vnncomp/mnist_fc \\
         --limit 10 --timeout 30 --abcrown-dir ../peers-abcrown/alpha-beta-CROWN \\
-        --abcrown-venv ../peers-abcrown/venv [--pgd-order after] [--instances instances.csv]
+        --abcrown-venv ../peers-abcrown/venv [--pgd-order after] [--instances instances.csv] \\
+        [--together]
 
 or tabulate earlier runs: ``--table OURS.csv ABCROWN.log`` (our results CSV and the wrapper's
 stdout). An answer that came after the instance's limit counts as a timeout for both tools (the
@@ -93,6 +95,12 @@ def table(ours: Verdicts, theirs: Verdicts, truth: dict[tuple[str, str, str], st
                 f"{answers.count('sat') + answers.count('unsat')} / {len(keys)} | "
                 f"{sum(res[k][1] for k in both):.1f} ({len(both)}) | "
                 f"{sum(res[k][1] for k in keys):.1f} |")
+    decided = ("sat", "unsat")
+    for tool, mine, other in (("advrobust", ours, theirs), ("alpha-beta-CROWN", theirs, ours)):
+        alone = [f"{k[0]} {k[1]} ({mine[k][0]}, {mine[k][1]:.1f} s)"
+                 for n in sorted(nets) for k in nets[n]
+                 if mine[k][0] in decided and other[k][0] not in decided]
+        rows.append(f"\nDecided by {tool} only ({len(alone)}): " + ("; ".join(alone) or "none"))
     return "\n".join(rows)
 
 
@@ -133,6 +141,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("vnncomp_abcrown"),
                         help="folder for both tools' raw outputs")
     parser.add_argument("--table", nargs=2, type=Path, metavar=("OURS_CSV", "ABCROWN_LOG"))
+    parser.add_argument("--together", action="store_true",
+                        help="run both tools at the same time (one thread each) instead of one "
+                             "after the other")
     args = parser.parse_args()
     edition = "vnnlib_2021" if "2021" in args.instances else "vnnlib"
     if args.table:
@@ -144,22 +155,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = _subset(args.root, args.instances, args.limit, Path(tmp))
         ours_csv = args.out / "ours.csv"
-        print(f"advrobust: start, load {_load()}", flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        subprocess.run(["nice", "-n", "5", sys.executable, "-m", "advrobust", "vnncomp",
-                        "--instances", str(csv_path), "--threads", "1",
-                        "--answers", str(args.root / "known_answers.csv"),
-                        "--out", str(ours_csv)] + (["--timeout"] + timeout if timeout else []),
-                       env=env, check=True, stdout=subprocess.DEVNULL)
-        print(f"advrobust: end, load {_load()}; alpha-beta-CROWN: start", flush=True)
         abc_log = args.out / "abcrown.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        ours_cmd = ["nice", "-n", "5", sys.executable, "-m", "advrobust", "vnncomp",
+                    "--instances", str(csv_path), "--threads", "1",
+                    "--answers", str(args.root / "known_answers.csv"),
+                    "--out", str(ours_csv)] + (["--timeout"] + timeout if timeout else [])
+        abc_cmd = ["nice", "-n", "5", str(args.wrapper), "--csv", str(csv_path)] + timeout
+        abc_env = {**env, "ABCROWN_DIR": str(args.abcrown_dir.resolve()),
+                   "LIRPA_VENV": str(args.abcrown_venv.resolve()),
+                   "ABCROWN_THREADS": "1", "ABCROWN_PGD_ORDER": args.pgd_order}
         with abc_log.open("w") as fh:
-            subprocess.run(["nice", "-n", "5", str(args.wrapper), "--csv", str(csv_path)]
-                           + timeout, stdout=fh, check=True,
-                           env={**env, "ABCROWN_DIR": str(args.abcrown_dir.resolve()),
-                                "LIRPA_VENV": str(args.abcrown_venv.resolve()),
-                                "ABCROWN_THREADS": "1", "ABCROWN_PGD_ORDER": args.pgd_order})
-        print(f"alpha-beta-CROWN: end, load {_load()}\n", flush=True)
+            if args.together:
+                print(f"both tools: start, load {_load()}", flush=True)
+                ours = subprocess.Popen(ours_cmd, env=env, stdout=subprocess.DEVNULL)
+                theirs = subprocess.Popen(abc_cmd, env=abc_env, stdout=fh)
+                codes = [ours.wait(), theirs.wait()]
+                if any(codes):
+                    raise SystemExit(f"exit codes: advrobust {codes[0]}, "
+                                     f"alpha-beta-CROWN {codes[1]}")
+                print(f"both tools: end, load {_load()}\n", flush=True)
+            else:
+                print(f"advrobust: start, load {_load()}", flush=True)
+                subprocess.run(ours_cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+                print(f"advrobust: end, load {_load()}; alpha-beta-CROWN: start", flush=True)
+                subprocess.run(abc_cmd, stdout=fh, check=True, env=abc_env)
+                print(f"alpha-beta-CROWN: end, load {_load()}\n", flush=True)
     print(table(read_ours(ours_csv), read_abcrown(abc_log), read_truth(args.root), edition))
 
 
