@@ -18,6 +18,11 @@ margin spec. Each child reports the wall time of the bound call and its peak RSS
 (``ru_maxrss``; "delta" is the peak minus the RSS just before the call). The bounds are
 compared row by row; advrobust's lower bounds are also checked against the margins of random
 points of the box (soundness where they are tighter).
+
+The ratio depends on the CPU: advrobust's sound passes run in float64, auto_LiRPA's in float32,
+and the two GEMM speeds differ by 1.5-2.5x between CPUs (AVX-512 or not). The first line printed
+names the CPU and one thread's float64 and float32 GEMM rates, so runs on different machines can
+be told apart.
 """
 
 from __future__ import annotations
@@ -42,6 +47,32 @@ from advrobust.models import build_model
 
 NETS = ("cnn", "lenet", "small_cnn")
 LIBS = ("ours", "ours32", "lirpa")
+
+
+def _machine() -> str:
+    """The CPU's model name and one thread's float64 / float32 GEMM rate (1024^3, best of 5)."""
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rates = []
+    for dtype in (torch.float64, torch.float32):
+        a = torch.randn(1024, 1024, dtype=dtype)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - start)
+        rates.append(1024 ** 3 / best / 1e9)
+    torch.set_num_threads(threads)
+    return (f"{name}; one thread's GEMM: float64 {rates[0]:.0f} GMAC/s, float32 "
+            f"{rates[1]:.0f} GMAC/s ({rates[1] / rates[0]:.1f}x)")
 
 
 def _small_cnn() -> nn.Sequential:
@@ -172,6 +203,7 @@ def main() -> None:
     if args.child:
         _child(args)
         return
+    print(f"machine: {_machine()}\n")
     print("| network | eps | advrobust s | auto_LiRPA s | speed-up | advrobust peak / delta MB "
           "| auto_LiRPA peak / delta MB | max abs diff | max (LiRPA - ours) | sampled "
           "violations | float32 bare pass s (peak MB) | its max abs diff |")
