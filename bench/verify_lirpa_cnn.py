@@ -20,9 +20,9 @@ compared row by row; advrobust's lower bounds are also checked against the margi
 points of the box (soundness where they are tighter).
 
 The ratio depends on the CPU: advrobust's sound passes run in float64, auto_LiRPA's in float32,
-and the two GEMM speeds differ by 1.5-2.5x between CPUs (AVX-512 or not). The first line printed
-names the CPU and one thread's float64 and float32 GEMM rates, so runs on different machines can
-be told apart.
+and how much slower float64 GEMM is than float32 varies between CPUs (2.2x on the project's AMD
+machine without AVX-512 in session 18). The first line printed names the CPU and one thread's
+float64 and float32 GEMM rates, so runs on different machines can be told apart.
 """
 
 from __future__ import annotations
