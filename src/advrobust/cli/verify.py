@@ -77,7 +77,9 @@ def register(sub: Any) -> None:
                         "(samples it cuts keep a sound bracket of their radius; with --radius "
                         "exact at least CROWN's from below and an attack's from above, which "
                         "take the first 15%%) (default: 60)")
-    p.add_argument("--threads", type=int, default=1, help="solver threads (default: 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="cores: solver threads, and BaB's worker processes, which share its "
+                        "rows (Linux) (default: 1)")
     add_memory_arg(p)
     p.add_argument("--batch-size", type=int, default=100,
                    help="samples per bound / attack call (default: 100)")

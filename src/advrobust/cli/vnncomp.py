@@ -52,7 +52,8 @@ def register(sub: Any) -> None:
                    help="known answers (network,property,timeout,truth); default: "
                         "known_answers.csv beside --instances, if present")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch and solver threads (default: 1)")
+                   help="cores: torch and solver threads, and BaB's worker processes, which "
+                        "share its rows (Linux) (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the attack's random starts")
     add_memory_arg(p)
     add_json_arg(p)

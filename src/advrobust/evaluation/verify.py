@@ -61,7 +61,7 @@ def verify_dataset(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, *,
             from this one budget; the report comes back within it (less a guard kept for the
             final checks, see :data:`~advrobust.verify.budget.GUARD_SECONDS`), with
             UNKNOWN where the time ran out.
-        threads: solver threads.
+        threads: cores: HiGHS's threads, and BaB's worker processes (``BaB(workers=...)``).
         attack: the attack of the ``auto`` cascade (default ``SpecAPGD(steps=100,
             restarts=2)`` on the spec rows); any :class:`~advrobust.attacks.Attack` (it then
             attacks the label margins).

@@ -173,7 +173,8 @@ def run_instance(instance: Instance, *, timeout: float | None = None, threads: i
     Args:
         instance: the files and the competition's timeout.
         timeout: seconds overriding ``instance.timeout``.
-        threads: solver threads.
+        threads: cores: HiGHS's threads, and BaB's worker processes (``BaB(workers=...)``;
+            the caller sets torch's threads).
         seed: seed of the attack's random starts.
 
     Raises:

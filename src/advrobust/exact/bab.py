@@ -29,6 +29,7 @@ is :mod:`advrobust.exact._search`, its counterexample candidates and LP / MILP s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -39,13 +40,15 @@ import torch
 from torch import Tensor
 
 from advrobust.core._validation import check_bool, check_float, check_int
-from advrobust.core.memory import parse_size
+from advrobust.core.memory import default_memory_limit, parse_size
 from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidParameterError, InvalidThreatModelError, MemoryLimitError
+from advrobust.exact._candidates import Row as _Row
 from advrobust.exact._candidates import decide_by_milp
 from advrobust.exact._domains import _CLOSE
+from advrobust.exact._fork import GRACE, can_fork, fork_map
 from advrobust.exact._search import RowSearch as _RowSearch
 from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph import Graph
@@ -171,6 +174,14 @@ class BaB(Bounder):
             not fit is done more cheaply (fewer optimised intermediate nodes, smaller
             batches); a sample whose root alone does not fit keeps its CROWN bounds, with a
             warning — never an out-of-memory kill.
+        workers: processes (cores) that share each search: its rows (the property's, and
+            in a refinement the neurons') are dealt to this process and ``workers - 1``
+            forked copies of it, one torch thread each, which search them side by side for
+            the whole time and split ``memory_limit`` (Linux; elsewhere 1). A copy that
+            fails or answers late proves nothing for its rows. One VNN-COMP mnist_fc instance
+            at a time on 2 cores, 2 workers left the open 256x6 rows at 30 s 4.7-14x nearer a
+            proof than one core, the 256x4 ones as near as 2 torch threads did (bench/
+            RESULTS.md, issue 11, session 19).
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
@@ -179,7 +190,7 @@ class BaB(Bounder):
                  beta_steps: int = 5, branching: str | int = "fsb",
                  attack_steps: int = 10, domain_bounds: bool = False,
                  keep_state: bool = True, refine: float | None = None, milp: float = 0.25,
-                 memory_limit: int | str | None = None) -> None:
+                 memory_limit: int | str | None = None, workers: int = 1) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
@@ -198,6 +209,7 @@ class BaB(Bounder):
         self.milp = check_float(milp, "milp", "BaB", low=0.0, high=1.0)
         self.memory_limit = None if memory_limit is None else parse_size(
             memory_limit, "BaB memory_limit")
+        self.workers = check_int(workers, "workers", "BaB", low=1)
         if branching not in ("babsr", "fsb") and not (
                 isinstance(branching, int) and not isinstance(branching, bool) and branching >= 1):
             raise InvalidParameterError(
@@ -270,11 +282,10 @@ class BaB(Bounder):
             until = min(deadline, now + _ROUND_SECONDS * _ROUND_GROWTH ** n)  # the round's span
             # the sample's only refinement: no round after this one could be as long
             only = more and n == 0 and not _another_round(n, until - now, until, deadline)
-            search = _RowSearch(network, x0, threat, c[0, rows], d[0, rows], self, done.alpha)
-            found, found_states = search.run(
-                now + (_PROBE_ONLY if only else _PROBE) * (until - now) if more else deadline,
-                stop_on_counterexample=self.early_stop)
-            leaves += search.leaves
+            found, found_states, found_leaves = self._run_rows(
+                network, x0, threat, c[0, rows], d[0, rows], done.alpha,
+                now + (_PROBE_ONLY if only else _PROBE) * (until - now) if more else deadline)
+            leaves += found_leaves
             for k, r in enumerate(rows.tolist()):
                 values[r] = max(float(values[r]), float(found[k]))
                 found_states[k].domains += 0 if states[r] is None else states[r].domains
@@ -298,6 +309,45 @@ class BaB(Bounder):
                         st.best_value < 0 for st in states)):
                     break
         return values, states, leaves, done if done.layers else None
+
+    def _run_rows(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                  d: Tensor, alpha: AlphaResult, until: float
+                  ) -> tuple[Tensor, list[Any], int]:
+        """Search rows ``c``, ``d`` (R, outputs), (R,) from the root ``alpha`` (its rows) until
+        ``until``: sound lower bounds (R,), row states, linear regions solved. With ``workers``
+        > 1 the rows are dealt round-robin to that many processes (this one and forked
+        copies, :func:`~advrobust.exact._fork.fork_map`), each searching its rows for the whole
+        time; a copy that fails or answers late leaves its rows at ``-inf``, unknown."""
+        n = c.shape[0]
+        if self.workers <= 1 or n < 2 or not can_fork():
+            search = _RowSearch(network, x0, threat, c, d, self, alpha)
+            found, rows = search.run(until, stop_on_counterexample=self.early_stop)
+            return found, list(rows), search.leaves
+        parts = [torch.arange(i, n, self.workers) for i in range(min(self.workers, n))]
+
+        # the processes share the memory: each batch may take its part of the budget
+        settings = copy.copy(self)
+        settings.memory_limit = (self.memory_limit or default_memory_limit()) // len(parts)
+
+        def run(part: Tensor) -> tuple[Tensor, list[Any], int]:
+            sub = dataclasses.replace(alpha, lower=alpha.lower[:, part],
+                                      alphas={j: v[:, part] for j, v in alpha.alphas.items()})
+            search = _RowSearch(network, x0, threat, c[part], d[part], settings, sub)
+            found, states = search.run(until, stop_on_counterexample=self.early_stop)
+            return found, states, search.leaves
+
+        found = torch.full((n,), -math.inf, dtype=torch.float64)
+        states: list[Any] = [None] * n
+        leaves = 0
+        for part, got in zip(parts, fork_map(run, parts, until=until + GRACE),
+                             strict=True):
+            for k, j in enumerate(part.tolist()):
+                if got is None:
+                    states[j] = _Row(best_value=math.inf, status="worker_lost")
+                else:
+                    found[j], states[j] = float(got[0][k]), got[1][k]
+            leaves += 0 if got is None else got[2]
+        return found, states, leaves
 
     def _milp_try(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                   d: Tensor, rows: Tensor, done: Refinement, values: Tensor, states: list[Any],

@@ -70,7 +70,7 @@ class Policy:
     Attributes:
         method: one of :data:`METHODS`, or :data:`CERTIFY`.
         time_limit: exact-method (and LP) seconds per sample.
-        threads: solver threads.
+        threads: cores: HiGHS's threads, and BaB's worker processes (its ``workers``).
         attack: the attack of the ``auto`` cascade (None: ``SpecAPGD(steps=100,
             restarts=2)`` on the spec rows).
         batch_size: samples per relaxation / attack call.
@@ -145,7 +145,7 @@ def make_bounder(method: str, time_limit: float, threads: int) -> Any:
         # counterexamples instead
         "milp": lambda: MILP(time_limit=time_limit, threads=threads,
                              solver_options={"mip_heuristic_run_feasibility_jump": False}),
-        "bab": lambda: BaB(time_limit=time_limit)}
+        "bab": lambda: BaB(time_limit=time_limit, workers=threads)}
     return makers[method]()
 
 

@@ -1,0 +1,216 @@
+"""Worker processes for branch and bound (exact/_fork.py, ``BaB(workers=...)``): results come
+back in order from other processes, a copy that fails, dies or runs late gives "no result" and
+is reaped, and a search shared by two processes stays sound and agrees with the exact MILP."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from tests.exact.conftest import make_mlp
+
+from advrobust.core import LpBall, Verdict
+from advrobust.errors import InvalidParameterError
+from advrobust.exact import MILP, BaB, _fork
+from advrobust.exact import bab as bab_module
+from advrobust.exact import refine as refine_module
+from advrobust.exact._fork import can_fork, fork_map
+from advrobust.network.ir import from_module
+from advrobust.relax.alpha_crown import alpha_crown
+from advrobust.relax.crown import crown_layer_bounds
+
+needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes need Linux fork")
+
+
+@pytest.fixture(autouse=True)
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the copies each test forks (checked reaped by :func:`_all_reaped`)."""
+    pids: list[int] = []
+    real = _fork._spawn
+
+    def spawn(fn, part):  # type: ignore[no-untyped-def]
+        pid, fd = real(fn, part)
+        pids.append(pid)
+        return pid, fd
+
+    monkeypatch.setattr(_fork, "_spawn", spawn)
+    _SPAWNED[:] = [pids]
+    return pids
+
+
+_SPAWNED: list[list[int]] = []
+
+
+def _no_children_left() -> bool:
+    """Every copy forked by this test has been reaped (none runs, none is a zombie)."""
+    for pid in _SPAWNED[0]:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        return False
+    return True
+
+
+@needs_fork
+def test_parts_run_in_other_processes_and_come_back_in_order() -> None:
+    me = os.getpid()
+
+    def work(k: int) -> tuple[int, int, int]:
+        return k, k * k, os.getpid()
+
+    out = fork_map(work, [0, 1, 2, 3], until=time.perf_counter() + 30)
+    assert [o[:2] for o in out] == [(0, 0), (1, 1), (2, 4), (3, 9)]
+    assert out[0][2] == me and len({o[2] for o in out[1:]} | {me}) == 4
+    assert _no_children_left()
+
+
+@needs_fork
+def test_a_copy_that_fails_dies_or_runs_late_gives_none_and_is_reaped() -> None:
+    def work(k: int) -> int:
+        if k == 1:
+            raise ValueError("boom")
+        if k == 2:
+            os._exit(3)
+        if k == 3:
+            time.sleep(60)
+        return k + 10
+
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    out = fork_map(work, [0, 1, 2, 3, 4], until=time.perf_counter() + 1.0)
+    assert out == [10, None, None, None, 14]
+    assert time.perf_counter() - start < 30  # the sleeper was killed, not waited for
+    assert torch.get_num_threads() == threads
+    assert _no_children_left()
+
+
+@needs_fork
+def test_this_processes_own_failure_propagates_after_the_copies_are_reaped() -> None:
+    def work(k: int) -> int:
+        if k == 0:
+            raise KeyError("mine")
+        time.sleep(60)
+        return k
+
+    start = time.perf_counter()
+    with pytest.raises(KeyError, match="mine"):
+        fork_map(work, [0, 1], until=time.perf_counter() + 30)
+    assert time.perf_counter() - start < 30
+    assert _no_children_left()
+
+
+@needs_fork
+def test_a_part_that_cannot_be_forked_gives_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_process() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_process)
+    out = fork_map(lambda k: k * 2, [1, 2, 3], until=time.perf_counter() + 5)
+    assert out == [2, None, None]
+
+
+def test_without_fork_every_part_runs_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_fork, "can_fork", lambda: False)
+    out = fork_map(lambda k: (k, os.getpid()), [0, 1, 2], until=time.perf_counter())
+    assert out == [(k, os.getpid()) for k in range(3)]
+
+
+def test_workers_must_be_a_positive_int() -> None:
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(InvalidParameterError, match="workers"):
+            BaB(workers=bad)  # type: ignore[arg-type]
+    assert BaB(workers=3).workers == 3
+
+
+@needs_fork
+def test_two_workers_share_the_search_and_agree_with_the_milp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_mlp(5, (8, 16, 16, 16, 6))  # samples with 2-3 rows open after CROWN
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    shared: dict[str, list[int]] = {"rows": [], "neurons": []}
+
+    def spy(what: str):  # type: ignore[no-untyped-def]
+        def fork(fn, parts, *, until):  # type: ignore[no-untyped-def]
+            shared[what].append(len(parts))
+            return fork_map(fn, parts, until=until)
+        return fork
+
+    monkeypatch.setattr(bab_module, "fork_map", spy("rows"))
+    monkeypatch.setattr(refine_module, "fork_map", spy("neurons"))
+    # no probing search: the open rows go through the refinement (its neurons' rows are split)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    out = BaB(time_limit=6, refine=0.7, early_stop=False, workers=2)(model, x, y, threat)
+    # the property's rows and the refinement's neurons were both dealt to two processes
+    assert set(shared["rows"]) == {2} and set(shared["neurons"]) == {2}, shared
+    assert out.stats["refinements"], "no sample was refined: the test needs open rows"
+    assert bool((out.lower <= exact.lower + 1e-5).all())
+    for i in range(5):
+        if out.verdict[i] is Verdict.VERIFIED:
+            assert exact.verdict[i] is Verdict.VERIFIED
+        if out.verdict[i] is Verdict.FALSIFIED:
+            assert exact.verdict[i] is Verdict.FALSIFIED
+    assert _no_children_left()
+
+
+def test_rows_of_a_lost_worker_prove_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_mlp(5, (8, 20, 20, 10))  # samples 0 and 3: 4-5 rows open after CROWN
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    monkeypatch.setattr(bab_module, "can_fork", lambda: True)
+
+    def lose_all_but_the_first(fn, parts, *, until):  # type: ignore[no-untyped-def]
+        return [fn(parts[0])] + [None] * (len(parts) - 1)
+
+    monkeypatch.setattr(bab_module, "fork_map", lose_all_but_the_first)
+    out = BaB(time_limit=2, refine=0.0, early_stop=False, workers=2)(model, x, y, threat)
+    lost = 0
+    for s, log in enumerate(out.stats["samples"]):
+        for row in log:
+            if row["status"] == "worker_lost":
+                lost += 1
+                # nothing from the lost search: the row keeps its CROWN bound, open
+                assert row["lower"] == -float("inf")
+                assert float(out.lower[s, row["row"]]) == float(out.stats["crown"][s, row["row"]])
+                assert out.verdict[s] is not Verdict.VERIFIED
+    assert lost, "no row was dealt to the lost worker: the test needs two open rows"
+
+
+def test_a_refinement_whose_worker_is_lost_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_mlp(0, (6, 24, 24, 24, 3), torch.float64)
+    network = from_module(model, (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    threat = LpBall("linf", 0.15)
+    y = int(model(x0).argmax(1))
+    c = torch.zeros(1, 2, 3, dtype=torch.float64)
+    for r, t in enumerate(j for j in range(3) if j != y):
+        c[0, r, y], c[0, r, t] = 1.0, -1.0
+    d = torch.zeros(1, 2, dtype=torch.float64)
+    root = alpha_crown(network, x0, threat, c, d, steps=10,
+                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    monkeypatch.setattr(refine_module, "can_fork", lambda: True)
+    calls: list[int] = []
+
+    def lose_all_but_the_first(fn, parts, *, until):  # type: ignore[no-untyped-def]
+        calls.append(len(parts))
+        return [fn(parts[0])] + [None] * (len(parts) - 1)
+
+    monkeypatch.setattr(refine_module, "fork_map", lose_all_but_the_first)
+    refined = refine_module.refine_bounds(network, x0, threat, c, d, root, BaB(workers=2),
+                                          deadline=time.perf_counter() + 3, alpha_steps=10)
+    assert calls and refined.layers
+    lo_in, hi_in = threat.input_bounds(x0)
+    pts = lo_in + (hi_in - lo_in) * torch.rand(20000, 6, generator=torch.Generator()
+                                                .manual_seed(1), dtype=torch.float64)
+    z = pts
+    for k, op in enumerate(network.ops):
+        lo, hi = refined.alpha.bounds[k]
+        assert bool((z >= lo - 1e-9).all()) and bool((z <= hi + 1e-9).all())
+        z = op.forward(z)
