@@ -16,7 +16,7 @@ from advrobust.errors import InvalidParameterError
 from advrobust.exact import MILP, BaB, _fork
 from advrobust.exact import bab as bab_module
 from advrobust.exact import refine as refine_module
-from advrobust.exact._fork import can_fork, fork_map
+from advrobust.exact._fork import can_fork, deal, fork_map
 from advrobust.network.ir import from_module
 from advrobust.relax.alpha_crown import alpha_crown
 from advrobust.relax.crown import crown_layer_bounds
@@ -24,9 +24,9 @@ from advrobust.relax.crown import crown_layer_bounds
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes need Linux fork")
 
 
-@pytest.fixture(autouse=True)
-def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The pids of the copies each test forks (checked reaped by :func:`_all_reaped`)."""
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the copies the test forks (see :func:`_all_reaped`)."""
     pids: list[int] = []
     real = _fork._spawn
 
@@ -36,26 +36,22 @@ def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return pid, fd
 
     monkeypatch.setattr(_fork, "_spawn", spawn)
-    _SPAWNED[:] = [pids]
     return pids
 
 
-_SPAWNED: list[list[int]] = []
-
-
-def _no_children_left() -> bool:
-    """Every copy forked by this test has been reaped (none runs, none is a zombie)."""
-    for pid in _SPAWNED[0]:
+def _all_reaped(pids: list[int]) -> bool:
+    """Every copy in ``pids`` was forked and reaped (none runs, none is a zombie)."""
+    for pid in pids:
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             continue
         return False
-    return True
+    return bool(pids)
 
 
 @needs_fork
-def test_parts_run_in_other_processes_and_come_back_in_order() -> None:
+def test_parts_run_in_other_processes_and_come_back_in_order(spawned: list[int]) -> None:
     me = os.getpid()
 
     def work(k: int) -> tuple[int, int, int]:
@@ -64,11 +60,11 @@ def test_parts_run_in_other_processes_and_come_back_in_order() -> None:
     out = fork_map(work, [0, 1, 2, 3], until=time.perf_counter() + 30)
     assert [o[:2] for o in out] == [(0, 0), (1, 1), (2, 4), (3, 9)]
     assert out[0][2] == me and len({o[2] for o in out[1:]} | {me}) == 4
-    assert _no_children_left()
+    assert _all_reaped(spawned)
 
 
 @needs_fork
-def test_a_copy_that_fails_dies_or_runs_late_gives_none_and_is_reaped() -> None:
+def test_a_copy_that_fails_dies_or_runs_late_gives_none_and_is_reaped(spawned: list[int]) -> None:
     def work(k: int) -> int:
         if k == 1:
             raise ValueError("boom")
@@ -84,11 +80,12 @@ def test_a_copy_that_fails_dies_or_runs_late_gives_none_and_is_reaped() -> None:
     assert out == [10, None, None, None, 14]
     assert time.perf_counter() - start < 30  # the sleeper was killed, not waited for
     assert torch.get_num_threads() == threads
-    assert _no_children_left()
+    assert _all_reaped(spawned)
 
 
 @needs_fork
-def test_this_processes_own_failure_propagates_after_the_copies_are_reaped() -> None:
+def test_this_processes_own_failure_propagates_after_the_copies_are_reaped(
+        spawned: list[int]) -> None:
     def work(k: int) -> int:
         if k == 0:
             raise KeyError("mine")
@@ -99,7 +96,7 @@ def test_this_processes_own_failure_propagates_after_the_copies_are_reaped() -> 
     with pytest.raises(KeyError, match="mine"):
         fork_map(work, [0, 1], until=time.perf_counter() + 30)
     assert time.perf_counter() - start < 30
-    assert _no_children_left()
+    assert _all_reaped(spawned)
 
 
 @needs_fork
@@ -119,6 +116,8 @@ def test_without_fork_every_part_runs_here(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_workers_must_be_a_positive_int() -> None:
+    assert [p.tolist() for p in deal(5, 2)] == [[0, 2, 4], [1, 3]]
+    assert [p.tolist() for p in deal(2, 4)] == [[0], [1]]
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(InvalidParameterError, match="workers"):
             BaB(workers=bad)  # type: ignore[arg-type]
@@ -127,7 +126,7 @@ def test_workers_must_be_a_positive_int() -> None:
 
 @needs_fork
 def test_two_workers_share_the_search_and_agree_with_the_milp(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, spawned: list[int]) -> None:
     model = make_mlp(5, (8, 16, 16, 16, 6))  # samples with 2-3 rows open after CROWN
     x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
     y = model(x).argmax(1)
@@ -156,7 +155,7 @@ def test_two_workers_share_the_search_and_agree_with_the_milp(
             assert exact.verdict[i] is Verdict.VERIFIED
         if out.verdict[i] is Verdict.FALSIFIED:
             assert exact.verdict[i] is Verdict.FALSIFIED
-    assert _no_children_left()
+    assert _all_reaped(spawned)
 
 
 def test_rows_of_a_lost_worker_prove_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["GRACE", "can_fork", "fork_map"]
+from advrobust.core.memory import default_memory_limit
+
+__all__ = ["GRACE", "can_fork", "deal", "fork_map", "memory_share"]
 
 P = TypeVar("P")
 
@@ -42,6 +44,19 @@ _MAX_BYTES = 1 << 28
 def can_fork() -> bool:
     """Whether :func:`fork_map` runs parts in forked copies on this platform."""
     return sys.platform.startswith("linux") and hasattr(os, "fork")
+
+
+def deal(n: int, workers: int) -> list[torch.Tensor]:
+    """Indices ``0..n-1`` dealt round-robin to ``min(workers, n)`` parts (none empty)."""
+    return [torch.arange(i, n, workers) for i in range(min(workers, n))]
+
+
+def memory_share(limit: int | None, workers: int) -> int | None:
+    """Each of ``workers`` processes' part of the memory budget ``limit`` (None: the default
+    budget, :func:`~advrobust.core.memory.default_memory_limit`); ``limit`` itself for one."""
+    if workers <= 1 or not can_fork():
+        return limit
+    return (limit or default_memory_limit()) // workers
 
 
 def fork_map(fn: Callable[[P], Any], parts: Sequence[P], *, until: float) -> list[Any]:

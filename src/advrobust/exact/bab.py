@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from advrobust.core._validation import check_bool, check_float, check_int
-from advrobust.core.memory import default_memory_limit, parse_size
+from advrobust.core.memory import parse_size
 from advrobust.core.result import VERIFY_TOLERANCE
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
@@ -48,7 +48,7 @@ from advrobust.errors import InvalidParameterError, InvalidThreatModelError, Mem
 from advrobust.exact._candidates import Row as _Row
 from advrobust.exact._candidates import decide_by_milp
 from advrobust.exact._domains import _CLOSE
-from advrobust.exact._fork import GRACE, can_fork, fork_map
+from advrobust.exact._fork import GRACE, can_fork, deal, fork_map, memory_share
 from advrobust.exact._search import RowSearch as _RowSearch
 from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph import Graph
@@ -323,11 +323,10 @@ class BaB(Bounder):
             search = _RowSearch(network, x0, threat, c, d, self, alpha)
             found, rows = search.run(until, stop_on_counterexample=self.early_stop)
             return found, list(rows), search.leaves
-        parts = [torch.arange(i, n, self.workers) for i in range(min(self.workers, n))]
-
+        parts = deal(n, self.workers)
         # the processes share the memory: each batch may take its part of the budget
         settings = copy.copy(self)
-        settings.memory_limit = (self.memory_limit or default_memory_limit()) // len(parts)
+        settings.memory_limit = memory_share(self.memory_limit, len(parts))
 
         def run(part: Tensor) -> tuple[Tensor, list[Any], int]:
             sub = dataclasses.replace(alpha, lower=alpha.lower[:, part],

@@ -49,11 +49,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from advrobust.core.memory import default_memory_limit
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.exact._domains import _CLOSE
-from advrobust.exact._fork import GRACE, can_fork, fork_map
+from advrobust.exact._fork import GRACE, can_fork, deal, fork_map, memory_share
 from advrobust.exact._twin import float32_chain, float32_forward
 from advrobust.network.ir import Network
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
@@ -231,8 +230,7 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
     from advrobust.exact.bab import BaB
 
     # the worker processes' searches share the memory: each may take its part of the budget
-    memory = bab.memory_limit if bab.workers <= 1 or not can_fork() else \
-        (bab.memory_limit or default_memory_limit()) // bab.workers
+    memory = memory_share(bab.memory_limit, bab.workers)
     while (left := until - time.perf_counter()) > 0:
         # the neurons' searches: the caller's settings, no early stop, no refinement of their own
         inner = BaB(time_limit=left, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
@@ -308,7 +306,7 @@ def _search_rows(inner: BaB, cut: Network, x0: Tensor, threat: LpBall, spec: Spe
     if workers <= 1 or rows < 2 or not can_fork():
         out = inner._bound(cut, x0, threat, spec, layer_bounds=layer_bounds)
         return out.lower[0], [out.stats.get("root_bounds", {}).get(0)]
-    parts = [torch.arange(i, rows, workers) for i in range(min(workers, rows))]
+    parts = deal(rows, workers)
 
     def search(part: Tensor) -> tuple[Tensor, Any]:
         out = inner._bound(cut, x0, threat, Spec(spec.C[:, part], spec.d[:, part]),
