@@ -76,7 +76,7 @@ def test_a_copy_that_fails_dies_or_runs_late_gives_none_and_is_reaped(spawned: l
 
     threads = torch.get_num_threads()
     start = time.perf_counter()
-    out = fork_map(work, [0, 1, 2, 3, 4], until=time.perf_counter() + 1.0)
+    out = fork_map(work, [0, 1, 2, 3, 4], until=time.perf_counter() + 3.0)  # slack for a busy CI
     assert out == [10, None, None, None, 14]
     assert time.perf_counter() - start < 30  # the sleeper was killed, not waited for
     assert torch.get_num_threads() == threads
