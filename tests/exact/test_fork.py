@@ -13,7 +13,7 @@ from tests.exact.conftest import make_mlp
 
 from advrobust.core import LpBall, Verdict
 from advrobust.errors import InvalidParameterError
-from advrobust.exact import MILP, BaB, _fork
+from advrobust.exact import MILP, BaB, _fork, _search
 from advrobust.exact import bab as bab_module
 from advrobust.exact import refine as refine_module
 from advrobust.exact._fork import can_fork, deal, fork_map
@@ -213,3 +213,67 @@ def test_a_refinement_whose_worker_is_lost_stays_sound(monkeypatch: pytest.Monke
         lo, hi = refined.alpha.bounds[k]
         assert bool((z >= lo - 1e-9).all()) and bool((z <= hi + 1e-9).all())
         z = op.forward(z)
+
+
+@needs_fork
+def test_a_shared_flag_set_in_a_copy_is_seen_here_and_in_the_others(spawned: list[int]) -> None:
+    flag = _fork.SharedFlag()
+    assert not flag.is_set()
+
+    def work(k: int) -> bool:
+        if k == 1:
+            flag.set()
+            return True
+        stop = time.perf_counter() + 20
+        while not flag.is_set() and time.perf_counter() < stop:
+            time.sleep(0.01)
+        return flag.is_set()
+
+    assert fork_map(work, [0, 1, 2], until=time.perf_counter() + 30) == [True, True, True]
+    assert flag.is_set() and _all_reaped(spawned)
+
+
+def _row_search(flag: _fork.SharedFlag | None, eps: float) -> tuple[object, int]:
+    """A search over the margin rows of one sample of a small net at radius ``eps``."""
+    model = make_mlp(0, (6, 24, 24, 3), torch.float64)
+    network = from_module(model, (6,))
+    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    threat = LpBall("linf", eps)
+    y = int(model(x0).argmax(1))
+    c = torch.zeros(1, 2, 3, dtype=torch.float64)
+    for r, t in enumerate(j for j in range(3) if j != y):
+        c[0, r, y], c[0, r, t] = 1.0, -1.0
+    d = torch.zeros(1, 2, dtype=torch.float64)
+    root = alpha_crown(network, x0, threat, c, d, steps=5,
+                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    search = _search.RowSearch(network, x0, threat, c[0], d[0], BaB(), root, flag)
+    return search, root
+
+
+def test_a_search_stops_when_another_process_found_a_counterexample() -> None:
+    flag = _fork.SharedFlag()
+    flag.set()
+    search, root = _row_search(flag, 0.3)  # one row proved at the root, one open (~ -0.09)
+    opened = [k for k, v in enumerate(root.lower[0].tolist()) if v < 0]
+    assert opened, "the test needs a row the root leaves open"
+    lower, rows = search.run(time.perf_counter() + 30, stop_on_counterexample=True)
+    for k in opened:  # stopped before any split, nothing proved beyond the root
+        assert rows[k].status.startswith("stopped") and rows[k].domains == 1
+        assert float(lower[k]) <= float(root.lower[0, k]) + 1e-9 and float(lower[k]) < 0
+    # without early stop the flag is not its business: the search runs (and here decides)
+    search, _ = _row_search(flag, 0.3)
+    _, rows = search.run(time.perf_counter() + 30, stop_on_counterexample=False)
+    assert all(not rows[k].status.startswith("stopped") and rows[k].domains > 1
+               for k in opened)
+
+
+def test_a_search_that_finds_a_counterexample_sets_the_shared_flag() -> None:
+    flag = _fork.SharedFlag()
+    search, _ = _row_search(flag, 0.5)  # a row falls below 0 at a corner of the box
+    _, rows = search.run(time.perf_counter() + 30, stop_on_counterexample=True)
+    assert any(r.best_value < 0 for r in rows) and flag.is_set()
+    # a search that finds none leaves it alone
+    flag = _fork.SharedFlag()
+    search, _ = _row_search(flag, 1e-3)
+    _, rows = search.run(time.perf_counter() + 30, stop_on_counterexample=True)
+    assert all(r.best_value >= 0 for r in rows) and not flag.is_set()

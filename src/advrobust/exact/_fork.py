@@ -16,6 +16,7 @@ elsewhere every part runs here, one after the other.
 
 from __future__ import annotations
 
+import mmap
 import os
 import pickle
 import select
@@ -29,7 +30,7 @@ import torch
 
 from advrobust.core.memory import default_memory_limit
 
-__all__ = ["GRACE", "can_fork", "deal", "fork_map", "memory_share"]
+__all__ = ["GRACE", "SharedFlag", "can_fork", "deal", "fork_map", "memory_share"]
 
 P = TypeVar("P")
 
@@ -39,6 +40,22 @@ GRACE = 0.5
 
 #: Largest result a copy may send back (bytes); a bigger one counts as no answer.
 _MAX_BYTES = 1 << 28
+
+
+class SharedFlag:
+    """A flag that this process and the copies :func:`fork_map` forks after it was made all
+    see: one byte of anonymous shared memory (a copy's ``set`` reaches every process). A
+    search sets it when it finds what ends the whole problem (a counterexample), and every
+    process's search stops at its next check instead of running to the deadline."""
+
+    def __init__(self) -> None:
+        self._byte = mmap.mmap(-1, 1)  # MAP_SHARED | MAP_ANONYMOUS: inherited across fork
+
+    def set(self) -> None:
+        self._byte[0] = 1
+
+    def is_set(self) -> bool:
+        return self._byte[0] != 0
 
 
 def can_fork() -> bool:

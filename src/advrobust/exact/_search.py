@@ -32,6 +32,7 @@ from advrobust.relax._alpha_budget import sloped_nodes, workset_bytes
 from advrobust.relax.alpha_crown import AlphaResult
 
 if TYPE_CHECKING:
+    from advrobust.exact._fork import SharedFlag
     from advrobust.exact.bab import BaB
 
 __all__ = ["RowSearch"]
@@ -47,8 +48,12 @@ class RowSearch(Candidates):
     """
 
     def __init__(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
-                 d: Tensor, bab: BaB, root: AlphaResult) -> None:
+                 d: Tensor, bab: BaB, root: AlphaResult, shared: SharedFlag | None = None
+                 ) -> None:
         self.net, self.x0, self.threat = network, x0, threat
+        # searches of the same property's other rows in other processes: a counterexample
+        # found by any of them stops all (with ``stop_on_counterexample``)
+        self.shared = shared
         self.c, self.d = c.reshape(-1, c.shape[-1]).to(x0.dtype), d.reshape(-1).to(x0.dtype)
         self.batch_size, self.max_domains = bab.batch_size, bab.max_domains
         self.memory_limit = bab.memory_limit
@@ -117,8 +122,13 @@ class RowSearch(Candidates):
     def _stop(self, open_: OpenList, limit: int, deadline: float,
               stop_on_counterexample: bool) -> str | None:
         """Why the search stops now (``""``: every domain closed), or None to go on."""
-        if stop_on_counterexample and any(r.best_value < 0 for r in self.rows):
-            return "stopped"
+        if stop_on_counterexample:
+            if any(r.best_value < 0 for r in self.rows):
+                if self.shared is not None:
+                    self.shared.set()
+                return "stopped"
+            if self.shared is not None and self.shared.is_set():
+                return "stopped"
         if len(open_) == 0:
             return ""
         if self._affordable(deadline) < 1:

@@ -48,7 +48,7 @@ from advrobust.errors import InvalidParameterError, InvalidThreatModelError, Mem
 from advrobust.exact._candidates import Row as _Row
 from advrobust.exact._candidates import decide_by_milp
 from advrobust.exact._domains import _CLOSE
-from advrobust.exact._fork import GRACE, can_fork, deal, fork_map, memory_share
+from advrobust.exact._fork import GRACE, SharedFlag, can_fork, deal, fork_map, memory_share
 from advrobust.exact._search import RowSearch as _RowSearch
 from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph import Graph
@@ -317,7 +317,9 @@ class BaB(Bounder):
         ``until``: sound lower bounds (R,), row states, linear regions solved. With ``workers``
         > 1 the rows are dealt round-robin to that many processes (this one and forked
         copies, :func:`~advrobust.exact._fork.fork_map`), each searching its rows for the whole
-        time; a copy that fails or answers late leaves its rows at ``-inf``, unknown."""
+        time (with ``early_stop``, a counterexample found in any of them stops all, through a
+        :class:`~advrobust.exact._fork.SharedFlag`); a copy that fails or answers late leaves
+        its rows at ``-inf``, unknown."""
         n = c.shape[0]
         if self.workers <= 1 or n < 2 or not can_fork():
             search = _RowSearch(network, x0, threat, c, d, self, alpha)
@@ -327,11 +329,12 @@ class BaB(Bounder):
         # the processes share the memory: each batch may take its part of the budget
         settings = copy.copy(self)
         settings.memory_limit = memory_share(self.memory_limit, len(parts))
+        shared = SharedFlag()
 
         def run(part: Tensor) -> tuple[Tensor, list[Any], int]:
             sub = dataclasses.replace(alpha, lower=alpha.lower[:, part],
                                       alphas={j: v[:, part] for j, v in alpha.alphas.items()})
-            search = _RowSearch(network, x0, threat, c[part], d[part], settings, sub)
+            search = _RowSearch(network, x0, threat, c[part], d[part], settings, sub, shared)
             found, states = search.run(until, stop_on_counterexample=self.early_stop)
             return found, states, search.leaves
 
