@@ -142,3 +142,49 @@ def test_spec_in_float64_is_not_rounded_to_float32() -> None:
     spec = Spec(torch.tensor([[[1.0, -1.0]]], dtype=torch.float64), d)
     result = IBP()(model, x, torch.tensor([0]), LpBall("linf", 0.0), spec)
     assert float(result.upper[0, 0]) > 0 and float(result.lower[0, 0]) <= 1e-9
+
+
+def wide_scales() -> tuple[nn.Sequential, list[list[float]], list[list[float]]]:
+    """A random-looking 4-6-2-2 net with first-layer weights ~1e6-1e7 and last-layer ~2e4 (from
+    the soundness fuzz), its centre (radius 0.7242 in [0, 1]) and a point of that set where the
+    float64 margin (label 1) is ~ -5.5e10. HiGHS fed the unscaled MILP answered "optimal" with
+    a dual bound above 0 here (a wrong VERIFIED); the backend's power-of-two scaling fixes it."""
+    first = _linear([[-6211363.0, 852873.5625, -2764452.75, -6298490.0],
+                     [-1358930.25, 6593720.0, -5334115.0, 3007349.75],
+                     [-4301438.5, -529103.875, -4075328.0, 2817849.75],
+                     [-7274791.0, -1645159.0, 3395949.25, 7305796.5],
+                     [-695327.375, -3874853.75, 4761043.0, -74530.640625],
+                     [1467646.25, -9136048.0, -7944051.5, -4671263.5]],
+                    [106.1963, -116.44505, 410.05124, -74.86229, 407.34122, -359.72406])
+    second = _linear([[-0.5277443, -0.6828643, -1.873557, -0.70452005, 0.83870512, -1.1399416],
+                      [0.66440558, -0.42374623, 2.0388153, 0.43863142, -1.8963947, 1.5494304]],
+                     [-0.33548659, 0.11924116])
+    last = _linear([[19686.217, 19686.217], [0.0, 19686.217]], [-1532820.9, 2077167.8])
+    model = nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), last).eval()
+    return model, [[0.022463977, 0.35954386, 0.023629665, 0.67660654]], \
+        [[0.34910125, 0.0, 0.74786466, 0.0]]
+
+
+@pytest.mark.parametrize("method", ["milp", "bab", "auto"])
+def test_wide_weight_scales_do_not_fool_the_milp(method: str) -> None:
+    model, centre, point = wide_scales()
+    x, y = torch.tensor(centre), torch.tensor([1])
+    threat = LpBall("linf", 0.7242)
+    twin = copy.deepcopy(model).double()
+    out = twin(torch.tensor(point, dtype=torch.float64))
+    known = float(out[0, 1] - out[0, 0])
+    assert known < -1e10  # the set holds a counterexample, by a wide margin
+    if method == "auto":
+        r = verify_dataset(model, x, y, threat, method="auto", time_limit=10, progress=False,
+                           generator=torch.Generator().manual_seed(0))
+        assert r.verdict[0] is not Verdict.VERIFIED
+    else:
+        r = (MILP(time_limit=10) if method == "milp" else BaB(time_limit=5))(model, x, y, threat)
+        assert r.verdict[0] is not Verdict.VERIFIED
+        assert float(r.lower.min()) <= known  # the lower bound is one
+    if r.verdict[0] is Verdict.FALSIFIED:
+        w = r.witness.double()
+        assert float((w - x.double()).abs().max()) <= 0.7242 + 1e-7
+        assert bool(((w >= 0) & (w <= 1)).all())
+        o = twin(w)
+        assert float(o[0, 1] - o[0, 0]) < 0

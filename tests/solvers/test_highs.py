@@ -64,3 +64,64 @@ def test_solving_prints_nothing_to_stdout() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out == "objective 1.0\n"
+
+
+class _NoProof:
+    """A HiGHS handle whose dual ray is replaced by ``ray`` (has_ray, values)."""
+
+    def __init__(self, real: object, ray: tuple[bool, np.ndarray]) -> None:
+        self._real, self._ray = real, ray
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    def getDualRay(self) -> tuple[object, bool, np.ndarray]:  # noqa: N802 - HiGHS's name
+        return None, self._ray[0], self._ray[1]
+
+
+def test_an_lp_is_infeasible_only_with_a_farkas_certificate(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def program() -> Program:
+        prog = Program()
+        x = prog.add_vars(np.zeros(2), np.ones(2))
+        prog.add_rows(np.array([[1.0, 1.0]]), x, 2.5, np.inf)  # x0 + x1 >= 2.5 in [0, 1]^2
+        return prog
+
+    solver = HighsSolver(program())
+    sol = solver.minimize(np.array([1.0, 0.0]))
+    assert sol.status is SolveStatus.INFEASIBLE and sol.bound == math.inf  # the ray checks
+    for ray in [(False, np.zeros(0)), (True, np.array([0.0])), (True, np.array([1e-300])),
+                (True, np.array([np.nan]))]:
+        solver = HighsSolver(program())
+        monkeypatch.setattr(solver, "_h", _NoProof(solver._h, ray))
+        sol = solver.minimize(np.array([1.0, 0.0]))
+        # "infeasible" without a certificate proves nothing: no bound, no point
+        assert sol.status is SolveStatus.ERROR and sol.bound == -math.inf and sol.x is None
+        assert "not a proof" in sol.backend_status
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_wildly_scaled_programs_give_the_unscaled_answers(seed: int) -> None:
+    """Columns and rows scaled by 1e-9 .. 1e9 (the same problem in other units): the scaled
+    backend returns points of the original program and the same optimum, its safe bound below."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(seed)
+    n, m = 6, 5
+    a = rng.normal(size=(m, n))
+    x_in = rng.uniform(0.2, 0.8, size=n)  # a feasible interior point
+    rhs = a @ x_in + rng.uniform(0.1, 1.0, size=m)
+    cost = rng.normal(size=n)
+    col = 10.0 ** rng.uniform(-9, 9, size=n)  # x = col * u, u in [0, 1]
+    row = 10.0 ** rng.uniform(-9, 9, size=m)
+    prog = Program()
+    v = prog.add_vars(np.zeros(n), col)
+    prog.add_rows((a / col) * row[:, None], v, -np.inf, rhs * row)
+    sol = HighsSolver(prog).minimize(cost / col)
+    ref = scipy_optimize.linprog(cost, A_ub=a, b_ub=rhs, bounds=[(0, 1)] * n, method="highs")
+    assert sol.status is SolveStatus.OPTIMAL and ref.status == 0
+    assert sol.bound <= ref.fun + 1e-9 * (1 + abs(ref.fun))
+    assert sol.objective == pytest.approx(ref.fun, rel=1e-6, abs=1e-7)
+    assert sol.x is not None
+    u = sol.x / col
+    assert bool(np.all(u >= -1e-9)) and bool(np.all(u <= 1 + 1e-9))
+    assert bool(np.all(a @ u <= rhs + 1e-7 * (1 + np.abs(rhs))))

@@ -149,18 +149,20 @@ class HighsSolver:
         self._col_lo, self._col_hi = lo, hi
         self._cost, self._offset = np.zeros(program.num_vars), 0.0
         self._scale: float | None = 0.0
+        # HiGHS sees x = col_scale * x', rows divided by row_scale (powers of two: exact)
+        self._col_scale, self._row_scale, scaled = _equilibrate(a, lo, hi, integer)
         inf = highspy.kHighsInf
         lp = highspy.HighsLp()
         lp.num_col_, lp.num_row_ = program.num_vars, program.num_rows
         lp.col_cost_ = np.zeros(program.num_vars)
-        lp.col_lower_ = np.where(np.isinf(lo), -inf, lo)
-        lp.col_upper_ = np.where(np.isinf(hi), inf, hi)
-        lp.row_lower_ = np.where(np.isinf(rlo), -inf, rlo)
-        lp.row_upper_ = np.where(np.isinf(rhi), inf, rhi)
+        lp.col_lower_ = np.where(np.isinf(lo), -inf, lo / self._col_scale)
+        lp.col_upper_ = np.where(np.isinf(hi), inf, hi / self._col_scale)
+        lp.row_lower_ = np.where(np.isinf(rlo), -inf, rlo / self._row_scale)
+        lp.row_upper_ = np.where(np.isinf(rhi), inf, rhi / self._row_scale)
         lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-        lp.a_matrix_.start_ = a.indptr.astype(np.int32)
-        lp.a_matrix_.index_ = a.indices.astype(np.int32)
-        lp.a_matrix_.value_ = a.data.astype(np.float64)
+        lp.a_matrix_.start_ = scaled.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = scaled.indices.astype(np.int32)
+        lp.a_matrix_.value_ = scaled.data.astype(np.float64)
         if self.is_mip:
             kinds = [highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger]
             lp.integrality_ = [kinds[int(i)] for i in integer]
@@ -190,9 +192,12 @@ class HighsSolver:
         inf = 1e30  # HiGHS treats |bound| >= 1e20 as infinite
         lo = np.clip(np.asarray(lower, dtype=np.float64), -inf, inf)
         hi = np.clip(np.asarray(upper, dtype=np.float64), -inf, inf)
-        self._h.changeRowsBounds(rows.size, rows, lo, hi)
         self._row_lo[rows] = np.where(lo <= -inf, -np.inf, lo)
         self._row_hi[rows] = np.where(hi >= inf, np.inf, hi)
+        scale = self._row_scale[rows]
+        self._h.changeRowsBounds(rows.size, rows,
+                                 np.where(lo <= -inf, -inf, lo / scale),
+                                 np.where(hi >= inf, inf, hi / scale))
 
     def minimize(self, cost: np.ndarray, offset: float = 0.0,
                  stop_below: float = -math.inf, stop_above: float = math.inf) -> Solution:
@@ -221,7 +226,8 @@ class HighsSolver:
         h = self._h
         self._cost, self._offset = np.asarray(cost, dtype=np.float64).copy(), float(offset)
         self._scale = self._objective_scale()
-        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32), self._cost)
+        h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32),
+                         self._cost * self._col_scale)
         h.changeObjectiveOffset(float(offset))
         self._stop_below, self._found_below = stop_below, False
         self._stop_above = stop_above
@@ -241,9 +247,14 @@ class HighsSolver:
         info = h.getInfo()
         sol = h.getSolution()
         has_x = bool(sol.value_valid) and len(sol.col_value) == self.num_vars
-        x = np.asarray(sol.col_value, dtype=np.float64) if has_x else None
+        x = np.asarray(sol.col_value, dtype=np.float64) * self._col_scale if has_x else None
         objective = float(info.objective_function_value) if has_x else math.inf
         if status is SolveStatus.INFEASIBLE:  # no feasible point: drop whatever HiGHS left
+            if not self.is_mip and not self._infeasibility_proved():
+                # an LP's "infeasible" counts only with a Farkas certificate that checks
+                # in float64; without one it proves nothing (no bound, no point)
+                return Solution(SolveStatus.ERROR, math.inf, -math.inf, None,
+                                f"{name} (no Farkas certificate: not a proof)", seconds)
             return Solution(status, math.inf, math.inf, None, name, seconds)
         bound = self._mip_bound(status, info, objective) if self.is_mip \
             else self._lp_bound(status, sol)
@@ -256,8 +267,25 @@ class HighsSolver:
         if status is not SolveStatus.OPTIMAL or not bool(sol.dual_valid) \
                 or len(sol.row_dual) != self._a.shape[0]:
             return -math.inf
+        # the scaled rows' multipliers, as multipliers of the original rows (exact)
+        y = np.asarray(sol.row_dual, dtype=np.float64) / self._row_scale
         return safe_lp_bound(self._a, self._row_lo, self._row_hi, self._col_lo, self._col_hi,
-                             self._cost, self._offset, np.asarray(sol.row_dual))
+                             self._cost, self._offset, y)
+
+    def _infeasibility_proved(self) -> bool:
+        """Whether HiGHS's dual ray proves the LP infeasible, checked like a safe bound: for
+        the zero objective, a lower bound above 0 from any multipliers means no point exists
+        (Neumaier & Shcherbina 2004)."""
+        try:
+            _, has_ray, ray = self._h.getDualRay()
+        except Exception:  # noqa: BLE001 - an older highspy or no ray: nothing proved
+            return False
+        if not has_ray or len(ray) != self._a.shape[0]:
+            return False
+        y = np.asarray(ray, dtype=np.float64) / self._row_scale
+        zero = np.zeros(self.num_vars)
+        return any(safe_lp_bound(self._a, self._row_lo, self._row_hi, self._col_lo, self._col_hi,
+                                 zero, 0.0, sign * y) > 0 for sign in (1.0, -1.0))
 
     def _objective_scale(self) -> float | None:
         """``sum |cost_j| max(|lower_j|, |upper_j|)``, or None if a costed column is unbounded."""
@@ -282,6 +310,42 @@ class HighsSolver:
         if not math.isfinite(bound):
             return bound if bound == math.inf else -math.inf
         return bound - self._mip_slack(abs(bound))
+
+
+def _power_of_two(v: np.ndarray) -> np.ndarray:
+    """The power of two nearest each positive finite ``v`` (1 elsewhere), within 2^+-_MAX_EXP."""
+    ok = np.isfinite(v) & (v > 0)
+    _, exp = np.frexp(np.where(ok, v, 1.0))  # v = m 2^exp, m in [0.5, 1)
+    return np.where(ok, np.ldexp(1.0, np.clip(exp - 1, -_MAX_EXP, _MAX_EXP)), 1.0)
+
+
+def _equilibrate(a: Any, lower: np.ndarray, upper: np.ndarray, integer: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Power-of-two column and row scales of a program, and the scaled matrix.
+
+    A continuous column is scaled by its bounds' magnitude, then each row by its largest
+    coefficient, so that HiGHS sees values and coefficients near 1 whatever the network's
+    weights: its tolerances are absolute, and on a verification program with weights ~1e7
+    and activations ~1e13 unscaled, HiGHS 1.x reported "optimal" MIP values ~1e13 above the
+    true minimum (tests/solvers). Powers of two make the scaled program exactly the original
+    one (values and the safe bound's multipliers convert without rounding).
+    """
+    import scipy.sparse as sp
+
+    magnitude = np.maximum(np.abs(lower), np.abs(upper))
+    cols = np.where(np.asarray(integer, dtype=bool), 1.0, _power_of_two(magnitude))
+    scaled = sp.csr_matrix(a @ sp.diags(cols))
+    if scaled.shape[0]:
+        largest = np.asarray(abs(scaled).max(axis=1).todense()).ravel()
+    else:
+        largest = np.zeros(0)
+    rows = _power_of_two(largest)
+    scaled = sp.csr_matrix(sp.diags(1.0 / rows) @ scaled)
+    return cols, rows, scaled
+
+
+#: Largest exponent of a scale factor (keeps scaled values far from over- and underflow).
+_MAX_EXP = 400
 
 
 def _run_interruptibly(h: Any) -> None:
