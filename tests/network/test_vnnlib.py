@@ -146,3 +146,52 @@ def test_missing_files_are_advrobust_errors(tmp_path: Path) -> None:
             load(tmp_path / "nope.file")
         with pytest.raises(FileNotFoundError):  # still the built-in for callers catching it
             load(tmp_path / "nope.file")
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=st.integers(1, 5), data=st.data())
+def test_the_ball_the_verifiers_get_holds_the_whole_box(d: int, data: st.DataObject) -> None:
+    """Boxes far from 0 (pixels in [0, 255], unnormalised sensor values): the float32 centre
+    is off by up to 3e-8 of its size, and the radius must cover that (else a sliver of the
+    box is never searched and "unsat" could be wrong)."""
+    from advrobust.verify._vnnlib import property_ball
+
+    scale = data.draw(st.sampled_from([1.0, 255.0, 1e4, 1e6]))
+    lo = np.array(data.draw(st.lists(st.floats(0, 0.9), min_size=d, max_size=d))) * scale
+    width = data.draw(st.floats(1e-9, 0.05)) * scale
+    widths = [width] * d if data.draw(st.booleans()) else \
+        list(np.array(data.draw(st.lists(st.floats(0.1, 1), min_size=d, max_size=d))) * width)
+    hi = lo + np.array(widths)
+    lines = [_declare(d, 2)]
+    for i in range(d):
+        lines.append(f"(assert (>= X_{i} {float(lo[i])!r}))")
+        lines.append(f"(assert (<= X_{i} {float(hi[i])!r}))")
+    lines.append("(assert (>= Y_1 Y_0))")
+    prop = parse_vnnlib("\n".join(lines))
+    centre, ball = property_ball(prop)
+    assert centre.dtype == torch.float32
+    c = centre.double()[0]
+    # the ball's ends as the verifiers compute them (float64), clipped to its box
+    low = torch.clamp(c - ball.eps, min=ball.lo)
+    up = torch.clamp(c + ball.eps, max=ball.hi)
+    assert bool((low <= prop.lower).all()) and bool((up >= prop.upper).all())
+
+
+def test_thresholds_stay_float64_in_the_spec() -> None:
+    # Y_0 <= 2^39 + 30000: float32 rounds the threshold to 2^39, below every output of the
+    # box below (min 2^39 + 20000): a float32 spec would prove the property, which is false
+    from advrobust.evaluation.verify import verify_property
+
+    text = (_declare(1, 1) + "(assert (>= X_0 0.5))\n(assert (<= X_0 0.6))\n"
+            f"(assert (<= Y_0 {2.0 ** 39 + 30000!r}))")
+    prop = parse_vnnlib(text)
+    spec = prop.to_spec(1)
+    assert spec.d.dtype == torch.float64 and float(spec.d[0, 0]) == -(2.0 ** 39 + 30000)
+    model = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(2.0 ** 40)
+        model.bias.fill_(20000.0)
+    result = verify_property(model.eval(), prop, time_limit=10,
+                             generator=torch.Generator().manual_seed(0))
+    assert result.status == "sat"  # x = 0.5: y = 2^39 + 20000 <= the threshold
+    assert result.counterexample is not None and float(result.counterexample[0]) == 0.5

@@ -86,8 +86,10 @@ class VnnProperty:
             raise VnnlibError(
                 "this property's unsafe set has a disjunct with several constraints; only "
                 "disjunctions of single linear constraints convert to a Spec")
-        c = torch.cat([p.A for p in self.unsafe]).float()
-        d = -torch.cat([p.b for p in self.unsafe]).float()
+        # float64, as parsed: a threshold rounded to float32 moves by up to 3e-8 of its size,
+        # enough to turn a property whose outputs come that close to it into a wrong "unsat"
+        c = torch.cat([p.A for p in self.unsafe]).double()
+        d = -torch.cat([p.b for p in self.unsafe]).double()
         return Spec.from_matrix(c, d, n=n)
 
     def robustness_label(self) -> int | None:
@@ -125,8 +127,20 @@ class VnnProperty:
         ball_low, ball_up = (x0 - eps).clamp(lo, hi), (x0 + eps).clamp(lo, hi)
         if bool(((ball_low - low).abs() > atol).any() | ((ball_up - up).abs() > atol).any()):
             raise VnnlibError(f"the input box is not an linf ball clipped to [{lo:g}, {hi:g}]")
-        eps = max(eps, float((x0 - low).max()), float((up - x0).max())) + slack
-        return x0.float().unsqueeze(0), LpBall(Norm.LINF, eps, lo, hi)
+        centre = x0.float()
+        return centre.unsqueeze(0), LpBall(Norm.LINF, enclosing_radius(centre, low, up, eps, slack),
+                                           lo, hi)
+
+
+def enclosing_radius(centre: Tensor, lower: Tensor, upper: Tensor, eps: float = 0.0,
+                     slack: float = 1e-7) -> float:
+    """An linf radius around ``centre`` (the float32 centre the verifiers get) whose ball holds
+    the box ``[lower, upper]`` (float64): at least ``eps``, measured from the rounded centre
+    (a float32 centre of a box far from 0 is off by up to 3e-8 of its size), plus ``slack``
+    and one part in 1e12 against the rounding of the ball's ends."""
+    c = centre.double().reshape(-1)
+    reach = max(eps, float((c - lower.reshape(-1)).max()), float((upper.reshape(-1) - c).max()))
+    return reach * (1 + 1e-12) + slack
 
 
 # ---------------------------------------------------------------------- parsing

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidInputError
-from advrobust.network.vnnlib import VnnlibError, VnnProperty
+from advrobust.network.vnnlib import VnnlibError, VnnProperty, enclosing_radius
 
 __all__ = ["check_shape", "confirm_unsafe", "inside_box", "property_ball", "property_spec"]
 
@@ -22,9 +22,9 @@ def property_ball(prop: VnnProperty) -> tuple[Tensor, LpBall]:
     try:
         return prop.as_linf_ball(lo, hi if hi > lo else lo + 1.0)
     except VnnlibError:  # a general box: prove over the enclosing ball, check witnesses exactly
-        centre = (prop.lower + prop.upper) / 2
-        eps = float(((prop.upper - prop.lower) / 2).max()) * (1 + 1e-6) + 1e-7
-        return centre.float().unsqueeze(0), LpBall(Norm.LINF, eps, -torch.inf, torch.inf)
+        centre = ((prop.lower + prop.upper) / 2).float()
+        eps = enclosing_radius(centre, prop.lower, prop.upper, slack=1e-7)
+        return centre.unsqueeze(0), LpBall(Norm.LINF, eps, -torch.inf, torch.inf)
 
 
 def property_spec(prop: VnnProperty) -> Spec:
