@@ -139,6 +139,38 @@ def test_bab_with_refinement_agrees_with_the_milp(monkeypatch: pytest.MonkeyPatc
             assert exact.verdict[i] is Verdict.FALSIFIED
 
 
+def _small_cnn(seed: int, scale: float) -> torch.nn.Sequential:
+    torch.manual_seed(seed)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(18, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return model
+
+
+def test_bab_on_a_cnn_refines_its_dense_layers_only_and_agrees_with_the_milp(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the conv ReLU's feature map is small (18 neurons) but not flat: refining it crashed
+    model = _small_cnn(3, 3.0)  # at eps 0.2 CROWN leaves rows open that the MILP proves
+    network = from_module(model, (1, 6, 6))
+    conv_relu, dense_relu = network.relu_indices[1:]
+    assert refinable(network) == [dense_relu] and conv_relu not in refinable(network)
+    x = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.2)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    monkeypatch.setattr(bab_module, "_PROBE", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    out = BaB(time_limit=5, refine=0.7, early_stop=False)(model, x, y, threat)
+    assert out.stats["refinements"], "no sample was refined: the test needs open rows"
+    assert bool((out.lower <= exact.lower + 1e-5).all())
+    for i in range(6):
+        if out.verdict[i] is not Verdict.UNKNOWN:
+            assert out.verdict[i] is exact.verdict[i]
+
+
 def test_graphs_and_single_relu_layers_are_not_refined_and_bad_shares_raise() -> None:
     deep = from_module(make_mlp(0, (6, 8, 8, 3)), (6,))
     assert refinable(deep) == deep.relu_indices[1:] and len(refinable(deep)) == 1

@@ -122,12 +122,14 @@ class Refinement:
 def refinable(network: Any) -> list[int]:
     """Indices of the ReLU input nodes worth refining: every ReLU of a chain but the first
     (whose input is an affine image of the box: its interval bounds are already exact), of at
-    most ``_MAX_NEURONS`` neurons (a convolution's feature map would make thousands of rows,
-    attack points and back-substituted coefficients: not refined)."""
+    most ``_MAX_NEURONS`` neurons, on flat (dense) layers: a convolution's feature map would
+    make thousands of rows, attack points and back-substituted coefficients, and the neurons'
+    searches run on the chain cut after the layer, whose rows are flat."""
     if not isinstance(network, Network):
         return []
     return [k for k in network.relu_indices[1:]
-            if math.prod(network.ops[k].in_shape) <= _MAX_NEURONS]
+            if len(network.ops[k].in_shape) == 1
+            and math.prod(network.ops[k].in_shape) <= _MAX_NEURONS]
 
 
 def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Tensor,
