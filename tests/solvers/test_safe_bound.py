@@ -4,6 +4,7 @@ solver's duals."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,3 +63,18 @@ def test_unbounded_column_with_nonzero_reduced_cost_proves_nothing() -> None:
     bound = safe_lp_bound(a, np.array([0.0]), np.array([np.inf]), np.array([0.0]),
                           np.array([np.inf]), np.array([-1.0]), 0.0, np.array([0.5]))
     assert bound == -np.inf
+
+
+def test_an_unbounded_column_keeps_its_exact_reduced_costs_sign() -> None:
+    # min t s.t. t - x >= 0, x in [0.1, 1], t >= 0 (t unbounded above): the optimum is 0.1.
+    # Duals a few ulps off 1 leave t's reduced cost 1 - y at +-1e-16: the rounded enclosure
+    # straddles 0; the exact sign decides (>= 0: the term is 0 at t's lower end; < 0: nothing)
+    a = sp.csr_matrix(np.array([[1.0, -1.0]]))
+    args = (a, np.array([0.0]), np.array([np.inf]), np.array([0.0, 0.1]),
+            np.array([np.inf, 1.0]), np.array([1.0, 0.0]), 0.0)
+    below = np.nextafter(1.0, 0.0)  # reduced cost of t: 1 - y > 0, exactly
+    bound = safe_lp_bound(*args, np.array([below]))
+    assert 0.1 * below - 1e-15 <= bound <= 0.1
+    above = np.nextafter(1.0, 2.0)  # 1 - y < 0: t's term is unbounded below
+    assert safe_lp_bound(*args, np.array([above])) == -np.inf
+    assert safe_lp_bound(*args, np.array([1.0])) == pytest.approx(0.1, abs=1e-15)

@@ -33,20 +33,32 @@ def _mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((a == 0) | (b == 0), 0.0, out)
 
 
-def _exact_zero_reduced_costs(at: sp.csr_matrix, cost: np.ndarray, y: np.ndarray,
-                              col_lower: np.ndarray, col_upper: np.ndarray, r_lo: np.ndarray,
-                              r_hi: np.ndarray) -> None:
+def _exact_reduced_costs(at: sp.csr_matrix, cost: np.ndarray, y: np.ndarray,
+                         col_lower: np.ndarray, col_upper: np.ndarray, r_lo: np.ndarray,
+                         r_hi: np.ndarray) -> None:
     """On columns with an infinite bound whose rounded reduced cost straddles 0, recompute it
-    exactly (rationals): a basic column's reduced cost is often exactly 0, and an enclosure
-    ``[-tiny, tiny]`` times an infinite bound would throw the whole bound away."""
+    exactly (rationals) and enclose that value tightly: a basic column's reduced cost is 0 or
+    a few ulps off it, and an enclosure ``[-tiny, tiny]`` times an infinite bound would throw
+    the whole bound away, where the exact sign (e.g. ``+1e-16`` on a column ``t >= 0``) keeps
+    its term at 0."""
     open_ = ~(np.isfinite(col_lower) & np.isfinite(col_upper)) & (r_lo < 0) & (r_hi > 0)
     for j in np.flatnonzero(open_)[:10_000].tolist():
         lo, hi = at.indptr[j], at.indptr[j + 1]
         exact = Fraction(float(cost[j])) - sum(
             (Fraction(float(v)) * Fraction(float(y[i]))
              for v, i in zip(at.data[lo:hi], at.indices[lo:hi], strict=True)), Fraction(0))
-        if exact == 0:
-            r_lo[j] = r_hi[j] = 0.0
+        try:
+            r_lo[j], r_hi[j] = _enclose(exact)
+        except OverflowError:  # beyond float range: keep the rounded enclosure
+            continue
+
+
+def _enclose(value: Fraction) -> tuple[float, float]:
+    """The nearest floats below and above an exact rational (equal when it is a float)."""
+    near = float(value)
+    below = near if Fraction(near) <= value else math.nextafter(near, -math.inf)
+    above = near if Fraction(near) >= value else math.nextafter(near, math.inf)
+    return below, above
 
 
 def safe_lp_bound(a: sp.csr_matrix, row_lower: np.ndarray, row_upper: np.ndarray,
@@ -75,7 +87,7 @@ def safe_lp_bound(a: sp.csr_matrix, row_lower: np.ndarray, row_upper: np.ndarray
     per_col = np.diff(at.indptr) + 2  # terms per reduced cost
     r_err = _SAFETY * _U * per_col * (abs(at) @ np.abs(y) + np.abs(cost))
     r_lo, r_hi = r - r_err, r + r_err
-    _exact_zero_reduced_costs(at, cost, y, col_lower, col_upper, r_lo, r_hi)
+    _exact_reduced_costs(at, cost, y, col_lower, col_upper, r_lo, r_hi)
     corners = np.stack([_mul(r_lo, col_lower), _mul(r_lo, col_upper),
                         _mul(r_hi, col_lower), _mul(r_hi, col_upper)])
     col_terms = np.nan_to_num(corners, nan=-np.inf).min(axis=0)
