@@ -1,0 +1,342 @@
+"""Soundness fuzz: random small networks with weights and biases of 1e-2 .. 1e8, every verifier
+against the lowest margin a float64 search reaches.
+
+Run by hand (one family at a time, or all)::
+
+    python bench/soundness_fuzz.py --family chain --seeds 0 2000
+    python bench/soundness_fuzz.py --family all --seeds 0 500
+
+Families: ``chain`` (ReLU MLPs, linf), ``dag`` (residual adds, concatenations, sigmoid / tanh /
+leaky ReLU through torch.fx, linf), ``norms`` (ReLU MLPs under l1 and l2 balls), ``conv``
+(convolutions, batch norm, average pooling, linf) and ``vnnlib`` (``verify_property`` on random
+boxes and random disjunctions of single output constraints). Half the seeds draw weights of
+1e-2 .. 1e8 (float32 rounding, catastrophic cancellation, solver tolerances), the others of
+1e-2 .. 10.
+
+A check fails when a method says VERIFIED ("unsat") while the search found a point of the set
+whose float64 margin is below ``-1e-9`` of the outputs' size, when a method's lower bound lies
+above such a point's margin, when a witness is outside the set or does not break the margin in
+float64, or when a method raises anything but its documented refusal of a network it does not
+handle (``UnsupportedLayerError``: BaB on sigmoid / tanh, the Lipschitz bounds on DAGs), which is
+counted apart. The search (20,000
+uniform points, the box's corners in up to 4 dimensions, then 100 signed-gradient steps from the
+20 lowest) only ever finds real points, so a failed check is a real soundness bug (or a float64
+evaluation error of the oracle itself, which the relative tolerance keeps far away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advrobust.core import LpBall, Verdict
+from advrobust.errors import UnsupportedLayerError
+from advrobust.evaluation.verify import verify_dataset, verify_property
+from advrobust.exact import MILP, BaB
+from advrobust.network.vnnlib import OutputPolytope, VnnProperty
+from advrobust.relax import CROWN, IBP, GlobalLipschitz, LocalLipschitz, LPRelaxation
+
+FAMILIES = ("chain", "dag", "norms", "conv", "vnnlib")
+
+
+def _methods(norm: str) -> dict[str, Callable[[], Any]]:
+    out: dict[str, Callable[[], Any]] = {
+        "ibp": IBP, "crown": CROWN, "alpha-crown": lambda: CROWN(alpha=True, steps=10),
+        "global-lipschitz": GlobalLipschitz, "local-lipschitz": LocalLipschitz}
+    if norm != "l2":
+        out |= {"lp": lambda: LPRelaxation(time_limit=10), "milp": lambda: MILP(time_limit=10)}
+    if norm == "linf":
+        out |= {"bab": lambda: BaB(time_limit=3), "bab-2-workers": lambda: BaB(time_limit=3,
+                                                                                workers=2)}
+    return out
+
+
+# ---------------------------------------------------------------------- networks
+def _draw(t: Tensor, g: torch.Generator, wild: bool) -> None:
+    scale = 10 ** float(torch.empty(1).uniform_(-2, 8 if wild else 1, generator=g))
+    with torch.no_grad():
+        t.copy_(torch.randn(t.shape, generator=g) * scale)
+
+
+def _int(g: torch.Generator, lo: int, hi: int) -> int:
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def _finish(model: nn.Module, g: torch.Generator, wild: bool) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            _draw(m.weight, g, wild)
+            if m.bias is not None:
+                _draw(m.bias, g, wild)
+    return model.eval()
+
+
+def chain_net(g: torch.Generator, wild: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    """A ReLU MLP of 1-3 hidden layers of 2-6 neurons on 1-4 inputs."""
+    widths = [_int(g, 1, 4)] + [_int(g, 2, 6) for _ in range(_int(g, 1, 3))] + [_int(g, 2, 3)]
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
+    return _finish(nn.Sequential(*layers[:-1]), g, wild), (widths[0],)
+
+
+class _Dag(nn.Module):
+    """x -> a -> act1 -> b -> act2, then a residual / concatenation join and a linear head."""
+
+    ACTS: tuple[Callable[[], nn.Module], ...] = (nn.ReLU, nn.ReLU, nn.Sigmoid, nn.Tanh,
+                                                 lambda: nn.LeakyReLU(0.1))
+
+    def __init__(self, g: torch.Generator, d: int, h: int, k: int) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(d, h), nn.Linear(h, h), nn.Linear(2 * h, k)
+        self.act1 = self.ACTS[_int(g, 0, len(self.ACTS) - 1)]()
+        self.act2 = self.ACTS[_int(g, 0, len(self.ACTS) - 1)]()
+        self.join = _int(g, 0, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.act1(self.a(x))
+        r = self.act2(self.b(z))
+        joined = (torch.cat([z + r, r], dim=1), torch.cat([r, z], dim=1),
+                  torch.cat([z - r, 2.0 * r], dim=1))[self.join]
+        return self.c(joined)
+
+
+def dag_net(g: torch.Generator, wild: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    d = _int(g, 1, 3)
+    return _finish(_Dag(g, d, _int(g, 2, 4), _int(g, 2, 3)), g, wild), (d,)
+
+
+def conv_net(g: torch.Generator, wild: bool) -> tuple[nn.Module, tuple[int, ...]]:
+    """conv (stride 1-2, padding 0-1) [+ batch norm] + ReLU [+ avgpool] [+ conv 2x2 + ReLU],
+    then flatten, linear 4, ReLU, linear; 1-2 channels of 4x4 .. 6x6."""
+    c, hw, c1, k1 = _int(g, 1, 2), _int(g, 4, 6), _int(g, 1, 3), _int(g, 2, 3)
+    stride, pad = _int(g, 1, 2), _int(g, 0, 1)
+    layers: list[nn.Module] = [nn.Conv2d(c, c1, k1, stride=stride, padding=pad)]
+    if float(torch.rand(1, generator=g)) < 0.3:
+        bn = nn.BatchNorm2d(c1)
+        with torch.no_grad():
+            assert bn.running_mean is not None and bn.running_var is not None
+            bn.running_mean.copy_(torch.randn(c1, generator=g))
+            bn.running_var.copy_(torch.rand(c1, generator=g) + 0.1)
+            bn.weight.copy_(torch.randn(c1, generator=g))
+            bn.bias.copy_(torch.randn(c1, generator=g))
+        layers.append(bn)
+    layers.append(nn.ReLU())
+    h = (hw + 2 * pad - k1) // stride + 1
+    if h >= 2 and float(torch.rand(1, generator=g)) < 0.5:
+        layers.append(nn.AvgPool2d(2))
+        h //= 2
+    if h >= 2 and float(torch.rand(1, generator=g)) < 0.5:
+        c2 = _int(g, 1, 2)
+        layers += [nn.Conv2d(c1, c2, 2), nn.ReLU()]
+        c1, h = c2, h - 1
+    layers += [nn.Flatten(), nn.Linear(c1 * h * h, 4), nn.ReLU(), nn.Linear(4, _int(g, 2, 3))]
+    return _finish(nn.Sequential(*layers), g, wild), (c, hw, hw)
+
+
+# ---------------------------------------------------------------------- the oracle
+def _margin(twin: nn.Module, xs: Tensor, y: int) -> Tensor:
+    out = twin(xs)
+    other = out.clone()
+    other[:, y] = -torch.inf
+    return out[:, y] - other.max(1).values
+
+
+def _sample(x: Tensor, threat: LpBall, n: int, g: torch.Generator) -> Tensor:
+    """``n`` points of the set (and its corners / vertices in low dimension), float64."""
+    x = x.double()
+    lo, hi = threat.input_bounds(x)
+    if threat.norm.value == "linf":
+        pts = lo + (hi - lo) * torch.rand((n,) + lo.shape[1:], generator=g, dtype=torch.float64)
+        if lo[0].numel() <= 4:
+            corners = torch.cartesian_prod(*[torch.stack([a, b]) for a, b in
+                                             zip(lo.flatten(), hi.flatten(), strict=True)])
+            pts = torch.cat([pts, corners.reshape((-1,) + lo.shape[1:])])
+        return pts
+    d = x[0].numel()
+    if threat.norm.value == "l2":
+        v = torch.randn(n, d, generator=g, dtype=torch.float64)
+        v = v / v.norm(dim=1, keepdim=True) * torch.rand(n, 1, generator=g,
+                                                         dtype=torch.float64) ** (1 / d)
+    else:
+        e = -torch.log(torch.rand(n, d + 1, generator=g, dtype=torch.float64))
+        v = e[:, :d] / e.sum(1, keepdim=True) * torch.randn(n, d, generator=g,
+                                                            dtype=torch.float64).sign()
+    eye = torch.eye(d, dtype=torch.float64)
+    v = torch.cat([v, eye, -eye]) * threat.eps
+    return (x.reshape(1, -1) + v).clamp(threat.lo, threat.hi).reshape((-1,) + x.shape[1:])
+
+
+def _into(p: Tensor, x: Tensor, threat: LpBall) -> Tensor:
+    """``p`` moved into the set (clamped to the box; l1 / l2 offsets scaled into the ball)."""
+    if threat.norm.value == "linf":
+        lo, hi = threat.input_bounds(x.double())
+        return torch.maximum(torch.minimum(p, hi), lo)
+    delta = (p - x.double()).flatten(1)
+    size = delta.norm(p=1 if threat.norm.value == "l1" else 2, dim=1, keepdim=True)
+    delta = delta * torch.clamp(threat.eps / size.clamp_min(1e-300), max=1.0)
+    return (x.double() + delta.reshape(p.shape)).clamp(threat.lo, threat.hi)
+
+
+def lowest_margin(twin: nn.Module, x: Tensor, y: int, threat: LpBall, g: torch.Generator
+                  ) -> float:
+    """The lowest float64 margin at points of the set: sampling, then signed-gradient steps."""
+    pts = _sample(x, threat, 20_000, g)
+    with torch.no_grad():
+        m = _margin(twin, pts, y)
+    start = pts[m.topk(min(20, m.numel()), largest=False).indices].clone()
+    size = threat.eps if threat.norm.value != "linf" else 2 * threat.eps
+    for step in range(100):
+        with torch.enable_grad():
+            start.requires_grad_(True)
+            grad, = torch.autograd.grad(_margin(twin, start, y).sum(), start)
+        with torch.no_grad():
+            start = _into(start - 0.05 * size * 0.97 ** step * grad.sign(), x, threat)
+    with torch.no_grad():
+        return min(float(m.min()), float(_margin(twin, start, y).min()))
+
+
+# ---------------------------------------------------------------------- the checks
+def _check(result: Any, lower: float | None, low: float, tol: float, twin: nn.Module,
+           x: Tensor, y: int, threat: LpBall) -> str | None:
+    verdict = result.verdict[0]
+    if verdict is Verdict.VERIFIED and low < -tol:
+        return "wrong VERIFIED"
+    if lower is not None and lower > low + tol:
+        return "bound above a reached point"
+    if verdict is Verdict.FALSIFIED:
+        w = result.witness.double().reshape(x.shape)
+        if float((_into(w, x, threat) - w).abs().max()) > 1e-12 * (1 + float(w.abs().max())):
+            return "witness outside the set"
+        with torch.no_grad():
+            if float(_margin(twin, w, y)[0]) >= 0:
+                return "witness does not break the margin"
+    return None
+
+
+def check_ball(family: str, seed: int, time_limit: float) -> Counter[str]:
+    """Every method on one random network and ball; counts of each failed check."""
+    g = torch.Generator().manual_seed(seed)
+    wild = seed % 2 == 0
+    build = {"chain": chain_net, "norms": chain_net, "dag": dag_net, "conv": conv_net}[family]
+    model, shape = build(g, wild)
+    norm = ("l1", "l2")[seed % 2] if family == "norms" else "linf"
+    x = torch.rand((1,) + shape, generator=g)
+    with torch.no_grad():
+        y = int(model(x).argmax(1))
+    eps = float(10 ** torch.empty(1).uniform_(-4, 0 if norm == "linf" else 0.3, generator=g))
+    threat = LpBall(norm, eps)
+    twin = copy.deepcopy(model).double()
+    low = lowest_margin(twin, x, y, threat, g)
+    with torch.no_grad():
+        tol = 1e-9 * (float(twin(x.double()).abs().max()) + abs(low) + 1.0)
+    found: Counter[str] = Counter()
+    methods: dict[str, Callable[[], Any] | None] = {**_methods(norm), "auto": None}
+    for name, make in methods.items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                if make is None:
+                    result = verify_dataset(model, x, torch.tensor([y]), threat, method="auto",
+                                            time_limit=time_limit, progress=False,
+                                            generator=torch.Generator().manual_seed(0))
+                    lower = None
+                else:
+                    result = make()(model, x, torch.tensor([y]), threat)
+                    lower = float(result.lower.min())
+            except UnsupportedLayerError:  # a documented refusal (BaB / Lipschitz on a DAG)
+                found[f"{name}: refused (UnsupportedLayerError)"] += 1
+                continue
+            except Exception as err:  # noqa: BLE001 - the fuzz counts every other exception
+                found[f"{name}: {type(err).__name__}"] += 1
+                continue
+        found[f"answer: {result.verdict[0].value}"] += 1
+        issue = _check(result, lower, low, tol, twin, x, y, threat)
+        if issue:
+            found[f"{name}: {issue}"] += 1
+        if any("consistency" in str(w.message) for w in caught):
+            found[f"{name}: consistency check (UNKNOWN)"] += 1
+    return found
+
+
+def check_vnnlib(seed: int, time_limit: float) -> Counter[str]:
+    """``verify_property`` on a random box and 1-3 random single-constraint disjuncts."""
+    g = torch.Generator().manual_seed(10_000_000 + seed)
+    model, (d,) = chain_net(g, seed % 2 == 0)
+    twin = copy.deepcopy(model).double()
+    with torch.no_grad():
+        k = int(model(torch.zeros(1, d)).shape[1])
+    centre = torch.rand(d, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    eps = float(10 ** torch.empty(1).uniform_(-3, -0.5, generator=g))
+    lo, hi = (centre - eps).clamp(0, 1), (centre + eps).clamp(0, 1)
+    pts = lo + (hi - lo) * torch.rand(20_000, d, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        out = twin(pts)
+    polys = []
+    for _ in range(_int(g, 1, 3)):
+        a = torch.randn(1, k, generator=g, dtype=torch.float64)
+        values = (out @ a.T)[:, 0]
+        q = float(torch.empty(1).uniform_(-0.6, 0.2, generator=g))
+        b = torch.quantile(values, q) if q > 0 else values.min() - abs(float(values.min())) * 0.01
+        polys.append(OutputPolytope(a, b.reshape(1)))
+    prop = VnnProperty(lo, hi, tuple(polys), k)
+    found: Counter[str] = Counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = verify_property(model, prop, time_limit=time_limit,
+                                  generator=torch.Generator().manual_seed(0))
+    except Exception as err:  # noqa: BLE001
+        found[f"vnnlib: {type(err).__name__}"] += 1
+        return found
+    found[f"answer: {res.status}"] += 1
+    size = 1e-9 * (1.0 + out.abs().max(1, keepdim=True).values)
+    inside = torch.stack([((out @ p.A.T - p.b) < -size).all(1) for p in polys]).any(0)
+    if res.status == "unsat" and bool(inside.any()):
+        found["vnnlib: wrong unsat"] += 1
+    if res.status == "sat":
+        w = torch.as_tensor(res.counterexample).double().reshape(1, -1)
+        with torch.no_grad():
+            unsafe = bool(prop.is_unsafe(twin(w))[0])
+        if not bool(((w >= lo) & (w <= hi)).all()) or not unsafe:
+            found["vnnlib: bad counterexample"] += 1
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=FAMILIES + ("all",), default="all")
+    parser.add_argument("--seeds", nargs=2, type=int, default=(0, 200), metavar=("FIRST", "COUNT"))
+    parser.add_argument("--time-limit", type=float, default=3.0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    families = FAMILIES if args.family == "all" else (args.family,)
+    first, count = args.seeds
+    for family in families:
+        start, total, failing = time.perf_counter(), Counter[str](), {}
+        for seed in range(first, first + count):
+            found = check_vnnlib(seed, args.time_limit) if family == "vnnlib" else \
+                check_ball(family, seed, args.time_limit)
+            total += found
+            bad = [k for k in found if not any(w in k for w in ("answer", "consistency",
+                                                                 "refused"))]
+            if bad:
+                failing[seed] = bad
+                print(f"{family} seed {seed}: {bad}", flush=True)
+        print(f"\n{family}: seeds {first}..{first + count - 1}, "
+              f"{time.perf_counter() - start:.0f} s")
+        for key, n in sorted(total.items()):
+            print(f"  {key}: {n}")
+        print(f"  failing seeds: {sorted(failing) or 'none'}\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
