@@ -43,10 +43,10 @@ _MAX_BYTES = 1 << 28
 
 
 class SharedFlag:
-    """A flag that this process and the copies :func:`fork_map` forks after it was made all
-    see: one byte of anonymous shared memory (a copy's ``set`` reaches every process). A
-    search sets it when it finds what ends the whole problem (a counterexample), and every
-    process's search stops at its next check instead of running to the deadline."""
+    """A flag shared by this process and every copy forked after it was made: one byte of
+    anonymous shared memory, so a copy's ``set`` reaches every process. A search sets it when
+    it finds what ends the whole problem (a counterexample), and every process's search stops
+    at its next check instead of running to the deadline."""
 
     def __init__(self) -> None:
         self._byte = mmap.mmap(-1, 1)  # MAP_SHARED | MAP_ANONYMOUS: inherited across fork

@@ -313,7 +313,8 @@ class HighsSolver:
 
 
 def _power_of_two(v: np.ndarray) -> np.ndarray:
-    """The power of two nearest each positive finite ``v`` (1 elsewhere), within 2^+-_MAX_EXP."""
+    """The largest power of two not above each positive finite ``v`` (1 elsewhere), within
+    ``2^+-_MAX_EXP``."""
     ok = np.isfinite(v) & (v > 0)
     _, exp = np.frexp(np.where(ok, v, 1.0))  # v = m 2^exp, m in [0.5, 1)
     return np.where(ok, np.ldexp(1.0, np.clip(exp - 1, -_MAX_EXP, _MAX_EXP)), 1.0)
@@ -326,9 +327,11 @@ def _equilibrate(a: Any, lower: np.ndarray, upper: np.ndarray, integer: np.ndarr
     A continuous column is scaled by its bounds' magnitude, then each row by its largest
     coefficient, so that HiGHS sees values and coefficients near 1 whatever the network's
     weights: its tolerances are absolute, and on a verification program with weights ~1e7
-    and activations ~1e13 unscaled, HiGHS 1.x reported "optimal" MIP values ~1e13 above the
-    true minimum (tests/solvers). Powers of two make the scaled program exactly the original
-    one (values and the safe bound's multipliers convert without rounding).
+    and activations ~1e13 unscaled, HiGHS 1.16 reported "optimal" MIP values ~1e13 above the
+    true minimum (``tests/exact/test_extreme_weights.py``). Powers of two make the scaled
+    program exactly the original one (values and the safe bound's multipliers convert without
+    rounding; a coefficient scaled into the subnormals would not, but the safe bound is
+    computed on the original program from any multipliers, so it stays a bound).
     """
     import scipy.sparse as sp
 
