@@ -8,8 +8,11 @@ Run by hand (one family at a time, or all)::
 
 Families: ``chain`` (ReLU MLPs, linf), ``dag`` (residual adds, concatenations, sigmoid / tanh /
 leaky ReLU through torch.fx, linf), ``norms`` (ReLU MLPs under l1 and l2 balls), ``conv``
-(convolutions, batch norm, average pooling, linf) and ``vnnlib`` (``verify_property`` on random
-boxes and random disjunctions of single output constraints). Half the seeds draw weights of
+(convolutions, batch norm, average pooling, linf), ``vnnlib`` (``verify_property`` on random
+boxes and random disjunctions of single output constraints) and ``onnx`` (the same properties
+written as VNNLIB text, the network as an ONNX Gemm / Relu graph, through ``run_instance``: the
+importer, the parser and the runner; a "sat" counterexample is re-checked by ONNX's reference
+evaluator in float32, as a competition checker would). Half the seeds draw weights of
 1e-2 .. 1e8 (float32 rounding, catastrophic cancellation, solver tolerances), the others of
 1e-2 .. 10.
 
@@ -17,23 +20,26 @@ A check fails when a method says VERIFIED ("unsat") while the search found a poi
 whose float64 margin is below ``-1e-9`` of the outputs' size, when a method's lower bound lies
 above such a point's margin, when a witness is outside the set or does not break the margin in
 float64, or when a method raises anything but its documented refusal of a network it does not
-handle (``UnsupportedLayerError``: BaB on sigmoid / tanh, the Lipschitz bounds on DAGs), which is
-counted apart. The search (20,000
-uniform points, the box's corners in up to 4 dimensions, then 100 signed-gradient steps from the
-20 lowest) only ever finds real points, so a failed check is a real soundness bug (or a float64
-evaluation error of the oracle itself, which the relative tolerance keeps far away).
+handle (``UnsupportedLayerError``: BaB on sigmoid / tanh / leaky ReLU, the Lipschitz bounds on
+DAGs), which is counted apart. The search (20,000 uniform points, the box's corners in up to 4
+dimensions, then 100 signed-gradient steps from the 20 lowest) only ever finds real points, so a
+failed check is a real soundness bug (or a float64 evaluation error of the oracle itself, which
+the relative tolerance keeps far away).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,7 +50,7 @@ from advrobust.exact import MILP, BaB
 from advrobust.network.vnnlib import OutputPolytope, VnnProperty
 from advrobust.relax import CROWN, IBP, GlobalLipschitz, LocalLipschitz, LPRelaxation
 
-FAMILIES = ("chain", "dag", "norms", "conv", "vnnlib")
+FAMILIES = ("chain", "dag", "norms", "conv", "vnnlib", "onnx")
 
 
 def _methods(norm: str) -> dict[str, Callable[[], Any]]:
@@ -272,8 +278,24 @@ def check_vnnlib(seed: int, time_limit: float) -> Counter[str]:
     g = torch.Generator().manual_seed(10_000_000 + seed)
     model, (d,) = chain_net(g, seed % 2 == 0)
     twin = copy.deepcopy(model).double()
+    prop, out = _random_property(g, twin, d)
+    found, res = _ask("vnnlib", prop, out, lambda: verify_property(
+        model, prop, time_limit=time_limit, generator=torch.Generator().manual_seed(0)))
+    if res is not None and res.status == "sat":
+        w = torch.as_tensor(res.counterexample).double().reshape(1, -1)
+        with torch.no_grad():
+            unsafe = bool(prop.is_unsafe(twin(w))[0])
+        if not bool(((w >= prop.lower) & (w <= prop.upper)).all()) or not unsafe:
+            found["vnnlib: bad counterexample"] += 1
+    return found
+
+
+def _random_property(g: torch.Generator, twin: nn.Module, d: int
+                     ) -> tuple[VnnProperty, Tensor]:
+    """A box in [0, 1] and 1-3 random single-constraint disjuncts around the outputs' range;
+    also the outputs (float64) at 20,000 points of the box."""
     with torch.no_grad():
-        k = int(model(torch.zeros(1, d)).shape[1])
+        k = int(twin(torch.zeros(1, d, dtype=torch.float64)).shape[1])
     centre = torch.rand(d, generator=g, dtype=torch.float64) * 0.8 + 0.1
     eps = float(10 ** torch.empty(1).uniform_(-3, -0.5, generator=g))
     lo, hi = (centre - eps).clamp(0, 1), (centre + eps).clamp(0, 1)
@@ -287,27 +309,96 @@ def check_vnnlib(seed: int, time_limit: float) -> Counter[str]:
         q = float(torch.empty(1).uniform_(-0.6, 0.2, generator=g))
         b = torch.quantile(values, q) if q > 0 else values.min() - abs(float(values.min())) * 0.01
         polys.append(OutputPolytope(a, b.reshape(1)))
-    prop = VnnProperty(lo, hi, tuple(polys), k)
+    return VnnProperty(lo, hi, tuple(polys), k), out
+
+
+def _ask(label: str, prop: VnnProperty, out: Tensor, call: Callable[[], Any]
+         ) -> tuple[Counter[str], Any]:
+    """Run ``call`` (a property's verifier), count its answer, an exception or an "unsat"
+    that a sampled output (``out``) contradicts; return the counts and the result (None if it
+    raised)."""
     found: Counter[str] = Counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = verify_property(model, prop, time_limit=time_limit,
-                                  generator=torch.Generator().manual_seed(0))
-    except Exception as err:  # noqa: BLE001
-        found[f"vnnlib: {type(err).__name__}"] += 1
-        return found
-    found[f"answer: {res.status}"] += 1
+            res = call()
+    except Exception as err:  # noqa: BLE001 - the fuzz counts every exception
+        found[f"{label}: {type(err).__name__}"] += 1
+        return found, None
+    status = getattr(res, "status", None) or res.result
+    found[f"answer: {status}"] += 1
+    if status == "unsat" and bool(_strictly_unsafe(prop, out).any()):
+        found[f"{label}: wrong unsat"] += 1
+    return found, res
+
+
+def _strictly_unsafe(prop: VnnProperty, out: Tensor) -> Tensor:
+    """Bool (N,): outputs inside an unsafe disjunct by more than 1e-9 of their size."""
     size = 1e-9 * (1.0 + out.abs().max(1, keepdim=True).values)
-    inside = torch.stack([((out @ p.A.T - p.b) < -size).all(1) for p in polys]).any(0)
-    if res.status == "unsat" and bool(inside.any()):
-        found["vnnlib: wrong unsat"] += 1
-    if res.status == "sat":
-        w = torch.as_tensor(res.counterexample).double().reshape(1, -1)
-        with torch.no_grad():
-            unsafe = bool(prop.is_unsafe(twin(w))[0])
-        if not bool(((w >= lo) & (w <= hi)).all()) or not unsafe:
-            found["vnnlib: bad counterexample"] += 1
+    return torch.stack([((out @ p.A.T - p.b) < -size).all(1) for p in prop.unsafe]).any(0)
+
+
+def _vnnlib_text(prop: VnnProperty) -> str:
+    """The property as VNNLIB text (every number printed exactly: ``repr`` of a float64)."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(prop.num_inputs)]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(prop.num_outputs)]
+    for i in range(prop.num_inputs):
+        lines.append(f"(assert (>= X_{i} {float(prop.lower[i])!r}))")
+        lines.append(f"(assert (<= X_{i} {float(prop.upper[i])!r}))")
+    terms = []
+    for p in prop.unsafe:
+        coefs = " ".join(f"(* {float(v)!r} Y_{j})" for j, v in enumerate(p.A[0].tolist()))
+        terms.append(f"(and (<= (+ {coefs}) {float(p.b[0])!r}))")
+    lines.append(f"(assert (or {' '.join(terms)}))")
+    return "\n".join(lines) + "\n"
+
+
+def _onnx_chain(model: nn.Module, path: Path) -> None:
+    """Write a ReLU MLP (``nn.Sequential`` of Linear / ReLU) as an ONNX Gemm / Relu graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    last, d, k = "x", 0, 0
+    for i, m in enumerate(model.children()):
+        if isinstance(m, nn.Linear):
+            d, k = d or m.in_features, m.out_features
+            w, b = m.weight.detach().numpy(), m.bias.detach().numpy()
+            inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+            nodes.append(helper.make_node("Gemm", [last, f"w{i}", f"b{i}"], [f"h{i}"], transB=1))
+        else:
+            nodes.append(helper.make_node("Relu", [last], [f"h{i}"]))
+        last = f"h{i}"
+    graph = helper.make_graph(nodes, "fuzz", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, d])], [helper.make_tensor_value_info(
+            last, TensorProto.FLOAT, [1, k])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+def check_onnx(seed: int, time_limit: float, folder: Path) -> Counter[str]:
+    """``run_instance`` on an ONNX file and a VNNLIB text written from a random chain and
+    property (the ``vnnlib`` family's draws, on another seed stream)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from advrobust.evaluation.vnncomp import Instance, run_instance
+
+    g = torch.Generator().manual_seed(20_000_000 + seed)
+    model, (d,) = chain_net(g, seed % 2 == 0)
+    twin = copy.deepcopy(model).double()
+    prop, out = _random_property(g, twin, d)
+    net, spec = folder / f"net_{seed}.onnx", folder / f"prop_{seed}.vnnlib"
+    _onnx_chain(model, net)
+    spec.write_text(_vnnlib_text(prop))
+    found, res = _ask("onnx", prop, out, lambda: run_instance(Instance(net, spec, time_limit)))
+    if res is not None and res.result == "sat":
+        assert res.counterexample is not None
+        x = res.counterexample.numpy().astype(np.float32).reshape(1, d)
+        evaluator: Any = ReferenceEvaluator(str(net))
+        y = np.asarray(evaluator.run(None, {"x": x})[0])
+        inside = bool(((x >= prop.lower.numpy()) & (x <= prop.upper.numpy())).all())
+        if not inside or not bool(prop.is_unsafe(torch.from_numpy(y).double())[0]):
+            found["onnx: counterexample not confirmed by the ONNX reference evaluator"] += 1
     return found
 
 
@@ -320,22 +411,30 @@ def main() -> None:
     torch.set_num_threads(1)
     families = FAMILIES if args.family == "all" else (args.family,)
     first, count = args.seeds
-    for family in families:
-        start, total, failing = time.perf_counter(), Counter[str](), {}
-        for seed in range(first, first + count):
-            found = check_vnnlib(seed, args.time_limit) if family == "vnnlib" else \
-                check_ball(family, seed, args.time_limit)
-            total += found
-            bad = [k for k in found if not any(w in k for w in ("answer", "consistency",
-                                                                 "refused"))]
-            if bad:
-                failing[seed] = bad
-                print(f"{family} seed {seed}: {bad}", flush=True)
-        print(f"\n{family}: seeds {first}..{first + count - 1}, "
-              f"{time.perf_counter() - start:.0f} s")
-        for key, n in sorted(total.items()):
-            print(f"  {key}: {n}")
-        print(f"  failing seeds: {sorted(failing) or 'none'}\n", flush=True)
+    with tempfile.TemporaryDirectory(prefix="advrobust-fuzz-") as scratch:
+        for family in families:
+            _run_family(family, first, count, args.time_limit, Path(scratch))
+
+
+def _run_family(family: str, first: int, count: int, time_limit: float, scratch: Path) -> None:
+    """Check seeds ``first .. first + count - 1`` of one family and print the summary."""
+    start, total, failing = time.perf_counter(), Counter[str](), {}
+    for seed in range(first, first + count):
+        if family == "vnnlib":
+            found = check_vnnlib(seed, time_limit)
+        elif family == "onnx":
+            found = check_onnx(seed, time_limit, scratch)
+        else:
+            found = check_ball(family, seed, time_limit)
+        total += found
+        bad = [k for k in found if not any(w in k for w in ("answer", "consistency", "refused"))]
+        if bad:
+            failing[seed] = bad
+            print(f"{family} seed {seed}: {bad}", flush=True)
+    print(f"\n{family}: seeds {first}..{first + count - 1}, {time.perf_counter() - start:.0f} s")
+    for key, n in sorted(total.items()):
+        print(f"  {key}: {n}")
+    print(f"  failing seeds: {sorted(failing) or 'none'}\n", flush=True)
 
 
 if __name__ == "__main__":
