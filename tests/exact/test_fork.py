@@ -17,8 +17,8 @@ from advrobust.exact import MILP, BaB, _fork, _search
 from advrobust.exact import bab as bab_module
 from advrobust.exact import refine as refine_module
 from advrobust.exact._fork import can_fork, deal, fork_map
-from advrobust.network.ir import from_module
-from advrobust.relax.alpha_crown import alpha_crown
+from advrobust.network.ir import Network, from_module
+from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
 from advrobust.relax.crown import crown_layer_bounds
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes need Linux fork")
@@ -182,18 +182,27 @@ def test_rows_of_a_lost_worker_prove_nothing(monkeypatch: pytest.MonkeyPatch) ->
     assert lost, "no row was dealt to the lost worker: the test needs two open rows"
 
 
-def test_a_refinement_whose_worker_is_lost_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = make_mlp(0, (6, 24, 24, 24, 3), torch.float64)
-    network = from_module(model, (6,))
-    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    threat = LpBall("linf", 0.15)
+def _margin_root(widths: tuple[int, ...], eps: float, steps: int
+                 ) -> tuple[Network, torch.Tensor, LpBall, torch.Tensor, torch.Tensor, AlphaResult]:
+    """A float64 MLP of ``widths`` (3 classes), one sample, its two margin rows and their
+    alpha-CROWN root at linf radius ``eps``."""
+    model = make_mlp(0, widths, torch.float64)
+    network = from_module(model, (widths[0],))
+    x0 = torch.rand(1, widths[0], generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    threat = LpBall("linf", eps)
     y = int(model(x0).argmax(1))
     c = torch.zeros(1, 2, 3, dtype=torch.float64)
     for r, t in enumerate(j for j in range(3) if j != y):
         c[0, r, y], c[0, r, t] = 1.0, -1.0
     d = torch.zeros(1, 2, dtype=torch.float64)
-    root = alpha_crown(network, x0, threat, c, d, steps=10,
+    root = alpha_crown(network, x0, threat, c, d, steps=steps,
                        bounds=crown_layer_bounds(network, x0, threat, rounding=True))
+    return network, x0, threat, c, d, root
+
+
+def test_a_refinement_whose_worker_is_lost_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
+    network, x0, threat, c, d, root = _margin_root((6, 24, 24, 24, 3), 0.15, 10)
     monkeypatch.setattr(refine_module, "can_fork", lambda: True)
     calls: list[int] = []
 
@@ -233,21 +242,11 @@ def test_a_shared_flag_set_in_a_copy_is_seen_here_and_in_the_others(spawned: lis
     assert flag.is_set() and _all_reaped(spawned)
 
 
-def _row_search(flag: _fork.SharedFlag | None, eps: float) -> tuple[object, int]:
+def _row_search(flag: _fork.SharedFlag | None, eps: float
+                ) -> tuple[_search.RowSearch, AlphaResult]:
     """A search over the margin rows of one sample of a small net at radius ``eps``."""
-    model = make_mlp(0, (6, 24, 24, 3), torch.float64)
-    network = from_module(model, (6,))
-    x0 = torch.rand(1, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    threat = LpBall("linf", eps)
-    y = int(model(x0).argmax(1))
-    c = torch.zeros(1, 2, 3, dtype=torch.float64)
-    for r, t in enumerate(j for j in range(3) if j != y):
-        c[0, r, y], c[0, r, t] = 1.0, -1.0
-    d = torch.zeros(1, 2, dtype=torch.float64)
-    root = alpha_crown(network, x0, threat, c, d, steps=5,
-                       bounds=crown_layer_bounds(network, x0, threat, rounding=True))
-    search = _search.RowSearch(network, x0, threat, c[0], d[0], BaB(), root, flag)
-    return search, root
+    network, x0, threat, c, d, root = _margin_root((6, 24, 24, 3), eps, 5)
+    return _search.RowSearch(network, x0, threat, c[0], d[0], BaB(), root, flag), root
 
 
 def test_a_search_stops_when_another_process_found_a_counterexample() -> None:
