@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from tests.exact.conftest import make_mlp
+from tests.exact.conftest import assert_agrees_with_milp, make_mlp
 
 from advrobust.core import LpBall, Verdict
 from advrobust.errors import InvalidParameterError
@@ -149,12 +149,7 @@ def test_two_workers_share_the_search_and_agree_with_the_milp(
     # the property's rows and the refinement's neurons were both dealt to two processes
     assert set(shared["rows"]) == {2} and set(shared["neurons"]) == {2}, shared
     assert out.stats["refinements"], "no sample was refined: the test needs open rows"
-    assert bool((out.lower <= exact.lower + 1e-5).all())
-    for i in range(5):
-        if out.verdict[i] is Verdict.VERIFIED:
-            assert exact.verdict[i] is Verdict.VERIFIED
-        if out.verdict[i] is Verdict.FALSIFIED:
-            assert exact.verdict[i] is Verdict.FALSIFIED
+    assert_agrees_with_milp(out, exact)
     assert _all_reaped(spawned)
 
 
