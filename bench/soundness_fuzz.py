@@ -12,7 +12,11 @@ leaky ReLU through torch.fx, linf), ``norms`` (ReLU MLPs under l1 and l2 balls),
 boxes and random disjunctions of single output constraints) and ``onnx`` (the same properties
 written as VNNLIB text, the network as an ONNX Gemm / Relu graph, through ``run_instance``: the
 importer, the parser and the runner; a "sat" counterexample is re-checked by ONNX's reference
-evaluator in float32, as a competition checker would). Half the seeds draw weights of
+evaluator in float32, as a competition checker would), and ``conj`` (disjunctions of
+conjunctions of 1-4 output constraints, such as ACAS Xu's "output 0 is minimal", on boxes of
+different widths per input in half the seeds, through
+``verify_property`` with ``auto``, ``crown``, ``milp`` and ``bab``, and on odd seeds through the
+ONNX route too). Half the seeds draw weights of
 1e-2 .. 1e8 (float32 rounding, catastrophic cancellation, solver tolerances), the others of
 1e-2 .. 10.
 
@@ -50,7 +54,7 @@ from advrobust.exact import MILP, BaB
 from advrobust.network.vnnlib import OutputPolytope, VnnProperty
 from advrobust.relax import CROWN, IBP, GlobalLipschitz, LocalLipschitz, LPRelaxation
 
-FAMILIES = ("chain", "dag", "norms", "conv", "vnnlib", "onnx")
+FAMILIES = ("chain", "dag", "norms", "conv", "vnnlib", "onnx", "conj")
 
 
 def _methods(norm: str) -> dict[str, Callable[[], Any]]:
@@ -290,20 +294,69 @@ def check_vnnlib(seed: int, time_limit: float) -> Counter[str]:
     return found
 
 
-def _random_property(g: torch.Generator, twin: nn.Module, d: int
+def check_conj(seed: int, time_limit: float, folder: Path) -> Counter[str]:
+    """Disjunctions of conjunctions through ``verify_property`` (several methods) and, on odd
+    seeds, through ``run_instance`` on ONNX and VNNLIB text."""
+    from advrobust.evaluation.vnncomp import Instance, run_instance
+
+    g = torch.Generator().manual_seed(30_000_000 + seed)
+    model, (d,) = chain_net(g, seed % 4 < 2)
+    twin = copy.deepcopy(model).double()
+    prop, out = _random_property(g, twin, d, conj=True)
+    found: Counter[str] = Counter()
+    for method in ("auto", "crown", "milp", "bab"):
+        got, res = _ask(f"conj {method}", prop, out, lambda m=method: verify_property(
+            model, prop, method=m, time_limit=time_limit,
+            generator=torch.Generator().manual_seed(0)))
+        found += got
+        if res is not None and res.status == "sat":
+            w = torch.as_tensor(res.counterexample).double().reshape(1, -1)
+            with torch.no_grad():
+                unsafe = bool(prop.is_unsafe(twin(w))[0])
+            if not bool(((w >= prop.lower) & (w <= prop.upper)).all()) or not unsafe:
+                found[f"conj {method}: bad counterexample"] += 1
+    if seed % 2:
+        net, spec = folder / f"conj_{seed}.onnx", folder / f"conj_{seed}.vnnlib"
+        _onnx_chain(model, net)
+        spec.write_text(_vnnlib_text(prop))
+        found += _ask("conj onnx", prop, out,
+                      lambda: run_instance(Instance(net, spec, time_limit)))[0]
+    return found
+
+
+def _random_property(g: torch.Generator, twin: nn.Module, d: int, conj: bool = False
                      ) -> tuple[VnnProperty, Tensor]:
-    """A box in [0, 1] and 1-3 random single-constraint disjuncts around the outputs' range;
-    also the outputs (float64) at 20,000 points of the box."""
+    """A box in [0, 1] and 1-3 random single-constraint disjuncts around the outputs' range
+    (``conj``: half the boxes of different widths per input, 1-2 disjuncts of 1-4
+    constraints each, every other one "output j is minimal", the thresholds around a sampled
+    output); also the outputs (float64) at 20,000 points of the box."""
     with torch.no_grad():
         k = int(twin(torch.zeros(1, d, dtype=torch.float64)).shape[1])
     centre = torch.rand(d, generator=g, dtype=torch.float64) * 0.8 + 0.1
     eps = float(10 ** torch.empty(1).uniform_(-3, -0.5, generator=g))
-    lo, hi = (centre - eps).clamp(0, 1), (centre + eps).clamp(0, 1)
+    half = torch.full((d,), eps, dtype=torch.float64)
+    if conj and _int(g, 0, 1):  # a box that is no cube: widths 0.05 .. 1 of eps per input
+        half = half * (0.05 + 0.95 * torch.rand(d, generator=g, dtype=torch.float64))
+    lo, hi = (centre - half).clamp(0, 1), (centre + half).clamp(0, 1)
     pts = lo + (hi - lo) * torch.rand(20_000, d, generator=g, dtype=torch.float64)
     with torch.no_grad():
         out = twin(pts)
     polys = []
-    for _ in range(_int(g, 1, 3)):
+    for _ in range(_int(g, 1, 2) if conj else 0):
+        if _int(g, 0, 1):  # "output j is minimal": rows y_j - y_i <= b
+            j, m = _int(g, 0, k - 1), k - 1
+            a = torch.zeros(m, k, dtype=torch.float64)
+            a[:, j] = 1.0
+            a[torch.arange(m), [i for i in range(k) if i != j]] = -1.0
+        else:
+            m = _int(g, 1, 4)
+            a = torch.randn(m, k, generator=g, dtype=torch.float64)
+        values = out @ a.T  # (20,000, m)
+        anchor = values[_int(g, 0, values.shape[0] - 1)]
+        spread = values.max(0).values - values.min(0).values
+        shift = torch.empty(m, dtype=torch.float64).uniform_(-0.4, 0.1, generator=g)
+        polys.append(OutputPolytope(a, anchor + shift * spread))
+    for _ in range(0 if conj else _int(g, 1, 3)):
         a = torch.randn(1, k, generator=g, dtype=torch.float64)
         values = (out @ a.T)[:, 0]
         q = float(torch.empty(1).uniform_(-0.6, 0.2, generator=g))
@@ -347,8 +400,11 @@ def _vnnlib_text(prop: VnnProperty) -> str:
         lines.append(f"(assert (<= X_{i} {float(prop.upper[i])!r}))")
     terms = []
     for p in prop.unsafe:
-        coefs = " ".join(f"(* {float(v)!r} Y_{j})" for j, v in enumerate(p.A[0].tolist()))
-        terms.append(f"(and (<= (+ {coefs}) {float(p.b[0])!r}))")
+        rows = []
+        for a, b in zip(p.A.tolist(), p.b.tolist(), strict=True):
+            coefs = " ".join(f"(* {float(v)!r} Y_{j})" for j, v in enumerate(a))
+            rows.append(f"(<= (+ {coefs}) {float(b)!r})")
+        terms.append(f"(and {' '.join(rows)})")
     lines.append(f"(assert (or {' '.join(terms)}))")
     return "\n".join(lines) + "\n"
 
@@ -424,6 +480,8 @@ def _run_family(family: str, first: int, count: int, time_limit: float, scratch:
             found = check_vnnlib(seed, time_limit)
         elif family == "onnx":
             found = check_onnx(seed, time_limit, scratch)
+        elif family == "conj":
+            found = check_conj(seed, time_limit, scratch)
         else:
             found = check_ball(family, seed, time_limit)
         total += found

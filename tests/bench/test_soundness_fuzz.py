@@ -36,12 +36,13 @@ def test_every_method_passes_the_checks_on_a_few_networks(fuzz, family: str,  # 
     assert total["answer: verified"] + total["answer: falsified"] > 0, total
 
 
-def test_vnnlib_and_onnx_routes_pass_the_checks(fuzz, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_vnnlib_onnx_and_conjunction_routes_pass_the_checks(fuzz, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                 one_thread: None) -> None:
     pytest.importorskip("onnx")
     total: Counter[str] = Counter()
     for seed in (0, 1):
-        for found in (fuzz.check_vnnlib(seed, 1.0), fuzz.check_onnx(seed, 1.0, tmp_path)):
+        for found in (fuzz.check_vnnlib(seed, 1.0), fuzz.check_onnx(seed, 1.0, tmp_path),
+                      fuzz.check_conj(seed, 1.0, tmp_path)):
             assert not _failed(found), (seed, found)
             total += found
     assert total["answer: sat"] + total["answer: unsat"] > 0, total

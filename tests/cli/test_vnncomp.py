@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import subprocess
@@ -22,7 +23,7 @@ from advrobust.errors import (
 )
 from advrobust.evaluation.verify import verify_dataset
 from advrobust.evaluation.vnncomp import read_result
-from advrobust.network.vnnlib import VnnlibError, load_vnnlib
+from advrobust.network.vnnlib import load_vnnlib
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -177,12 +178,28 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
     wide, *_ = _instance(tmp_path, 7, d=5)
     with pytest.raises(InvalidInputError, match=r"shape \(6,\).*declares 5 input"):
         _run([str(net), str(tmp_path / "prop7.vnnlib"), "--timeout", "5", "--out", str(out)])
-    # an unsafe set with a conjunction of two output constraints
-    conj = "(assert (and (>= Y_1 Y_0) (>= Y_2 Y_0)))"
-    _, conj_prop, *_ = _instance(tmp_path, 8, unsafe=conj)
-    with pytest.raises(VnnlibError, match="disjunct 0 .* conjunction of 2"):
-        _run([str(net), str(conj_prop), "--timeout", "5", "--out", str(out)])
     assert not out.exists()
+
+
+def test_a_conjunction_of_output_constraints_is_decided(tmp_path: Path) -> None:
+    # "the label's output is minimal" (ACAS Xu's form: unsat here, the label being maximal
+    # around the centre) and "... is maximal" (sat at the centre)
+    net, prop_path, model, label = _instance(tmp_path, 3)
+    twin = copy.deepcopy(model).double()
+    x0 = torch.rand(6, generator=torch.Generator().manual_seed(103))
+    out = tmp_path / "r.txt"
+    for op, want in (("<=", "unsat"), (">=", "sat")):
+        unsafe = "(assert (and " + " ".join(
+            f"({op} Y_{label} Y_{j})" for j in range(3) if j != label) + "))"
+        prop_path.write_text(_property(x0, 0.02, label, 3, unsafe=unsafe))
+        assert _run([str(net), str(prop_path), "--timeout", "20", "--out", str(out)]) == 0
+        result, x, y = read_result(out)
+        assert result == want
+        if result == "sat":
+            prop = load_vnnlib(prop_path)
+            assert x is not None and bool(prop.contains(x.reshape(1, -1), atol=0.0)[0])
+            with torch.no_grad():
+                assert bool(prop.is_unsafe(twin(x.double().reshape(1, -1)))[0])
 
 
 def test_top_level_help_imports_no_heavy_module() -> None:

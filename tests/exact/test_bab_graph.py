@@ -266,3 +266,40 @@ def test_a_linear_region_of_a_graph_is_solved_exactly_by_lp() -> None:
     clean = float(values[graph.output] @ c[0, 0] + d[0, 0])  # type: ignore[attr-defined]
     assert float(dom.lower[0]) - 1e-9 <= exact <= clean + 1e-7
     assert search.leaves == 1 and search.rows[0].best_value <= clean + 1e-9
+
+
+class _Affine(nn.Module):
+    """No ReLU at all (an input scaling and a Linear: a graph through fx)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, 1.0],
+                                                [-1.0, 0.5, 2.0]]))
+            self.lin.bias.copy_(torch.tensor([0.3, 0.0, -0.2]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin(x * 2.0 - 1.0)
+
+
+@pytest.mark.parametrize("module", [_Affine, lambda: nn.Sequential(nn.Linear(3, 3))])
+def test_a_network_without_relus_is_decided_by_its_one_linear_region(module) -> None:  # type: ignore[no-untyped-def]
+    # Nothing to split: BaB crashed (StopIteration) once its root left a row open. The LP of
+    # the one region decides each row: its bound and its point bracket the exact minimum of a
+    # linear function over the box (a corner, enumerated here).
+    torch.manual_seed(0)
+    model = module().eval()
+    x = torch.full((1, 3), 0.5)
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.4)
+    res = BaB(time_limit=10)(model, x, y, threat)
+    corners = torch.cartesian_prod(*[torch.tensor([0.1, 0.9])] * 3).double()
+    with torch.no_grad():
+        spec = Spec.margins(y, 3)
+        exact = (model.double()(corners) @ spec.C[0].double().T).amin(0)
+    model.float()
+    assert torch.all(res.lower[0] <= exact + 1e-9)
+    assert torch.all(res.lower[0] >= exact - 1e-6)  # exact up to the solver's tolerance
+    if bool((exact < 0).any()):
+        assert res.verdict[0] is Verdict.FALSIFIED

@@ -7,9 +7,16 @@ import pytest
 import torch
 from tests.exact.conftest import make_mlp
 
+import advrobust.exact.bab as bab_inputs
 from advrobust.core import LpBall, Verdict
 from advrobust.exact import MILP, BaB
 from advrobust.exact import bab as bab_module
+
+
+@pytest.fixture(autouse=True)
+def _relu_splits_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These small networks have few inputs; the tests study the ReLU splits."""
+    monkeypatch.setattr(bab_inputs, "INPUT_SPLIT", 0)
 
 
 def test_a_small_open_list_limit_drains_and_stays_sound(monkeypatch: pytest.MonkeyPatch

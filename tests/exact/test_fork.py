@@ -11,6 +11,7 @@ import pytest
 import torch
 from tests.exact.conftest import assert_agrees_with_milp, make_mlp
 
+import advrobust.exact.bab as bab_inputs
 from advrobust.core import LpBall, Verdict
 from advrobust.errors import InvalidParameterError
 from advrobust.exact import MILP, BaB, _fork, _search
@@ -20,6 +21,12 @@ from advrobust.exact._fork import can_fork, deal, fork_map
 from advrobust.network.ir import Network, from_module
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
 from advrobust.relax.crown import crown_layer_bounds
+
+
+@pytest.fixture(autouse=True)
+def _relu_splits_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These small networks have few inputs; the tests study the ReLU splits."""
+    monkeypatch.setattr(bab_inputs, "INPUT_SPLIT", 0)
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes need Linux fork")
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.exact.conftest import assert_agrees_with_milp, make_mlp
 
+import advrobust.exact.bab as bab_inputs
 from advrobust.core import LpBall, Spec, Verdict
 from advrobust.errors import InvalidParameterError
 from advrobust.exact import MILP, BaB
@@ -25,6 +26,12 @@ from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network, from_module
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
 from advrobust.relax.crown import crown_layer_bounds
+
+
+@pytest.fixture(autouse=True)
+def _relu_splits_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These small networks have few inputs; the tests study the ReLU splits."""
+    monkeypatch.setattr(bab_inputs, "INPUT_SPLIT", 0)
 
 
 def _setup(seed: int, eps: float) -> tuple[Network, torch.Tensor, LpBall, Spec, AlphaResult]:

@@ -80,6 +80,7 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], type]] = [
      graph_ops.ReshapeOp),
     ("transpose", lambda: _Fn(lambda x: x.transpose(1, 2)), (2, 3), graph_ops.TransposeOp),
     ("identity", lambda: _Fn(lambda x: x.contiguous() * 1.0), (4,), graph_ops.ScaleShiftOp),
+    ("double", lambda: _Fn(lambda x: x.double() * 2.0), (4,), graph_ops.ScaleShiftOp),
 ]
 
 

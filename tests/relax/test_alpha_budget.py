@@ -10,6 +10,7 @@ import torch
 from tests.relax.dag_nets import RandomDag
 from torch import nn
 
+import advrobust.exact.bab as bab_inputs
 from advrobust.core import LpBall, Spec
 from advrobust.core.memory import default_memory_limit, parse_size
 from advrobust.errors import InvalidParameterError, MemoryLimitError
@@ -18,6 +19,12 @@ from advrobust.network import build_graph
 from advrobust.relax._alpha_budget import sloped_nodes, workset_bytes
 from advrobust.relax.alpha_crown import alpha_crown
 from advrobust.relax.dag import graph_crown_bounds
+
+
+@pytest.fixture(autouse=True)
+def _relu_splits_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These small networks have few inputs; the tests study the ReLU splits."""
+    monkeypatch.setattr(bab_inputs, "INPUT_SPLIT", 0)
 
 EPS = 0.1
 

@@ -55,6 +55,7 @@ def _undecided_by_crown(seed: int, eps: float = 0.3
 @pytest.mark.parametrize("method", ["bab", "milp"])
 def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.MonkeyPatch,
                                                          method: str) -> None:
+    monkeypatch.setattr(bab_module, "INPUT_SPLIT", 0)  # 4 inputs: the ReLU splits asked for
     model, x, y, threat = _undecided_by_crown(4, 0.15)
     calls: list[str] = []
     # The MILP's root pass goes through crown.root_bounds, so a recompute would log a second
@@ -80,7 +81,9 @@ def test_exact_stage_starts_from_the_cached_crown_bounds(monkeypatch: pytest.Mon
         assert all(r.method in ("alpha-crown", "bab-refine") for r in later)
 
 
-def test_bab_root_bounds_written_back_are_sound_and_tighter() -> None:
+def test_bab_root_bounds_written_back_are_sound_and_tighter(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    monkeypatch.setattr(bab_module, "INPUT_SPLIT", 0)  # 4 inputs: the ReLU splits asked for
     model, x, y, threat = _undecided_by_crown(4, 0.15)
     problem = Problem.of(model, x, y, threat)
     steps = (Step("bound", "crown"), Step("exact", "bab", time_limit=20.0),
@@ -176,8 +179,10 @@ def test_a_relaxation_alone_keeps_no_layer_bounds() -> None:
     assert all(len(problem.provenance(i)) == 1 for i in range(3))
 
 
-def test_a_vnnlib_box_becomes_an_enclosing_ball_and_witnesses_are_checked_in_it() -> None:
+def test_a_vnnlib_box_that_is_no_cube_is_the_unit_cube_under_a_map() -> None:
+    from advrobust.evaluation.verify import verify_property
     from advrobust.network.vnnlib import parse_vnnlib
+    from advrobust.verify._vnnlib import BoxInput
 
     model = nn.Sequential(nn.Linear(2, 2)).eval()
     with torch.no_grad():  # Y_0 = X_0, Y_1 = X_1
@@ -190,16 +195,31 @@ def test_a_vnnlib_box_becomes_an_enclosing_ball_and_witnesses_are_checked_in_it(
                       "(assert (or (and (>= Y_1 Y_0))))"])                # unsafe: X_1 >= X_0
     prop = parse_vnnlib(text)
     problem = Problem.from_property(model, prop)
+    assert isinstance(problem.model, BoxInput) and problem.model.inner is model
     assert problem.box is not None and torch.equal(problem.box[0], prop.lower)
-    assert problem.spec.num_rows == 1
-    corners = torch.tensor([[0.0, 0.2], [0.5, 0.3], [0.0, 0.3], [0.5, 0.2]])
+    assert problem.spec.num_rows == 1 and float(problem.x.abs().max()) == 0.0
+    # the cube's corners map onto (a hair outside) the box's
+    corners = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
     assert bool(problem.threat.contains(problem.x.expand(4, 2), corners).all())
-    # a point outside the box is clamped into it before the unsafe check
-    found = problem.confirm_unsafe(torch.tensor([-1.0, 0.9]))
+    mapped = torch.stack([problem.model.to_input(z) for z in corners])
+    assert torch.allclose(mapped, torch.tensor([[0.0, 0.2], [0.5, 0.3], [0.0, 0.3], [0.5, 0.2]],
+                                               dtype=torch.float64), atol=1e-7)
+    assert bool((mapped.min(0).values <= prop.lower).all() & (mapped.max(0).values
+                                                               >= prop.upper).all())
+    # a witness (a point of the cube) is mapped, clamped into the box and checked there
+    found = problem.confirm_unsafe(torch.tensor([-1.0, 1.0]))
     assert found is not None
     assert torch.allclose(found[0], torch.tensor([0.0, 0.3])) and bool(prop.contains(
         found[0].unsqueeze(0), atol=0.0))  # exactly inside (float32 rounding moved inwards)
-    assert problem.confirm_unsafe(torch.tensor([0.5, 0.2])) is None  # safe: X_1 < X_0
+    assert problem.confirm_unsafe(torch.tensor([1.0, -1.0])) is None  # safe: X_1 < X_0
+    # the box itself is verified: X_1 - X_0 <= 0.3 there, 0.5 on the enclosing cube [0, 0.5]^2
+    thin = parse_vnnlib(text.replace("(>= Y_1 Y_0)", "(>= (- Y_1 Y_0) 0.35)"))
+    for method in ("crown", "bab", "milp"):
+        assert verify_property(model, thin, method=method, time_limit=10).status == "unsat"
+    wide = parse_vnnlib(text.replace("(>= Y_1 Y_0)", "(>= (- Y_1 Y_0) 0.25)"))
+    res = verify_property(model, wide, method="bab", time_limit=10)
+    assert res.status == "sat" and res.counterexample is not None
+    assert float(res.counterexample[1] - res.counterexample[0]) >= 0.25
 
 
 def test_layer_bounds_that_exclude_the_clean_input_are_ignored_with_a_warning() -> None:

@@ -141,7 +141,9 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
     """Decide a VNNLIB property of ``model`` with the cascade driver, within ``time_limit``.
 
     The box is read as a clipped linf ball (VNN-COMP robustness boxes are exactly that; any
-    other box is enclosed in a ball, so "unsat" stays sound). A FALSIFIED witness is clamped to
+    other box is enclosed in a ball, so "unsat" stays sound). The unsafe set is any disjunction
+    of conjunctions of linear output constraints (see :meth:`Problem.from_property
+    <advrobust.verify.Problem.from_property>`). A FALSIFIED witness is clamped to
     the property's exact box and re-evaluated against the unsafe polytopes before "sat" is
     reported.
 
@@ -155,7 +157,6 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
             within it ("unknown" if the time ran out).
 
     Raises:
-        VnnlibError: an unsafe set that is not a disjunction of single constraints.
         InvalidInputError: ``input_shape`` does not hold the property's input variables.
         InvalidParameterError: a time limit <= 0.
     """

@@ -50,6 +50,7 @@ from advrobust.exact._candidates import decide_by_milp
 from advrobust.exact._domains import _CLOSE
 from advrobust.exact._fork import GRACE, SharedFlag, can_fork, deal, fork_map, memory_share
 from advrobust.exact._search import RowSearch as _RowSearch
+from advrobust.exact.input_split import input_split
 from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph import Graph
 from advrobust.network.ir import Network
@@ -97,6 +98,15 @@ _ROUNDS = 4
 #: a 30-s limit has it at ~22 s), and each next round is longer (:func:`_another_round`).
 _ROUND_SECONDS = 24.0
 _ROUND_GROWTH = 3.0
+
+#: Inputs of at most this many values are split as boxes first (``BaB(input_split=None)``).
+INPUT_SPLIT = 16
+
+#: Share of a sample's time the input splitting may take (inputs of at most ``input_split``
+#: values) before the ReLU splits take the rows it leaves open (their LP leaves finish tiny
+#: networks; on ACAS Xu they decide nothing, and the whole time to the input splits decided
+#: one more of 27 instances left open at 30 s: bench/RESULTS.md, issue 11, session 21).
+_INPUT_SHARE = 0.75
 
 #: Most unstable ReLUs (all layers) under the refined bounds for the MILP try (see
 #: :class:`BaB` ``milp``): on VNN-COMP 2022 256x4, 109 were decided in 1.3 s (``prop_10_0.05``),
@@ -190,7 +200,8 @@ class BaB(Bounder):
                  beta_steps: int = 5, branching: str | int = "fsb",
                  attack_steps: int = 10, domain_bounds: bool = False,
                  keep_state: bool = True, refine: float | None = None, milp: float = 0.25,
-                 memory_limit: int | str | None = None, workers: int = 1) -> None:
+                 memory_limit: int | str | None = None, workers: int = 1,
+                 input_split: int | None = None) -> None:
         self.time_limit = check_float(time_limit, "time_limit", "BaB", low=0.0, low_open=True,
                                       allow_inf=True)
         self.batch_size = check_int(batch_size, "batch_size", "BaB", low=1)
@@ -198,6 +209,8 @@ class BaB(Bounder):
             max_domains, "max_domains", "BaB", low=1)
         self.max_leaves = check_int(max_leaves, "max_leaves", "BaB", low=0)
         self.early_stop = check_bool(early_stop, "early_stop", "BaB")
+        self.input_split = INPUT_SPLIT if input_split is None else check_int(
+            input_split, "input_split", "BaB", low=0)
         self.alpha_steps = check_int(alpha_steps, "alpha_steps", "BaB", low=0)
         self.intermediate = check_bool(intermediate, "intermediate", "BaB")
         self.beta_steps = check_int(beta_steps, "beta_steps", "BaB", low=0)
@@ -310,6 +323,24 @@ class BaB(Bounder):
                     break
         return values, states, leaves, done if done.layers else None
 
+    @staticmethod
+    def _linear_rows(network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                     d: Tensor, alpha: AlphaResult, until: float
+                     ) -> tuple[Tensor, list[Any], int]:
+        """:meth:`_run_rows` on a network without ReLUs: every row is decided by the LP of its
+        one linear region (the root bound kept where the LP proves less)."""
+        states = [_Row() for _ in range(c.shape[0])]
+        tried = decide_by_milp(network, x0, threat, c, d, alpha.bounds,
+                               list(range(c.shape[0])), states, until)
+        found = torch.maximum(alpha.lower[0].to(torch.float64), torch.tensor(
+            [tried.get(k, -math.inf) for k in range(c.shape[0])], dtype=torch.float64))
+        for k, state in enumerate(states):
+            state.domains = 1
+            state.status = "falsified" if state.best_value < 0 else \
+                "verified" if float(found[k]) > _CLOSE else \
+                "at tolerance" if k in tried else "time_limit"
+        return found, states, 1
+
     def _run_rows(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                   d: Tensor, alpha: AlphaResult, until: float
                   ) -> tuple[Tensor, list[Any], int]:
@@ -321,6 +352,8 @@ class BaB(Bounder):
         :class:`~advrobust.exact._fork.SharedFlag`); a copy that fails or answers late leaves
         its rows at ``-inf``, unknown."""
         n = c.shape[0]
+        if not check_branchable(network):  # no ReLU to split: the root is one linear region
+            return self._linear_rows(network, x0, threat, c, d, alpha, until)
         if self.workers <= 1 or n < 2 or not can_fork():
             search = _RowSearch(network, x0, threat, c, d, self, alpha)
             found, rows = search.run(until, stop_on_counterexample=self.early_stop)
@@ -401,6 +434,25 @@ class BaB(Bounder):
         done.layers += new.layers
         return torch.tensor(todo)
 
+    def _split_inputs(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
+                      d: Tensor, s: int, todo: list[int], lower: Tensor, cand: Tensor,
+                      until: float) -> list[dict[str, Any]]:
+        """Sample ``s``'s open rows ``todo`` by branch and bound on its input box
+        (:func:`~advrobust.exact.input_split.input_split`) until ``until``."""
+        start = time.perf_counter()
+        lo, hi = threat.input_bounds(x0)
+        found = input_split(network, lo, hi, c[0], d[0], until, early_stop=self.early_stop)
+        seconds = time.perf_counter() - start
+        log = []
+        for j, value, row in zip(todo, found.lower.tolist(), found.rows, strict=True):
+            lower[s, j] = max(float(lower[s, j]), value)
+            if row.best_point is not None:
+                cand[s, j] = row.best_point.reshape(cand.shape[2:]).to(cand)
+            log.append({"row": j, "status": row.status, "split": "input", "domains": row.domains,
+                        "open": found.open, "lower": value, "best": row.best_value,
+                        "seconds": seconds})
+        return log
+
     def _sample(self, network: Network | Graph, x0: Tensor, threat: LpBall, spec: Spec, s: int,
                 crown: Tensor, clean: Tensor, lower: Tensor, cand: Tensor, root: Any,
                 roots: dict[str, dict[int, Any]]) -> list[dict[str, Any]]:
@@ -413,6 +465,20 @@ class BaB(Bounder):
             return []
         rows = torch.tensor(todo, device=x0.device)
         c, d = spec.C[s, rows].unsqueeze(0), spec.d[s, rows].unsqueeze(0)
+        split_log: list[dict[str, Any]] = []
+        if x0[0].numel() <= self.input_split:  # few inputs: split the box first
+            split_log = self._split_inputs(network, x0, threat, c, d, s, todo, lower, cand,
+                                           start + _INPUT_SHARE * self.time_limit)
+            falsified = any(entry["best"] < 0 for entry in split_log)
+            # rows whose search ended (proved, or the minimum found within the tolerance) are
+            # done; those the time or the box count stopped go on
+            todo = [e["row"] for e in split_log if e["status"] in ("time_limit", "domain_limit")]
+            if not todo or (falsified and self.early_stop) or \
+                    time.perf_counter() >= deadline:
+                return split_log
+            # what it leaves open goes to the ReLU splits (complete: linear regions by LP)
+            rows = torch.tensor(todo, device=x0.device)
+            c, d = spec.C[s, rows].unsqueeze(0), spec.d[s, rows].unsqueeze(0)
         # the root: alpha-CROWN (at most a third of the time), its bounds hold in every domain
         try:
             alpha = alpha_crown(network, x0, threat, c, d, steps=self.alpha_steps,
@@ -443,7 +509,7 @@ class BaB(Bounder):
                         "best": row.best_value, "seconds": seconds,
                         "refine_passes": 0 if refined is None else len(refined.layers),
                         "refine_seconds": 0.0 if refined is None else refined.seconds})
-        return log
+        return split_log + log
 
 
 def _another_round(n: int, span: float, now: float, deadline: float) -> bool:

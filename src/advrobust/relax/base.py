@@ -218,12 +218,17 @@ class Bounder(Configurable, abc.ABC):
                 raise InvalidParameterError(
                     f"{name}: 'gate' must be a WitnessGate of the model or None; got "
                     f"{type(gate).__name__}.")
-            else:
+            elif not gate.built_from(model):
                 _check_gate(gate, x, clean, name)
             # the one IR of the call: the gate's (built once per gate and input shape)
             network = gate.ir(tuple(x.shape[1:]), name, graph_ok)
             with torch.no_grad():
-                _check_ir(network, model, x.to(BOUND_DTYPE), clean)
+                # checked against the float64 copy where it is this model's: the model's own
+                # float32 outputs can differ from it by more than its outputs' size (a VNNLIB
+                # head subtracting thresholds from outputs ~1e9)
+                x64 = x.to(BOUND_DTYPE)
+                _check_ir(network, model, x64,
+                          gate.model(x64) if gate.built_from(model) else clean)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
             if layer_bounds is not None and not self.reuses_layer_bounds:
                 raise InvalidParameterError(

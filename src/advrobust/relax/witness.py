@@ -9,6 +9,7 @@ gives it a negative spec value (zero tolerance too). Anything else is discarded 
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import Any
 
 import torch
@@ -74,7 +75,12 @@ class WitnessGate:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = float64_copy(model)
+        self._source = weakref.ref(model)
         self._irs: dict[tuple[int, ...], Any] = {}
+
+    def built_from(self, model: nn.Module) -> bool:
+        """True if this gate's copy was made from ``model`` (the same object)."""
+        return self._source() is model
 
     def ir(self, input_shape: tuple[int, ...], who: str = "verify", graph_ok: bool = True
            ) -> Any:

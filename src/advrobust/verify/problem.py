@@ -4,10 +4,12 @@ A :class:`Problem` is what every stage of a verification run works on (IBP, CROW
 attack, BaB, the MILP): the caller's classifier and its float64 twin (built once; the bound
 passes and the witness gate both read it), the clean inputs ``x`` (N, ...) with the input set
 (an :class:`~advrobust.core.threat.LpBall` around each, its box a field; a VNNLIB property's box
-is read as such a ball and kept beside it as :attr:`Problem.box` for the exact witness check),
-the specification (rows ``C f + d`` that must stay positive; a VNNLIB disjunction of single
-constraints is one row per disjunct) and a cache of per-layer bounds with their provenance
-(:class:`BoundRecord`: which method, which stage, dtype, seconds). A later stage starts from
+is read as such a ball, or as the unit cube of a map onto it, and kept beside it as
+:attr:`Problem.box` for the exact witness check),
+the specification (rows ``C f + d`` that must stay positive; a VNNLIB unsafe set is one row
+per disjunct, over a max-of-constraints head where a disjunct is a conjunction) and a cache of
+per-layer bounds with their provenance (:class:`BoundRecord`: which method, which stage, dtype,
+seconds). A later stage starts from
 the bounds an earlier one computed: the CROWN stage of the cascade computes the intermediate
 bounds once and BaB and the MILP start from them instead of recomputing them. A BaB domain is
 this problem plus a split set (:mod:`advrobust.exact._beta`).
@@ -80,7 +82,8 @@ class Problem:
         spec: N spec matrices ``C`` (N, K, classes) and offsets ``d`` (N, K).
         clean: (N, classes) the model's outputs at ``x``.
         box: optional exact input box ``(lower, upper)`` (float64, flat) of a VNNLIB property
-            whose set ``threat`` encloses.
+            (``threat`` around ``x`` encloses it, or encloses its preimage under the model's
+            :class:`~advrobust.verify._vnnlib.BoxInput` map).
         prop: the VNNLIB property the problem was built from (:meth:`from_property`), or None.
     """
 
@@ -123,9 +126,13 @@ class Problem:
                       input_shape: Sequence[int] | None = None, *,
                       who: str = "Problem") -> Problem:
         """The problem of a VNNLIB property: its box read as a clipped linf ball (VNN-COMP
-        robustness boxes are exactly that; any other box is enclosed in one, so a proof stays
-        sound) and kept as :attr:`box`; one spec row per disjunct of the unsafe set; the label
-        the property names (else the model's prediction at the centre).
+        robustness boxes are exactly that; any other box is the unit cube under a
+        :class:`~advrobust.verify._vnnlib.BoxInput` map onto it, so :attr:`model` and
+        :attr:`x` are that map's) and kept as :attr:`box`; one spec row per disjunct of the
+        unsafe set (where a disjunct is a conjunction of constraints, :attr:`model` is the
+        caller's model under a :class:`~advrobust.verify._vnnlib.DisjunctMargins` head, one
+        output per disjunct); the label the property names (else the model's prediction at the
+        centre).
 
         Args:
             model: the network (e.g. from :func:`advrobust.network.onnx.load_onnx`).
@@ -134,16 +141,30 @@ class Problem:
             who: the entry point, named in errors.
 
         Raises:
-            VnnlibError: an unsafe set that is not a disjunction of single constraints.
             InvalidInputError: ``input_shape`` does not hold the property's input variables.
         """
-        from advrobust.verify._vnnlib import check_shape, property_ball, property_spec
+        from advrobust.network.vnnlib import VnnlibError
+        from advrobust.verify._vnnlib import (
+            UNIT_CUBE,
+            BoxInput,
+            DisjunctMargins,
+            check_shape,
+            needs_head,
+            property_ball,
+            property_spec,
+        )
 
         shape = tuple(int(s) for s in input_shape) if input_shape is not None \
             else (prop.num_inputs,)
         check_shape(prop, shape)
         spec = property_spec(prop)
-        x0, ball = property_ball(prop)
+        try:
+            x0, ball = property_ball(prop)
+        except VnnlibError:  # any other box: the model on the unit cube mapped onto it
+            model = BoxInput(model, prop.lower, prop.upper, shape)
+            x0, ball = torch.zeros(1, *shape, dtype=model.centre.dtype), UNIT_CUBE
+        if needs_head(prop):  # a disjunct is a conjunction: one max-of-rows output per disjunct
+            model = DisjunctMargins(model, prop)
         x = x0.reshape(1, *shape)
         label = prop.robustness_label()
         if label is None:

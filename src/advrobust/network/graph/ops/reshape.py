@@ -63,7 +63,8 @@ def _reshape(call: Call) -> GraphOp:
     return ReshapeOp([shape], call.out_shape, call.name)
 
 
-@register(modules=(nn.Identity, nn.Dropout), methods=("contiguous",))
+# ``Tensor.double()``: a cast to float64 is exact (and every bound pass runs in float64)
+@register(modules=(nn.Identity, nn.Dropout), methods=("contiguous", "double"))
 def _identity(call: Call) -> GraphOp:
     if len(call.data) != 1:
         raise call.fail("expected one data input")

@@ -1,0 +1,124 @@
+"""Branch and bound on the input box (few inputs): sound against the exact MILP, complete (the
+row's minimum to the tolerance without early stop), and handing what it leaves open to the
+ReLU splits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.exact.conftest import make_mlp
+from torch import nn
+
+from advrobust.core import LpBall, Verdict
+from advrobust.exact import MILP, BaB
+from advrobust.exact._domains import _CLOSE
+from advrobust.exact.input_split import input_split
+from advrobust.network.ir import from_module
+
+
+def _splits(result) -> set[str]:  # type: ignore[no-untyped-def]
+    return {entry.get("split", "relu") for sample in result.stats["samples"] for entry in sample}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_input_split_brackets_the_exact_minimum(seed: int) -> None:
+    model = make_mlp(seed, (4, 8, 8, 3))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 4, generator=gen)
+    y = model(x).argmax(1)
+    threat = LpBall("linf", float(torch.empty(1).uniform_(0.02, 0.25, generator=gen)))
+    exact = MILP(early_stop=False, skip_verified=False, time_limit=30)(model, x, y, threat)
+    bab = BaB(early_stop=False, time_limit=20)(model, x, y, threat)
+    assert _splits(bab) <= {"input"}
+    # sound: below every point's margin (the MILP's points) and the MILP's own bound
+    assert bool((bab.lower <= exact.upper + 1e-9).all())
+    assert bool((bab.lower <= exact.lower + 1e-5).all())
+    # complete: a broken row's minimum to the tolerance, a robust row proved
+    broken = exact.upper < -1e-3
+    assert bool((bab.lower[broken] >= exact.lower[broken] - 2 * _CLOSE).all())
+    assert bool((bab.lower[exact.lower > 1e-3] > 0).all())
+    for i, verdict in enumerate(bab.verdict):
+        if bool((exact.upper[i] < -1e-3).any()):
+            assert verdict is Verdict.FALSIFIED
+        elif bool((exact.lower[i] > 1e-3).all()):
+            assert verdict is Verdict.VERIFIED
+
+
+def test_a_wide_box_is_proved_by_halving_it() -> None:
+    # f(x) = relu(x) + relu(-x) + 0.05 = |x| + 0.05 > 0 on [-1, 1]: CROWN's bound over the
+    # whole box is negative (both ReLUs unstable), halving x once makes both stable
+    net = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        net[2].bias.fill_(0.05)
+    ir = from_module(net.double(), (1,))
+    lo, hi = -torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+    c, d = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    found = input_split(ir, lo, hi, c, d, deadline=float("inf"))
+    assert found.rows[0].status == "verified" and found.open == 0
+    assert 0 < float(found.lower[0]) <= float(net[2].bias[0]) + 1e-12  # the minimum, at x = 0
+    assert found.boxes <= 8
+    # shifted below 0 it is falsified at (a point near) x = 0
+    found = input_split(ir, lo, hi, c, d - 0.1, deadline=float("inf"))
+    assert found.rows[0].status == "falsified" and found.rows[0].best_value < 0
+    assert found.rows[0].best_point is not None
+    assert abs(float(found.rows[0].best_point.reshape(-1)[0])) < 0.05
+
+
+def test_rows_left_open_go_to_the_relu_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import advrobust.exact.bab as bab_module
+
+    model = make_mlp(3, (4, 8, 8, 3))
+    x = torch.rand(2, 4, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.2)
+    exact = MILP(early_stop=False, skip_verified=False, time_limit=30)(model, x, y, threat)
+    monkeypatch.setattr(bab_module, "_INPUT_SHARE", 0.0)  # its share over before it starts
+    bab = BaB(early_stop=False, time_limit=20)(model, x, y, threat)
+    entries = [e for sample in bab.stats["samples"] for e in sample]
+    if not entries:
+        pytest.skip("CROWN decided every row")
+    assert {e["status"] for e in entries if e.get("split") == "input"} == {"time_limit"}
+    assert any(e.get("split") is None for e in entries)
+    assert bool((bab.lower <= exact.upper + 1e-9).all())
+    # no input splitting at all with input_split=0
+    plain = BaB(early_stop=False, time_limit=20, input_split=0)(model, x, y, threat)
+    assert _splits(plain) <= {"relu"}
+    assert bool((plain.lower <= exact.upper + 1e-9).all())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clipping_keeps_every_point_where_a_live_row_is_low(seed: int) -> None:
+    # the clipped box must hold every point of the box where some live row is <= tau (sampled
+    # densely, corners included): clipping is what lets a box shrink without a split
+    from advrobust.exact.input_split import _bound, _clip
+    from advrobust.network.graph.graph import as_graph
+
+    model = make_mlp(seed, (3, 10, 10, 4)).double()
+    graph = as_graph(from_module(model, (3,)))
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.rand(6, 3, generator=gen, dtype=torch.float64) - 0.5
+    hi = lo + 0.6 * torch.rand(6, 3, generator=gen, dtype=torch.float64)
+    c = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    with torch.no_grad():  # offsets that leave a few points broken
+        mid_out = model((lo + hi) / 2) @ c.T
+    d = -mid_out.amin(0)
+    raw, coef = _bound(graph, lo, hi, c, d)
+    tau = 0.05
+    live = raw <= 0  # the rows that may be broken on each box
+    new_lo, new_hi = _clip(lo, hi, raw, coef, live, tau)
+    assert bool((new_lo >= lo).all()) and bool((new_hi <= hi).all())
+    u = torch.rand(6, 4000, 3, generator=gen, dtype=torch.float64)
+    u[:, :8] = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=torch.float64)] * 3)
+    pts = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * u
+    with torch.no_grad():
+        values = model(pts.reshape(-1, 3)).reshape(6, 4000, 4) @ c.T + d
+    broken = ((values <= tau) & live.unsqueeze(1)).any(2)
+    inside = ((pts >= new_lo.unsqueeze(1)) & (pts <= new_hi.unsqueeze(1))).all(2)
+    assert bool(inside[broken].all())
+    assert bool(broken.any())  # the check is not vacuous
+    assert bool((new_hi - new_lo < hi - lo).any())  # and some box did shrink
+    # and the bound is a lower bound at every point
+    assert bool((values >= raw.unsqueeze(1) - 1e-9).all())
