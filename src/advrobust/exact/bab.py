@@ -192,6 +192,13 @@ class BaB(Bounder):
             at a time on 2 cores, 2 workers left the open 256x6 rows at 30 s 4.7-14x nearer a
             proof than one core, the 256x4 ones as near as 2 torch threads did (bench/
             RESULTS.md, issue 11, session 19).
+        input_split: inputs of at most this many values (None: ``INPUT_SPLIT`` = 16; 0: never)
+            are first searched by branch and bound on the input box
+            (:mod:`advrobust.exact.input_split`: CROWN on batches of sub-boxes, input-domain
+            clipping) for 3/4 of the time; the ReLU splits take the rows it leaves open. On
+            VNN-COMP 2021 ACAS Xu (5 inputs) it decides 170 of 186 instances at 30 s, where
+            ReLU splits alone could not prove property 1 on N1,1 in 30 s (bench/RESULTS.md,
+            issue 11, session 21).
     """
 
     def __init__(self, *, time_limit: float = 60.0, batch_size: int = 256,
