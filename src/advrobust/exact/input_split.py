@@ -57,12 +57,8 @@ class _Boxes:
             raise ValueError("input_split: one centre per box")
         return self.lower, self.upper
 
-    def concretize_lower(self, a: Tensor, x0: Tensor) -> Tensor:
-        n = self.lower.shape[0]
-        lo, hi = self.lower.reshape(n, -1), self.upper.reshape(n, -1)
-        mid, rad = (hi + lo) / 2, (hi - lo) / 2
-        a = a.expand(n, -1, -1)
-        return torch.einsum("nkd,nd->nk", a, mid) - torch.einsum("nkd,nd->nk", a.abs(), rad)
+    # the linf ball's box concretisation, on these boxes
+    concretize_lower = LpBall.concretize_lower
 
 
 @dataclass
