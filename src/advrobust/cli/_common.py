@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from advrobust._interrupt import held_interrupt
 from advrobust.errors import InvalidInputError
 
 __all__ = [
@@ -128,34 +128,6 @@ def interrupted(args: argparse.Namespace, done: int, total: int, saved: Sequence
     print(f"\nadvrobust {getattr(args, 'command', '')}: interrupted (Ctrl-C) after {done} of "
           f"{total} samples{kept}", file=sys.stderr)
     return 130
-
-
-@contextlib.contextmanager
-def held_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C back while the block runs (it takes effect when the block ends).
-
-    Keeping a finished batch (appending its result, writing its rows) is one step: a Ctrl-C
-    in the middle would leave the rows file and the in-memory results disagreeing. The Python
-    SIGINT handler runs in the main thread whichever thread the signal hits, so swapping it
-    is reliable (outside the main thread nothing is held).
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
-                raise KeyboardInterrupt
 
 
 def add_model_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:

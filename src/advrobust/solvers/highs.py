@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from advrobust._interrupt import held_interrupt
 from advrobust.errors import SolverUnavailableError
 from advrobust.solvers._safe_bound import safe_lp_bound
 from advrobust.solvers.program import Program, Solution, SolveStatus
@@ -137,9 +138,16 @@ class HighsSolver:
         self._stop_above = math.inf
         self._rejected = ""
         self._load(highspy, program)
+        self._pressed = False  # Ctrl-C came during the running solve
+        # HiGHS's interrupt checks (older highspy has none: Ctrl-C then waits for the solve)
+        self._interruptible = hasattr(self._h, "cbSimplexInterrupt")
+        if self._interruptible:
+            self._h.cbSimplexInterrupt.subscribe(self._on_check)
+            self._h.cbIpmInterrupt.subscribe(self._on_check)
+            self._h.cbMipInterrupt.subscribe(self._on_mip_check if self.is_mip
+                                             else self._on_check)
         if self.is_mip:
             self._h.cbMipImprovingSolution.subscribe(self._on_incumbent)
-            self._h.cbMipInterrupt.subscribe(self._on_interrupt)
 
     def _load(self, highspy: Any, program: Program) -> None:
         lo, hi, integer = program.columns()
@@ -176,11 +184,36 @@ class HighsSolver:
         if event.data_out.objective_function_value < self._stop_below:
             self._found_below = True
 
-    def _on_interrupt(self, event: Any) -> None:
+    # The interrupt flag is written both ways at every check: HiGHS keeps it across runs (a
+    # solve after one that was stopped stopped at once, with no bound).
+    def _on_check(self, event: Any) -> None:
+        event.data_in.user_interrupt = self._pressed
+
+    def _on_mip_check(self, event: Any) -> None:
         # the bound that will be reported is the dual bound lowered by the MIP slack
         bound = event.data_out.mip_dual_bound - self._mip_slack(abs(event.data_out.mip_dual_bound))
-        if self._found_below or bound > self._stop_above:
-            event.interrupt()
+        event.data_in.user_interrupt = (self._pressed or self._found_below
+                                        or bound > self._stop_above)
+
+    def _press(self) -> None:
+        self._pressed = True
+
+    def _run(self) -> None:
+        """``run()`` that Ctrl-C stops within a fraction of a second, the KeyboardInterrupt
+        raised once HiGHS has returned.
+
+        The solve runs in this thread with Ctrl-C held back (:func:`held_interrupt`): HiGHS's
+        interrupt checks call Python code here, where a held Ctrl-C is noticed and the solve
+        told to stop. (highspy's threaded ``startSolve`` / ``wait`` let a KeyboardInterrupt
+        escape while its solver thread still ran, which aborted the process at exit, or get
+        lost.)
+        """
+        if not self._interruptible:
+            self._h.run()
+            return
+        self._pressed = False
+        with held_interrupt(self._press):
+            self._h.run()
 
     def set_time_limit(self, seconds: float) -> None:
         """Seconds allowed to the next :meth:`minimize` calls."""
@@ -233,7 +266,7 @@ class HighsSolver:
         self._stop_above = stop_above
         start = time.perf_counter()
         try:
-            _run_interruptibly(h)
+            self._run()
         except Exception as err:  # noqa: BLE001 - a solver crash is reported, never raised
             return Solution(SolveStatus.ERROR, math.inf, -math.inf, None, repr(err),
                             time.perf_counter() - start)
@@ -349,24 +382,3 @@ def _equilibrate(a: Any, lower: np.ndarray, upper: np.ndarray, integer: np.ndarr
 
 #: Largest exponent of a scale factor (keeps scaled values far from over- and underflow).
 _MAX_EXP = 400
-
-
-def _run_interruptibly(h: Any) -> None:
-    """``h.run()`` that Ctrl-C stops within a fraction of a second, then re-raises.
-
-    HiGHS runs in highspy's worker thread; a KeyboardInterrupt in the waiting main thread asks
-    it to stop (its user-interrupt callbacks) and is raised again once it has (a plain
-    ``run()`` swallows Ctrl-C until the time limit).
-    """
-    if not hasattr(h, "startSolve"):  # older highspy: no interruptible solve
-        h.run()
-        return
-    h.HandleUserInterrupt = True
-    h.startSolve()
-    try:
-        while not h.wait(0.1)[0]:
-            pass
-    except KeyboardInterrupt:
-        h.cancelSolve()
-        h.wait()
-        raise
