@@ -121,3 +121,64 @@ def test_clipping_keeps_every_point_where_a_live_row_is_low(seed: int) -> None:
     assert bool((new_hi - new_lo < hi - lo).any())  # and some box did shrink
     # and the bound is a lower bound at every point
     assert bool((values >= raw.unsqueeze(1) - 1e-9).all())
+
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_no_coordinate_starves(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The coordinate halved is never narrower than ``_FLOOR / 2`` of the box's widest (the
+    weights are at most 2 and at least ``_FLOOR``). Weighed only by the worst row's minorant
+    coefficient and gradient, an input the network barely reads (x1 here, weights 1e-4) was
+    left wide while the other was halved on and on (on seed 3: to 0.3 % of its width; ACAS
+    Xu: ``prop_1`` on N2,2 stalled at -25 with one input at 1/2 of its range, one at 1/4000)."""
+    import time
+
+    import advrobust.exact.input_split as isp
+
+    net = make_mlp(seed, (2, 32, 32, 32, 1), torch.float64)
+    with torch.no_grad():
+        net[1].weight[:, 1] *= 1e-4  # net[0] is a Flatten
+    grid = torch.stack(torch.meshgrid(*[torch.linspace(-3, 3, 401, dtype=torch.float64)] * 2,
+                                      indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        low = float(net(grid).min())
+    ratios: list[float] = []
+    halves = isp._halves
+
+    def spy(lo, hi, weight):  # type: ignore[no-untyped-def]
+        (left_lo, left_hi), right = halves(lo, hi, weight)
+        width = (hi - lo).flatten(1)
+        chosen = (width * (left_hi != hi).flatten(1)).amax(1)
+        ratios.append(float((chosen / width.amax(1)).min()))
+        return (left_lo, left_hi), right
+
+    monkeypatch.setattr(isp, "_halves", spy)
+    ir = from_module(net, (2,))
+    lo, hi = -3 * torch.ones(1, 2, dtype=torch.float64), 3 * torch.ones(1, 2, dtype=torch.float64)
+    c = torch.ones(1, 1, dtype=torch.float64)
+    d = torch.tensor([-low], dtype=torch.float64)  # the minimum at ~0: a search to the end
+    input_split(ir, lo, hi, c, d, time.perf_counter() + 3.0, batch_size=64, max_boxes=20_000,
+                early_stop=False)
+    assert ratios
+    assert min(ratios) >= isp._FLOOR / 2
+
+
+def test_a_counterexample_on_a_face_is_found_before_any_box_is_bounded() -> None:
+    """f(x) = 0.5 - 100 relu(x0 - 0.99) on [0, 1]^3: below 0 only where x0 > 0.995, and flat
+    (zero gradient) wherever x0 < 0.99, so a descent from the box's interior stays where it
+    starts; the search from the box's faces starts some points at x0 = 1."""
+    net = nn.Sequential(nn.Linear(3, 1), nn.ReLU(), nn.Linear(1, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+        net[0].bias.fill_(-0.99)
+        net[2].weight.fill_(-100.0)
+        net[2].bias.fill_(0.5)
+    ir = from_module(net.double(), (3,))
+    lo, hi = torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    c, d = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    found = input_split(ir, lo, hi, c, d, deadline=float("inf"))
+    row = found.rows[0]
+    assert row.status == "falsified" and found.boxes == 0
+    assert row.best_point is not None and float(row.best_point[0]) > 0.995
+    with torch.no_grad():
+        assert float(net.double()(row.best_point.reshape(1, 3))[0, 0]) == row.best_value < 0

@@ -86,11 +86,19 @@ def test_single_constraint_becomes_a_one_row_spec() -> None:
 
 @pytest.mark.parametrize(("text", "match"), [
     ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= X_0 1))"
-     "(assert (>= Y_0 0))", "infinite or empty"),
+     "(assert (>= Y_0 0))", "infinite range"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= X_0 1))(assert (>= X_0 2))"
+     "(assert (>= Y_0 0))", "empty range"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (or (and (<= X_0 1) (>= X_0 2)) "
+     "(and (<= X_0 4) (>= X_0 5))))(assert (>= Y_0 0))", "input set is empty"),
     ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= X_0 1))(assert (>= X_0 0))",
      "no output"),
-    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (or (<= X_0 1) (>= X_0 2)))",
-     "plain bounds"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (or (<= X_0 1) (>= X_0 2)))"
+     "(assert (>= Y_0 0))", "infinite range"),
+    ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (or (and (<= X_0 1) (>= X_0 0)) "
+     "(>= Y_0 2)))", "not mixed with outputs"),
+    ("(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)"
+     "(assert (or (<= (+ X_0 X_1) 1) (>= X_0 2)))", "not a bound on one input"),
     ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= (* Y_0 Y_0) 1))",
      "not linear"),
     ("(declare-const X_0 Real)(declare-const Y_0 Real)(assert (<= (+ X_0 Y_0) 1))",

@@ -140,12 +140,14 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
                     ) -> PropertyResult:
     """Decide a VNNLIB property of ``model`` with the cascade driver, within ``time_limit``.
 
-    The box is read as a clipped linf ball (VNN-COMP robustness boxes are exactly that; any
-    other box is enclosed in a ball, so "unsat" stays sound). The unsafe set is any disjunction
-    of conjunctions of linear output constraints (see :meth:`Problem.from_property
-    <advrobust.verify.Problem.from_property>`). A FALSIFIED witness is clamped to
-    the property's exact box and re-evaluated against the unsafe polytopes before "sat" is
-    reported.
+    The box is read as a clipped linf ball where it is one (VNN-COMP robustness boxes), else
+    as the unit cube mapped onto it; the unsafe set is any disjunction of conjunctions of
+    linear output constraints (see :meth:`Problem.from_property
+    <advrobust.verify.Problem.from_property>`). An input set that is a union of boxes (an
+    input ``or``) is decided box by box, each box getting an equal share of the time left
+    when it starts: "sat" as soon as one box is, "unsat" once every box is. A FALSIFIED
+    witness is clamped to the property's exact box and re-evaluated against the unsafe
+    polytopes before "sat" is reported.
 
     Args:
         model: the network (e.g. from :func:`advrobust.network.onnx.load_onnx`).
@@ -163,6 +165,10 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
     start = time.perf_counter()
     check_float(time_limit, "time_limit", "verify_property", low=0.0, low_open=True,
                 allow_inf=True)
+    if prop.cases:
+        return _verify_cases(model, prop, start, time_limit, input_shape=input_shape,
+                             method=method, threads=threads, attack=attack, progress=progress,
+                             generator=generator)
     policy = _policy(method, time_limit, None, threads, attack, 1, progress, generator)
     with eval_mode(model, who="verify_property"):
         problem = Problem.from_property(model, prop, input_shape, who="verify_dataset")
@@ -177,3 +183,28 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
             logger.warning("verify_property: the witness left the unsafe set once clamped to "
                            "the exact box; reporting unknown")
     return PropertyResult("unknown", None, None, report)
+
+
+def _verify_cases(model: nn.Module, prop: VnnProperty, start: float, time_limit: float,
+                  **options: Any) -> PropertyResult:
+    """:func:`verify_property` on a union of boxes, box by box (the report is the deciding
+    box's: the "sat" one, the last "unsat" one, else the first one left open; its
+    ``stats["input_cases"]`` has every box's answer, "not run" after a "sat")."""
+    parts = prop.split()
+    answers = ["not run"] * len(parts)
+    open_result: PropertyResult | None = None
+    result: PropertyResult | None = None
+    for i, part in enumerate(parts):
+        left = max(1e-6, time_limit - (time.perf_counter() - start))  # none is skipped
+        result = verify_property(model, part, time_limit=left / (len(parts) - i), **options)
+        answers[i] = result.status
+        if result.status == "sat":
+            break
+        if result.status != "unsat" and open_result is None:
+            open_result = result
+    assert result is not None  # a property has at least one box
+    chosen = result if result.status == "sat" else open_result or result
+    chosen.report.stats["input_cases"] = answers
+    if chosen.status != "sat" and any(a != "unsat" for a in answers):
+        return PropertyResult("unknown", None, None, chosen.report)
+    return chosen

@@ -41,6 +41,16 @@ _CUT = 2 * _CLOSE
 #: Signed-gradient steps of the candidate search inside each box of a batch.
 _ATTACK_STEPS = 5
 
+#: Starts and signed-gradient steps of the search from the box's faces (:func:`_face_search`).
+_FACE_POINTS = 4096
+_FACE_STEPS = 20
+_FACE_SHARE = 0.1  # of the search's time at most
+
+#: Least weight of a coordinate in the choice of the coordinate to halve (:func:`_halves`):
+#: the largest weight of a box is 1-2, so a coordinate the weights ignore is halved once its
+#: width is 50-100 times the others'.
+_FLOOR = 0.02
+
 
 class _Boxes:
     """Per-sample input boxes as the set of a bound pass (only what the passes read: the linf
@@ -111,7 +121,11 @@ def input_split(network: Network | Graph, lower: Tensor, upper: Tensor, c: Tenso
     open_bound = torch.full((1, n_rows), -math.inf, dtype=lower.dtype)
     closed = torch.full((n_rows,), math.inf, dtype=lower.dtype)
     boxes, status = 0, ""
-    while open_lo.shape[0]:
+    start = time.perf_counter()
+    _face_search(graph, lower, upper, c, d, rows, start + _FACE_SHARE * (deadline - start))
+    if early_stop and any(r.best_value < 0 for r in rows):
+        status = "stopped"
+    while open_lo.shape[0] and not status:
         if time.perf_counter() >= deadline:
             status = "time_limit"
             break
@@ -149,7 +163,8 @@ def input_split(network: Network | Graph, lower: Tensor, upper: Tensor, c: Tenso
         if lo.shape[0]:
             worst = torch.where(_done(bound, rows), math.inf, bound).argmin(1)
             minorant = coef[torch.arange(lo.shape[0]), worst].reshape(grad.shape)
-            left, right = _halves(lo, hi, _unit(minorant) + _unit(grad))
+            weight = (_unit(minorant) + _unit(grad)).clamp_min(_FLOOR)
+            left, right = _halves(lo, hi, weight)
             open_lo = torch.cat([open_lo, left[0], right[0]])
             open_hi = torch.cat([open_hi, left[1], right[1]])
             open_bound = torch.cat([open_bound, bound, bound])
@@ -243,6 +258,43 @@ def _attack(network: Network | Graph, lo: Tensor, hi: Tensor, c: Tensor, d: Tens
     return first
 
 
+def _face_search(network: Graph, lo: Tensor, hi: Tensor, c: Tensor, d: Tensor,
+                 rows: list[Row], until: float) -> None:
+    """Signed-gradient descent from ``_FACE_POINTS`` points of the box's faces, each on one
+    row, every point offered to the rows; no step starts after ``until``.
+
+    Each coordinate of a start is the box's lower end, its upper end or uniform between
+    (a third each, seeded): a nearly piecewise-linear network takes its extremes on the box's
+    faces, and a descent from the interior stalls where the ReLUs of a coordinate are all
+    inactive (a zero gradient) after a step too long. On ACAS Xu property 7 (N1,9) the
+    counterexample (four inputs at their ends, one in a window of 15 % of its range) is among
+    the starts, while 10,000 interior starts of 100 steps (plain or APGD) all stopped 6e-4
+    above the threshold (bench/RESULTS.md, issue 11, session 22).
+    """
+    gen = torch.Generator().manual_seed(0)
+    shape = (_FACE_POINTS,) + tuple(lo.shape[1:])
+    pick = torch.randint(0, 3, shape, generator=gen)
+    inside = lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=lo.dtype)
+    x = torch.where(pick == 0, lo, torch.where(pick == 1, hi, inside))
+    row = torch.arange(_FACE_POINTS) % c.shape[0]
+    cr, dr = c[row], d[row]
+    step = (hi - lo) / 16
+    for _ in range(_FACE_STEPS):
+        with torch.no_grad():
+            _offer(network, x, c, d, rows)
+        if any(r.best_value < 0 for r in rows) or time.perf_counter() >= until:
+            return
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            value = (network.forward(x) * cr).flatten(1).sum(1) + dr
+            (g,) = torch.autograd.grad(value.sum(), x)
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x.detach() - step * g.sign(), lo), hi)
+            step = step * 0.85
+    with torch.no_grad():
+        _offer(network, x, c, d, rows)
+
+
 def _offer(network: Network | Graph, x: Tensor, c: Tensor, d: Tensor, rows: list[Row]) -> None:
     """Offer each row the point of ``x`` (B, ...) with its lowest value."""
     values = network.forward(x) @ c.T + d  # (B, R)
@@ -266,7 +318,11 @@ def _halves(lo: Tensor, hi: Tensor, weight: Tensor
     at the box's centre, each scaled to 1 at its largest: on ACAS Xu the coefficient alone
     decided ``prop_1`` on N1,2 in 0.8 s (the gradient alone: 13 s) but not ``prop_3`` on N1,1
     in 30 s (the gradient: 4.3 s); the sum decides them in 0.4 s and 4.1 s (bench/RESULTS.md,
-    issue 11, session 21)."""
+    issue 11, session 21). Both can be ~0 on a coordinate along which the box is still wide
+    (where the worst row's minorant and gradient do not depend on it, its unstable neurons
+    may): weighed by that, it was never halved and the box's bound stalled (``prop_1`` on
+    N2,2 at -25 after 7,000 boxes, one coordinate still at half its range, another at 1/4000).
+    Each weight is at least ``_FLOOR`` (session 22: 10 more of 14 open instances decided)."""
     b = lo.shape[0]
     width = (hi - lo).reshape(b, -1)
     score = weight.reshape(b, -1) * width

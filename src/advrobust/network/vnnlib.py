@@ -1,9 +1,10 @@
 """Read VNNLIB properties (the VNN-COMP format) into an input box and an unsafe output set.
 
 Supported subset: ``(declare-const X_i Real)`` / ``(declare-const Y_j Real)``; input asserts that
-bound one variable (``(<= X_3 0.5)``, ``(>= X_3 0.1)``, possibly inside ``and``); output asserts
-built from linear comparisons (``<= >= < > =``) of linear terms over ``Y`` with ``and`` / ``or``.
-Several output asserts are conjoined. The unsafe set is kept as a disjunction of polytopes
+bound one variable (``(<= X_3 0.5)``, ``(>= X_3 0.1)``, possibly inside ``and``), or an ``or`` of
+such conjunctions (the input set is then a union of boxes); output asserts built from linear
+comparisons (``<= >= < > =``) of linear terms over ``Y`` with ``and`` / ``or``. Several asserts
+are conjoined. The unsafe set is kept as a disjunction of polytopes
 ``{y : A y <= b}``; strict comparisons are read as non-strict (a larger unsafe set, so "unsat"
 stays sound). A property is "sat" when some input of the box reaches the unsafe set.
 """
@@ -44,19 +45,31 @@ class OutputPolytope:
 
 @dataclass(frozen=True)
 class VnnProperty:
-    """A VNNLIB property: an input box and a disjunction of unsafe output polytopes.
+    """A VNNLIB property: an input box (or a union of boxes) and a disjunction of unsafe
+    output polytopes.
 
     Attributes:
-        lower: (D,) float64 lower ends of the input box.
+        lower: (D,) float64 lower ends of the input box (of the smallest box holding the
+            union, when there are ``cases``).
         upper: (D,) float64 upper ends.
         unsafe: the disjuncts; the output is unsafe when it lies in any of them.
         num_outputs: number of declared ``Y`` variables.
+        cases: the boxes ``(lower, upper)`` of an input set that is their union (an input
+            ``or``); empty for a single box. :meth:`split` gives one property per box.
     """
 
     lower: Tensor
     upper: Tensor
     unsafe: tuple[OutputPolytope, ...]
     num_outputs: int
+    cases: tuple[tuple[Tensor, Tensor], ...] = ()
+
+    def split(self) -> list[VnnProperty]:
+        """One single-box property per box of the input set (``[self]`` for a single box):
+        the property holds iff it holds on each."""
+        if not self.cases:
+            return [self]
+        return [VnnProperty(lo, hi, self.unsafe, self.num_outputs) for lo, hi in self.cases]
 
     @property
     def num_inputs(self) -> int:
@@ -69,9 +82,12 @@ class VnnProperty:
         return torch.stack(hits).any(dim=0)
 
     def contains(self, x: Tensor, atol: float = 1e-6) -> Tensor:
-        """Bool (N,): whether each input (N, ...) with D values lies in the box."""
+        """Bool (N,): whether each input (N, ...) with D values lies in the box (in one of
+        the boxes, when there are ``cases``)."""
         flat = x.reshape(x.shape[0], -1).double()
-        return ((flat >= self.lower - atol) & (flat <= self.upper + atol)).all(dim=1)
+        boxes = self.cases or ((self.lower, self.upper),)
+        inside = [((flat >= lo - atol) & (flat <= hi + atol)).all(dim=1) for lo, hi in boxes]
+        return torch.stack(inside).any(dim=0)
 
     def to_spec(self, n: int = 1) -> Spec:
         """The property as a :class:`Spec` (safe iff every row ``C y + d > 0``).
@@ -189,6 +205,7 @@ class _Reader:
         self.declared: dict[str, set[int]] = {"X": set(), "Y": set()}
         self.bounds: dict[int, list[float]] = {}
         self.outputs: list[Dnf] = []
+        self.inputs: list[Dnf] = []  # input ``or``s: each a list of conjunctions of bounds
 
     def command(self, cmd: Expr) -> None:
         if not isinstance(cmd, list) or not cmd:
@@ -210,40 +227,70 @@ class _Reader:
             self.outputs.append(dnf)
         elif kinds == {"X"} and len(dnf) == 1:
             for coef, const in dnf[0]:
-                self.bound(coef, const)
+                self.bound(self.bounds, coef, const)
+        elif kinds == {"X"}:
+            for conj in dnf:  # checked here, so the error names this assert
+                for coef, const in conj:
+                    self.bound({}, coef, const)
+            self.inputs.append(dnf)
         else:
             raise VnnlibError(f"unsupported assert {show(expr)}: input constraints must be "
-                              "plain bounds (no 'or', no mix with outputs)")
+                              "bounds on single inputs, or an 'or' of such conjunctions, "
+                              "not mixed with outputs")
 
-    def bound(self, coef: dict[str, float], const: float) -> None:
+    @staticmethod
+    def bound(bounds: dict[int, list[float]], coef: dict[str, float], const: float) -> None:
         if len(coef) != 1 or next(iter(coef.values())) == 0:
             raise VnnlibError(f"input constraint on {sorted(coef)} is not a bound on one input")
         name, a = next(iter(coef.items()))
         i = variable(name)[1]  # type: ignore[index]
-        low, up = self.bounds.setdefault(i, [-math.inf, math.inf])
+        low, up = bounds.setdefault(i, [-math.inf, math.inf])
         if a > 0:
-            self.bounds[i][1] = min(up, const / a)
+            bounds[i][1] = min(up, const / a)
         else:
-            self.bounds[i][0] = max(low, const / a)
+            bounds[i][0] = max(low, const / a)
+
+    def _boxes(self, d: int) -> list[Tensor]:
+        """The input boxes, (D, 2) each: the plain bounds intersected with one conjunction of
+        every input ``or`` (empty intersections dropped)."""
+        boxes = []
+        for combo in _product(self.inputs):
+            bounds = {i: list(b) for i, b in self.bounds.items()}
+            for coef, const in combo:
+                self.bound(bounds, coef, const)
+            extra = sorted(i for i in bounds if i >= d)
+            if extra:
+                raise VnnlibError(f"X_{extra[0]} is used but only X_0..X_{d - 1} are declared")
+            box = torch.tensor([bounds.get(i, [-math.inf, math.inf]) for i in range(d)],
+                               dtype=torch.float64)
+            unbounded = ~torch.isfinite(box).all(dim=1)
+            if bool(unbounded.any()):
+                raise VnnlibError(f"inputs {unbounded.nonzero().flatten()[:5].tolist()} have "
+                                  "an infinite range (each needs a lower and an upper bound)")
+            empty = box[:, 0] > box[:, 1]
+            if not self.inputs and bool(empty.any()):
+                raise VnnlibError(f"inputs {empty.nonzero().flatten()[:5].tolist()} have an "
+                                  "empty range")
+            if not bool(empty.any()):
+                boxes.append(box)
+        return boxes
 
     def result(self) -> VnnProperty:
         d, k = len(self.declared["X"]), len(self.declared["Y"])
         for kind, n in (("X", d), ("Y", k)):
             if n == 0 or self.declared[kind] != set(range(n)):
                 raise VnnlibError(f"{kind} variables must be declared as {kind}_0..{kind}_{{n-1}}")
-        extra = sorted(i for i in self.bounds if i >= d)
-        if extra:
-            raise VnnlibError(f"X_{extra[0]} is used but only X_0..X_{d - 1} are declared")
-        box = torch.tensor([self.bounds.get(i, [-math.inf, math.inf]) for i in range(d)],
-                           dtype=torch.float64)
-        unbounded = (~torch.isfinite(box)).any(dim=1) | (box[:, 0] > box[:, 1])
-        if bool(unbounded.any()):
-            raise VnnlibError(f"inputs {unbounded.nonzero().flatten()[:5].tolist()} have an "
-                              "infinite or empty range")
+        boxes = self._boxes(d)
+        if not boxes:
+            raise VnnlibError("the input set is empty: every box of its 'or' has an input "
+                              "with an empty range")
         if not self.outputs:
             raise VnnlibError("the property has no output constraint")
-        return VnnProperty(box[:, 0].clone(), box[:, 1].clone(),
-                           tuple(self._polytope(conj, k) for conj in _product(self.outputs)), k)
+        unsafe = tuple(self._polytope(conj, k) for conj in _product(self.outputs))
+        lower = torch.stack([b[:, 0] for b in boxes]).amin(0)
+        upper = torch.stack([b[:, 1] for b in boxes]).amax(0)
+        cases = tuple((b[:, 0].clone(), b[:, 1].clone()) for b in boxes) if self.inputs else ()
+        return VnnProperty(lower, upper, unsafe, k, cases)
 
     def _polytope(self, conj: list[Atom], k: int) -> OutputPolytope:
         a = torch.zeros(len(conj), k, dtype=torch.float64)

@@ -142,6 +142,7 @@ class Problem:
 
         Raises:
             InvalidInputError: ``input_shape`` does not hold the property's input variables.
+            VnnlibError: the input set is a union of boxes (one problem per box).
         """
         from advrobust.network.vnnlib import VnnlibError
         from advrobust.verify._vnnlib import (
@@ -154,6 +155,9 @@ class Problem:
             property_spec,
         )
 
+        if prop.cases:
+            raise VnnlibError("the property's input set is a union of boxes: pose one problem "
+                              "per box (VnnProperty.split(); verify_property does)")
         shape = tuple(int(s) for s in input_shape) if input_shape is not None \
             else (prop.num_inputs,)
         check_shape(prop, shape)
