@@ -14,7 +14,8 @@ written as VNNLIB text, the network as an ONNX Gemm / Relu graph, through ``run_
 importer, the parser and the runner; a "sat" counterexample is re-checked by ONNX's reference
 evaluator in float32, as a competition checker would), and ``conj`` (disjunctions of
 conjunctions of 1-4 output constraints, such as ACAS Xu's "output 0 is minimal", on boxes of
-different widths per input in half the seeds, through
+different widths per input in half the seeds and on a union of two boxes (the box less a slab
+of one input) in a third of them, through
 ``verify_property`` with ``auto``, ``crown``, ``milp`` and ``bab``, and on odd seeds through the
 ONNX route too). Half the seeds draw weights of
 1e-2 .. 1e8 (float32 rounding, catastrophic cancellation, solver tolerances), the others of
@@ -313,7 +314,7 @@ def check_conj(seed: int, time_limit: float, folder: Path) -> Counter[str]:
             w = torch.as_tensor(res.counterexample).double().reshape(1, -1)
             with torch.no_grad():
                 unsafe = bool(prop.is_unsafe(twin(w))[0])
-            if not bool(((w >= prop.lower) & (w <= prop.upper)).all()) or not unsafe:
+            if not bool(prop.contains(w, atol=0.0)[0]) or not unsafe:
                 found[f"conj {method}: bad counterexample"] += 1
     if seed % 2:
         net, spec = folder / f"conj_{seed}.onnx", folder / f"conj_{seed}.vnnlib"
@@ -339,6 +340,15 @@ def _random_property(g: torch.Generator, twin: nn.Module, d: int, conj: bool = F
         half = half * (0.05 + 0.95 * torch.rand(d, generator=g, dtype=torch.float64))
     lo, hi = (centre - half).clamp(0, 1), (centre + half).clamp(0, 1)
     pts = lo + (hi - lo) * torch.rand(20_000, d, generator=g, dtype=torch.float64)
+    cases: tuple[tuple[Tensor, Tensor], ...] = ()
+    if conj and _int(g, 0, 2) == 0:  # a union of two boxes: the box less a slab of one input
+        i = _int(g, 0, d - 1)
+        first_hi, second_lo = hi.clone(), lo.clone()
+        first_hi[i] = lo[i] + 0.3 * (hi[i] - lo[i])
+        second_lo[i] = lo[i] + 0.6 * (hi[i] - lo[i])
+        cases = ((lo.clone(), first_hi), (second_lo, hi.clone()))
+        pts = torch.cat([a + (b - a) * torch.rand(10_000, d, generator=g, dtype=torch.float64)
+                         for a, b in cases])
     with torch.no_grad():
         out = twin(pts)
     polys = []
@@ -362,7 +372,7 @@ def _random_property(g: torch.Generator, twin: nn.Module, d: int, conj: bool = F
         q = float(torch.empty(1).uniform_(-0.6, 0.2, generator=g))
         b = torch.quantile(values, q) if q > 0 else values.min() - abs(float(values.min())) * 0.01
         polys.append(OutputPolytope(a, b.reshape(1)))
-    return VnnProperty(lo, hi, tuple(polys), k), out
+    return VnnProperty(lo, hi, tuple(polys), k, cases), out
 
 
 def _ask(label: str, prop: VnnProperty, out: Tensor, call: Callable[[], Any]
@@ -395,9 +405,14 @@ def _vnnlib_text(prop: VnnProperty) -> str:
     """The property as VNNLIB text (every number printed exactly: ``repr`` of a float64)."""
     lines = [f"(declare-const X_{i} Real)" for i in range(prop.num_inputs)]
     lines += [f"(declare-const Y_{j} Real)" for j in range(prop.num_outputs)]
-    for i in range(prop.num_inputs):
-        lines.append(f"(assert (>= X_{i} {float(prop.lower[i])!r}))")
-        lines.append(f"(assert (<= X_{i} {float(prop.upper[i])!r}))")
+    boxes = []
+    for lo, hi in prop.cases or ((prop.lower, prop.upper),):
+        boxes.append(" ".join(f"(>= X_{i} {float(lo[i])!r}) (<= X_{i} {float(hi[i])!r})"
+                              for i in range(prop.num_inputs)))
+    if len(boxes) == 1:
+        lines.append(f"(assert (and {boxes[0]}))")
+    else:
+        lines.append(f"(assert (or {' '.join(f'(and {b})' for b in boxes)}))")
     terms = []
     for p in prop.unsafe:
         rows = []

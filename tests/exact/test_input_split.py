@@ -182,3 +182,26 @@ def test_a_counterexample_on_a_face_is_found_before_any_box_is_bounded() -> None
     assert row.best_point is not None and float(row.best_point[0]) > 0.995
     with torch.no_grad():
         assert float(net.double()(row.best_point.reshape(1, 3))[0, 0]) == row.best_value < 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_row_whose_minimum_is_just_above_the_tolerance_is_proved(seed: int) -> None:
+    """The row's minimum is ~3e-4 (the exact MILP's, shifted): above the proof threshold
+    ``_CLOSE`` = 2e-4, so the boxes near the minimum are split until their bounds pass it,
+    not closed "within the tolerance" of the lowest value found (ACAS Xu property 6's second
+    box ended at tolerance so, bound 6e-5 for a lowest value of 2.6e-4)."""
+    model = make_mlp(seed, (2, 16, 16, 2), torch.float64)
+    x0 = torch.full((1, 2), 0.5, dtype=torch.float64)
+    threat = LpBall("linf", 0.5)  # the box [0, 1]^2
+    y = model(x0).argmax(1)
+    exact = MILP(early_stop=False, skip_verified=False, time_limit=30)(model, x0, y, threat)
+    assert float(exact.upper[0, 0] - exact.lower[0, 0]) < 1e-5  # solved (the MIP gaps)
+    c = torch.zeros(1, 2, dtype=torch.float64)
+    c[0, int(y)], c[0, 1 - int(y)] = 1.0, -1.0
+    # the row's minimum in [3e-4 - 1e-5, 3e-4] (the MILP's point is at 3e-4)
+    d = torch.tensor([3e-4 - float(exact.upper[0, 0])], dtype=torch.float64)
+    ir = from_module(model, (2,))
+    found = input_split(ir, torch.zeros(1, 2, dtype=torch.float64),
+                        torch.ones(1, 2, dtype=torch.float64), c, d, deadline=float("inf"))
+    assert found.rows[0].status == "verified"
+    assert _CLOSE < float(found.lower[0]) <= 3e-4 + 1e-12
