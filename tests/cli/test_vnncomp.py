@@ -226,3 +226,34 @@ def test_read_result_refuses_what_is_not_a_result_file(tmp_path: Path) -> None:
             read_result(path)
     path.write_text("timeout\n")
     assert read_result(path) == ("timeout", None, None)
+
+
+@pytest.mark.parametrize(("threshold", "answer"), [(0.5, "unsat"), (0.55, "sat")])
+def test_an_input_set_that_is_a_union_of_boxes(tmp_path: Path, threshold: float, answer: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """ACAS Xu property 6's form: an ``or`` of two input boxes. y = |x0| + 0.1 x1 is >= 1 on
+    both boxes (x0 in [-3, -2] or [1, 2]) but 0 in the gap between them; with x0 in [0.5, 2]
+    instead of [1, 2] it reaches 0.5 < 0.55."""
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.1]]))
+        model[2].bias.zero_()
+    net, prop = tmp_path / "tent.onnx", tmp_path / "union.vnnlib"
+    _save_onnx(model.eval(), net, 2)
+    second = 1.0 if answer == "unsat" else 0.5
+    prop.write_text(
+        "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)\n"
+        "(assert (>= X_1 0))(assert (<= X_1 1))\n"
+        f"(assert (or (and (>= X_0 -3) (<= X_0 -2)) (and (>= X_0 {second}) (<= X_0 2))))\n"
+        f"(assert (<= Y_0 {threshold}))")
+    out = tmp_path / "result.txt"
+    assert _run([str(net), str(prop), "--timeout", "20", "--out", str(out), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    result, x, y = read_result(out)
+    assert result == payload["result"] == answer
+    assert payload["input_cases"] == (["unsat", "unsat"] if answer == "unsat"
+                                      else ["unsat", "sat"])
+    if answer == "sat":
+        assert x is not None and second <= float(x[0]) <= 2.0 and float(y[0]) <= threshold

@@ -210,7 +210,8 @@ def run_instance(instance: Instance, *, timeout: float | None = None, threads: i
                  for j in range(report.lower.shape[1])],
         "decided_by": report.decided_by[0] or None,
         "stage_seconds": dict(report.stage_seconds),
-        **{k: v for k, v in report.stats.items() if k in ("bab", "milp", "attack", "skipped")}}
+        **{k: v for k, v in report.stats.items()
+           if k in ("bab", "milp", "attack", "skipped", "input_cases")}}
     if answer == "sat":
         return VnncompResult("sat", result.counterexample, result.outputs, seconds, details)
     return VnncompResult(answer, None, None, seconds, details)
