@@ -257,3 +257,52 @@ def test_an_input_set_that_is_a_union_of_boxes(tmp_path: Path, threshold: float,
                                       else ["unsat", "sat"])
     if answer == "sat":
         assert x is not None and second <= float(x[0]) <= 2.0 and float(y[0]) <= threshold
+
+
+_SLOW_INSTANCE = """
+import sys, numpy as np
+import advrobust.evaluation.vnncomp as vnncomp
+from advrobust.solvers.highs import HighsSolver
+from advrobust.solvers.program import Program
+
+def slow(*args, **kwargs):  # an instance whose MILP runs for the whole timeout
+    rng = np.random.default_rng(1)
+    prog = Program()
+    cols = prog.add_vars(np.zeros(120), np.full(120, 3.0), integer=True)
+    prog.add_rows(rng.uniform(0, 1, (80, 120)), cols, -np.inf, rng.uniform(5, 20, 80))
+    solver = HighsSolver(prog, time_limit=60.0)
+    print("solving", file=sys.stderr, flush=True)
+    solver.minimize(-rng.uniform(0, 1, 120))
+
+vnncomp.run_instance = slow
+from advrobust.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_during_an_instance_exits_at_once_without_an_abort(tmp_path: Path) -> None:
+    """The instance runs in a worker thread (the backstop for the timeout); Ctrl-C in the
+    waiting main thread used to end the interpreter under a running HiGHS solve: SIGABRT
+    ("terminate called without an active exception"), every time."""
+    import os
+    import signal
+    import time
+
+    net, prop, _, _ = _instance(tmp_path, 0)
+    out = tmp_path / "result.txt"
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}"
+           f"{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_INSTANCE, "vnncomp", str(net), str(prop), "--timeout", "60",
+         "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "solving" not in proc.stderr.readline():
+        pass
+    time.sleep(0.5)  # the solve is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "terminate called" not in err
+    assert err.strip().endswith("advrobust vnncomp: interrupted (Ctrl-C); no result file written")
+    assert not out.exists()

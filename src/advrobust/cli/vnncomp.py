@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import threading
 import time
@@ -111,7 +112,8 @@ def _run_one(args: argparse.Namespace, start: float) -> int:
     # file appear within the timeout even if a stage overruns (it is left to finish alone).
     worker = threading.Thread(target=work, name="advrobust-vnncomp", daemon=True)
     worker.start()
-    worker.join(max(0.0, args.timeout - HARD_GUARD - (time.perf_counter() - start)))
+    _wait(worker, max(0.0, args.timeout - HARD_GUARD - (time.perf_counter() - start)),
+          "no result file written")
     if "error" in box:
         raise box["error"]
     result = box.get("result")
@@ -132,8 +134,24 @@ def _run_one(args: argparse.Namespace, start: float) -> int:
         keys = ("result", "seconds", "decided_by", "onnx", "vnnlib", "out")
         emit(args, payload, [(k, payload.get(k)) for k in keys], title="advrobust vnncomp")
     sys.stdout.flush()
-    worker.join()
+    _wait(worker, None, f"the result is in {args.out}")
     return 0
+
+
+def _wait(worker: threading.Thread, timeout: float | None, kept: str) -> None:
+    """``worker.join(timeout)``; on Ctrl-C, one line and exit status 130 at once.
+
+    The worker cannot be stopped from this thread (HiGHS and torch work inside it), and leaving
+    the interpreter the usual way while it runs aborted the process ("terminate called without
+    an active exception", SIGABRT): the process ends with ``os._exit`` after flushing.
+    """
+    try:
+        worker.join(timeout)
+    except KeyboardInterrupt:
+        print(f"\nadvrobust vnncomp: interrupted (Ctrl-C); {kept}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def _answers(args: argparse.Namespace) -> dict[tuple[str, str], str]:
