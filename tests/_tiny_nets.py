@@ -34,3 +34,15 @@ def scaled_mlp(seed: int, widths: tuple[int, ...], dtype: torch.dtype = torch.fl
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers).to(dtype).eval()
+
+
+def tent() -> nn.Sequential:
+    """``y = |x0| + 0.1 x1`` on 2 inputs as ``relu(x0) + relu(-x0) + 0.1 relu(x1)`` (x1 >= 0 in
+    the tests that use it), eval mode."""
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.1]]))
+        net[2].bias.zero_()
+    return net.eval()

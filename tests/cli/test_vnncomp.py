@@ -234,14 +234,10 @@ def test_an_input_set_that_is_a_union_of_boxes(tmp_path: Path, threshold: float,
     """ACAS Xu property 6's form: an ``or`` of two input boxes. y = |x0| + 0.1 x1 is >= 1 on
     both boxes (x0 in [-3, -2] or [1, 2]) but 0 in the gap between them; with x0 in [0.5, 2]
     instead of [1, 2] it reaches 0.5 < 0.55."""
-    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
-        model[0].bias.zero_()
-        model[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.1]]))
-        model[2].bias.zero_()
+    from _tiny_nets import tent
+
     net, prop = tmp_path / "tent.onnx", tmp_path / "union.vnnlib"
-    _save_onnx(model.eval(), net, 2)
+    _save_onnx(tent(), net, 2)
     second = 1.0 if answer == "unsat" else 0.5
     prop.write_text(
         "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)\n"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
+from _tiny_nets import tent as _tent
 from advrobust.evaluation.verify import verify_property
 from advrobust.network.vnnlib import parse_vnnlib
 from advrobust.verify import Problem
@@ -19,17 +19,6 @@ def _property(cases: list[tuple[float, float]], threshold: float) -> str:
     return ("(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)\n"
             "(assert (>= X_1 0))(assert (<= X_1 1))\n"
             f"(assert (or {boxes}))\n(assert (<= Y_0 {threshold!r}))")
-
-
-def _tent() -> nn.Module:
-    """y = |x0| + 0.1 x1 (ReLUs: relu(x0) + relu(-x0) + 0.1 x1)."""
-    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]))
-        net[0].bias.zero_()
-        net[2].weight.copy_(torch.tensor([[1.0, 1.0, 0.1]]))
-        net[2].bias.zero_()
-    return net.eval()
 
 
 def test_the_cases_are_parsed_into_boxes() -> None:
