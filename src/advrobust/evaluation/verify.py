@@ -10,6 +10,7 @@ the real model, are negative (a misclassified clean input is its own witness).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -204,7 +205,8 @@ def _verify_cases(model: nn.Module, prop: VnnProperty, start: float, time_limit:
             open_result = result
     assert result is not None  # a property has at least one box
     chosen = result if result.status == "sat" else open_result or result
-    chosen.report.stats["input_cases"] = answers
+    report = dataclasses.replace(chosen.report, stats={**chosen.report.stats,
+                                                       "input_cases": answers})
     if chosen.status != "sat" and any(a != "unsat" for a in answers):
-        return PropertyResult("unknown", None, None, chosen.report)
-    return chosen
+        return PropertyResult("unknown", None, None, report)
+    return dataclasses.replace(chosen, report=report)
