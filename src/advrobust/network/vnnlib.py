@@ -186,9 +186,9 @@ def _dnf(expr: Expr) -> Dnf:
     return [_atoms(expr)]
 
 
-def _product(parts: list[Dnf]) -> Dnf:
+def _product(parts: list[Dnf], what: str = "output constraints") -> Dnf:
     if math.prod(len(p) for p in parts) > MAX_DISJUNCTS:
-        raise VnnlibError(f"the output constraints expand to more than {MAX_DISJUNCTS} cases")
+        raise VnnlibError(f"the {what} expand to more than {MAX_DISJUNCTS} cases")
     return [[a for conj in combo for a in conj] for combo in itertools.product(*parts)]
 
 
@@ -254,7 +254,7 @@ class _Reader:
         """The input boxes, (D, 2) each: the plain bounds intersected with one conjunction of
         every input ``or`` (empty intersections dropped)."""
         boxes = []
-        for combo in _product(self.inputs):
+        for combo in _product(self.inputs, "input constraints"):
             bounds = {i: list(b) for i, b in self.bounds.items()}
             for coef, const in combo:
                 self.bound(bounds, coef, const)
@@ -289,7 +289,8 @@ class _Reader:
         unsafe = tuple(self._polytope(conj, k) for conj in _product(self.outputs))
         lower = torch.stack([b[:, 0] for b in boxes]).amin(0)
         upper = torch.stack([b[:, 1] for b in boxes]).amax(0)
-        cases = tuple((b[:, 0].clone(), b[:, 1].clone()) for b in boxes) if self.inputs else ()
+        cases = tuple((b[:, 0].clone(), b[:, 1].clone()) for b in boxes) if len(boxes) > 1 \
+            else ()  # a union of one box (the others empty) is that box
         return VnnProperty(lower, upper, unsafe, k, cases)
 
     def _polytope(self, conj: list[Atom], k: int) -> OutputPolytope:
