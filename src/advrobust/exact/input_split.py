@@ -244,25 +244,8 @@ def _attack(network: Network | Graph, lo: Tensor, hi: Tensor, c: Tensor, d: Tens
     """Signed-gradient descent on each box's worst row from its centre (its points offered to
     the rows); returns that row's gradient (B, *shape) at the centre."""
     worst = bound.argmin(1)
-    cw, dw = c[worst], d[worst]
-    x = ((lo + hi) / 2).clone()
-    step = (hi - lo) / 4
-    first = None
-    for _ in range(_ATTACK_STEPS):
-        x.requires_grad_(True)
-        with torch.enable_grad():
-            value = (network.forward(x) * cw).sum(1) + dw
-            (g,) = torch.autograd.grad(value.sum(), x)
-        if first is None:
-            first = g.detach()
-        with torch.no_grad():
-            _offer(network, x.detach(), c, d, rows)
-            x = torch.minimum(torch.maximum(x.detach() - step * g.sign(), lo), hi)
-            step = step / 2
-    with torch.no_grad():
-        _offer(network, x, c, d, rows)
-    assert first is not None
-    return first
+    return _descend(network, ((lo + hi) / 2).clone(), lo, hi, c, d, worst, rows,
+                    (hi - lo) / 4, 0.5, _ATTACK_STEPS)
 
 
 def _face_search(network: Graph, lo: Tensor, hi: Tensor, c: Tensor, d: Tensor,
@@ -284,22 +267,36 @@ def _face_search(network: Graph, lo: Tensor, hi: Tensor, c: Tensor, d: Tensor,
     inside = lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=lo.dtype)
     x = torch.where(pick == 0, lo, torch.where(pick == 1, hi, inside))
     row = torch.arange(_FACE_POINTS) % c.shape[0]
+    _descend(network, x, lo, hi, c, d, row, rows, (hi - lo) / 16, 0.85, _FACE_STEPS, until)
+
+
+def _descend(network: Network | Graph, x: Tensor, lo: Tensor, hi: Tensor, c: Tensor,
+             d: Tensor, row: Tensor, rows: list[Row], step: Tensor, decay: float, steps: int,
+             until: float = math.inf) -> Tensor:
+    """``steps`` signed-gradient steps of each point of ``x`` (B, ...) on its row ``row[b]``
+    inside ``[lo, hi]`` (the step shrinking by ``decay``), every point offered to ``rows``;
+    stops early once a row is falsified or ``until`` has passed. Returns the rows' gradients
+    at the starts."""
     cr, dr = c[row], d[row]
-    step = (hi - lo) / 16
-    for _ in range(_FACE_STEPS):
-        with torch.no_grad():
-            _offer(network, x, c, d, rows)
-        if any(r.best_value < 0 for r in rows) or time.perf_counter() >= until:
-            return
+    first = None
+    for _ in range(steps):
         x.requires_grad_(True)
         with torch.enable_grad():
             value = (network.forward(x) * cr).flatten(1).sum(1) + dr
             (g,) = torch.autograd.grad(value.sum(), x)
+        x = x.detach()
+        if first is None:
+            first = g.detach()
         with torch.no_grad():
-            x = torch.minimum(torch.maximum(x.detach() - step * g.sign(), lo), hi)
-            step = step * 0.85
+            _offer(network, x, c, d, rows)
+        if any(r.best_value < 0 for r in rows) or time.perf_counter() >= until:
+            return first
+        x = torch.minimum(torch.maximum(x - step * g.sign(), lo), hi)
+        step = step * decay
     with torch.no_grad():
         _offer(network, x, c, d, rows)
+    assert first is not None
+    return first
 
 
 def _offer(network: Network | Graph, x: Tensor, c: Tensor, d: Tensor, rows: list[Row]) -> None:
