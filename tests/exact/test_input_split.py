@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tests.exact.conftest import make_mlp
-from torch import nn
+from torch import Tensor, nn
 
 from advrobust.core import LpBall, Verdict
 from advrobust.exact import MILP, BaB
@@ -124,11 +124,12 @@ def test_clipping_keeps_every_point_where_a_live_row_is_low(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [3, 4])
 def test_no_coordinate_starves(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The coordinate halved is never narrower than ``_FLOOR / 2`` of the box's widest (the
-    weights are at most 2 and at least ``_FLOOR``). Weighed only by the worst row's minorant
-    coefficient and gradient, an input the network barely reads (x1 here, weights 1e-4) was
-    left wide while the other was halved on and on (on seed 3: to 0.3 % of its width; ACAS
-    Xu: ``prop_1`` on N2,2 stalled at -25 with one input at 1/2 of its range, one at 1/4000)."""
+    """The coordinate halved is never narrower than ``_FLOOR / (2 + _REACH)`` of the box's
+    widest (the weights are at most ``2 + _REACH`` and at least ``_FLOOR``). Weighed only by
+    the worst row's minorant coefficient and gradient, an input the network barely reads (x1
+    here, weights 1e-4: its reach is ~0 too) was left wide while the other was halved on and
+    on (on seed 3: to 0.3 % of its width; ACAS Xu: ``prop_1`` on N2,2 stalled at -25 with one
+    input at 1/2 of its range, one at 1/4000)."""
     import time
 
     import advrobust.exact.input_split as isp
@@ -158,7 +159,7 @@ def test_no_coordinate_starves(seed: int, monkeypatch: pytest.MonkeyPatch) -> No
     input_split(ir, lo, hi, c, d, time.perf_counter() + 3.0, batch_size=64, max_boxes=20_000,
                 early_stop=False)
     assert ratios
-    assert min(ratios) >= isp._FLOOR / 2
+    assert min(ratios) >= isp._FLOOR / (2 + isp._REACH)
 
 
 def test_a_counterexample_on_a_face_is_found_before_any_box_is_bounded() -> None:
@@ -203,3 +204,68 @@ def test_a_row_whose_minimum_is_just_above_the_tolerance_is_proved(seed: int) ->
                         torch.ones(1, 2, dtype=torch.float64), c, d, deadline=float("inf"))
     assert found.rows[0].status == "verified"
     assert _CLOSE < float(found.lower[0]) <= 3e-4 + 1e-12
+
+
+def test_the_reach_of_a_coordinate_is_its_spread_of_the_first_layer() -> None:
+    """Closed form: on an MLP the reach is the first layer's column sums of ``|W|`` (scaled
+    to 1), and through the unit-cube map of a VNNLIB box that is no cube, those sums times the
+    box's widths: the coordinate the network reads over the widest range weighs most."""
+    from advrobust.exact.input_split import _reach
+    from advrobust.network.graph.graph import as_graph
+    from advrobust.network.vnnlib import parse_vnnlib
+    from advrobust.verify import Problem
+
+    net = make_mlp(7, (3, 8, 8, 2), torch.float64)
+    weight = net[1].weight.detach()  # net[0] is a Flatten
+    sums = weight.abs().sum(0)
+    lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    reach = _reach(as_graph(from_module(net, (3,))), lo, hi)
+    assert reach.shape == (1, 3)
+    assert torch.allclose(reach[0], sums / sums.max(), rtol=1e-9)
+    # the same network on the box [0, 0.1] x [0, 1] x [0, 3], posed as a VNNLIB property
+    widths = torch.tensor([0.1, 1.0, 3.0], dtype=torch.float64)
+    text = "\n".join([f"(declare-const X_{i} Real)" for i in range(3)]
+                     + ["(declare-const Y_0 Real)", "(declare-const Y_1 Real)"]
+                     + [f"(assert (>= X_{i} 0.0))" for i in range(3)]
+                     + [f"(assert (<= X_{i} {float(w)}))" for i, w in enumerate(widths)]
+                     + ["(assert (>= Y_1 Y_0))"])
+    problem = Problem.from_property(net.float(), parse_vnnlib(text))
+    cube_lo, cube_hi = problem.threat.input_bounds(problem.x.double())
+    mapped = _reach(as_graph(problem.network), cube_lo, cube_hi)
+    spread = sums * widths
+    assert torch.allclose(mapped[0], spread / spread.max(), rtol=1e-5)
+
+
+def test_the_halved_coordinate_follows_the_reach_where_it_dominates(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the reach's weight made overwhelming every box is halved along the coordinate of
+    the largest reach times width (the term is wired into the choice, oriented as the first
+    layer's spread): on [-1, 1]^3 the one with the largest column sum of ``|W|`` first."""
+    import time
+
+    import advrobust.exact.input_split as isp
+
+    net = make_mlp(11, (3, 16, 16, 1), torch.float64)
+    sums = net[1].weight.detach().abs().sum(0)
+    chosen: list[Tensor] = []
+    expected: list[Tensor] = []
+    halves = isp._halves
+
+    def spy(lo, hi, weight):  # type: ignore[no-untyped-def]
+        (left_lo, left_hi), right = halves(lo, hi, weight)
+        chosen.append((left_hi != hi).flatten(1).int().argmax(1))
+        expected.append(((hi - lo).flatten(1) * sums).argmax(1))
+        return (left_lo, left_hi), right
+
+    monkeypatch.setattr(isp, "_REACH", 1e9)
+    monkeypatch.setattr(isp, "_halves", spy)
+    ir = from_module(net, (3,))
+    lo, hi = -torch.ones(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    c = torch.ones(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        low = float(net(lo + (hi - lo) * torch.rand(20_000, 3, dtype=torch.float64)).min())
+    d = torch.tensor([-low], dtype=torch.float64)  # near the minimum: boxes get halved
+    input_split(ir, lo, hi, c, d, time.perf_counter() + 2.0, batch_size=32, max_boxes=2_000,
+                early_stop=False)
+    assert chosen and int(chosen[0][0]) == int(sums.argmax())
+    assert all(torch.equal(a, b) for a, b in zip(chosen, expected, strict=True))

@@ -8,8 +8,9 @@ recomputed on each sub-box; float64 with rounding allowances, so every bound is 
 all the spec rows together, closes a box once every row is proved on it, shrinks the others to
 the part where an open row's linear minorant is below twice the proof threshold (input-domain
 clipping: the parts cut away count as proved at that level) and halves them along the
-coordinate whose width times the worst row's weight is largest (its minorant coefficient and
-its gradient at the box's centre, each scaled to 1, at least ``_FLOOR``). Before the first
+coordinate whose width times its weight is largest (the worst row's minorant coefficient, its
+gradient at the box's centre and the coordinate's reach into the first layer the relaxations
+read, each scaled to 1, summed; at least ``_FLOOR``). Before the first
 box is bounded, a signed-gradient search from points on the box's faces looks for
 counterexamples; then a few signed-gradient steps inside each box from its centre are offered
 as well. A row's sound lower bound is the least of its bounds over the closed boxes and the
@@ -49,9 +50,15 @@ _FACE_STEPS = 10
 _FACE_SHARE = 0.1  # of the search's time at most
 
 #: Least weight of a coordinate in the choice of the coordinate to halve (:func:`_halves`):
-#: the largest weight of a box is 1-2, so a coordinate the weights ignore is halved once its
-#: width is 50-100 times the others'.
+#: the largest weight of a box is 1-3, so a coordinate the weights ignore is halved once its
+#: width is 50-150 times the others'.
 _FLOOR = 0.02
+
+#: Weight of a coordinate's reach into the first bounded layer (:func:`_reach`, scaled to 1 at
+#: the largest) in the choice of the coordinate to halve, beside the worst row's minorant
+#: coefficient and gradient (each scaled to 1). VNN-COMP 2021 ACAS Xu at 30 s (session 23):
+#: 182 / 186 without it, 184 with 0.5 or 1 (and 106-110 s instead of 174 s on the 182).
+_REACH = 0.5
 
 
 class _Boxes:
@@ -125,6 +132,7 @@ def input_split(network: Network | Graph, lower: Tensor, upper: Tensor, c: Tenso
     closed = torch.full((n_rows,), math.inf, dtype=lower.dtype)
     boxes, status = 0, ""
     start = time.perf_counter()
+    reach = _reach(graph, lower, upper)
     _face_search(graph, lower, upper, c, d, rows, start + _FACE_SHARE * (deadline - start))
     if early_stop and any(r.best_value < 0 for r in rows):
         status = "stopped"
@@ -166,7 +174,7 @@ def input_split(network: Network | Graph, lower: Tensor, upper: Tensor, c: Tenso
         if lo.shape[0]:
             worst = torch.where(_done(bound, rows), math.inf, bound).argmin(1)
             minorant = coef[torch.arange(lo.shape[0]), worst].reshape(grad.shape)
-            weight = (_unit(minorant) + _unit(grad)).clamp_min(_FLOOR)
+            weight = (_unit(minorant) + _unit(grad) + _REACH * reach).clamp_min(_FLOOR)
             left, right = _halves(lo, hi, weight)
             open_lo = torch.cat([open_lo, left[0], right[0]])
             open_hi = torch.cat([open_hi, left[1], right[1]])
@@ -307,6 +315,35 @@ def _offer(network: Network | Graph, x: Tensor, c: Tensor, d: Tensor, rows: list
         row.offer(float(low[r]), x[int(at[r])])
 
 
+def _reach(graph: Graph, lower: Tensor, upper: Tensor) -> Tensor:
+    """(1, *input_shape): how far each input coordinate spreads the first node whose bounds a
+    relaxation reads (the summed width of its interval when only that coordinate varies), per
+    unit of the coordinate's width, scaled to 1 at the largest (ones if no node is bounded).
+
+    The nodes before it are linear, so a box's widths times this are the first layer's
+    spread along each coordinate: the choice of the coordinate to halve no longer depends on
+    how the input is scaled (a VNNLIB box is mapped onto the unit cube, where every side is
+    as wide as every other, while the network reads some coordinates 20 times less than
+    others). On ACAS Xu property 1 (N2,8 and N4,9, open at 30 s at every floor tried) it
+    decides both in 1.2-1.8 s (bench/RESULTS.md, issue 11, session 23).
+    """
+    from advrobust.relax.dag import graph_interval_bounds
+
+    first = next((i for i in range(1, len(graph.nodes)) if graph.needs_bounds(i)), None)
+    if first is None:
+        return torch.ones_like(lower)
+    dim = lower[0].numel()
+    free = torch.eye(dim, dtype=torch.bool)
+    mid = ((lower + upper) / 2).reshape(1, dim).expand(dim, dim)
+    lo = torch.where(free, lower.reshape(1, dim), mid).reshape((dim,) + tuple(lower.shape[1:]))
+    hi = torch.where(free, upper.reshape(1, dim), mid).reshape(lo.shape)
+    with torch.no_grad():
+        node_lo, node_hi = graph_interval_bounds(graph, lo, hi)[first]
+    spread = (node_hi - node_lo).flatten(1).sum(1) / (upper - lower).reshape(dim)
+    spread = torch.nan_to_num(spread, nan=0.0, posinf=0.0)  # a point's side: never halved
+    return (spread / spread.amax().clamp_min(1e-300)).reshape(lower.shape)
+
+
 def _unit(t: Tensor) -> Tensor:
     """``|t|`` over its largest entry per box (zeros stay zeros)."""
     flat = t.abs().flatten(1)
@@ -327,7 +364,9 @@ def _halves(lo: Tensor, hi: Tensor, weight: Tensor
     may): weighed by that, it was never halved and the box's bound stalled (``prop_1`` on
     N2,2 at -25 after 7,000 boxes, one coordinate still at half its range, another at 1/4000).
     Each weight is at least ``_FLOOR`` (session 22: 11 of the 14 single-box instances open
-    at 30 s decided)."""
+    at 30 s decided), and the search adds the coordinate's reach into the first layer
+    (:func:`_reach`, session 23): the first two are blind to what a coordinate does to the
+    relaxation of ReLUs the worst row barely reads."""
     b = lo.shape[0]
     width = (hi - lo).reshape(b, -1)
     score = weight.reshape(b, -1) * width
