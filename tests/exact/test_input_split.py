@@ -86,12 +86,20 @@ def test_rows_left_open_go_to_the_relu_splits(monkeypatch: pytest.MonkeyPatch) -
     assert bool((plain.lower <= exact.upper + 1e-9).all())
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_clipping_keeps_every_point_where_a_live_row_is_low(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "elements"), [(0, None), (1, None), (2, None), (3, None),
+                                                (0, 1), (1, 900)])
+def test_clipping_keeps_every_point_where_a_live_row_is_low(
+        seed: int, elements: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     # the clipped box must hold every point of the box where some live row is <= tau (sampled
-    # densely, corners included): clipping is what lets a box shrink without a split
+    # densely, corners included): clipping is what lets a box shrink without a split; with
+    # ``elements`` the boxes are bounded one at a time (1) or four at a time (900 = 4.5 boxes
+    # of rows +-10 x width 10): each box keeps its own bound and minorant
+    import advrobust.exact.input_split as isp
     from advrobust.exact.input_split import _bound, _clip
     from advrobust.network.graph.graph import as_graph
+
+    if elements is not None:
+        monkeypatch.setattr(isp, "_CHUNK_ELEMENTS", elements)
 
     model = make_mlp(seed, (3, 10, 10, 4)).double()
     graph = as_graph(from_module(model, (3,)))
