@@ -242,6 +242,11 @@ def test_the_reach_of_a_coordinate_is_its_spread_of_the_first_layer() -> None:
     mapped = _reach(as_graph(problem.network), cube_lo, cube_hi)
     spread = sums * widths
     assert torch.allclose(mapped[0], spread / spread.max(), rtol=1e-5)
+    # a ReLU on the input itself: the input is the first bounded node, all alike; no ReLU at
+    # all: nothing is bounded, all alike
+    for model in (nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), nn.Sequential(nn.Linear(3, 2))):
+        graph = as_graph(from_module(model.double(), (3,)))
+        assert torch.equal(_reach(graph, lo, 3 * hi), torch.ones(1, 3, dtype=torch.float64))
 
 
 def test_the_halved_coordinate_follows_the_reach_where_it_dominates(

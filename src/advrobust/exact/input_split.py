@@ -337,7 +337,8 @@ def _offer(network: Network | Graph, x: Tensor, c: Tensor, d: Tensor, rows: list
 def _reach(graph: Graph, lower: Tensor, upper: Tensor) -> Tensor:
     """(1, *input_shape): how far each input coordinate spreads the first node whose bounds a
     relaxation reads (the summed width of its interval when only that coordinate varies), per
-    unit of the coordinate's width, scaled to 1 at the largest (ones if no node is bounded).
+    unit of the coordinate's width, scaled to 1 at the largest (ones if no node is bounded or
+    the input itself is: every coordinate spreads it alike).
 
     The nodes before it are linear, so a box's widths times this are the first layer's
     spread along each coordinate: the choice of the coordinate to halve no longer depends on
@@ -348,7 +349,7 @@ def _reach(graph: Graph, lower: Tensor, upper: Tensor) -> Tensor:
     """
     from advrobust.relax.dag import graph_interval_bounds
 
-    first = next((i for i in range(1, len(graph.nodes)) if graph.needs_bounds(i)), None)
+    first = next((i for i in range(len(graph.nodes)) if graph.needs_bounds(i)), None)
     if first is None:
         return torch.ones_like(lower)
     dim = lower[0].numel()
