@@ -82,6 +82,10 @@ class _Boxes:
             raise ValueError("input_split: one centre per box")
         return self.lower, self.upper
 
+    def take(self, index: Tensor) -> _Boxes:
+        """The boxes ``index`` (a pass per (box, neuron) pair gathers its boxes)."""
+        return _Boxes(self.lower[index], self.upper[index])
+
     # the linf ball's box concretisation, on these boxes
     concretize_lower = LpBall.concretize_lower
 

@@ -43,7 +43,7 @@ from advrobust.relax.dag import (
     graph_backward,
     graph_crown_bounds,
     interval_is_exact,
-    refine_rows,
+    refine_dense,
 )
 from advrobust.relax.ibp import LayerBounds, interval_layer_bounds
 
@@ -188,12 +188,8 @@ def _refine(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds,
         return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
     widest = max([x0[0].numel()] + [op.out_size for op in network.ops[:index]])
     chunk = _chunk(2 * n * widest * itemsize * _WORKSET_DENSE, idx.numel(), memory_limit, where)
-    for part in idx.split(chunk):
-        val = refine_rows(network.graph, x0, threat, bounds, index, part, rounding=rounding,
-                          allowances=allowances)
-        lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :part.numel()])
-        hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, part.numel():])
-    return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+    return refine_dense(network.graph, x0, threat, bounds, index, mask, chunk, rounding=rounding,
+                        allowances=allowances)
 
 
 def crown_layer_bounds(network: Network, x0: Tensor, threat: LpBall, *,

@@ -24,7 +24,7 @@ from advrobust.relax._rounding import input_gamma
 
 __all__ = ["GraphBounds", "graph_backward", "graph_crown_bounds", "graph_crown_lower",
            "graph_interval_bounds", "graph_spec_interval", "interval_is_exact", "optimize_slopes",
-           "refine_mask", "refine_rows"]
+           "refine_dense", "refine_mask", "refine_padded", "refine_rows"]
 
 #: Bounds of every node's output: ``len(graph)`` pairs of (N, *shape) tensors.
 GraphBounds = list[tuple[Tensor, Tensor]]
@@ -33,6 +33,24 @@ GraphBounds = list[tuple[Tensor, Tensor]]
 Allowance = tuple[float, Tensor] | None
 
 _MAX_ELEMENTS = 1 << 24  # elements of one coefficient tensor before rows are chunked
+
+#: A batch's dense intermediate-bound pass carries each sample's own neurons, not the union of
+#: the neurons any sample needs for every sample, where that union's pass is larger than
+#: ``_UNION_ELEMENTS`` (samples x union x 2 x the widest node; below, on ACAS Xu's boxes of
+#: 50-wide layers, the union's one pass was faster than the groups' several) and the samples'
+#: own neurons are at most ``_PAIR_SHARE`` of samples x union (1: always then). Each sample then
+#: gets exactly the bounds it gets alone, where the union's pass also tightened neurons a sample
+#: did not need, which moved its later interval bounds (by up to 1.3 on mnist_fc 256x6): 100
+#: MNIST images through the VNN-COMP mnist_fc MLPs took 1.9-6.5x less time than with the union
+#: and 1.1-4.8x less than one by one (bench/crown_batch.py; bench/RESULTS.md, session 23).
+_PAIR_SHARE = 1.0
+_UNION_ELEMENTS = 1 << 19
+
+#: Elements of the widest coefficient tensor of one pass over samples' own neurons (neurons x
+#: 2 x the widest node): a few MB, so that the pass's elementwise steps run in cache (one pass
+#: over a layer's 10,700 (image, neuron) pairs, 10,700 x 2 x 784 doubles, took longer than
+#: the images one by one).
+_PAIR_ELEMENTS = 1 << 19
 
 
 def _mag(bound: tuple[Tensor, Tensor]) -> Tensor:
@@ -207,6 +225,103 @@ def refine_rows(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, i
     return _concretize(threat, x0, a_in, const + const0, err)
 
 
+def refine_padded(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
+                  part: Tensor, *, rounding: bool) -> Tensor:
+    """CROWN lower bounds (N, 2k) of ``+z`` then ``-z`` on each sample's own neurons ``part``
+    (N, k) (flat indices) of node ``index``: :func:`refine_rows` with rows that differ per
+    sample."""
+    node = graph.nodes[index]
+    lo = bounds[index][0]
+    n, k = part.shape
+    rows = node.op.output_rows(part.flatten(), lo) if node.op is not None and \
+        len(node.inputs) == 1 else None
+    if rows is not None:
+        w, b = rows
+        w = w.reshape((n, k) + tuple(w.shape[1:]))
+        b = b.reshape(n, k)
+        a, const0, start = torch.cat([w, -w], 1), torch.cat([b, -b], 1), node.inputs[0]
+    else:
+        unit = lo.new_zeros(n, k, lo[0].numel())
+        unit.scatter_(2, part.unsqueeze(2), 1.0)
+        a = torch.cat([unit, -unit], 1).reshape((n, 2 * k) + tuple(lo.shape[1:]))
+        const0, start = lo.new_zeros(n, 2 * k), index
+    a_in, const, err = graph_backward(graph, start, a, bounds, rounding=rounding)
+    return _concretize(threat, x0, a_in, const + const0, err)
+
+
+def _refine_by_sample(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds,
+                      index: int, flags: Tensor, lo_f: Tensor, hi_f: Tensor, most: int, *,
+                      rounding: bool) -> None:
+    """``lo_f`` / ``hi_f`` (N, n) tightened in place on each sample's flagged neurons only:
+    the samples in groups of similar counts (most first), each sample's neurons padded to
+    its group's largest count with its first one, a group's rows ``_PAIR_ELEMENTS`` at most;
+    a sample with more neurons than that alone, ``most`` of them at a time (the memory)."""
+    counts = flags.sum(1)
+    order = counts.argsort(descending=True)
+    order = order[counts[order] > 0]
+    widest = max(b[0][0].numel() for b in bounds[:index + 1])
+    budget = max(1, _PAIR_ELEMENTS // (2 * widest))  # neurons of a group, all samples
+    take = getattr(threat, "take", None)  # a set of per-sample boxes gathers them too
+
+    def run(group: Tensor, part: Tensor, valid: Tensor) -> None:
+        k = part.shape[1]
+        sub = [(lo[group], hi[group]) for lo, hi in bounds[:index + 1]]
+        val = refine_padded(graph, x0[group], take(group) if take is not None else threat,
+                            sub, index, part, rounding=rounding)
+        rows = group.unsqueeze(1).expand(-1, k)[valid]
+        cols = part[valid]
+        lo_f[rows, cols] = torch.maximum(lo_f[rows, cols], val[:, :k][valid])
+        hi_f[rows, cols] = torch.minimum(hi_f[rows, cols], -val[:, k:][valid])
+
+    at = 0
+    while at < order.numel():
+        k = int(counts[order[at]])
+        if k > budget:  # one sample, its neurons in pieces
+            group = order[at:at + 1]
+            at += 1
+            for piece in flags[group[0]].nonzero().flatten().split(max(1, most)):
+                run(group, piece.unsqueeze(0), torch.ones(1, piece.numel(), dtype=torch.bool,
+                                                          device=piece.device))
+            continue
+        group = order[at:at + budget // k]
+        group = group[counts[group] * 10 >= 7 * k]  # (a prefix: counts descend) little padding
+        at += group.numel()
+        mine = flags[group]
+        # each sample's flagged neurons first (in order), then the rest
+        part = torch.argsort(mine.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
+        valid = torch.arange(k, device=part.device) < mine.sum(1, keepdim=True)
+        run(group, torch.where(valid, part, part[:, :1]), valid)  # padding: its first neuron
+
+
+def refine_dense(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
+                 mask: Tensor, chunk: int, *, rounding: bool,
+                 allowances: dict[int, Allowance] | None = None) -> tuple[Tensor, Tensor]:
+    """Node ``index``'s bounds intersected with CROWN's on the neurons ``mask`` (N, *shape)
+    flags per sample: the pass of the union of the flagged neurons for every sample, ``chunk``
+    neurons at a time, or, for a batch whose union pass is large (``_UNION_ELEMENTS``,
+    ``_PAIR_SHARE``), each sample's own neurons (:func:`_refine_by_sample`): then a neuron a
+    sample does not flag keeps its interval bounds there (its relaxation does not read them)
+    and every sample gets the bounds it gets alone."""
+    lo, hi = bounds[index]
+    n = x0.shape[0]
+    flags = mask.flatten(1)
+    idx = flags.any(0).nonzero().flatten()
+    lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
+    widest = max(b[0][0].numel() for b in bounds[:index + 1])
+    if n > 1 and n * idx.numel() * 2 * widest > _UNION_ELEMENTS and \
+            int(flags.sum()) <= _PAIR_SHARE * n * idx.numel():
+        _refine_by_sample(graph, x0, threat, bounds, index, flags, lo_f, hi_f, chunk * n,
+                          rounding=rounding)
+        return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+    for part in idx.split(chunk):
+        k = part.numel()
+        val = refine_rows(graph, x0, threat, bounds, index, part, rounding=rounding,
+                          allowances=allowances)
+        lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :k])
+        hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, k:])
+    return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+
+
 def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
             rounding: bool, allowances: dict[int, Allowance]) -> tuple[Tensor, Tensor]:
     """CROWN bounds of node ``index`` on the neurons its nonlinear consumers need,
@@ -215,20 +330,13 @@ def _refine(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index
     mask = refine_mask(graph, index, lo, hi)
     if mask is None or interval_is_exact(graph, index, threat):
         return lo, hi
-    idx = mask.flatten(1).any(0).nonzero().flatten()
-    if idx.numel() == 0:
+    if not bool(mask.any()):
         return lo, hi
     n = x0.shape[0]
     widest = max(b[0][0].numel() for b in bounds[:index + 1])
     chunk = max(1, _MAX_ELEMENTS // (2 * n * widest))
-    lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
-    for part in idx.split(chunk):
-        k = part.numel()
-        val = refine_rows(graph, x0, threat, bounds, index, part, rounding=rounding,
-                          allowances=allowances)
-        lo_f[:, part] = torch.maximum(lo_f[:, part], val[:, :k])
-        hi_f[:, part] = torch.minimum(hi_f[:, part], -val[:, k:])
-    return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
+    return refine_dense(graph, x0, threat, bounds, index, mask, chunk, rounding=rounding,
+                        allowances=allowances)
 
 
 def graph_crown_bounds(graph: Graph, x0: Tensor, threat: LpBall, *,
