@@ -47,7 +47,9 @@ _ATTACK_STEPS = 5
 #: Elements of the widest coefficient tensor of one bound pass (boxes x rows x width, the rows
 #: of a layer of the widest width): the boxes of a batch are bounded this many at a time. On
 #: ACAS Xu (layers of 50, rows +-50) 512 boxes at once made tensors of 20 MB that no cache
-#: holds, and 128 at a time bounded 2.1-2.5x the boxes per second (session 23).
+#: holds; ~104 at a time bounded 2.2-2.4x the boxes per second (session 23). The batch's
+#: union pass then stays below CROWN's size for per-sample passes (``relax.dag``), which on
+#: such small layers are slower.
 _CHUNK_ELEMENTS = 1 << 19
 
 #: Starts and signed-gradient steps of the search from the box's faces (:func:`_face_search`).
@@ -83,7 +85,7 @@ class _Boxes:
         return self.lower, self.upper
 
     def take(self, index: Tensor) -> _Boxes:
-        """The boxes ``index`` (a pass per (box, neuron) pair gathers its boxes)."""
+        """The boxes ``index`` (CROWN's per-sample pass gathers its group's boxes)."""
         return _Boxes(self.lower[index], self.upper[index])
 
     # the linf ball's box concretisation, on these boxes
@@ -348,8 +350,8 @@ def _reach(graph: Graph, lower: Tensor, upper: Tensor) -> Tensor:
     spread along each coordinate: the choice of the coordinate to halve no longer depends on
     how the input is scaled (a VNNLIB box is mapped onto the unit cube, where every side is
     as wide as every other, while the network reads some coordinates 20 times less than
-    others). On ACAS Xu property 1 (N2,8 and N4,9, open at 30 s at every floor tried) it
-    decides both in 1.2-1.8 s (bench/RESULTS.md, issue 11, session 23).
+    others). On ACAS Xu property 1 (N2,8 and N4,9, open at 30 s at every floor tried) the
+    search decides both in 1.1 and 2.2 s (bench/RESULTS.md, issue 11, session 23).
     """
     from advrobust.relax.dag import graph_interval_bounds
 

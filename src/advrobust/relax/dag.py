@@ -200,36 +200,22 @@ def refine_rows(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, i
                 part: Tensor, *, rounding: bool,
                 allowances: dict[int, Allowance] | None = None) -> Tensor:
     """CROWN lower bounds (N, 2k) of ``+z_part`` then ``-z_part``, z = node ``index``'s output,
-    ``part`` (k,) flat neuron indices: the dense intermediate-bound pass of both drivers.
+    ``part`` (k,) flat neuron indices, the same for every sample: the union pass of both
+    drivers (:func:`refine_padded` with one row of neurons shared by the batch)."""
+    return refine_padded(graph, x0, threat, bounds, index, part.unsqueeze(0),
+                         rounding=rounding, allowances=allowances)
+
+
+def refine_padded(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
+                  part: Tensor, *, rounding: bool,
+                  allowances: dict[int, Allowance] | None = None) -> Tensor:
+    """CROWN lower bounds (N, 2k) of ``+z`` then ``-z`` on the neurons ``part`` (N, k), each
+    sample's own, or (1, k) shared by the batch (flat indices) of node ``index``.
 
     When node ``index``'s op has its rows at hand (a dense layer) the pass starts from its
     weight rows on its input (one product skipped, exactly: no rounding to charge); else from
     one-hot rows on ``part`` only (no identity matrix of the layer's size).
     """
-    node = graph.nodes[index]
-    lo = bounds[index][0]
-    k = part.numel()
-    rows = node.op.output_rows(part, lo) if node.op is not None and len(node.inputs) == 1 \
-        else None
-    if rows is not None:
-        w, b = rows
-        a, const0, start = torch.cat([w, -w]).unsqueeze(0), torch.cat([b, -b]).unsqueeze(0), \
-            node.inputs[0]
-    else:
-        unit = lo.new_zeros(k, lo[0].numel())
-        unit[torch.arange(k, device=lo.device), part] = 1.0
-        unit = unit.reshape((1, k) + tuple(lo.shape[1:]))
-        a, const0, start = torch.cat([unit, -unit], dim=1), lo.new_zeros(1, 2 * k), index
-    a_in, const, err = graph_backward(graph, start, a, bounds, rounding=rounding,
-                                      allowances=allowances)
-    return _concretize(threat, x0, a_in, const + const0, err)
-
-
-def refine_padded(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, index: int,
-                  part: Tensor, *, rounding: bool) -> Tensor:
-    """CROWN lower bounds (N, 2k) of ``+z`` then ``-z`` on each sample's own neurons ``part``
-    (N, k) (flat indices) of node ``index``: :func:`refine_rows` with rows that differ per
-    sample."""
     node = graph.nodes[index]
     lo = bounds[index][0]
     n, k = part.shape
@@ -245,7 +231,8 @@ def refine_padded(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds,
         unit.scatter_(2, part.unsqueeze(2), 1.0)
         a = torch.cat([unit, -unit], 1).reshape((n, 2 * k) + tuple(lo.shape[1:]))
         const0, start = lo.new_zeros(n, 2 * k), index
-    a_in, const, err = graph_backward(graph, start, a, bounds, rounding=rounding)
+    a_in, const, err = graph_backward(graph, start, a, bounds, rounding=rounding,
+                                      allowances=allowances)
     return _concretize(threat, x0, a_in, const + const0, err)
 
 
