@@ -24,18 +24,18 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     neurons (padding, several groups per layer, a sample's neurons in pieces); count its
     passes."""
     calls: list[int] = []
-    padded = dag.refine_padded
+    by_sample = dag._refine_by_sample
 
     def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
-        return padded(*args, **kwargs)
+        return by_sample(*args, **kwargs)
 
     monkeypatch.setattr(dag, "_UNION_ELEMENTS", 0)
     monkeypatch.setattr(dag, "_PAIR_ELEMENTS", 2 * 16 * 12)  # 12 neurons of 16 wide a group
     # (a sample with more alone, on the graph driver in pieces of ~7 neurons: rows x 7 samples
     # x 2 x a widest node of 16-32 is what the driver's memory allows at once)
     monkeypatch.setattr(dag, "_MAX_ELEMENTS", 2 * 7 * 32)
-    monkeypatch.setattr(dag, "refine_padded", spy)
+    monkeypatch.setattr(dag, "_refine_by_sample", spy)
     return calls
 
 
@@ -88,17 +88,17 @@ def test_the_pass_is_chosen_by_how_sparse_the_flags_are(monkeypatch: pytest.Monk
     0.6 here; 1 by default: always), the union where they need about the same ones or where
     the union's pass is small; a single sample: always the union (its own)."""
     chosen: list[str] = []
-    padded, rows = dag.refine_padded, dag.refine_rows
+    own, rows = dag._refine_by_sample, dag.refine_rows
 
     def by_sample(*args, **kwargs):  # type: ignore[no-untyped-def]
         chosen.append("sample")
-        return padded(*args, **kwargs)
+        return own(*args, **kwargs)
 
     def union(*args, **kwargs):  # type: ignore[no-untyped-def]
         chosen.append("union")
         return rows(*args, **kwargs)
 
-    monkeypatch.setattr(dag, "refine_padded", by_sample)
+    monkeypatch.setattr(dag, "_refine_by_sample", by_sample)
     monkeypatch.setattr(dag, "refine_rows", union)
     monkeypatch.setattr(dag, "_PAIR_SHARE", 0.6)
     graph = build_graph(make_mlp(1, (4, 32, 32, 2), torch.float64), (4,))
