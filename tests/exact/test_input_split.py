@@ -86,20 +86,26 @@ def test_rows_left_open_go_to_the_relu_splits(monkeypatch: pytest.MonkeyPatch) -
     assert bool((plain.lower <= exact.upper + 1e-9).all())
 
 
-@pytest.mark.parametrize(("seed", "elements"), [(0, None), (1, None), (2, None), (3, None),
-                                                (0, 1), (1, 900)])
+@pytest.mark.parametrize(("seed", "elements", "own"), [
+    (0, None, False), (1, None, False), (2, None, False), (3, None, False),
+    (0, 1, False), (1, 900, False), (2, None, True)])
 def test_clipping_keeps_every_point_where_a_live_row_is_low(
-        seed: int, elements: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+        seed: int, elements: int | None, own: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # the clipped box must hold every point of the box where some live row is <= tau (sampled
     # densely, corners included): clipping is what lets a box shrink without a split; with
     # ``elements`` the boxes are bounded one at a time (1) or four at a time (900 = 4.5 boxes
-    # of rows +-10 x width 10): each box keeps its own bound and minorant
+    # of rows +-10 x width 10): each box keeps its own bound and minorant; with ``own`` CROWN's
+    # intermediate bounds carry each box's own neurons (the boxes gathered per group)
     import advrobust.exact.input_split as isp
+    import advrobust.relax.dag as dag
     from advrobust.exact.input_split import _bound, _clip
     from advrobust.network.graph.graph import as_graph
 
     if elements is not None:
         monkeypatch.setattr(isp, "_CHUNK_ELEMENTS", elements)
+    if own:
+        monkeypatch.setattr(dag, "_UNION_ELEMENTS", 0)
+        monkeypatch.setattr(dag, "_PAIR_ELEMENTS", 2 * 10 * 30)  # a few boxes a group
 
     model = make_mlp(seed, (3, 10, 10, 4)).double()
     graph = as_graph(from_module(model, (3,)))

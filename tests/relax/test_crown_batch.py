@@ -83,10 +83,10 @@ def test_a_dag_batch_gets_each_sample_s_own_bounds(seed: int, eps: float) -> Non
         assert calls
 
 
-def test_the_pass_is_chosen_by_how_sparse_the_flags_are(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Per-sample rows where the samples need few of the neurons they need together (share
-    0.6 here; 1 by default: always), the union where they need about the same ones or where
-    the union's pass is small; a single sample: always the union (its own)."""
+def test_the_pass_is_chosen_by_the_size_of_the_union_pass(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each sample's own neurons where the union's pass would be large, the union where it is
+    small; a single sample: always the union (its own)."""
     chosen: list[str] = []
     own, rows = dag._refine_by_sample, dag.refine_rows
 
@@ -100,12 +100,11 @@ def test_the_pass_is_chosen_by_how_sparse_the_flags_are(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(dag, "_refine_by_sample", by_sample)
     monkeypatch.setattr(dag, "refine_rows", union)
-    monkeypatch.setattr(dag, "_PAIR_SHARE", 0.6)
     graph = build_graph(make_mlp(1, (4, 32, 32, 2), torch.float64), (4,))
     far = torch.tensor([[0.0] * 4, [1.0] * 4, [0.0, 1.0] * 2, [1.0, 0.0] * 2], dtype=torch.float64)
     threat = LpBall("linf", 0.01)
     flags = torch.zeros(4, 32, dtype=torch.bool)
-    for i in range(4):  # each sample flags its own 4 neurons: 16 pairs of 4 x 16
+    for i in range(4):  # each sample flags its own 4 neurons: 16 together
         flags[i, 4 * i:4 * i + 4] = True
     bounds = dag.graph_interval_bounds(graph, far - 0.01, far + 0.01)
     node = next(i for i in range(1, len(graph.nodes)) if graph.needs_bounds(i)
@@ -118,16 +117,12 @@ def test_the_pass_is_chosen_by_how_sparse_the_flags_are(monkeypatch: pytest.Monk
     monkeypatch.setattr(dag, "_UNION_ELEMENTS", union_pass)  # the union's pass is small
     dag.refine_dense(graph, far, threat, bounds, node, flags, 64, rounding=True)
     assert chosen and set(chosen) == {"union"}
+    chosen.clear()
     monkeypatch.setattr(dag, "_UNION_ELEMENTS", 0)
-    chosen.clear()
-    dag.refine_dense(graph, far, threat, bounds, node, flags.any(0).expand(4, -1), 64,
-                     rounding=True)
-    assert chosen and set(chosen) == {"union"}
-    chosen.clear()
     dag.refine_dense(graph, far[:1], threat, [(b[0][:1], b[1][:1]) for b in bounds], node,
                      flags[:1], 64, rounding=True)
     assert chosen and set(chosen) == {"union"}
-    # the sparse pass touched only each sample's own neurons, never widening a bound
+    # the per-sample pass touched only each sample's own neurons, never widening a bound
     lo0, hi0 = bounds[node]
     assert bool((lo >= lo0).all() & (hi <= hi0).all())
     untouched = ~flags.reshape(lo.shape)

@@ -35,15 +35,14 @@ Allowance = tuple[float, Tensor] | None
 _MAX_ELEMENTS = 1 << 24  # elements of one coefficient tensor before rows are chunked
 
 #: A batch's dense intermediate-bound pass carries each sample's own neurons, not the union of
-#: the neurons any sample needs for every sample, where that union's pass is larger than
-#: ``_UNION_ELEMENTS`` (samples x union x 2 x the widest node; below, on ACAS Xu's boxes of
-#: 50-wide layers, the union's one pass was faster than the groups' several) and the samples'
-#: own neurons are at most ``_PAIR_SHARE`` of samples x union (1: always then). Each sample then
-#: gets exactly the bounds it gets alone, where the union's pass also tightened neurons a sample
-#: did not need, which moved its later interval bounds (by up to 1.3 on mnist_fc 256x6): 100
-#: MNIST images through the VNN-COMP mnist_fc MLPs took 1.9-6.5x less time than with the union
-#: and 1.1-4.8x less than one by one (bench/crown_batch.py; bench/RESULTS.md, session 23).
-_PAIR_SHARE = 1.0
+#: the neurons any sample needs for every sample, where that union's pass is larger than this
+#: (samples x union x 2 x the widest node; below, on ACAS Xu's boxes of 50-wide layers, the
+#: union's one pass was faster than the groups' several). Each sample then gets exactly the
+#: bounds it gets alone, where the union's pass also tightened neurons a sample did not need,
+#: which moved its later interval bounds (by up to 1.3 on mnist_fc 256x6): 100 MNIST images
+#: through the VNN-COMP mnist_fc MLPs took 1.9-6.5x less time than with the union and 1.1-4.8x
+#: less than one by one, even where the images need most of the union (bench/crown_batch.py;
+#: bench/RESULTS.md, session 23).
 _UNION_ELEMENTS = 1 << 19
 
 #: Elements of the widest coefficient tensor of one pass over samples' own neurons (neurons x
@@ -237,8 +236,8 @@ def refine_padded(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds,
 
 
 def _refine_by_sample(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds,
-                      index: int, flags: Tensor, lo_f: Tensor, hi_f: Tensor, most: int, *,
-                      rounding: bool) -> None:
+                      index: int, flags: Tensor, lo_f: Tensor, hi_f: Tensor, widest: int,
+                      most: int, *, rounding: bool) -> None:
     """``lo_f`` / ``hi_f`` (N, n) tightened in place on each sample's flagged neurons only:
     the samples in groups of similar counts (most first), each sample's neurons padded to
     its group's largest count with its first one, a group's rows ``_PAIR_ELEMENTS`` at most;
@@ -246,7 +245,6 @@ def _refine_by_sample(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBou
     counts = flags.sum(1)
     order = counts.argsort(descending=True)
     order = order[counts[order] > 0]
-    widest = max(b[0][0].numel() for b in bounds[:index + 1])
     budget = max(1, _PAIR_ELEMENTS // (2 * widest))  # neurons of a group, all samples
     take = getattr(threat, "take", None)  # a set of per-sample boxes gathers them too
 
@@ -285,8 +283,8 @@ def refine_dense(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, 
                  allowances: dict[int, Allowance] | None = None) -> tuple[Tensor, Tensor]:
     """Node ``index``'s bounds intersected with CROWN's on the neurons ``mask`` (N, *shape)
     flags per sample: the pass of the union of the flagged neurons for every sample, ``chunk``
-    neurons at a time, or, for a batch whose union pass is large (``_UNION_ELEMENTS``,
-    ``_PAIR_SHARE``), each sample's own neurons (:func:`_refine_by_sample`): then a neuron a
+    neurons at a time, or, for a batch whose union pass is large (``_UNION_ELEMENTS``), each
+    sample's own neurons (:func:`_refine_by_sample`): then a neuron a
     sample does not flag keeps its interval bounds there (its relaxation does not read them)
     and every sample gets the bounds it gets alone."""
     lo, hi = bounds[index]
@@ -295,10 +293,9 @@ def refine_dense(graph: Graph, x0: Tensor, threat: LpBall, bounds: GraphBounds, 
     idx = flags.any(0).nonzero().flatten()
     lo_f, hi_f = lo.flatten(1).clone(), hi.flatten(1).clone()
     widest = max(b[0][0].numel() for b in bounds[:index + 1])
-    if n > 1 and n * idx.numel() * 2 * widest > _UNION_ELEMENTS and \
-            int(flags.sum()) <= _PAIR_SHARE * n * idx.numel():
-        _refine_by_sample(graph, x0, threat, bounds, index, flags, lo_f, hi_f, chunk * n,
-                          rounding=rounding)
+    if n > 1 and n * idx.numel() * 2 * widest > _UNION_ELEMENTS:
+        _refine_by_sample(graph, x0, threat, bounds, index, flags, lo_f, hi_f, widest,
+                          chunk * n, rounding=rounding)
         return lo_f.reshape(lo.shape), hi_f.reshape(hi.shape)
     for part in idx.split(chunk):
         k = part.numel()
