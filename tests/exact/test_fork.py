@@ -4,6 +4,8 @@ is reaped, and a search shared by two processes stays sound and agrees with the 
 
 from __future__ import annotations
 
+import inspect
+import math
 import os
 import time
 
@@ -141,22 +143,43 @@ def test_two_workers_share_the_search_and_agree_with_the_milp(
     exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
     shared: dict[str, list[int]] = {"rows": [], "neurons": []}
 
-    def spy(what: str):  # type: ignore[no-untyped-def]
-        def fork(fn, parts, *, until):  # type: ignore[no-untyped-def]
-            shared[what].append(len(parts))
-            return fork_map(fn, parts, until=until)
-        return fork
+    def spy(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
+        refining = any(frame.function == "_refine_node" for frame in inspect.stack())
+        shared["neurons" if refining else "rows"].append(len(parts))
+        return fork_map(fn, parts, until=until, **kw)
 
-    monkeypatch.setattr(bab_module, "fork_map", spy("rows"))
-    monkeypatch.setattr(refine_module, "fork_map", spy("neurons"))
+    monkeypatch.setattr(_search, "fork_map", spy)
     # no probing search: the open rows go through the refinement (its neurons' rows are split)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
     monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     out = BaB(time_limit=6, refine=0.7, early_stop=False, workers=2)(model, x, y, threat)
-    # the property's rows and the refinement's neurons were both dealt to two processes
-    assert set(shared["rows"]) == {2} and set(shared["neurons"]) == {2}, shared
+    # the refinement's neurons were dealt to two processes (the property's domains too, where
+    # the refined roots leave any open: test_two_processes_share_a_property_s_domains)
+    assert set(shared["neurons"]) == {2} and set(shared["rows"]) <= {2}, shared
     assert out.stats["refinements"], "no sample was refined: the test needs open rows"
     assert_agrees_with_milp(out, exact)
+    assert _all_reaped(spawned)
+
+
+@needs_fork
+def test_two_processes_share_a_property_s_domains(
+        monkeypatch: pytest.MonkeyPatch, spawned: list[int]) -> None:
+    model = make_mlp(5, (8, 20, 20, 10))  # samples 0 and 3: 4-5 rows open after CROWN
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    deals: list[int] = []
+
+    def spy(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
+        deals.append(len(parts))
+        return fork_map(fn, parts, until=until, **kw)
+
+    monkeypatch.setattr(_search, "fork_map", spy)
+    out = BaB(time_limit=10, refine=0.0, early_stop=False, workers=2)(model, x, y, threat)
+    assert deals and set(deals) == {2}
+    assert_agrees_with_milp(out, exact)
+    assert all(v is not Verdict.UNKNOWN for v in out.verdict)
     assert _all_reaped(spawned)
 
 
@@ -167,10 +190,10 @@ def test_rows_of_a_lost_worker_prove_nothing(monkeypatch: pytest.MonkeyPatch) ->
     threat = LpBall("linf", 0.1)
     monkeypatch.setattr(bab_module, "can_fork", lambda: True)
 
-    def lose_all_but_the_first(fn, parts, *, until):  # type: ignore[no-untyped-def]
+    def lose_all_but_the_first(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
         return [fn(parts[0])] + [None] * (len(parts) - 1)
 
-    monkeypatch.setattr(bab_module, "fork_map", lose_all_but_the_first)
+    monkeypatch.setattr(_search, "fork_map", lose_all_but_the_first)
     out = BaB(time_limit=2, refine=0.0, early_stop=False, workers=2)(model, x, y, threat)
     lost = 0
     for s, log in enumerate(out.stats["samples"]):
@@ -182,6 +205,39 @@ def test_rows_of_a_lost_worker_prove_nothing(monkeypatch: pytest.MonkeyPatch) ->
                 assert float(out.lower[s, row["row"]]) == float(out.stats["crown"][s, row["row"]])
                 assert out.verdict[s] is not Verdict.VERIFIED
     assert lost, "no row was dealt to the lost worker: the test needs two open rows"
+
+
+def test_a_dealt_search_deals_again_what_a_busy_process_hands_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose domains are all closed has the others' dealt again; the domains they
+    hand back are searched to the end, so the answers are the exact MILP's. The parts run here
+    one after the other: the first runs until its domains are closed, the second sees the
+    handoff at once and hands all of its back (deterministic, whatever the machine)."""
+    model = make_mlp(5, (8, 20, 20, 10))
+    x = torch.rand(5, 8, generator=torch.Generator().manual_seed(5))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.1)
+    exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
+    monkeypatch.setattr(bab_module, "can_fork", lambda: True)
+    monkeypatch.setattr(_search, "_HANDOFF_SECONDS", 0.0)
+    statuses: list[list[str]] = []
+
+    def in_turn(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
+        out = [fn(part) for part in parts]
+        statuses.append([got[0] for got in out])
+        return out
+
+    monkeypatch.setattr(_search, "fork_map", in_turn)
+    out = BaB(time_limit=20, refine=0.0, early_stop=False, workers=2)(model, x, y, threat)
+    handed = [st for st in statuses if "handoff" in st]
+    assert len(handed) >= 2, statuses  # dealt again, more than once
+    assert all(st[0] == "" for st in handed)  # by the process that had closed its own
+    assert_agrees_with_milp(out, exact)
+    # every row was searched to its end: nothing left open, nothing lost
+    rows = [row for log in out.stats["samples"] for row in log]
+    assert rows and all(row["status"] in ("verified", "falsified", "at tolerance")
+                        for row in rows), rows
+    assert all(v is not Verdict.UNKNOWN for v in out.verdict)
 
 
 def _margin_root(widths: tuple[int, ...], eps: float, steps: int
@@ -205,14 +261,14 @@ def _margin_root(widths: tuple[int, ...], eps: float, steps: int
 
 def test_a_refinement_whose_worker_is_lost_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
     network, x0, threat, c, d, root = _margin_root((6, 24, 24, 24, 3), 0.15, 10)
-    monkeypatch.setattr(refine_module, "can_fork", lambda: True)
+    monkeypatch.setattr(bab_module, "can_fork", lambda: True)
     calls: list[int] = []
 
-    def lose_all_but_the_first(fn, parts, *, until):  # type: ignore[no-untyped-def]
+    def lose_all_but_the_first(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
         calls.append(len(parts))
         return [fn(parts[0])] + [None] * (len(parts) - 1)
 
-    monkeypatch.setattr(refine_module, "fork_map", lose_all_but_the_first)
+    monkeypatch.setattr(_search, "fork_map", lose_all_but_the_first)
     refined = refine_module.refine_bounds(network, x0, threat, c, d, root, BaB(workers=2),
                                           deadline=time.perf_counter() + 3, alpha_steps=10)
     assert calls and refined.layers
@@ -278,3 +334,33 @@ def test_a_search_that_finds_a_counterexample_sets_the_shared_flag() -> None:
     search, _ = _row_search(flag, 1e-3)
     _, rows = search.run(time.perf_counter() + 30, stop_on_counterexample=True)
     assert all(r.best_value >= 0 for r in rows) and not flag.is_set()
+
+
+def test_domains_a_process_holds_at_the_deadline_bound_their_rows(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that stops at the deadline keeps its open domains (no transfer); their
+    lowest bound per row still enters the row's bound. The parts run here one after the other,
+    no handoff allowed, the second started past the deadline: it stops at once, holding its
+    dealt domains."""
+    network, x0, threat, c, d, root = _margin_root((6, 24, 24, 24, 3), 0.5, 5)
+    assert bool((root.lower < 0).all()), "the test needs both rows open at the root"
+    search = _search.RowSearch(network, x0, threat, c[0], d[0], BaB(), root, _fork.SharedFlag())
+    monkeypatch.setattr(_search, "_HANDOFF_SECONDS", math.inf)
+    deals: list[list[object]] = []
+
+    def in_turn(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
+        out = [fn(parts[0])]
+        time.sleep(max(0.0, until - _fork.GRACE - time.perf_counter()))  # the deadline passes
+        out.append(fn(parts[1]))
+        deals.append([parts[1].row.clone(), parts[1].lower.clone(), out[1][0]])
+        return out
+
+    monkeypatch.setattr(_search, "fork_map", in_turn)
+    lower, rows, lost = _search.search_dealt(search, time.perf_counter() + 1.0, False, 2)
+    assert len(deals) == 1 and not lost, deals
+    held_rows, held_lower, status = deals[0]
+    assert status == "time_limit"
+    assert held_rows.numel(), "the second part held no domain"
+    for r in held_rows.unique().tolist():
+        assert float(lower[r]) <= float(held_lower[held_rows == r].min())
+        assert rows[r].status == "time_limit"

@@ -1,11 +1,12 @@
 """One function over parts of a problem, in this process and in forked copies of it.
 
-Branch and bound's searches over independent rows (a property's rows, the refinement's
-neurons) split across worker processes with no shared state: each forked copy inherits the
-network, the bounds and the settings (no pickling of the inputs), runs one torch thread on its
-part, and sends its result back through a pipe (pickled: only this process's own children are
-read). This process runs the first part itself, with one torch thread while the copies run, so
-that ``workers`` processes use ``workers`` cores.
+Branch and bound's searches (a property's rows, the refinement's neurons) split their open
+domains across worker processes (:func:`~advrobust.exact._search.search_dealt`) with no shared
+state but two flags: each forked copy inherits the network, the bounds, the search and its
+part of the domains (no pickling of the inputs), runs one torch thread on its part, and sends
+its result back through a pipe (pickled: only this process's own children are read). This
+process runs the first part itself, with one torch thread while the copies run, so that
+``workers`` processes use ``workers`` cores.
 
 A copy that raises, dies or has not answered by the caller's deadline (or by the end of this
 process's own part, if later) gives None for its part (it is killed and reaped): the caller
@@ -38,7 +39,8 @@ P = TypeVar("P")
 #: stops at that deadline; the grace covers the last batch and the pickling).
 GRACE = 0.5
 
-#: Largest result a copy may send back (bytes); a bigger one counts as no answer.
+#: Largest result a copy may send back (bytes) unless the caller says otherwise; a bigger one
+#: counts as no answer.
 _MAX_BYTES = 1 << 28
 
 
@@ -76,7 +78,8 @@ def memory_share(limit: int | None, workers: int) -> int | None:
     return (limit or default_memory_limit()) // workers
 
 
-def fork_map(fn: Callable[[P], Any], parts: Sequence[P], *, until: float) -> list[Any]:
+def fork_map(fn: Callable[[P], Any], parts: Sequence[P], *, until: float,
+             max_bytes: int = _MAX_BYTES) -> list[Any]:
     """``[fn(p) for p in parts]``, ``parts[1:]`` each in a forked copy of this process.
 
     Args:
@@ -86,6 +89,7 @@ def fork_map(fn: Callable[[P], Any], parts: Sequence[P], *, until: float) -> lis
         until: ``time.perf_counter()`` value by which a copy must have answered (or by
             which this process's own part ended, if later); a copy that has not is killed
             and its part gives None.
+        max_bytes: largest result a copy may send back (pickled); a larger one gives None.
 
     Returns:
         One result per part, in order; None for a copy that failed, died or ran late, or
@@ -108,7 +112,7 @@ def fork_map(fn: Callable[[P], Any], parts: Sequence[P], *, until: float) -> lis
         finally:
             torch.set_num_threads(threads)
         until = max(until, time.perf_counter())
-        return [mine] + [None if child is None else _collect(*child, until)
+        return [mine] + [None if child is None else _collect(*child, until, max_bytes)
                          for child in children]
     finally:
         for child in children:
@@ -136,7 +140,7 @@ def _spawn(fn: Callable[[Any], Any], part: Any) -> tuple[int, int]:
     return pid, read
 
 
-def _collect(pid: int, fd: int, until: float) -> Any:
+def _collect(pid: int, fd: int, until: float, max_bytes: int = _MAX_BYTES) -> Any:
     """The copy's result, or None (failed, died, late or too large)."""
     chunks: list[bytes] = []
     size = 0
@@ -149,7 +153,7 @@ def _collect(pid: int, fd: int, until: float) -> Any:
             break
         chunks.append(chunk)
         size += len(chunk)
-        if size > _MAX_BYTES:
+        if size > max_bytes:
             return None
     if not chunks:
         return None

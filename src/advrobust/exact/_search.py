@@ -25,6 +25,7 @@ from advrobust.exact._beta import OptState as _OptState
 from advrobust.exact._candidates import Candidates
 from advrobust.exact._candidates import Row as _Row
 from advrobust.exact._domains import _CLOSE, OpenList
+from advrobust.exact._fork import GRACE, SharedFlag, fork_map
 from advrobust.network.graph import Graph
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network
@@ -32,10 +33,14 @@ from advrobust.relax._alpha_budget import sloped_nodes, workset_bytes
 from advrobust.relax.alpha_crown import AlphaResult
 
 if TYPE_CHECKING:
-    from advrobust.exact._fork import SharedFlag
     from advrobust.exact.bab import BaB
 
-__all__ = ["RowSearch"]
+__all__ = ["RowSearch", "search_dealt"]
+
+#: Seconds a dealt search (:func:`search_dealt`) must have left for a process whose domains are
+#: all closed to have the others' dealt again: a deal costs a fork and the handed-over domains'
+#: transfer (tenths of a second for thousands of domains).
+_HANDOFF_SECONDS = 2.0
 
 
 class RowSearch(Candidates):
@@ -85,17 +90,31 @@ class RowSearch(Candidates):
     def run(self, deadline: float, stop_on_counterexample: bool) -> tuple[Tensor, list[_Row]]:
         """Search until decided or ``deadline``; return sound lower bounds (R,) and the rows."""
         open_, limit = self._start()
+        status = self.loop(open_, limit, deadline, stop_on_counterexample)
+        return self._finish(open_.view, status, deadline), self.rows
+
+    def loop(self, open_: OpenList, limit: int, deadline: float, stop_on_counterexample: bool,
+             handoff: SharedFlag | None = None) -> str:
+        """Split and bound the domains of ``open_`` (at most ``limit``) until a stop
+        (:meth:`_stop`); return why. With ``handoff`` (a search dealt to processes,
+        :func:`search_dealt`): a process whose domains are all closed with at least
+        ``_HANDOFF_SECONDS`` left sets it, and the others stop at their next batch
+        (``"handoff"``) to have their domains dealt again."""
         draining = False
         while True:
             self._close(open_)
             status = self._stop(open_, limit, deadline, stop_on_counterexample)
+            if status is None and handoff is not None and handoff.is_set():
+                status = "handoff"
             if status is not None:
-                break
+                if status == "" and handoff is not None and \
+                        deadline - time.perf_counter() >= _HANDOFF_SECONDS:
+                    handoff.set()
+                return status
             # near the limit, split the domains closest to a proof (their children close and
             # free their slots) until the list is back under three quarters of it
             draining = len(open_) > 0.9 * limit or (draining and len(open_) > 0.75 * limit)
             self._step(open_, deadline, draining)
-        return self._finish(open_.view, status, deadline), self.rows
 
     def _start(self) -> tuple[OpenList, int]:
         """The open list holding every row's root domain (the root's slopes, no split), and
@@ -139,13 +158,21 @@ class RowSearch(Candidates):
             return "milp"  # linear regions keep coming: finish with the MILP
         return None
 
-    def _finish(self, open_: _Domains, status: str, deadline: float) -> Tensor:
-        """Per-row lower bounds and statuses once the loop stops with ``status``."""
+    def _finish(self, open_: _Domains, status: str, deadline: float,
+                elsewhere: Tensor | None = None) -> Tensor:
+        """Per-row lower bounds and statuses once the loop stops with ``status``;
+        ``elsewhere`` (R,): per row, the lowest bound of its open domains that other processes
+        held when they stopped (inf where none)."""
         lower = torch.tensor([r.closed for r in self.rows], dtype=torch.float64)
         for r, state in enumerate(self.rows):
             mine = open_.lower[open_.row == r]
-            if mine.numel():
-                lower[r] = min(float(lower[r]), float(mine.min()))
+            held = elsewhere is not None and float(elsewhere[r]) < math.inf
+            if mine.numel() or held:
+                if mine.numel():
+                    lower[r] = min(float(lower[r]), float(mine.min()))
+                if held:
+                    assert elsewhere is not None
+                    lower[r] = min(float(lower[r]), float(elsewhere[r]))
                 if status == "milp" and state.best_value >= 0:
                     lower[r] = max(float(lower[r]), self.finish_with_milp(r, deadline))
                     state.status = "verified" if lower[r] > _CLOSE else "time_limit"
@@ -155,7 +182,7 @@ class RowSearch(Candidates):
                 state.status = "verified" if lower[r] > _CLOSE else "at tolerance"
             if state.best_value < 0:
                 state.status = "falsified"
-            elif status == "stopped" and mine.numel():
+            elif status == "stopped" and (mine.numel() or held):
                 state.status = "stopped (another row falsified)"
         return lower
 
@@ -249,6 +276,112 @@ class RowSearch(Candidates):
             self.rows[r].closed = min(self.rows[r].closed, value)
             solved[k] = True
         open_.drop(solved.nonzero().flatten())
+
+
+def search_dealt(search: RowSearch, deadline: float, stop_on_counterexample: bool,
+                 workers: int) -> tuple[Tensor, list[_Row], set[int]]:
+    """:meth:`RowSearch.run` on ``workers`` processes: this one and forked copies
+    (:func:`~advrobust.exact._fork.fork_map`, which they inherit the search from). The open
+    domains, lowest first, are dealt round-robin (each process gets its share of every row's
+    hard and easy domains) and each process splits its own until the deadline; when one has
+    closed all of its with ``_HANDOFF_SECONDS`` left, the others stop at their next batch,
+    hand their open domains back and all are dealt again. Every process is busy until the
+    deadline however unequal the rows are: dealing rows, a process whose rows were all proved
+    sat idle while another searched the last hard row alone (VNN-COMP 2022 mnist_fc 256x4
+    ``prop_9_0.05`` at 300 s, ``--threads 2``: one core idle for ~40 of 285 s).
+
+    Returns sound lower bounds (R,), the rows' states (merged over the processes) and the
+    rows that had domains in a copy that failed, died or answered late: their bound is
+    ``-inf`` (nothing proved; they are not searched further)."""
+    open_, limit = search._start()
+    most = limit + 2 * search.batch_size
+    lost: set[int] = set()
+    elsewhere = torch.full((search.c.shape[0],), math.inf, dtype=torch.float64)
+    while True:
+        search._close(open_)
+        status = search._stop(open_, workers * limit, deadline, stop_on_counterexample)
+        if status is not None:
+            break
+        if len(open_) < workers:  # too few to deal: a batch here
+            search._step(open_, deadline)
+            continue
+        # copies of the open domains, lowest first, dealt round-robin (the list itself is
+        # freed: the processes' parts hold them now)
+        view = open_.view
+        order = view.lower.argsort()
+        parts = [view.take(order[i::workers]) for i in range(workers)]
+        del view, open_
+        final, open_, held = _deal(search, parts, limit, most, deadline,
+                                   stop_on_counterexample, lost)
+        elsewhere = torch.minimum(elsewhere, held)
+        if final is not None:
+            search._close(open_)
+            status = final
+            break
+    lower = search._finish(open_.view, status, deadline, elsewhere)
+    for r in lost:
+        lower[r] = -math.inf
+        search.rows[r].status = "worker_lost"
+    return lower, search.rows, lost
+
+
+def _deal(search: RowSearch, parts: list[_Domains], limit: int, most: int, deadline: float,
+          stop_on_counterexample: bool, lost: set[int]) -> tuple[str | None, OpenList, Tensor]:
+    """One deal of :func:`search_dealt`: each process searches its part of the open domains
+    until the deadline or a handoff. Returns the status that ends the search (a
+    counterexample, the MILP's turn, the domain limit) or None, the domains handed back, and
+    per row the lowest bound of the open domains a process kept when it stopped for good (inf
+    where none). The copies' row states are merged into ``search.rows``; ``lost`` gains the
+    rows of a copy that gave no answer."""
+    workers = len(parts)
+    empty = parts[0].take(torch.arange(0))
+    before = [row.domains for row in search.rows]
+    leaves = search.leaves
+    handoff = SharedFlag()
+    n_rows = search.c.shape[0]
+
+    def work(dom: _Domains) -> tuple[str, _Domains | None, Tensor, list[_Row], int]:
+        mine = OpenList(dom, most=most)
+        status = search.loop(mine, limit, deadline, stop_on_counterexample, handoff)
+        left = mine.view
+        held = torch.full((n_rows,), math.inf, dtype=torch.float64).scatter_reduce(
+            0, left.row.long(), left.lower.to(torch.float64), "amin")
+        if status == "handoff":  # its domains are dealt again: copies, not the storage
+            return status, left.take(torch.arange(len(left))), held.fill_(math.inf), \
+                search.rows, search.leaves
+        return status, None, held, search.rows, search.leaves
+
+    results = fork_map(work, parts, until=deadline + GRACE,
+                       max_bytes=search.memory_limit or default_memory_limit())
+    statuses: list[str] = []
+    back = [empty]
+    held = torch.full((n_rows,), math.inf, dtype=torch.float64)
+    for k, (part, got) in enumerate(zip(parts, results, strict=True)):
+        if got is None:
+            lost.update(int(r) for r in part.row.unique())
+            continue
+        status, rest, theirs, rows, their_leaves = got
+        statuses.append(status)
+        held = torch.minimum(held, theirs)
+        if rest is not None:
+            back.append(rest)
+        if k == 0:  # this process's own part: its rows are ``search.rows`` already
+            continue
+        search.leaves += their_leaves - leaves
+        for r, (row, other) in enumerate(zip(search.rows, rows, strict=True)):
+            row.closed = min(row.closed, other.closed)
+            if other.best_point is not None:
+                row.offer(other.best_value, other.best_point)
+            row.domains += other.domains - before[r]
+            row.log.update(other.log)
+    merged = back[0]
+    for more in back[1:]:
+        merged = merged.cat(more)
+    if lost:  # a lost copy's rows prove nothing: their other domains need no more search
+        keep = ~torch.isin(merged.row, torch.tensor(sorted(lost), dtype=merged.row.dtype))
+        merged = merged.take(keep.nonzero().flatten())
+    final = next((s for s in ("stopped", "milp", "domain_limit") if s in statuses), None)
+    return final, OpenList(merged, most=workers * most), held
 
 
 def _memory_batch(network: Network | Graph, root: AlphaResult, limit: int | None) -> int:

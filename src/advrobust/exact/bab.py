@@ -48,8 +48,9 @@ from advrobust.errors import InvalidParameterError, InvalidThreatModelError, Mem
 from advrobust.exact._candidates import Row as _Row
 from advrobust.exact._candidates import decide_by_milp
 from advrobust.exact._domains import _CLOSE
-from advrobust.exact._fork import GRACE, SharedFlag, can_fork, deal, fork_map, memory_share
+from advrobust.exact._fork import SharedFlag, can_fork, memory_share
 from advrobust.exact._search import RowSearch as _RowSearch
+from advrobust.exact._search import search_dealt
 from advrobust.exact.input_split import input_split
 from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph import Graph
@@ -184,11 +185,13 @@ class BaB(Bounder):
             not fit is done more cheaply (fewer optimised intermediate nodes, smaller
             batches); a sample whose root alone does not fit keeps its CROWN bounds, with a
             warning — never an out-of-memory kill.
-        workers: processes (cores) that share each search: its rows (the property's, and
-            in a refinement the neurons') are dealt to this process and ``workers - 1``
-            forked copies of it, one torch thread each, which search them side by side for
-            the whole time and split ``memory_limit`` (Linux; elsewhere 1). A copy that
-            fails or answers late proves nothing for its rows. One VNN-COMP mnist_fc instance
+        workers: processes (cores) that share each search (the property's rows, and in a
+            refinement the neurons'): its open domains are dealt to this process and
+            ``workers - 1`` forked copies of it, one torch thread each, which split them side
+            by side and split ``memory_limit`` (Linux; elsewhere 1); when one has closed all
+            of its, the others hand theirs back and all are dealt again, so no core idles
+            while another searches the last hard row. A copy that fails or answers late
+            proves nothing for the rows it held. One VNN-COMP mnist_fc instance
             at a time on 2 cores, 2 workers left the open 256x6 rows at 30 s 4.7-14x nearer a
             proof than one core, the 256x4 ones as near as 2 torch threads did (bench/
             RESULTS.md, issue 11, session 19).
@@ -353,43 +356,23 @@ class BaB(Bounder):
                   ) -> tuple[Tensor, list[Any], int]:
         """Search rows ``c``, ``d`` (R, outputs), (R,) from the root ``alpha`` (its rows) until
         ``until``: sound lower bounds (R,), row states, linear regions solved. With ``workers``
-        > 1 the rows are dealt round-robin to that many processes (this one and forked
-        copies, :func:`~advrobust.exact._fork.fork_map`), each searching its rows for the whole
-        time (with ``early_stop``, a counterexample found in any of them stops all, through a
-        :class:`~advrobust.exact._fork.SharedFlag`); a copy that fails or answers late leaves
-        its rows at ``-inf``, unknown."""
-        n = c.shape[0]
+        > 1 the open domains are dealt to that many processes (this one and forked copies,
+        :func:`~advrobust.exact._search.search_dealt`), and dealt again whenever one has closed
+        all of its (with ``early_stop``, a counterexample found in any of them stops all,
+        through a :class:`~advrobust.exact._fork.SharedFlag`); the rows of a copy that fails
+        or answers late end at ``-inf``, unknown."""
         if not check_branchable(network):  # no ReLU to split: the root is one linear region
             return self._linear_rows(network, x0, threat, c, d, alpha, until)
-        if self.workers <= 1 or n < 2 or not can_fork():
+        if self.workers <= 1 or not can_fork():
             search = _RowSearch(network, x0, threat, c, d, self, alpha)
             found, rows = search.run(until, stop_on_counterexample=self.early_stop)
             return found, list(rows), search.leaves
-        parts = deal(n, self.workers)
-        # the processes share the memory: each batch may take its part of the budget
+        # the processes share the memory: each one's open domains and batches take its part
         settings = copy.copy(self)
-        settings.memory_limit = memory_share(self.memory_limit, len(parts))
-        shared = SharedFlag()
-
-        def run(part: Tensor) -> tuple[Tensor, list[Any], int]:
-            sub = dataclasses.replace(alpha, lower=alpha.lower[:, part],
-                                      alphas={j: v[:, part] for j, v in alpha.alphas.items()})
-            search = _RowSearch(network, x0, threat, c[part], d[part], settings, sub, shared)
-            found, states = search.run(until, stop_on_counterexample=self.early_stop)
-            return found, states, search.leaves
-
-        found = torch.full((n,), -math.inf, dtype=torch.float64)
-        states: list[Any] = [None] * n
-        leaves = 0
-        for part, got in zip(parts, fork_map(run, parts, until=until + GRACE),
-                             strict=True):
-            for k, j in enumerate(part.tolist()):
-                if got is None:
-                    states[j] = _Row(best_value=math.inf, status="worker_lost")
-                else:
-                    found[j], states[j] = float(got[0][k]), got[1][k]
-            leaves += 0 if got is None else got[2]
-        return found, states, leaves
+        settings.memory_limit = memory_share(self.memory_limit, self.workers)
+        search = _RowSearch(network, x0, threat, c, d, settings, alpha, SharedFlag())
+        found, rows, _ = search_dealt(search, until, self.early_stop, self.workers)
+        return found, list(rows), search.leaves
 
     def _milp_try(self, network: Network | Graph, x0: Tensor, threat: LpBall, c: Tensor,
                   d: Tensor, rows: Tensor, done: Refinement, values: Tensor, states: list[Any],
