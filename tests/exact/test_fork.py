@@ -4,7 +4,6 @@ is reaped, and a search shared by two processes stays sound and agrees with the 
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import time
@@ -143,18 +142,20 @@ def test_two_workers_share_the_search_and_agree_with_the_milp(
     exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
     shared: dict[str, list[int]] = {"rows": [], "neurons": []}
 
-    def spy(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
-        refining = any(frame.function == "_refine_node" for frame in inspect.stack())
-        shared["neurons" if refining else "rows"].append(len(parts))
-        return fork_map(fn, parts, until=until, **kw)
+    def spy(what: str):  # type: ignore[no-untyped-def]
+        def fork(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
+            shared[what].append(len(parts))
+            return fork_map(fn, parts, until=until, **kw)
+        return fork
 
-    monkeypatch.setattr(_search, "fork_map", spy)
+    monkeypatch.setattr(_search, "fork_map", spy("rows"))
+    monkeypatch.setattr(refine_module, "fork_map", spy("neurons"))
     # no probing search: the open rows go through the refinement (its neurons' rows are split)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
     monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
     out = BaB(time_limit=6, refine=0.7, early_stop=False, workers=2)(model, x, y, threat)
-    # the refinement's neurons were dealt to two processes (the property's domains too, where
-    # the refined roots leave any open: test_two_processes_share_a_property_s_domains)
+    # the refinement's neuron rows were dealt to two processes (the property's domains too,
+    # where the refined roots leave any open: test_two_processes_share_a_property_s_domains)
     assert set(shared["neurons"]) == {2} and set(shared["rows"]) <= {2}, shared
     assert out.stats["refinements"], "no sample was refined: the test needs open rows"
     assert_agrees_with_milp(out, exact)
@@ -261,14 +262,14 @@ def _margin_root(widths: tuple[int, ...], eps: float, steps: int
 
 def test_a_refinement_whose_worker_is_lost_stays_sound(monkeypatch: pytest.MonkeyPatch) -> None:
     network, x0, threat, c, d, root = _margin_root((6, 24, 24, 24, 3), 0.15, 10)
-    monkeypatch.setattr(bab_module, "can_fork", lambda: True)
+    monkeypatch.setattr(refine_module, "can_fork", lambda: True)
     calls: list[int] = []
 
     def lose_all_but_the_first(fn, parts, *, until, **kw):  # type: ignore[no-untyped-def]
         calls.append(len(parts))
         return [fn(parts[0])] + [None] * (len(parts) - 1)
 
-    monkeypatch.setattr(_search, "fork_map", lose_all_but_the_first)
+    monkeypatch.setattr(refine_module, "fork_map", lose_all_but_the_first)
     refined = refine_module.refine_bounds(network, x0, threat, c, d, root, BaB(workers=2),
                                           deadline=time.perf_counter() + 3, alpha_steps=10)
     assert calls and refined.layers

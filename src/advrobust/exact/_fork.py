@@ -1,12 +1,12 @@
 """One function over parts of a problem, in this process and in forked copies of it.
 
-Branch and bound's searches (a property's rows, the refinement's neurons) split their open
-domains across worker processes (:func:`~advrobust.exact._search.search_dealt`) with no shared
-state but two flags: each forked copy inherits the network, the bounds, the search and its
-part of the domains (no pickling of the inputs), runs one torch thread on its part, and sends
-its result back through a pipe (pickled: only this process's own children are read). This
-process runs the first part itself, with one torch thread while the copies run, so that
-``workers`` processes use ``workers`` cores.
+Branch and bound's searches split across worker processes with no shared state but flags: a
+property's open domains (:func:`~advrobust.exact._search.search_dealt`), the refinement's
+neuron rows. Each forked copy inherits the network, the bounds, the settings and its part (no
+pickling of the inputs), runs one torch thread on its part, and sends its result back through
+a pipe (pickled: only this process's own children are read). This process runs the first part
+itself, with one torch thread while the copies run, so that ``workers`` processes use
+``workers`` cores.
 
 A copy that raises, dies or has not answered by the caller's deadline (or by the end of this
 process's own part, if later) gives None for its part (it is killed and reaped): the caller

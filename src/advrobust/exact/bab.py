@@ -185,13 +185,13 @@ class BaB(Bounder):
             not fit is done more cheaply (fewer optimised intermediate nodes, smaller
             batches); a sample whose root alone does not fit keeps its CROWN bounds, with a
             warning — never an out-of-memory kill.
-        workers: processes (cores) that share each search (the property's rows, and in a
-            refinement the neurons'): its open domains are dealt to this process and
-            ``workers - 1`` forked copies of it, one torch thread each, which split them side
-            by side and split ``memory_limit`` (Linux; elsewhere 1); when one has closed all
-            of its, the others hand theirs back and all are dealt again, so no core idles
-            while another searches the last hard row. A copy that fails or answers late
-            proves nothing for the rows it held. One VNN-COMP mnist_fc instance
+        workers: processes (cores) that share each search, this one and ``workers - 1``
+            forked copies of it, one torch thread each, which split ``memory_limit`` (Linux;
+            elsewhere 1): the property's open domains are dealt to them, and dealt again
+            whenever one has closed all of its (no core idles while another searches the
+            last hard row); a refinement's neuron rows are dealt to them, each searching its
+            rows for the whole time. A copy that fails or answers late proves nothing for the
+            rows it held. One VNN-COMP mnist_fc instance
             at a time on 2 cores, 2 workers left the open 256x6 rows at 30 s 4.7-14x nearer a
             proof than one core, the 256x4 ones as near as 2 torch threads did (bench/
             RESULTS.md, issue 11, session 19).

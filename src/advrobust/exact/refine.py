@@ -52,6 +52,7 @@ from torch import Tensor
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.exact._domains import _CLOSE
+from advrobust.exact._fork import GRACE, can_fork, deal, fork_map, memory_share
 from advrobust.exact._twin import float32_chain, float32_forward
 from advrobust.network.ir import Network
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
@@ -230,6 +231,8 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
     unstable neurons whose relaxation costs a row most (:func:`_costliest`)."""
     from advrobust.exact.bab import BaB
 
+    # the worker processes' searches share the memory: each may take its part of the budget
+    memory = memory_share(bab.memory_limit, bab.workers)
     while (left := until - time.perf_counter()) > 0:
         # the neurons' searches: the caller's settings, no early stop, no refinement of their own
         inner = BaB(time_limit=left, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
@@ -237,9 +240,9 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
                     intermediate=bab.intermediate, beta_steps=bab.beta_steps,
                     branching=bab.branching, attack_steps=bab.attack_steps if descend else 0,
                     domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
-                    memory_limit=bab.memory_limit, workers=bab.workers)
+                    memory_limit=memory)
         began = time.perf_counter()
-        log = _refine_node(network, x0, threat, bounds, k, inner, weights)
+        log = _refine_node(network, x0, threat, bounds, k, inner, weights, bab.workers)
         if log is None:
             return
         log["seconds"] = time.perf_counter() - began
@@ -249,10 +252,11 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
 
 
 def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
-                 inner: BaB, weights: Tensor | None = None) -> dict[str, Any] | None:
+                 inner: BaB, weights: Tensor | None = None,
+                 workers: int = 1) -> dict[str, Any] | None:
     """Tighten node ``k``'s bounds (and those below it) in place; None if nothing to do.
-    ``weights``: see :func:`_refine_layer`; ``inner.workers``: processes that share the
-    neurons' searches (:func:`_search_rows`)."""
+    ``weights``: see :func:`_refine_layer`; ``workers``: processes that share the neurons'
+    rows (:func:`_search_rows`)."""
     cut = _cut(network, k)
     _rebound(cut, x0, threat, bounds, k)
     lo, hi = (b.reshape(-1) for b in bounds[k])
@@ -273,7 +277,8 @@ def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBoun
     rows[0, torch.arange(m), unstable] = 1.0
     rows[0, m + torch.arange(m), unstable] = -1.0
     offsets = torch.cat([-t_lo, t_hi]).unsqueeze(0)
-    low, roots = _search_rows(inner, cut, x0, threat, Spec(rows, offsets), bounds[:k + 1])
+    low, roots = _search_rows(inner, cut, x0, threat, Spec(rows, offsets), bounds[:k + 1],
+                              workers)
     new_lo = torch.maximum(lo[unstable], _down(t_lo + low[:m]))
     new_hi = torch.minimum(hi[unstable], _up(t_hi - low[m:]))
     if not _consistent(new_lo, new_hi, reach_lo, reach_hi, k):
@@ -292,15 +297,32 @@ def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBoun
 
 
 def _search_rows(inner: BaB, cut: Network, x0: Tensor, threat: LpBall, spec: Spec,
-                 layer_bounds: LayerBounds) -> tuple[Tensor, list[Any]]:
-    """(R,) sound lower bounds of the spec's rows on the cut network and the search's root
-    bounds. With ``inner.workers`` > 1 the search's open domains are dealt to that many
-    processes (:func:`~advrobust.exact._search.search_dealt`: this one and forked copies),
-    and dealt again whenever one has closed all of its: ``workers`` cores bound ~``workers``
-    times the domains. The rows of a copy that fails or answers late prove nothing (they
-    keep ``-inf``: the caller keeps their old bounds)."""
-    out = inner._bound(cut, x0, threat, spec, layer_bounds=layer_bounds)
-    return out.lower[0], [out.stats.get("root_bounds", {}).get(0)]
+                 layer_bounds: LayerBounds, workers: int) -> tuple[Tensor, list[Any]]:
+    """(R,) sound lower bounds of the spec's rows on the cut network and the searches' root
+    bounds. With ``workers`` > 1 the rows are dealt round-robin to that many processes
+    (:func:`~advrobust.exact._fork.fork_map`: this one and forked copies), each searching its
+    rows for the whole time: the rows share no state, so ``workers`` cores bound ~``workers``
+    times the domains. A copy that fails or answers late proves nothing (its rows keep
+    ``-inf``: the caller keeps their old bounds)."""
+    rows = spec.num_rows
+    if workers <= 1 or rows < 2 or not can_fork():
+        out = inner._bound(cut, x0, threat, spec, layer_bounds=layer_bounds)
+        return out.lower[0], [out.stats.get("root_bounds", {}).get(0)]
+    parts = deal(rows, workers)
+
+    def search(part: Tensor) -> tuple[Tensor, Any]:
+        out = inner._bound(cut, x0, threat, Spec(spec.C[:, part], spec.d[:, part]),
+                           layer_bounds=layer_bounds)
+        return out.lower[0], out.stats.get("root_bounds", {}).get(0)
+
+    low = torch.full((rows,), -math.inf, dtype=x0.dtype)
+    roots = []
+    until = time.perf_counter() + inner.time_limit + GRACE
+    for part, got in zip(parts, fork_map(search, parts, until=until), strict=True):
+        if got is not None:
+            low[part] = got[0].to(low)
+            roots.append(got[1])
+    return low, roots
 
 
 def _costliest(weights: Tensor, lo: Tensor, hi: Tensor, unstable: Tensor) -> Tensor:
