@@ -344,11 +344,10 @@ def _deal(search: RowSearch, parts: list[_Domains], limit: int, most: int, deadl
         mine = OpenList(dom, most=most)
         status = search.loop(mine, limit, deadline, stop_on_counterexample, handoff)
         left = mine.view
-        held = torch.full((n_rows,), math.inf, dtype=torch.float64).scatter_reduce(
-            0, left.row.long(), left.lower.to(torch.float64), "amin")
+        held = torch.full((n_rows,), math.inf, dtype=torch.float64)
         if status == "handoff":  # its domains are dealt again: copies, not the storage
-            return status, left.take(torch.arange(len(left))), held.fill_(math.inf), \
-                search.rows, search.leaves
+            return status, left.take(torch.arange(len(left))), held, search.rows, search.leaves
+        held.scatter_reduce_(0, left.row.long(), left.lower.to(torch.float64), "amin")
         return status, None, held, search.rows, search.leaves
 
     results = fork_map(work, parts, until=deadline + GRACE,

@@ -191,10 +191,11 @@ class BaB(Bounder):
             whenever one has closed all of its (no core idles while another searches the
             last hard row); a refinement's neuron rows are dealt to them, each searching its
             rows for the whole time. A copy that fails or answers late proves nothing for the
-            rows it held. One VNN-COMP mnist_fc instance
-            at a time on 2 cores, 2 workers left the open 256x6 rows at 30 s 4.7-14x nearer a
-            proof than one core, the 256x4 ones as near as 2 torch threads did (bench/
-            RESULTS.md, issue 11, session 19).
+            rows it held. One VNN-COMP mnist_fc instance at a time on 2 cores, 2 workers left
+            the open 256x6 rows at 30 s 4.7-14x nearer a proof than one core, the 256x4 ones
+            as near as 2 torch threads did (bench/RESULTS.md, issue 11, session 19); dealing
+            the property's domains again brought a 60-s search's answer from 35.1 s to 20.1 s
+            (session 24).
         input_split: inputs of at most this many values (None: ``INPUT_SPLIT`` = 16; 0: never)
             are first searched by branch and bound on the input box
             (:mod:`advrobust.exact.input_split`: CROWN on batches of sub-boxes, input-domain
