@@ -285,10 +285,10 @@ def search_dealt(search: RowSearch, deadline: float, stop_on_counterexample: boo
     domains, lowest first, are dealt round-robin (each process gets its share of every row's
     hard and easy domains) and each process splits its own until the deadline; when one has
     closed all of its with ``_HANDOFF_SECONDS`` left, the others stop at their next batch,
-    hand their open domains back and all are dealt again. Every process is busy until the
-    deadline however unequal the rows are: dealing rows, a process whose rows were all proved
-    sat idle while another searched the last hard row alone (VNN-COMP 2022 mnist_fc 256x4
-    ``prop_9_0.05`` at 300 s, ``--threads 2``: one core idle for ~40 of 285 s).
+    hand their open domains back and all are dealt again. Every process stays busy until the
+    last ``_HANDOFF_SECONDS`` however unequal the rows are: dealing rows, a process whose rows
+    were all proved sat idle while another searched the last hard row alone (VNN-COMP 2022
+    mnist_fc 256x4 ``prop_9_0.05`` at 300 s, ``--threads 2``: one core idle for ~40 of 285 s).
 
     Returns sound lower bounds (R,), the rows' states (merged over the processes) and the
     rows that had domains in a copy that failed, died or answered late: their bound is
