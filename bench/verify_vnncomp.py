@@ -14,6 +14,8 @@ the per-instance times are wall clock under that load).
 ``--instances`` is relative to ``--root`` (default ``instances.csv``: the 2022 edition, 30
 properties per network; ``instances_2021.csv`` for 2021). ``--timeout`` overrides the CSV's own
 timeouts (120 s for 256x2, 300 s otherwise) and bounds each whole instance, loading included.
+The per-instance CSV also holds the lowest sound lower bound of the property's rows (printed for
+open instances: how near each came to a proof).
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ import torch
 from advrobust.evaluation.vnncomp import Instance, load_instances, load_known_answers, run_instance
 
 
-def _run(job: tuple[Instance, float | None, int]) -> tuple[str, str, float]:
-    """One instance: its result, the stage that decided it, wall-clock seconds."""
+def _run(job: tuple[Instance, float | None, int]) -> tuple[str, str, float, float | None]:
+    """One instance: its result, the stage that decided it, wall-clock seconds, and the
+    lowest sound lower bound of its property's rows (how near an open instance came to a
+    proof; None where no row has one)."""
     inst, timeout, threads = job
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     res = run_instance(inst, timeout=timeout, threads=threads)
-    return res.result, res.details.get("decided_by") or "-", time.perf_counter() - t0
+    lowers = [row["lower"] for row in res.details.get("rows", [])]
+    return (res.result, res.details.get("decided_by") or "-", time.perf_counter() - t0,
+            min(lowers) if lowers else None)
 
 
 def main() -> None:
@@ -73,7 +79,7 @@ def main() -> None:
         runs = pool.map(_run, job)
     else:
         runs = map(_run, job)
-    for inst, (result, decided_by, seconds) in zip(todo, runs, strict=True):
+    for inst, (result, decided_by, seconds, worst) in zip(todo, runs, strict=True):
         net = inst.onnx.stem
         row = table.setdefault(net, dict.fromkeys(
             ("sat", "unsat", "unknown", "wrong", "seconds", "solved seconds"), 0.0))
@@ -85,13 +91,16 @@ def main() -> None:
         row["seconds"] += seconds
         if key != "unknown":
             row["solved seconds"] += seconds
-        lines.append((net, inst.vnnlib.name, truth, result, f"{seconds:.1f}", decided_by))
+        bound = "" if worst is None else f"{worst:.6g}"
+        lines.append((net, inst.vnnlib.name, truth, result, f"{seconds:.1f}", decided_by, bound))
+        near = f" (lowest row {bound})" if key == "unknown" and bound else ""
         print(f"{net} {inst.vnnlib.name}: {result} (truth {truth or '?'}) "
-              f"{seconds:.1f} s{'  WRONG' if wrong else ''}", flush=True)
+              f"{seconds:.1f} s{near}{'  WRONG' if wrong else ''}", flush=True)
     if args.out is not None:
         with open(args.out, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(("network", "property", "truth", "result", "seconds", "decided_by"))
+            writer.writerow(("network", "property", "truth", "result", "seconds", "decided_by",
+                             "lowest_row_bound"))
             writer.writerows(lines)
     print("\n| network | instances | sat | unsat | unknown / timeout | wrong | solved | "
           "total s | s on solved |")
