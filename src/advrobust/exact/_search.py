@@ -166,13 +166,12 @@ class RowSearch(Candidates):
         lower = torch.tensor([r.closed for r in self.rows], dtype=torch.float64)
         for r, state in enumerate(self.rows):
             mine = open_.lower[open_.row == r]
-            held = elsewhere is not None and float(elsewhere[r]) < math.inf
-            if mine.numel() or held:
-                if mine.numel():
-                    lower[r] = min(float(lower[r]), float(mine.min()))
-                if held:
-                    assert elsewhere is not None
-                    lower[r] = min(float(lower[r]), float(elsewhere[r]))
+            # the lowest bound of the row's open domains, here or held elsewhere (inf: none;
+            # an open domain's bound is never +inf: it would have been closed)
+            low = min(float(mine.min()) if mine.numel() else math.inf,
+                      math.inf if elsewhere is None else float(elsewhere[r]))
+            if low < math.inf:
+                lower[r] = min(float(lower[r]), low)
                 if status == "milp" and state.best_value >= 0:
                     lower[r] = max(float(lower[r]), self.finish_with_milp(r, deadline))
                     state.status = "verified" if lower[r] > _CLOSE else "time_limit"
@@ -182,7 +181,7 @@ class RowSearch(Candidates):
                 state.status = "verified" if lower[r] > _CLOSE else "at tolerance"
             if state.best_value < 0:
                 state.status = "falsified"
-            elif status == "stopped" and (mine.numel() or held):
+            elif status == "stopped" and low < math.inf:
                 state.status = "stopped (another row falsified)"
         return lower
 
