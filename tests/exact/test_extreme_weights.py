@@ -188,3 +188,34 @@ def test_wide_weight_scales_do_not_fool_the_milp(method: str) -> None:
         assert bool(((w >= 0) & (w <= 1)).all())
         o = twin(w)
         assert float(o[0, 1] - o[0, 0]) < 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_milp_answers_scale_with_the_network(seed: int) -> None:
+    """The last layer times 2^70 (exact in binary floating point): margins and objective
+    costs ~1e21, which HiGHS takes for infinite (>= 1e20), and far beyond its absolute dual
+    tolerance, unless the backend hands it an objective near 1. (A net with weights ~1e6 per
+    layer has such costs; HiGHS fed them pruned node LPs it could not solve and ran for
+    minutes past its time limit.) Every row must be solved as it is unscaled, its exact
+    minimum 2^70 times as large."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(),
+                          nn.Linear(12, 3)).eval()
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[4].weight.mul_(2.0 ** 70)
+        scaled[4].bias.mul_(2.0 ** 70)
+    x = torch.rand(1, 4)
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.3)
+    milp = MILP(time_limit=30, early_stop=False, skip_verified=False)
+    rows = [milp(net, x, y, threat).stats["samples"][0] for net in (model, scaled)]
+    plain = {r["row"]: r for r in rows[0]}
+    assert len(rows[1]) == len(plain) == 2
+    for big in rows[1]:
+        small = plain[big["row"]]
+        assert small["status"] == big["status"] == "optimal", (small, big)
+        assert big["objective"] / 2.0 ** 70 == pytest.approx(small["objective"], rel=1e-6,
+                                                             abs=1e-9)
+        assert big["bound"] <= big["objective"]
+        assert big["bound"] / 2.0 ** 70 == pytest.approx(small["bound"], rel=1e-5, abs=1e-6)

@@ -125,3 +125,79 @@ def test_wildly_scaled_programs_give_the_unscaled_answers(seed: int) -> None:
     u = sol.x / col
     assert bool(np.all(u >= -1e-9)) and bool(np.all(u <= 1 + 1e-9))
     assert bool(np.all(a @ u <= rhs + 1e-7 * (1 + np.abs(rhs))))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mip", [False, True])
+def test_wildly_scaled_objectives_give_the_scaled_answers(seed: int, mip: bool) -> None:
+    """The same program minimised for ``k * cost``, ``k`` in 1e-12 .. 1e19 (a network's
+    margin with weights ~1e6 per layer has costs ~1e19): the optimum is ``k`` times the
+    unscaled one, the bound below it. HiGHS's dual tolerances are absolute, so the backend
+    must hand it an objective near 1."""
+    rng = np.random.default_rng(100 + seed)
+    n, m = 8, 6
+    a = rng.normal(size=(m, n))
+    x_in = rng.uniform(0.2, 0.8, size=n)
+    rhs = a @ x_in + rng.uniform(0.1, 1.0, size=m)
+    cost = rng.normal(size=n)
+    prog = Program()
+    v = prog.add_vars(np.zeros(n), np.full(n, 3.0), integer=mip)
+    prog.add_rows(a, v, -np.inf, rhs)
+    ref = HighsSolver(prog).minimize(cost)
+    assert ref.status is SolveStatus.OPTIMAL
+    for k in (1e-12, 1e-3, 1e7, 1e13, 1e19):
+        sol = HighsSolver(prog).minimize(k * cost, offset=k)
+        assert sol.status is SolveStatus.OPTIMAL
+        want = k * (ref.objective + 1.0)
+        assert sol.objective == pytest.approx(want, rel=1e-6)
+        assert sol.bound <= sol.objective
+        magnitude = 1 + abs(ref.objective) + 3 * float(np.abs(cost).sum())
+        assert sol.bound >= want - 1e-5 * k * magnitude
+
+
+def _drop_a_node(solver: HighsSolver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next solve behave as if HiGHS had pruned a node it could not solve."""
+    from types import SimpleNamespace
+
+    run = solver._run
+
+    def run_and_drop() -> None:
+        run()
+        solver._on_log(SimpleNamespace(message="WARNING: Failed to solve node with all "
+                                       "integer columns fixed. Declaring node infeasible.\n"))
+    monkeypatch.setattr(solver, "_run", run_and_drop)
+
+
+def test_a_node_highs_could_not_solve_voids_the_mip_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # HiGHS prunes such a node as if it were infeasible (a guess): its dual bound, its
+    # "optimal" and its "infeasible" then prove nothing; the incumbent is still a point
+    solver = HighsSolver(knapsack())
+    _drop_a_node(solver, monkeypatch)
+    sol = solver.minimize(np.array([-5.0, -4.0, -3.0]))
+    assert sol.bound == -math.inf and sol.status is SolveStatus.STOPPED
+    assert sol.x is not None and sol.objective == pytest.approx(-13.0)
+    assert "could not solve" in sol.backend_status
+    prog = Program()
+    x = prog.add_vars(np.zeros(1), np.ones(1), integer=True)
+    prog.add_rows(np.array([[1.0]]), x, 2.0, np.inf)
+    empty = HighsSolver(prog)
+    _drop_a_node(empty, monkeypatch)
+    sol = empty.minimize(np.array([1.0]))
+    assert sol.status is SolveStatus.ERROR and sol.bound == -math.inf and sol.x is None
+    # the next solve of the same solver starts clean
+    monkeypatch.undo()
+    assert solver.minimize(np.array([-5.0, -4.0, -3.0])).bound > -14.0
+
+
+def test_highs_log_reaches_the_dropped_node_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the gate reads HiGHS's own log (never printed): a line every MIP solve logs stands in
+    # for the dropped-node warning, and must void the bound
+    import advrobust.solvers.highs as backend
+
+    solver = HighsSolver(knapsack())
+    if not hasattr(solver._h, "cbLogging"):
+        pytest.skip("this highspy has no log callback")
+    assert solver.minimize(np.array([-5.0, -4.0, -3.0])).bound > -14.0
+    monkeypatch.setattr(backend, "_DROPPED_NODE", "nonzeros")
+    assert solver.minimize(np.array([-5.0, -4.0, -3.0])).bound == -math.inf

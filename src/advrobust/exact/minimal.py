@@ -324,7 +324,7 @@ class MinimalDistortion(Configurable):
                 best_x = torch.from_numpy(sol.x[enc.inputs]).reshape(x0.shape)
             if sol.status in (SolveStatus.TIME_LIMIT, SolveStatus.INTERRUPTED):
                 status = "time_limit"
-            elif sol.status is SolveStatus.ERROR:
+            elif sol.status in (SolveStatus.ERROR, SolveStatus.STOPPED):
                 status = "error"
         lower = min(max(lower, floor), best, reach)
         if math.isfinite(best) and status == "robust":
