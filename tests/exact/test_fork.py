@@ -152,7 +152,7 @@ def test_two_workers_share_the_search_and_agree_with_the_milp(
     monkeypatch.setattr(refine_module, "fork_map", spy("neurons"))
     # no probing search: the open rows go through the refinement (its neurons' rows are split)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     out = BaB(time_limit=6, refine=0.7, early_stop=False, workers=2)(model, x, y, threat)
     # the refinement's neuron rows were dealt to two processes (the property's domains too,
     # where the refined roots leave any open: test_two_processes_share_a_property_s_domains)

@@ -133,7 +133,7 @@ def test_bab_with_refinement_agrees_with_the_milp(monkeypatch: pytest.MonkeyPatc
     exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
     # no probing search: every sample with an open row goes through refinement
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     out = BaB(time_limit=10, refine=0.7)(model, x, y, threat)
     assert out.stats["refinements"], "no sample was refined: the test needs open rows"
     for s, refined in out.stats["refinements"].items():
@@ -164,7 +164,7 @@ def test_bab_on_a_cnn_refines_its_dense_layers_only_and_agrees_with_the_milp(
     threat = LpBall("linf", 0.2)
     exact = MILP(early_stop=False, skip_verified=False)(model, x, y, threat)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     out = BaB(time_limit=3, refine=0.7, early_stop=False)(model, x, y, threat)
     assert out.stats["refinements"], "no sample was refined: the test needs open rows"
     assert_agrees_with_milp(out, exact)
@@ -195,7 +195,7 @@ def test_rounds_refine_only_the_rows_left_open(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(bab_module, "refine_bounds", spy)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     monkeypatch.setattr(bab_module, "_ROUNDS", 2)
     out = BaB(time_limit=6, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
     assert calls, "nothing was refined: the test needs open rows"
@@ -259,7 +259,7 @@ def test_bab_tries_the_milp_on_refined_bounds_and_agrees(
     monkeypatch.setattr(bab_module, "decide_by_milp", spy)
     monkeypatch.setattr(bab_module, "refine_bounds", unrefined)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     out = BaB(time_limit=10, refine=0.5, milp=0.9)(model, x, y, threat)
     assert any(calls), "the MILP was never tried: the test needs rows open at the root"
     assert bool((out.lower <= exact.lower + 1e-5).all())
@@ -439,7 +439,7 @@ def test_a_long_time_limit_does_not_delay_the_first_refinement(
     monkeypatch.setattr(bab_module, "refine_bounds", spy)
     monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 2.0)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)  # refine at once (the search would decide)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     with pytest.raises(_Stop):
         BaB(time_limit=600, refine=0.5)(model, x, model(x).argmax(1), LpBall("linf", 0.1))
     (began, length), = seen
@@ -483,7 +483,7 @@ def test_the_default_refinement_share_follows_the_refined_layers(
     monkeypatch.setattr(bab_module, "refine_bounds", spy)
     monkeypatch.setattr(bab_module, "_ROUND_SECONDS", 4.0)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     with pytest.raises(_Stop):
         BaB(time_limit=600)(model, x, model(x).argmax(1), LpBall("linf", eps))
     (length,) = seen
@@ -599,7 +599,7 @@ def test_only_a_round_no_other_can_follow_is_an_only_refinement(
 
     monkeypatch.setattr(bab_module, "refine_bounds", stub)
     monkeypatch.setattr(bab_module, "_PROBE", 0.0)
-    monkeypatch.setattr(bab_module, "_PROBE_ONLY", 0.0)
+    monkeypatch.setattr(bab_module, "_PROBE_LAST", 0.0)
     monkeypatch.setattr(bab_module, "_ROUNDS", 3)
     monkeypatch.setattr(bab_module, "_ROUND_SECONDS", round_seconds)
     monkeypatch.setattr(bab_module, "_ROUND_GROWTH", 1.0)
@@ -617,10 +617,11 @@ def test_only_a_round_no_other_can_follow_is_an_only_refinement(
 def test_an_only_round_probes_a_tenth_and_refines_for_most_of_the_rest(
         monkeypatch: pytest.MonkeyPatch, round_seconds: float, refine: float | None) -> None:
     """Where no round after the first could be as long (the sample's only refinement), the
-    probe search has ``_PROBE_ONLY`` of the span and the refinement (a chain with more than
+    probe search has ``_PROBE_LAST`` of the span and the refinement (a chain with more than
     one refinable layer, default shares) ``_REFINE_DEEP_ONLY`` of the rest; in rounds that
-    others follow ``_PROBE`` and ``_REFINE_DEEP``; a share the caller sets is kept. Seen on a
-    clock that the stub search and refinement move to their deadlines."""
+    others follow ``_PROBE`` and ``_REFINE_DEEP``; a share the caller sets is kept; a later
+    round that no round could follow as long (the last) probes for ``_PROBE_LAST`` too. Seen
+    on a clock that the stub search and refinement move to their deadlines."""
     from advrobust.exact._candidates import Row
 
     model = make_mlp(5, (8, 20, 20, 20, 4))
@@ -655,14 +656,20 @@ def test_an_only_round_probes_a_tenth_and_refines_for_most_of_the_rest(
                                                  LpBall("linf", 0.1))
     span = min(1.5, round_seconds)
     only = round_seconds > 1.5
-    probe = bab_module._PROBE_ONLY if only else bab_module._PROBE
+    probe = bab_module._PROBE_LAST if only else bab_module._PROBE
     share = refine if refine is not None else \
         bab_module._REFINE_DEEP_ONLY if only else bab_module._REFINE_DEEP
-    assert bab_module._PROBE_ONLY < bab_module._PROBE
+    assert bab_module._PROBE_LAST < bab_module._PROBE
     assert bab_module._REFINE_DEEP_ONLY > bab_module._REFINE_DEEP
     assert probes[0] == pytest.approx(probe * span)
     assert shares[0] == pytest.approx(share * (1 - probe) * span)
     assert len(shares) == 1 if only else len(shares) >= 2
+    if not only:
+        # round 2 spans 3 x 0.3 = 0.9 s and ends 0.34 s before the limit: it is the last
+        assert len(probes) == 3 and probes[1] == pytest.approx(bab_module._PROBE_LAST * 0.9)
+        assert shares[1] == pytest.approx(
+            (refine if refine is not None else bab_module._REFINE_DEEP)
+            * (1 - bab_module._PROBE_LAST) * 0.9)
 
 
 @pytest.mark.parametrize("descend", [True, False])

@@ -67,13 +67,14 @@ __all__ = ["BaB"]
 _FSB_K = 20
 
 #: Share of the time left that a search has before refinement is tried (see :class:`BaB`
-#: ``refine``), and in a sample's only refinement (a short limit, no round after it could be
-#: as long): VNN-COMP 2022 mnist_fc 256x4 / 256x6 at 30 s decided nothing in the probe but one
-#: counterexample (256x6 ``prop_1_0.05``, at 4.6 s; still found with 0.1) and nothing in the
-#: search after the refinement: every proof there comes from the refined root, which the
-#: refinement's time decides (bench/RESULTS.md, issue 11, session 16).
+#: ``refine``), and in a sample's last refinement round (no round after it could be as long:
+#: at a short limit its only one): VNN-COMP 2022 mnist_fc 256x4 / 256x6 at 30 s decided
+#: nothing in the probe but one counterexample (256x6 ``prop_1_0.05``, at 4.6 s; still found
+#: with 0.1) and nothing in the search after the refinement: every proof there comes from the
+#: refined root, which the refinement's time decides (bench/RESULTS.md, issue 11, session 16);
+#: at 300 s the same holds for the third round (session 26).
 _PROBE = 0.2
-_PROBE_ONLY = 0.1
+_PROBE_LAST = 0.1
 
 #: Share of a round's span left after the probe search that the refinement takes (see
 #: :class:`BaB` ``refine``) on chains with more than one refinable layer, and with one: what a
@@ -83,8 +84,8 @@ _PROBE_ONLY = 0.1
 #: (2021 256x2 ``prop_1_0.03`` at 120 s: decided in 27 s with 0.5, 34 s or a timeout with 0.85).
 _REFINE_DEEP = 0.85
 _REFINE_ONE = 0.5
-#: ... and on chains with more than one refinable layer in a sample's only refinement (see
-#: ``_PROBE_ONLY``).
+#: ... and on chains with more than one refinable layer in a sample's only refinement (its
+#: first round is its last: see ``_PROBE_LAST``).
 _REFINE_DEEP_ONLY = 0.95
 
 #: Most refinement rounds per sample (see :meth:`BaB._search`), a cap for long limits: at 300 s
@@ -159,19 +160,18 @@ class BaB(Bounder):
         keep_state: each domain keeps its Adam state (moments and step counts of its slopes
             and multipliers) and its children continue it, instead of a fresh optimiser per
             batch (bench/RESULTS.md, issue 11, developer babadam).
-        refine: on chains with two ReLU layers or more, when the search has not decided every
-            row in a fifth of a round's span (the time left, at most 24 s for the first round,
-            three times more for each next one; a tenth where no round after the first could
-            be as long, e.g. at 30 s), this share of the span left goes to
-            tightening the intermediate bounds by branch and bound on the neurons themselves,
-            layer by layer (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and
-            the open rows are searched again from the refined root; up to four rounds, each
-            as long as the one before at least (0: off). None (default): 0.85 where more than
-            one layer is refined, 0.5 where one is: the layers' gains compound, and at 30 s
-            VNN-COMP 2022 mnist_fc 256x4 / 256x6 decide 24 / 16 instances with 0.85 (and no
-            round shorter than the one before) where 0.5 decided 22 / 16 (bench/RESULTS.md,
-            issue 11, session 12); 0.95 where more than one layer is refined and no round
-            after the first could be as long (session 16).
+        refine: on chains with two ReLU layers or more, when the search has not decided every row in
+            a fifth of a round's span (the time left, at most 24 s for the first round, three times
+            more for each next one; a tenth where no round after this one could be as long, e.g. the
+            first at 30 s, the third at 300 s), this share of the span left goes to tightening the
+            intermediate bounds by branch and bound on the neurons themselves, layer by layer
+            (:mod:`advrobust.exact.refine`; layers of up to 1,024 neurons), and the open rows are
+            searched again from the refined root; up to four rounds, each as long as the one before
+            at least (0: off). None (default): 0.85 where more than one layer is refined, 0.5 where
+            one is: the layers' gains compound, and at 30 s VNN-COMP 2022 mnist_fc 256x4 / 256x6
+            decide 24 / 16 instances with 0.85 (and no round shorter than the one before) where 0.5
+            decided 22 / 16 (bench/RESULTS.md, issue 11, session 12); 0.95 where more than one layer
+            is refined and no round after the first could be as long (session 16).
         milp: after a refinement round that leaves at most 128 unstable ReLUs, this share of
             the round's span left goes to the big-M MILP (HiGHS) on the refined bounds, row
             after row from the one closest to a proof, each solve stopped once the row's sign
@@ -284,9 +284,9 @@ class BaB(Bounder):
                 d: Tensor, alpha: AlphaResult, deadline: float
                 ) -> tuple[Tensor, list[Any], int, Refinement | None]:
         """Search the rows from the root ``alpha``. Where refinement may help, in rounds: search
-        for ``_PROBE`` of the round's span (``_PROBE_ONLY`` where no round after the first could
-        be as long: the sample's only refinement), refine the rows left open, search them again from
-        the refined root, ...; a round spans the time left, at most ``_ROUND_SECONDS`` times
+        for ``_PROBE`` of the round's span (``_PROBE_LAST`` where no round after this one could
+        be as long: the sample's last refinement), refine the rows left open, search them again
+        from the refined root, ...; a round spans the time left, at most ``_ROUND_SECONDS`` times
         ``_ROUND_GROWTH`` to the round's number; the last search runs to the deadline (after
         ``_ROUNDS`` refinements, one that refined nothing, or one after which too little time
         is left for a round as long, :func:`_another_round`). Returns per row its sound lower
@@ -304,11 +304,14 @@ class BaB(Bounder):
             more = more and n < _ROUNDS
             now = time.perf_counter()
             until = min(deadline, now + _ROUND_SECONDS * _ROUND_GROWTH ** n)  # the round's span
-            # the sample's only refinement: no round after this one could be as long
-            only = more and n == 0 and not _another_round(n, until - now, until, deadline)
+            # the sample's last refinement: no round after this one could be as long (at a
+            # short limit its only one), or the rounds' cap
+            last = more and (n == _ROUNDS - 1
+                             or not _another_round(n, until - now, until, deadline))
+            only = last and n == 0
             found, found_states, found_leaves = self._run_rows(
                 network, x0, threat, c[0, rows], d[0, rows], done.alpha,
-                now + (_PROBE_ONLY if only else _PROBE) * (until - now) if more else deadline)
+                now + (_PROBE_LAST if last else _PROBE) * (until - now) if more else deadline)
             leaves += found_leaves
             for k, r in enumerate(rows.tolist()):
                 values[r] = max(float(values[r]), float(found[k]))
