@@ -9,7 +9,10 @@ Run by hand (one torch thread; the whole 90 instances at 30 s take up to 45 min)
 
 ``--jobs N`` runs N instances at once, one process each (a many-core machine: each process
 then has one torch thread and ``$ADVROBUST_MEMORY_LIMIT``, e.g. ``5G``, of working memory;
-the per-instance times are wall clock under that load).
+the per-instance times are wall clock under that load). ``--fresh`` starts a new process for
+every instance, as a competition harness does (one process otherwise runs them one after
+another, which has left 256x4 ``prop_9_0.05`` open at 300 s where a process of its own decides
+it: bench/RESULTS.md, issue 11, session 26).
 
 ``--instances`` is relative to ``--root`` (default ``instances.csv``: the 2022 edition, 30
 properties per network; ``instances_2021.csv`` for 2021). ``--timeout`` overrides the CSV's own
@@ -58,6 +61,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="per-instance CSV")
     parser.add_argument("--jobs", type=int, default=1, help="instances run at once")
+    parser.add_argument("--fresh", action="store_true",
+                        help="each instance in a fresh process, as a competition harness runs "
+                             "them (otherwise one process runs them one after another)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     instances = [i for i in load_instances(args.root / args.instances)
@@ -74,8 +80,10 @@ def main() -> None:
     lines = []
     todo = [inst for insts in per_net.values() for inst in insts]
     job = [(inst, args.timeout, args.threads) for inst in todo]
-    if args.jobs > 1:
-        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+    if args.jobs > 1 or args.fresh:
+        fresh = {"max_tasks_per_child": 1} if args.fresh else {}  # Python >= 3.11
+        pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   **fresh)
         runs = pool.map(_run, job)
     else:
         runs = map(_run, job)
