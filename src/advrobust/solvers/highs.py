@@ -282,7 +282,7 @@ class HighsSolver:
         # the objective HiGHS sees is divided by a power of two (exact) that brings its
         # largest cost near 1: its dual feasibility tolerance is absolute, and on networks
         # with weights ~1e6 (costs ~1e19) HiGHS 1.16 declared node LPs infeasible and then
-        # ran far past its time limit in its node queue (tests/solvers/test_highs.py)
+        # ran far past its time limit in its node queue (bench/RESULTS.md, issue 10, session 26)
         scaled_cost = self._cost * self._col_scale
         self._obj_scale = float(_power_of_two(np.array([np.abs(scaled_cost).max(initial=0.0)]))[0])
         h.changeColsCost(self.num_vars, np.arange(self.num_vars, dtype=np.int32),
