@@ -6,9 +6,12 @@ import argparse
 import copy
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -147,6 +150,64 @@ def test_instances_csv_summary_and_results(tmp_path: Path,
     (tmp_path / "known_answers.csv").write_text("\n".join(flipped) + "\n")
     assert _run(["--instances", str(tmp_path / "instances.csv"), "--out", str(out)]) == 1
     assert all(r["wrong"] == "1" for r in csv.DictReader(out.open()))
+
+
+def test_instances_run_isolated_agree_with_one_process(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    lines = []
+    for seed in (3, 4):
+        net, prop, *_ = _instance(tmp_path, seed)
+        lines.append(f"{net.name},{prop.name},15")
+    (tmp_path / "instances.csv").write_text("\n".join(lines) + "\n")
+    got = {}
+    for how in ([], ["--one-process"]):
+        out = tmp_path / f"results{len(how)}.csv"
+        assert _run(["--instances", str(tmp_path / "instances.csv"), "--out", str(out),
+                     *how]) == 0
+        got[len(how)] = [(r["result"], r["error"]) for r in csv.DictReader(out.open())]
+    capsys.readouterr()
+    assert got[0] == got[1] and {r for r, _ in got[0]} <= {"sat", "unsat"}
+
+
+def _crash(instance: Any, *_: object) -> dict[str, object]:
+    name = Path(str(instance.vnnlib)).name
+    if name == "prop0.vnnlib":
+        os._exit(7)  # native code dying mid-instance
+    if name == "prop1.vnnlib":
+        time.sleep(120)  # a stage stuck past every deadline
+    raise ValueError("a bug in the library")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork, process groups")
+def test_a_crash_or_an_overrun_is_a_row_and_the_benchmark_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import multiprocessing
+
+    from advrobust.evaluation import vnncomp as evaluation
+
+    lines = []
+    for seed in (0, 1, 2):
+        net, prop, *_ = _instance(tmp_path, seed)
+        lines.append(f"{net.name},{prop.name},2")
+    (tmp_path / "instances.csv").write_text("\n".join(lines) + "\n")
+    # forked children run the patched body (a process server would import the real one)
+    monkeypatch.setattr(evaluation, "decide_row", _crash)
+    monkeypatch.setattr(vnncomp, "_context", lambda _: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(vnncomp, "KILL_GRACE", 0.5)
+    out = tmp_path / "results.csv"
+    began = time.perf_counter()
+    assert _run(["--instances", str(tmp_path / "instances.csv"), "--out", str(out),
+                 "--json"]) == 0
+    assert time.perf_counter() - began < 60  # the stuck one was killed, not waited for
+    summary = json.loads(capsys.readouterr().out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["result"] for r in rows] == ["unknown", "timeout", "unknown"]
+    assert "exit code 7" in rows[0]["error"]
+    assert "killed" in rows[1]["error"] and float(rows[1]["seconds"]) >= 2.5
+    assert rows[2]["error"] == "ValueError: a bug in the library"
+    assert summary["errors"] == 3 and summary["instances"] == 3
 
 
 def test_missing_files_are_all_reported_before_any_run(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from advrobust.cli._common import add_json_arg, add_memory_arg, apply_memory_arg, emit
-from advrobust.errors import AdvRobustError, InvalidParameterError, MissingFileError
+from advrobust.errors import InvalidParameterError, MissingFileError
 
 __all__ = ["register", "run"]
 
@@ -24,7 +24,9 @@ EXAMPLE = """examples:
 The result file holds sat (followed by the counterexample ((X_0 v) ... (Y_0 v) ...)), unsat,
 timeout or unknown. --timeout bounds the whole instance, loading the files included (Python's
 start-up excluded); the answer is written within it. With --instances the CSV's own timeouts
-apply unless --timeout is given, and known_answers.csv beside it (or --answers) scores them.
+apply unless --timeout is given, and known_answers.csv beside it (or --answers) scores them;
+each instance runs in a fresh process (as in the competition): one that crashes is a row with
+an error, one that overruns its timeout is killed and counted as a timeout.
 """
 
 #: Seconds before the timeout at which a single-instance run stops waiting for the cascade and
@@ -43,7 +45,11 @@ def register(sub: Any) -> None:
     p.add_argument("onnx", nargs="?", type=Path, help="the network (.onnx)")
     p.add_argument("vnnlib", nargs="?", type=Path, help="the property (.vnnlib)")
     p.add_argument("--instances", type=Path, metavar="CSV",
-                   help="run every line 'onnx,vnnlib,timeout' of this CSV in one process")
+                   help="run every line 'onnx,vnnlib,timeout' of this CSV, each instance in a "
+                        "process of its own (killed if it overruns its timeout)")
+    p.add_argument("--one-process", action="store_true",
+                   help="with --instances: run the instances one after another in this "
+                        "process (no isolation: for debugging)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="seconds per instance (required for one instance; overrides the "
                         "CSV's timeouts)")
@@ -76,6 +82,8 @@ def _check_args(args: argparse.Namespace) -> None:
         check_timeout(args.timeout, "--timeout")
     if args.threads < 1:
         raise InvalidParameterError(f"--threads must be an int >= 1. Got {args.threads}.")
+    if args.one_process and args.instances is None:
+        raise InvalidParameterError("--one-process applies to --instances only.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,35 +174,38 @@ def _answers(args: argparse.Namespace) -> dict[tuple[str, str], str]:
 
 FIELDS = ("onnx", "vnnlib", "timeout", "result", "seconds", "truth", "wrong", "error")
 
+#: Seconds past an isolated instance's timeout after which its process is killed (its answer
+#: would be a timeout anyway: :func:`~advrobust.evaluation.vnncomp.run_instance` scores a
+#: late answer so).
+KILL_GRACE = 2.0
+
 
 def _run_many(args: argparse.Namespace) -> int:
-    from advrobust.evaluation.vnncomp import load_instances, run_instance
+    from advrobust.evaluation.vnncomp import load_instances
 
     instances = load_instances(args.instances)  # every missing file reported before any run
     known = _answers(args)
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for k, inst in enumerate(instances, start=1):
-        truth = known.get((str(inst.onnx.resolve()), str(inst.vnnlib.resolve())), "")
-        row: dict[str, Any] = {"onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib),
-                               "timeout": args.timeout or inst.timeout, "truth": truth,
-                               "error": ""}
-        try:
-            res = run_instance(inst, timeout=args.timeout, threads=args.threads, seed=args.seed)
-            row.update(result=res.result, seconds=round(res.seconds, 3))
-        except AdvRobustError as exc:  # one bad instance does not stop the benchmark
-            row.update(result="unknown", seconds=0.0, error=str(exc))
-        row["wrong"] = int(truth in ("sat", "unsat") and row["result"] in ("sat", "unsat")
-                           and row["result"] != truth)
-        rows.append(row)
-        print(f"[{k}/{len(instances)}] {inst.onnx.name} {inst.vnnlib.name}: {row['result']} "
-              f"({row['seconds']:.1f} s){' WRONG' if row['wrong'] else ''}"
-              f"{' error: ' + row['error'] if row['error'] else ''}", file=sys.stderr,
-              flush=True)
-    with open(args.out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    try:
+        for k, inst in enumerate(instances, start=1):
+            truth = known.get((str(inst.onnx.resolve()), str(inst.vnnlib.resolve())), "")
+            row: dict[str, Any] = {"onnx": str(inst.onnx), "vnnlib": str(inst.vnnlib),
+                                   "timeout": args.timeout or inst.timeout, "truth": truth,
+                                   "error": ""}
+            row.update(_decide(args, inst))
+            row["wrong"] = int(truth in ("sat", "unsat") and row["result"] in ("sat", "unsat")
+                               and row["result"] != truth)
+            rows.append(row)
+            print(f"[{k}/{len(instances)}] {inst.onnx.name} {inst.vnnlib.name}: "
+                  f"{row['result']} ({row['seconds']:.1f} s){' WRONG' if row['wrong'] else ''}"
+                  f"{' error: ' + row['error'] if row['error'] else ''}", file=sys.stderr,
+                  flush=True)
+    finally:  # the instances decided so far reach the CSV, also on Ctrl-C
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
     counts = Counter(r["result"] for r in rows)
     summary = {"instances": len(rows), **{w: counts.get(w, 0) for w in
                                           ("sat", "unsat", "unknown", "timeout")},
@@ -204,3 +215,30 @@ def _run_many(args: argparse.Namespace) -> int:
     emit(args, {**summary, "results": rows} if args.json else summary,
          title=f"advrobust vnncomp ({args.instances})")
     return 1 if summary["wrong"] else 0
+
+
+def _context(preload: tuple[str, ...]) -> Any:
+    """The isolated instances' start method (a function: tests substitute ``fork``)."""
+    from advrobust.evaluation._isolated import isolated_context
+
+    return isolated_context(preload)
+
+
+def _decide(args: argparse.Namespace, inst: Any) -> dict[str, Any]:
+    """One instance's ``result``, ``seconds`` and ``error``: in a process of its own (killed
+    :data:`KILL_GRACE` seconds past its timeout), or in this one with ``--one-process``."""
+    from advrobust.evaluation._isolated import run_isolated
+    from advrobust.evaluation.vnncomp import PRELOAD, decide_row
+
+    call = (inst, args.timeout, args.threads, args.seed)
+    if args.one_process:
+        return decide_row(*call)
+    limit = args.timeout or inst.timeout
+    done = run_isolated(decide_row, call, limit=limit, grace=KILL_GRACE,
+                        context=_context(PRELOAD))
+    if done.ok:
+        return dict(done.value)
+    if done.killed:  # a late answer scores as a timeout
+        return {"result": "timeout", "seconds": round(done.seconds, 3),
+                "error": f"the instance's process was {done.error}"}
+    return {"result": "unknown", "seconds": round(done.seconds, 3), "error": done.error}

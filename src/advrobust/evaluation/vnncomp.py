@@ -4,6 +4,8 @@ The result file (VNN-COMP 2021-2024 rules) is one word, ``sat``, ``unsat``, ``ti
 ``unknown``; after ``sat`` comes the counterexample ``((X_0 v) ... (Y_0 v) ...)``. An
 ``instances.csv`` lists ``onnx,vnnlib,timeout`` per line, paths relative to its folder; a
 ``known_answers.csv`` beside it (``network,property,timeout,truth``) scores the answers.
+A benchmark runs each instance in a process of its own (:func:`decide_row` under
+:func:`~advrobust.evaluation._isolated.run_isolated`), as the competition does.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from torch import Tensor
 
 from advrobust.errors import DataFormatError, InvalidParameterError, MissingFileError
 
-__all__ = ["RESULTS", "Instance", "VnncompResult", "load_instances", "load_known_answers",
-           "read_result", "run_instance", "write_result"]
+__all__ = ["PRELOAD", "RESULTS", "Instance", "VnncompResult", "decide_row", "load_instances",
+           "load_known_answers", "read_result", "run_instance", "write_result"]
 
 #: The words a result file may start with.
 RESULTS = ("sat", "unsat", "timeout", "unknown")
@@ -229,3 +231,28 @@ def _ran_out(stats: Mapping[str, object]) -> bool:
                         return True
     skipped = stats.get("skipped")
     return bool(skipped)
+
+
+#: Modules the isolated instances' process server imports once (their children start with
+#: them loaded; a missing optional one is skipped).
+PRELOAD = ("advrobust.evaluation.vnncomp", "advrobust.evaluation.verify",
+           "advrobust.network.onnx", "advrobust.network.vnnlib", "advrobust.exact",
+           "advrobust.relax", "advrobust.attacks.spec_apgd", "onnx", "highspy")
+
+
+def decide_row(instance: Instance, timeout: float | None, threads: int, seed: int
+               ) -> dict[str, object]:
+    """:func:`run_instance` as a benchmark row: ``result``, ``seconds`` and ``error`` (the
+    message of a library error, which makes the result ``unknown``). Sets torch's threads and
+    glibc's allocator as the command-line tool does: the body of an isolated instance
+    (:func:`~advrobust.evaluation._isolated.run_isolated`)."""
+    from advrobust._malloc import keep_freed_memory
+    from advrobust.errors import AdvRobustError
+
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    try:
+        res = run_instance(instance, timeout=timeout, threads=threads, seed=seed)
+    except AdvRobustError as exc:  # a bad instance is a row, not the end of the benchmark
+        return {"result": "unknown", "seconds": 0.0, "error": str(exc)}
+    return {"result": res.result, "seconds": round(res.seconds, 3), "error": ""}
