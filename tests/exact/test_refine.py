@@ -21,7 +21,7 @@ from advrobust.exact import MILP, BaB
 from advrobust.exact import bab as bab_module
 from advrobust.exact import refine as refine_module
 from advrobust.exact._candidates import Row, decide_by_milp
-from advrobust.exact.refine import refinable, refine_bounds
+from advrobust.exact.refine import Refinement, refinable, refine_bounds
 from advrobust.network.graph.graph import as_graph
 from advrobust.network.ir import Network, from_module
 from advrobust.relax.alpha_crown import AlphaResult, alpha_crown
@@ -559,9 +559,10 @@ def test_an_only_refinement_of_a_deep_chain_leaves_out_its_last_layer_and_the_de
         descents: set[bool] = set()
 
         def layer(network, x0, threat, bounds, k, bab, until, result, descend,  # type: ignore[no-untyped-def]
-                  weights):
+                  weights, short):
             # the property's weights go with the last ReLU layer only
             assert (weights is not None) == (k == network.relu_indices[-1])
+            assert short == only  # the only refinement's search settings (every layer)
             seen.append(k)
             spans.append(until - clock[0])
             descents.add(descend)
@@ -581,6 +582,30 @@ def test_an_only_refinement_of_a_deep_chain_leaves_out_its_last_layer_and_the_de
     assert descents == {not deep}
     front = refine_module._FRONT if deep else 1.0
     assert spans == pytest.approx([spans[0] / front ** i for i in range(len(seen))])
+
+
+@pytest.mark.parametrize("branching", ["fsb", "babsr", 7])
+def test_an_only_refinement_searches_with_fewer_steps_and_more_candidates(
+        monkeypatch: pytest.MonkeyPatch, branching: str | int) -> None:
+    """The neurons' searches of a sample's only refinement take at most ``_ONLY_BETA_STEPS``
+    Adam steps per batch and rank ``_ONLY_FSB_K`` candidates where the caller ranks FSB's
+    default; a caller's other branching is kept; in other rounds the caller's settings."""
+    network, x0, threat, c, d, root = _chain(4, 2, 2)
+    k = refinable(network)[0]
+    seen: list[tuple[int, int]] = []
+
+    def node(network, x0, threat, bounds, k, inner, weights, workers):  # type: ignore[no-untyped-def]
+        seen.append((inner.beta_steps, inner._fsb_k))
+        return None  # nothing to refine: the layer ends
+
+    monkeypatch.setattr(refine_module, "_refine_node", node)
+    bab = BaB(beta_steps=5, branching=branching)
+    caller_k = bab._fsb_k
+    for short in (False, True):
+        refine_module._refine_layer(network, x0, threat, root.bounds, k, bab,
+                                    time.perf_counter() + 60.0, Refinement(root), short=short)
+    only_k = refine_module._ONLY_FSB_K if branching == "fsb" else caller_k
+    assert seen == [(5, caller_k), (refine_module._ONLY_BETA_STEPS, only_k)]
 
 
 @pytest.mark.parametrize("round_seconds", [0.3, 10.0])
@@ -776,7 +801,7 @@ def test_a_last_layer_refined_alone_searches_all_its_unstable_neurons(
     given_: dict[int, list[bool]] = {}
 
     def layer(network, x0, threat, bounds, k, bab, until, result, descend,  # type: ignore[no-untyped-def]
-              weights):
+              weights, short):
         given_.setdefault(len(refinable(network)), []).append(weights is not None)
 
     monkeypatch.setattr(refine_module, "_refine_layer", layer)

@@ -14,7 +14,8 @@ its own, and comes back as an :class:`Isolated` whatever happens to it:
   stderr);
 - it does not answer within ``limit`` seconds of starting (``grace`` more for the answer to
   arrive): the child and every process it forked are killed;
-- the child dies (a signal, the out-of-memory killer, ``os._exit``): how it ended.
+- the child dies (a signal, the out-of-memory killer, ``os._exit``): how it ended;
+- no child can be started: why.
 
 The clock starts when the function starts in the child (the child's start-up is not counted,
 as an interpreter's start-up is not counted for one instance). Ctrl-C in the parent kills the
@@ -86,7 +87,12 @@ def run_isolated(fn: Callable[..., Any], args: Sequence[Any] = (), *, limit: flo
     child = ctx.Process(target=_child, args=(send, fn, tuple(args)), daemon=True,
                         name=f"advrobust-isolated-{getattr(fn, '__name__', 'call')}")
     began = time.perf_counter()
-    child.start()
+    try:
+        child.start()
+    except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): this call fails alone
+        recv.close()
+        send.close()
+        return Isolated(error=f"no process could be started: {exc}")
     send.close()
     started = False
     try:

@@ -100,6 +100,21 @@ _FRONT_ABOVE = 3
 #: searching all, not at all with 30 % (bench/RESULTS.md, issue 11, session 16).
 _LAST_SHARE = 0.3
 
+#: In a sample's only refinement (``refine_bounds(only=True)``: a short limit, e.g. 30 s), the
+#: neurons' searches take at most ``_ONLY_BETA_STEPS`` Adam steps per batch of domains and rank
+#: ``_ONLY_FSB_K`` split candidates per domain where the caller ranks filtered smart
+#: branching's default 20: the domains start from their parents' slopes, multipliers and Adam
+#: state, so two steps keep most of what five give at 0.6x the passes, and the batches saved
+#: pay for the wider ranking. VNN-COMP 2022 mnist_fc at 30 s, the five open instances nearest
+#: a proof (worst row at the end; two or three runs each): 256x4 ``prop_12_0.05`` -0.34..-0.41
+#: -> -0.10..-0.11, ``prop_7_0.05`` -0.61..-0.63 -> -0.35..-0.51, ``prop_4_0.05`` -1.21..-1.30 ->
+#: -0.84..-0.87, 256x6 ``prop_10_0.05`` -1.84..-1.91 -> -1.05..-1.08; 2 steps alone or 32
+#: candidates alone gain less, 8 candidates lose (256x6 ``prop_10_0.05`` -82.6), 48 gain less
+#: (bench/RESULTS.md, issue 11, session 27). Longer limits keep the caller's settings: their
+#: first round is not their last.
+_ONLY_BETA_STEPS = 2
+_ONLY_FSB_K = 32
+
 
 @dataclass
 class Refinement:
@@ -160,6 +175,8 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
             rounds gain from the last layer (at 300 s, leaving both out of the first of three
             rounds lost 256x6 ``prop_11_0.05`` and delayed two others; without descents in
             every round 256x4 lost ``prop_4_0.05``; bench/RESULTS.md, issue 11, session 14).
+            On every chain its neurons' searches take fewer Adam steps per batch and rank
+            more split candidates (``_ONLY_BETA_STEPS``, ``_ONLY_FSB_K``).
 
     Returns:
         :class:`Refinement`; its ``alpha`` is ``root`` when nothing was refined.
@@ -185,7 +202,7 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
         _refine_layer(network, x0, threat, bounds, k, bab,
                       time.perf_counter() + left * _layer_share(len(nodes) - n, deep),
                       result, descend=not quick,
-                      weights=last if k == network.relu_indices[-1] else None)
+                      weights=last if k == network.relu_indices[-1] else None, short=only)
     if result.layers:
         alpha = alpha_crown(network, x0, threat, c, d, steps=alpha_steps, bounds=bounds,
                             deadline=deadline, stop_above=_CLOSE,
@@ -221,15 +238,21 @@ def _last_layer_weights(network: Network, c: Tensor) -> Tensor:
 
 def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
                   bab: BaB, until: float, result: Refinement, descend: bool = True,
-                  weights: Tensor | None = None) -> None:
+                  weights: Tensor | None = None, short: bool = False) -> None:
     """Passes over node ``k`` until ``until``: each moves the thresholds ``_MARGIN`` of the way
     from the bound to the attack's value; a pass that proves fewer than half of its rows
     (the bound is near what the search can show) ends the layer. ``descend``: the searches
     take ``bab``'s signed-gradient steps from their domains' corners (else the corners only).
     ``weights`` (R, n): the property's rows read node ``k`` through ReLU and these
     coefficients only (the last ReLU layer): each pass searches the ``_LAST_SHARE`` of the
-    unstable neurons whose relaxation costs a row most (:func:`_costliest`)."""
+    unstable neurons whose relaxation costs a row most (:func:`_costliest`). ``short``: the
+    sample's only refinement (``_ONLY_BETA_STEPS``, ``_ONLY_FSB_K``)."""
     from advrobust.exact.bab import BaB
+
+    beta_steps, branching = bab.beta_steps, bab.branching
+    if short:
+        beta_steps = min(beta_steps, _ONLY_BETA_STEPS)
+        branching = _ONLY_FSB_K if branching == "fsb" else branching
 
     # the worker processes' searches share the memory: each may take its part of the budget
     memory = memory_share(bab.memory_limit, bab.workers)
@@ -237,8 +260,8 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
         # the neurons' searches: the caller's settings, no early stop, no refinement of their own
         inner = BaB(time_limit=left, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
                     early_stop=False, alpha_steps=bab.alpha_steps,
-                    intermediate=bab.intermediate, beta_steps=bab.beta_steps,
-                    branching=bab.branching, attack_steps=bab.attack_steps if descend else 0,
+                    intermediate=bab.intermediate, beta_steps=beta_steps,
+                    branching=branching, attack_steps=bab.attack_steps if descend else 0,
                     domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
                     memory_limit=memory)
         began = time.perf_counter()
