@@ -232,6 +232,8 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
             _run([str(net), str(prop), "--timeout", timeout, "--out", str(out)])
     with pytest.raises(InvalidParameterError, match="--timeout is required"):
         _run([str(net), str(prop), "--out", str(out)])
+    with pytest.raises(InvalidParameterError, match="--one-process applies to --instances"):
+        _run([str(net), str(prop), "--timeout", "5", "--out", str(out), "--one-process"])
     with pytest.raises(MissingFileError, match="a.onnx, .*b.vnnlib"):
         _run([str(tmp_path / "a.onnx"), str(tmp_path / "b.vnnlib"), "--timeout", "5", "--out",
               str(out)])
