@@ -104,7 +104,8 @@ _LAST_SHARE = 0.3
 #: neurons' searches take at most ``_ONLY_BETA_STEPS`` Adam steps per batch of domains and rank
 #: ``_ONLY_FSB_K`` split candidates per domain where the caller ranks filtered smart
 #: branching's default 20: the domains start from their parents' slopes, multipliers and Adam
-#: state, so two steps keep most of what five give at 0.6x the passes, and the batches saved
+#: state, so two steps keep most of what five give at about 0.6x the passes (two steps, the
+#: closing pass and the sound one instead of five and two), and the batches saved
 #: pay for the wider ranking. VNN-COMP 2022 mnist_fc at 30 s, the five open instances nearest
 #: a proof (worst row at the end; two or three runs each): 256x4 ``prop_12_0.05`` -0.34..-0.41
 #: -> -0.10..-0.11, ``prop_7_0.05`` -0.61..-0.63 -> -0.35..-0.51, ``prop_4_0.05`` -1.21..-1.30 ->
@@ -257,7 +258,8 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
     # the worker processes' searches share the memory: each may take its part of the budget
     memory = memory_share(bab.memory_limit, bab.workers)
     while (left := until - time.perf_counter()) > 0:
-        # the neurons' searches: the caller's settings, no early stop, no refinement of their own
+        # the neurons' searches: the caller's settings (fewer steps and more candidates in an
+        # only refinement), no early stop, no refinement of their own
         inner = BaB(time_limit=left, batch_size=bab.batch_size, max_leaves=bab.max_leaves,
                     early_stop=False, alpha_steps=bab.alpha_steps,
                     intermediate=bab.intermediate, beta_steps=beta_steps,
