@@ -589,13 +589,16 @@ def test_an_only_refinement_searches_with_fewer_steps_and_more_candidates(
         monkeypatch: pytest.MonkeyPatch, branching: str | int) -> None:
     """The neurons' searches of a sample's only refinement take at most ``_ONLY_BETA_STEPS``
     Adam steps per batch and rank ``_ONLY_FSB_K`` candidates where the caller ranks FSB's
-    default; a caller's other branching is kept; in other rounds the caller's settings."""
+    default (a caller's other branching is kept), and the last layer's passes search
+    ``_ONLY_LAST_SHARE`` of its neurons; in other rounds the caller's settings and
+    ``_LAST_SHARE``."""
     network, x0, threat, c, d, root = _chain(4, 2, 2)
     k = refinable(network)[0]
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, float]] = []
 
-    def node(network, x0, threat, bounds, k, inner, weights, workers):  # type: ignore[no-untyped-def]
-        seen.append((inner.beta_steps, inner._fsb_k))
+    def node(network, x0, threat, bounds, k, inner, weights, workers,  # type: ignore[no-untyped-def]
+             share):
+        seen.append((inner.beta_steps, inner._fsb_k, share))
         return None  # nothing to refine: the layer ends
 
     monkeypatch.setattr(refine_module, "_refine_node", node)
@@ -605,7 +608,8 @@ def test_an_only_refinement_searches_with_fewer_steps_and_more_candidates(
         refine_module._refine_layer(network, x0, threat, root.bounds, k, bab,
                                     time.perf_counter() + 60.0, Refinement(root), short=short)
     only_k = refine_module._ONLY_FSB_K if branching == "fsb" else caller_k
-    assert seen == [(5, caller_k), (refine_module._ONLY_BETA_STEPS, only_k)]
+    assert seen == [(5, caller_k, refine_module._LAST_SHARE),
+                    (refine_module._ONLY_BETA_STEPS, only_k, refine_module._ONLY_LAST_SHARE)]
 
 
 @pytest.mark.parametrize("round_seconds", [0.3, 10.0])
@@ -734,21 +738,22 @@ def test_the_last_layers_weights_are_the_rows_through_the_affine_maps_after_it()
     assert torch.allclose(got, c[0] @ last.weight, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("share", [refine_module._LAST_SHARE, refine_module._ONLY_LAST_SHARE])
 @settings(max_examples=30, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 3), st.integers(0, 2**31 - 1))
+@given(m=st.integers(1, 40), rows=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
 def test_the_costliest_neurons_are_the_top_share_by_their_rows_babsr_score(
-        m: int, rows: int, seed: int) -> None:
-    """``_costliest`` keeps ``ceil(_LAST_SHARE m)`` of the ``m`` unstable neurons (at least
-    one), ascending, and none it leaves out costs any row more than one it keeps (the upper
-    line's intercept times the row's coefficient magnitude)."""
+        m: int, rows: int, seed: int, share: float) -> None:
+    """``_costliest`` keeps ``ceil(share m)`` of the ``m`` unstable neurons (at least one),
+    ascending, and none it leaves out costs any row more than one it keeps (the upper line's
+    intercept times the row's coefficient magnitude)."""
     gen = torch.Generator().manual_seed(seed)
     n = m + 5
     lo = -torch.rand(n, generator=gen, dtype=torch.float64) - 0.01
     hi = torch.rand(n, generator=gen, dtype=torch.float64) + 0.01
     unstable = torch.randperm(n, generator=gen)[:m].sort().values
     weights = torch.randn(rows, n, generator=gen, dtype=torch.float64)
-    kept = refine_module._costliest(weights, lo, hi, unstable)
-    assert kept.numel() == max(1, math.ceil(refine_module._LAST_SHARE * m))
+    kept = refine_module._costliest(weights, lo, hi, unstable, share)
+    assert kept.numel() == max(1, math.ceil(share * m))
     assert kept.tolist() == sorted(kept.tolist())
     assert set(kept.tolist()) <= set(unstable.tolist())
     cost = (weights.abs() * (-hi * lo / (hi - lo))).amax(0)
@@ -757,28 +762,32 @@ def test_the_costliest_neurons_are_the_top_share_by_their_rows_babsr_score(
         assert float(cost[left].max()) <= float(cost[kept].min())
 
 
+@pytest.mark.parametrize("only", [False, True])
 def test_a_pass_over_the_last_layer_searches_its_costliest_neurons_and_stays_sound(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, only: bool) -> None:
     """Refining the last ReLU layer searches only the costliest unstable neurons (two rows
-    each), the others keep their bounds, and every refined bound holds at sampled points of
-    the set; the other layers search all their unstable neurons."""
+    each; ``_ONLY_LAST_SHARE`` of them in a sample's only refinement), the others keep their
+    bounds, and every refined bound holds at sampled points of the set; the other layers
+    search all their unstable neurons."""
     network, x0, threat, c, d, root = _chain(2, 2, 1)
     searched: dict[int, list[int]] = {}
     real = refine_module._costliest
 
-    def spy(weights, lo, hi, unstable):  # type: ignore[no-untyped-def]
-        kept = real(weights, lo, hi, unstable)
+    def spy(weights, lo, hi, unstable, share):  # type: ignore[no-untyped-def]
+        kept = real(weights, lo, hi, unstable, share)
         searched.setdefault(int(lo.numel()), []).append(kept.numel())
         return kept
 
     monkeypatch.setattr(refine_module, "_costliest", spy)
     before = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
-    out = refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 4)
+    out = refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 4,
+                        only=only)
     last = network.relu_indices[-1]
     passes = {int(p["node"]) for p in out.layers}
     assert last in passes and len(passes) == 2
+    last_share = refine_module._ONLY_LAST_SHARE if only else refine_module._LAST_SHARE
     for p in out.layers:
-        share = 1.0 if p["node"] != last else refine_module._LAST_SHARE
+        share = 1.0 if p["node"] != last else last_share
         assert p["searched"] == max(1, math.ceil(share * p["unstable"]))
         assert p["rows"] == 2 * p["searched"]
     assert searched  # the last layer went through _costliest

@@ -106,6 +106,45 @@ def test_unsupported_layer_names_type_and_position(layer: nn.Module, position: s
         from_module(model, (1, 6, 6))
 
 
+def test_chain_and_graph_conversions_share_one_table() -> None:
+    """A layer's conversion and checks live once, in the op registry: the chain converter
+    refuses a circular-padding convolution for the reason the torch.fx route gives, and a
+    registered op without a chain form (Tanh) is refused by the chain and taken by the graph."""
+    from advrobust.network import build_graph
+
+    conv = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular"), nn.Flatten())
+    reasons = []
+    for convert in (from_module, build_graph):
+        with pytest.raises(UnsupportedLayerError) as err:
+            convert(conv, (1, 4, 4))
+        reasons.append(str(err.value))
+    assert all("only integer zero padding" in r for r in reasons)
+    assert "'0'" in reasons[0]  # the chain names the layer's position
+    tanh = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    with pytest.raises(UnsupportedLayerError, match="Tanh.*'1'.*graph IR"):
+        from_module(tanh, (3,))
+    x = torch.rand(4, 3)
+    torch.testing.assert_close(build_graph(tanh, (3,)).forward(x), tanh(x))
+
+
+def test_conversion_leaves_a_training_batchnorm_as_it_was() -> None:
+    """The shape probe runs a training-mode batch-norm in eval mode: its statistics and mode
+    stay (a probe in training mode would update the running mean)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.BatchNorm1d(3),
+                          nn.Linear(3, 2))
+    model.train()
+    bn = model[3]
+    bn.running_mean.fill_(0.25)
+    before = bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked)
+    network = from_module(model, (1, 2, 2))
+    assert bn.training and model.training
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert int(bn.num_batches_tracked) == before[2]
+    model.eval()
+    x = torch.rand(5, 1, 2, 2)
+    torch.testing.assert_close(network.forward(x), model(x))
+
+
 def test_shape_mismatch_and_unflattened_output_raise() -> None:
     with pytest.raises(InvalidInputError, match="Linear"):
         from_module(nn.Sequential(nn.Flatten(), nn.Linear(5, 2)), (1, 2, 2))

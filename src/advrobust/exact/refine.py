@@ -97,8 +97,17 @@ _FRONT_ABOVE = 3
 #: neurons cost little, and the layer has a fraction of the time (VNN-COMP 2022 mnist_fc 256x4
 #: at 30 s: every open row nearer). Where it is the only refined layer it has the whole time
 #: and every neuron's bound pays: 2021 256x2 ``prop_1_0.03`` at 120 s is decided in 31 s
-#: searching all, not at all with 30 % (bench/RESULTS.md, issue 11, session 16).
+#: searching all, not at all with 30 % (bench/RESULTS.md, issue 11, session 16). A sample's only
+#: refinement (a short limit) searches ``_ONLY_LAST_SHARE``: the property's search that follows
+#: it is short, so the last layer's time buys most on the few neurons that cost most. VNN-COMP
+#: 2022 mnist_fc 256x4 at 30 s, the four open instances nearest a proof (worst row at the end,
+#: two or three runs each): ``prop_12_0.05`` -0.11..-0.38 with 30 % -> **unsat** in 24.2-24.4 s
+#: with 10 %, ``prop_7_0.05`` -0.36..-0.53 -> -0.07..-0.23, ``prop_4_0.05`` -0.92..-1.08 ->
+#: -0.72..-1.00, ``prop_9_0.05`` about the same; 50 % loses on all four, 20 % and 15 % gain
+#: less, 5 % about the same; leaving the layer out (and the descents, as on deep chains) loses
+#: ``prop_12_0.05`` (bench/RESULTS.md, issue 11, session 28).
 _LAST_SHARE = 0.3
+_ONLY_LAST_SHARE = 0.1
 
 #: In a sample's only refinement (``refine_bounds(only=True)``: a short limit, e.g. 30 s), the
 #: neurons' searches take at most ``_ONLY_BETA_STEPS`` Adam steps per batch of domains and rank
@@ -177,7 +186,9 @@ def refine_bounds(network: Network, x0: Tensor, threat: LpBall, c: Tensor, d: Te
             rounds lost 256x6 ``prop_11_0.05`` and delayed two others; without descents in
             every round 256x4 lost ``prop_4_0.05``; bench/RESULTS.md, issue 11, session 14).
             On every chain its neurons' searches take fewer Adam steps per batch and rank
-            more split candidates (``_ONLY_BETA_STEPS``, ``_ONLY_FSB_K``).
+            more split candidates (``_ONLY_BETA_STEPS``, ``_ONLY_FSB_K``), and where it
+            refines the last ReLU layer it searches fewer of its neurons
+            (``_ONLY_LAST_SHARE``).
 
     Returns:
         :class:`Refinement`; its ``alpha`` is ``root`` when nothing was refined.
@@ -247,13 +258,14 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
     ``weights`` (R, n): the property's rows read node ``k`` through ReLU and these
     coefficients only (the last ReLU layer): each pass searches the ``_LAST_SHARE`` of the
     unstable neurons whose relaxation costs a row most (:func:`_costliest`). ``short``: the
-    sample's only refinement (``_ONLY_BETA_STEPS``, ``_ONLY_FSB_K``)."""
+    sample's only refinement (``_ONLY_BETA_STEPS``, ``_ONLY_FSB_K``, ``_ONLY_LAST_SHARE``)."""
     from advrobust.exact.bab import BaB
 
-    beta_steps, branching = bab.beta_steps, bab.branching
+    beta_steps, branching, share = bab.beta_steps, bab.branching, _LAST_SHARE
     if short:
         beta_steps = min(beta_steps, _ONLY_BETA_STEPS)
         branching = _ONLY_FSB_K if branching == "fsb" else branching
+        share = _ONLY_LAST_SHARE
 
     # the worker processes' searches share the memory: each may take its part of the budget
     memory = memory_share(bab.memory_limit, bab.workers)
@@ -267,7 +279,7 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
                     domain_bounds=bab.domain_bounds, keep_state=bab.keep_state, refine=0.0,
                     memory_limit=memory)
         began = time.perf_counter()
-        log = _refine_node(network, x0, threat, bounds, k, inner, weights, bab.workers)
+        log = _refine_node(network, x0, threat, bounds, k, inner, weights, bab.workers, share)
         if log is None:
             return
         log["seconds"] = time.perf_counter() - began
@@ -277,18 +289,18 @@ def _refine_layer(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBou
 
 
 def _refine_node(network: Network, x0: Tensor, threat: LpBall, bounds: LayerBounds, k: int,
-                 inner: BaB, weights: Tensor | None = None,
-                 workers: int = 1) -> dict[str, Any] | None:
+                 inner: BaB, weights: Tensor | None = None, workers: int = 1,
+                 share: float = _LAST_SHARE) -> dict[str, Any] | None:
     """Tighten node ``k``'s bounds (and those below it) in place; None if nothing to do.
-    ``weights``: see :func:`_refine_layer`; ``workers``: processes that share the neurons'
-    rows (:func:`_search_rows`)."""
+    ``weights``, ``share``: see :func:`_refine_layer` and :func:`_costliest`; ``workers``:
+    processes that share the neurons' rows (:func:`_search_rows`)."""
     cut = _cut(network, k)
     _rebound(cut, x0, threat, bounds, k)
     lo, hi = (b.reshape(-1) for b in bounds[k])
     unstable = ((lo < 0) & (hi > 0)).nonzero().flatten()
     total = unstable.numel()
     if weights is not None and total:
-        unstable = _costliest(weights, lo, hi, unstable)
+        unstable = _costliest(weights, lo, hi, unstable, share)
     m = unstable.numel()
     if m == 0:
         return None
@@ -350,11 +362,12 @@ def _search_rows(inner: BaB, cut: Network, x0: Tensor, threat: LpBall, spec: Spe
     return low, roots
 
 
-def _costliest(weights: Tensor, lo: Tensor, hi: Tensor, unstable: Tensor) -> Tensor:
-    """The ``_LAST_SHARE`` (at least one) of the ``unstable`` neurons (ascending) whose
-    relaxation costs some row most: the upper line's intercept ``-u l / (u - l)`` times the
-    row's coefficient magnitude (BaBSR's score, exact on the last ReLU layer)."""
-    keep = max(1, math.ceil(_LAST_SHARE * unstable.numel()))
+def _costliest(weights: Tensor, lo: Tensor, hi: Tensor, unstable: Tensor,
+               share: float = _LAST_SHARE) -> Tensor:
+    """The ``share`` (at least one) of the ``unstable`` neurons (ascending) whose relaxation
+    costs some row most: the upper line's intercept ``-u l / (u - l)`` times the row's
+    coefficient magnitude (BaBSR's score, exact on the last ReLU layer)."""
+    keep = max(1, math.ceil(share * unstable.numel()))
     if keep >= unstable.numel():
         return unstable
     l, u = lo[unstable], hi[unstable]

@@ -1,7 +1,10 @@
 """The verifiable IR: a network as a sequence of affine and ReLU ops, built from ``nn.Sequential``.
 
 :func:`from_module` walks a (nested) ``nn.Sequential`` and turns every layer into an op from
-:mod:`advrobust.network.ops` / :mod:`advrobust.network.relu`. Batch-norm layers right after a
+:mod:`advrobust.network.ops` / :mod:`advrobust.network.relu` through the op registry
+(:mod:`advrobust.network.graph.ops`: the one table of conversions and their checks, which the
+torch.fx and ONNX graph builders use too; a registered op without a chain form, e.g. Tanh,
+is refused here and verified through the graph IR). Batch-norm layers right after a
 linear or convolutional layer are folded into it (at call time, from the live buffers); other
 batch-norm and normalisation layers become per-channel affine ops. Identity and Dropout (eval)
 vanish. Anything else raises :class:`~advrobust.errors.UnsupportedLayerError` with its position.
@@ -16,17 +19,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+import advrobust.network.graph.ops  # noqa: F401  (registers every op)
 from advrobust.errors import InvalidInputError, UnsupportedLayerError
-from advrobust.network.ops import (
-    AvgPoolOp,
-    ChannelAffineOp,
-    ConvOp,
-    FlattenOp,
-    LinearOp,
-    Op,
-    bn_scale_shift,
-)
-from advrobust.network.relu import ReLUOp
+from advrobust.network.graph.base import Call, Data, module_factory
+from advrobust.network.graph.ops.reshape import IdentityOp
+from advrobust.network.ops import Op
 
 if TYPE_CHECKING:
     from advrobust.network.graph.base import GraphOp
@@ -124,77 +121,45 @@ def _unsupported(path: str, layer: nn.Module, why: str = "") -> UnsupportedLayer
 
 
 def _out_shape(layer: nn.Module, shape: tuple[int, ...], path: str) -> tuple[int, ...]:
+    """The layer's output shape, from one zero input run in eval mode (a training-mode
+    batch-norm would update its statistics; the layer's mode is restored)."""
+    training = layer.training
     try:
+        layer.eval()
         with torch.no_grad():
             p = next(iter(layer.parameters()), None)
             probe = torch.zeros((1,) + shape) if p is None else \
                 torch.zeros((1,) + shape, dtype=p.dtype, device=p.device)
             out = layer(probe)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise InvalidInputError(
             f"Layer {type(layer).__name__} at position '{path}' cannot take inputs of shape "
             f"{shape}: {err}") from None
+    finally:
+        layer.train(training)
     return tuple(out.shape[1:])
 
 
-def _normalize_params(layer: nn.Module) -> object:
-    def params() -> tuple[Tensor, Tensor]:
-        mean, std = layer.mean, layer.std
-        assert isinstance(mean, Tensor) and isinstance(std, Tensor)
-        return 1.0 / std, -mean / std
-    return params
-
-
-def _bn_params(layer: nn.Module) -> object:
-    return lambda: bn_scale_shift(layer)
-
-
-def _check_channels(layer: nn.Module, path: str, shape: tuple[int, ...], count: int) -> None:
-    if count not in (1, shape[0] if shape else 1):
-        raise _unsupported(path, layer, f"{count} channel constants for inputs of shape {shape}")
-
-
 def _convert(path: str, layer: nn.Module, shape: tuple[int, ...], prev: Op | None) -> Op | None:
-    """The op for one layer (None when it vanishes or folds into ``prev``)."""
-    kind = type(layer).__name__
-    if isinstance(layer, (nn.Identity, nn.Dropout)):
+    """The op for one layer (None when it vanishes or folds into ``prev``): the op registry's
+    conversion (:mod:`advrobust.network.graph.ops`, the table the torch.fx and ONNX routes use
+    too), taken as a chain op where it has one."""
+    factory = module_factory(layer)
+    if factory is None:
+        raise _unsupported(path, layer)
+    call = Call(type(layer), layer, (Data(0, shape),), {}, _out_shape(layer, shape, path),
+                f"Layer {type(layer).__name__} at position '{path}'", supported=SUPPORTED)
+    graph_op = factory(call)
+    if isinstance(graph_op, IdentityOp):  # Identity, Dropout (eval), a shape-keeping reshape
         return None
-    if isinstance(layer, nn.ReLU):
-        return ReLUOp(shape, path)
-    if isinstance(layer, nn.Flatten):
-        if layer.start_dim != 1 or layer.end_dim != -1:
-            raise _unsupported(path, layer, "only Flatten(start_dim=1, end_dim=-1)")
-        return FlattenOp(shape, (math.prod(shape),), path)
-    if isinstance(layer, nn.Linear):
-        if len(shape) != 1:
-            raise _unsupported(path, layer, f"Linear on inputs of shape {shape}; flatten first")
-        _out_shape(layer, shape, path)
-        return LinearOp(layer, shape, path)
-    if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise _unsupported(path, layer, "only integer zero padding")
-        return ConvOp(layer, shape, _out_shape(layer, shape, path), path)
-    if isinstance(layer, nn.AvgPool2d):
-        pad = nn.modules.utils._pair(layer.padding)
-        if layer.ceil_mode or layer.divisor_override is not None or (
-                not layer.count_include_pad and any(pad)):
-            raise _unsupported(path, layer, "ceil_mode, divisor_override or count_include_pad="
-                               "False with padding")
-        return AvgPoolOp(layer, shape, _out_shape(layer, shape, path), path)
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        if layer.running_mean is None or layer.running_var is None:
-            raise _unsupported(path, layer, "batch-norm without running statistics")
-        _check_channels(layer, path, shape, layer.num_features)
-        if prev is not None and prev.fold_batchnorm(layer, path):
-            return None
-        return ChannelAffineOp(_bn_params(layer), shape, path)
-    if kind == "Normalize" and isinstance(getattr(layer, "mean", None), Tensor) \
-            and isinstance(getattr(layer, "std", None), Tensor):
-        mean = layer.mean
-        assert isinstance(mean, Tensor)
-        _check_channels(layer, path, shape, mean.numel())
-        return ChannelAffineOp(_normalize_params(layer), shape, path)
-    raise _unsupported(path, layer)
+    op = graph_op.chain_op()
+    if not isinstance(op, Op):
+        raise _unsupported(path, layer, "not a chain op: verified through the graph IR, "
+                                        "advrobust.network.build_graph")
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and prev is not None \
+            and prev.fold_batchnorm(layer, path):
+        return None
+    return op
 
 
 def from_module(model: nn.Module, input_shape: Sequence[int]) -> Network:

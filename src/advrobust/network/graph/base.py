@@ -225,6 +225,9 @@ class Call:
         args, kwargs: arguments; data tensors are :class:`Data`, everything else is a value.
         out_shape: the output shape without the batch dimension.
         name: the call site's name, e.g. ``"fx node 'add_1' (module 'layer1.0')"``.
+        supported: what the caller's error messages list as supported (default: every
+            registered op; the chain converter :func:`~advrobust.network.from_module` lists
+            its own).
     """
 
     target: Any
@@ -234,6 +237,7 @@ class Call:
     out_shape: tuple[int, ...]
     name: str
     data: list[Data] = field(default_factory=list)
+    supported: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         found: list[Data] = []
@@ -244,7 +248,8 @@ class Call:
 
     def fail(self, why: str) -> UnsupportedLayerError:
         """The error for an unsupported use of a supported op."""
-        return UnsupportedLayerError(f"{self.name}: {why}. Supported: {', '.join(supported())}.")
+        listed = supported() if self.supported is None else self.supported
+        return UnsupportedLayerError(f"{self.name}: {why}. Supported: {', '.join(listed)}.")
 
     def arg(self, index: int, key: str, default: Any = None) -> Any:
         """Positional ``index`` or keyword ``key``."""
