@@ -154,8 +154,8 @@ def _convert(path: str, layer: nn.Module, shape: tuple[int, ...], prev: Op | Non
         return None
     op = graph_op.chain_op()
     if not isinstance(op, Op):
-        raise _unsupported(path, layer, "not a chain op: verified through the graph IR, "
-                                        "advrobust.network.build_graph")
+        raise _unsupported(path, layer, "no chain form; the graph IR, "
+                                        "advrobust.network.build_graph, takes it")
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and prev is not None \
             and prev.fold_batchnorm(layer, path):
         return None
