@@ -127,6 +127,40 @@ def test_chain_and_graph_conversions_share_one_table() -> None:
     torch.testing.assert_close(build_graph(tanh, (3,)).forward(x), tanh(x))
 
 
+class _KeptLinear(nn.Linear):
+    """A subclass that keeps nn.Linear's forward."""
+
+
+class _OwnLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_subclasses_that_keep_their_base_forward_convert_as_the_base() -> None:
+    """A layer class that keeps its registered base class's forward (a plain subclass, torch's
+    parametrized ``spectral_norm(nn.Linear)``) converts as that base, in the chain and in the
+    graph route; one with a forward of its own is not taken for its base (the graph route
+    traces it)."""
+    from torch.nn.utils import parametrizations
+
+    from advrobust.network import build_graph
+    from advrobust.network.graph.base import module_factory
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_KeptLinear(4, 5), nn.ReLU(),
+                          parametrizations.spectral_norm(nn.Linear(5, 3))).eval()
+    x = torch.rand(6, 4)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(from_module(model, (4,)).forward(x), want)
+        torch.testing.assert_close(build_graph(model, (4,)).forward(x), want)
+    assert module_factory(_KeptLinear(2, 2)) is module_factory(nn.Linear(2, 2))
+    assert module_factory(_OwnLinear(2, 2)) is None
+    own = nn.Sequential(_OwnLinear(4, 3))
+    with pytest.raises(UnsupportedLayerError, match="_OwnLinear.*'0'"):
+        from_module(own, (4,))
+
+
 def test_conversion_leaves_a_training_batchnorm_as_it_was() -> None:
     """The shape probe runs a training-mode batch-norm in eval mode: its statistics and mode
     stay (a probe in training mode would update the running mean)."""

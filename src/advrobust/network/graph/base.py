@@ -304,8 +304,18 @@ def _label(f: Any) -> str:
 
 
 def module_factory(module: nn.Module) -> Factory | None:
-    """The factory for a module's exact class (subclasses may override forward: not matched)."""
-    return _MODULES.get(type(module)) or _MODULE_NAMES.get(type(module).__name__)
+    """The factory for a module's class: its own, else (registered by class) that of the
+    nearest registered base class whose ``forward`` the class keeps (e.g. torch's parametrized
+    modules, ``spectral_norm(nn.Linear(...))``); a subclass with a ``forward`` of its own is not
+    matched (it is traced). Every route still checks the converted op against the module."""
+    cls = type(module)
+    found = _MODULES.get(cls) or _MODULE_NAMES.get(cls.__name__)
+    if found is not None:
+        return found
+    for base in cls.__mro__[1:]:
+        if base in _MODULES:
+            return _MODULES[base] if cls.forward is getattr(base, "forward", None) else None
+    return None
 
 
 def lookup(kind: str, target: Any, module: nn.Module | None) -> Factory | None:
