@@ -762,13 +762,12 @@ def test_the_costliest_neurons_are_the_top_share_by_their_rows_babsr_score(
         assert float(cost[left].max()) <= float(cost[kept].min())
 
 
-@pytest.mark.parametrize("only", [False, True])
 def test_a_pass_over_the_last_layer_searches_its_costliest_neurons_and_stays_sound(
-        monkeypatch: pytest.MonkeyPatch, only: bool) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Refining the last ReLU layer searches only the costliest unstable neurons (two rows
-    each; ``_ONLY_LAST_SHARE`` of them in a sample's only refinement), the others keep their
-    bounds, and every refined bound holds at sampled points of the set; the other layers
-    search all their unstable neurons."""
+    each), the others keep their bounds, and every refined bound holds at sampled points of
+    the set; the other layers search all their unstable neurons. (An only refinement's
+    ``_ONLY_LAST_SHARE`` reaching ``_costliest``: the only-refinement settings test.)"""
     network, x0, threat, c, d, root = _chain(2, 2, 1)
     searched: dict[int, list[int]] = {}
     real = refine_module._costliest
@@ -780,14 +779,12 @@ def test_a_pass_over_the_last_layer_searches_its_costliest_neurons_and_stays_sou
 
     monkeypatch.setattr(refine_module, "_costliest", spy)
     before = [(lo.clone(), hi.clone()) for lo, hi in root.bounds]
-    out = refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 4,
-                        only=only)
+    out = refine_bounds(network, x0, threat, c, d, root, BaB(), deadline=time.perf_counter() + 4)
     last = network.relu_indices[-1]
     passes = {int(p["node"]) for p in out.layers}
     assert last in passes and len(passes) == 2
-    last_share = refine_module._ONLY_LAST_SHARE if only else refine_module._LAST_SHARE
     for p in out.layers:
-        share = 1.0 if p["node"] != last else last_share
+        share = 1.0 if p["node"] != last else refine_module._LAST_SHARE
         assert p["searched"] == max(1, math.ceil(share * p["unstable"]))
         assert p["rows"] == 2 * p["searched"]
     assert searched  # the last layer went through _costliest
