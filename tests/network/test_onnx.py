@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advrobust.errors import DataFormatError, UnsupportedLayerError
+from advrobust.network import load_onnx_graph
 from advrobust.network.onnx import import_onnx, load_onnx
 
 onnx = pytest.importorskip("onnx")
@@ -139,26 +140,127 @@ def test_unsupported_op_names_the_node(tmp_path: Path) -> None:
 
 
 def test_unnamed_nodes_are_named_by_position_op_and_outputs(tmp_path: Path) -> None:
-    """``node.name == ""`` is legal ONNX (exporters often leave it so): the errors of both
-    importers still say which node, never ``ONNX node ''``."""
+    """``node.name == ""`` is legal ONNX (exporters often leave it so): the parser's errors
+    still say which node, never ``ONNX node ''``."""
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Relu", ["f"], ["r"]),
              helper.make_node("Softplus", ["r"], ["y"])]
     assert all(n.name == "" for n in nodes)
     path = _save(tmp_path, nodes, {}, [1, 4], [1, 4])
     with pytest.raises(UnsupportedLayerError) as err:
-        load_onnx(path)  # the chain importer hands over to the graph importer, which refuses
+        load_onnx(path)
     assert "ONNX node graph.node[2] (Softplus, unnamed, output 'y'): this op is not " \
         "supported" in str(err.value)
     assert "''" not in str(err.value)
-    # the chain importer's own errors name the node the same way
-    from advrobust.network._onnx_ops import ChainBuilder
-    from advrobust.network.onnx import describe_node
-
-    flat = helper.make_node("Flatten", ["x"], ["f"], axis=2)
+    # a node the parser refuses by its attributes is named the same way
+    flat = [helper.make_node("Flatten", ["x"], ["y"], axis=2)]
     with pytest.raises(UnsupportedLayerError, match=re.escape(
-            "net.onnx: ONNX node graph.node[0] (Flatten, unnamed, output 'f'): only axis=1")):
-        ChainBuilder("x", (2, 2), {}, "net.onnx").add("Flatten", describe_node(flat, 0),
-                                                      ["x"], ["f"], {"axis": 2})
+            "ONNX node graph.node[0] (Flatten, unnamed, output 'y'): only axis=1")):
+        load_onnx(_save(tmp_path, flat, {}, [1, 2, 2], [1, 2, 2], name="axis2.onnx"))
+
+
+_ELEMENTWISE = ("Add", "Sub", "RSub", "Mul", "Div", "Neg")
+
+
+def _elementwise_node(kind: str, data: str, const: str, out: str) -> object:
+    if kind == "Neg":
+        return helper.make_node("Neg", [data], [out])
+    if kind == "RSub":
+        return helper.make_node("Sub", [const, data], [out])
+    return helper.make_node(kind, [data, const], [out])
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**16), pre=st.lists(st.sampled_from(_ELEMENTWISE), max_size=3),
+       post=st.lists(st.sampled_from(_ELEMENTWISE), max_size=2), conv_bias=st.booleans(),
+       batchnorm=st.booleans(), reshape=st.booleans(), gemm=st.booleans())
+def test_any_chain_of_standard_nodes_is_one_sequential_that_matches_the_reference(
+        tmp_path_factory: pytest.TempPathFactory, seed: int, pre: list[str], post: list[str],
+        conv_bias: bool, batchnorm: bool, reshape: bool, gemm: bool) -> None:
+    """The one parser and its chain form: every chain of standard nodes (elementwise constants
+    before and after the affine layers, in either operand order) becomes a Sequential of
+    standard layers that computes what the ONNX reference evaluator and the parser's own graph
+    module compute."""
+    rng = np.random.default_rng(seed)
+    inits: dict[str, np.ndarray] = {"K": rng.normal(size=(3, 2, 3, 3)),
+                                    "W": rng.normal(size=(3 * 4 * 4, 5)), "B": rng.normal(size=5),
+                                    "SHAPE": np.array([1, -1])}
+    nodes, cur = [], "x"
+    for i, kind in enumerate(pre):  # per-channel constants on the image (normalisation-like)
+        inits[f"P{i}"] = rng.uniform(0.5, 2, size=(1, 2, 1, 1)) * rng.choice([-1, 1])
+        nodes.append(_elementwise_node(kind, cur, f"P{i}", f"p{i}"))
+        cur = f"p{i}"
+    conv_in = [cur, "K"] + (["KB"] if conv_bias else [])
+    inits["KB"] = rng.normal(size=3)
+    nodes.append(helper.make_node("Conv", conv_in, ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    cur = "c"
+    if batchnorm:
+        inits.update(G=rng.uniform(0.5, 2, size=3), BB=rng.normal(size=3),
+                     MU=rng.normal(size=3), VAR=rng.uniform(0.5, 2, size=3))
+        nodes.append(helper.make_node("BatchNormalization", ["c", "G", "BB", "MU", "VAR"],
+                                      ["n"]))
+        cur = "n"
+    nodes.append(helper.make_node("Relu", [cur], ["r"]))
+    nodes.append(helper.make_node("Reshape", ["r", "SHAPE"], ["f"]) if reshape
+                 else helper.make_node("Flatten", ["r"], ["f"]))
+    cur = "f"
+    for i, kind in enumerate(post):  # per-position constants on the flat vector
+        inits[f"Q{i}"] = rng.uniform(0.5, 2, size=48) * rng.choice([-1, 1], size=48)
+        nodes.append(_elementwise_node(kind, cur, f"Q{i}", f"q{i}"))
+        cur = f"q{i}"
+    if gemm:
+        nodes.append(helper.make_node("Gemm", [cur, "W", "B"], ["y"], alpha=0.5))
+    else:
+        nodes += [helper.make_node("MatMul", [cur, "W"], ["m"]),
+                  helper.make_node("Add", ["m", "B"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v if k == "SHAPE" else v.astype(np.float32), k)
+         for k, v in inits.items()])
+    path = tmp_path_factory.mktemp("chain") / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+    net = import_onnx(path)
+    assert isinstance(net.model, nn.Sequential)
+    assert {type(m) for m in net.model} <= {nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear}
+    graph_module = load_onnx_graph(path)
+    for _ in range(2):
+        x = rng.uniform(size=(1, 2, 4, 4))
+        ref = _reference(path, x)
+        np.testing.assert_allclose(_ours(path, x), ref, rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            ours64 = graph_module(torch.from_numpy(x.astype(np.float32)).double()).numpy()
+        np.testing.assert_allclose(ours64, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_step_on_the_data_twice_is_no_chain(tmp_path: Path) -> None:
+    """``x * x`` has one data input twice: not an affine step, so the graph module keeps it."""
+    nodes = [helper.make_node("Mul", ["x", "x"], ["y"])]
+    model = load_onnx(_save(tmp_path, nodes, {}, [1, 3], [1, 3]))
+    assert not isinstance(model, nn.Sequential)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(model(x), x * x)
+
+
+def test_a_reshape_that_moves_the_batch_axis_is_refused(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Reshape", ["x", "SHAPE"], ["y"], name="fold")]
+    path = tmp_path / "fold.onnx"
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6])],
+        [numpy_helper.from_array(np.array([6], dtype=np.int64), "SHAPE")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    with pytest.raises(UnsupportedLayerError, match=re.escape(
+            "ONNX node 'fold' (Reshape, graph.node[0], output 'y'): a reshape of (1, 6) to (6,) "
+            "must keep the batch dimension first")):
+        load_onnx(path)
+
+
+def test_a_gemm_bias_of_the_wrong_size_is_named(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Gemm", ["x", "W", "C"], ["y"], transB=1, name="fc")]
+    path = _save(tmp_path, nodes, {"W": np.ones((3, 4)), "C": np.ones(2)}, [1, 4], [1, 3])
+    with pytest.raises(UnsupportedLayerError, match=r"'fc'.*bias C of shape \(2,\) must "
+                       r"broadcast to \(3,\)"):
+        load_onnx(path)
 
 
 def test_sigmoid_and_branching_graphs_go_to_the_graph_importer(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Folding of elementwise affine records into standard layers (used by ``network._onnx_ops``).
+"""Folding of elementwise affine records into standard layers (used by ``network._onnx_chain``).
 
 A :class:`Scale` (``x * scale + shift``, from Add / Sub / Mul / Div with a constant or an eval-mode
 BatchNormalization) is folded into the Linear / Conv2d just before it (a bias addition, a

@@ -1,14 +1,14 @@
-"""Import feed-forward ONNX networks (VNN-COMP style) as plain ``torch.nn.Sequential`` models.
+"""Import ONNX networks (VNN-COMP style): chains as plain ``torch.nn.Sequential`` models.
 
-The result uses only standard layers (``Flatten``, ``Linear``, ``Conv2d``, ``ReLU``,
-``Unflatten``), so every attack and verifier of advrobust runs on it unchanged. Supported ONNX
-ops: Flatten (axis 1), Reshape (constant shape), Gemm (any ``alpha``/``beta``/``transB``,
-``transA=0``), MatMul with a constant weight, Conv (2-D, symmetric padding), Relu,
-BatchNormalization, Identity, Dropout, Constant, and Add / Sub / Mul / Div with a constant (bias
-additions and input normalisation; folded into the neighbouring affine layer where possible).
-A chain (one data input, each node consuming the previous node's output) becomes that
-Sequential; any other graph, or a chain with ops outside that list (Sigmoid, Tanh, MaxPool, ...),
-is read by :func:`advrobust.network.load_onnx_graph` (the graph IR's importer) instead.
+Every file is parsed once, by the graph importer (:func:`advrobust.network.load_onnx_graph`, its
+supported ops and errors). When the graph is a chain -- one data input, each node consuming the
+previous node's output -- of Flatten (axis 1), Reshape (constant shape), Gemm, MatMul with a
+constant weight, Conv (2-D, symmetric padding), Relu, BatchNormalization, Identity, Dropout,
+Constant and Add / Sub / Mul / Div / Neg with a constant, the result is a float32 Sequential of
+standard layers (``Flatten``, ``Linear``, ``Conv2d``, ``ReLU``, ``Unflatten``), the elementwise
+constants folded into the neighbouring affine layer where possible (bias additions, batch-norms,
+input normalisation), so every attack and verifier of advrobust runs on it unchanged. Any other
+graph (branches, Sigmoid, Tanh, MaxPool, ...) is the graph importer's module, in float32.
 
 The ``onnx`` package is optional: ``pip install 'advrobust[onnx]'``.
 """
@@ -29,7 +29,6 @@ from advrobust.errors import (
     SolverUnavailableError,
     UnsupportedLayerError,
 )
-from advrobust.network import _onnx_ops as ops
 
 __all__ = ["OnnxNetwork", "import_onnx", "load_onnx"]
 
@@ -119,17 +118,6 @@ def _input_shape(proto: Any, path: Path) -> tuple[str, tuple[int, ...]]:
     return inputs[0].name, tuple(shape[1:])
 
 
-def _to_tensor(onnx: Any, proto: Any) -> Tensor:
-    return torch.from_numpy(np.array(onnx.numpy_helper.to_array(proto)))
-
-
-def _opset(proto: Any) -> int:
-    for imp in proto.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
 def import_onnx(path: str | Path) -> OnnxNetwork:
     """Read an ONNX file into an :class:`OnnxNetwork` (the model plus its input shape).
 
@@ -146,30 +134,17 @@ def import_onnx(path: str | Path) -> OnnxNetwork:
         UnsupportedLayerError: an op (named with its node) or a graph structure (several
             inputs, branches) that has no equivalent among the supported layers.
     """
-    path = Path(path)
-    proto = _read_model(path)
-    onnx = _import_onnx_package()
-    name, shape = _input_shape(proto, path)
-    constants = {t.name: _to_tensor(onnx, t) for t in proto.graph.initializer}
-    builder = ops.ChainBuilder(name, shape, constants, str(path))
-    model: nn.Module
-    try:
-        for index, node in enumerate(proto.graph.node):
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            attrs = {k: _to_tensor(onnx, v) if isinstance(v, onnx.TensorProto) else v
-                     for k, v in attrs.items()}
-            builder.add(node.op_type, describe_node(node, index), list(node.input),
-                        list(node.output), attrs)
-        model = builder.finish([o.name for o in proto.graph.output])
-    except UnsupportedLayerError:
-        # not a chain of standard layers: the graph importer (branches, sigmoid, tanh, ...),
-        # whose error names the node when it cannot read the file either
-        from advrobust.network.graph.onnx import load_onnx_graph
+    from advrobust.network._onnx_chain import as_chain
+    from advrobust.network.graph.onnx import load_onnx_graph
 
-        model = load_onnx_graph(path).float()
+    path = Path(path)
+    graph = load_onnx_graph(path)  # the one ONNX parser; its errors name the node
+    chain = as_chain(graph, str(path))
+    model: nn.Module = chain if chain is not None else graph.float()
+    shape, name = graph.input_shape, graph.input_name
     out_shape = _output_shape(model, shape)
     return OnnxNetwork(model=model, input_shape=shape, output_shape=out_shape, input_name=name,
-                       opset=_opset(proto))
+                       opset=graph.opset)
 
 
 def _output_shape(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:

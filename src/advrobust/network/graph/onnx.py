@@ -14,6 +14,7 @@ optional: ``pip install 'advrobust[onnx]'``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,15 @@ class OnnxGraphModule(nn.Module):
     Attributes:
         input_shape: per-sample input shape (batch dimension dropped).
         input_name, output_name: the graph's data input and output.
+        opset: the file's default-domain opset version (0 when it names none).
     """
 
-    def __init__(self, input_name: str, output_name: str, input_shape: tuple[int, ...]) -> None:
+    def __init__(self, input_name: str, output_name: str, input_shape: tuple[int, ...],
+                 opset: int = 0) -> None:
         super().__init__()
         self.input_name, self.output_name = input_name, output_name
         self.input_shape = input_shape
+        self.opset = opset
         self.layers = nn.ModuleDict()
         self.steps: list[tuple[str, list[str], str, dict[str, Any]]] = []
         self._constants: dict[str, str] = {}
@@ -108,6 +112,13 @@ def _attrs(onnx: Any, node: Any) -> dict[str, Any]:
     return out
 
 
+def _opset(proto: Any) -> int:
+    for imp in proto.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
 class _Importer:
     def __init__(self, onnx: Any, proto: Any, source: str) -> None:
         from advrobust.network.onnx import _input_shape
@@ -118,7 +129,7 @@ class _Importer:
         if len(outputs) != 1:
             raise UnsupportedLayerError(f"{source}: the graph must have one output; it has "
                                         f"{outputs}.")
-        self.module = OnnxGraphModule(name, outputs[0], shape)
+        self.module = OnnxGraphModule(name, outputs[0], shape, _opset(proto))
         self.where = ""  # the node being added, as errors name it
         self.alias: dict[str, str] = {}
         for t in proto.graph.initializer:
@@ -221,7 +232,24 @@ class _Importer:
 
     def _Reshape(self, node: Any, attrs: dict[str, Any]) -> None:
         shape = self.const(node, node.input[1], "shape").long().tolist()
+        self._check_batch_kept(node, self.dims.get(self.alias.get(node.input[0], node.input[0])),
+                               shape, bool(attrs.get("allowzero", 0)))
         self.step(node, "Reshape", [node.input[0]], {"shape": shape})
+
+    def _check_batch_kept(self, node: Any, dims: list[int] | None, target: list[int],
+                          allowzero: bool) -> None:
+        """The module reshapes each sample (the batch axis stays first): refuse a Reshape whose
+        target, resolved against a statically known input shape, moves the batch axis."""
+        if not dims or any(d <= 0 for d in dims) or allowzero:
+            return
+        resolved = [dims[i] if v == 0 and i < len(dims) else v for i, v in enumerate(target)]
+        total = math.prod(dims)
+        if resolved.count(-1) == 1:
+            known = math.prod(d for d in resolved if d != -1)
+            resolved[resolved.index(-1)] = total // max(known, 1)
+        if not resolved or resolved[0] != dims[0] or math.prod(resolved) != total:
+            raise self.fail(node, f"a reshape of {tuple(dims)} to {tuple(target)} must keep the "
+                            "batch dimension first")
 
     def _linear(self, node: Any, weight: Tensor, bias: Tensor | None, data: str) -> None:
         layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None).double()
@@ -239,6 +267,9 @@ class _Importer:
         bias = None
         if len(node.input) > 2 and node.input[2]:
             c = self.const(node, node.input[2], "bias C") * float(attrs.get("beta", 1.0))
+            if c.numel() not in (1, weight.shape[0]):
+                raise self.fail(node, f"bias C of shape {tuple(c.shape)} must broadcast to "
+                                f"({weight.shape[0]},)")
             bias = torch.broadcast_to(c.reshape(-1), (weight.shape[0],))
         self._linear(node, weight, bias, node.input[0])
 
