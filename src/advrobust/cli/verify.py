@@ -245,10 +245,16 @@ def _run_property(args: argparse.Namespace, model: Any, shape: tuple[int, ...] |
     check_output(args.counterexample, "--counterexample")
     prop = load_vnnlib(args.vnnlib)
     _check_property_sizes(args, model, prop, shape)
+    reference = None
+    if args.onnx is not None:  # a counterexample must hold under onnxruntime too, if installed
+        from advrobust.network.onnx import onnx_runtime
+
+        reference = onnx_runtime(args.onnx)
     result = verify_property(model, prop, input_shape=shape, method=args.method,
                              time_limit=args.time_limit, threads=args.threads,
                              progress=not args.no_progress,
-                             generator=torch.Generator().manual_seed(args.seed))
+                             generator=torch.Generator().manual_seed(args.seed),
+                             reference=reference)
     if args.counterexample is not None:
         write_result(args.counterexample, result.status, result.counterexample, result.outputs)
     report = result.report

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,8 +137,8 @@ class PropertyResult:
 def verify_property(model: nn.Module, prop: VnnProperty, *,
                     input_shape: Sequence[int] | None = None, method: str = "auto",
                     time_limit: float = 60.0, threads: int = 1, attack: Any = None,
-                    progress: bool = False, generator: torch.Generator | None = None
-                    ) -> PropertyResult:
+                    progress: bool = False, generator: torch.Generator | None = None,
+                    reference: Callable[[Tensor], Tensor] | None = None) -> PropertyResult:
     """Decide a VNNLIB property of ``model`` with the cascade driver, within ``time_limit``.
 
     The box is read as a clipped linf ball where it is one (VNN-COMP robustness boxes), else
@@ -148,7 +148,8 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
     input ``or``) is decided box by box, each box getting an equal share of the time left
     when it starts: "sat" as soon as one box is, "unsat" once every box is. A FALSIFIED
     witness is clamped to the property's exact box and re-evaluated against the unsafe
-    polytopes before "sat" is reported.
+    polytopes (zero tolerance; in float64, in the model's own precision and through
+    ``reference``) before "sat" is reported.
 
     Args:
         model: the network (e.g. from :func:`advrobust.network.onnx.load_onnx`).
@@ -158,6 +159,11 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
         time_limit: wall-clock seconds for the whole call: every stage (CROWN, the attack,
             BaB, the MILP) gets its deadline from this one budget, and the answer comes back
             within it ("unknown" if the time ran out).
+        reference: an independent evaluation of the network, inputs ``(N, *input_shape)`` ->
+            outputs ``(N, num_outputs)``, e.g. :meth:`OnnxNetwork.runtime()
+            <advrobust.network.onnx.OnnxNetwork.runtime>` (onnxruntime on the ONNX file, what
+            VNN-COMP checks counterexamples with): a counterexample is reported only if its
+            outputs there are unsafe too, else the answer is "unknown" with a warning.
 
     Raises:
         InvalidInputError: ``input_shape`` does not hold the property's input variables.
@@ -169,7 +175,7 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
     if prop.cases:
         return _verify_cases(model, prop, start, time_limit, input_shape=input_shape,
                              method=method, threads=threads, attack=attack, progress=progress,
-                             generator=generator)
+                             generator=generator, reference=reference)
     policy = _policy(method, time_limit, None, threads, attack, 1, progress, generator)
     with eval_mode(model, who="verify_property"):
         problem = Problem.from_property(model, prop, input_shape, who="verify_dataset")
@@ -178,11 +184,11 @@ def verify_property(model: nn.Module, prop: VnnProperty, *,
         if report.verdict[0] is Verdict.VERIFIED:
             return PropertyResult("unsat", None, None, report)
         if report.verdict[0] is Verdict.FALSIFIED:
-            found = problem.confirm_unsafe(report.witness[0])
+            found = problem.confirm_unsafe(report.witness[0], reference=reference)
             if found is not None:
                 return PropertyResult("sat", found[0], found[1], report)
-            logger.warning("verify_property: the witness left the unsafe set once clamped to "
-                           "the exact box; reporting unknown")
+            logger.warning("verify_property: the witness is not unsafe once clamped to the "
+                           "exact box and re-evaluated; reporting unknown")
     return PropertyResult("unknown", None, None, report)
 
 

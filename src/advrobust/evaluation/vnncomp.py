@@ -199,7 +199,8 @@ def run_instance(instance: Instance, *, timeout: float | None = None, threads: i
         return VnncompResult("timeout", None, None, time.perf_counter() - start,
                              {"skipped": ["everything: loading the files took the timeout"]})
     result = verify_property(net.model, prop, input_shape=net.input_shape, time_limit=left,
-                             threads=threads, generator=torch.Generator().manual_seed(seed))
+                             threads=threads, generator=torch.Generator().manual_seed(seed),
+                             reference=net.runtime())
     seconds = time.perf_counter() - start
     answer = result.status
     if seconds > limit:

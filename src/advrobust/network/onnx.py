@@ -15,6 +15,7 @@ The ``onnx`` package is optional: ``pip install 'advrobust[onnx]'``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from advrobust.errors import (
     UnsupportedLayerError,
 )
 
-__all__ = ["OnnxNetwork", "import_onnx", "load_onnx"]
+__all__ = ["OnnxNetwork", "import_onnx", "load_onnx", "onnx_runtime"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class OnnxNetwork:
         output_shape: per-sample output shape, e.g. ``(10,)``.
         input_name: name of the graph's data input.
         opset: the default-domain opset version of the file.
+        path: the file it was read from.
     """
 
     model: nn.Module
@@ -55,11 +57,78 @@ class OnnxNetwork:
     output_shape: tuple[int, ...]
     input_name: str
     opset: int
+    path: str = ""
 
     @property
     def input_size(self) -> int:
         """Number of input values per sample (D)."""
         return int(np.prod(self.input_shape))
+
+    def runtime(self) -> Callable[[Tensor], Tensor] | None:
+        """The file's own outputs under onnxruntime, the format's reference runtime (what
+        VNN-COMP checks counterexamples with): a function from inputs ``(N, *input_shape)`` to
+        float64 outputs ``(N, num_outputs)``, the session made on its first call; None when
+        the optional ``onnxruntime`` package is not installed
+        (``pip install 'advrobust[onnxruntime]'``). :func:`~advrobust.evaluation.verify.
+        verify_property` takes it as ``reference`` and reports a counterexample only if the
+        outputs there are unsafe too."""
+        return onnx_runtime(self.path, self.input_name) if self.path else None
+
+
+def onnx_runtime(path: str | Path, input_name: str | None = None
+                 ) -> Callable[[Tensor], Tensor] | None:
+    """onnxruntime on the ONNX file ``path`` as a function from inputs ``(N, *input_shape)`` to
+    float64 outputs ``(N, num_outputs)`` (see :meth:`OnnxNetwork.runtime`); None when the
+    optional ``onnxruntime`` package is not installed.
+
+    Args:
+        path: the ``.onnx`` file.
+        input_name: the graph's data input (default: its only input without an initializer).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    return _Runtime(str(path), input_name)  # imported on the first call (a sat answer)
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+               "tensor(float16)": np.float16}
+
+
+class _Runtime:
+    """onnxruntime on one file, one thread (a checker's evaluation, not a fast path)."""
+
+    def __init__(self, path: str, input_name: str | None) -> None:
+        self.path, self.input_name = path, input_name
+        self._session: Any = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        import onnxruntime as ort
+
+        if self._session is None:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(self.path, options,
+                                                 providers=["CPUExecutionProvider"])
+        inputs = self._session.get_inputs()
+        if self.input_name is not None:
+            inputs = [i for i in inputs if i.name == self.input_name]
+        if len(inputs) != 1:
+            raise UnsupportedLayerError(f"{self.path}: onnxruntime sees the inputs "
+                                        f"{[i.name for i in self._session.get_inputs()]}; the "
+                                        "runtime check feeds one data input.")
+        inp = inputs[0]
+        dtype = _ORT_DTYPES.get(inp.type)
+        if dtype is None:
+            raise UnsupportedLayerError(f"{self.path}: input {inp.name!r} has type {inp.type}; "
+                                        "the runtime check feeds float inputs only.")
+        rows = []
+        for sample in x.detach().cpu():  # one at a time: the file may fix the batch size at 1
+            out = self._session.run(None, {inp.name: sample.numpy().astype(dtype)[None]})[0]
+            rows.append(torch.from_numpy(np.asarray(out, dtype=np.float64)).reshape(-1))
+        return torch.stack(rows)
 
 
 def describe_node(node: Any, index: int) -> str:
@@ -144,7 +213,7 @@ def import_onnx(path: str | Path) -> OnnxNetwork:
     shape, name = graph.input_shape, graph.input_name
     out_shape = _output_shape(model, shape)
     return OnnxNetwork(model=model, input_shape=shape, output_shape=out_shape, input_name=name,
-                       opset=graph.opset)
+                       opset=graph.opset, path=str(path))
 
 
 def _output_shape(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -5,7 +5,9 @@ reported."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +16,8 @@ from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall, Norm
 from advrobust.errors import InvalidInputError
 from advrobust.network.vnnlib import VnnProperty
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["UNIT_CUBE", "BoxInput", "DisjunctMargins", "check_shape", "confirm_unsafe",
            "inside_box", "needs_head", "property_ball", "property_spec"]
@@ -204,14 +208,18 @@ def inside_box(x: Tensor, prop: VnnProperty) -> Tensor:
 
 
 def confirm_unsafe(model: nn.Module, twin: nn.Module, prop: VnnProperty, witness: Tensor,
-                   shape: tuple[int, ...]) -> tuple[Tensor, Tensor] | None:
+                   shape: tuple[int, ...],
+                   reference: Callable[[Tensor], Tensor] | None = None
+                   ) -> tuple[Tensor, Tensor] | None:
     """The witness clamped to the exact box and its outputs, if it lies in the box with zero
-    tolerance and its outputs are unsafe both in float64 (``twin``, the witness gate's model)
-    and in the model's own precision (what a checker runs); else None.
+    tolerance and its outputs are unsafe in float64 (``twin``, the witness gate's model), in
+    the model's own precision (what a checker runs) and, when given, through ``reference``
+    (e.g. onnxruntime on the ONNX file: VNN-COMP's checker); else None.
 
     ``model`` may be the property's wrapper (:class:`DisjunctMargins` over :class:`BoxInput`,
     ``twin`` its float64 copy): the witness is then a point of the wrapper's input, mapped back
-    to the model's, and the model itself is checked.
+    to the model's, and the model itself is checked. A ``reference`` that fails to run is
+    reported (a warning) and left out, as when none is given.
     """
     if isinstance(model, DisjunctMargins):
         model, twin = model.inner, twin.get_submodule("inner")
@@ -222,7 +230,20 @@ def confirm_unsafe(model: nn.Module, twin: nn.Module, prop: VnnProperty, witness
     with torch.no_grad():
         out = model(point.reshape(1, *shape))
         out64 = twin(point.double().reshape(1, *shape))
-    if bool(prop.contains(point.unsqueeze(0), atol=0.0)) and bool(prop.is_unsafe(out64)) \
-            and bool(prop.is_unsafe(out)):
-        return point, out[0]
-    return None
+    if not (bool(prop.contains(point.unsqueeze(0), atol=0.0)) and bool(prop.is_unsafe(out64))
+            and bool(prop.is_unsafe(out))):
+        return None
+    if reference is not None:
+        try:
+            theirs = reference(point.reshape(1, *shape)).double().reshape(1, -1)
+        except Exception as exc:  # an optional runtime's own failure is not the verdict's
+            logger.warning("the reference evaluation of the counterexample failed (%s: %s); "
+                           "it is checked by advrobust's own evaluations only",
+                           type(exc).__name__, exc)
+            return point, out[0]
+        if theirs.shape[1] != out.reshape(1, -1).shape[1] or not bool(prop.is_unsafe(theirs)):
+            logger.warning("the counterexample's outputs are unsafe in advrobust's evaluations "
+                           "but not in the reference evaluation (%s there); not reported",
+                           theirs[0].tolist()[:10])
+            return None
+    return point, out[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -179,18 +179,21 @@ class Problem:
         problem.prop = prop
         return problem
 
-    def confirm_unsafe(self, witness: Tensor) -> tuple[Tensor, Tensor] | None:
+    def confirm_unsafe(self, witness: Tensor, *,
+                       reference: Callable[[Tensor], Tensor] | None = None
+                       ) -> tuple[Tensor, Tensor] | None:
         """For a problem built from a property: the witness (one sample's point) clamped to the
         exact box, and the model's outputs there, if it lies in the box with zero tolerance and
-        the outputs are unsafe in float64 (the gate's twin) and in the model's own precision;
-        else None."""
+        the outputs are unsafe in float64 (the gate's twin), in the model's own precision and,
+        when given, through ``reference`` (an independent evaluation of the network, e.g.
+        onnxruntime on its ONNX file); else None."""
         from advrobust.verify._vnnlib import confirm_unsafe
 
         if self.prop is None:
             raise ValueError("confirm_unsafe needs a problem built by Problem.from_property")
         with eval_mode(self.model, who="Problem"):
             return confirm_unsafe(self.model, self.gate.model, self.prop, witness,
-                                  self.input_shape)
+                                  self.input_shape, reference=reference)
 
     # ------------------------------------------------------------------ the network
     @property
