@@ -72,6 +72,9 @@ _LIMITS = {"milp": 10.0, "bab": 3.0, "bab-2-workers": 3.0}
 def _methods(norm: str) -> dict[str, Callable[[], Any]]:
     out: dict[str, Callable[[], Any]] = {
         "ibp": IBP, "crown": CROWN, "alpha-crown": lambda: CROWN(alpha=True, steps=10),
+        "ibp-float32": lambda: IBP(precision="float32"),
+        "crown-float32": lambda: CROWN(precision="float32"),
+        "alpha-crown-float32": lambda: CROWN(alpha=True, steps=10, precision="float32"),
         "global-lipschitz": GlobalLipschitz, "local-lipschitz": LocalLipschitz}
     if norm != "l2":
         out |= {"lp": lambda: LPRelaxation(time_limit=10),

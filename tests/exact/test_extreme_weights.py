@@ -57,6 +57,9 @@ def interior_needle(k: float, c: float, centre: float = 0.25) -> nn.Sequential:
 
 METHODS: dict[str, Callable[[], object]] = {
     "ibp": IBP, "crown": CROWN, "alpha-crown": lambda: CROWN(alpha=True, steps=5),
+    "ibp-float32": lambda: IBP(precision="float32"),
+    "crown-float32": lambda: CROWN(precision="float32"),
+    "alpha-crown-float32": lambda: CROWN(alpha=True, steps=5, precision="float32"),
     "lp": lambda: LPRelaxation(time_limit=10), "milp": lambda: MILP(time_limit=10),
     "bab": lambda: BaB(time_limit=5)}
 
@@ -109,6 +112,30 @@ def test_no_method_verifies_a_broken_needle(case: str, method: str) -> None:
         _check_witness(model, x, result.witness, threat)
 
 
+#: A point of each case's set on its needle: the margin there is 1.5 - c < 0.
+NEEDLE_POINTS = {"corner k=5e7 c=1e8": [[0.0, 0.5]], "corner k=1e9 c=1e9": [[0.0, 0.5]],
+                 "corner k=1e6 c=1e7": [[0.0, 0.5]], "interior k=2^26 c=1e8": [[0.25]],
+                 "deep corner k=2e8 c=1e9": [[0.0, 0.5]]}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("method", ["ibp", "crown", "alpha-crown", "ibp-float32",
+                                    "crown-float32", "alpha-crown-float32"])
+def test_every_bound_lies_below_the_needle(case: str, method: str) -> None:
+    """The bound itself, not only the verdict (which the witness gate also guards): a lower
+    bound above the margin at a point of the set is wrong, whatever the pass's dtype."""
+    model, centre = CASES[case]
+    x, needle = torch.tensor(centre), torch.tensor(NEEDLE_POINTS[case], dtype=torch.float64)
+    threat = LpBall("linf", 0.5)
+    assert bool(((needle - x.double()).abs() <= threat.eps).all())
+    with torch.no_grad():
+        out = copy.deepcopy(model).double()(needle)
+    value = float(out[0, 0] - out[0, 1])
+    assert value < 0
+    result = METHODS[method]()(model, x, torch.tensor([0]), threat)  # type: ignore[operator]
+    assert float(result.lower[0, 0]) <= value, (case, method, result.lower)
+
+
 @pytest.mark.parametrize("method", ["auto", "ibp", "crown", "lp", "milp", "bab"])
 def test_verify_dataset_never_verifies_a_needle(method: str) -> None:
     model, centre = CASES["corner k=5e7 c=1e8"]
@@ -124,14 +151,16 @@ def test_verify_dataset_never_verifies_a_needle(method: str) -> None:
             _check_witness(net, x, report.witness, threat)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown", "lp", "milp", "bab"])
+@pytest.mark.parametrize("method", ["ibp", "crown", "lp", "milp", "bab", "ibp-float32",
+                                    "crown-float32"])
 def test_robust_twin_is_still_proved(method: str) -> None:
     # the needle (x_0 < 1/k) lies outside [0.5, 1]: the margin is exactly 1.5 everywhere
     model = corner_needle(5e7, 1e8)
     x = torch.tensor([[0.75, 0.5]])
     result = METHODS[method]()(model, x, torch.tensor([0]), LpBall("linf", 0.25))  # type: ignore[operator]
     assert result.verdict[0] is Verdict.VERIFIED
-    assert float(result.lower.min()) > 1.5 - 1e-6
+    # float32's allowances are ~1e-7 relative to the terms' sizes (here ~1)
+    assert float(result.lower.min()) > 1.5 - (1e-5 if "float32" in method else 1e-6)
 
 
 def test_spec_in_float64_is_not_rounded_to_float32() -> None:

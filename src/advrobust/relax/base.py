@@ -33,6 +33,7 @@ from advrobust.core.threat import LpBall
 from advrobust.errors import InvalidInputError, InvalidParameterError, UnsupportedLayerError
 from advrobust.network.graph import Graph, build_graph
 from advrobust.network.ir import Network, from_module
+from advrobust.relax._rounding import add_offset
 from advrobust.relax.witness import WitnessGate
 
 if TYPE_CHECKING:
@@ -87,8 +88,12 @@ def _check_spec(spec: Spec | None, y: Tensor, clean: Tensor) -> Spec:
     return Spec(spec.C.to(clean.device, dtype), spec.d.to(clean.device, dtype))
 
 
-#: The dtype of every verifier's bound computation.
+#: The dtype of every verifier's bound computation (unless a bounder is asked for another).
 BOUND_DTYPE = torch.float64
+
+#: The bound passes' dtypes by name (``precision=``): float64 by default; float32, with its own
+#: rounding allowances, is as sound, about twice as fast on GEMM-bound passes, and looser.
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 _PLAIN = (nn.Sequential, nn.Flatten, nn.Linear, nn.Conv2d, nn.ReLU, nn.BatchNorm1d,
@@ -156,6 +161,10 @@ def _check_gate(gate: WitnessGate, x: Tensor, clean: Tensor, who: str) -> None:
 class Bounder(Configurable, abc.ABC):
     """Base class of every verifier: ``bounder(model, x, y, threat, spec=None) -> BoundResult``."""
 
+    #: The dtype of the bound passes (a key of :data:`PRECISIONS`); bounders that offer a
+    #: choice take it as ``precision=``.
+    precision: str = "float64"
+
     #: True for bounders whose ``_bound`` takes ``layer_bounds`` (precomputed bounds of every
     #: op's input, e.g. the CROWN pass an earlier stage of the cascade already made).
     reuses_layer_bounds: ClassVar[bool] = False
@@ -220,20 +229,24 @@ class Bounder(Configurable, abc.ABC):
                     f"{type(gate).__name__}.")
             elif not gate.built_from(model):
                 _check_gate(gate, x, clean, name)
-            # the one IR of the call: the gate's (built once per gate and input shape)
-            network = gate.ir(tuple(x.shape[1:]), name, graph_ok)
+            dtype = PRECISIONS[self.precision]
+            # the one IR of the call: the gate's (built once per gate, input shape and dtype)
+            network = gate.ir(tuple(x.shape[1:]), name, graph_ok, dtype)
             with torch.no_grad():
                 # checked against the float64 copy where it is this model's: the model's own
                 # float32 outputs can differ from it by more than its outputs' size (a VNNLIB
                 # head subtracting thresholds from outputs ~1e9)
                 x64 = x.to(BOUND_DTYPE)
-                _check_ir(network, model, x64,
+                _check_ir(network, model, x.to(dtype),
                           gate.model(x64) if gate.built_from(model) else clean)
             spec64 = Spec(spec.C.to(BOUND_DTYPE), spec.d.to(BOUND_DTYPE))
             if layer_bounds is not None and not self.reuses_layer_bounds:
                 raise InvalidParameterError(
                     f"{name} takes no 'layer_bounds' for this network (only CROWN, BaB and the "
                     "MILP start from precomputed bounds); got them.")
+            if dtype != BOUND_DTYPE:
+                return self._bound_lower_precision(network, model, x, threat, spec64, gate,
+                                                   layer_bounds, dtype, start)
             if isinstance(network, Graph):
                 layers = None if layer_bounds is None else \
                     self._check_layer_bounds(layer_bounds, network, x)
@@ -254,6 +267,40 @@ class Bounder(Configurable, abc.ABC):
         verdict = decide_verdicts(lower, values, upper=upper, who=name)
         stats = dict(out.stats)
         stats["witness_values"] = values
+        stats["seconds"] = time.perf_counter() - start
+        return BoundResult(lower=lower, upper=upper, verdict=verdict, witness=witness,
+                           method=name, stats=stats)
+
+    def _bound_lower_precision(self, network: Network | Graph, model: nn.Module, x: Tensor,
+                               threat: LpBall, spec64: Spec, gate: WitnessGate,
+                               layer_bounds: LayerBounds | None, dtype: torch.dtype,
+                               start: float) -> BoundResult:
+        """:meth:`bound` with the pass in ``dtype`` (float32): its rounding allowances are that
+        dtype's, the spec's offsets are added afterwards in float64, and candidates go through
+        the float64 gate as always."""
+        name = type(self).__name__
+        if layer_bounds is not None:
+            raise InvalidParameterError(
+                f"{name}(precision={self.precision!r}) computes its own bounds; 'layer_bounds' "
+                "(float64 bounds of an earlier pass) apply to precision='float64' only.")
+        c = spec64.C.to(dtype)
+        if not bool((c.to(BOUND_DTYPE) == spec64.C).all()):
+            raise InvalidParameterError(
+                f"{name}(precision={self.precision!r}): the spec's coefficients C are not all "
+                f"{self.precision} numbers (the pass would bound another spec); use "
+                "precision='float64'.")
+        spec = Spec(c, torch.zeros_like(spec64.d, dtype=dtype))
+        if isinstance(network, Graph):
+            out = self._bound_graph(network, x.to(dtype), threat, spec)
+        else:
+            out = self._bound(network, x.to(dtype), threat, spec)
+        lower = add_offset(out.lower.detach().to(BOUND_DTYPE).nan_to_num(nan=-torch.inf),
+                           spec64.d)
+        upper, witness, values = self._evaluate(gate, x, threat, spec64, out.candidates)
+        verdict = decide_verdicts(lower, values, upper=upper, who=name)
+        stats = dict(out.stats)
+        stats["witness_values"] = values
+        stats["precision"] = self.precision
         stats["seconds"] = time.perf_counter() - start
         return BoundResult(lower=lower, upper=upper, verdict=verdict, witness=witness,
                            method=name, stats=stats)

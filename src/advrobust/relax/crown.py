@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from advrobust.core._validation import check_bool, check_float, check_int
+from advrobust.core._validation import check_bool, check_choice, check_float, check_int
 from advrobust.core.spec import Spec
 from advrobust.core.threat import LpBall
 from advrobust.errors import MemoryLimitError
@@ -37,7 +37,7 @@ from advrobust.relax._rounding import (
     add_offset,
     input_gamma,
 )
-from advrobust.relax.base import Bounder, Bounds, as_ir
+from advrobust.relax.base import PRECISIONS, Bounder, Bounds, as_ir
 from advrobust.relax.dag import (
     Allowance,
     graph_backward,
@@ -335,14 +335,20 @@ class CROWN(Bounder):
             intermediate bounds stay those of CROWN).
         steps: Adam steps of the alpha optimisation.
         lr: its learning rate.
+        precision: dtype of the passes, ``"float64"`` (default) or ``"float32"`` (its own
+            rounding allowances keep it sound; about twice as fast where the passes are
+            GEMM-bound, and looser: bench/RESULTS.md, issue 10; a model whose parameters
+            float32 does not represent is refused).
     """
 
     reuses_layer_bounds = True
 
-    def __init__(self, *, alpha: bool = False, steps: int = 20, lr: float = 0.1) -> None:
+    def __init__(self, *, alpha: bool = False, steps: int = 20, lr: float = 0.1,
+                 precision: str = "float64") -> None:
         self.alpha = check_bool(alpha, "alpha", "CROWN")
         self.steps = check_int(steps, "steps", "CROWN", low=1)
         self.lr = check_float(lr, "lr", "CROWN", low=0.0, low_open=True)
+        self.precision = check_choice(precision, "precision", "CROWN", tuple(PRECISIONS))
 
     def _bound(self, network: Network, x: Tensor, threat: LpBall, spec: Spec, *,
                layer_bounds: LayerBounds | None = None) -> Bounds:

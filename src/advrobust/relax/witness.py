@@ -76,32 +76,52 @@ class WitnessGate:
     def __init__(self, model: nn.Module) -> None:
         self.model = float64_copy(model)
         self._source = weakref.ref(model)
-        self._irs: dict[tuple[int, ...], Any] = {}
+        self._irs: dict[tuple[tuple[int, ...], torch.dtype], Any] = {}
 
     def built_from(self, model: nn.Module) -> bool:
         """True if this gate's copy was made from ``model`` (the same object)."""
         return self._source() is model
 
-    def ir(self, input_shape: tuple[int, ...], who: str = "verify", graph_ok: bool = True
-           ) -> Any:
-        """The float64 IR of the copy (built once per input shape): the chain
+    def ir(self, input_shape: tuple[int, ...], who: str = "verify", graph_ok: bool = True,
+           dtype: torch.dtype = torch.float64) -> Any:
+        """The IR of the copy (built once per input shape and dtype): the chain
         :class:`~advrobust.network.ir.Network` or the :class:`~advrobust.network.graph.Graph`
-        every bound pass of a gated call runs on.
+        every bound pass of a gated call runs on; float64 unless a bounder asks for float32
+        (``precision="float32"``: a float32 copy, refused where it would be another network).
 
         Raises:
             UnsupportedLayerError: a graph for a caller that handles chains only
                 (``graph_ok=False``; the error names the node).
+            InvalidParameterError: float32 asked for a model whose parameters float32 does not
+                represent.
         """
         from advrobust.network.graph import Graph
         from advrobust.relax.base import verifiable_ir
 
         shape = tuple(int(s) for s in input_shape)
-        if shape not in self._irs:
-            self._irs[shape] = verifiable_ir(self.model, shape, who, True)
-        network = self._irs[shape]
+        key = (shape, dtype)
+        if key not in self._irs:
+            model = self.model if dtype == torch.float64 else self._float32_copy(who)
+            self._irs[key] = verifiable_ir(model, shape, who, True)
+        network = self._irs[key]
         if isinstance(network, Graph) and not graph_ok:
             network.require_chain(who)
         return network
+
+    def _float32_copy(self, who: str) -> nn.Module:
+        """The model in float32, refused unless every parameter and buffer is a float32 number
+        (else the copy would be another network than the one the gate evaluates)."""
+        from advrobust.errors import InvalidParameterError
+
+        for name, value in list(self.model.named_parameters()) + list(self.model.named_buffers()):
+            if value.is_floating_point() and not bool((value.float().double() == value).all()):
+                raise InvalidParameterError(
+                    f"{who}: precision='float32' bounds a float32 copy of the network, but its "
+                    f"{name!r} holds values float32 does not represent (a float64 model): the "
+                    "copy would be another network. Use precision='float64' (the default).")
+        twin = copy.deepcopy(self.model).float()
+        twin.requires_grad_(False)
+        return twin
 
     def __call__(self, x0: Tensor, points: Tensor, threat: LpBall, spec: Spec
                  ) -> tuple[Tensor, Tensor]:
