@@ -170,7 +170,9 @@ def read_result(path: str | Path) -> tuple[str, Tensor | None, Tensor | None]:
 
 def run_instance(instance: Instance, *, timeout: float | None = None, threads: int = 1,
                  seed: int = 0) -> VnncompResult:
-    """Load and decide one instance within its timeout (loading included).
+    """Load and decide one instance within its timeout (loading included). A "sat" answer's
+    counterexample is re-checked through the ONNX file under onnxruntime when that optional
+    package is installed (:meth:`~advrobust.network.onnx.OnnxNetwork.runtime`).
 
     Args:
         instance: the files and the competition's timeout.
