@@ -23,14 +23,16 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import importlib.util
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+# run as a script, bench/ is on the path: its sibling benches' helpers
+from verify_cnn_crown import _models
+from verify_float64 import _best
 
 from advrobust.core import LpBall, Spec
 from advrobust.data import load_dataset
@@ -40,16 +42,6 @@ from advrobust.network.vnnlib import load_vnnlib
 from advrobust.relax import CROWN, IBP, crown_layer_bounds, crown_lower, interval_layer_bounds
 from advrobust.relax.ibp import spec_interval
 from advrobust.relax.witness import WitnessGate
-
-
-def _best(fn: Callable[[], torch.Tensor], repeat: int) -> tuple[float, torch.Tensor]:
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    assert out is not None
-    return min(times), out
 
 
 def _bare(method: str, model: Any, shape: tuple[int, ...], x: torch.Tensor, ball: LpBall,
@@ -121,11 +113,7 @@ def main() -> None:
                                  torch.tensor([label]), ball, spec, args.repeat))
             _print(name, method, rows)
     if args.nets:
-        path = Path(__file__).with_name("verify_lirpa_cnn.py")
-        module_spec = importlib.util.spec_from_file_location("verify_lirpa_cnn", path)
-        assert module_spec is not None and module_spec.loader is not None
-        cnns = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(cnns)
+        cnns: Any = _models()  # bench/verify_lirpa_cnn.py's networks
         data = load_dataset("mnist", "test", args.shared).take(10)
         ball = LpBall("linf", 0.01)
         spec = Spec.margins(data.y, 10)
