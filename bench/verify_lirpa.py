@@ -6,6 +6,11 @@ auto_LiRPA must live in a side environment, never in the project (see bench/RESU
     ../peers/bin/pip install --no-deps auto_LiRPA appdirs
     ../peers/bin/python bench/verify_lirpa.py --shared ../shared/data --runs runs
 
+Or with auto_LiRPA 0.7.x from its GitHub snapshot in a venv of its own (../shared/peers/README.md),
+advrobust taken from the checkout::
+
+    PYTHONPATH=$PWD/src ../peers-lirpa/venv/bin/python bench/verify_lirpa.py --shared ../shared/data
+
 auto_LiRPA 0.3 (the newest release on PyPI) predates numpy 2 and torch 2.13; ``_compat`` below
 restores the three names it imports (``numpy.lib.arraysetops.isin``,
 ``torch.onnx.symbolic_helper._set_opset_version``, ``torch._C.Node.__getitem__``) inside this
@@ -131,7 +136,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    _compat()
+    import auto_LiRPA
+
+    if str(getattr(auto_LiRPA, "__version__", "0.3")).startswith("0.3"):
+        _compat()  # the PyPI release; the GitHub snapshot (0.7.x) needs no shim
     data = load_dataset("mnist", "test", args.shared / "mnist").take(args.n)
     print("| network | method | max abs diff | max rel diff | mean (ours - LiRPA) | "
           "advrobust s | auto_LiRPA s | speed-up |")
@@ -149,6 +157,8 @@ def _compare(name: str, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall,
         ("IBP", lambda: IBP()(model, x, y, threat).lower, "IBP"),
         ("IBP, bare pass (interval_bounds)", lambda: interval_bounds(net, *box, c=c)[0], "IBP"),
         ("CROWN", lambda: CROWN()(model, x, y, threat).lower, "backward"),
+        ("CROWN, precision='float32' (sound, auto_LiRPA's dtype)",
+         lambda: CROWN(precision="float32")(model, x, y, threat).lower, "backward"),
         ("CROWN, no interval intersection", lambda: _crown_plain(model, x, threat, c),
          "backward")]
     for label, ours_fn, theirs in runs:
