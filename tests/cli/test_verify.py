@@ -107,6 +107,22 @@ def test_verify_checkpoint_json_matches_the_library(
     assert out["certified_accuracy"] == pytest.approx(report.certified_accuracy)
 
 
+def test_verify_precision_float32_is_the_library_s(
+        digits_model: tuple[Path, nn.Module], capsys: pytest.CaptureFixture[str]) -> None:
+    path, model = digits_model
+    argv = ["verify", "--model", str(path), "--data", "digits", "--eps", "0.02", "--n", "30",
+            "--no-progress", "--json", "--precision", "float32"]
+    assert _run([*argv, "--method", "crown"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    data = load_dataset("digits", "test").take(30)
+    report = verify_dataset(model, data.x, data.y, LpBall("linf", 0.02), method="crown",
+                            progress=False, precision="float32")
+    assert (out["verified"], out["falsified"]) == (report.verified, report.falsified)
+    assert out["mean_lower_bound"] == pytest.approx(float(report.margin_lower.mean()))
+    with pytest.raises(InvalidParameterError, match="--precision float32 applies to"):
+        _run([*argv, "--method", "auto"])
+
+
 def test_verify_auto_table_and_onnx_agree(digits_model: tuple[Path, nn.Module], tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     path, model = digits_model

@@ -112,3 +112,27 @@ def test_what_float32_cannot_represent_is_refused() -> None:
             CROWN(precision=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="precision"):
         IBP(precision="half")
+
+
+def test_verify_dataset_runs_ibp_and_crown_in_float32_and_refuses_the_other_methods() -> None:
+    from advrobust.evaluation.verify import verify_dataset
+
+    model = make_mlp(3, (4, 8, 8, 3))
+    x = torch.rand(5, 4, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+    threat = LpBall("linf", 0.05)
+    exact = MILP(early_stop=False, skip_verified=False, time_limit=30)(model, x, y, threat)
+    for method, bounder in (("crown", CROWN(precision="float32")),
+                            ("ibp", IBP(precision="float32"))):
+        report = verify_dataset(model, x, y, threat, method=method, precision="float32",
+                                progress=False)
+        direct = bounder(model, x, y, threat)
+        # the cascade ran the float32 pass (not the float64 one, nor from float64 bounds)
+        torch.testing.assert_close(report.lower, direct.lower, rtol=0, atol=0)
+        assert bool((report.lower <= exact.lower + TOL).all())
+    for method in ("auto", "lp", "milp", "bab"):
+        with pytest.raises(InvalidParameterError, match="precision='float32' applies to"):
+            verify_dataset(model, x, y, threat, method=method, precision="float32",
+                           progress=False)
+    with pytest.raises(InvalidParameterError, match="precision"):
+        verify_dataset(model, x, y, threat, method="crown", precision="half", progress=False)

@@ -31,7 +31,9 @@ __all__ = ["attack_stage", "call_bounder", "exact_stage", "relax_stage"]
 
 
 def _reuses(bounder: Any) -> bool:
-    return bool(getattr(bounder, "reuses_layer_bounds", False))
+    """True for a bounder that starts from the problem's (float64) layer bounds."""
+    return bool(getattr(bounder, "reuses_layer_bounds", False)) and \
+        getattr(bounder, "precision", "float64") == "float64"
 
 
 def call_bounder(bracket: Bracket, bounder: Any, idx: Tensor, stage: str, *,
